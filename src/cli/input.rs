@@ -1,0 +1,88 @@
+//! Reading secret values: from a file, from piped stdin, or from a no-echo prompt on a terminal.
+//! Never from argv. Buffers are allocated once at the limit so that reading never reallocates
+//! and leaves copies of a value in freed memory.
+
+use std::fs::File;
+use std::io::{self, IsTerminal, Read, Write};
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use nix::sys::termios::{self, LocalFlags, SetArg};
+use zeroize::Zeroizing;
+
+use crate::secret::{SecretName, SecretValue, ValueLimit};
+
+/// Reads a value for `name` from `file` (`-` or `None` means stdin).
+pub fn read_value(
+    file: Option<&Path>,
+    name: &SecretName,
+    limit: ValueLimit,
+) -> anyhow::Result<SecretValue> {
+    let bytes = match file.filter(|p| p.as_os_str() != "-") {
+        Some(path) => {
+            let f = File::open(path)
+                .with_context(|| format!("cannot open value file \"{}\"", path.display()))?;
+            read_capped(f, limit)
+                .with_context(|| format!("cannot read value file \"{}\"", path.display()))?
+        }
+        None if io::stdin().is_terminal() => prompt(name, limit)?,
+        None => {
+            read_capped(io::stdin().lock(), limit).context("cannot read the value from stdin")?
+        }
+    };
+    Ok(SecretValue::new(bytes, limit)?)
+}
+
+/// Reads at most `limit + 1` bytes, so an oversized input is detected without reading it all.
+fn read_capped(r: impl Read, limit: ValueLimit) -> io::Result<Zeroizing<Vec<u8>>> {
+    let cap = limit.bytes() + 1;
+    let mut buf = Zeroizing::new(Vec::with_capacity(cap));
+    r.take(cap as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Restores the terminal's echo when dropped, even on an early return.
+struct EchoOff<'a> {
+    fd: std::io::StdinLock<'a>,
+    saved: termios::Termios,
+}
+
+impl Drop for EchoOff<'_> {
+    fn drop(&mut self) {
+        let _ = termios::tcsetattr(self.fd.as_fd(), SetArg::TCSANOW, &self.saved);
+    }
+}
+
+fn prompt(name: &SecretName, limit: ValueLimit) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let mut stderr = io::stderr();
+    write!(stderr, "value for {name} (input hidden): ")?;
+    stderr.flush()?;
+    let stdin = io::stdin().lock();
+    let saved = termios::tcgetattr(stdin.as_fd()).context("cannot read terminal settings")?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    quiet.local_flags.insert(LocalFlags::ECHONL);
+    termios::tcsetattr(stdin.as_fd(), SetArg::TCSAFLUSH, &quiet)
+        .context("cannot turn off terminal echo")?;
+    let guard = EchoOff { fd: stdin, saved };
+    let mut line = Zeroizing::new(Vec::with_capacity(limit.bytes() + 1));
+    let mut byte = [0u8; 1];
+    loop {
+        // Straight from the descriptor: stdin's shared buffer would keep a copy of the value.
+        match nix::unistd::read(guard.fd.as_fd(), &mut byte)? {
+            0 => break,
+            _ if byte[0] == b'\n' => break,
+            _ if line.len() > limit.bytes() => break,
+            _ => line.push(byte[0]),
+        }
+    }
+    drop(guard);
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    if line.is_empty() {
+        bail!("no value entered for secret \"{name}\"");
+    }
+    Ok(line)
+}

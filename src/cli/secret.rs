@@ -1,0 +1,287 @@
+//! `secretfs secret ...`: create, list, update and delete secrets in the local store.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::input::read_value;
+use super::{GlobalArgs, Output, UsageError, open_local, with_store_hint};
+use crate::secret::{SecretKind, SecretMeta, SecretName, Visibility};
+use crate::store::local::{LocalError, OpenMode, local_user};
+use crate::store::{DEFAULT_WORKSPACE, NewSecret, SecretUpdate, StoreError};
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Create a secret; the value is read from stdin (hidden prompt on a terminal) or a file.
+    Create(CreateArgs),
+    /// List secrets: names and metadata, never values.
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Replace a secret's value (a new version) and/or change its visibility or tags.
+    Update(UpdateArgs),
+    /// Delete a secret.
+    #[command(visible_aliases = ["rm", "remove"])]
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The secret's name [default: the template's suggested name, e.g. HF_TOKEN].
+    pub name: Option<String>,
+    /// The template: custom, ssh-public-key, github, huggingface, openai, datadog, ngc.
+    #[arg(
+        long = "type",
+        short = 't',
+        default_value = "custom",
+        value_name = "KIND"
+    )]
+    pub kind: SecretKind,
+    /// Every workspace member may use it (default: only you).
+    #[arg(long)]
+    pub public: bool,
+    /// A tag (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Read the value from this file ("-" for stdin) instead of stdin.
+    #[arg(long, short = 'f', value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    pub name: String,
+    /// Read the new value from this file ("-" for stdin). Without it, the value is read from
+    /// stdin unless only visibility or tags are being changed.
+    #[arg(long, short = 'f', value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
+    /// Make the secret usable by every workspace member.
+    #[arg(long, conflicts_with = "private")]
+    pub public: bool,
+    /// Make the secret usable only by its owner.
+    #[arg(long)]
+    pub private: bool,
+    /// Replace the tags with these (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Remove every tag.
+    #[arg(long, conflicts_with = "tags")]
+    pub clear_tags: bool,
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub name: String,
+}
+
+fn parse_name(s: &str) -> anyhow::Result<SecretName> {
+    Ok(SecretName::parse(s)?)
+}
+
+pub async fn run(g: &GlobalArgs, cmd: SecretCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SecretCommand::Create(a) => create(g, a).await,
+        SecretCommand::List(a) => list(g, a).await,
+        SecretCommand::Update(a) => update(g, a).await,
+        SecretCommand::Delete(a) => delete(g, a).await,
+    }
+}
+
+async fn create(g: &GlobalArgs, a: CreateArgs) -> anyhow::Result<ExitCode> {
+    let name = match (&a.name, a.kind.default_name()) {
+        (Some(n), _) => parse_name(n)?,
+        (None, Some(default)) => parse_name(default)?,
+        (None, None) => {
+            return Err(UsageError(
+                "a custom secret needs a name: secretfs secret create NAME".into(),
+            )
+            .into());
+        }
+    };
+    // Everything that can be checked without the store is checked before a new store is
+    // created, and a taken name is reported before the user types a value.
+    let tags = crate::secret::validate_tags(&a.tags).map_err(anyhow::Error::msg)?;
+    let existing = match open_local(g, OpenMode::Existing).await {
+        Ok(vault) => Some(vault),
+        Err(e)
+            if e.downcast_ref::<LocalError>()
+                .is_some_and(|e| matches!(e, LocalError::Missing(_))) =>
+        {
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(vault) = &existing {
+        match vault.meta(DEFAULT_WORKSPACE, &name).await {
+            Ok(_) => return Err(with_store_hint(StoreError::AlreadyExists(name))),
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let value = read_value(a.from_file.as_deref(), &name, Default::default())?;
+    for w in a.kind.check(&value)? {
+        eprintln!("warning: {w}");
+    }
+    let vault = match existing {
+        Some(vault) => vault,
+        None => open_local(g, OpenMode::CreateIfMissing).await?,
+    };
+    let meta = vault
+        .create(
+            DEFAULT_WORKSPACE,
+            &local_user(),
+            NewSecret {
+                name,
+                kind: a.kind,
+                visibility: if a.public {
+                    Visibility::Public
+                } else {
+                    Visibility::Private
+                },
+                tags,
+                value,
+            },
+        )
+        .await
+        .map_err(with_store_hint)?;
+    done(&meta, "created", a.output)
+}
+
+async fn list(g: &GlobalArgs, a: ListArgs) -> anyhow::Result<ExitCode> {
+    let vault = open_local(g, OpenMode::Existing).await?;
+    let secrets = vault.list(DEFAULT_WORKSPACE).await?;
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&secrets)?),
+        Output::Table => print!("{}", table(&secrets)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn update(g: &GlobalArgs, a: UpdateArgs) -> anyhow::Result<ExitCode> {
+    let name = parse_name(&a.name)?;
+    let visibility = match (a.public, a.private) {
+        (true, _) => Some(Visibility::Public),
+        (_, true) => Some(Visibility::Private),
+        _ => None,
+    };
+    let tags = if a.clear_tags {
+        Some(Vec::new())
+    } else if a.tags.is_empty() {
+        None
+    } else {
+        Some(crate::secret::validate_tags(&a.tags).map_err(anyhow::Error::msg)?)
+    };
+    let metadata_only = a.from_file.is_none() && (visibility.is_some() || tags.is_some());
+    let vault = open_local(g, OpenMode::Existing).await?;
+    // Look the secret up first: an unknown name is reported before the user types a value.
+    let current = vault
+        .meta(DEFAULT_WORKSPACE, &name)
+        .await
+        .map_err(with_store_hint)?;
+    let value = if metadata_only {
+        None
+    } else {
+        let value = read_value(a.from_file.as_deref(), &name, vault.value_limit())?;
+        for w in current.kind.check(&value)? {
+            eprintln!("warning: {w}");
+        }
+        Some(value)
+    };
+    let meta = vault
+        .update(
+            DEFAULT_WORKSPACE,
+            &local_user(),
+            &name,
+            SecretUpdate {
+                value,
+                visibility,
+                tags,
+            },
+        )
+        .await
+        .map_err(with_store_hint)?;
+    done(&meta, "updated", a.output)
+}
+
+async fn delete(g: &GlobalArgs, a: DeleteArgs) -> anyhow::Result<ExitCode> {
+    let name = parse_name(&a.name)?;
+    let vault = open_local(g, OpenMode::Existing).await?;
+    vault
+        .delete(DEFAULT_WORKSPACE, &local_user(), &name)
+        .await
+        .map_err(with_store_hint)?;
+    eprintln!("deleted secret \"{name}\"");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn done(meta: &SecretMeta, verb: &str, output: Output) -> anyhow::Result<ExitCode> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(meta)?),
+        Output::Table => eprintln!(
+            "{verb} secret \"{}\" ({}, {}, version {})",
+            meta.name, meta.kind, meta.visibility, meta.version
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A plain-text table: one header line, one line per secret, columns padded to fit.
+fn table(secrets: &[SecretMeta]) -> String {
+    let header = [
+        "NAME",
+        "TYPE",
+        "VISIBILITY",
+        "OWNER",
+        "VERSION",
+        "UPDATED",
+        "TAGS",
+    ];
+    let rows: Vec<[String; 7]> = secrets
+        .iter()
+        .map(|m| {
+            [
+                m.name.to_string(),
+                m.kind.to_string(),
+                m.visibility.to_string(),
+                m.owner.clone(),
+                m.version.to_string(),
+                m.updated_at.rfc3339(),
+                m.tags.join(","),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                l.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    out
+}

@@ -1,0 +1,33 @@
+//! The `secretfs` binary: parse arguments, run the command, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = match secretfs::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return secretfs::cli::usage_error(e),
+    };
+    init_logging(cli.global.verbose);
+    match secretfs::cli::run(cli) {
+        Ok(code) => code,
+        Err(err) => secretfs::cli::report(&err),
+    }
+}

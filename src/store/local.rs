@@ -1,0 +1,141 @@
+//! The local store: an SQLite file plus its key file, found from flags, the environment or the
+//! XDG data directory. Used by the CLI, the daemon and the launcher when no server is involved.
+
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::keyfile::{self, KeyFileError};
+use crate::secret::ValueLimit;
+
+use super::sqlite::SqliteStore;
+use super::{StoreError, Vault};
+
+/// Where a local store and its key live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPaths {
+    pub store: PathBuf,
+    pub key: PathBuf,
+}
+
+impl LocalPaths {
+    /// `store` (from `--store`/`SECRETFS_STORE`) or `$XDG_DATA_HOME/secretfs/store.db`; `key`
+    /// (from `--key-file`/`SECRETFS_KEY_FILE`) or the store path with `.key` appended.
+    pub fn resolve(store: Option<PathBuf>, key: Option<PathBuf>) -> Result<Self, LocalError> {
+        let store = match store {
+            Some(p) => p,
+            None => default_data_dir()?.join("secretfs").join("store.db"),
+        };
+        let key = key.unwrap_or_else(|| {
+            let mut s = store.clone().into_os_string();
+            s.push(".key");
+            PathBuf::from(s)
+        });
+        Ok(LocalPaths { store, key })
+    }
+}
+
+fn default_data_dir() -> Result<PathBuf, LocalError> {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => Ok(Path::new(&home).join(".local").join("share")),
+        None => Err(LocalError::NoDefault),
+    }
+}
+
+/// Whether opening may create a new store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the store (and its key) if it does not exist: `secret create`.
+    CreateIfMissing,
+    /// The store must exist: everything that reads or changes existing secrets.
+    Existing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(
+        "no store path given and neither XDG_DATA_HOME nor HOME is set; pass --store PATH or set \
+         SECRETFS_STORE"
+    )]
+    NoDefault,
+    #[error(
+        "store \"{}\" does not exist; create a secret first (secretfs secret create NAME) or pass \
+         --store PATH",
+        .0.display()
+    )]
+    Missing(PathBuf),
+    #[error(
+        "store \"{store}\" is sealed with a key, but its key file \"{key}\" does not exist; \
+         restore the key file or pass --key-file PATH",
+        store = .store.display(), key = .key.display()
+    )]
+    KeyMissing { store: PathBuf, key: PathBuf },
+    #[error("cannot create directory \"{}\": {source}", .path.display())]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Opens the local store at `paths`, creating store and key when `mode` allows, and checks the key
+/// against the store before returning.
+pub async fn open(paths: &LocalPaths, mode: OpenMode) -> Result<Vault, LocalError> {
+    let exists = paths.store.exists();
+    if !exists {
+        if mode == OpenMode::Existing {
+            return Err(LocalError::Missing(paths.store.clone()));
+        }
+        if let Some(dir) = paths.store.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| LocalError::CreateDir {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+        }
+    }
+    let store = SqliteStore::open(&paths.store, mode == OpenMode::CreateIfMissing).await?;
+    let sealed = crate::store::Store::key_check(&store).await?.is_some();
+    let key = match keyfile::load(&paths.key) {
+        Ok(key) => key,
+        Err(KeyFileError::NotFound(_)) if sealed => {
+            return Err(LocalError::KeyMissing {
+                store: paths.store.clone(),
+                key: paths.key.clone(),
+            });
+        }
+        Err(KeyFileError::NotFound(_)) => keyfile::create(&paths.key)?,
+        Err(e) => return Err(e.into()),
+    };
+    let vault = Vault::open(Arc::new(store), &key, ValueLimit::default())
+        .await
+        .map_err(|e| match e {
+            StoreError::KeyMismatch(_) => StoreError::KeyMismatch(format!(
+                "key file \"{}\" does not open store \"{}\" (it is another store's key); use the \
+                 key file created with this store",
+                paths.key.display(),
+                paths.store.display()
+            )),
+            other => other,
+        })?;
+    Ok(vault)
+}
+
+/// The name of the user running this process, the owner of what it creates in a local store.
+pub fn local_user() -> String {
+    let uid = nix::unistd::getuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => format!("uid:{uid}"),
+    }
+}

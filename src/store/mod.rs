@@ -1,0 +1,161 @@
+//! Persistence of sealed secrets: the [`Store`] trait, its SQLite implementation, and the
+//! [`Vault`] that every caller uses on top of it.
+//!
+//! The split keeps cryptography out of SQL: a `Store` only ever receives and returns ciphertext
+//! (so no backend can leak a value), and the `Vault` seals, opens, validates and audits, once, for
+//! every backend.
+
+pub mod local;
+pub mod sqlite;
+mod vault;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::secret::{SecretKind, SecretMeta, SecretName, Timestamp, Visibility};
+
+pub use vault::{NewSecret, SecretUpdate, Vault};
+
+/// The workspace the local store holds (a local store is one workspace).
+pub const DEFAULT_WORKSPACE: &str = "default";
+
+/// One secret as stored: metadata, its random id, and the sealed value.
+#[derive(Debug, Clone)]
+pub struct StoredSecret {
+    pub meta: SecretMeta,
+    /// Random, fixed at creation; bound into every ciphertext of this secret.
+    pub id: String,
+    pub sealed: Vec<u8>,
+}
+
+/// A change to an existing secret, applied atomically with a version check.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    /// A new sealed value; the version becomes `expected_version + 1`.
+    pub sealed: Option<Vec<u8>>,
+    pub visibility: Option<Visibility>,
+    pub tags: Option<Vec<String>>,
+    pub kind: Option<SecretKind>,
+}
+
+/// What happened, recorded with every change and every workload read. Never holds a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditAction {
+    Create,
+    Update,
+    Delete,
+    Read,
+}
+
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Create => "create",
+            AuditAction::Update => "update",
+            AuditAction::Delete => "delete",
+            AuditAction::Read => "read",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            AuditAction::Create,
+            AuditAction::Update,
+            AuditAction::Delete,
+            AuditAction::Read,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
+    }
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    pub at: Timestamp,
+    pub workspace: String,
+    /// Who did it: a user name, or a workload token's id.
+    pub actor: String,
+    pub action: AuditAction,
+    pub secret: String,
+    /// The version after the action (the version read, for reads).
+    pub version: u64,
+    /// What changed, in words ("value", "visibility=public"); never a value.
+    pub detail: String,
+}
+
+/// Why a store operation failed. Messages name the thing and never carry a value.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("secret \"{0}\" not found")]
+    NotFound(SecretName),
+    #[error("secret \"{0}\" already exists in this workspace")]
+    AlreadyExists(SecretName),
+    /// Another writer changed the secret between read and write; the vault retries.
+    #[error("secret \"{0}\" was changed concurrently; try again")]
+    VersionConflict(SecretName),
+    #[error("workspace \"{0}\" not found")]
+    WorkspaceNotFound(String),
+    #[error("secret \"{0}\" cannot be decrypted: the key does not match, or the row was altered")]
+    Undecryptable(SecretName),
+    #[error("{0}")]
+    NotAStore(String),
+    #[error("{0}")]
+    KeyMismatch(String),
+    #[error("the store is out of disk space; free space and retry (nothing was written)")]
+    OutOfSpace,
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+/// Persistence of sealed secrets and the audit log, one implementation per database.
+///
+/// Implementations hold ciphertext only and do not check permissions; the [`Vault`] and the
+/// server above it do. Every mutating method writes its audit record in the same transaction,
+/// so an acknowledged change always has its record.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A one-line description for logs, e.g. `sqlite:/var/lib/secretfs/store.db`.
+    fn describe(&self) -> String;
+
+    /// The key-check blob sealed at initialisation, if the store has one.
+    async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores the key-check blob; only called on a new store.
+    async fn set_key_check(&self, sealed: &[u8]) -> Result<(), StoreError>;
+
+    /// Metadata of every secret in `workspace`, sorted by name.
+    async fn list(&self, workspace: &str) -> Result<Vec<SecretMeta>, StoreError>;
+    async fn get(&self, workspace: &str, name: &SecretName) -> Result<StoredSecret, StoreError>;
+    /// Inserts a new secret; `AlreadyExists` if the name is taken in the workspace.
+    async fn insert(
+        &self,
+        workspace: &str,
+        secret: &StoredSecret,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
+    /// Applies `change` if the secret is still at `expected_version`, else `VersionConflict`.
+    async fn update(
+        &self,
+        workspace: &str,
+        name: &SecretName,
+        expected_version: u64,
+        change: &Change,
+        at: Timestamp,
+        audit: &AuditRecord,
+    ) -> Result<SecretMeta, StoreError>;
+    async fn delete(
+        &self,
+        workspace: &str,
+        name: &SecretName,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
+    /// Appends audit records on their own, in one transaction (workload reads).
+    async fn record(&self, audits: &[AuditRecord]) -> Result<(), StoreError>;
+    /// The newest `limit` audit records of a workspace, oldest first.
+    async fn audit_log(&self, workspace: &str, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+}

@@ -1,0 +1,508 @@
+//! The embedded store: one SQLite file (WAL, `synchronous=FULL`, `secure_delete`), through sqlx
+//! with SQLite bundled.
+//!
+//! The file is marked with an `application_id`, so a foreign SQLite database is refused instead of
+//! being written into, and schema changes are numbered migrations applied at open under
+//! `BEGIN IMMEDIATE`, so two processes opening a new store at once cannot both initialise it.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+
+use super::{AuditAction, AuditRecord, Change, Store, StoreError, StoredSecret};
+use crate::secret::{SecretMeta, SecretName, Timestamp};
+
+/// `PRAGMA application_id` of a secretfs store: "SFS1".
+const APPLICATION_ID: i64 = 0x5346_5331;
+
+/// Numbered schema migrations, applied in order, each once. Never edit a released one: add.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    CREATE TABLE workspaces (
+        name TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE secrets (
+        workspace TEXT NOT NULL REFERENCES workspaces(name) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        visibility TEXT NOT NULL CHECK (visibility IN ('private', 'public')),
+        owner TEXT NOT NULL,
+        tags TEXT NOT NULL DEFAULT '[]',
+        version INTEGER NOT NULL CHECK (version >= 1),
+        sealed BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (workspace, name)
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        workspace TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_by_workspace ON audit (workspace, id);
+    INSERT INTO workspaces (name, created_at) VALUES ('default', 0);",
+)];
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens the store at `path`, creating and initialising it when `create` is set and the file
+    /// does not exist. Refuses files that are not SQLite, or are another application's database.
+    pub async fn open(path: &Path, create: bool) -> Result<Self, StoreError> {
+        let shown = path.display();
+        if create {
+            // Create the file ourselves so it starts life 0600; SQLite gives its -wal and -shm
+            // files the same mode as the database.
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "cannot create store \"{shown}\": {e}"
+                    )));
+                }
+            }
+        } else if !path.exists() {
+            return Err(StoreError::Unavailable(format!(
+                "store \"{shown}\" does not exist"
+            )));
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(false)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("secure_delete", "ON");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(0)
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(path, e))?;
+        let store = SqliteStore {
+            pool,
+            path: path.to_owned(),
+        };
+        store.migrate().await.map_err(|e| match e {
+            StoreError::Internal(msg) => {
+                StoreError::NotAStore(format!("store \"{shown}\" cannot be opened: {msg}"))
+            }
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let shown = self.path.display();
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| open_error(&self.path, e))?;
+        let app_id: i64 = sqlx::query_scalar("PRAGMA application_id")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| open_error(&self.path, e))?;
+        let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if app_id != APPLICATION_ID {
+            if app_id != 0 || tables != 0 {
+                return Err(StoreError::NotAStore(format!(
+                    "\"{shown}\" is not a secretfs store: it is another application's SQLite \
+                     database; point --store at a secretfs store or a new file"
+                )));
+            }
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "PRAGMA application_id = {APPLICATION_ID};
+                 CREATE TABLE schema_migrations (
+                     version INTEGER PRIMARY KEY,
+                     applied_at INTEGER NOT NULL
+                 );"
+            )))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        let current: i64 =
+            sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM schema_migrations")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        let newest = MIGRATIONS.last().map_or(0, |m| m.0);
+        if current > newest {
+            return Err(StoreError::NotAStore(format!(
+                "store \"{shown}\" has schema version {current}, newer than this secretfs \
+                 understands ({newest}); upgrade secretfs"
+            )));
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            sqlx::raw_sql(*sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+                .bind(version)
+                .bind(Timestamp::now().nanos())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    /// Closes the pool, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Maps errors met while opening, where "not a database" means the file is not a store.
+fn open_error(path: &Path, e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
+        match code & 0xff {
+            26 | 11 => {
+                return StoreError::NotAStore(format!(
+                    "\"{}\" is not a secretfs store (not an SQLite database, or corrupt); point \
+                     --store at a secretfs store or a new file",
+                    path.display()
+                ));
+            }
+            _ => {}
+        }
+    }
+    match map_err(e) {
+        StoreError::Internal(msg) => {
+            StoreError::Unavailable(format!("cannot open store \"{}\": {msg}", path.display()))
+        }
+        other => other,
+    }
+}
+
+/// Maps a sqlx error to the store's vocabulary. SQLite error texts name tables and constraints,
+/// never bound values, so they are safe to carry.
+fn map_err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
+            match code & 0xff {
+                13 => StoreError::OutOfSpace,                          // SQLITE_FULL
+                5 | 6 => StoreError::Unavailable(db.message().into()), // BUSY, LOCKED
+                8 | 10 | 14 => StoreError::Unavailable(db.message().into()), // READONLY, IOERR, CANTOPEN
+                26 | 11 => {
+                    StoreError::NotAStore(format!("the store file is damaged: {}", db.message()))
+                }
+                _ => StoreError::Internal(db.message().into()),
+            }
+        }
+        sqlx::Error::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => StoreError::OutOfSpace,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+const META_COLUMNS: &str = "name, kind, visibility, owner, tags, version, created_at, updated_at";
+
+fn meta_from_row(row: &SqliteRow) -> Result<SecretMeta, StoreError> {
+    let bad = |what: &str| StoreError::Internal(format!("stored row has an invalid {what}"));
+    let name: String = row.try_get("name").map_err(map_err)?;
+    let kind: String = row.try_get("kind").map_err(map_err)?;
+    let visibility: String = row.try_get("visibility").map_err(map_err)?;
+    let tags: String = row.try_get("tags").map_err(map_err)?;
+    let version: i64 = row.try_get("version").map_err(map_err)?;
+    Ok(SecretMeta {
+        name: SecretName::parse(&name).map_err(|_| bad("name"))?,
+        kind: kind.parse().map_err(|_| bad("kind"))?,
+        visibility: visibility.parse().map_err(|_| bad("visibility"))?,
+        owner: row.try_get("owner").map_err(map_err)?,
+        tags: serde_json::from_str(&tags).map_err(|_| bad("tag list"))?,
+        version: u64::try_from(version).map_err(|_| bad("version"))?,
+        created_at: Timestamp::from_nanos(row.try_get("created_at").map_err(map_err)?),
+        updated_at: Timestamp::from_nanos(row.try_get("updated_at").map_err(map_err)?),
+    })
+}
+
+fn tags_json(tags: &[String]) -> String {
+    serde_json::to_string(tags).expect("a list of strings always serializes")
+}
+
+fn version_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Invalid(format!("version {v} is out of range")))
+}
+
+async fn insert_audit<'c, E>(exec: E, a: &AuditRecord) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
+{
+    sqlx::query(
+        "INSERT INTO audit (at, workspace, actor, action, secret, version, detail)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(a.at.nanos())
+    .bind(&a.workspace)
+    .bind(&a.actor)
+    .bind(a.action.as_str())
+    .bind(&a.secret)
+    .bind(version_i64(a.version)?)
+    .bind(&a.detail)
+    .execute(exec)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+
+    async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = 'key_check'")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn set_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO settings (key, value) VALUES ('key_check', ?)")
+            .bind(sealed)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn list(&self, workspace: &str) -> Result<Vec<SecretMeta>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {META_COLUMNS} FROM secrets WHERE workspace = ? ORDER BY name"
+        )))
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(meta_from_row).collect()
+    }
+
+    async fn get(&self, workspace: &str, name: &SecretName) -> Result<StoredSecret, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {META_COLUMNS}, id, sealed FROM secrets WHERE workspace = ? AND name = ?"
+        )))
+        .bind(workspace)
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?
+        .ok_or_else(|| StoreError::NotFound(name.clone()))?;
+        Ok(StoredSecret {
+            meta: meta_from_row(&row)?,
+            id: row.try_get("id").map_err(map_err)?,
+            sealed: row.try_get("sealed").map_err(map_err)?,
+        })
+    }
+
+    async fn insert(
+        &self,
+        workspace: &str,
+        secret: &StoredSecret,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        let m = &secret.meta;
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM workspaces WHERE name = ?")
+            .bind(workspace)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if known.is_none() {
+            return Err(StoreError::WorkspaceNotFound(workspace.to_owned()));
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO secrets (workspace, name, id, kind, visibility, owner, tags, version,
+                                  sealed, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(workspace)
+        .bind(m.name.as_str())
+        .bind(&secret.id)
+        .bind(m.kind.as_str())
+        .bind(m.visibility.as_str())
+        .bind(&m.owner)
+        .bind(tags_json(&m.tags))
+        .bind(version_i64(m.version)?)
+        .bind(&secret.sealed)
+        .bind(m.created_at.nanos())
+        .bind(m.updated_at.nanos())
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists(m.name.clone()));
+            }
+            Err(e) => return Err(map_err(e)),
+        }
+        insert_audit(&mut *tx, audit).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn update(
+        &self,
+        workspace: &str,
+        name: &SecretName,
+        expected_version: u64,
+        change: &Change,
+        at: Timestamp,
+        audit: &AuditRecord,
+    ) -> Result<SecretMeta, StoreError> {
+        let new_version = if change.sealed.is_some() {
+            expected_version + 1
+        } else {
+            expected_version
+        };
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        // One statement with the version in its WHERE clause: a concurrent writer makes it match
+        // no row, and the vault retries from a fresh read.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE secrets SET
+                sealed = coalesce(?, sealed),
+                version = ?,
+                updated_at = CASE WHEN ? IS NULL THEN updated_at ELSE ? END,
+                visibility = coalesce(?, visibility),
+                tags = coalesce(?, tags),
+                kind = coalesce(?, kind)
+             WHERE workspace = ? AND name = ? AND version = ?
+             RETURNING {META_COLUMNS}"
+        )))
+        .bind(change.sealed.as_deref())
+        .bind(version_i64(new_version)?)
+        .bind(change.sealed.as_ref().map(|_| 1))
+        .bind(at.nanos())
+        .bind(change.visibility.map(|v| v.as_str()))
+        .bind(change.tags.as_deref().map(tags_json))
+        .bind(change.kind.map(|k| k.as_str()))
+        .bind(workspace)
+        .bind(name.as_str())
+        .bind(version_i64(expected_version)?)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else {
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM secrets WHERE workspace = ? AND name = ?")
+                    .bind(workspace)
+                    .bind(name.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            return Err(match exists {
+                Some(_) => StoreError::VersionConflict(name.clone()),
+                None => StoreError::NotFound(name.clone()),
+            });
+        };
+        let meta = meta_from_row(&row)?;
+        insert_audit(&mut *tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(meta)
+    }
+
+    async fn delete(
+        &self,
+        workspace: &str,
+        name: &SecretName,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let deleted = sqlx::query("DELETE FROM secrets WHERE workspace = ? AND name = ?")
+            .bind(workspace)
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound(name.clone()));
+        }
+        insert_audit(&mut *tx, audit).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn record(&self, audits: &[AuditRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        for audit in audits {
+            insert_audit(&mut *tx, audit).await?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn audit_log(&self, workspace: &str, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, workspace, actor, action, secret, version, detail FROM audit
+             WHERE workspace = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(workspace)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let mut out = rows
+            .iter()
+            .map(|row| {
+                let action: String = row.try_get("action").map_err(map_err)?;
+                let version: i64 = row.try_get("version").map_err(map_err)?;
+                Ok(AuditRecord {
+                    at: Timestamp::from_nanos(row.try_get("at").map_err(map_err)?),
+                    workspace: row.try_get("workspace").map_err(map_err)?,
+                    actor: row.try_get("actor").map_err(map_err)?,
+                    action: AuditAction::parse(&action).ok_or_else(|| {
+                        StoreError::Internal(format!("unknown audit action {action:?}"))
+                    })?,
+                    secret: row.try_get("secret").map_err(map_err)?,
+                    version: u64::try_from(version).unwrap_or(0),
+                    detail: row.try_get("detail").map_err(map_err)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.reverse();
+        Ok(out)
+    }
+}

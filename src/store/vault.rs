@@ -1,0 +1,341 @@
+//! The vault: sealing, validation and audit on top of any [`Store`].
+
+use std::sync::Arc;
+
+use crate::crypto::{Binding, MasterKey, Sealer};
+use crate::secret::{
+    SecretKind, SecretMeta, SecretName, SecretValue, Timestamp, ValueError, ValueLimit, Visibility,
+    validate_tags,
+};
+
+use super::{AuditAction, AuditRecord, Change, Store, StoreError, StoredSecret};
+
+/// How often an update is retried when another writer bumps the version in between.
+const MAX_RETRIES: usize = 16;
+
+/// The plaintext the key check seals: opening it proves a key is the store's key before any
+/// secret is touched, so a wrong key file is reported as such, not as a damaged secret.
+const KEY_CHECK: &[u8] = b"secretfs key check v1";
+const KEY_CHECK_BINDING: Binding<'static> = Binding {
+    workspace: "",
+    name: "key-check",
+    secret_id: "",
+    version: 0,
+};
+
+/// A secret to create.
+#[derive(Debug)]
+pub struct NewSecret {
+    pub name: SecretName,
+    pub kind: SecretKind,
+    pub visibility: Visibility,
+    pub tags: Vec<String>,
+    pub value: SecretValue,
+}
+
+/// What to change in an existing secret; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct SecretUpdate {
+    pub value: Option<SecretValue>,
+    pub visibility: Option<Visibility>,
+    pub tags: Option<Vec<String>>,
+}
+
+/// Seals, opens, validates and audits; the only way the rest of secretfs reaches a [`Store`].
+pub struct Vault {
+    store: Arc<dyn Store>,
+    sealer: Sealer,
+    limit: ValueLimit,
+}
+
+impl Vault {
+    /// Binds `key` to `store`: on a new store, records a key check; on an existing one, verifies
+    /// that `key` is the key the store was sealed with.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        key: &MasterKey,
+        limit: ValueLimit,
+    ) -> Result<Vault, StoreError> {
+        let sealer = Sealer::new(key);
+        let check = match store.key_check().await? {
+            Some(check) => check,
+            None => {
+                let sealed = sealer.seal(&KEY_CHECK_BINDING, KEY_CHECK);
+                match store.set_key_check(&sealed).await {
+                    Ok(()) => sealed,
+                    // Another process initialised the store at the same moment: check against
+                    // the key it recorded.
+                    Err(_) => store.key_check().await?.ok_or_else(|| {
+                        StoreError::Internal("the key check could not be recorded".into())
+                    })?,
+                }
+            }
+        };
+        match sealer.open(&KEY_CHECK_BINDING, &check) {
+            Ok(plain) if plain.as_slice() == KEY_CHECK => {}
+            _ => {
+                return Err(StoreError::KeyMismatch(format!(
+                    "the key does not open store \"{}\"; use the key file created with this store",
+                    store.describe()
+                )));
+            }
+        }
+        Ok(Vault {
+            store,
+            sealer,
+            limit,
+        })
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    pub fn value_limit(&self) -> ValueLimit {
+        self.limit
+    }
+
+    fn check_limit(&self, value: &SecretValue) -> Result<(), StoreError> {
+        if value.len() > self.limit.bytes() {
+            return Err(StoreError::Invalid(
+                ValueError::TooLarge {
+                    len: value.len(),
+                    limit: self.limit.bytes(),
+                }
+                .to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn audit(
+        workspace: &str,
+        actor: &str,
+        action: AuditAction,
+        name: &SecretName,
+        version: u64,
+        detail: String,
+    ) -> AuditRecord {
+        AuditRecord {
+            at: Timestamp::now(),
+            workspace: workspace.to_owned(),
+            actor: actor.to_owned(),
+            action,
+            secret: name.to_string(),
+            version,
+            detail,
+        }
+    }
+
+    /// Creates a secret at version 1, owned by `owner`.
+    pub async fn create(
+        &self,
+        workspace: &str,
+        owner: &str,
+        new: NewSecret,
+    ) -> Result<SecretMeta, StoreError> {
+        self.check_limit(&new.value)?;
+        let tags = validate_tags(&new.tags).map_err(StoreError::Invalid)?;
+        let now = Timestamp::now();
+        let id = random_id();
+        let meta = SecretMeta {
+            name: new.name,
+            kind: new.kind,
+            visibility: new.visibility,
+            owner: owner.to_owned(),
+            tags,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        let sealed = self.sealer.seal(
+            &Binding {
+                workspace,
+                name: meta.name.as_str(),
+                secret_id: &id,
+                version: 1,
+            },
+            new.value.expose_secret(),
+        );
+        let audit = Self::audit(
+            workspace,
+            owner,
+            AuditAction::Create,
+            &meta.name,
+            1,
+            format!("kind={} visibility={}", meta.kind, meta.visibility),
+        );
+        let row = StoredSecret { meta, id, sealed };
+        self.store.insert(workspace, &row, &audit).await?;
+        Ok(row.meta)
+    }
+
+    pub async fn list(&self, workspace: &str) -> Result<Vec<SecretMeta>, StoreError> {
+        self.store.list(workspace).await
+    }
+
+    pub async fn meta(&self, workspace: &str, name: &SecretName) -> Result<SecretMeta, StoreError> {
+        Ok(self.store.get(workspace, name).await?.meta)
+    }
+
+    /// Replaces the value (a new version) and/or changes visibility or tags, atomically.
+    pub async fn update(
+        &self,
+        workspace: &str,
+        actor: &str,
+        name: &SecretName,
+        update: SecretUpdate,
+    ) -> Result<SecretMeta, StoreError> {
+        if let Some(value) = &update.value {
+            self.check_limit(value)?;
+        }
+        let tags = match &update.tags {
+            Some(tags) => Some(validate_tags(tags).map_err(StoreError::Invalid)?),
+            None => None,
+        };
+        let mut detail = Vec::new();
+        if update.value.is_some() {
+            detail.push("value".to_owned());
+        }
+        if let Some(v) = update.visibility {
+            detail.push(format!("visibility={v}"));
+        }
+        if let Some(t) = &tags {
+            detail.push(format!("tags={}", t.join(",")));
+        }
+        for _ in 0..MAX_RETRIES {
+            let current = self.store.get(workspace, name).await?;
+            let version = current.meta.version;
+            let sealed = update.value.as_ref().map(|value| {
+                self.sealer.seal(
+                    &Binding {
+                        workspace,
+                        name: name.as_str(),
+                        secret_id: &current.id,
+                        version: version + 1,
+                    },
+                    value.expose_secret(),
+                )
+            });
+            let new_version = version + u64::from(sealed.is_some());
+            let change = Change {
+                sealed,
+                visibility: update.visibility,
+                tags: tags.clone(),
+                kind: None,
+            };
+            let audit = Self::audit(
+                workspace,
+                actor,
+                AuditAction::Update,
+                name,
+                new_version,
+                detail.join(" "),
+            );
+            match self
+                .store
+                .update(workspace, name, version, &change, Timestamp::now(), &audit)
+                .await
+            {
+                Err(StoreError::VersionConflict(_)) => continue,
+                other => return other,
+            }
+        }
+        Err(StoreError::VersionConflict(name.clone()))
+    }
+
+    pub async fn delete(
+        &self,
+        workspace: &str,
+        actor: &str,
+        name: &SecretName,
+    ) -> Result<(), StoreError> {
+        let version = self.store.get(workspace, name).await?.meta.version;
+        let audit = Self::audit(
+            workspace,
+            actor,
+            AuditAction::Delete,
+            name,
+            version,
+            String::new(),
+        );
+        self.store.delete(workspace, name, &audit).await
+    }
+
+    /// Reads and opens the values of `names` for a workload, recording one audit entry per value
+    /// read, in one transaction. Each name gets its own result, so a caller can report every
+    /// missing secret at once.
+    pub async fn read_many(
+        &self,
+        workspace: &str,
+        actor: &str,
+        names: &[SecretName],
+    ) -> Result<Vec<Result<(SecretMeta, SecretValue), StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(names.len());
+        let mut audits = Vec::new();
+        for name in names {
+            let result = match self.store.get(workspace, name).await {
+                Ok(row) => self.open_row(workspace, row),
+                Err(e @ StoreError::NotFound(_)) => Err(e),
+                Err(e) => return Err(e),
+            };
+            if let Ok((meta, _)) = &result {
+                audits.push(Self::audit(
+                    workspace,
+                    actor,
+                    AuditAction::Read,
+                    name,
+                    meta.version,
+                    String::new(),
+                ));
+            }
+            out.push(result);
+        }
+        if !audits.is_empty() {
+            self.store.record(&audits).await?;
+        }
+        Ok(out)
+    }
+
+    /// Reads one value for a workload (audited).
+    pub async fn read(
+        &self,
+        workspace: &str,
+        actor: &str,
+        name: &SecretName,
+    ) -> Result<(SecretMeta, SecretValue), StoreError> {
+        self.read_many(workspace, actor, std::slice::from_ref(name))
+            .await?
+            .pop()
+            .expect("one result per name")
+    }
+
+    fn open_row(
+        &self,
+        workspace: &str,
+        row: StoredSecret,
+    ) -> Result<(SecretMeta, SecretValue), StoreError> {
+        let binding = Binding {
+            workspace,
+            name: row.meta.name.as_str(),
+            secret_id: &row.id,
+            version: row.meta.version,
+        };
+        let plain = self
+            .sealer
+            .open(&binding, &row.sealed)
+            .map_err(|_| StoreError::Undecryptable(row.meta.name.clone()))?;
+        // Values were checked on the way in; an empty or oversized plaintext means the row is
+        // not what was written.
+        let value = SecretValue::new(plain, ValueLimit::default())
+            .map_err(|_| StoreError::Undecryptable(row.meta.name.clone()))?;
+        Ok((row.meta, value))
+    }
+}
+
+/// A random 128-bit id in hex.
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source failed");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,5 @@
+//! Integration tests: the real binary, real files, real processes. One test binary, one file per
+//! area.
+
+mod cli_secret;
+mod support;
