@@ -2,4 +2,5 @@
 //! area.
 
 mod cli_secret;
+mod store;
 mod support;
