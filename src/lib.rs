@@ -5,6 +5,9 @@
 
 pub mod cli;
 pub mod crypto;
+pub mod fs;
+pub mod harden;
 pub mod keyfile;
 pub mod secret;
+pub mod source;
 pub mod store;

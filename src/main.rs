@@ -1,12 +1,16 @@
 //! The `secretfs` binary: parse arguments, run the command, map errors to exit codes.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, daemon: bool) {
     let default = match verbose {
+        // A long-running daemon reports what it does (rotations, outages, audit lines); a
+        // one-shot command only what went wrong.
+        0 if daemon => "info",
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -16,6 +20,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }
@@ -25,7 +30,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return secretfs::cli::usage_error(e),
     };
-    init_logging(cli.global.verbose);
+    init_logging(cli.global.verbose, cli.command.is_daemon());
     match secretfs::cli::run(cli) {
         Ok(code) => code,
         Err(err) => secretfs::cli::report(&err),

@@ -2,6 +2,7 @@
 //! error reaching `main` is printed as `error: ...` (plus a `hint: ...` line when there is one).
 
 mod input;
+mod mount;
 mod secret;
 
 use std::fmt;
@@ -45,6 +46,17 @@ pub enum Command {
     /// Create, list, update and delete secrets.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Mount the secrets as a read-only filesystem (runs in the foreground).
+    Mount(mount::MountArgs),
+    /// Check whether FUSE mounts can work here, and say what is missing.
+    Doctor,
+}
+
+impl Command {
+    /// Whether this command runs as a long-lived service (and logs at info by default).
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, Command::Mount(_))
+    }
 }
 
 /// How lists and results are printed.
@@ -111,6 +123,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Secret(cmd) => runtime()?.block_on(secret::run(&cli.global, cmd)),
+        Command::Mount(args) => mount::mount(&cli.global, args),
+        Command::Doctor => mount::doctor(),
     }
 }
 

@@ -2,5 +2,6 @@
 //! area.
 
 mod cli_secret;
+mod mount;
 mod store;
 mod support;

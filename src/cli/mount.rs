@@ -1,0 +1,128 @@
+//! `secretfs mount DIR` and `secretfs doctor`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::GlobalArgs;
+use crate::fs::mount::{self, MountConfig};
+use crate::fs::tree::Ownership;
+use crate::secret::SecretName;
+use crate::source::LocalSource;
+use crate::store::local::LocalPaths;
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// The directory to mount the secrets on (must exist).
+    pub dir: PathBuf,
+    /// Mount only this secret (repeatable); default: every secret the source allows.
+    #[arg(long = "secret", short = 's', value_name = "NAME")]
+    pub secrets: Vec<String>,
+    /// Owner of the files [default: the user running the mount].
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Group of the files [default: the group running the mount].
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// File mode, read bits only: 0400, 0440 or 0444.
+    #[arg(long, default_value = "0400", value_parser = parse_mode)]
+    pub mode: u32,
+    /// How often to re-read the source ("30s", "5m"; "0" never).
+    #[arg(long, default_value = "30s", value_parser = parse_refresh)]
+    pub refresh: Refresh,
+    /// Log every open with the caller's uid, gid and pid (opens then cost a round trip).
+    #[arg(long)]
+    pub audit: bool,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("invalid mode {s:?}: give octal digits such as 0400 or 0440"))
+}
+
+/// A refresh interval, or never.
+#[derive(Debug, Clone, Copy)]
+pub struct Refresh(pub Option<Duration>);
+
+fn parse_refresh(s: &str) -> Result<Refresh, String> {
+    if matches!(s.trim(), "0" | "never" | "off") {
+        return Ok(Refresh(None));
+    }
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 30s, 5m or 0 for never"))?;
+    if d < Duration::from_millis(100) {
+        return Err(format!(
+            "refresh interval {s:?} is too short; use at least 100ms"
+        ));
+    }
+    Ok(Refresh(Some(d)))
+}
+
+pub fn mount(g: &GlobalArgs, a: MountArgs) -> anyhow::Result<ExitCode> {
+    // Before any thread exists (the store's connections start threads), so that no thread can
+    // receive SIGTERM and die with it instead of unmounting.
+    mount::block_shutdown_signals();
+    let owner = Ownership::new(
+        a.uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
+        a.gid.unwrap_or_else(|| nix::unistd::getgid().as_raw()),
+        a.mode,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let only = a
+        .secrets
+        .iter()
+        .map(|s| SecretName::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let paths = LocalPaths::resolve(g.store.clone(), g.key_file.clone())?;
+    let source = LocalSource::open(paths)?;
+    let cfg = MountConfig {
+        dir: a.dir,
+        only,
+        owner,
+        refresh: a.refresh.0,
+        audit: a.audit,
+    };
+    mount::run(Box::new(source), cfg, |ready| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "secretfs: mounted {} secret{} at {} from {}{}",
+            ready.secrets,
+            if ready.secrets == 1 { "" } else { "s" },
+            ready.dir.display(),
+            ready.source,
+            if ready.locked {
+                ""
+            } else {
+                " (memory NOT locked)"
+            },
+        );
+        let _ = out.flush();
+    })
+    .context("mount failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn doctor() -> anyhow::Result<ExitCode> {
+    let checks = crate::fs::doctor::checks();
+    for c in &checks {
+        println!(
+            "{} {}: {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.what,
+            c.detail
+        );
+    }
+    if checks.iter().all(|c| c.ok) {
+        println!("FUSE mounts should work here");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("FUSE mounts will not work here until the FAIL lines are fixed");
+        Ok(ExitCode::from(1))
+    }
+}

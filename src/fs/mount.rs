@@ -1,0 +1,529 @@
+//! The daemon's lifecycle: check the mount point, load the secrets, mount, refresh, and unmount
+//! on SIGTERM/SIGINT.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
+use nix::sys::signal::{SigSet, Signal};
+
+use super::fuse::{SecretFs, SharedTree};
+use super::memory::LockedPool;
+use super::tree::{Changes, Ownership, ROOT, Tree};
+use crate::secret::{SecretMeta, SecretName};
+use crate::source::{Source, SourceError};
+
+/// What to mount and how.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub dir: PathBuf,
+    /// Only these secrets (all of them when empty).
+    pub only: Vec<SecretName>,
+    pub owner: Ownership,
+    /// How often to re-read the source; `None` never.
+    pub refresh: Option<Duration>,
+    pub audit: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount point \"{}\" does not exist; create it first (mkdir -p {})", .0.display(), .0.display())]
+    NoMountPoint(PathBuf),
+    #[error("mount point \"{}\" is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error(
+        "\"{}\" is already a live secretfs mount; unmount it first (umount {}) or choose another \
+         directory",
+        .0.display(), .0.display()
+    )]
+    AlreadyMounted(PathBuf),
+    #[error("cannot recover the stale mount at \"{}\": {source}", .path.display())]
+    Stale { path: PathBuf, source: nix::Error },
+    #[error("cannot inspect mount point \"{}\": {source}", .path.display())]
+    Inspect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", missing_message(.0))]
+    Missing(Vec<SecretName>),
+    #[error("cannot read secrets from the source: {0}")]
+    Source(#[from] SourceError),
+    #[error("cannot hold secrets in memory: {0}")]
+    Memory(std::io::Error),
+    #[error("cannot mount at \"{}\": {source}{}", .dir.display(), diagnosis(.problems))]
+    Mount {
+        dir: PathBuf,
+        source: std::io::Error,
+        problems: Vec<String>,
+    },
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn missing_message(names: &[SecretName]) -> String {
+    let list: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    format!(
+        "{} not found in the source: {}; check the names with \"secretfs secret list\"",
+        if names.len() == 1 {
+            "secret"
+        } else {
+            "secrets"
+        },
+        list.join(", ")
+    )
+}
+
+fn diagnosis(problems: &[String]) -> String {
+    if problems.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", problems.join("; "))
+    }
+}
+
+/// The signals that end the daemon. They are blocked in every thread (a thread that did not
+/// block them could be picked to receive one and die with its default action) and taken with
+/// `sigwait` by one thread.
+pub fn shutdown_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+/// Blocks the shutdown signals in the calling thread, and so in every thread it spawns after.
+/// Call first thing, before any thread exists.
+pub fn block_shutdown_signals() {
+    // Blocking signals cannot fail for a valid set.
+    let _ = shutdown_signals().thread_block();
+}
+
+/// Checks the mount point: it must exist and be a directory, and not be a live secretfs mount.
+/// A stale mount (its daemon died) is detached so it can be mounted over.
+pub fn prepare_mount_point(dir: &Path) -> Result<PathBuf, MountError> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(dir = %dir.display(), "recovering a stale mount (its daemon is gone)");
+            nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).map_err(|source| {
+                MountError::Stale {
+                    path: dir.to_owned(),
+                    source,
+                }
+            })?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(MountError::NoMountPoint(dir.to_owned()));
+        }
+        Err(source) => {
+            return Err(MountError::Inspect {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+        Ok(_) => {}
+    }
+    let meta = std::fs::metadata(dir).map_err(|source| MountError::Inspect {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(MountError::NotADirectory(dir.to_owned()));
+    }
+    let canonical = dir.canonicalize().map_err(|source| MountError::Inspect {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if is_secretfs_mount(&canonical) {
+        return Err(MountError::AlreadyMounted(dir.to_owned()));
+    }
+    Ok(canonical)
+}
+
+/// Whether a secretfs filesystem is mounted at `dir` (per /proc/self/mountinfo).
+pub fn is_secretfs_mount(dir: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = dir.to_string_lossy();
+    info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            return false;
+        };
+        let (Some(point), Some(fstype), Some(source)) =
+            (fields.get(4), fields.get(dash + 1), fields.get(dash + 2))
+        else {
+            return false;
+        };
+        unescape_mountinfo(point) == wanted
+            && (*fstype == "fuse.secretfs" || (fstype.starts_with("fuse") && *source == "secretfs"))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as three octal digits (`\040`).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) if b[i] == b'\\' => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmounts `dir`: a plain unmount, lazily if it is busy (a process has a file or its working
+/// directory there), through `fusermount3 -u` when this process may not unmount itself.
+pub fn unmount(dir: &Path) -> std::io::Result<()> {
+    use nix::mount::{MntFlags, umount2};
+    match umount2(dir, MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(nix::Error::EBUSY) => umount2(dir, MntFlags::MNT_DETACH).map_err(Into::into),
+        Err(nix::Error::EPERM) => {
+            let status = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(dir)
+                .status()?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!(
+                    "fusermount3 -u failed: {status}"
+                )))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The secrets to serve: every listed one, or those in `only` (all of which must exist).
+fn select(metas: Vec<SecretMeta>, only: &[SecretName]) -> Result<Vec<SecretMeta>, MountError> {
+    if only.is_empty() {
+        return Ok(metas);
+    }
+    let wanted: HashSet<&SecretName> = only.iter().collect();
+    let selected: Vec<SecretMeta> = metas
+        .into_iter()
+        .filter(|m| wanted.contains(&m.name))
+        .collect();
+    let missing: Vec<SecretName> = only
+        .iter()
+        .filter(|n| !selected.iter().any(|m| &m.name == *n))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        Ok(selected)
+    } else {
+        Err(MountError::Missing(missing))
+    }
+}
+
+/// Fetches the values `tree` lacks for `metas` into locked memory and applies them. Names whose
+/// value cannot be fetched keep their last known good value; their errors are returned.
+fn load(
+    source: &dyn Source,
+    tree: &SharedTree,
+    metas: &[SecretMeta],
+) -> Result<(Changes, Vec<SourceError>), MountError> {
+    let stale: Vec<SecretName> = tree
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .stale(metas)
+        .into_iter()
+        .cloned()
+        .collect();
+    let mut errors = Vec::new();
+    let mut fetched = Vec::new();
+    if !stale.is_empty() {
+        for result in source.read(&stale)? {
+            match result {
+                Ok((meta, value)) => fetched.push((meta, value)),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    // The source may have moved on between list and read; serve what was actually read.
+    let metas: Vec<SecretMeta> = metas
+        .iter()
+        .map(|m| {
+            fetched
+                .iter()
+                .find(|(f, _)| f.name == m.name)
+                .map_or_else(|| m.clone(), |(f, _)| f.clone())
+        })
+        .collect();
+    let slots = LockedPool::store(fetched.iter().map(|(_, v)| v.expose_secret()))
+        .map_err(MountError::Memory)?;
+    let fresh = fetched
+        .into_iter()
+        .map(|(m, _)| m.name)
+        .zip(slots)
+        .collect();
+    let changes =
+        tree.write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(&metas, fresh, SystemTime::now());
+    Ok((changes, errors))
+}
+
+/// Tells the kernel what changed. Called after the tree's lock is released: the kernel may need
+/// the daemon to answer a pending request before it can process the notification.
+fn notify(notifier: &Notifier, changes: &Changes) {
+    for (name, ino) in changes.replaced.iter().chain(&changes.removed) {
+        // Drops the name's dentry and unlinks the old inode in the kernel, so the next open
+        // looks the name up again and the old inode is forgotten once no one holds it open.
+        if let Err(e) = notifier.delete(INodeNo(ROOT), INodeNo(*ino), name.as_ref()) {
+            // ENOENT: the kernel never looked the name up; nothing is cached.
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!(secret = %name, error = %e, "kernel invalidation of an entry failed");
+            }
+        }
+    }
+    for name in &changes.added {
+        let _ = notifier.inval_entry(INodeNo(ROOT), name.as_ref());
+    }
+    if !changes.is_empty() {
+        // The directory's listing and attributes (mtime) changed.
+        let _ = notifier.inval_inode(INodeNo(ROOT), 0, 0);
+    }
+}
+
+fn log_changes(changes: &Changes, tree: &SharedTree) {
+    if changes.is_empty() {
+        return;
+    }
+    let versions = tree.read().unwrap_or_else(|e| e.into_inner()).versions();
+    let version_of = |n: &str| versions.iter().find(|(v, _)| v == n).map_or(0, |v| v.1);
+    for name in &changes.added {
+        tracing::info!(secret = %name, version = version_of(name), "secret added");
+    }
+    for (name, _) in &changes.replaced {
+        tracing::info!(secret = %name, version = version_of(name), "secret rotated");
+    }
+    for (name, _) in &changes.removed {
+        tracing::info!(secret = %name, "secret removed");
+    }
+}
+
+/// One refresh: list, fetch what changed, apply, invalidate. Errors keep the last known good
+/// state and are logged by the caller.
+fn refresh(
+    source: &dyn Source,
+    tree: &SharedTree,
+    notifier: &Notifier,
+    only: &[SecretName],
+) -> Result<(), MountError> {
+    let listed = source.list()?;
+    let metas: Vec<SecretMeta> = if only.is_empty() {
+        listed
+    } else {
+        listed
+            .into_iter()
+            .filter(|m| only.contains(&m.name))
+            .collect()
+    };
+    let (changes, errors) = load(source, tree, &metas)?;
+    for e in errors {
+        tracing::warn!(error = %e, "cannot fetch a changed secret; serving its last known good value");
+    }
+    notify(notifier, &changes);
+    log_changes(&changes, tree);
+    Ok(())
+}
+
+/// What the daemon tells its caller once the mount is ready.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub dir: PathBuf,
+    pub secrets: usize,
+    pub source: String,
+    pub locked: bool,
+    pub auto_unmount: bool,
+}
+
+enum Event {
+    Signal(Signal),
+    SessionEnded(std::io::Result<()>),
+}
+
+/// Mounts `source` at `cfg.dir` and serves it until SIGTERM, SIGINT or SIGHUP (or an external
+/// unmount). `on_ready` runs once the mount is live. The caller must have called
+/// [`block_shutdown_signals`] before starting any thread.
+pub fn run(
+    source: Box<dyn Source>,
+    cfg: MountConfig,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), MountError> {
+    block_shutdown_signals();
+    crate::harden::harden_process();
+    let dir = prepare_mount_point(&cfg.dir)?;
+    let description = source.describe();
+
+    let metas = select(source.list()?, &cfg.only)?;
+    let tree: SharedTree = Arc::new(RwLock::new(Tree::new(cfg.owner, SystemTime::now())));
+    let (_, errors) = load(&*source, &tree, &metas)?;
+    // Fail closed at start: a mount that silently lacks a secret is worse than no mount.
+    if let Some(e) = errors.into_iter().next() {
+        return Err(MountError::Source(e));
+    }
+    let count = tree.read().unwrap_or_else(|e| e.into_inner()).len();
+
+    let auto_unmount = super::doctor::find_in_path("fusermount3").is_some();
+    if !auto_unmount {
+        tracing::warn!(
+            "fusermount3 not found (install fuse3): if this daemon is killed, the mount stays \
+             behind until the next start recovers it"
+        );
+    }
+    let mut options = vec![
+        MountOption::FSName("secretfs".into()),
+        MountOption::Subtype("secretfs".into()),
+        MountOption::RO,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::NoExec,
+        MountOption::DefaultPermissions,
+    ];
+    if auto_unmount {
+        options.push(MountOption::AutoUnmount);
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    // The kernel decides access from owner and mode (default_permissions); allow_other lets the
+    // workload's uid reach the files at all.
+    config.acl = SessionACL::All;
+    config.n_threads = Some(if cfg.audit { 2 } else { 1 });
+
+    let fs = SecretFs::new(tree.clone(), cfg.audit);
+    let mut session =
+        fuser::Session::new(fs, &dir, &config).map_err(|source| MountError::Mount {
+            dir: cfg.dir.clone(),
+            source,
+            problems: super::doctor::problems(),
+        })?;
+    let notifier = session.notifier();
+    let mut unmounter = session.unmount_callable();
+
+    let (events, inbox) = mpsc::channel();
+    let session_events = events.clone();
+    let fuse_thread = thread::Builder::new()
+        .name("fuse".into())
+        .spawn(move || {
+            let result = session.run();
+            let _ = session_events.send(Event::SessionEnded(result));
+        })
+        .map_err(MountError::Thread)?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                if let Ok(sig) = shutdown_signals().wait()
+                    && events.send(Event::Signal(sig)).is_err()
+                {
+                    return;
+                }
+            }
+        })
+        .map_err(MountError::Thread)?;
+
+    let (stop_refresh, refresh_stopped) = mpsc::channel::<()>();
+    let refresh_thread = match cfg.refresh {
+        Some(interval) => {
+            let tree = tree.clone();
+            let only = cfg.only.clone();
+            Some(
+                thread::Builder::new()
+                    .name("refresh".into())
+                    .spawn(move || {
+                        let mut failing = false;
+                        while let Err(mpsc::RecvTimeoutError::Timeout) =
+                            refresh_stopped.recv_timeout(interval)
+                        {
+                            match refresh(&*source, &tree, &notifier, &only) {
+                                Ok(()) if failing => {
+                                    tracing::info!("source reachable again; refresh resumed");
+                                    failing = false;
+                                }
+                                Ok(()) => {}
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "refresh failed; serving the last known good values");
+                                    failing = true;
+                                }
+                            }
+                        }
+                    })
+                    .map_err(MountError::Thread)?,
+            )
+        }
+        None => None,
+    };
+
+    on_ready(&Ready {
+        dir: cfg.dir.clone(),
+        secrets: count,
+        source: description,
+        locked: !super::memory::mlock_failed(),
+        auto_unmount,
+    });
+
+    match inbox.recv() {
+        Ok(Event::Signal(sig)) => {
+            tracing::info!(signal = %sig, "unmounting");
+            // Unmount here rather than through fuser: with auto_unmount, fuser only closes its
+            // socket to fusermount3, which unmounts only a filesystem whose daemon is already
+            // gone, so a clean shutdown would leave the mount behind.
+            if let Err(e) = unmount(&dir) {
+                tracing::warn!(error = %e, dir = %dir.display(), "unmount failed");
+            }
+            let _ = unmounter.unmount();
+            // Wait for the session to see the unmount, briefly: a lazy unmount completes
+            // asynchronously, and the process exiting ends the session anyway.
+            let _ = inbox.recv_timeout(Duration::from_secs(5));
+        }
+        Ok(Event::SessionEnded(result)) => {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "the FUSE session ended with an error");
+            } else {
+                tracing::info!("unmounted from outside; exiting");
+            }
+        }
+        Err(_) => {}
+    }
+    drop(stop_refresh);
+    if let Some(t) = refresh_thread {
+        let _ = t.join();
+    }
+    if fuse_thread.is_finished() {
+        let _ = fuse_thread.join();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(r"/tmp/a\040b"), "/tmp/a b");
+        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
+        assert_eq!(unescape_mountinfo(r"/x\\"), r"/x\\");
+    }
+}

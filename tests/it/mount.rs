@@ -1,0 +1,573 @@
+//! `secretfs mount`: real FUSE mounts of a real local store, checked with real tools.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::support::{
+    CANARY, Daemon, Scratch, assert_no_canary, eventually, fuse_available, is_mounted, open_up,
+};
+
+/// A scratch store holding `secrets`, plus a mount point inside it.
+fn store_with(secrets: &[(&str, &[u8])]) -> Scratch {
+    let s = Scratch::new();
+    for (name, value) in secrets {
+        s.ok(&["secret", "create", name], value);
+    }
+    s
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn list_json(s: &Scratch) -> serde_json::Value {
+    serde_json::from_str(&s.ok(&["secret", "list", "-o", "json"], b"")).unwrap()
+}
+
+#[test]
+fn files_show_true_content_sizes_modes_and_times() {
+    if !fuse_available("files_show_true_content_sizes_modes_and_times") {
+        return;
+    }
+    let s = store_with(&[
+        ("HF_TOKEN", b"hf_abc123"),
+        ("db-password", CANARY.as_bytes()),
+    ]);
+    let mnt = s.path().join("mnt");
+    let d = Daemon::start(&s, &mnt, &["--refresh", "200ms"]);
+    assert!(
+        d.ready_line.starts_with("secretfs: mounted 2 secrets at "),
+        "{}",
+        d.ready_line
+    );
+
+    assert_eq!(std::fs::read(mnt.join("HF_TOKEN")).unwrap(), b"hf_abc123");
+    assert_eq!(
+        std::fs::read(mnt.join("db-password")).unwrap(),
+        CANARY.as_bytes()
+    );
+    let listed = list_json(&s);
+    let uid = nix::unistd::getuid().as_raw();
+    for entry in listed.as_array().unwrap() {
+        let name = entry["name"].as_str().unwrap();
+        let m = std::fs::metadata(mnt.join(name)).unwrap();
+        assert!(m.is_file());
+        assert_eq!(m.mode() & 0o7777, 0o400, "{name}");
+        assert_eq!(
+            (m.uid(), m.gid(), m.nlink()),
+            (uid, nix::unistd::getgid().as_raw(), 1)
+        );
+        assert_eq!(
+            m.size(),
+            std::fs::read(mnt.join(name)).unwrap().len() as u64
+        );
+        // mtime is the secret's update time, to the microsecond the list shows.
+        let updated = entry["updated_at"].as_str().unwrap();
+        let updated = humantime::parse_rfc3339(updated).unwrap();
+        let mtime = std::time::UNIX_EPOCH + Duration::new(m.mtime() as u64, m.mtime_nsec() as u32);
+        let diff = mtime
+            .duration_since(updated)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            diff < Duration::from_micros(1),
+            "{name}: mtime {mtime:?} vs {updated:?}"
+        );
+    }
+    let root = std::fs::metadata(&mnt).unwrap();
+    assert_eq!(root.mode() & 0o7777, 0o500);
+
+    // Inode numbers are stable across refreshes that change nothing.
+    let ino = std::fs::metadata(mnt.join("HF_TOKEN")).unwrap().ino();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(std::fs::metadata(mnt.join("HF_TOKEN")).unwrap().ino(), ino);
+
+    // Everyday tools.
+    let (code, out, err) = run(Command::new("ls").arg("-la").arg(&mnt));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("-r-------- 1") && out.contains("HF_TOKEN") && out.contains("db-password"),
+        "{out}"
+    );
+    let (code, out, _) = run(Command::new("find").arg(&mnt).arg("-type").arg("f"));
+    assert_eq!((code, out.lines().count()), (0, 2), "{out}");
+    let copy = s.path().join("copy");
+    let (code, _, err) = run(Command::new("cp").arg("-a").arg(&mnt).arg(&copy));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(copy.join("HF_TOKEN")).unwrap(), b"hf_abc123");
+    let (code, out, err) = run(Command::new("tar")
+        .arg("cf")
+        .arg("-")
+        .arg("-C")
+        .arg(&mnt)
+        .arg("."));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("hf_abc123"));
+    let (code, out, err) = run(Command::new("stat")
+        .arg("-c")
+        .arg("%s %a %h")
+        .arg(mnt.join("HF_TOKEN")));
+    assert_eq!((code, out.trim()), (0, "9 400 1"), "{err}");
+    let script = "import os,sys\n\
+                  d=sys.argv[1]\n\
+                  names=sorted(e.name for e in os.scandir(d) if e.is_file())\n\
+                  print(names)\n\
+                  print(open(os.path.join(d,'HF_TOKEN')).read())";
+    let (code, out, err) = run(Command::new("python3").arg("-c").arg(script).arg(&mnt));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "['HF_TOKEN', 'db-password']\nhf_abc123\n");
+}
+
+/// Python gives the errno of each operation by name, so every row of the table is checked the
+/// way a program sees it.
+const MUTATIONS: &str = r#"
+import errno, os, sys
+d = sys.argv[1]
+f = os.path.join(d, "A")
+def attempt(name, fn):
+    try:
+        fn()
+        print(name, "OK")
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
+attempt("write", lambda: open(f, "w"))
+attempt("append", lambda: open(f, "a"))
+attempt("create", lambda: open(os.path.join(d, "new"), "w"))
+attempt("mkdir", lambda: os.mkdir(os.path.join(d, "dir")))
+attempt("unlink", lambda: os.unlink(f))
+attempt("rmdir", lambda: os.rmdir(f))
+attempt("rename", lambda: os.rename(f, os.path.join(d, "B")))
+attempt("chmod", lambda: os.chmod(f, 0o644))
+attempt("chown", lambda: os.chown(f, 1, 1))
+attempt("truncate", lambda: os.truncate(f, 0))
+attempt("utime", lambda: os.utime(f, (0, 0)))
+attempt("link", lambda: os.link(f, os.path.join(d, "hard")))
+attempt("symlink", lambda: os.symlink("A", os.path.join(d, "soft")))
+attempt("mknod", lambda: os.mkfifo(os.path.join(d, "fifo")))
+attempt("setxattr", lambda: os.setxattr(f, "user.x", b"1"))
+attempt("removexattr", lambda: os.removexattr(f, "user.x"))
+attempt("getxattr", lambda: os.getxattr(f, "user.x"))
+attempt("listxattr", lambda: print(os.listxattr(f)) or (_ for _ in ()).throw(OSError(errno.ENODATA, "")))
+attempt("open-missing", lambda: open(os.path.join(d, "NOPE")))
+attempt("read", lambda: open(f).read())
+"#;
+
+#[test]
+fn every_mutation_is_refused_read_only() {
+    if !fuse_available("every_mutation_is_refused_read_only") {
+        return;
+    }
+    let s = store_with(&[("A", b"value")]);
+    let mnt = s.path().join("mnt");
+    let _d = Daemon::start(&s, &mnt, &[]);
+    let (code, out, err) = run(Command::new("python3").arg("-c").arg(MUTATIONS).arg(&mnt));
+    assert_eq!(code, 0, "{err}");
+    let got: Vec<(&str, &str)> = out.lines().filter_map(|l| l.rsplit_once(' ')).collect();
+    let expected = [
+        ("write", "EROFS"),
+        ("append", "EROFS"),
+        ("create", "EROFS"),
+        ("mkdir", "EROFS"),
+        ("unlink", "EROFS"),
+        ("rmdir", "EROFS"),
+        ("rename", "EROFS"),
+        ("chmod", "EROFS"),
+        ("chown", "EROFS"),
+        ("truncate", "EROFS"),
+        ("utime", "EROFS"),
+        ("link", "EROFS"),
+        ("symlink", "EROFS"),
+        ("mknod", "EROFS"),
+        ("setxattr", "EROFS"),
+        ("removexattr", "EROFS"),
+        ("getxattr", "ENOTSUP"),
+        ("listxattr", "ENOTSUP"),
+        ("open-missing", "ENOENT"),
+        ("read", "OK"),
+    ];
+    assert_eq!(got, expected, "{out}");
+    // The mount itself says read-only, nosuid, nodev, noexec.
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let canon = mnt.canonicalize().unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap()))
+        .expect("mount listed");
+    for opt in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(
+            line.split(' ').nth(5).unwrap().split(',').any(|o| o == opt),
+            "{opt} missing: {line}"
+        );
+    }
+    assert!(
+        line.contains("default_permissions") && line.contains("allow_other"),
+        "{line}"
+    );
+}
+
+#[test]
+fn only_the_owner_uid_may_read() {
+    if !fuse_available("only_the_owner_uid_may_read") {
+        return;
+    }
+    let s = store_with(&[("A", b"for-nobody"), ("B", b"other")]);
+    let mnt = s.path().join("mnt");
+    open_up(mnt.parent().unwrap());
+    let _d = Daemon::start(
+        &s,
+        &mnt,
+        &["--uid", "65534", "--gid", "65534", "--secret", "A"],
+    );
+    let as_uid = |uid: &str, path: &Path| {
+        run(Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "cat",
+            ])
+            .arg(path))
+    };
+    let (code, out, err) = as_uid("65534", &mnt.join("A"));
+    assert_eq!((code, out.as_str()), (0, "for-nobody"), "{err}");
+    let (code, _, err) = as_uid("65533", &mnt.join("A"));
+    assert_eq!(code, 1);
+    assert!(err.contains("Permission denied"), "{err}");
+    // Another uid cannot even list the directory (0500, owned by the workload user).
+    let (code, _, err) = run(Command::new("setpriv")
+        .args(["--reuid=65533", "--regid=65533", "--clear-groups", "ls"])
+        .arg(&mnt));
+    assert_ne!(code, 0);
+    assert!(err.contains("Permission denied"), "{err}");
+    // --secret limits the mount to the named secrets.
+    assert!(!mnt.join("B").exists());
+    let m = std::fs::metadata(mnt.join("A")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (65534, 65534));
+}
+
+#[test]
+fn group_mode_lets_the_group_read() {
+    if !fuse_available("group_mode_lets_the_group_read") {
+        return;
+    }
+    let s = store_with(&[("A", b"shared")]);
+    let mnt = s.path().join("mnt");
+    open_up(mnt.parent().unwrap());
+    let _d = Daemon::start(
+        &s,
+        &mnt,
+        &["--uid", "65534", "--gid", "4242", "--mode", "0440"],
+    );
+    assert_eq!(std::fs::metadata(&mnt).unwrap().mode() & 0o7777, 0o550);
+    let (code, out, err) = run(Command::new("setpriv")
+        .args(["--reuid=5000", "--regid=4242", "--clear-groups", "cat"])
+        .arg(mnt.join("A")));
+    assert_eq!((code, out.as_str()), (0, "shared"), "{err}");
+}
+
+#[test]
+fn rotation_deletion_and_creation_are_seen() {
+    if !fuse_available("rotation_deletion_and_creation_are_seen") {
+        return;
+    }
+    let s = store_with(&[("A", b"version-1"), ("B", b"bee")]);
+    let mnt = s.path().join("mnt");
+    let d = Daemon::start(&s, &mnt, &["--refresh", "200ms"]);
+    let ino1 = std::fs::metadata(mnt.join("A")).unwrap().ino();
+    let mut before = std::fs::File::open(mnt.join("A")).unwrap();
+
+    s.ok(&["secret", "update", "A"], b"version-2, longer");
+    assert!(eventually(5, || std::fs::read(mnt.join("A")).unwrap()
+        == b"version-2, longer"));
+    // A rotation is an atomic replace: a new inode under the name; the fd opened before it still
+    // reads the version it opened, like a file replaced by rename.
+    assert_ne!(std::fs::metadata(mnt.join("A")).unwrap().ino(), ino1);
+    let mut old = String::new();
+    std::io::Read::read_to_string(&mut before, &mut old).unwrap();
+    assert_eq!(old, "version-1");
+    assert_eq!(before.metadata().unwrap().nlink(), 0);
+    drop(before);
+
+    s.ok(&["secret", "delete", "B"], b"");
+    s.ok(&["secret", "create", "C"], b"sea");
+    assert!(eventually(5, || !mnt.join("B").exists() && mnt.join("C").exists()));
+    assert_eq!(std::fs::read(mnt.join("C")).unwrap(), b"sea");
+    let mut names: Vec<String> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["A", "C"]);
+    let log = d.log();
+    assert!(
+        log.contains("secret rotated")
+            && log.contains("secret removed")
+            && log.contains("secret added"),
+        "{log}"
+    );
+}
+
+/// A reader that keeps reading a 256 KiB value in single `read` calls while it is rotated
+/// between two uniform values: every read returns bytes of one version only.
+#[test]
+fn a_single_read_never_mixes_versions() {
+    if !fuse_available("a_single_read_never_mixes_versions") {
+        return;
+    }
+    const LEN: usize = 256 * 1024;
+    let s = store_with(&[("BIG", &vec![b'a'; LEN])]);
+    let mnt = s.path().join("mnt");
+    let _d = Daemon::start(&s, &mnt, &["--refresh", "100ms"]);
+    let path = mnt.join("BIG");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut reads = 0u32;
+            let mut seen = std::collections::HashSet::new();
+            let mut buf = vec![0u8; LEN];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut f = std::fs::File::open(&path).unwrap();
+                let n = std::io::Read::read(&mut f, &mut buf).unwrap();
+                assert!(n > 0);
+                let first = buf[0];
+                assert!(
+                    buf[..n].iter().all(|b| *b == first),
+                    "a read mixed two versions"
+                );
+                seen.insert(first);
+                reads += 1;
+            }
+            (reads, seen)
+        })
+    };
+    for i in 0..6 {
+        let byte = if i % 2 == 0 { b'b' } else { b'a' };
+        s.ok(&["secret", "update", "BIG"], &vec![byte; LEN]);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, seen) = reader.join().expect("reader saw a mixed read");
+    assert!(reads > 10, "only {reads} reads");
+    assert_eq!(seen.len(), 2, "the reader never saw a rotation");
+}
+
+#[test]
+fn audit_mode_logs_each_open_and_fds_keep_their_version() {
+    if !fuse_available("audit_mode_logs_each_open_and_fds_keep_their_version") {
+        return;
+    }
+    let s = store_with(&[("A", CANARY.as_bytes())]);
+    let mnt = s.path().join("mnt");
+    let d = Daemon::start(&s, &mnt, &["--audit", "--refresh", "200ms"]);
+    for _ in 0..3 {
+        assert_eq!(std::fs::read(mnt.join("A")).unwrap(), CANARY.as_bytes());
+    }
+    let mut held = std::fs::File::open(mnt.join("A")).unwrap();
+    s.ok(&["secret", "update", "A"], b"second");
+    assert!(eventually(5, || std::fs::read(mnt.join("A")).unwrap() == b"second"));
+    let mut old = Vec::new();
+    std::io::Read::read_to_end(&mut held, &mut old).unwrap();
+    assert_eq!(old, CANARY.as_bytes());
+    assert!(eventually(2, || d.log().matches(" open").count() >= 5));
+    let log = d.log();
+    // FUSE reports the calling thread's id.
+    let pid = nix::unistd::gettid();
+    let line = log.lines().find(|l| l.contains("open")).unwrap();
+    for field in [
+        "secret=A",
+        "version=1",
+        "uid=0",
+        "gid=0",
+        &format!("pid={pid}"),
+    ] {
+        assert!(line.contains(field), "audit line lacks {field}: {line}");
+    }
+    assert!(log.contains("version=2"), "{log}");
+    assert_no_canary("daemon log", log.as_bytes());
+}
+
+#[test]
+fn sigterm_unmounts_and_exits_zero() {
+    if !fuse_available("sigterm_unmounts_and_exits_zero") {
+        return;
+    }
+    let s = store_with(&[("A", b"x")]);
+    let mnt = s.path().join("mnt");
+    let mut d = Daemon::start(&s, &mnt, &[]);
+    assert!(is_mounted(&mnt));
+    assert_eq!(d.stop(Signal::SIGTERM), Some(0));
+    assert!(!is_mounted(&mnt), "still mounted after SIGTERM");
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
+
+    let mut d = Daemon::start(&s, &mnt, &[]);
+    assert_eq!(d.stop(Signal::SIGINT), Some(0));
+    assert!(!is_mounted(&mnt), "still mounted after SIGINT");
+}
+
+#[test]
+fn sigkill_leaves_no_mount_and_a_stale_mount_is_recovered() {
+    if !fuse_available("sigkill_leaves_no_mount_and_a_stale_mount_is_recovered") {
+        return;
+    }
+    let s = store_with(&[("A", b"x")]);
+    let mnt = s.path().join("mnt");
+    let mut d = Daemon::start(&s, &mnt, &[]);
+    d.stop(Signal::SIGKILL);
+    assert!(
+        eventually(5, || !is_mounted(&mnt)),
+        "a killed daemon left its mount behind"
+    );
+
+    // Without fusermount3 nothing can clean up after a killed daemon: the mount goes stale
+    // ("Transport endpoint is not connected"), and the next start must recover it.
+    let mut d = Daemon::start_with(&s, &mnt, &[], |c| {
+        c.env("PATH", "/nonexistent");
+    });
+    assert!(d.log().contains("fusermount3 not found"), "{}", d.log());
+    d.stop(Signal::SIGKILL);
+    let err = std::fs::metadata(mnt.join("A"))
+        .err()
+        .map(|e| e.raw_os_error());
+    assert!(is_mounted(&mnt));
+    // Depending on kernel caches the stale mount answers from cache or ENOTCONN; either way the
+    // daemon is gone and the next start must take the place over.
+    let _ = err;
+    let d = Daemon::start(&s, &mnt, &[]);
+    assert_eq!(std::fs::read(mnt.join("A")).unwrap(), b"x");
+    drop(d);
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn a_live_mount_nonexistent_dir_or_file_is_refused() {
+    if !fuse_available("a_live_mount_nonexistent_dir_or_file_is_refused") {
+        return;
+    }
+    let s = store_with(&[("A", b"x")]);
+    let mnt = s.path().join("mnt");
+    let _d = Daemon::start(&s, &mnt, &[]);
+    let out = s.run(&["mount", mnt.to_str().unwrap()], b"");
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("is already a live secretfs mount"),
+        "{}",
+        out.stderr
+    );
+
+    let out = s.run(&["mount", "nope"], b"");
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("does not exist; create it first"),
+        "{}",
+        out.stderr
+    );
+    std::fs::write(s.path().join("file"), "").unwrap();
+    let out = s.run(&["mount", "file"], b"");
+    assert!(out.stderr.contains("is not a directory"), "{}", out.stderr);
+
+    std::fs::create_dir(s.path().join("m2")).unwrap();
+    let out = s.run(
+        &[
+            "mount", "m2", "--secret", "A", "--secret", "NOPE", "--secret", "GONE",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("secrets not found in the source: \"NOPE\", \"GONE\""),
+        "{}",
+        out.stderr
+    );
+    let out = s.run(&["mount", "m2", "--mode", "0600"], b"");
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("read bits only"), "{}", out.stderr);
+    assert!(!is_mounted(&s.path().join("m2")));
+}
+
+#[test]
+fn daemon_memory_is_locked_and_not_dumpable() {
+    if !fuse_available("daemon_memory_is_locked_and_not_dumpable") {
+        return;
+    }
+    let s = store_with(&[("A", CANARY.as_bytes())]);
+    let mnt = s.path().join("mnt");
+    // The daemon runs without CAP_SYS_PTRACE (it keeps CAP_SYS_ADMIN to mount), so a reader with
+    // the same uid and capabilities passes every ptrace check except dumpability.
+    let reduced = [
+        "setpriv",
+        "--bounding-set=-sys_ptrace",
+        "--inh-caps=-sys_ptrace",
+    ];
+    let d = Daemon::start_wrapped(&s, &mnt, &[], &reduced, |_| {});
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let vmlck: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(vmlck > 0, "VmLck is 0:\n{status}");
+    // A process that is not dumpable refuses its memory (/proc/PID/mem) to such a reader; a
+    // dumpable one (the control, `sleep` started the same way) does not.
+    let open_mem = |pid: u32| {
+        run(Command::new(reduced[0])
+            .args(&reduced[1..])
+            .args(["python3", "-c"])
+            .arg(format!("open('/proc/{pid}/mem', 'rb')")))
+        .0
+    };
+    let mut control = Command::new(reduced[0])
+        .args(&reduced[1..])
+        .args(["sleep", "5"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        open_mem(control.id()),
+        0,
+        "the control process should be readable"
+    );
+    let _ = control.kill();
+    let _ = control.wait();
+    assert_ne!(open_mem(d.pid() as u32), 0, "the daemon is dumpable");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+}
+
+#[test]
+fn the_canary_never_reaches_the_log_even_at_trace_level() {
+    if !fuse_available("the_canary_never_reaches_the_log_even_at_trace_level") {
+        return;
+    }
+    let s = store_with(&[("A", CANARY.as_bytes())]);
+    let mnt = s.path().join("mnt");
+    let mut d = Daemon::start_with(&s, &mnt, &["--refresh", "150ms", "--audit"], |c| {
+        c.env("RUST_LOG", "trace");
+    });
+    assert_eq!(std::fs::read(mnt.join("A")).unwrap(), CANARY.as_bytes());
+    s.ok(&["secret", "update", "A"], format!("{CANARY}-2").as_bytes());
+    assert!(eventually(5, || std::fs::read(mnt.join("A"))
+        .unwrap()
+        .ends_with(b"-2")));
+    d.stop(Signal::SIGTERM);
+    let log = d.log();
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "trace logging was not on"
+    );
+    assert_no_canary("daemon log at trace level", log.as_bytes());
+    assert_no_canary("daemon ready line", d.ready_line.as_bytes());
+}
