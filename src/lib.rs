@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod fs;
 pub mod harden;
 pub mod keyfile;
+pub mod launch;
 pub mod secret;
 pub mod source;
 pub mod store;

@@ -26,6 +26,13 @@ fn init_logging(verbose: u8, daemon: bool) {
 }
 
 fn main() -> ExitCode {
+    // The launcher is on every container's start path: it skips clap and everything else the
+    // management commands need.
+    let mut raw = std::env::args_os();
+    if raw.nth(1).is_some_and(|a| a == "run") {
+        let rest: Vec<std::ffi::OsString> = raw.collect();
+        return secretfs::launch::main(&rest);
+    }
     let cli = match secretfs::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return secretfs::cli::usage_error(e),

@@ -50,6 +50,16 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Check whether FUSE mounts can work here, and say what is missing.
     Doctor,
+    /// Run a workload with its secrets in its environment (see "secretfs run --help").
+    #[command(disable_help_flag = true)]
+    Run {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 impl Command {
@@ -125,6 +135,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Secret(cmd) => runtime()?.block_on(secret::run(&cli.global, cmd)),
         Command::Mount(args) => mount::mount(&cli.global, args),
         Command::Doctor => mount::doctor(),
+        Command::Run { args } => {
+            // Reached only when options came before "run" (secretfs -v run ...); the global
+            // store options carry over to the launcher.
+            let mut forwarded = Vec::new();
+            if let Some(store) = &cli.global.store {
+                forwarded.extend(["--store".into(), store.clone().into_os_string()]);
+            }
+            if let Some(key) = &cli.global.key_file {
+                forwarded.extend(["--key-file".into(), key.clone().into_os_string()]);
+            }
+            for _ in 0..cli.global.verbose {
+                forwarded.push("-v".into());
+            }
+            forwarded.extend(args);
+            Ok(crate::launch::main(&forwarded))
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! area.
 
 mod cli_secret;
+mod launcher;
 mod mount;
 mod store;
 mod support;

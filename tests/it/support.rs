@@ -294,3 +294,16 @@ pub fn open_up(dir: &Path) {
         d = p.parent();
     }
 }
+
+/// The real Python interpreter (not a version manager's shim, which would add its own variables
+/// to the environment a test inspects).
+pub fn python() -> &'static str {
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is needed by the tests");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}

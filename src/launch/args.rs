@@ -1,0 +1,238 @@
+//! The flags of `secretfs run`, parsed by hand: the launcher is on every container's start path,
+//! and a hand-written parser of a dozen flags costs nothing at start-up. Pure: no IO.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::spec::InheritEnv;
+
+/// Everything given on the command line of `secretfs run`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunArgs {
+    pub spec: Option<PathBuf>,
+    pub lepton_job: Option<PathBuf>,
+    /// `-e NAME=VALUE` (plain values only: secrets never travel in argv).
+    pub env: Vec<(String, String)>,
+    /// `-s ENV=SECRET` or `-s SECRET`.
+    pub secrets: Vec<(String, String)>,
+    /// `--secret-file ENV=SECRET`.
+    pub secret_files: Vec<(String, String)>,
+    pub dir: Option<PathBuf>,
+    pub store: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub wait: Option<Duration>,
+    pub inherit_env: Option<InheritEnv>,
+    pub workdir: Option<PathBuf>,
+    pub dry_run: bool,
+    pub verbose: u8,
+    pub help: bool,
+    /// The workload's argv (after `--`, or from the first argument that is not a flag).
+    pub command: Vec<OsString>,
+}
+
+pub const USAGE: &str = "\
+usage: secretfs run [OPTIONS] [--] COMMAND [ARGS...]
+
+Resolves the job's secrets into environment variables and execs COMMAND. Fails closed: if any
+secret cannot be resolved, every problem is listed and COMMAND does not start (exit 125).
+
+options:
+  --spec FILE             job spec (TOML); default: ./secretfs.toml if present
+  --lepton-job FILE       a Lepton job body (JSON, as `lep job create` sends)
+  -e, --env NAME=VALUE    a plain variable (repeatable)
+  -s, --secret ENV=SECRET a variable holding a secret's value; -s SECRET means SECRET=SECRET
+  --secret-file ENV=SECRET
+                          a variable holding the path of a file with the secret's value
+  --dir DIR               source: a directory of secret files (default $SECRETFS_DIR, else
+                          /run/secrets)
+  --store PATH            source: the local store (with --key-file PATH)
+  --url URL               source: a secretfs server (with --token-file PATH)
+  --wait DURATION         wait up to DURATION for the directory to hold every secret (\"10s\")
+  --inherit-env MODE      all (default), none, or NAME,NAME,... to pass through
+  --workdir DIR           run COMMAND in DIR
+  --dry-run               print the plan (values shown as <secret NAME>) and exit
+  -v, --verbose           log what is resolved from where (never values)
+  -h, --help              this text
+
+exit status: COMMAND's own; 125 if the launcher fails before exec, 126 if COMMAND is not
+executable, 127 if it is not found.
+";
+
+/// Splits `NAME=VALUE`; for secrets a bare `NAME` means `NAME=NAME` (Lepton's `-s` form).
+fn pair(flag: &str, v: &str, bare_allowed: bool) -> Result<(String, String), String> {
+    match v.split_once('=') {
+        Some((k, val)) if !k.is_empty() => Ok((k.to_owned(), val.to_owned())),
+        None if bare_allowed && !v.is_empty() => Ok((v.to_owned(), v.to_owned())),
+        _ => Err(format!(
+            "{flag} expects NAME=VALUE{}, got {v:?}",
+            if bare_allowed { " or NAME" } else { "" }
+        )),
+    }
+}
+
+/// Parses a duration such as `10s`, `500ms` or `2m`.
+pub fn parse_duration(what: &str, s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{what} {s:?} is not a duration ({e}); use e.g. 10s, 500ms or 2m"))
+}
+
+/// Parses the arguments after `run`.
+pub fn parse(args: &[OsString]) -> Result<RunArgs, String> {
+    let mut out = RunArgs::default();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        i += 1;
+        let Some(text) = arg.to_str() else {
+            // A non-UTF-8 argument can only be the start of the command.
+            out.command = args[i - 1..].to_vec();
+            break;
+        };
+        if text == "--" {
+            out.command = args[i..].to_vec();
+            break;
+        }
+        if !text.starts_with('-') || text == "-" {
+            out.command = args[i - 1..].to_vec();
+            break;
+        }
+        // `--flag=value`, `--flag value`, `-s value`, `-svalue`.
+        let (flag, inline): (&str, Option<&str>) = match text.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+            _ if !text.starts_with("--") && text.len() > 2 => (&text[..2], Some(&text[2..])),
+            _ => (text, None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            if let Some(v) = inline {
+                return Ok(v.to_owned());
+            }
+            let v = args
+                .get(i)
+                .ok_or_else(|| format!("{name} needs a value"))?
+                .to_str()
+                .ok_or_else(|| format!("the value of {name} is not valid UTF-8"))?
+                .to_owned();
+            i += 1;
+            Ok(v)
+        };
+        match flag {
+            "--spec" => out.spec = Some(value(flag)?.into()),
+            "--lepton-job" => out.lepton_job = Some(value(flag)?.into()),
+            "-e" | "--env" => out.env.push(pair(flag, &value(flag)?, false)?),
+            "-s" | "--secret" => out.secrets.push(pair(flag, &value(flag)?, true)?),
+            "--secret-file" => out.secret_files.push(pair(flag, &value(flag)?, true)?),
+            "--dir" => out.dir = Some(value(flag)?.into()),
+            "--store" => out.store = Some(value(flag)?.into()),
+            "--key-file" => out.key_file = Some(value(flag)?.into()),
+            "--url" => out.url = Some(value(flag)?),
+            "--token-file" => out.token_file = Some(value(flag)?.into()),
+            "--wait" => out.wait = Some(parse_duration("--wait", &value(flag)?)?),
+            "--inherit-env" => out.inherit_env = Some(InheritEnv::parse(&value(flag)?)?),
+            "--workdir" => out.workdir = Some(value(flag)?.into()),
+            "--dry-run" if inline.is_none() => out.dry_run = true,
+            "-v" | "--verbose" if inline.is_none() => out.verbose += 1,
+            "-h" | "--help" if inline.is_none() => out.help = true,
+            _ if text.starts_with("-v") && text[1..].chars().all(|c| c == 'v') => {
+                out.verbose += (text.len() - 1) as u8;
+            }
+            _ => {
+                return Err(format!(
+                    "unknown option {flag:?}; run \"secretfs run --help\" for the options"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(args: &[&str], expected: Result<RunArgs, &str>) {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        match (parse(&args), expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want),
+            (Err(got), Err(needle)) => assert!(got.contains(needle), "{got:?} lacks {needle:?}"),
+            (got, want) => panic!("{args:?}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    fn cmd(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn flags_then_command() {
+        check(
+            &[
+                "-s",
+                "HF_TOKEN",
+                "-s",
+                "KEY=openai-prod",
+                "--secret-file=DB_FILE=db",
+                "-e",
+                "A=b=c",
+                "--dir",
+                "/d",
+                "--",
+                "python3",
+                "-c",
+                "x",
+            ],
+            Ok(RunArgs {
+                secrets: vec![
+                    ("HF_TOKEN".into(), "HF_TOKEN".into()),
+                    ("KEY".into(), "openai-prod".into()),
+                ],
+                secret_files: vec![("DB_FILE".into(), "db".into())],
+                env: vec![("A".into(), "b=c".into())],
+                dir: Some("/d".into()),
+                command: cmd(&["python3", "-c", "x"]),
+                ..Default::default()
+            }),
+        );
+        // Without `--`, the first word that is not a flag starts the command; its own flags stay.
+        check(
+            &["-sA", "env", "-i"],
+            Ok(RunArgs {
+                secrets: vec![("A".into(), "A".into())],
+                command: cmd(&["env", "-i"]),
+                ..Default::default()
+            }),
+        );
+        check(
+            &["--wait", "300ms", "--dry-run", "-vv", "true"],
+            Ok(RunArgs {
+                wait: Some(Duration::from_millis(300)),
+                dry_run: true,
+                verbose: 2,
+                command: cmd(&["true"]),
+                ..Default::default()
+            }),
+        );
+        check(
+            &["--inherit-env", "PATH,HOME"],
+            Ok(RunArgs {
+                inherit_env: Some(InheritEnv::Only(vec!["PATH".into(), "HOME".into()])),
+                ..Default::default()
+            }),
+        );
+    }
+
+    #[test]
+    fn mistakes() {
+        check(&["--secrte", "A"], Err("unknown option \"--secrte\""));
+        check(&["-s"], Err("-s needs a value"));
+        check(&["-e", "NOVALUE"], Err("-e expects NAME=VALUE"));
+        check(&["-s", "=x"], Err("expects NAME=VALUE or NAME"));
+        check(
+            &["--wait", "soon"],
+            Err("--wait \"soon\" is not a duration"),
+        );
+        check(&["--dry-run=yes"], Err("unknown option"));
+    }
+}

@@ -1,0 +1,156 @@
+//! The launcher, `secretfs run`: job spec and flags in, the workload exec'd with its secrets in
+//! its environment.
+//!
+//! `spec` and `args` parse, `plan` decides (pure), `resolve` reads the secrets, `exec` replaces
+//! the process. The path from a directory source to exec starts no runtime, opens no database
+//! and touches no network: it is on every container's start path.
+
+pub mod args;
+pub mod exec;
+pub mod plan;
+pub mod resolve;
+pub mod spec;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The launcher's status for any failure before exec, so a workload's own 1 or 2 is never
+/// mistaken for the launcher's.
+pub const LAUNCH_FAILED: u8 = 125;
+
+fn failed(problems: &[String], hint: Option<&str>) -> ExitCode {
+    let mut err = std::io::stderr().lock();
+    for p in problems {
+        let _ = writeln!(err, "error: {p}");
+    }
+    if let Some(h) = hint {
+        let _ = writeln!(err, "hint: {h}");
+    }
+    let _ = writeln!(err, "secretfs run: the workload was not started");
+    ExitCode::from(LAUNCH_FAILED)
+}
+
+fn read_text(what: &str, path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs the launcher with the arguments after `run`. Returns only when the workload did not
+/// start (or for `--help` and `--dry-run`).
+pub fn main(raw: &[OsString]) -> ExitCode {
+    let args = match args::parse(raw) {
+        Ok(a) => a,
+        Err(e) => return failed(&[e], Some("run \"secretfs run --help\" for usage")),
+    };
+    if args.help {
+        print!("{}", args::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    // Logging costs start-up time; set it up only when asked for.
+    if args.verbose > 0 || std::env::var_os("RUST_LOG").is_some() {
+        init_logging(args.verbose);
+    }
+    // Not dumpable while values are in this process's memory (exec resets it for the workload).
+    let _ = nix::sys::prctl::set_dumpable(false);
+
+    let spec_path = args.spec.clone().or_else(|| {
+        let default = PathBuf::from("secretfs.toml");
+        default.is_file().then_some(default)
+    });
+    let spec = match &spec_path {
+        Some(path) => match read_text("job spec", path).and_then(|text| {
+            spec::parse(&text).map_err(|e| format!("job spec {}: {e}", path.display()))
+        }) {
+            Ok(spec) => Some(spec),
+            Err(e) => return failed(&[e], None),
+        },
+        None => None,
+    };
+    let lepton = match &args.lepton_job {
+        Some(path) => match read_text("Lepton job", path).and_then(|text| {
+            spec::parse_lepton_job(&text).map_err(|e| format!("Lepton job {}: {e}", path.display()))
+        }) {
+            Ok(job) => Some(job),
+            Err(e) => return failed(&[e], None),
+        },
+        None => None,
+    };
+    let spec_dir = spec_path
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        })
+        .unwrap_or(Path::new("."));
+    let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let cwd = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(e) => return failed(&[format!("cannot read the working directory: {e}")], None),
+    };
+    let plan = match plan::plan(plan::Inputs {
+        args: &args,
+        spec: spec.as_ref().map(|s| (s, spec_dir)),
+        lepton: lepton.as_ref(),
+        base_env: &base_env,
+        cwd: &cwd,
+    }) {
+        Ok(p) => p,
+        Err(problems) => return failed(&problems, None),
+    };
+    for note in &plan.notes {
+        eprintln!("warning: {note}");
+    }
+    if args.dry_run {
+        print!("{}", plan.render());
+    }
+    let resolved = match resolve::resolve(&plan) {
+        Ok(r) => r,
+        Err(problems) => {
+            let hint = match &plan.source {
+                plan::SourcePlan::Dir { .. } => {
+                    "check the names (ls the directory), or pass --wait if a mount is still starting"
+                }
+                _ => "run \"secretfs secret list\" to see the secrets this source holds",
+            };
+            return failed(&problems, Some(hint));
+        }
+    };
+    tracing::info!(
+        secrets = plan.secret_names().len(),
+        variables = resolved.env.len(),
+        "resolved; exec"
+    );
+    if args.dry_run {
+        return ExitCode::SUCCESS;
+    }
+    let failure = exec::exec(
+        &plan.command,
+        &resolved.env,
+        plan.workdir.as_deref(),
+        resolve::child_path(&resolved.env).as_deref(),
+    );
+    eprintln!("error: {}", failure.message);
+    ExitCode::from(failure.code)
+}

@@ -1,0 +1,447 @@
+//! From a spec, flags and the launcher's environment to an [`ExecPlan`]: the workload's argv,
+//! working directory, source, and every variable with where it came from. Pure: no IO, so every
+//! precedence rule is a one-line test.
+//!
+//! Precedence, lowest to highest: the inherited environment; the spec's (or Lepton job's)
+//! `[env]`, then `[secret_files]`, then `[secrets]`; then the flags `-e`, `--secret-file`, `-s`.
+//! Flags win over the spec; within one level a secret wins over a plain value. Every override of
+//! an explicitly set variable is reported by name.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::args::{RunArgs, parse_duration};
+use super::spec::{InheritEnv, LeptonJob, Spec};
+use crate::secret::SecretName;
+
+/// Where a variable's value comes from, for the plan's report and for precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Origin {
+    Inherited,
+    SpecEnv,
+    LeptonEnv,
+    SpecSecretFile,
+    SpecSecret,
+    LeptonSecret,
+    FlagEnv,
+    FlagSecretFile,
+    FlagSecret,
+    /// Set by the launcher itself (`SECRETFS_DIR`, `CREDENTIALS_DIRECTORY`).
+    Launcher,
+}
+
+impl Origin {
+    pub fn label(self) -> &'static str {
+        match self {
+            Origin::Inherited => "inherited",
+            Origin::SpecEnv => "spec [env]",
+            Origin::LeptonEnv => "lepton job envs",
+            Origin::SpecSecretFile => "spec [secret_files]",
+            Origin::SpecSecret => "spec [secrets]",
+            Origin::LeptonSecret => "lepton job envs (secret_name_ref)",
+            Origin::FlagEnv => "-e",
+            Origin::FlagSecretFile => "--secret-file",
+            Origin::FlagSecret => "-s",
+            Origin::Launcher => "launcher",
+        }
+    }
+
+    /// Higher wins; equal ranks let the later setting win.
+    fn rank(self) -> u8 {
+        match self {
+            Origin::Inherited => 0,
+            Origin::Launcher => 1,
+            Origin::SpecEnv | Origin::LeptonEnv => 2,
+            Origin::SpecSecretFile => 3,
+            Origin::SpecSecret | Origin::LeptonSecret => 4,
+            Origin::FlagEnv => 5,
+            Origin::FlagSecretFile => 6,
+            Origin::FlagSecret => 7,
+        }
+    }
+}
+
+/// What a variable will hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Plain(OsString),
+    /// The secret's value.
+    Secret(SecretName),
+    /// The path of a file holding the secret's value.
+    SecretFile(SecretName),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Var {
+    pub name: String,
+    pub value: Value,
+    pub origin: Origin,
+}
+
+/// Where the secrets come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourcePlan {
+    Dir {
+        path: PathBuf,
+        wait: Option<Duration>,
+    },
+    Store {
+        path: PathBuf,
+        key_file: Option<PathBuf>,
+    },
+    Server {
+        urls: String,
+        token_file: Option<PathBuf>,
+    },
+}
+
+/// Everything the launcher will do, decided before any secret is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecPlan {
+    pub command: Vec<OsString>,
+    pub workdir: Option<PathBuf>,
+    pub source: SourcePlan,
+    /// Inherited variables that pass the `inherit_env` filter and are not overridden.
+    pub inherited: Vec<(OsString, OsString)>,
+    pub inherit: InheritEnv,
+    /// Explicit variables, by name.
+    pub vars: Vec<Var>,
+    /// Overrides, reported by name (never a value).
+    pub notes: Vec<String>,
+}
+
+impl ExecPlan {
+    /// Names of the secrets the plan needs, each once, sorted.
+    pub fn secret_names(&self) -> Vec<SecretName> {
+        let mut names: Vec<SecretName> = self
+            .vars
+            .iter()
+            .filter_map(|v| match &v.value {
+                Value::Secret(n) | Value::SecretFile(n) => Some(n.clone()),
+                Value::Plain(_) => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+impl ExecPlan {
+    /// The plan as `--dry-run` prints it: variable names with their origin; secret values shown
+    /// as `<secret NAME>` (this runs before any value is read, so none can appear).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let words: Vec<String> = self
+            .command
+            .iter()
+            .map(|w| w.to_string_lossy().into_owned())
+            .collect();
+        out.push_str(&format!("command: {}\n", words.join(" ")));
+        if let Some(w) = &self.workdir {
+            out.push_str(&format!("workdir: {}\n", w.display()));
+        }
+        match &self.source {
+            SourcePlan::Dir { path, wait } => {
+                out.push_str(&format!("source: dir {}", path.display()));
+                if let Some(w) = wait {
+                    out.push_str(&format!(" (wait {})", humantime::format_duration(*w)));
+                }
+                out.push('\n');
+            }
+            SourcePlan::Store { path, .. } => {
+                out.push_str(&format!("source: store {}\n", path.display()));
+            }
+            SourcePlan::Server { urls, .. } => out.push_str(&format!("source: server {urls}\n")),
+        }
+        let inherit = match &self.inherit {
+            InheritEnv::All => "all".to_owned(),
+            InheritEnv::None => "none".to_owned(),
+            InheritEnv::Only(names) => names.join(","),
+        };
+        out.push_str(&format!(
+            "inherit: {inherit} ({} variables)\n",
+            self.inherited.len()
+        ));
+        for v in &self.vars {
+            let shown = match &v.value {
+                Value::Plain(p) => p.to_string_lossy().into_owned(),
+                Value::Secret(n) => format!("<secret {n}>"),
+                Value::SecretFile(n) => format!("<file of secret {n}>"),
+            };
+            out.push_str(&format!("{}={shown}  # {}\n", v.name, v.origin.label()));
+        }
+        for note in &self.notes {
+            out.push_str(&format!("note: {note}\n"));
+        }
+        out
+    }
+}
+
+/// The environment variable name rule, stated in errors.
+pub const ENV_RULE: &str = "a letter or '_' first, then letters, digits, '_', '.' or '-'";
+
+pub fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// The inputs of planning.
+pub struct Inputs<'a> {
+    pub args: &'a RunArgs,
+    /// The spec and the directory its relative paths are relative to.
+    pub spec: Option<(&'a Spec, &'a Path)>,
+    pub lepton: Option<&'a LeptonJob>,
+    /// The launcher's own environment.
+    pub base_env: &'a [(OsString, OsString)],
+    /// The launcher's working directory: relative paths from flags are relative to it, and the
+    /// paths handed to the workload are absolute (it may run elsewhere, see `workdir`).
+    pub cwd: &'a Path,
+}
+
+/// Plans the launch, or lists every problem found.
+pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
+    let Inputs {
+        args,
+        spec,
+        lepton,
+        base_env,
+        cwd,
+    } = inputs;
+    let mut problems = Vec::new();
+    let empty = Spec::default();
+    let (spec, spec_dir) = spec.unwrap_or((&empty, Path::new(".")));
+    let spec_dir = cwd.join(spec_dir);
+    let rel = |p: &Path| spec_dir.join(p);
+    let here = |p: &PathBuf| cwd.join(p);
+
+    let mut wanted: Vec<(String, Value, Origin)> = Vec::new();
+    let secret = |name: &str, origin: Origin, problems: &mut Vec<String>| {
+        SecretName::parse(name)
+            .map_err(|e| problems.push(format!("{}: {e}", origin.label())))
+            .ok()
+    };
+    for (k, v) in &spec.env {
+        wanted.push((k.clone(), Value::Plain(v.into()), Origin::SpecEnv));
+    }
+    if let Some(job) = lepton {
+        for (k, v) in &job.env {
+            wanted.push((k.clone(), Value::Plain(v.into()), Origin::LeptonEnv));
+        }
+    }
+    for (k, s) in &spec.secret_files {
+        if let Some(n) = secret(s, Origin::SpecSecretFile, &mut problems) {
+            wanted.push((k.clone(), Value::SecretFile(n), Origin::SpecSecretFile));
+        }
+    }
+    for (k, s) in &spec.secrets {
+        if let Some(n) = secret(s, Origin::SpecSecret, &mut problems) {
+            wanted.push((k.clone(), Value::Secret(n), Origin::SpecSecret));
+        }
+    }
+    if let Some(job) = lepton {
+        for (k, s) in &job.secrets {
+            if let Some(n) = secret(s, Origin::LeptonSecret, &mut problems) {
+                wanted.push((k.clone(), Value::Secret(n), Origin::LeptonSecret));
+            }
+        }
+    }
+    for (k, v) in &args.env {
+        wanted.push((k.clone(), Value::Plain(v.into()), Origin::FlagEnv));
+    }
+    for (k, s) in &args.secret_files {
+        if let Some(n) = secret(s, Origin::FlagSecretFile, &mut problems) {
+            wanted.push((k.clone(), Value::SecretFile(n), Origin::FlagSecretFile));
+        }
+    }
+    for (k, s) in &args.secrets {
+        if let Some(n) = secret(s, Origin::FlagSecret, &mut problems) {
+            wanted.push((k.clone(), Value::Secret(n), Origin::FlagSecret));
+        }
+    }
+
+    let mut vars: BTreeMap<String, Var> = BTreeMap::new();
+    let mut notes = Vec::new();
+    for (name, value, origin) in wanted {
+        if !valid_env_name(&name) {
+            problems.push(format!(
+                "invalid environment variable name {name:?} ({}): use {ENV_RULE}",
+                origin.label()
+            ));
+            continue;
+        }
+        match vars.get(&name) {
+            Some(prev) if prev.origin.rank() > origin.rank() => {
+                notes.push(format!(
+                    "{name} is set by {} and by {}; {} wins",
+                    prev.origin.label(),
+                    origin.label(),
+                    prev.origin.label()
+                ));
+            }
+            prev => {
+                if let Some(prev) = prev {
+                    notes.push(format!(
+                        "{name} is set by {} and by {}; {} wins",
+                        prev.origin.label(),
+                        origin.label(),
+                        origin.label()
+                    ));
+                }
+                vars.insert(
+                    name.clone(),
+                    Var {
+                        name,
+                        value,
+                        origin,
+                    },
+                );
+            }
+        }
+    }
+
+    // The source: a flag replaces the spec's choice entirely.
+    let flag_sources = [args.dir.is_some(), args.store.is_some(), args.url.is_some()];
+    let spec_sources = [
+        spec.source.dir.is_some(),
+        spec.source.store.is_some(),
+        spec.source.url.is_some(),
+    ];
+    let count = |s: &[bool]| s.iter().filter(|b| **b).count();
+    if count(&flag_sources) > 1 {
+        problems.push("give only one of --dir, --store and --url".into());
+    }
+    if count(&flag_sources) == 0 && count(&spec_sources) > 1 {
+        problems
+            .push("the spec's [source] sets more than one of dir, store and url; keep one".into());
+    }
+    let wait = match (args.wait, &spec.source.wait) {
+        (Some(w), _) => Some(w),
+        (None, Some(text)) => match parse_duration("[source] wait", text) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let env_dir = base_env
+        .iter()
+        .find(|(k, _)| k == "SECRETFS_DIR")
+        .map(|(_, v)| PathBuf::from(v));
+    let source = if let Some(dir) = &args.dir {
+        SourcePlan::Dir {
+            path: here(dir),
+            wait,
+        }
+    } else if let Some(store) = &args.store {
+        SourcePlan::Store {
+            path: here(store),
+            key_file: args.key_file.as_ref().map(here),
+        }
+    } else if let Some(url) = &args.url {
+        SourcePlan::Server {
+            urls: url.clone(),
+            token_file: args.token_file.as_ref().map(here),
+        }
+    } else if let Some(dir) = &spec.source.dir {
+        SourcePlan::Dir {
+            path: rel(dir),
+            wait,
+        }
+    } else if let Some(store) = &spec.source.store {
+        SourcePlan::Store {
+            path: rel(store),
+            key_file: args
+                .key_file
+                .as_ref()
+                .map(here)
+                .or_else(|| spec.source.key_file.as_deref().map(rel)),
+        }
+    } else if let Some(url) = &spec.source.url {
+        SourcePlan::Server {
+            urls: url.clone(),
+            token_file: args
+                .token_file
+                .as_ref()
+                .map(here)
+                .or_else(|| spec.source.token_file.as_deref().map(rel)),
+        }
+    } else {
+        SourcePlan::Dir {
+            path: cwd.join(env_dir.unwrap_or_else(|| PathBuf::from("/run/secrets"))),
+            wait,
+        }
+    };
+    if wait.is_some() && !matches!(source, SourcePlan::Dir { .. }) {
+        problems.push("wait applies only to a directory source".into());
+    }
+
+    let command: Vec<OsString> = if !args.command.is_empty() {
+        args.command.clone()
+    } else if let Some(c) = spec
+        .command
+        .as_ref()
+        .or(lepton.and_then(|j| j.command.as_ref()))
+    {
+        c.iter().map(OsString::from).collect()
+    } else {
+        Vec::new()
+    };
+    if command.is_empty() {
+        problems.push("no command to run: give it after \"--\" or set command in the spec".into());
+    }
+
+    // Programs find secret files the way they already know.
+    if let SourcePlan::Dir { path, .. } = &source {
+        for name in ["SECRETFS_DIR", "CREDENTIALS_DIRECTORY"] {
+            vars.entry(name.to_owned()).or_insert_with(|| Var {
+                name: name.to_owned(),
+                value: Value::Plain(path.clone().into_os_string()),
+                origin: Origin::Launcher,
+            });
+        }
+    }
+
+    let inherit = args
+        .inherit_env
+        .clone()
+        .or_else(|| spec.inherit_env.clone())
+        .unwrap_or_default();
+    let inherited = base_env
+        .iter()
+        .filter(|(k, _)| match &inherit {
+            InheritEnv::All => true,
+            InheritEnv::None => false,
+            InheritEnv::Only(names) => names.iter().any(|n| k == n.as_str()),
+        })
+        .filter(|(k, _)| k.to_str().is_none_or(|k| !vars.contains_key(k)))
+        .cloned()
+        .collect();
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(ExecPlan {
+        command,
+        workdir: args
+            .workdir
+            .as_ref()
+            .map(here)
+            .or_else(|| spec.workdir.as_deref().map(rel)),
+        source,
+        inherited,
+        inherit,
+        vars: vars.into_values().collect(),
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests;
