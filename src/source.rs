@@ -58,7 +58,8 @@ impl LocalSource {
             .enable_all()
             .build()
             .map_err(|e| LocalError::Store(StoreError::Internal(e.to_string())))?;
-        let vault = runtime.block_on(local::open(&paths, OpenMode::Existing))?;
+        // One connection: a mount or a launch reads in a few queries, one at a time.
+        let vault = runtime.block_on(local::open_with(&paths, OpenMode::Existing, 1))?;
         Ok(LocalSource {
             runtime,
             vault,

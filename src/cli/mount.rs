@@ -67,6 +67,7 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> anyhow::Result<ExitCode> {
     // Before any thread exists (the store's connections start threads), so that no thread can
     // receive SIGTERM and die with it instead of unmounting.
     mount::block_shutdown_signals();
+    crate::fs::memory::limit_malloc_arenas();
     let owner = Ownership::new(
         a.uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
         a.gid.unwrap_or_else(|| nix::unistd::getgid().as_raw()),

@@ -23,6 +23,20 @@ pub enum SecretCommand {
     /// Delete a secret.
     #[command(visible_aliases = ["rm", "remove"])]
     Delete(DeleteArgs),
+    /// Create one secret per file of a directory (e.g. an old /run/secrets), named after the file.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The directory whose regular files become secrets.
+    pub dir: PathBuf,
+    /// Make the imported secrets usable by every workspace member.
+    #[arg(long)]
+    pub public: bool,
+    /// A tag for every imported secret (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +108,7 @@ pub async fn run(g: &GlobalArgs, cmd: SecretCommand) -> anyhow::Result<ExitCode>
         SecretCommand::List(a) => list(g, a).await,
         SecretCommand::Update(a) => update(g, a).await,
         SecretCommand::Delete(a) => delete(g, a).await,
+        SecretCommand::Import(a) => import(g, a).await,
     }
 }
 
@@ -154,12 +169,14 @@ async fn create(g: &GlobalArgs, a: CreateArgs) -> anyhow::Result<ExitCode> {
         )
         .await
         .map_err(with_store_hint)?;
+    vault.close().await;
     done(&meta, "created", a.output)
 }
 
 async fn list(g: &GlobalArgs, a: ListArgs) -> anyhow::Result<ExitCode> {
     let vault = open_local(g, OpenMode::Existing).await?;
     let secrets = vault.list(DEFAULT_WORKSPACE).await?;
+    vault.close().await;
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&secrets)?),
         Output::Table => print!("{}", table(&secrets)),
@@ -210,6 +227,7 @@ async fn update(g: &GlobalArgs, a: UpdateArgs) -> anyhow::Result<ExitCode> {
         )
         .await
         .map_err(with_store_hint)?;
+    vault.close().await;
     done(&meta, "updated", a.output)
 }
 
@@ -220,7 +238,54 @@ async fn delete(g: &GlobalArgs, a: DeleteArgs) -> anyhow::Result<ExitCode> {
         .delete(DEFAULT_WORKSPACE, &local_user(), &name)
         .await
         .map_err(with_store_hint)?;
+    vault.close().await;
     eprintln!("deleted secret \"{name}\"");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn import(g: &GlobalArgs, a: ImportArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let tags = crate::secret::validate_tags(&a.tags).map_err(anyhow::Error::msg)?;
+    // Read and check everything first: a bad file name or value stops the import before any
+    // secret is created.
+    let mut entries: Vec<_> = std::fs::read_dir(&a.dir)
+        .with_context(|| format!("cannot read directory \"{}\"", a.dir.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("cannot read directory \"{}\"", a.dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    let mut secrets = Vec::new();
+    for entry in entries {
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let file = entry.file_name();
+        let name = parse_name(&file.to_string_lossy())
+            .with_context(|| format!("file \"{}\" cannot be a secret", entry.path().display()))?;
+        let value = read_value(Some(&entry.path()), &name, Default::default())
+            .with_context(|| format!("secret \"{name}\""))?;
+        secrets.push((name, value));
+    }
+    let vault = open_local(g, OpenMode::CreateIfMissing).await?;
+    let owner = local_user();
+    let count = secrets.len();
+    for (name, value) in secrets {
+        vault
+            .create(
+                DEFAULT_WORKSPACE,
+                &owner,
+                NewSecret {
+                    name,
+                    kind: SecretKind::Custom,
+                    visibility: if a.public { Visibility::Public } else { Visibility::Private },
+                    tags: tags.clone(),
+                    value,
+                },
+            )
+            .await
+            .map_err(with_store_hint)?;
+    }
+    vault.close().await;
+    eprintln!("imported {count} secrets from \"{}\"", a.dir.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,6 +16,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Set once mlock has failed, so the warning is logged once, not per pool.
 static MLOCK_WARNED: AtomicBool = AtomicBool::new(false);
 
+/// Caps glibc's malloc at two arenas. By default every thread that allocates gets its own arena
+/// (up to 8 per core), each holding pages; a daemon of a few mostly idle threads needs two.
+pub fn limit_malloc_arenas() {
+    // SAFETY: mallopt only adjusts allocator parameters; called before the daemon's threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Whether locking memory has failed in this process (values may then reach swap).
 pub fn mlock_failed() -> bool {
     MLOCK_WARNED.load(Ordering::Relaxed)

@@ -88,6 +88,15 @@ pub enum LocalError {
 /// Opens the local store at `paths`, creating store and key when `mode` allows, and checks the key
 /// against the store before returning.
 pub async fn open(paths: &LocalPaths, mode: OpenMode) -> Result<Vault, LocalError> {
+    open_with(paths, mode, 4).await
+}
+
+/// Like [`open`], with at most `connections` database connections.
+pub async fn open_with(
+    paths: &LocalPaths,
+    mode: OpenMode,
+    connections: u32,
+) -> Result<Vault, LocalError> {
     let exists = paths.store.exists();
     if !exists {
         if mode == OpenMode::Existing {
@@ -104,7 +113,9 @@ pub async fn open(paths: &LocalPaths, mode: OpenMode) -> Result<Vault, LocalErro
                 })?;
         }
     }
-    let store = SqliteStore::open(&paths.store, mode == OpenMode::CreateIfMissing).await?;
+    let store =
+        SqliteStore::open_with(&paths.store, mode == OpenMode::CreateIfMissing, connections)
+            .await?;
     let sealed = crate::store::Store::key_check(&store).await?.is_some();
     let key = match keyfile::load(&paths.key) {
         Ok(key) => key,

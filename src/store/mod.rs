@@ -131,6 +131,12 @@ pub trait Store: Send + Sync + 'static {
     /// Metadata of every secret in `workspace`, sorted by name.
     async fn list(&self, workspace: &str) -> Result<Vec<SecretMeta>, StoreError>;
     async fn get(&self, workspace: &str, name: &SecretName) -> Result<StoredSecret, StoreError>;
+    /// The rows of those of `names` that exist, in one round trip (a mount loads hundreds).
+    async fn get_many(
+        &self,
+        workspace: &str,
+        names: &[SecretName],
+    ) -> Result<Vec<StoredSecret>, StoreError>;
     /// Inserts a new secret; `AlreadyExists` if the name is taken in the workspace.
     async fn insert(
         &self,
@@ -156,6 +162,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Appends audit records on their own, in one transaction (workload reads).
     async fn record(&self, audits: &[AuditRecord]) -> Result<(), StoreError>;
+    /// Flushes and closes connections (SQLite checkpoints its WAL), so the next open is quick.
+    async fn close(&self);
     /// The newest `limit` audit records of a workspace, oldest first.
     async fn audit_log(&self, workspace: &str, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
 }

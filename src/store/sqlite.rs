@@ -73,6 +73,12 @@ impl SqliteStore {
     /// Opens the store at `path`, creating and initialising it when `create` is set and the file
     /// does not exist. Refuses files that are not SQLite, or are another application's database.
     pub async fn open(path: &Path, create: bool) -> Result<Self, StoreError> {
+        Self::open_with(path, create, 4).await
+    }
+
+    /// Like [`SqliteStore::open`] with at most `connections` connections (each is a thread
+    /// and a page cache: a daemon that reads rarely needs one).
+    pub async fn open_with(path: &Path, create: bool, connections: u32) -> Result<Self, StoreError> {
         let shown = path.display();
         if create {
             // Create the file ourselves so it starts life 0600; SQLite gives its -wal and -shm
@@ -105,7 +111,7 @@ impl SqliteStore {
             .foreign_keys(true)
             .pragma("secure_delete", "ON");
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections.max(1))
             .min_connections(0)
             .connect_with(options)
             .await
@@ -184,10 +190,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Closes the pool, checkpointing the WAL.
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
 }
 
 /// Maps errors met while opening, where "not a database" means the file is not a store.
@@ -341,6 +343,39 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn get_many(
+        &self,
+        workspace: &str,
+        names: &[SecretName],
+    ) -> Result<Vec<StoredSecret>, StoreError> {
+        let mut out = Vec::with_capacity(names.len());
+        // Bound parameters per statement stay far below SQLite's limit.
+        for chunk in names.chunks(500) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+                "SELECT {META_COLUMNS}, id, sealed FROM secrets WHERE workspace = "
+            ));
+            q.push_bind(workspace).push(" AND name IN (");
+            let mut list = q.separated(", ");
+            for n in chunk {
+                list.push_bind(n.as_str());
+            }
+            q.push(")");
+            let rows = q.build().fetch_all(&self.pool).await.map_err(map_err)?;
+            for row in &rows {
+                out.push(StoredSecret {
+                    meta: meta_from_row(row)?,
+                    id: row.try_get("id").map_err(map_err)?,
+                    sealed: row.try_get("sealed").map_err(map_err)?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn insert(
         &self,
         workspace: &str,
@@ -468,8 +503,30 @@ impl Store for SqliteStore {
 
     async fn record(&self, audits: &[AuditRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
-        for audit in audits {
-            insert_audit(&mut *tx, audit).await?;
+        // Multi-row inserts: a mount that reads a thousand secrets records them in a few
+        // statements, not a thousand.
+        for chunk in audits.chunks(200) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO audit (at, workspace, actor, action, secret, version, detail) ",
+            );
+            let mut bad_version = None;
+            q.push_values(chunk, |mut row, a| {
+                let version = i64::try_from(a.version).unwrap_or_else(|_| {
+                    bad_version = Some(a.version);
+                    0
+                });
+                row.push_bind(a.at.nanos())
+                    .push_bind(&a.workspace)
+                    .push_bind(&a.actor)
+                    .push_bind(a.action.as_str())
+                    .push_bind(&a.secret)
+                    .push_bind(version)
+                    .push_bind(&a.detail);
+            });
+            if let Some(v) = bad_version {
+                return Err(StoreError::Invalid(format!("version {v} is out of range")));
+            }
+            q.build().execute(&mut *tx).await.map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
     }

@@ -87,6 +87,11 @@ impl Vault {
         })
     }
 
+    /// Closes the store's connections (a checkpoint, for SQLite).
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+
     pub fn store(&self) -> &dyn Store {
         &*self.store
     }
@@ -271,13 +276,19 @@ impl Vault {
         actor: &str,
         names: &[SecretName],
     ) -> Result<Vec<Result<(SecretMeta, SecretValue), StoreError>>, StoreError> {
+        let mut rows: std::collections::HashMap<SecretName, StoredSecret> = self
+            .store
+            .get_many(workspace, names)
+            .await?
+            .into_iter()
+            .map(|r| (r.meta.name.clone(), r))
+            .collect();
         let mut out = Vec::with_capacity(names.len());
         let mut audits = Vec::new();
         for name in names {
-            let result = match self.store.get(workspace, name).await {
-                Ok(row) => self.open_row(workspace, row),
-                Err(e @ StoreError::NotFound(_)) => Err(e),
-                Err(e) => return Err(e),
+            let result = match rows.remove(name) {
+                Some(row) => self.open_row(workspace, row),
+                None => Err(StoreError::NotFound(name.clone())),
             };
             if let Ok((meta, _)) = &result {
                 audits.push(Self::audit(
