@@ -276,7 +276,11 @@ async fn import(g: &GlobalArgs, a: ImportArgs) -> anyhow::Result<ExitCode> {
                 NewSecret {
                     name,
                     kind: SecretKind::Custom,
-                    visibility: if a.public { Visibility::Public } else { Visibility::Private },
+                    visibility: if a.public {
+                        Visibility::Public
+                    } else {
+                        Visibility::Private
+                    },
                     tags: tags.clone(),
                     value,
                 },

@@ -78,7 +78,11 @@ impl SqliteStore {
 
     /// Like [`SqliteStore::open`] with at most `connections` connections (each is a thread
     /// and a page cache: a daemon that reads rarely needs one).
-    pub async fn open_with(path: &Path, create: bool, connections: u32) -> Result<Self, StoreError> {
+    pub async fn open_with(
+        path: &Path,
+        create: bool,
+        connections: u32,
+    ) -> Result<Self, StoreError> {
         let shown = path.display();
         if create {
             // Create the file ourselves so it starts life 0600; SQLite gives its -wal and -shm
@@ -189,7 +193,6 @@ impl SqliteStore {
         tx.commit().await.map_err(map_err)?;
         Ok(())
     }
-
 }
 
 /// Maps errors met while opening, where "not a database" means the file is not a store.

@@ -571,3 +571,90 @@ fn the_canary_never_reaches_the_log_even_at_trace_level() {
     assert_no_canary("daemon log at trace level", log.as_bytes());
     assert_no_canary("daemon ready line", d.ready_line.as_bytes());
 }
+
+#[test]
+fn strict_permission_readers_accept_the_files() {
+    if !fuse_available("strict_permission_readers_accept_the_files") {
+        return;
+    }
+    // ssh refuses a private key that group or others can read; a 0400 file it accepts.
+    let s = Scratch::new();
+    let key = s.path().join("id");
+    let (code, _, err) = run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "t", "-f"])
+        .arg(&key));
+    assert_eq!(code, 0, "{err}");
+    let private = std::fs::read(&key).unwrap();
+    s.ok(&["secret", "create", "deploy_key"], &private);
+    let mnt = s.path().join("mnt");
+    let d = Daemon::start(&s, &mnt, &[]);
+    let (code, out, err) = run(Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(mnt.join("deploy_key")));
+    assert_eq!(code, 0, "{err}");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    assert_eq!(
+        out.split_whitespace().take(2).collect::<Vec<_>>(),
+        public.split_whitespace().take(2).collect::<Vec<_>>()
+    );
+    drop(d);
+    // The same reader refuses the file when the mount makes it world-readable: the check is real.
+    let _d = Daemon::start(&s, &mnt, &["--mode", "0444"]);
+    let (code, _, err) = run(Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(mnt.join("deploy_key")));
+    assert_ne!(code, 0);
+    assert!(err.contains("UNPROTECTED PRIVATE KEY FILE"), "{err}");
+}
+
+#[test]
+fn doctor_reports_what_fuse_needs() {
+    if !fuse_available("doctor_reports_what_fuse_needs") {
+        return;
+    }
+    let s = Scratch::new();
+    let out = s.run(&["doctor"], b"");
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("ok   /dev/fuse") && out.stdout.contains("ok   fusermount3"),
+        "{}",
+        out.stdout
+    );
+    let mut cmd = s.cmd(&["doctor"]);
+    cmd.env("PATH", "/nonexistent");
+    let out = crate::support::run_with(cmd, b"");
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout
+            .contains("FAIL fusermount3: not found: install the fuse3 package"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_memlock_limit_is_a_warning_not_a_failure() {
+    if !fuse_available("a_memlock_limit_is_a_warning_not_a_failure") {
+        return;
+    }
+    let s = store_with(&[("A", b"value")]);
+    let mnt = s.path().join("mnt");
+    // Without CAP_IPC_LOCK and with a zero limit, mlock fails; the mount still serves.
+    let wrapper = [
+        "prlimit",
+        "--memlock=0:0",
+        "setpriv",
+        "--bounding-set=-ipc_lock",
+        "--inh-caps=-ipc_lock",
+    ];
+    let d = Daemon::start_wrapped(&s, &mnt, &[], &wrapper, |_| {});
+    assert!(
+        d.ready_line.contains("(memory NOT locked)"),
+        "{}",
+        d.ready_line
+    );
+    assert!(d.log().contains("cannot lock secret memory"), "{}", d.log());
+    assert_eq!(std::fs::read(mnt.join("A")).unwrap(), b"value");
+}
