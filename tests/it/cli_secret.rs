@@ -431,3 +431,46 @@ fn corrupt_and_foreign_databases() {
         "a key was created for a foreign database"
     );
 }
+
+#[test]
+fn import_makes_one_secret_per_file_and_checks_everything_first() {
+    let s = Scratch::new();
+    let dir = s.path().join("old-secrets");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("HF_TOKEN"), CANARY).unwrap();
+    std::fs::write(dir.join("db-password"), "pw").unwrap();
+    std::fs::create_dir(dir.join("subdir")).unwrap();
+    let out = s.run(
+        &[
+            "secret",
+            "import",
+            dir.to_str().unwrap(),
+            "--tag",
+            "imported",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("imported 2 secrets"), "{}", out.stderr);
+    let names: Vec<String> = list_json(&s)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["HF_TOKEN", "db-password"]);
+    assert_eq!(list_json(&s)[0]["tags"], serde_json::json!(["imported"]));
+
+    // One bad file name stops the import before anything is created.
+    let bad = s.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("GOOD"), "x").unwrap();
+    std::fs::write(bad.join("9bad"), "x").unwrap();
+    refused(
+        &s,
+        &["secret", "import", bad.to_str().unwrap()],
+        b"",
+        1,
+        "cannot be a secret",
+    );
+}

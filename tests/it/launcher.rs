@@ -582,3 +582,30 @@ fn the_example_workload_reads_env_and_files() {
         out.stderr
     );
 }
+
+#[test]
+fn options_before_run_go_through_the_full_parser() {
+    let s = Scratch::new();
+    s.ok(&["secret", "create", "A"], b"via-store");
+    // `secretfs --store X run ...`: the global store option reaches the launcher.
+    let (out, report) = {
+        let report = s.path().join("report.json");
+        let mut cmd = crate::support::Scratch::cmd(
+            &s,
+            &[
+                "--store",
+                s.store().to_str().unwrap(),
+                "run",
+                "-s",
+                "A",
+                "--",
+            ],
+        );
+        cmd.args([crate::support::python(), "-c", DUMP, "A"])
+            .env("REPORT", &report);
+        let out = run_with(cmd, b"");
+        (out, std::fs::read_to_string(&report).ok())
+    };
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(report.unwrap().contains("via-store"));
+}
