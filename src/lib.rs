@@ -3,12 +3,16 @@
 //! The library holds every layer; `src/main.rs` only parses arguments and maps errors to exit
 //! codes. See ARCHITECTURE.md for the map.
 
+pub mod api;
+pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod crypto;
 pub mod fs;
 pub mod harden;
 pub mod keyfile;
 pub mod launch;
 pub mod secret;
+pub mod server;
 pub mod source;
 pub mod store;

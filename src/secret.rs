@@ -509,6 +509,15 @@ impl Timestamp {
     }
 }
 
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(s.trim_end_matches('Z'))
+            .map(Timestamp::from_system_time)
+            .map_err(|e| serde::de::Error::custom(format!("bad time {s:?}: {e}")))
+    }
+}
+
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_rfc3339_micros(self.to_system_time()).to_string())
@@ -553,7 +562,7 @@ pub fn validate_tags(tags: &[String]) -> Result<Vec<String>, String> {
 }
 
 /// Everything about a secret except its value: what lists, APIs and audit records show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretMeta {
     pub name: SecretName,
     pub kind: SecretKind,

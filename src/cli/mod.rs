@@ -3,6 +3,7 @@
 
 mod input;
 mod mount;
+mod remote;
 mod secret;
 
 use std::fmt;
@@ -36,6 +37,18 @@ pub struct GlobalArgs {
     /// The local store's key file [default: the store path with ".key" appended].
     #[arg(long, global = true, env = "SECRETFS_KEY_FILE", value_name = "PATH")]
     pub key_file: Option<PathBuf>,
+    /// The server (comma-separated replicas); default: the one `secretfs login` saved.
+    #[arg(long, global = true, env = "SECRETFS_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// A file holding the token for the server (else SECRETFS_TOKEN, else `login`'s).
+    #[arg(long, global = true, env = "SECRETFS_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// The workspace on the server [default: default].
+    #[arg(long, short = 'w', global = true, env = "SECRETFS_WORKSPACE")]
+    pub workspace: Option<String>,
+    /// A PEM file of CA certificates to trust besides the system's (a private CA).
+    #[arg(long, global = true, env = "SECRETFS_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -50,6 +63,21 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Check whether FUSE mounts can work here, and say what is missing.
     Doctor,
+    /// Run the workspace API server.
+    Serve(remote::ServeArgs),
+    /// Save a server URL and your token (read from stdin or --token-file) for later commands.
+    Login(remote::LoginArgs),
+    /// Workspaces on the server.
+    #[command(subcommand)]
+    Workspace(remote::WorkspaceCommand),
+    /// Users of the server (admin).
+    #[command(subcommand)]
+    User(remote::UserCommand),
+    /// User and workload tokens.
+    #[command(subcommand)]
+    Token(remote::TokenCommand),
+    /// The server's audit log (admin).
+    Audit(remote::AuditArgs),
     /// Run a workload with its secrets in its environment (see "secretfs run --help").
     #[command(disable_help_flag = true)]
     Run {
@@ -65,7 +93,7 @@ pub enum Command {
 impl Command {
     /// Whether this command runs as a long-lived service (and logs at info by default).
     pub fn is_daemon(&self) -> bool {
-        matches!(self, Command::Mount(_))
+        matches!(self, Command::Mount(_) | Command::Serve(_))
     }
 }
 
@@ -118,6 +146,8 @@ pub(crate) fn with_store_hint(e: StoreError) -> anyhow::Error {
     }
 }
 
+pub(crate) use remote::{Remote, remote as configured_remote};
+
 pub(crate) async fn open_local(g: &GlobalArgs, mode: OpenMode) -> anyhow::Result<Vault> {
     let paths = LocalPaths::resolve(g.store.clone(), g.key_file.clone())?;
     Ok(local::open(&paths, mode).await?)
@@ -135,6 +165,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Secret(cmd) => runtime()?.block_on(secret::run(&cli.global, cmd)),
         Command::Mount(args) => mount::mount(&cli.global, args),
         Command::Doctor => mount::doctor(),
+        Command::Serve(args) => remote::serve(&cli.global, args),
+        Command::Login(args) => runtime()?.block_on(remote::login(&cli.global, args)),
+        Command::Workspace(cmd) => runtime()?.block_on(remote::workspace(&cli.global, cmd)),
+        Command::User(cmd) => runtime()?.block_on(remote::user(&cli.global, cmd)),
+        Command::Token(cmd) => runtime()?.block_on(remote::token(&cli.global, cmd)),
+        Command::Audit(args) => runtime()?.block_on(remote::audit(&cli.global, args)),
         Command::Run { args } => {
             // Reached only when options came before "run" (secretfs -v run ...); the global
             // store options carry over to the launcher.
@@ -186,5 +222,14 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
         ExitCode::from(2)
     } else {
         ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -12,7 +12,7 @@ use super::GlobalArgs;
 use crate::fs::mount::{self, MountConfig};
 use crate::fs::tree::Ownership;
 use crate::secret::SecretName;
-use crate::source::LocalSource;
+use crate::source::{LocalSource, ServerSource, Source};
 use crate::store::local::LocalPaths;
 
 #[derive(Debug, Args)]
@@ -37,6 +37,9 @@ pub struct MountArgs {
     /// Log every open with the caller's uid, gid and pid (opens then cost a round trip).
     #[arg(long)]
     pub audit: bool,
+    /// With a server: how long to keep retrying one that is unavailable at start.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub start_timeout: Duration,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -79,16 +82,26 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|s| SecretName::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let paths = LocalPaths::resolve(g.store.clone(), g.key_file.clone())?;
-    let source = LocalSource::open(paths)?;
+    // The server when one is named (and --store is not), else the local store.
+    let source: Box<dyn Source> = match (&g.store, &g.url) {
+        (None, Some(url)) => {
+            let token = super::remote::workload_token(g)?;
+            Box::new(ServerSource::connect(url, &token, g.ca_file.as_deref())?)
+        }
+        _ => {
+            let paths = LocalPaths::resolve(g.store.clone(), g.key_file.clone())?;
+            Box::new(LocalSource::open(paths)?)
+        }
+    };
     let cfg = MountConfig {
         dir: a.dir,
         only,
         owner,
         refresh: a.refresh.0,
         audit: a.audit,
+        start_timeout: a.start_timeout,
     };
-    mount::run(Box::new(source), cfg, |ready| {
+    mount::run(source, cfg, |ready| {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,

@@ -1,4 +1,5 @@
-//! `secretfs secret ...`: create, list, update and delete secrets in the local store.
+//! `secretfs secret ...`: create, list, update and delete secrets, in the local store or on the
+//! configured server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,10 +7,13 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::input::read_value;
-use super::{GlobalArgs, Output, UsageError, open_local, with_store_hint};
-use crate::secret::{SecretKind, SecretMeta, SecretName, Visibility};
+use super::{
+    GlobalArgs, Output, Remote, UsageError, configured_remote, open_local, with_store_hint,
+};
+use crate::client::Client;
+use crate::secret::{SecretKind, SecretMeta, SecretName, ValueLimit, Visibility};
 use crate::store::local::{LocalError, OpenMode, local_user};
-use crate::store::{DEFAULT_WORKSPACE, NewSecret, SecretUpdate, StoreError};
+use crate::store::{Actor, DEFAULT_WORKSPACE, NewSecret, SecretUpdate, StoreError, Vault};
 
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
@@ -112,6 +116,151 @@ pub async fn run(g: &GlobalArgs, cmd: SecretCommand) -> anyhow::Result<ExitCode>
     }
 }
 
+/// Where `secret` commands act: the local store (with `--store`, or when no server is
+/// configured) or the server.
+enum Target {
+    Local(Vault),
+    Remote(Remote),
+}
+
+impl Target {
+    /// The server if one is configured and `--store` was not given; else the local store
+    /// (`None` when it does not exist and `mode` does not create it).
+    async fn open(g: &GlobalArgs, mode: OpenMode) -> anyhow::Result<Option<Target>> {
+        if g.store.is_none()
+            && let Some(r) = configured_remote(g)?
+        {
+            return Ok(Some(Target::Remote(r)));
+        }
+        match open_local(g, mode).await {
+            Ok(vault) => Ok(Some(Target::Local(vault))),
+            Err(e)
+                if e.downcast_ref::<LocalError>()
+                    .is_some_and(|e| matches!(e, LocalError::Missing(_)))
+                    && mode == OpenMode::Existing =>
+            {
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn secrets_path(r: &Remote) -> String {
+        format!("/api/v1/workspaces/{}/secrets", r.workspace)
+    }
+
+    async fn list(&self) -> anyhow::Result<Vec<SecretMeta>> {
+        match self {
+            Target::Local(v) => Ok(v.list(DEFAULT_WORKSPACE).await?),
+            Target::Remote(r) => Ok(r.client.get(&Self::secrets_path(r), &[]).await?),
+        }
+    }
+
+    /// The secret's metadata, `None` when there is no such secret (or none this caller sees).
+    async fn meta(&self, name: &SecretName) -> anyhow::Result<Option<SecretMeta>> {
+        match self {
+            Target::Local(v) => match v.meta(DEFAULT_WORKSPACE, name).await {
+                Ok(m) => Ok(Some(m)),
+                Err(StoreError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+            Target::Remote(r) => {
+                match r
+                    .client
+                    .get::<SecretMeta>(&format!("{}/{name}", Self::secrets_path(r)), &[])
+                    .await
+                {
+                    Ok(m) => Ok(Some(m)),
+                    Err(e) if e.status() == Some(404) => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    async fn create(&self, new: NewSecret) -> anyhow::Result<SecretMeta> {
+        match self {
+            Target::Local(v) => Ok(v
+                .create(DEFAULT_WORKSPACE, &Actor::local(local_user()), new)
+                .await
+                .map_err(with_store_hint)?),
+            Target::Remote(r) => {
+                let body = serde_json::json!({
+                    "name": new.name.as_str(),
+                    "value_base64": Client::encode_value(&new.value),
+                    "kind": new.kind.as_str(),
+                    "visibility": new.visibility.as_str(),
+                    "tags": new.tags,
+                });
+                match r.client.post(&Self::secrets_path(r), body).await {
+                    Ok(m) => Ok(m),
+                    Err(e) if e.status() == Some(409) => {
+                        Err(with_store_hint(StoreError::AlreadyExists(new.name)))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    async fn update(&self, name: &SecretName, update: SecretUpdate) -> anyhow::Result<SecretMeta> {
+        match self {
+            Target::Local(v) => Ok(v
+                .update(DEFAULT_WORKSPACE, &Actor::local(local_user()), name, update)
+                .await
+                .map_err(with_store_hint)?),
+            Target::Remote(r) => {
+                let mut body = serde_json::json!({});
+                if let Some(v) = &update.value {
+                    body["value_base64"] = Client::encode_value(v).into();
+                }
+                if let Some(v) = update.visibility {
+                    body["visibility"] = v.as_str().into();
+                }
+                if let Some(t) = &update.tags {
+                    body["tags"] = serde_json::json!(t);
+                }
+                Ok(r.client
+                    .patch(&format!("{}/{name}", Self::secrets_path(r)), body)
+                    .await?)
+            }
+        }
+    }
+
+    async fn delete(&self, name: &SecretName) -> anyhow::Result<()> {
+        match self {
+            Target::Local(v) => Ok(v
+                .delete(DEFAULT_WORKSPACE, &Actor::local(local_user()), name)
+                .await
+                .map_err(with_store_hint)?),
+            Target::Remote(r) => match r
+                .client
+                .delete(&format!("{}/{name}", Self::secrets_path(r)))
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) if e.status() == Some(404) => {
+                    Err(with_store_hint(StoreError::NotFound(name.clone())))
+                }
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    fn value_limit(&self) -> ValueLimit {
+        match self {
+            Target::Local(v) => v.value_limit(),
+            Target::Remote(_) => ValueLimit::default(),
+        }
+    }
+
+    async fn close(&self) {
+        if let Target::Local(v) = self {
+            v.close().await;
+        }
+    }
+}
+
 async fn create(g: &GlobalArgs, a: CreateArgs) -> anyhow::Result<ExitCode> {
     let name = match (&a.name, a.kind.default_name()) {
         (Some(n), _) => parse_name(n)?,
@@ -126,8 +275,8 @@ async fn create(g: &GlobalArgs, a: CreateArgs) -> anyhow::Result<ExitCode> {
     // Everything that can be checked without the store is checked before a new store is
     // created, and a taken name is reported before the user types a value.
     let tags = crate::secret::validate_tags(&a.tags).map_err(anyhow::Error::msg)?;
-    let existing = match open_local(g, OpenMode::Existing).await {
-        Ok(vault) => Some(vault),
+    let existing = match Target::open(g, OpenMode::Existing).await {
+        Ok(t) => t,
         Err(e)
             if e.downcast_ref::<LocalError>()
                 .is_some_and(|e| matches!(e, LocalError::Missing(_))) =>
@@ -136,47 +285,42 @@ async fn create(g: &GlobalArgs, a: CreateArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e),
     };
-    if let Some(vault) = &existing {
-        match vault.meta(DEFAULT_WORKSPACE, &name).await {
-            Ok(_) => return Err(with_store_hint(StoreError::AlreadyExists(name))),
-            Err(StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+    if let Some(target) = &existing
+        && target.meta(&name).await?.is_some()
+    {
+        return Err(with_store_hint(StoreError::AlreadyExists(name)));
     }
     let value = read_value(a.from_file.as_deref(), &name, Default::default())?;
     for w in a.kind.check(&value)? {
         eprintln!("warning: {w}");
     }
-    let vault = match existing {
-        Some(vault) => vault,
-        None => open_local(g, OpenMode::CreateIfMissing).await?,
+    let target = match existing {
+        Some(t) => t,
+        None => Target::open(g, OpenMode::CreateIfMissing)
+            .await?
+            .expect("created"),
     };
-    let meta = vault
-        .create(
-            DEFAULT_WORKSPACE,
-            &local_user(),
-            NewSecret {
-                name,
-                kind: a.kind,
-                visibility: if a.public {
-                    Visibility::Public
-                } else {
-                    Visibility::Private
-                },
-                tags,
-                value,
+    let meta = target
+        .create(NewSecret {
+            name,
+            kind: a.kind,
+            visibility: if a.public {
+                Visibility::Public
+            } else {
+                Visibility::Private
             },
-        )
-        .await
-        .map_err(with_store_hint)?;
-    vault.close().await;
+            tags,
+            value,
+        })
+        .await?;
+    target.close().await;
     done(&meta, "created", a.output)
 }
 
 async fn list(g: &GlobalArgs, a: ListArgs) -> anyhow::Result<ExitCode> {
-    let vault = open_local(g, OpenMode::Existing).await?;
-    let secrets = vault.list(DEFAULT_WORKSPACE).await?;
-    vault.close().await;
+    let target = Target::open(g, OpenMode::Existing).await?.expect("opened");
+    let secrets = target.list().await?;
+    target.close().await;
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&secrets)?),
         Output::Table => print!("{}", table(&secrets)),
@@ -199,25 +343,23 @@ async fn update(g: &GlobalArgs, a: UpdateArgs) -> anyhow::Result<ExitCode> {
         Some(crate::secret::validate_tags(&a.tags).map_err(anyhow::Error::msg)?)
     };
     let metadata_only = a.from_file.is_none() && (visibility.is_some() || tags.is_some());
-    let vault = open_local(g, OpenMode::Existing).await?;
+    let target = Target::open(g, OpenMode::Existing).await?.expect("opened");
     // Look the secret up first: an unknown name is reported before the user types a value.
-    let current = vault
-        .meta(DEFAULT_WORKSPACE, &name)
-        .await
-        .map_err(with_store_hint)?;
+    let current = target
+        .meta(&name)
+        .await?
+        .ok_or_else(|| with_store_hint(StoreError::NotFound(name.clone())))?;
     let value = if metadata_only {
         None
     } else {
-        let value = read_value(a.from_file.as_deref(), &name, vault.value_limit())?;
+        let value = read_value(a.from_file.as_deref(), &name, target.value_limit())?;
         for w in current.kind.check(&value)? {
             eprintln!("warning: {w}");
         }
         Some(value)
     };
-    let meta = vault
+    let meta = target
         .update(
-            DEFAULT_WORKSPACE,
-            &local_user(),
             &name,
             SecretUpdate {
                 value,
@@ -225,20 +367,16 @@ async fn update(g: &GlobalArgs, a: UpdateArgs) -> anyhow::Result<ExitCode> {
                 tags,
             },
         )
-        .await
-        .map_err(with_store_hint)?;
-    vault.close().await;
+        .await?;
+    target.close().await;
     done(&meta, "updated", a.output)
 }
 
 async fn delete(g: &GlobalArgs, a: DeleteArgs) -> anyhow::Result<ExitCode> {
     let name = parse_name(&a.name)?;
-    let vault = open_local(g, OpenMode::Existing).await?;
-    vault
-        .delete(DEFAULT_WORKSPACE, &local_user(), &name)
-        .await
-        .map_err(with_store_hint)?;
-    vault.close().await;
+    let target = Target::open(g, OpenMode::Existing).await?.expect("opened");
+    target.delete(&name).await?;
+    target.close().await;
     eprintln!("deleted secret \"{name}\"");
     Ok(ExitCode::SUCCESS)
 }
@@ -265,30 +403,26 @@ async fn import(g: &GlobalArgs, a: ImportArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("secret \"{name}\""))?;
         secrets.push((name, value));
     }
-    let vault = open_local(g, OpenMode::CreateIfMissing).await?;
-    let owner = local_user();
+    let target = Target::open(g, OpenMode::CreateIfMissing)
+        .await?
+        .expect("opened");
     let count = secrets.len();
     for (name, value) in secrets {
-        vault
-            .create(
-                DEFAULT_WORKSPACE,
-                &owner,
-                NewSecret {
-                    name,
-                    kind: SecretKind::Custom,
-                    visibility: if a.public {
-                        Visibility::Public
-                    } else {
-                        Visibility::Private
-                    },
-                    tags: tags.clone(),
-                    value,
+        target
+            .create(NewSecret {
+                name,
+                kind: SecretKind::Custom,
+                visibility: if a.public {
+                    Visibility::Public
+                } else {
+                    Visibility::Private
                 },
-            )
-            .await
-            .map_err(with_store_hint)?;
+                tags: tags.clone(),
+                value,
+            })
+            .await?;
     }
-    vault.close().await;
+    target.close().await;
     eprintln!("imported {count} secrets from \"{}\"", a.dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -24,9 +24,11 @@ pub struct MountConfig {
     /// Only these secrets (all of them when empty).
     pub only: Vec<SecretName>,
     pub owner: Ownership,
-    /// How often to re-read the source; `None` never.
+    /// How often to re-read a source that cannot watch; `None` never.
     pub refresh: Option<Duration>,
     pub audit: bool,
+    /// How long to keep trying a source that is unavailable at start.
+    pub start_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,10 @@ pub enum MountError {
     Missing(Vec<SecretName>),
     #[error("cannot read secrets from the source: {0}")]
     Source(#[from] SourceError),
+    #[error(
+        "the source was still unavailable after {waited}: {last}; is it running and reachable?"
+    )]
+    StartTimeout { waited: String, last: String },
     #[error("cannot hold secrets in memory: {0}")]
     Memory(std::io::Error),
     #[error("cannot mount at \"{}\": {source}{}", .dir.display(), diagnosis(.problems))]
@@ -348,6 +354,103 @@ fn refresh(
     Ok(())
 }
 
+/// Lists the source, retrying with backoff while it is unavailable, up to `timeout`.
+fn list_with_retry(source: &dyn Source, timeout: Duration) -> Result<Vec<SecretMeta>, MountError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match source.list() {
+            Ok(metas) => return Ok(metas),
+            Err(SourceError::Unavailable(e)) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(MountError::StartTimeout {
+                        waited: humantime::format_duration(timeout).to_string(),
+                        last: e,
+                    });
+                }
+                let pause = delay.min(left);
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "source unavailable at start; retrying");
+                thread::sleep(pause);
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Keeps the tree in step with the source until `stop` is dropped: long-polls a source that
+/// watches, polls every `interval` one that does not. Failures keep the last known good
+/// values; the outage and the recovery are logged once each.
+fn keep_fresh(
+    source: &dyn Source,
+    tree: &SharedTree,
+    notifier: &Notifier,
+    only: &[SecretName],
+    interval: Option<Duration>,
+    stop: &mpsc::Receiver<()>,
+) {
+    let stopped = |wait: Duration| {
+        !matches!(
+            stop.recv_timeout(wait),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        )
+    };
+    let mut failing = false;
+    let mut backoff = Duration::from_millis(200);
+    let mut revision: Option<String> = None;
+    loop {
+        let changed = if source.watches() {
+            if stopped(Duration::ZERO) {
+                return;
+            }
+            match source.wait(revision.as_deref(), Duration::from_secs(30)) {
+                Ok(r) => {
+                    let changed = r != revision || revision.is_none();
+                    if changed {
+                        revision = r;
+                    }
+                    Ok(changed)
+                }
+                Err(e) => Err(MountError::Source(e)),
+            }
+        } else {
+            match interval {
+                Some(i) if !stopped(i) => Ok(true),
+                _ => return,
+            }
+        };
+        let result = changed.and_then(|changed| {
+            if changed {
+                refresh(source, tree, notifier, only)
+            } else {
+                Ok(())
+            }
+        });
+        match result {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("source reachable again; updates flow");
+                    failing = false;
+                }
+                backoff = Duration::from_millis(200);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "source unavailable; serving the last known good values");
+                    failing = true;
+                }
+                // A watch fails fast while the source is down: wait before the next try.
+                revision = None;
+                if stopped(backoff) {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// What the daemon tells its caller once the mount is ready.
 #[derive(Debug, Clone)]
 pub struct Ready {
@@ -376,7 +479,7 @@ pub fn run(
     let dir = prepare_mount_point(&cfg.dir)?;
     let description = source.describe();
 
-    let metas = select(source.list()?, &cfg.only)?;
+    let metas = select(list_with_retry(&*source, cfg.start_timeout)?, &cfg.only)?;
     let tree: SharedTree = Arc::new(RwLock::new(Tree::new(cfg.owner, SystemTime::now())));
     let (_, errors) = load(&*source, &tree, &metas)?;
     // Fail closed at start: a mount that silently lacks a secret is worse than no mount.
@@ -444,36 +547,25 @@ pub fn run(
         .map_err(MountError::Thread)?;
 
     let (stop_refresh, refresh_stopped) = mpsc::channel::<()>();
-    let refresh_thread = match cfg.refresh {
-        Some(interval) => {
-            let tree = tree.clone();
-            let only = cfg.only.clone();
-            Some(
-                thread::Builder::new()
-                    .name("refresh".into())
-                    .spawn(move || {
-                        let mut failing = false;
-                        while let Err(mpsc::RecvTimeoutError::Timeout) =
-                            refresh_stopped.recv_timeout(interval)
-                        {
-                            match refresh(&*source, &tree, &notifier, &only) {
-                                Ok(()) if failing => {
-                                    tracing::info!("source reachable again; refresh resumed");
-                                    failing = false;
-                                }
-                                Ok(()) => {}
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "refresh failed; serving the last known good values");
-                                    failing = true;
-                                }
-                            }
-                        }
-                    })
-                    .map_err(MountError::Thread)?,
-            )
-        }
-        None => None,
-    };
+    if source.watches() || cfg.refresh.is_some() {
+        let tree = tree.clone();
+        let only = cfg.only.clone();
+        let interval = cfg.refresh;
+        // Not joined at exit: it may be inside a long-poll, and the process is ending anyway.
+        thread::Builder::new()
+            .name("refresh".into())
+            .spawn(move || {
+                keep_fresh(
+                    &*source,
+                    &tree,
+                    &notifier,
+                    &only,
+                    interval,
+                    &refresh_stopped,
+                )
+            })
+            .map_err(MountError::Thread)?;
+    }
 
     on_ready(&Ready {
         dir: cfg.dir.clone(),
@@ -507,9 +599,6 @@ pub fn run(
         Err(_) => {}
     }
     drop(stop_refresh);
-    if let Some(t) = refresh_thread {
-        let _ = t.join();
-    }
     if fuse_thread.is_finished() {
         let _ = fuse_thread.join();
     }

@@ -23,6 +23,7 @@ pub struct RunArgs {
     pub key_file: Option<PathBuf>,
     pub url: Option<String>,
     pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
     pub wait: Option<Duration>,
     pub inherit_env: Option<InheritEnv>,
     pub workdir: Option<PathBuf>,
@@ -49,7 +50,9 @@ options:
   --dir DIR               source: a directory of secret files (default $SECRETFS_DIR, else
                           /run/secrets)
   --store PATH            source: the local store (with --key-file PATH)
-  --url URL               source: a secretfs server (with --token-file PATH)
+  --url URL               source: a secretfs server, with a workload token from --token-file
+                          PATH (else $SECRETFS_TOKEN or $SECRETFS_TOKEN_FILE); --ca-file PEM
+                          trusts a private CA
   --wait DURATION         wait up to DURATION for the directory to hold every secret (\"10s\")
   --inherit-env MODE      all (default), none, or NAME,NAME,... to pass through
   --workdir DIR           run COMMAND in DIR
@@ -129,6 +132,7 @@ pub fn parse(args: &[OsString]) -> Result<RunArgs, String> {
             "--key-file" => out.key_file = Some(value(flag)?.into()),
             "--url" => out.url = Some(value(flag)?),
             "--token-file" => out.token_file = Some(value(flag)?.into()),
+            "--ca-file" => out.ca_file = Some(value(flag)?.into()),
             "--wait" => out.wait = Some(parse_duration("--wait", &value(flag)?)?),
             "--inherit-env" => out.inherit_env = Some(InheritEnv::parse(&value(flag)?)?),
             "--workdir" => out.workdir = Some(value(flag)?.into()),

@@ -94,6 +94,7 @@ pub enum SourcePlan {
     Server {
         urls: String,
         token_file: Option<PathBuf>,
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -349,6 +350,7 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         SourcePlan::Server {
             urls: url.clone(),
             token_file: args.token_file.as_ref().map(here),
+            ca_file: args.ca_file.as_ref().map(here),
         }
     } else if let Some(dir) = &spec.source.dir {
         SourcePlan::Dir {
@@ -372,6 +374,11 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
                 .as_ref()
                 .map(here)
                 .or_else(|| spec.source.token_file.as_deref().map(rel)),
+            ca_file: args
+                .ca_file
+                .as_ref()
+                .map(here)
+                .or_else(|| spec.source.ca_file.as_deref().map(rel)),
         }
     } else {
         SourcePlan::Dir {

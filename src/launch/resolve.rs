@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 use super::plan::{ExecPlan, SourcePlan, Value};
+use crate::auth::Token;
 use crate::secret::{SecretName, VALUE_MAX_LEN};
-use crate::source::{LocalSource, Source, SourceError};
+use crate::source::{LocalSource, ServerSource, Source, SourceError};
 use crate::store::local::LocalPaths;
 
 /// The workload's environment, ready for `execve`: `NAME=VALUE\0` entries, wiped on drop (so a
@@ -135,10 +136,50 @@ fn fetch(source: &SourcePlan, names: &[SecretName]) -> Result<Vec<Bytes>, Vec<St
             let source = LocalSource::open(paths).map_err(|e| vec![e.to_string()])?;
             fetch_source(&source, names)
         }
-        SourcePlan::Server { .. } => Err(vec![
-            "the server source is not available in this build; use --dir or --store".into(),
-        ]),
+        SourcePlan::Server {
+            urls,
+            token_file,
+            ca_file,
+        } => {
+            let token = server_token(token_file.as_deref()).map_err(|e| vec![e])?;
+            let source = ServerSource::connect(urls, &token, ca_file.as_deref())
+                .map_err(|e| vec![e.to_string()])?;
+            fetch_source(&source, names)
+        }
     }
+}
+
+/// The workload token: the spec's or flag's token file, else `SECRETFS_TOKEN`, else the file
+/// `SECRETFS_TOKEN_FILE` names.
+fn server_token(file: Option<&Path>) -> Result<Token, String> {
+    let from_file = |p: &Path| -> Result<Token, String> {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read token file {}: {e}", p.display()))?,
+        );
+        let t = text.lines().next().unwrap_or("").trim();
+        if t.is_empty() {
+            return Err(format!("token file {} is empty", p.display()));
+        }
+        Ok(Token::from_string(t.to_owned()))
+    };
+    if let Some(p) = file {
+        return from_file(p);
+    }
+    if let Some(t) = std::env::var("SECRETFS_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        return Ok(Token::from_string(t.trim().to_owned()));
+    }
+    if let Some(p) = std::env::var_os("SECRETFS_TOKEN_FILE").filter(|p| !p.is_empty()) {
+        return from_file(Path::new(&p));
+    }
+    Err(
+        "no workload token for the server: set token_file in [source], pass --token-file, or \
+         set SECRETFS_TOKEN_FILE"
+            .into(),
+    )
 }
 
 fn fetch_source(source: &dyn Source, names: &[SecretName]) -> Result<Vec<Bytes>, Vec<String>> {

@@ -40,6 +40,8 @@ pub struct SourceSpec {
     /// The workspace server (with `token_file`).
     pub url: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for the server, besides the system's.
+    pub ca_file: Option<PathBuf>,
     /// Wait up to this long for the directory to hold every named secret ("10s").
     pub wait: Option<String>,
 }

@@ -12,9 +12,10 @@ mod vault;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::auth::TokenKind;
 use crate::secret::{SecretKind, SecretMeta, SecretName, Timestamp, Visibility};
 
-pub use vault::{NewSecret, SecretUpdate, Vault};
+pub use vault::{Actor, NewSecret, SecretUpdate, Vault};
 
 /// The workspace the local store holds (a local store is one workspace).
 pub const DEFAULT_WORKSPACE: &str = "default";
@@ -83,6 +84,49 @@ pub struct AuditRecord {
     pub version: u64,
     /// What changed, in words ("value", "visibility=public"); never a value.
     pub detail: String,
+    /// Where the request came from (the client's address), empty for local commands.
+    pub address: String,
+}
+
+/// A person (or service account) of the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub name: String,
+    pub admin: bool,
+    pub created_at: Timestamp,
+    /// The workspaces the user belongs to.
+    pub workspaces: Vec<String>,
+}
+
+/// A token as stored: never the token itself, only the hash of its secret part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub hash: Vec<u8>,
+    pub kind: TokenKind,
+    pub user: String,
+    /// Workload tokens: the workspace of their secrets.
+    pub workspace: Option<String>,
+    /// Workload tokens: the secrets they may read.
+    pub secrets: Vec<SecretName>,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    /// Workload tokens: renewals never push the expiry past this.
+    pub max_expires_at: Option<Timestamp>,
+    /// Workload tokens: how far a renewal moves the expiry.
+    pub ttl_secs: Option<u64>,
+    pub revoked_at: Option<Timestamp>,
+    pub description: String,
+}
+
+/// A valid user or workspace name: 1 to 64 characters, letters, digits, '_', '.', '@', '-',
+/// not starting with '.' or '-' (e-mail addresses work as user names).
+pub fn valid_account_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with(['.', '-'])
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '-'))
 }
 
 /// Why a store operation failed. Messages name the thing and never carry a value.
@@ -97,6 +141,14 @@ pub enum StoreError {
     VersionConflict(SecretName),
     #[error("workspace \"{0}\" not found")]
     WorkspaceNotFound(String),
+    #[error("workspace \"{0}\" already exists")]
+    WorkspaceExists(String),
+    #[error("user \"{0}\" not found")]
+    UserNotFound(String),
+    #[error("user \"{0}\" already exists")]
+    UserExists(String),
+    #[error("token \"{0}\" not found")]
+    TokenNotFound(String),
     #[error("secret \"{0}\" cannot be decrypted: the key does not match, or the row was altered")]
     Undecryptable(SecretName),
     #[error("{0}")]
@@ -162,6 +214,33 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Appends audit records on their own, in one transaction (workload reads).
     async fn record(&self, audits: &[AuditRecord]) -> Result<(), StoreError>;
+    /// Every row of a workspace (the server's read cache).
+    async fn get_all(&self, workspace: &str) -> Result<Vec<StoredSecret>, StoreError>;
+
+    async fn create_workspace(&self, name: &str, at: Timestamp) -> Result<(), StoreError>;
+    async fn workspaces(&self) -> Result<Vec<String>, StoreError>;
+    /// Creates a user, their memberships and (optionally) their first token, atomically.
+    async fn create_user(&self, user: &User, token: Option<&TokenRecord>)
+    -> Result<(), StoreError>;
+    async fn users(&self) -> Result<Vec<User>, StoreError>;
+    async fn user(&self, name: &str) -> Result<Option<User>, StoreError>;
+    /// Deletes a user with their memberships and tokens (their secrets stay, owned by the name).
+    async fn delete_user(&self, name: &str) -> Result<(), StoreError>;
+    async fn add_member(&self, user: &str, workspace: &str) -> Result<(), StoreError>;
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Tokens of `user`, or of everyone.
+    async fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError>;
+    async fn set_token_expiry(&self, id: &str, expires_at: Timestamp) -> Result<(), StoreError>;
+    /// Marks a token revoked; `TokenNotFound` if there is no such token.
+    async fn revoke_token(&self, id: &str, at: Timestamp) -> Result<(), StoreError>;
+    /// Audit records at or after `since`, every workspace, oldest first, at most `limit`.
+    async fn audit_since(
+        &self,
+        since: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+
     /// Flushes and closes connections (SQLite checkpoints its WAL), so the next open is quick.
     async fn close(&self);
     /// The newest `limit` audit records of a workspace, oldest first.

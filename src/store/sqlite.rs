@@ -18,16 +18,18 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use super::{AuditAction, AuditRecord, Change, Store, StoreError, StoredSecret};
+use super::{AuditAction, AuditRecord, Change, Store, StoreError, StoredSecret, TokenRecord, User};
+use crate::auth::TokenKind;
 use crate::secret::{SecretMeta, SecretName, Timestamp};
 
 /// `PRAGMA application_id` of a secretfs store: "SFS1".
 const APPLICATION_ID: i64 = 0x5346_5331;
 
 /// Numbered schema migrations, applied in order, each once. Never edit a released one: add.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE settings (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE settings (
         key TEXT PRIMARY KEY,
         value BLOB NOT NULL
     );
@@ -61,7 +63,37 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     );
     CREATE INDEX audit_by_workspace ON audit (workspace, id);
     INSERT INTO workspaces (name, created_at) VALUES ('default', 0);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        admin INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE members (
+        user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        workspace TEXT NOT NULL REFERENCES workspaces(name) ON DELETE CASCADE,
+        PRIMARY KEY (user_name, workspace)
+    );
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        hash BLOB NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('user', 'workload')),
+        user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        workspace TEXT,
+        secrets TEXT NOT NULL DEFAULT '[]',
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        max_expires_at INTEGER,
+        ttl_secs INTEGER,
+        revoked_at INTEGER,
+        description TEXT NOT NULL DEFAULT ''
+    );
+    ALTER TABLE audit ADD COLUMN address TEXT NOT NULL DEFAULT '';
+    CREATE INDEX audit_by_at ON audit (at);",
+    ),
+];
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
@@ -267,6 +299,122 @@ fn meta_from_row(row: &SqliteRow) -> Result<SecretMeta, StoreError> {
     })
 }
 
+fn stored_from_row(row: &SqliteRow) -> Result<StoredSecret, StoreError> {
+    Ok(StoredSecret {
+        meta: meta_from_row(row)?,
+        id: row.try_get("id").map_err(map_err)?,
+        sealed: row.try_get("sealed").map_err(map_err)?,
+    })
+}
+
+fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+    let action: String = row.try_get("action").map_err(map_err)?;
+    let version: i64 = row.try_get("version").map_err(map_err)?;
+    Ok(AuditRecord {
+        at: Timestamp::from_nanos(row.try_get("at").map_err(map_err)?),
+        workspace: row.try_get("workspace").map_err(map_err)?,
+        actor: row.try_get("actor").map_err(map_err)?,
+        action: AuditAction::parse(&action)
+            .ok_or_else(|| StoreError::Internal(format!("unknown audit action {action:?}")))?,
+        secret: row.try_get("secret").map_err(map_err)?,
+        version: u64::try_from(version).unwrap_or(0),
+        detail: row.try_get("detail").map_err(map_err)?,
+        address: row.try_get("address").map_err(map_err)?,
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, hash, kind, user_name, workspace, secrets, created_at, \
+                             expires_at, max_expires_at, ttl_secs, revoked_at, description";
+
+fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
+    let bad = |what: &str| StoreError::Internal(format!("stored token has an invalid {what}"));
+    let kind: String = row.try_get("kind").map_err(map_err)?;
+    let secrets: String = row.try_get("secrets").map_err(map_err)?;
+    let ts = |col: &str| -> Result<Option<Timestamp>, StoreError> {
+        Ok(row
+            .try_get::<Option<i64>, _>(col)
+            .map_err(map_err)?
+            .map(Timestamp::from_nanos))
+    };
+    let ttl: Option<i64> = row.try_get("ttl_secs").map_err(map_err)?;
+    Ok(TokenRecord {
+        id: row.try_get("id").map_err(map_err)?,
+        hash: row.try_get("hash").map_err(map_err)?,
+        kind: TokenKind::parse(&kind).ok_or_else(|| bad("kind"))?,
+        user: row.try_get("user_name").map_err(map_err)?,
+        workspace: row.try_get("workspace").map_err(map_err)?,
+        secrets: serde_json::from_str(&secrets).map_err(|_| bad("secret list"))?,
+        created_at: Timestamp::from_nanos(row.try_get("created_at").map_err(map_err)?),
+        expires_at: ts("expires_at")?,
+        max_expires_at: ts("max_expires_at")?,
+        ttl_secs: ttl.and_then(|t| u64::try_from(t).ok()),
+        revoked_at: ts("revoked_at")?,
+        description: row.try_get("description").map_err(map_err)?,
+    })
+}
+
+async fn insert_token<'c, E>(exec: E, t: &TokenRecord) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
+{
+    let names: Vec<&str> = t.secrets.iter().map(|n| n.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO tokens (id, hash, kind, user_name, workspace, secrets, created_at,
+                             expires_at, max_expires_at, ttl_secs, revoked_at, description)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&t.id)
+    .bind(&t.hash)
+    .bind(t.kind.as_str())
+    .bind(&t.user)
+    .bind(&t.workspace)
+    .bind(serde_json::to_string(&names).expect("names serialize"))
+    .bind(t.created_at.nanos())
+    .bind(t.expires_at.map(Timestamp::nanos))
+    .bind(t.max_expires_at.map(Timestamp::nanos))
+    .bind(t.ttl_secs.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+    .bind(t.revoked_at.map(Timestamp::nanos))
+    .bind(&t.description)
+    .execute(exec)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation => {
+            StoreError::UserNotFound(t.user.clone())
+        }
+        _ => map_err(e),
+    })?;
+    Ok(())
+}
+
+async fn insert_member(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    user: &str,
+    workspace: &str,
+) -> Result<(), StoreError> {
+    let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM workspaces WHERE name = ?")
+        .bind(workspace)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    if known.is_none() {
+        return Err(StoreError::WorkspaceNotFound(workspace.to_owned()));
+    }
+    sqlx::query("INSERT OR IGNORE INTO members (user_name, workspace) VALUES (?, ?)")
+        .bind(user)
+        .bind(workspace)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db)
+                if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation =>
+            {
+                StoreError::UserNotFound(user.to_owned())
+            }
+            _ => map_err(e),
+        })?;
+    Ok(())
+}
+
 fn tags_json(tags: &[String]) -> String {
     serde_json::to_string(tags).expect("a list of strings always serializes")
 }
@@ -280,8 +428,8 @@ where
     E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
 {
     sqlx::query(
-        "INSERT INTO audit (at, workspace, actor, action, secret, version, detail)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit (at, workspace, actor, action, secret, version, detail, address)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(a.at.nanos())
     .bind(&a.workspace)
@@ -290,6 +438,7 @@ where
     .bind(&a.secret)
     .bind(version_i64(a.version)?)
     .bind(&a.detail)
+    .bind(&a.address)
     .execute(exec)
     .await
     .map_err(map_err)?;
@@ -339,11 +488,7 @@ impl Store for SqliteStore {
         .await
         .map_err(map_err)?
         .ok_or_else(|| StoreError::NotFound(name.clone()))?;
-        Ok(StoredSecret {
-            meta: meta_from_row(&row)?,
-            id: row.try_get("id").map_err(map_err)?,
-            sealed: row.try_get("sealed").map_err(map_err)?,
-        })
+        stored_from_row(&row)
     }
 
     async fn get_many(
@@ -365,11 +510,7 @@ impl Store for SqliteStore {
             q.push(")");
             let rows = q.build().fetch_all(&self.pool).await.map_err(map_err)?;
             for row in &rows {
-                out.push(StoredSecret {
-                    meta: meta_from_row(row)?,
-                    id: row.try_get("id").map_err(map_err)?,
-                    sealed: row.try_get("sealed").map_err(map_err)?,
-                });
+                out.push(stored_from_row(row)?);
             }
         }
         Ok(out)
@@ -510,7 +651,7 @@ impl Store for SqliteStore {
         // statements, not a thousand.
         for chunk in audits.chunks(200) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO audit (at, workspace, actor, action, secret, version, detail) ",
+                "INSERT INTO audit (at, workspace, actor, action, secret, version, detail, address) ",
             );
             let mut bad_version = None;
             q.push_values(chunk, |mut row, a| {
@@ -524,7 +665,8 @@ impl Store for SqliteStore {
                     .push_bind(a.action.as_str())
                     .push_bind(&a.secret)
                     .push_bind(version)
-                    .push_bind(&a.detail);
+                    .push_bind(&a.detail)
+                    .push_bind(&a.address);
             });
             if let Some(v) = bad_version {
                 return Err(StoreError::Invalid(format!("version {v} is out of range")));
@@ -536,7 +678,7 @@ impl Store for SqliteStore {
 
     async fn audit_log(&self, workspace: &str, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT at, workspace, actor, action, secret, version, detail FROM audit
+            "SELECT at, workspace, actor, action, secret, version, detail, address FROM audit
              WHERE workspace = ? ORDER BY id DESC LIMIT ?",
         )
         .bind(workspace)
@@ -546,23 +688,209 @@ impl Store for SqliteStore {
         .map_err(map_err)?;
         let mut out = rows
             .iter()
-            .map(|row| {
-                let action: String = row.try_get("action").map_err(map_err)?;
-                let version: i64 = row.try_get("version").map_err(map_err)?;
-                Ok(AuditRecord {
-                    at: Timestamp::from_nanos(row.try_get("at").map_err(map_err)?),
-                    workspace: row.try_get("workspace").map_err(map_err)?,
-                    actor: row.try_get("actor").map_err(map_err)?,
-                    action: AuditAction::parse(&action).ok_or_else(|| {
-                        StoreError::Internal(format!("unknown audit action {action:?}"))
-                    })?,
-                    secret: row.try_get("secret").map_err(map_err)?,
-                    version: u64::try_from(version).unwrap_or(0),
-                    detail: row.try_get("detail").map_err(map_err)?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .map(audit_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         out.reverse();
         Ok(out)
+    }
+
+    async fn audit_since(
+        &self,
+        since: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, workspace, actor, action, secret, version, detail, address FROM audit
+             WHERE at >= ? ORDER BY id LIMIT ?",
+        )
+        .bind(since.nanos())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn get_all(&self, workspace: &str) -> Result<Vec<StoredSecret>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {META_COLUMNS}, id, sealed FROM secrets WHERE workspace = ? ORDER BY name"
+        )))
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(stored_from_row).collect()
+    }
+
+    async fn create_workspace(&self, name: &str, at: Timestamp) -> Result<(), StoreError> {
+        match sqlx::query("INSERT INTO workspaces (name, created_at) VALUES (?, ?)")
+            .bind(name)
+            .bind(at.nanos())
+            .execute(&self.pool)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::WorkspaceExists(name.to_owned())),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn workspaces(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT name FROM workspaces ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn create_user(
+        &self,
+        user: &User,
+        token: Option<&TokenRecord>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        match sqlx::query("INSERT INTO users (name, admin, created_at) VALUES (?, ?, ?)")
+            .bind(&user.name)
+            .bind(user.admin)
+            .bind(user.created_at.nanos())
+            .execute(&mut *tx)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::UserExists(user.name.clone()));
+            }
+            Err(e) => return Err(map_err(e)),
+        }
+        for ws in &user.workspaces {
+            insert_member(&mut tx, &user.name, ws).await?;
+        }
+        if let Some(t) = token {
+            insert_token(&mut *tx, t).await?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn users(&self) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query("SELECT name, admin, created_at FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        let members: Vec<(String, String)> =
+            sqlx::query_as("SELECT user_name, workspace FROM members ORDER BY workspace")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get("name").map_err(map_err)?;
+                Ok(User {
+                    workspaces: members
+                        .iter()
+                        .filter(|(u, _)| *u == name)
+                        .map(|(_, w)| w.clone())
+                        .collect(),
+                    admin: row.try_get("admin").map_err(map_err)?,
+                    created_at: Timestamp::from_nanos(row.try_get("created_at").map_err(map_err)?),
+                    name,
+                })
+            })
+            .collect()
+    }
+
+    async fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let Some(row) = sqlx::query("SELECT name, admin, created_at FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?
+        else {
+            return Ok(None);
+        };
+        let workspaces: Vec<String> = sqlx::query_scalar(
+            "SELECT workspace FROM members WHERE user_name = ? ORDER BY workspace",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(Some(User {
+            name: row.try_get("name").map_err(map_err)?,
+            admin: row.try_get("admin").map_err(map_err)?,
+            created_at: Timestamp::from_nanos(row.try_get("created_at").map_err(map_err)?),
+            workspaces,
+        }))
+    }
+
+    async fn delete_user(&self, name: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM users WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::UserNotFound(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn add_member(&self, user: &str, workspace: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        insert_member(&mut tx, user, workspace).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        insert_token(&self.pool, token).await
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE ? IS NULL OR user_name = ?
+             ORDER BY created_at"
+        )))
+        .bind(user)
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn set_token_expiry(&self, id: &str, expires_at: Timestamp) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE tokens SET expires_at = ? WHERE id = ?")
+            .bind(expires_at.nanos())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::TokenNotFound(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn revoke_token(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?")
+                .bind(at.nanos())
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::TokenNotFound(id.to_owned()));
+        }
+        Ok(())
     }
 }

@@ -23,6 +23,24 @@ const KEY_CHECK_BINDING: Binding<'static> = Binding {
     version: 0,
 };
 
+/// Who does something, for the audit log: a user name or a token id, and the client's address
+/// (empty for local commands).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Actor {
+    pub name: String,
+    pub address: String,
+}
+
+impl Actor {
+    /// A local actor (no network address).
+    pub fn local(name: impl Into<String>) -> Self {
+        Actor {
+            name: name.into(),
+            address: String::new(),
+        }
+    }
+}
+
 /// A secret to create.
 #[derive(Debug)]
 pub struct NewSecret {
@@ -92,6 +110,11 @@ impl Vault {
         self.store.close().await;
     }
 
+    /// The store, shared (for tasks that outlive a borrow, like the audit writer).
+    pub fn store_arc(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     pub fn store(&self) -> &dyn Store {
         &*self.store
     }
@@ -113,9 +136,10 @@ impl Vault {
         Ok(())
     }
 
-    fn audit(
+    /// An audit record of `action` by `actor`.
+    pub fn audit(
         workspace: &str,
-        actor: &str,
+        actor: &Actor,
         action: AuditAction,
         name: &SecretName,
         version: u64,
@@ -124,11 +148,12 @@ impl Vault {
         AuditRecord {
             at: Timestamp::now(),
             workspace: workspace.to_owned(),
-            actor: actor.to_owned(),
+            actor: actor.name.clone(),
             action,
             secret: name.to_string(),
             version,
             detail,
+            address: actor.address.clone(),
         }
     }
 
@@ -136,7 +161,7 @@ impl Vault {
     pub async fn create(
         &self,
         workspace: &str,
-        owner: &str,
+        owner: &Actor,
         new: NewSecret,
     ) -> Result<SecretMeta, StoreError> {
         self.check_limit(&new.value)?;
@@ -147,7 +172,7 @@ impl Vault {
             name: new.name,
             kind: new.kind,
             visibility: new.visibility,
-            owner: owner.to_owned(),
+            owner: owner.name.clone(),
             tags,
             version: 1,
             created_at: now,
@@ -187,7 +212,7 @@ impl Vault {
     pub async fn update(
         &self,
         workspace: &str,
-        actor: &str,
+        actor: &Actor,
         name: &SecretName,
         update: SecretUpdate,
     ) -> Result<SecretMeta, StoreError> {
@@ -252,7 +277,7 @@ impl Vault {
     pub async fn delete(
         &self,
         workspace: &str,
-        actor: &str,
+        actor: &Actor,
         name: &SecretName,
     ) -> Result<(), StoreError> {
         let version = self.store.get(workspace, name).await?.meta.version;
@@ -273,7 +298,7 @@ impl Vault {
     pub async fn read_many(
         &self,
         workspace: &str,
-        actor: &str,
+        actor: &Actor,
         names: &[SecretName],
     ) -> Result<Vec<Result<(SecretMeta, SecretValue), StoreError>>, StoreError> {
         let mut rows: std::collections::HashMap<SecretName, StoredSecret> = self
@@ -312,7 +337,7 @@ impl Vault {
     pub async fn read(
         &self,
         workspace: &str,
-        actor: &str,
+        actor: &Actor,
         name: &SecretName,
     ) -> Result<(SecretMeta, SecretValue), StoreError> {
         self.read_many(workspace, actor, std::slice::from_ref(name))
@@ -321,7 +346,8 @@ impl Vault {
             .expect("one result per name")
     }
 
-    fn open_row(
+    /// Opens a stored row: its metadata and value.
+    pub fn open_row(
         &self,
         workspace: &str,
         row: StoredSecret,

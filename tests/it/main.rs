@@ -4,5 +4,6 @@
 mod cli_secret;
 mod launcher;
 mod mount;
+mod server;
 mod store;
 mod support;

@@ -7,7 +7,7 @@ use secretfs::crypto::MasterKey;
 use secretfs::secret::{SecretKind, SecretName, SecretValue, ValueLimit, Visibility};
 use secretfs::store::sqlite::SqliteStore;
 use secretfs::store::{
-    AuditAction, DEFAULT_WORKSPACE, NewSecret, SecretUpdate, Store, StoreError, Vault,
+    Actor, AuditAction, DEFAULT_WORKSPACE, NewSecret, SecretUpdate, Store, StoreError, Vault,
 };
 
 fn name(s: &str) -> SecretName {
@@ -35,13 +35,19 @@ async fn store_story(store: Arc<dyn Store>) {
         .await
         .unwrap();
 
-    let meta = vault.create(ws, "alice", new("A", "one")).await.unwrap();
+    let meta = vault
+        .create(ws, &Actor::local("alice"), new("A", "one"))
+        .await
+        .unwrap();
     assert_eq!((meta.version, meta.owner.as_str()), (1, "alice"));
     assert!(matches!(
-        vault.create(ws, "bob", new("A", "x")).await,
+        vault.create(ws, &Actor::local("bob"), new("A", "x")).await,
         Err(StoreError::AlreadyExists(_))
     ));
-    vault.create(ws, "alice", new("B", "two")).await.unwrap();
+    vault
+        .create(ws, &Actor::local("alice"), new("B", "two"))
+        .await
+        .unwrap();
     let names: Vec<String> = vault
         .list(ws)
         .await
@@ -51,7 +57,10 @@ async fn store_story(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(names, ["A", "B"]);
 
-    let (m, v) = vault.read(ws, "alice", &name("A")).await.unwrap();
+    let (m, v) = vault
+        .read(ws, &Actor::local("alice"), &name("A"))
+        .await
+        .unwrap();
     assert_eq!((m.version, v.expose_secret()), (1, &b"one"[..]));
 
     // Concurrent replacements: every one lands, each on its own version.
@@ -63,7 +72,7 @@ async fn store_story(store: Arc<dyn Store>) {
             vault
                 .update(
                     ws,
-                    "alice",
+                    &Actor::local("alice"),
                     &name("A"),
                     SecretUpdate {
                         value: Some(value(&format!("v{i}"))),
@@ -81,7 +90,10 @@ async fn store_story(store: Arc<dyn Store>) {
     }
     versions.sort();
     assert_eq!(versions, (2..=9).collect::<Vec<u64>>());
-    let (m, _) = vault.read(ws, "alice", &name("A")).await.unwrap();
+    let (m, _) = vault
+        .read(ws, &Actor::local("alice"), &name("A"))
+        .await
+        .unwrap();
     assert_eq!(m.version, 9);
 
     // A metadata change keeps the version and the value's update time.
@@ -89,7 +101,7 @@ async fn store_story(store: Arc<dyn Store>) {
     let after = vault
         .update(
             ws,
-            "alice",
+            &Actor::local("alice"),
             &name("A"),
             SecretUpdate {
                 visibility: Some(Visibility::Public),
@@ -110,20 +122,27 @@ async fn store_story(store: Arc<dyn Store>) {
 
     // Reads report each missing name on its own.
     let results = vault
-        .read_many(ws, "w", &[name("A"), name("GONE"), name("B")])
+        .read_many(
+            ws,
+            &Actor::local("w"),
+            &[name("A"), name("GONE"), name("B")],
+        )
         .await
         .unwrap();
     assert!(results[0].is_ok() && results[2].is_ok());
     assert!(matches!(results[1], Err(StoreError::NotFound(_))));
 
-    vault.delete(ws, "alice", &name("B")).await.unwrap();
+    vault
+        .delete(ws, &Actor::local("alice"), &name("B"))
+        .await
+        .unwrap();
     assert!(matches!(
-        vault.delete(ws, "alice", &name("B")).await,
+        vault.delete(ws, &Actor::local("alice"), &name("B")).await,
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
         vault
-            .update(ws, "a", &name("B"), SecretUpdate::default())
+            .update(ws, &Actor::local("a"), &name("B"), SecretUpdate::default())
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -139,7 +158,10 @@ async fn store_story(store: Arc<dyn Store>) {
 
     // A ciphertext moved to another row does not open there.
     let a = store.get(ws, &name("A")).await.unwrap();
-    vault.create(ws, "alice", new("C", "three")).await.unwrap();
+    vault
+        .create(ws, &Actor::local("alice"), new("C", "three"))
+        .await
+        .unwrap();
     let c = store.get(ws, &name("C")).await.unwrap();
     let change = secretfs::store::Change {
         sealed: Some(a.sealed.clone()),
@@ -158,7 +180,7 @@ async fn store_story(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(matches!(
-        vault.read(ws, "w", &name("C")).await,
+        vault.read(ws, &Actor::local("w"), &name("C")).await,
         Err(StoreError::Undecryptable(_))
     ));
 
@@ -191,7 +213,7 @@ async fn sqlite_reopens_and_migrates_once() {
         .await
         .unwrap();
     vault
-        .create(DEFAULT_WORKSPACE, "u", new("A", "1"))
+        .create(DEFAULT_WORKSPACE, &Actor::local("u"), new("A", "1"))
         .await
         .unwrap();
     let again = Vault::open(Arc::new(b), &key, ValueLimit::default())

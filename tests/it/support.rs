@@ -307,3 +307,132 @@ pub fn python() -> &'static str {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     })
 }
+
+/// A running `secretfs serve` on 127.0.0.1 (a free port), initialised with an admin, stopped
+/// with SIGTERM when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub url: String,
+    pub db: PathBuf,
+    pub admin_token: String,
+    pub log_path: PathBuf,
+    args: Vec<String>,
+}
+
+impl Server {
+    pub fn start(scratch: &Scratch) -> Server {
+        Self::start_with(scratch, &[])
+    }
+
+    pub fn start_with(scratch: &Scratch, extra: &[&str]) -> Server {
+        let db = scratch.path().join("server.db");
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--init".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--database".into(),
+            format!("sqlite://{}", db.display()),
+            "--audit-interval".into(),
+            "100ms".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = Self::spawn(scratch, &db, args, None);
+        s.admin_token = std::fs::read_to_string(scratch.path().join("server.db.admin-token"))
+            .expect("admin token file")
+            .trim()
+            .to_owned();
+        s
+    }
+
+    fn spawn(scratch: &Scratch, db: &Path, args: Vec<String>, listen: Option<&str>) -> Server {
+        let log_path = scratch.path().join("server.log");
+        let mut args = args;
+        if let Some(l) = listen {
+            let i = args.iter().position(|a| a == "--listen").unwrap();
+            args[i + 1] = l.to_owned();
+        }
+        let mut cmd = Command::new(bin());
+        cmd.args(&args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", scratch.path())
+            .env("RUST_LOG", "info,secretfs=debug")
+            .current_dir(scratch.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log_path)
+                    .unwrap(),
+            );
+        let mut child = cmd.spawn().expect("spawn secretfs serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_default();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "secretfs serve did not start: {line:?}\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                )
+            })
+            .to_owned();
+        Server {
+            child,
+            url,
+            db: db.to_owned(),
+            admin_token: String::new(),
+            log_path,
+            args,
+        }
+    }
+
+    /// Starts the same server again (same database, same port) after it was stopped.
+    pub fn restart(&mut self, scratch: &Scratch) {
+        let port = self.url.rsplit(':').next().unwrap().to_owned();
+        let mut args = self.args.clone();
+        args.retain(|a| a != "--init");
+        let admin = std::mem::take(&mut self.admin_token);
+        let mut next = Self::spawn(
+            scratch,
+            &self.db.clone(),
+            args,
+            Some(&format!("127.0.0.1:{port}")),
+        );
+        next.admin_token = admin;
+        std::mem::swap(self, &mut next);
+        // `next` is the old, stopped server: forget its child.
+        std::mem::forget(next);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.kill(nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+}

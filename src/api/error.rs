@@ -1,0 +1,145 @@
+//! The API's errors: one JSON shape, `{"code": ..., "message": ...}`, and the one place store
+//! errors become HTTP statuses. 5xx bodies say what kind of failure it was and nothing of
+//! internals; the cause goes to the log.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    }
+
+    pub fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "store unavailable; try again shortly",
+        )
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&Body {
+            code: self.code,
+            message: &self.message,
+        })
+        .expect("an error body serializes");
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"secretfs\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(name) => {
+                ApiError::not_found(format!("secret \"{name}\" not found"))
+            }
+            // The same answer whether or not the caller may see the secret: it reveals only
+            // that the name is taken.
+            StoreError::AlreadyExists(name) => {
+                ApiError::conflict(format!("name \"{name}\" already in use in this workspace"))
+            }
+            StoreError::VersionConflict(name) => ApiError::conflict(format!(
+                "secret \"{name}\" was changed concurrently; try again"
+            )),
+            StoreError::WorkspaceNotFound(ws) => {
+                ApiError::not_found(format!("workspace \"{ws}\" not found"))
+            }
+            StoreError::WorkspaceExists(ws) => {
+                ApiError::conflict(format!("workspace \"{ws}\" already exists"))
+            }
+            StoreError::UserNotFound(u) => ApiError::not_found(format!("user \"{u}\" not found")),
+            StoreError::UserExists(u) => ApiError::conflict(format!("user \"{u}\" already exists")),
+            StoreError::TokenNotFound(id) => {
+                ApiError::not_found(format!("token \"{id}\" not found"))
+            }
+            StoreError::Invalid(msg) => ApiError::invalid(msg),
+            StoreError::OutOfSpace => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "out_of_space",
+                "the store is out of disk space; nothing was written",
+            ),
+            StoreError::Unavailable(ref cause) => {
+                tracing::warn!(cause = %cause, "store unavailable");
+                ApiError::unavailable()
+            }
+            StoreError::Undecryptable(ref name) => {
+                tracing::error!(secret = %name, "a stored value cannot be decrypted");
+                ApiError::internal()
+            }
+            StoreError::NotAStore(ref cause)
+            | StoreError::KeyMismatch(ref cause)
+            | StoreError::Internal(ref cause) => {
+                tracing::error!(cause = %cause, "store failure");
+                ApiError::internal()
+            }
+        }
+    }
+}

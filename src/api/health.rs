@@ -1,0 +1,24 @@
+//! Liveness and readiness.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState};
+
+/// The process answers.
+pub async fn healthz() -> Response {
+    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+/// The process answers and its store does.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    match state.store().workspaces().await {
+        Ok(_) => Ok(axum::Json(serde_json::json!({ "status": "ready" })).into_response()),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the store does not answer");
+            Err(ApiError::unavailable())
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `secretfs serve`: opens the store, bootstraps the first admin, serves the API over HTTP or
+//! TLS, and shuts down cleanly (in-flight requests finished, audit records flushed).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::api::{self, AppState, AuditSink};
+use crate::secret::Timestamp;
+use crate::store::local::{self, LocalPaths, OpenMode};
+use crate::store::{DEFAULT_WORKSPACE, User};
+
+/// How `secretfs serve` was asked to run.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// `sqlite://PATH`, `sqlite:PATH` or a bare path.
+    pub database: String,
+    pub key_file: Option<PathBuf>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub init: bool,
+    pub admin_token_file: Option<PathBuf>,
+    /// How long workload-read audit records may wait before they are written.
+    pub audit_interval: Duration,
+}
+
+/// What the server says once it listens.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub store: String,
+}
+
+/// The SQLite path of a `--database` value.
+pub fn sqlite_path(database: &str) -> anyhow::Result<PathBuf> {
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        bail!(
+            "the PostgreSQL store is not in this build yet; use sqlite://PATH (the default store)"
+        );
+    }
+    let path = database
+        .strip_prefix("sqlite://")
+        .or_else(|| database.strip_prefix("sqlite:"))
+        .unwrap_or(database);
+    if path.is_empty() {
+        bail!("--database is empty; give sqlite://PATH");
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Writes a token to a new file with mode 0600, never over an existing one.
+fn write_token_file(path: &Path, token: &str) -> anyhow::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create admin token file {}", path.display()))?;
+    f.write_all(token.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Serves until SIGTERM or SIGINT. `on_ready` runs once the socket listens.
+pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> anyhow::Result<()> {
+    crate::client::install_crypto_provider();
+    let db = sqlite_path(&opts.database)?;
+    let paths = LocalPaths::resolve(Some(db.clone()), opts.key_file.clone())?;
+    let vault = Arc::new(local::open_with(&paths, OpenMode::CreateIfMissing, 8).await?);
+    let store_desc = vault.store().describe();
+    tracing::info!(store = %store_desc, "store opened");
+
+    let users = vault.store().users().await?;
+    if opts.init && users.is_empty() {
+        let token_path = opts.admin_token_file.clone().unwrap_or_else(|| {
+            let mut s = db.clone().into_os_string();
+            s.push(".admin-token");
+            PathBuf::from(s)
+        });
+        let admin = User {
+            name: "admin".into(),
+            admin: true,
+            created_at: Timestamp::now(),
+            workspaces: vec![DEFAULT_WORKSPACE.to_owned()],
+        };
+        let (token, record) = api::first_user_token(&admin.name);
+        // The file first: a token that cannot be handed over must not exist.
+        write_token_file(&token_path, token.expose_secret())?;
+        if let Err(e) = vault.store().create_user(&admin, Some(&record)).await {
+            let _ = std::fs::remove_file(&token_path);
+            return Err(e.into());
+        }
+        eprintln!(
+            "secretfs: initialised: user \"admin\" in workspace \"default\"; its token is in {} \
+             (mode 0600)",
+            token_path.display()
+        );
+    } else if opts.init {
+        tracing::info!("--init: the store already has users; nothing to initialise");
+    } else if users.is_empty() {
+        tracing::warn!("the store has no users yet: start once with --init to create an admin");
+    }
+
+    let (audit, audit_task) = AuditSink::spawn(vault.store_arc(), opts.audit_interval);
+    let state = AppState::new(vault.clone(), audit);
+    let app = api::router(state.clone());
+
+    let listener = std::net::TcpListener::bind(opts.listen)
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let handle = axum_server::Handle::new();
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    let ready = Listening {
+        addr,
+        url: format!("{scheme}://{addr}"),
+        store: store_desc,
+    };
+    match &opts.tls {
+        Some((cert, key)) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot load the TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            let server = axum_server::from_tcp_rustls(listener, config)?.handle(handle);
+            on_ready(&ready);
+            server.serve(service).await?;
+        }
+        None => {
+            let server = axum_server::from_tcp(listener)?.handle(handle);
+            on_ready(&ready);
+            server.serve(service).await?;
+        }
+    }
+    // Every request is done: flush the audit records still queued, then close the store.
+    drop(state);
+    let _ = tokio::time::timeout(Duration::from_secs(10), audit_task).await;
+    vault.close().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
