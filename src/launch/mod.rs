@@ -56,6 +56,51 @@ fn init_logging(verbose: u8) {
 /// Runs the launcher with the arguments after `run`. Returns only when the workload did not
 /// start (or for `--help` and `--dry-run`).
 pub fn main(raw: &[OsString]) -> ExitCode {
+    launch(raw, &resolve::AnySource, None)
+}
+
+/// The lean launcher (`secretfs-run`): directory sources in-process; for the store or a server
+/// it execs `secretfs run` with the same arguments (the `secretfs` next to it, else on PATH).
+pub fn lean_main(raw: &[OsString]) -> ExitCode {
+    launch(raw, &resolve::DirOnly, Some(delegate))
+}
+
+/// Replaces this process with `secretfs run RAW...`.
+fn delegate(raw: &[OsString]) -> ExitCode {
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("secretfs")))
+        .filter(|p| p.is_file());
+    let program: OsString = sibling.map_or_else(|| "secretfs".into(), PathBuf::into_os_string);
+    let mut command = vec![program, "run".into()];
+    command.extend(raw.iter().cloned());
+    let env: Vec<zeroize::Zeroizing<Vec<u8>>> = std::env::vars_os()
+        .map(|(k, v)| {
+            use std::os::unix::ffi::OsStrExt;
+            let mut e = zeroize::Zeroizing::new(Vec::new());
+            e.extend_from_slice(k.as_bytes());
+            e.push(b'=');
+            e.extend_from_slice(v.as_bytes());
+            e.push(0);
+            e
+        })
+        .collect();
+    let failure = exec::exec(&command, &env, None, None);
+    failed(
+        &[format!(
+            "secretfs-run reads directory sources itself and hands the store and servers to \
+             secretfs run, which could not be started: {}",
+            failure.message
+        )],
+        Some("install the secretfs binary next to secretfs-run or on PATH"),
+    )
+}
+
+fn launch(
+    raw: &[OsString],
+    fetcher: &impl resolve::Fetch,
+    delegate: Option<fn(&[OsString]) -> ExitCode>,
+) -> ExitCode {
     let args = match args::parse(raw) {
         Ok(a) => a,
         Err(e) => return failed(&[e], Some("run \"secretfs run --help\" for usage")),
@@ -119,13 +164,18 @@ pub fn main(raw: &[OsString]) -> ExitCode {
         Ok(p) => p,
         Err(problems) => return failed(&problems, None),
     };
+    if let Some(delegate) = delegate
+        && !matches!(plan.source, plan::SourcePlan::Dir { .. })
+    {
+        return delegate(raw);
+    }
     for note in &plan.notes {
         eprintln!("warning: {note}");
     }
     if args.dry_run {
         print!("{}", plan.render());
     }
-    let resolved = match resolve::resolve(&plan) {
+    let resolved = match resolve::resolve(&plan, fetcher) {
         Ok(r) => r,
         Err(problems) => {
             let hint = match &plan.source {

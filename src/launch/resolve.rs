@@ -26,15 +26,43 @@ pub struct Resolved {
 }
 
 /// A secret's bytes as read for the launch.
-type Bytes = Zeroizing<Vec<u8>>;
+pub type Bytes = Zeroizing<Vec<u8>>;
 
 /// How often a waited-for directory is looked at again.
 const WAIT_POLL: Duration = Duration::from_millis(25);
 
+/// Reads the values of `names` (sorted) from a source, one per name, or every problem.
+pub trait Fetch {
+    fn fetch(&self, source: &SourcePlan, names: &[SecretName]) -> Result<Vec<Bytes>, Vec<String>>;
+}
+
+/// Every source: directories, the local store, servers.
+pub struct AnySource;
+
+impl Fetch for AnySource {
+    fn fetch(&self, source: &SourcePlan, names: &[SecretName]) -> Result<Vec<Bytes>, Vec<String>> {
+        fetch(source, names)
+    }
+}
+
+/// Directories only: what the lean `secretfs-run` binary links, so that it carries no store,
+/// TLS or HTTP code (it hands other sources to `secretfs run`).
+pub struct DirOnly;
+
+impl Fetch for DirOnly {
+    fn fetch(&self, source: &SourcePlan, names: &[SecretName]) -> Result<Vec<Bytes>, Vec<String>> {
+        match source {
+            SourcePlan::Dir { path, wait } if !names.is_empty() => fetch_dir(path, names, *wait),
+            SourcePlan::Dir { .. } => Ok(Vec::new()),
+            _ => Err(vec!["this launcher reads directory sources only; use secretfs run".into()]),
+        }
+    }
+}
+
 /// Reads every needed secret and builds the environment, or returns every problem.
-pub fn resolve(plan: &ExecPlan) -> Result<Resolved, Vec<String>> {
+pub fn resolve(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Resolved, Vec<String>> {
     let names = plan.secret_names();
-    let values = fetch(&plan.source, &names)?;
+    let values = fetcher.fetch(&plan.source, &names)?;
     let value_of = |n: &SecretName| -> &Bytes {
         &values[names.binary_search(n).expect("fetched every planned name")]
     };
