@@ -54,7 +54,9 @@ impl Fetch for DirOnly {
         match source {
             SourcePlan::Dir { path, wait } if !names.is_empty() => fetch_dir(path, names, *wait),
             SourcePlan::Dir { .. } => Ok(Vec::new()),
-            _ => Err(vec!["this launcher reads directory sources only; use secretfs run".into()]),
+            _ => Err(vec![
+                "this launcher reads directory sources only; use secretfs run".into(),
+            ]),
         }
     }
 }

@@ -617,12 +617,23 @@ fn the_lean_launcher_reads_dirs_and_hands_other_sources_to_secretfs_run() {
     let lean = env!("CARGO_BIN_EXE_secretfs-run");
     let report = s.path().join("report.json");
     let mut cmd = Command::new(lean);
-    cmd.args(["--dir", "secrets", "-s", "A", "--", crate::support::python(), "-c", DUMP, "A"])
-        .current_dir(s.path())
-        .env("REPORT", &report);
+    cmd.args([
+        "--dir",
+        "secrets",
+        "-s",
+        "A",
+        "--",
+        crate::support::python(),
+        "-c",
+        DUMP,
+        "A",
+    ])
+    .current_dir(s.path())
+    .env("REPORT", &report);
     let out = run_with(cmd, b"");
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(r["A"], CANARY);
     // exec, not fork, here too.
     assert!(r["__pid"].as_u64().is_some());
@@ -631,17 +642,33 @@ fn the_lean_launcher_reads_dirs_and_hands_other_sources_to_secretfs_run() {
     s.ok(&["secret", "create", "S"], b"from-store");
     let _ = std::fs::remove_file(&report);
     let mut cmd = Command::new(lean);
-    cmd.args(["--store", s.store().to_str().unwrap(), "-s", "S", "--", crate::support::python(), "-c", DUMP, "S"])
-        .current_dir(s.path())
-        .env("REPORT", &report);
+    cmd.args([
+        "--store",
+        s.store().to_str().unwrap(),
+        "-s",
+        "S",
+        "--",
+        crate::support::python(),
+        "-c",
+        DUMP,
+        "S",
+    ])
+    .current_dir(s.path())
+    .env("REPORT", &report);
     let out = run_with(cmd, b"");
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(r["S"], "from-store");
     // Fail closed the same way.
     let mut cmd = Command::new(lean);
-    cmd.args(["--dir", "secrets", "-s", "MISSING", "--", "true"]).current_dir(s.path());
+    cmd.args(["--dir", "secrets", "-s", "MISSING", "--", "true"])
+        .current_dir(s.path());
     let out = run_with(cmd, b"");
     assert_eq!(out.code, 125);
-    assert!(out.stderr.contains("secret \"MISSING\" not found"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("secret \"MISSING\" not found"),
+        "{}",
+        out.stderr
+    );
 }
