@@ -8,6 +8,7 @@ mod admin;
 mod body;
 pub mod error;
 mod health;
+mod lepton;
 mod openapi;
 mod secrets;
 mod tokens;
@@ -406,6 +407,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/users/{name}/tokens", post(tokens::mint_user))
         .route("/api/v1/workload/secrets", get(workload::read))
         .route("/api/v1/audit", get(admin::audit))
+        // The Lepton-compatible route set over the same operations.
+        .route("/api/v2/workspaces/{ws}", get(lepton::base))
+        .route("/api/v2/workspaces/{ws}/workspace", get(lepton::workspace))
+        .route("/api/v2/workspaces/{ws}/tokens", get(lepton::tokens))
+        .route(
+            "/api/v2/workspaces/{ws}/usersecrets",
+            get(lepton::list).post(lepton::create),
+        )
+        .route(
+            "/api/v2/workspaces/{ws}/usersecrets/{name}",
+            delete(lepton::remove),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

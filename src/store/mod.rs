@@ -196,6 +196,13 @@ pub trait Store: Send + Sync + 'static {
         secret: &StoredSecret,
         audit: &AuditRecord,
     ) -> Result<(), StoreError>;
+    /// Inserts several new secrets in one transaction: all or none (`AlreadyExists` names the
+    /// first taken name).
+    async fn insert_many(
+        &self,
+        workspace: &str,
+        secrets: &[(StoredSecret, AuditRecord)],
+    ) -> Result<(), StoreError>;
     /// Applies `change` if the secret is still at `expected_version`, else `VersionConflict`.
     async fn update(
         &self,

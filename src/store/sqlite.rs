@@ -386,6 +386,50 @@ where
     Ok(())
 }
 
+/// Inserts one secret and its audit record inside `tx`.
+async fn insert_secret(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    workspace: &str,
+    secret: &StoredSecret,
+    audit: &AuditRecord,
+) -> Result<(), StoreError> {
+    let m = &secret.meta;
+    let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM workspaces WHERE name = ?")
+        .bind(workspace)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    if known.is_none() {
+        return Err(StoreError::WorkspaceNotFound(workspace.to_owned()));
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO secrets (workspace, name, id, kind, visibility, owner, tags, version,
+                              sealed, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(workspace)
+    .bind(m.name.as_str())
+    .bind(&secret.id)
+    .bind(m.kind.as_str())
+    .bind(m.visibility.as_str())
+    .bind(&m.owner)
+    .bind(tags_json(&m.tags))
+    .bind(version_i64(m.version)?)
+    .bind(&secret.sealed)
+    .bind(m.created_at.nanos())
+    .bind(m.updated_at.nanos())
+    .execute(&mut **tx)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => {
+            return Err(StoreError::AlreadyExists(m.name.clone()));
+        }
+        Err(e) => return Err(map_err(e)),
+    }
+    insert_audit(&mut **tx, audit).await
+}
+
 async fn insert_member(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     user: &str,
@@ -526,42 +570,20 @@ impl Store for SqliteStore {
         secret: &StoredSecret,
         audit: &AuditRecord,
     ) -> Result<(), StoreError> {
-        let m = &secret.meta;
         let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM workspaces WHERE name = ?")
-            .bind(workspace)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        if known.is_none() {
-            return Err(StoreError::WorkspaceNotFound(workspace.to_owned()));
+        insert_secret(&mut tx, workspace, secret, audit).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn insert_many(
+        &self,
+        workspace: &str,
+        secrets: &[(StoredSecret, AuditRecord)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        for (secret, audit) in secrets {
+            insert_secret(&mut tx, workspace, secret, audit).await?;
         }
-        let inserted = sqlx::query(
-            "INSERT INTO secrets (workspace, name, id, kind, visibility, owner, tags, version,
-                                  sealed, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(workspace)
-        .bind(m.name.as_str())
-        .bind(&secret.id)
-        .bind(m.kind.as_str())
-        .bind(m.visibility.as_str())
-        .bind(&m.owner)
-        .bind(tags_json(&m.tags))
-        .bind(version_i64(m.version)?)
-        .bind(&secret.sealed)
-        .bind(m.created_at.nanos())
-        .bind(m.updated_at.nanos())
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::AlreadyExists(m.name.clone()));
-            }
-            Err(e) => return Err(map_err(e)),
-        }
-        insert_audit(&mut *tx, audit).await?;
         tx.commit().await.map_err(map_err)
     }
 

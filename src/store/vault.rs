@@ -157,13 +157,13 @@ impl Vault {
         }
     }
 
-    /// Creates a secret at version 1, owned by `owner`.
-    pub async fn create(
+    /// Seals a new secret and its audit record, ready to insert.
+    fn prepare(
         &self,
         workspace: &str,
         owner: &Actor,
         new: NewSecret,
-    ) -> Result<SecretMeta, StoreError> {
+    ) -> Result<(StoredSecret, AuditRecord), StoreError> {
         self.check_limit(&new.value)?;
         let tags = validate_tags(&new.tags).map_err(StoreError::Invalid)?;
         let now = Timestamp::now();
@@ -195,9 +195,34 @@ impl Vault {
             1,
             format!("kind={} visibility={}", meta.kind, meta.visibility),
         );
-        let row = StoredSecret { meta, id, sealed };
+        Ok((StoredSecret { meta, id, sealed }, audit))
+    }
+
+    /// Creates a secret at version 1, owned by `owner`.
+    pub async fn create(
+        &self,
+        workspace: &str,
+        owner: &Actor,
+        new: NewSecret,
+    ) -> Result<SecretMeta, StoreError> {
+        let (row, audit) = self.prepare(workspace, owner, new)?;
         self.store.insert(workspace, &row, &audit).await?;
         Ok(row.meta)
+    }
+
+    /// Creates several secrets, all or none.
+    pub async fn create_many(
+        &self,
+        workspace: &str,
+        owner: &Actor,
+        new: Vec<NewSecret>,
+    ) -> Result<Vec<SecretMeta>, StoreError> {
+        let rows = new
+            .into_iter()
+            .map(|n| self.prepare(workspace, owner, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.store.insert_many(workspace, &rows).await?;
+        Ok(rows.into_iter().map(|(r, _)| r.meta).collect())
     }
 
     pub async fn list(&self, workspace: &str) -> Result<Vec<SecretMeta>, StoreError> {

@@ -3,6 +3,7 @@
 
 mod cli_secret;
 mod launcher;
+mod lepton;
 mod mount;
 mod server;
 mod store;

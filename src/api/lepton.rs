@@ -1,0 +1,195 @@
+//! The DGX Cloud Lepton workspace API for secrets, as the `lep` CLI and the `leptonai` SDK use it
+//! (see LEPTON-API.md in the design notes): `/api/v2/workspaces/{ws}` with `/workspace`,
+//! `/usersecrets`, and the optional base and `/tokens` answers.
+//!
+//! A second route set over the same operations as the native API (`secrets::visible`,
+//! `new_secret`, `delete_one`, ...): same users, tokens, visibility rules, limits, audit log and
+//! store.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::body::Json;
+use super::secrets::{CreateBody, delete_one, new_secret, parse_name, visible};
+use super::{ApiError, AppState, Auth, member};
+use crate::auth::masked;
+use crate::secret::Visibility;
+
+/// Names the Lepton platform sets itself in every workload; a secret may not take one.
+pub const RESERVED: [&str; 5] = [
+    "LEPTON_WORKSPACE_ID",
+    "LEPTON_DEPLOYMENT_NAME",
+    "LEPTON_JOB_NAME",
+    "LEPTON_RESOURCE_ACCELERATOR_TYPE",
+    "LEPTON_WORKSPACE_ORIGIN_URL",
+];
+
+/// A secret as `lep secret list` shows it: never a value.
+#[derive(Serialize)]
+pub struct LeptonSecret {
+    name: String,
+    owner: String,
+    visibility: Visibility,
+    tags: Vec<String>,
+}
+
+/// One item of a `POST /usersecrets` body.
+#[derive(Deserialize)]
+pub struct LeptonItem {
+    name: String,
+    value: Option<String>,
+    visibility: Option<String>,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}
+
+/// `GET /api/v2/workspaces/{ws}/usersecrets`: a bare array of what the caller may see.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(ws): Path<String>,
+) -> Result<Response, ApiError> {
+    let metas = visible(&state, auth.user()?, &ws).await?;
+    let items: Vec<LeptonSecret> = metas
+        .into_iter()
+        .map(|m| LeptonSecret {
+            name: m.name.to_string(),
+            owner: m.owner,
+            visibility: m.visibility,
+            tags: m.tags,
+        })
+        .collect();
+    Ok(axum::Json(items).into_response())
+}
+
+/// `POST /api/v2/workspaces/{ws}/usersecrets`: a JSON array, created all or none.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(ws): Path<String>,
+    Json(items): Json<Vec<LeptonItem>>,
+) -> Result<Response, ApiError> {
+    let user = auth.user()?;
+    member(user, &ws)?;
+    if items.is_empty() {
+        return Err(ApiError::invalid(
+            "the body is an empty list; send at least one secret",
+        ));
+    }
+    let mut new = Vec::with_capacity(items.len());
+    for item in items {
+        if RESERVED.contains(&item.name.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "secret name \"{}\" is reserved: the platform sets {} itself; choose another name",
+                item.name,
+                RESERVED.join(", ")
+            )));
+        }
+        let secret = new_secret(
+            CreateBody {
+                name: item.name,
+                value: item.value,
+                value_base64: None,
+                kind: None,
+                visibility: item.visibility,
+                tags: item.tags.unwrap_or_default(),
+            },
+            state.vault.value_limit(),
+        )?;
+        if new
+            .iter()
+            .any(|n: &crate::store::NewSecret| n.name == secret.name)
+        {
+            return Err(ApiError::invalid(format!(
+                "secret \"{}\" appears twice in the request",
+                secret.name
+            )));
+        }
+        new.push(secret);
+    }
+    let created = state.vault.create_many(&ws, &auth.actor(), new).await?;
+    state.changed();
+    let items: Vec<LeptonSecret> = created
+        .into_iter()
+        .map(|m| LeptonSecret {
+            name: m.name.to_string(),
+            owner: m.owner,
+            visibility: m.visibility,
+            tags: m.tags,
+        })
+        .collect();
+    Ok((StatusCode::CREATED, axum::Json(items)).into_response())
+}
+
+/// `DELETE /api/v2/workspaces/{ws}/usersecrets/{name}`.
+pub async fn remove(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path((ws, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let name = parse_name(&name)?;
+    delete_one(&state, auth.user()?, &auth.actor(), &ws, &name).await?;
+    Ok(axum::Json(serde_json::json!({ "deleted": name.as_str() })).into_response())
+}
+
+#[derive(Serialize)]
+struct Usage {
+    cpu: u32,
+    memory: u32,
+    accelerator_num: u32,
+}
+
+/// `GET /api/v2/workspaces/{ws}/workspace`: the `WorkspaceInfo` `lep login` requires.
+pub async fn workspace(
+    State(state): State<Arc<AppState>>,
+    auth: Auth,
+    Path(ws): Path<String>,
+) -> Result<Response, ApiError> {
+    let num_secrets = visible(&state, auth.user()?, &ws).await?.len();
+    let zero = || Usage {
+        cpu: 0,
+        memory: 0,
+        accelerator_num: 0,
+    };
+    Ok(axum::Json(serde_json::json!({
+        "build_time": "",
+        "git_commit": env!("CARGO_PKG_VERSION"),
+        "workspace_name": ws,
+        "workspace_tier": "self-hosted",
+        "workspace_state": "normal",
+        "supported_shapes": {},
+        "workspace_disk_usage_bytes": 0,
+        "workloads": {
+            "num_deployments": 0,
+            "num_jobs": 0,
+            "num_pods": 0,
+            "num_secrets": num_secrets,
+            "num_image_pull_secrets": 0
+        },
+        "resource_quota": { "limit": zero(), "used": zero() },
+    }))
+    .into_response())
+}
+
+/// `GET /api/v2/workspaces/{ws}`: the display name `lep login` shows.
+pub async fn base(auth: Auth, Path(ws): Path<String>) -> Result<Response, ApiError> {
+    member(auth.user()?, &ws)?;
+    Ok(axum::Json(serde_json::json!({ "display_name": ws })).into_response())
+}
+
+/// `GET /api/v2/workspaces/{ws}/tokens`: the caller's token, masked, with its expiry (epoch
+/// milliseconds), which `lep` matches against its own token to warn before it expires.
+pub async fn tokens(auth: Auth, Path(ws): Path<String>) -> Result<Response, ApiError> {
+    member(auth.user()?, &ws)?;
+    let token = auth.principal.token();
+    let expires_ms = token.expires_at.map(|t| t.nanos() / 1_000_000);
+    Ok(axum::Json(serde_json::json!([{
+        "masked_value": masked(&token.id, token.kind),
+        "expires_at": expires_ms,
+    }]))
+    .into_response())
+}
