@@ -189,9 +189,8 @@ fn lep_login_create_list_filter_remove() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(!s2.path().join("lepton-cache/workspace_info.yaml").exists());
 
-    for out in [lep(&venv, &s, &["secret", "list"], &[])] {
-        assert_no_canary("lep stdout", out.stdout.as_bytes());
-    }
+    let out = lep(&venv, &s, &["secret", "list"], &[]);
+    assert_no_canary("lep stdout", out.stdout.as_bytes());
     assert_no_canary("server log", server.log().as_bytes());
 }
 
