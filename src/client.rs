@@ -104,6 +104,9 @@ pub struct Client {
     http: reqwest::Client,
     bases: Vec<String>,
     auth: HeaderValue,
+    /// The replica that answered last: tried first next time, so a dead replica costs one
+    /// failed connection, not one per request.
+    preferred: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Client {
@@ -166,7 +169,12 @@ impl Client {
                 ClientError::Setup("the token contains characters a header cannot hold".into())
             })?;
         auth.set_sensitive(true);
-        Ok(Client { http, bases, auth })
+        Ok(Client {
+            http,
+            bases,
+            auth,
+            preferred: std::sync::atomic::AtomicUsize::new(0),
+        })
     }
 
     /// Sends a request to the first replica that answers (a 5xx or a connection failure moves
@@ -178,8 +186,12 @@ impl Client {
         query: &[(&str, String)],
         body: Option<Zeroizing<Vec<u8>>>,
     ) -> Result<reqwest::Response, ClientError> {
+        use std::sync::atomic::Ordering;
         let mut last = None;
-        for base in &self.bases {
+        let first = self.preferred.load(Ordering::Relaxed) % self.bases.len();
+        for i in 0..self.bases.len() {
+            let index = (first + i) % self.bases.len();
+            let base = &self.bases[index];
             let url = format!("{base}{path}");
             let mut req = self
                 .http
@@ -193,10 +205,15 @@ impl Client {
             }
             match req.send().await {
                 Ok(resp) if resp.status().is_server_error() => {
+                    tracing::debug!(replica = %base, status = resp.status().as_u16(), "trying the next replica");
                     last = Some(error_from(resp).await);
                 }
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(resp);
+                }
                 Err(e) => {
+                    tracing::debug!(replica = %base, "unreachable; trying the next replica");
                     last = Some(ClientError::Unreachable {
                         url: base.clone(),
                         reason: reason(&e),

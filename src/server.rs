@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::store::Store as _;
+
 use crate::api::{self, AppState, AuditSink};
 use crate::secret::Timestamp;
 use crate::store::local::{self, LocalPaths, OpenMode};
@@ -38,13 +40,13 @@ pub struct Listening {
     pub store: String,
 }
 
+/// Whether a `--database` value names PostgreSQL.
+pub fn is_postgres(database: &str) -> bool {
+    database.starts_with("postgres://") || database.starts_with("postgresql://")
+}
+
 /// The SQLite path of a `--database` value.
 pub fn sqlite_path(database: &str) -> anyhow::Result<PathBuf> {
-    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
-        bail!(
-            "the PostgreSQL store is not in this build yet; use sqlite://PATH (the default store)"
-        );
-    }
     let path = database
         .strip_prefix("sqlite://")
         .or_else(|| database.strip_prefix("sqlite:"))
@@ -72,19 +74,34 @@ fn write_token_file(path: &Path, token: &str) -> anyhow::Result<()> {
 /// Serves until SIGTERM or SIGINT. `on_ready` runs once the socket listens.
 pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> anyhow::Result<()> {
     crate::client::install_crypto_provider();
-    let db = sqlite_path(&opts.database)?;
-    let paths = LocalPaths::resolve(Some(db.clone()), opts.key_file.clone())?;
-    let vault = Arc::new(local::open_with(&paths, OpenMode::CreateIfMissing, 8).await?);
+    raise_fd_limit();
+    let (vault, default_token_path) = if is_postgres(&opts.database) {
+        let key = opts.key_file.clone().context(
+            "a PostgreSQL store needs --key-file PATH (or SECRETFS_KEY_FILE): every replica must \
+             use the same key file",
+        )?;
+        let store = crate::store::postgres::PgStore::open(&opts.database, 16).await?;
+        let shown = store.describe();
+        let vault = local::bind_key(Arc::new(store), &key, &shown, true).await?;
+        (Arc::new(vault), None)
+    } else {
+        let db = sqlite_path(&opts.database)?;
+        let paths = LocalPaths::resolve(Some(db.clone()), opts.key_file.clone())?;
+        let vault = Arc::new(local::open_with(&paths, OpenMode::CreateIfMissing, 8).await?);
+        let mut token = db.into_os_string();
+        token.push(".admin-token");
+        (vault, Some(PathBuf::from(token)))
+    };
     let store_desc = vault.store().describe();
     tracing::info!(store = %store_desc, "store opened");
 
     let users = vault.store().users().await?;
     if opts.init && users.is_empty() {
-        let token_path = opts.admin_token_file.clone().unwrap_or_else(|| {
-            let mut s = db.clone().into_os_string();
-            s.push(".admin-token");
-            PathBuf::from(s)
-        });
+        let token_path = opts
+            .admin_token_file
+            .clone()
+            .or(default_token_path)
+            .context("with a PostgreSQL store, --init needs --admin-token-file PATH")?;
         let admin = User {
             name: "admin".into(),
             admin: true,
@@ -111,6 +128,9 @@ pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> any
 
     let (audit, audit_task) = AuditSink::spawn(vault.store_arc(), opts.audit_interval);
     let state = AppState::new(vault.clone(), audit);
+    if vault.store().shared() {
+        watch_other_replicas(state.clone());
+    }
     let app = api::router(state.clone());
 
     let listener = std::net::TcpListener::bind(opts.listen)
@@ -157,6 +177,60 @@ pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> any
     let _ = tokio::time::timeout(Duration::from_secs(10), audit_task).await;
     vault.close().await;
     Ok(())
+}
+
+/// Every held long-poll is an open connection: lift the soft file-descriptor limit to the hard
+/// one, and say how many connections that allows.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+            tracing::warn!(soft, hard, "cannot raise the file-descriptor limit");
+        }
+        let now = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |l| l.0);
+        tracing::info!(
+            limit = now,
+            "file descriptors: one per client connection (long-polls included) plus the store's pool"
+        );
+    }
+}
+
+/// How often a replica re-checks for changes on its own, so that a lost notification cannot
+/// stall a long-poll forever.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// Wakes this replica's long-polls and drops its caches when another replica commits a change
+/// (PostgreSQL LISTEN/NOTIFY), and every few seconds regardless.
+fn watch_other_replicas(state: Arc<AppState>) {
+    let listener = state.clone();
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            match listener.vault.store().next_change().await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("change notifications from other replicas resumed");
+                        failing = false;
+                    }
+                    listener.changed();
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot listen for other replicas' changes; re-checking every few seconds");
+                        failing = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RECHECK);
+        loop {
+            tick.tick().await;
+            state.changed();
+        }
+    });
 }
 
 async fn wait_for_signal() {

@@ -10,7 +10,7 @@ use crate::keyfile::{self, KeyFileError};
 use crate::secret::ValueLimit;
 
 use super::sqlite::SqliteStore;
-use super::{StoreError, Vault};
+use super::{Store, StoreError, Vault};
 
 /// Where a local store and its key live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,26 +116,43 @@ pub async fn open_with(
     let store =
         SqliteStore::open_with(&paths.store, mode == OpenMode::CreateIfMissing, connections)
             .await?;
-    let sealed = crate::store::Store::key_check(&store).await?.is_some();
-    let key = match keyfile::load(&paths.key) {
-        Ok(key) => key,
-        Err(KeyFileError::NotFound(_)) if sealed => {
+    bind_key(
+        Arc::new(store),
+        &paths.key,
+        &paths.store.display().to_string(),
+        true,
+    )
+    .await
+}
+
+/// Binds the key at `key` to `store`: a store that already holds sealed values needs its key
+/// file; a new store gets a new key file when `create` allows. Verifies the key against the
+/// store's key check before returning the vault.
+pub async fn bind_key(
+    store: Arc<dyn Store>,
+    key: &Path,
+    store_shown: &str,
+    create: bool,
+) -> Result<Vault, LocalError> {
+    let sealed = store.key_check().await?.is_some();
+    let master = match keyfile::load(key) {
+        Ok(k) => k,
+        Err(KeyFileError::NotFound(_)) if sealed || !create => {
             return Err(LocalError::KeyMissing {
-                store: paths.store.clone(),
-                key: paths.key.clone(),
+                store: PathBuf::from(store_shown),
+                key: key.to_owned(),
             });
         }
-        Err(KeyFileError::NotFound(_)) => keyfile::create(&paths.key)?,
+        Err(KeyFileError::NotFound(_)) => keyfile::create(key)?,
         Err(e) => return Err(e.into()),
     };
-    let vault = Vault::open(Arc::new(store), &key, ValueLimit::default())
+    let vault = Vault::open(store, &master, ValueLimit::default())
         .await
         .map_err(|e| match e {
             StoreError::KeyMismatch(_) => StoreError::KeyMismatch(format!(
-                "key file \"{}\" does not open store \"{}\" (it is another store's key); use the \
-                 key file created with this store",
-                paths.key.display(),
-                paths.store.display()
+                "key file \"{}\" does not open store \"{store_shown}\" (it is another store's key); \
+                 use the key file created with this store",
+                key.display()
             )),
             other => other,
         })?;

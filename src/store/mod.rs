@@ -6,6 +6,7 @@
 //! every backend.
 
 pub mod local;
+pub mod postgres;
 pub mod sqlite;
 mod vault;
 
@@ -250,6 +251,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes and closes connections (SQLite checkpoints its WAL), so the next open is quick.
     async fn close(&self);
+
+    /// Whether other processes may change this store (replicas over one PostgreSQL): then the
+    /// server listens with [`Store::next_change`] and re-checks periodically.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Waits for a change committed by another process. Stores with one writer never return.
+    async fn next_change(&self) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
     /// The newest `limit` audit records of a workspace, oldest first.
     async fn audit_log(&self, workspace: &str, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
 }

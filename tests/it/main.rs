@@ -5,6 +5,7 @@ mod cli_secret;
 mod launcher;
 mod lepton;
 mod mount;
+mod replicas;
 mod server;
 mod store;
 mod support;

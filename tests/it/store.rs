@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use secretfs::crypto::MasterKey;
 use secretfs::secret::{SecretKind, SecretName, SecretValue, ValueLimit, Visibility};
+use secretfs::store::postgres::PgStore;
 use secretfs::store::sqlite::SqliteStore;
 use secretfs::store::{
     Actor, AuditAction, DEFAULT_WORKSPACE, NewSecret, SecretUpdate, Store, StoreError, Vault,
@@ -220,4 +221,21 @@ async fn sqlite_reopens_and_migrates_once() {
         .await
         .unwrap();
     assert_eq!(again.list(DEFAULT_WORKSPACE).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_story() {
+    let Some(admin) = crate::support::postgres_url("postgres_store_story") else {
+        return;
+    };
+    let db = crate::support::TempDatabase::new(&admin);
+    // Two replicas starting at once on a new database: the migration runs once.
+    let (a, b) = tokio::join!(PgStore::open(&db.url, 4), PgStore::open(&db.url, 4));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(db.query("SELECT count(*) FROM secretfs_migrations"), "1");
+    drop(b);
+    store_story(Arc::new(a)).await;
+    // PostgreSQL holds ciphertext only.
+    let dump = db.query("SELECT encode(sealed, 'escape') FROM secrets");
+    assert!(!dump.contains("one") && !dump.contains("three"), "{dump}");
 }
