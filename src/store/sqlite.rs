@@ -146,23 +146,39 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("secure_delete", "ON");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(connections.max(1))
-            .min_connections(0)
-            .connect_with(options)
-            .await
-            .map_err(|e| open_error(path, e))?;
-        let store = SqliteStore {
-            pool,
-            path: path.to_owned(),
-        };
-        store.migrate().await.map_err(|e| match e {
-            StoreError::Internal(msg) => {
-                StoreError::NotAStore(format!("store \"{shown}\" cannot be opened: {msg}"))
+        // Two processes opening a new store at once can find it locked while the other one
+        // switches it to WAL (SQLite does not wait on that lock): retry for a few seconds.
+        let mut attempt = 0;
+        loop {
+            let opened = async {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(connections.max(1))
+                    .min_connections(0)
+                    .connect_with(options.clone())
+                    .await
+                    .map_err(|e| open_error(path, e))?;
+                let store = SqliteStore {
+                    pool,
+                    path: path.to_owned(),
+                };
+                store.migrate().await?;
+                Ok::<_, StoreError>(store)
             }
-            other => other,
-        })?;
-        Ok(store)
+            .await;
+            match opened {
+                Ok(store) => return Ok(store),
+                Err(StoreError::Unavailable(msg)) if msg.contains("locked") && attempt < 50 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(StoreError::Internal(msg)) => {
+                    return Err(StoreError::NotAStore(format!(
+                        "store \"{shown}\" cannot be opened: {msg}"
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
