@@ -356,6 +356,26 @@ async fn insert_audits(tx: &mut Tx<'_>, audits: &[AuditRecord]) -> Result<(), St
     Ok(())
 }
 
+/// One row of COPY's text format: tab-separated, with `\\`, tab, newline and carriage return
+/// escaped.
+fn copy_row(out: &mut Vec<u8>, fields: &[&str]) {
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        for b in field.bytes() {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                _ => out.push(b),
+            }
+        }
+    }
+    out.push(b'\n');
+}
+
 async fn insert_secret(
     tx: &mut Tx<'_>,
     workspace: &str,
@@ -635,9 +655,43 @@ impl Store for PgStore {
     }
 
     async fn record(&self, audits: &[AuditRecord]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
-        insert_audits(&mut tx, audits).await?;
-        tx.commit().await.map_err(map_err)
+        // Workload reads arrive by the ten thousand a second: COPY costs PostgreSQL a fraction
+        // of the CPU of INSERTs, which matters when replicas share its cores.
+        use sqlx::postgres::PgPoolCopyExt;
+        if audits.is_empty() {
+            return Ok(());
+        }
+        let mut data = Vec::with_capacity(audits.len() * 96);
+        for a in audits {
+            let version = version_i64(a.version)?;
+            copy_row(
+                &mut data,
+                &[
+                    &a.at.nanos().to_string(),
+                    &a.workspace,
+                    &a.actor,
+                    a.action.as_str(),
+                    &a.secret,
+                    &version.to_string(),
+                    &a.detail,
+                    &a.address,
+                ],
+            );
+        }
+        let mut copy = self
+            .pool
+            .copy_in_raw(
+                "COPY audit (at, workspace, actor, action, secret, version, detail, address) \
+                 FROM STDIN",
+            )
+            .await
+            .map_err(map_err)?;
+        if let Err(e) = copy.send(data).await {
+            let _ = copy.abort("send failed").await;
+            return Err(map_err(e));
+        }
+        copy.finish().await.map_err(map_err)?;
+        Ok(())
     }
 
     async fn create_workspace(&self, name: &str, at: Timestamp) -> Result<(), StoreError> {
@@ -879,6 +933,13 @@ impl Store for PgStore {
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+
+    #[test]
+    fn copy_rows_escape_separators() {
+        let mut out = Vec::new();
+        super::copy_row(&mut out, &["a\tb", "c\\d", "e\nf", "plain"]);
+        assert_eq!(out, b"a\\tb\tc\\\\d\te\\nf\tplain\n");
+    }
 
     #[test]
     fn passwords_never_reach_logs() {

@@ -531,6 +531,9 @@ impl OwnPostgres {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
+        // The server runs as the postgres user, which must be able to reach its directory.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let url = Self::script("start", dir.path());
         Some(OwnPostgres { dir, url })
     }
