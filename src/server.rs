@@ -228,7 +228,7 @@ fn watch_other_replicas(state: Arc<AppState>) {
         let mut tick = tokio::time::interval(RECHECK);
         loop {
             tick.tick().await;
-            state.changed();
+            state.recheck();
         }
     });
 }

@@ -159,6 +159,10 @@ pub struct AppState {
     guard: FailureGuard,
     principals: Mutex<HashMap<String, CachedPrincipal>>,
     snapshots: Mutex<HashMap<String, Arc<Snapshot>>>,
+    /// One store read at a time per cache: a burst of requests that all miss waits for one
+    /// load instead of sending the store a query each.
+    principal_loads: tokio::sync::Mutex<()>,
+    snapshot_loads: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -170,6 +174,8 @@ impl AppState {
             guard: FailureGuard::default(),
             principals: Mutex::new(HashMap::new()),
             snapshots: Mutex::new(HashMap::new()),
+            principal_loads: tokio::sync::Mutex::new(()),
+            snapshot_loads: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -187,21 +193,33 @@ impl AppState {
         self.changes.send_modify(|g| *g = g.wrapping_add(1));
     }
 
+    /// Wakes long-polls to look again, without dropping cached principals: the periodic
+    /// re-check of replicas, which has no change to report.
+    pub fn recheck(&self) {
+        self.changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
     fn generation(&self) -> u64 {
         *self.changes.borrow()
     }
 
     /// The rows of `workspace`, from memory while nothing has changed.
     pub async fn snapshot(&self, workspace: &str) -> Result<Arc<Snapshot>, ApiError> {
+        let cached = |generation: u64| {
+            self.snapshots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(workspace)
+                .filter(|s| s.generation == generation)
+                .cloned()
+        };
+        if let Some(s) = cached(self.generation()) {
+            return Ok(s);
+        }
+        let _load = self.snapshot_loads.lock().await;
         let generation = self.generation();
-        if let Some(s) = self
-            .snapshots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(workspace)
-            .filter(|s| s.generation == generation)
-        {
-            return Ok(s.clone());
+        if let Some(s) = cached(generation) {
+            return Ok(s);
         }
         let rows = self.store().get_all(workspace).await?;
         let snap = Arc::new(Snapshot {
@@ -213,6 +231,40 @@ impl AppState {
             .unwrap_or_else(|e| e.into_inner())
             .insert(workspace.to_owned(), snap.clone());
         Ok(snap)
+    }
+
+    /// Reads a token and its user from the store and caches them.
+    async fn load_principal(&self, id: &str) -> Result<Option<(Principal, Vec<u8>)>, ApiError> {
+        let Some(record) = self.store().token(id).await? else {
+            self.principals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
+            return Ok(None);
+        };
+        let Some(user) = self.store().user(&record.user).await? else {
+            self.principals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
+            return Ok(None);
+        };
+        let hash = record.hash.clone();
+        let p = match record.kind {
+            TokenKind::User => Principal::User {
+                token: record,
+                user,
+            },
+            TokenKind::Workload => Principal::Workload {
+                token: record,
+                user,
+            },
+        };
+        self.principals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), (p.clone(), hash.clone(), Instant::now()));
+        Ok(Some((p, hash)))
     }
 
     async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
@@ -231,37 +283,29 @@ impl AppState {
             .ok_or_else(bad)?;
         let presented = Presented::parse(token.trim()).ok_or_else(bad)?;
         let now = Timestamp::now();
-        let cached = self
-            .principals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&presented.id)
-            .filter(|(_, _, at)| at.elapsed() < PRINCIPAL_TTL)
-            .cloned();
-        let (principal, hash) = match cached {
-            Some((p, hash, _)) => (p, hash),
-            None => {
-                let record = self.store().token(&presented.id).await?.ok_or_else(bad)?;
-                let user = self.store().user(&record.user).await?.ok_or_else(bad)?;
-                let hash = record.hash.clone();
-                let p = match record.kind {
-                    TokenKind::User => Principal::User {
-                        token: record,
-                        user,
-                    },
-                    TokenKind::Workload => Principal::Workload {
-                        token: record,
-                        user,
-                    },
-                };
-                self.principals
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(
-                        presented.id.clone(),
-                        (p.clone(), hash.clone(), Instant::now()),
-                    );
-                (p, hash)
+        let lookup = || {
+            self.principals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&presented.id)
+                .cloned()
+        };
+        let (principal, hash) = match lookup() {
+            Some((p, hash, at)) if at.elapsed() < PRINCIPAL_TTL => (p, hash),
+            // Past its time but not invalidated (a change would have removed it): one request
+            // reloads it while the others go on with it, so an expiry never stalls a burst.
+            Some((p, hash, at)) if at.elapsed() < PRINCIPAL_TTL * 5 => {
+                match self.principal_loads.try_lock() {
+                    Ok(_load) => self.load_principal(&presented.id).await?.ok_or_else(bad)?,
+                    Err(_) => (p, hash),
+                }
+            }
+            _ => {
+                let _load = self.principal_loads.lock().await;
+                match lookup().filter(|(_, _, at)| at.elapsed() < PRINCIPAL_TTL) {
+                    Some((p, hash, _)) => (p, hash),
+                    None => self.load_principal(&presented.id).await?.ok_or_else(bad)?,
+                }
             }
         };
         if !presented.matches(&hash) {
