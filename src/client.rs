@@ -306,12 +306,7 @@ impl Client {
         if !resp.status().is_success() {
             return Err(error_from(resp).await);
         }
-        let body = Zeroizing::new(
-            resp.bytes()
-                .await
-                .map_err(|e| ClientError::Decode(e.to_string()))?
-                .to_vec(),
-        );
+        let body = bounded_body(resp).await?;
         let raw: RawWorkloadRead = serde_json::from_slice(&body).map_err(|e| {
             ClientError::Decode(format!(
                 "workload read: line {}, column {}",
@@ -358,6 +353,38 @@ impl Client {
             secrets,
         })
     }
+}
+
+/// The most a workload read may weigh: far above any real set (values are at most 1 MiB each),
+/// far below what would hurt the daemon reading it.
+const MAX_ANSWER: usize = 64 << 20;
+
+/// Reads a body of at most [`MAX_ANSWER`] bytes, refusing a larger one without reading it all.
+async fn bounded_body(mut resp: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+    let too_large = |n: u64| {
+        ClientError::Decode(format!(
+            "the answer ({n} bytes or more) is larger than the {} MiB limit",
+            MAX_ANSWER >> 20
+        ))
+    };
+    if let Some(len) = resp.content_length().filter(|l| *l > MAX_ANSWER as u64) {
+        return Err(too_large(len));
+    }
+    // Sized up front when the length is known, so growing never leaves copies of values behind.
+    let mut body = Zeroizing::new(Vec::with_capacity(
+        resp.content_length().unwrap_or(0) as usize
+    ));
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| ClientError::Decode(e.to_string()))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(too_large((body.len() + chunk.len()) as u64));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn reason(e: &reqwest::Error) -> String {

@@ -74,6 +74,8 @@ fn write_token_file(path: &Path, token: &str) -> anyhow::Result<()> {
 /// Serves until SIGTERM or SIGINT. `on_ready` runs once the socket listens.
 pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> anyhow::Result<()> {
     crate::client::install_crypto_provider();
+    // Values pass through this process on every workload read, and it holds the master key.
+    crate::harden::harden_process();
     raise_fd_limit();
     let (vault, default_token_path) = if is_postgres(&opts.database) {
         let key = opts.key_file.clone().context(

@@ -396,7 +396,7 @@ fn keep_fresh(
             Err(mpsc::RecvTimeoutError::Timeout)
         )
     };
-    let mut failing = false;
+    let mut failing: Option<String> = None;
     let mut backoff = Duration::from_millis(200);
     let mut revision: Option<String> = None;
     loop {
@@ -429,16 +429,17 @@ fn keep_fresh(
         });
         match result {
             Ok(()) => {
-                if failing {
+                if failing.take().is_some() {
                     tracing::info!("source reachable again; updates flow");
-                    failing = false;
                 }
                 backoff = Duration::from_millis(200);
             }
             Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "source unavailable; serving the last known good values");
-                    failing = true;
+                // Logged when the outage starts and whenever its cause changes, not per retry.
+                let text = e.to_string();
+                if failing.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, "source unavailable; serving the last known good values");
+                    failing = Some(text);
                 }
                 // A watch fails fast while the source is down: wait before the next try.
                 revision = None;

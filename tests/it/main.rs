@@ -2,7 +2,9 @@
 //! area.
 
 mod cli_secret;
+mod faults;
 mod launcher;
+mod leaks;
 mod lepton;
 mod mount;
 mod replicas;

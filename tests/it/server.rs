@@ -1081,3 +1081,62 @@ fn tls_with_a_private_ca() {
         out.stderr
     );
 }
+
+#[test]
+fn the_server_process_is_hardened() {
+    let s = Scratch::new();
+    // Started without CAP_SYS_PTRACE, so a reader with the same uid and capabilities passes every
+    // ptrace check but dumpability (as in the daemon's test).
+    let reduced = ["--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace"];
+    let mut child = std::process::Command::new("setpriv")
+        .args(reduced)
+        .arg(crate::support::bin())
+        .args(["serve", "--init", "--listen", "127.0.0.1:0", "--database"])
+        .arg(format!("sqlite://{}", s.path().join("h.db").display()))
+        .current_dir(s.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("serving"), "{line}");
+    let pid = child.id();
+    let open_mem = |pid: u32| {
+        std::process::Command::new("setpriv")
+            .args(reduced)
+            .args(["python3", "-c", &format!("open('/proc/{pid}/mem', 'rb')")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    let mut control = std::process::Command::new("setpriv")
+        .args(reduced)
+        .args(["sleep", "5"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        open_mem(control.id()),
+        "the control process should be readable"
+    );
+    let _ = control.kill();
+    let _ = control.wait();
+    assert!(!open_mem(pid), "the server is dumpable");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}

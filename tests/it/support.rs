@@ -346,6 +346,16 @@ impl Server {
     }
 
     fn spawn(scratch: &Scratch, db: &Path, args: Vec<String>, listen: Option<&str>) -> Server {
+        Self::spawn_env(scratch, db, args, listen, &[])
+    }
+
+    fn spawn_env(
+        scratch: &Scratch,
+        db: &Path,
+        args: Vec<String>,
+        listen: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Server {
         static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log_path = scratch.path().join(format!("server-{n}.log"));
@@ -360,6 +370,7 @@ impl Server {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", scratch.path())
             .env("RUST_LOG", "info,secretfs=debug")
+            .envs(env.iter().copied())
             .current_dir(scratch.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -401,6 +412,29 @@ impl Server {
             log_path,
             args,
         }
+    }
+
+    /// A server with `--init` and the given extra arguments (its own `--database` and
+    /// `--admin-token-file`); the admin token is left to the caller.
+    pub fn start_custom(scratch: &Scratch, extra: &[&str]) -> Server {
+        Self::start_custom_env(scratch, extra, &[])
+    }
+
+    /// Like `start_custom`, with extra environment (e.g. `RUST_LOG=trace`).
+    pub fn start_custom_env(scratch: &Scratch, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut args: Vec<String> = [
+            "serve",
+            "--init",
+            "--listen",
+            "127.0.0.1:0",
+            "--audit-interval",
+            "100ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn_env(scratch, &scratch.path().join("custom.db"), args, None, env)
     }
 
     /// Starts the same server again (same database, same port) after it was stopped.
