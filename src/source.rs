@@ -221,6 +221,20 @@ impl Source for ServerSource {
 
     fn wait(&self, since: Option<&str>, timeout: Duration) -> Result<Option<String>, SourceError> {
         self.renew_if_due()?;
+        // A poll never outlives the token: the round after it expires is refused (and said so)
+        // instead of hanging on to a request authorised before.
+        let timeout = match *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((expires, _)) => {
+                let left = expires
+                    .to_system_time()
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                timeout
+                    .min(left + Duration::from_millis(200))
+                    .max(Duration::from_secs(1))
+            }
+            None => timeout,
+        };
         let read = self.runtime.block_on(self.client.workload_read(
             None,
             false,

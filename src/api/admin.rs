@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::body::Json;
 use super::tokens::{Minted, TokenInfo, first_user_token};
-use super::{ApiError, AppState, Auth, Principal};
+use super::{ApiError, AppState, Auth, Principal, UserAuth};
 use crate::secret::Timestamp;
 use crate::store::{DEFAULT_WORKSPACE, User, valid_account_name};
 
@@ -45,7 +45,7 @@ pub async fn whoami(auth: Auth) -> Result<Response, ApiError> {
     .into_response())
 }
 
-pub async fn list_workspaces(auth: Auth) -> Result<Response, ApiError> {
+pub async fn list_workspaces(UserAuth(auth): UserAuth) -> Result<Response, ApiError> {
     Ok(axum::Json(auth.user()?.workspaces.clone()).into_response())
 }
 
@@ -58,7 +58,7 @@ pub struct NewWorkspace {
 /// An admin creates a workspace and becomes its first member.
 pub async fn create_workspace(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Json(body): Json<NewWorkspace>,
 ) -> Result<Response, ApiError> {
     let admin = auth.admin()?;
@@ -84,7 +84,7 @@ pub struct NewMember {
 
 pub async fn add_member(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Path(ws): Path<String>,
     Json(body): Json<NewMember>,
 ) -> Result<Response, ApiError> {
@@ -96,7 +96,7 @@ pub async fn add_member(
 
 pub async fn list_users(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
 ) -> Result<Response, ApiError> {
     auth.admin()?;
     Ok(axum::Json(state.store().users().await?).into_response())
@@ -115,7 +115,7 @@ pub struct NewUser {
 /// An admin creates a user with a first user token, shown once.
 pub async fn create_user(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Json(body): Json<NewUser>,
 ) -> Result<Response, ApiError> {
     auth.admin()?;
@@ -141,7 +141,7 @@ pub async fn create_user(
 
 pub async fn delete_user(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let admin = auth.admin()?;
@@ -163,7 +163,7 @@ pub struct AuditQuery {
 /// `GET /api/v1/audit`: admins read the log of every workspace.
 pub async fn audit(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
     auth.admin()?;

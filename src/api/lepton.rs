@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::body::Json;
 use super::secrets::{CreateBody, delete_one, new_secret, parse_name, visible};
-use super::{ApiError, AppState, Auth, member};
+use super::{ApiError, AppState, UserAuth, member};
 use crate::auth::masked;
 use crate::secret::Visibility;
 
@@ -50,7 +50,7 @@ pub struct LeptonItem {
 /// `GET /api/v2/workspaces/{ws}/usersecrets`: a bare array of what the caller may see.
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Path(ws): Path<String>,
 ) -> Result<Response, ApiError> {
     let metas = visible(&state, auth.user()?, &ws).await?;
@@ -69,7 +69,7 @@ pub async fn list(
 /// `POST /api/v2/workspaces/{ws}/usersecrets`: a JSON array, created all or none.
 pub async fn create(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Path(ws): Path<String>,
     Json(items): Json<Vec<LeptonItem>>,
 ) -> Result<Response, ApiError> {
@@ -128,7 +128,7 @@ pub async fn create(
 /// `DELETE /api/v2/workspaces/{ws}/usersecrets/{name}`.
 pub async fn remove(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Path((ws, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let name = parse_name(&name)?;
@@ -146,7 +146,7 @@ struct Usage {
 /// `GET /api/v2/workspaces/{ws}/workspace`: the `WorkspaceInfo` `lep login` requires.
 pub async fn workspace(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Path(ws): Path<String>,
 ) -> Result<Response, ApiError> {
     let num_secrets = visible(&state, auth.user()?, &ws).await?.len();
@@ -176,14 +176,17 @@ pub async fn workspace(
 }
 
 /// `GET /api/v2/workspaces/{ws}`: the display name `lep login` shows.
-pub async fn base(auth: Auth, Path(ws): Path<String>) -> Result<Response, ApiError> {
+pub async fn base(UserAuth(auth): UserAuth, Path(ws): Path<String>) -> Result<Response, ApiError> {
     member(auth.user()?, &ws)?;
     Ok(axum::Json(serde_json::json!({ "display_name": ws })).into_response())
 }
 
 /// `GET /api/v2/workspaces/{ws}/tokens`: the caller's token, masked, with its expiry (epoch
 /// milliseconds), which `lep` matches against its own token to warn before it expires.
-pub async fn tokens(auth: Auth, Path(ws): Path<String>) -> Result<Response, ApiError> {
+pub async fn tokens(
+    UserAuth(auth): UserAuth,
+    Path(ws): Path<String>,
+) -> Result<Response, ApiError> {
     member(auth.user()?, &ws)?;
     let token = auth.principal.token();
     let expires_ms = token.expires_at.map(|t| t.nanos() / 1_000_000);

@@ -398,6 +398,22 @@ impl FromRequestParts<Arc<AppState>> for Auth {
     }
 }
 
+/// A caller with a user token; a workload token is answered 403 before the body is read.
+pub struct UserAuth(pub Auth);
+
+impl FromRequestParts<Arc<AppState>> for UserAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let auth = Auth::from_request_parts(parts, state).await?;
+        auth.user()?;
+        Ok(UserAuth(auth))
+    }
+}
+
 /// Whether `user` may use (list, mint tokens for, have workloads read) a secret.
 pub fn may_use(user: &User, meta: &SecretMeta) -> bool {
     meta.owner == user.name || meta.visibility == Visibility::Public

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::body::Json;
-use super::{ApiError, AppState, Auth, may_use, member};
+use super::{ApiError, AppState, UserAuth, may_use, member};
 use crate::secret::{
     SecretKind, SecretMeta, SecretName, SecretValue, ValueLimit, Visibility, validate_tags,
 };
@@ -176,7 +176,7 @@ fn owner_or_admin(user: &User, meta: &SecretMeta) -> Result<(), ApiError> {
 
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Path(ws): Path<String>,
 ) -> Result<Response, ApiError> {
     let metas = visible(&state, auth.user()?, &ws).await?;
@@ -185,7 +185,7 @@ pub async fn list(
 
 pub async fn get_one(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Path((ws, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let name = parse_name(&name)?;
@@ -195,7 +195,7 @@ pub async fn get_one(
 
 pub async fn create(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Path(ws): Path<String>,
     Json(body): Json<CreateBody>,
 ) -> Result<Response, ApiError> {
@@ -207,7 +207,7 @@ pub async fn create(
 
 pub async fn update(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Path((ws, name)): Path<(String, String)>,
     Json(body): Json<UpdateBody>,
 ) -> Result<Response, ApiError> {
@@ -249,7 +249,7 @@ pub async fn update(
 
 pub async fn remove(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Path((ws, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let name = parse_name(&name)?;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::body::Json;
 use super::secrets::{parse_name, visible_one};
-use super::{ApiError, AppState, Auth, Principal, member};
+use super::{ApiError, AppState, Auth, Principal, UserAuth, member};
 use crate::auth::{TokenKind, masked, mint};
 use crate::secret::{SecretName, Timestamp};
 use crate::store::TokenRecord;
@@ -130,7 +130,7 @@ fn new_record(kind: TokenKind, user: &str) -> (crate::auth::Token, TokenRecord) 
 /// `POST /api/v1/workspaces/{ws}/tokens`: a workload token for secrets the caller may use.
 pub async fn mint_workload(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Path(ws): Path<String>,
     Json(body): Json<MintWorkload>,
 ) -> Result<Response, ApiError> {
@@ -186,7 +186,7 @@ pub async fn mint_workload(
 /// themselves).
 pub async fn mint_user(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Path(name): Path<String>,
     Json(body): Json<MintUser>,
 ) -> Result<Response, ApiError> {
@@ -229,7 +229,7 @@ pub struct ListQuery {
 /// `GET /api/v1/tokens`: the caller's tokens (`?all=true`: everyone's, for admins).
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let user = auth.user()?;
@@ -246,7 +246,7 @@ pub async fn list(
 /// `DELETE /api/v1/tokens/{id}`: revokes one of the caller's tokens (an admin: anyone's).
 pub async fn revoke(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    UserAuth(auth): UserAuth,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let user = auth.user()?;

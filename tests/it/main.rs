@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, real files, real processes. One test binary, one file per
 //! area.
 
+mod access;
 mod cli_secret;
 mod faults;
 mod launcher;

@@ -1,0 +1,13 @@
+//! Load tests: their own test binary, so that cargo runs them after the functional tests
+//! instead of beside them (a thousand reader threads would starve the timing-sensitive ones),
+//! and one at a time (`SERIAL`).
+
+#[path = "../it/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+mod cases;
+
+/// Held by each load test: they measure throughput and memory, so they must not share the
+/// machine with each other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
