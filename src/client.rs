@@ -269,6 +269,18 @@ impl Client {
         self.call(Method::PATCH, path, &[], Some(body)).await
     }
 
+    /// A GET whose answer is a file (a backup), returned as bytes.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let resp = self.send(Method::GET, path, &[], None).await?;
+        if !resp.status().is_success() {
+            return Err(error_from(resp).await);
+        }
+        resp.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         self.call::<serde_json::Value>(Method::DELETE, path, &[], None)
             .await

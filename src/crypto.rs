@@ -45,6 +45,11 @@ impl MasterKey {
     pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
         &self.0
     }
+
+    /// A second copy of the key (for a key ring being rebuilt); deliberately not `Clone`.
+    pub fn duplicate(&self) -> MasterKey {
+        MasterKey::from_bytes(*self.0)
+    }
 }
 
 impl fmt::Debug for MasterKey {
@@ -78,9 +83,12 @@ impl Binding<'_> {
     }
 }
 
-/// Seals and opens values under one master key.
+/// Seals values under the current master key; opens them under the current key or any
+/// previous one (during a key rotation, until every value has been re-sealed).
 pub struct Sealer {
-    cipher: XChaCha20Poly1305,
+    /// `[0]` seals; all are tried, in order, to open. Each with a fingerprint of its key, so
+    /// rings can be merged without holding a key twice.
+    ciphers: Vec<([u8; 8], XChaCha20Poly1305)>,
 }
 
 impl fmt::Debug for Sealer {
@@ -91,8 +99,41 @@ impl fmt::Debug for Sealer {
 
 impl Sealer {
     pub fn new(key: &MasterKey) -> Self {
-        let cipher = XChaCha20Poly1305::new(key.expose_secret().into());
-        Sealer { cipher }
+        Self::with_previous(key, &[])
+    }
+
+    /// Seals with `current`; also opens what `previous` keys sealed.
+    pub fn with_previous(current: &MasterKey, previous: &[MasterKey]) -> Self {
+        let mut sealer = Sealer {
+            ciphers: Vec::with_capacity(1 + previous.len()),
+        };
+        for key in std::iter::once(current).chain(previous) {
+            sealer.push(
+                fingerprint(key),
+                XChaCha20Poly1305::new(key.expose_secret().into()),
+            );
+        }
+        sealer
+    }
+
+    fn push(&mut self, id: [u8; 8], cipher: XChaCha20Poly1305) {
+        if !self.ciphers.iter().any(|(known, _)| *known == id) {
+            self.ciphers.push((id, cipher));
+        }
+    }
+
+    /// This sealer, also opening what `older`'s keys sealed: a process that learns of a
+    /// rotation keeps opening the rows it cached before the re-sealing reached them.
+    pub fn keeping(mut self, older: &Sealer) -> Sealer {
+        for (id, cipher) in &older.ciphers {
+            self.push(*id, cipher.clone());
+        }
+        self
+    }
+
+    /// How many keys this sealer opens with.
+    pub fn key_count(&self) -> usize {
+        self.ciphers.len()
     }
 
     /// Seals `plaintext` for the row `binding` describes.
@@ -100,20 +141,20 @@ impl Sealer {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).expect("the OS random source failed");
         let nonce = XNonce::from(nonce);
-        // One allocation with room for the tag, so the in-place encryption never reallocates and
-        // leaves no plaintext copy behind in freed memory.
-        let mut buf = Vec::with_capacity(OVERHEAD + plaintext.len());
-        buf.push(FORMAT_V1);
-        buf.extend_from_slice(&nonce);
-        buf.extend_from_slice(plaintext);
-        let mut body = buf.split_off(1 + NONCE_LEN);
-        body.reserve_exact(TAG_LEN);
+        // Allocated at its final size, so the in-place encryption never reallocates and leaves
+        // no copy of the plaintext behind in freed memory.
+        let mut body = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        body.extend_from_slice(plaintext);
         // Encryption only fails for messages over 256 GiB; values are at most 1 MiB.
-        self.cipher
+        self.ciphers[0]
+            .1
             .encrypt_in_place(&nonce, &binding.encode(), &mut body)
             .expect("XChaCha20-Poly1305 cannot fail on a value under 1 MiB");
-        buf.extend_from_slice(&body);
-        buf
+        let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&body);
+        out
     }
 
     /// Opens a sealed value; any mismatch (key, binding, tampering, truncation) is
@@ -123,16 +164,40 @@ impl Sealer {
         binding: &Binding<'_>,
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, DecryptionFailed> {
+        self.open_with_key(binding, sealed).map(|(plain, _)| plain)
+    }
+
+    /// Opens a sealed value and says which key did it (0: the current one).
+    pub fn open_with_key(
+        &self,
+        binding: &Binding<'_>,
+        sealed: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, usize), DecryptionFailed> {
         if sealed.len() < OVERHEAD || sealed[0] != FORMAT_V1 {
             return Err(DecryptionFailed);
         }
         let nonce = XNonce::try_from(&sealed[1..1 + NONCE_LEN]).map_err(|_| DecryptionFailed)?;
-        let mut body = Zeroizing::new(sealed[1 + NONCE_LEN..].to_vec());
-        self.cipher
-            .decrypt_in_place(&nonce, &binding.encode(), &mut *body)
-            .map_err(|_| DecryptionFailed)?;
-        Ok(body)
+        let aad = binding.encode();
+        for (i, (_, cipher)) in self.ciphers.iter().enumerate() {
+            let mut body = Zeroizing::new(sealed[1 + NONCE_LEN..].to_vec());
+            if cipher.decrypt_in_place(&nonce, &aad, &mut *body).is_ok() {
+                return Ok((body, i));
+            }
+        }
+        Err(DecryptionFailed)
     }
+}
+
+/// A key's identity within a ring: a domain-separated hash, never shown anywhere.
+fn fingerprint(key: &MasterKey) -> [u8; 8] {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"secretfs/key-id/v1")
+        .chain_update(key.expose_secret())
+        .finalize();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    id
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The master key file: one line of 64 hex digits, created with mode 0600 on first use and
-//! refused when its mode lets group or others in.
+//! The master key file: one line of 64 hex digits per key, created with mode 0600 on first use
+//! and refused when its mode lets group or others in. The first line is the current key; lines
+//! after it are previous keys, kept only while a key rotation re-seals what they sealed.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
@@ -43,8 +44,25 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> K
     }
 }
 
-/// Loads the key at `path`, refusing it if group or others have any access to it.
+/// The keys of a key file: the current one, and previous ones still needed to open values.
+pub struct KeyRing {
+    pub current: MasterKey,
+    pub previous: Vec<MasterKey>,
+}
+
+impl KeyRing {
+    pub fn sealer(&self) -> crate::crypto::Sealer {
+        crate::crypto::Sealer::with_previous(&self.current, &self.previous)
+    }
+}
+
+/// Loads the current key at `path`.
 pub fn load(path: &Path) -> Result<MasterKey, KeyFileError> {
+    load_ring(path).map(|r| r.current)
+}
+
+/// Loads every key at `path`, refusing the file if group or others have any access to it.
+pub fn load_ring(path: &Path) -> Result<KeyRing, KeyFileError> {
     let mut file = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -64,16 +82,28 @@ pub fn load(path: &Path) -> Result<MasterKey, KeyFileError> {
             mode,
         });
     }
-    if !meta.is_file() || meta.len() > 256 {
+    if !meta.is_file() || meta.len() > 16 * 1024 {
         return Err(KeyFileError::Malformed(path.to_owned()));
     }
-    let mut text = Zeroizing::new(Vec::with_capacity(80));
+    let mut text = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
     file.read_to_end(&mut text).map_err(io_err("read", path))?;
-    parse(&text).ok_or_else(|| KeyFileError::Malformed(path.to_owned()))
+    let mut keys = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(parse)
+        .collect::<Option<Vec<MasterKey>>>()
+        .ok_or_else(|| KeyFileError::Malformed(path.to_owned()))?;
+    if keys.is_empty() {
+        return Err(KeyFileError::Malformed(path.to_owned()));
+    }
+    let current = keys.remove(0);
+    Ok(KeyRing {
+        current,
+        previous: keys,
+    })
 }
 
-fn parse(text: &[u8]) -> Option<MasterKey> {
-    let hex = text.strip_suffix(b"\n").unwrap_or(text);
+fn parse(hex: &[u8]) -> Option<MasterKey> {
     if hex.len() != KEY_LEN * 2 {
         return None;
     }
@@ -85,15 +115,49 @@ fn parse(text: &[u8]) -> Option<MasterKey> {
     Some(MasterKey::from_bytes(*key))
 }
 
+fn encode(keys: &[&MasterKey]) -> Zeroizing<String> {
+    let mut text = Zeroizing::new(String::with_capacity(keys.len() * (KEY_LEN * 2 + 1)));
+    for key in keys {
+        for b in key.expose_secret() {
+            text.push_str(&format!("{b:02x}"));
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// Replaces the key file at `path` with `keys` (current first), atomically: a crash leaves the
+/// old file or the new one, never a mix, and the new one is synced before it replaces the old.
+pub fn replace(path: &Path, keys: &[&MasterKey]) -> Result<(), KeyFileError> {
+    let text = encode(keys);
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".new");
+    let tmp = std::path::PathBuf::from(tmp_name);
+    let _ = fs::remove_file(&tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("replace", path))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync the directory of", path))?;
+    }
+    Ok(())
+}
+
 /// Creates a new random key at `path` with mode 0600, never replacing an existing file, and
 /// makes it durable (file and directory entry synced) before the first value is sealed with it.
 pub fn create(path: &Path) -> Result<MasterKey, KeyFileError> {
     let key = MasterKey::generate();
-    let mut text = Zeroizing::new(String::with_capacity(KEY_LEN * 2 + 1));
-    for b in key.expose_secret() {
-        text.push_str(&format!("{b:02x}"));
-    }
-    text.push('\n');
+    let text = encode(&[&key]);
     let mut file = match OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod crypto;
 pub mod fs;
+pub mod fuzz_targets;
 pub mod harden;
 pub mod keyfile;
 pub mod launch;

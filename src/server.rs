@@ -77,7 +77,7 @@ pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> any
     // Values pass through this process on every workload read, and it holds the master key.
     crate::harden::harden_process();
     raise_fd_limit();
-    let (vault, default_token_path) = if is_postgres(&opts.database) {
+    let (vault, default_token_path, key_path) = if is_postgres(&opts.database) {
         let key = opts.key_file.clone().context(
             "a PostgreSQL store needs --key-file PATH (or SECRETFS_KEY_FILE): every replica must \
              use the same key file",
@@ -85,14 +85,14 @@ pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> any
         let store = crate::store::postgres::PgStore::open(&opts.database, 16).await?;
         let shown = store.describe();
         let vault = local::bind_key(Arc::new(store), &key, &shown, true).await?;
-        (Arc::new(vault), None)
+        (Arc::new(vault), None, key)
     } else {
         let db = sqlite_path(&opts.database)?;
         let paths = LocalPaths::resolve(Some(db.clone()), opts.key_file.clone())?;
         let vault = Arc::new(local::open_with(&paths, OpenMode::CreateIfMissing, 8).await?);
         let mut token = db.into_os_string();
         token.push(".admin-token");
-        (vault, Some(PathBuf::from(token)))
+        (vault, Some(PathBuf::from(token)), paths.key)
     };
     let store_desc = vault.store().describe();
     tracing::info!(store = %store_desc, "store opened");
@@ -129,7 +129,7 @@ pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> any
     }
 
     let (audit, audit_task) = AuditSink::spawn(vault.store_arc(), opts.audit_interval);
-    let state = AppState::new(vault.clone(), audit);
+    let state = AppState::with_key(vault.clone(), audit, Some(key_path));
     if vault.store().shared() {
         watch_other_replicas(state.clone());
     }

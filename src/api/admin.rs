@@ -192,3 +192,56 @@ pub fn parse_since(s: &str) -> Option<Timestamp> {
         std::time::SystemTime::now().checked_sub(d)?,
     ))
 }
+
+/// `POST /api/v1/admin/rotate-key`: a new master key; every value re-sealed while serving.
+pub async fn rotate_key(
+    State(state): State<Arc<AppState>>,
+    UserAuth(auth): UserAuth,
+) -> Result<Response, ApiError> {
+    auth.admin()?;
+    let Some(key) = state.key_path.clone() else {
+        return Err(ApiError::conflict(
+            "this server was started without a key file it may rotate",
+        ));
+    };
+    let moved = crate::store::local::rotate_key(&state.vault, &key, &auth.actor())
+        .await
+        .map_err(|e| match e {
+            crate::store::local::LocalError::Store(e) => ApiError::from(e),
+            other => {
+                tracing::error!(error = %other, "key rotation failed");
+                ApiError::internal()
+            }
+        })?;
+    state.changed();
+    tracing::info!(resealed = moved, by = %auth.principal.user().name, "master key rotated");
+    Ok(axum::Json(serde_json::json!({ "resealed": moved })).into_response())
+}
+
+/// `GET /api/v1/admin/backup`: a consistent copy of the store (ciphertext only), streamed.
+pub async fn backup(
+    State(state): State<Arc<AppState>>,
+    UserAuth(auth): UserAuth,
+) -> Result<Response, ApiError> {
+    auth.admin()?;
+    let dir = tempfile::tempdir().map_err(|e| {
+        tracing::error!(error = %e, "cannot make a backup directory");
+        ApiError::internal()
+    })?;
+    let path = dir.path().join("backup.db");
+    state.store().backup_to(&path).await.map_err(|e| match e {
+        crate::store::StoreError::Invalid(msg) => {
+            ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", msg)
+        }
+        other => ApiError::from(other),
+    })?;
+    let bytes = tokio::fs::read(&path).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot read the backup");
+        ApiError::internal()
+    })?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/vnd.sqlite3")],
+        bytes,
+    )
+        .into_response())
+}

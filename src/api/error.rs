@@ -130,6 +130,12 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(cause = %cause, "store unavailable");
                 ApiError::unavailable()
             }
+            StoreError::KeyRotated => {
+                tracing::error!(
+                    "the master key was rotated elsewhere and this server's key file lacks the new key"
+                );
+                ApiError::unavailable()
+            }
             StoreError::Undecryptable(ref name) => {
                 tracing::error!(secret = %name, "a stored value cannot be decrypted");
                 ApiError::internal()

@@ -47,6 +47,42 @@ pub struct LeptonItem {
     tags: Option<Vec<String>>,
 }
 
+/// Checks a create request's items and turns them into new secrets (no store access).
+pub fn prepare(
+    items: Vec<LeptonItem>,
+    limit: crate::secret::ValueLimit,
+) -> Result<Vec<crate::store::NewSecret>, ApiError> {
+    let mut new: Vec<crate::store::NewSecret> = Vec::with_capacity(items.len());
+    for item in items {
+        if RESERVED.contains(&item.name.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "secret name \"{}\" is reserved: the platform sets {} itself; choose another name",
+                item.name,
+                RESERVED.join(", ")
+            )));
+        }
+        let secret = new_secret(
+            CreateBody {
+                name: item.name,
+                value: item.value,
+                value_base64: None,
+                kind: None,
+                visibility: item.visibility,
+                tags: item.tags.unwrap_or_default(),
+            },
+            limit,
+        )?;
+        if new.iter().any(|n| n.name == secret.name) {
+            return Err(ApiError::invalid(format!(
+                "secret \"{}\" appears twice in the request",
+                secret.name
+            )));
+        }
+        new.push(secret);
+    }
+    Ok(new)
+}
+
 /// `GET /api/v2/workspaces/{ws}/usersecrets`: a bare array of what the caller may see.
 pub async fn list(
     State(state): State<Arc<AppState>>,
@@ -80,37 +116,7 @@ pub async fn create(
             "the body is an empty list; send at least one secret",
         ));
     }
-    let mut new = Vec::with_capacity(items.len());
-    for item in items {
-        if RESERVED.contains(&item.name.as_str()) {
-            return Err(ApiError::invalid(format!(
-                "secret name \"{}\" is reserved: the platform sets {} itself; choose another name",
-                item.name,
-                RESERVED.join(", ")
-            )));
-        }
-        let secret = new_secret(
-            CreateBody {
-                name: item.name,
-                value: item.value,
-                value_base64: None,
-                kind: None,
-                visibility: item.visibility,
-                tags: item.tags.unwrap_or_default(),
-            },
-            state.vault.value_limit(),
-        )?;
-        if new
-            .iter()
-            .any(|n: &crate::store::NewSecret| n.name == secret.name)
-        {
-            return Err(ApiError::invalid(format!(
-                "secret \"{}\" appears twice in the request",
-                secret.name
-            )));
-        }
-        new.push(secret);
-    }
+    let new = prepare(items, state.vault.value_limit())?;
     let created = state.vault.create_many(&ws, &auth.actor(), new).await?;
     state.changed();
     let items: Vec<LeptonSecret> = created

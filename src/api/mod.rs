@@ -153,6 +153,8 @@ pub struct Snapshot {
 /// Everything handlers share.
 pub struct AppState {
     pub vault: Arc<Vault>,
+    /// The key file, for key rotation (none: rotation refused).
+    pub key_path: Option<std::path::PathBuf>,
     pub audit: AuditSink,
     /// Bumped after every committed change; long-polls and caches watch it.
     pub changes: watch::Sender<u64>,
@@ -167,8 +169,17 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(vault: Arc<Vault>, audit: AuditSink) -> Arc<Self> {
+        Self::with_key(vault, audit, None)
+    }
+
+    pub fn with_key(
+        vault: Arc<Vault>,
+        audit: AuditSink,
+        key_path: Option<std::path::PathBuf>,
+    ) -> Arc<Self> {
         Arc::new(AppState {
             vault,
+            key_path,
             audit,
             changes: watch::channel(0).0,
             guard: FailureGuard::default(),
@@ -414,6 +425,23 @@ impl FromRequestParts<Arc<AppState>> for UserAuth {
     }
 }
 
+/// Every kind of request body through the parser and checks the handlers use (no store): the
+/// `api_bodies` fuzz target.
+#[doc(hidden)]
+pub fn fuzz_bodies(data: &[u8]) {
+    use crate::secret::ValueLimit;
+    if let Ok(b) = body::parse::<secrets::CreateBody>(data) {
+        let _ = secrets::new_secret(b, ValueLimit::default());
+    }
+    if let Ok(b) = body::parse::<secrets::UpdateBody>(data) {
+        let _ = secrets::body_value(b.value, b.value_base64, ValueLimit::default());
+    }
+    let _ = body::parse::<tokens::MintWorkload>(data);
+    if let Ok(items) = body::parse::<Vec<lepton::LeptonItem>>(data) {
+        let _ = lepton::prepare(items, ValueLimit::default());
+    }
+}
+
 /// Whether `user` may use (list, mint tokens for, have workloads read) a secret.
 pub fn may_use(user: &User, meta: &SecretMeta) -> bool {
     meta.owner == user.name || meta.visibility == Visibility::Public
@@ -467,6 +495,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/users/{name}/tokens", post(tokens::mint_user))
         .route("/api/v1/workload/secrets", get(workload::read))
         .route("/api/v1/audit", get(admin::audit))
+        .route("/api/v1/admin/rotate-key", post(admin::rotate_key))
+        .route("/api/v1/admin/backup", get(admin::backup))
         // The Lepton-compatible route set over the same operations.
         .route("/api/v2/workspaces/{ws}", get(lepton::base))
         .route("/api/v2/workspaces/{ws}/workspace", get(lepton::workspace))

@@ -87,12 +87,12 @@ async fn readable(
     Ok((rows, revision, ws))
 }
 
-fn encode(
+async fn encode(
     vault: &Vault,
     ws: &str,
     row: crate::store::StoredSecret,
 ) -> Result<WorkloadSecret, ApiError> {
-    let (meta, value) = vault.open_row(ws, row)?;
+    let (meta, value) = vault.open_row_fresh(ws, row).await?;
     let bytes = value.expose_secret();
     let (text, b64) = match std::str::from_utf8(bytes) {
         Ok(t) => (Some(t.to_owned()), None),
@@ -184,7 +184,7 @@ pub async fn read(
                 row.meta.version,
                 format!("user={}", auth.principal.user().name),
             ));
-            secrets.push(encode(&state.vault, &ws, row)?);
+            secrets.push(encode(&state.vault, &ws, row).await?);
         } else {
             let m = row.meta;
             secrets.push(WorkloadSecret {

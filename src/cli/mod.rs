@@ -2,6 +2,7 @@
 //! error reaching `main` is printed as `error: ...` (plus a `hint: ...` line when there is one).
 
 mod input;
+mod maintain;
 mod mount;
 mod remote;
 mod secret;
@@ -78,6 +79,11 @@ pub enum Command {
     Token(remote::TokenCommand),
     /// The server's audit log (admin).
     Audit(remote::AuditArgs),
+    /// The master key that seals every value.
+    #[command(subcommand)]
+    Key(maintain::KeyCommand),
+    /// Write a consistent copy of the store (values stay sealed) to a file.
+    Backup(maintain::BackupArgs),
     /// Run a workload with its secrets in its environment (see "secretfs run --help").
     #[command(disable_help_flag = true)]
     Run {
@@ -171,6 +177,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(cmd) => runtime()?.block_on(remote::user(&cli.global, cmd)),
         Command::Token(cmd) => runtime()?.block_on(remote::token(&cli.global, cmd)),
         Command::Audit(args) => runtime()?.block_on(remote::audit(&cli.global, args)),
+        Command::Key(cmd) => runtime()?.block_on(maintain::key(&cli.global, cmd)),
+        Command::Backup(args) => runtime()?.block_on(maintain::backup(&cli.global, args)),
         Command::Run { args } => {
             // Reached only when options came before "run" (secretfs -v run ...); the global
             // store options carry over to the launcher.

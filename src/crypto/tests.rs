@@ -105,3 +105,45 @@ proptest! {
         prop_assert_eq!(sealer.open(&binding(1), &sealed), Err(DecryptionFailed));
     }
 }
+
+#[test]
+fn a_ring_opens_old_values_and_seals_with_the_new_key() {
+    let (old, new) = (MasterKey::generate(), MasterKey::generate());
+    let before = Sealer::new(&old).seal(&binding(1), b"value");
+    let ring = Sealer::with_previous(&new, std::slice::from_ref(&old));
+    let (plain, key) = ring.open_with_key(&binding(1), &before).unwrap();
+    assert_eq!((&plain[..], key), (&b"value"[..], 1));
+    let after = ring.seal(&binding(1), b"value");
+    assert_eq!(
+        Sealer::new(&new)
+            .open(&binding(1), &after)
+            .unwrap()
+            .as_slice(),
+        b"value"
+    );
+    assert_eq!(
+        Sealer::new(&old).open(&binding(1), &after),
+        Err(DecryptionFailed)
+    );
+}
+
+#[test]
+fn a_merged_ring_holds_each_key_once_and_seals_with_the_newest() {
+    let (old, new) = (MasterKey::generate(), MasterKey::generate());
+    let before = Sealer::new(&old);
+    let sealed_old = before.seal(&binding(1), b"old");
+    // What a process does on each re-read of the key file: merging again adds nothing.
+    let mut ring = Sealer::with_previous(&new, &[old.duplicate()]).keeping(&before);
+    assert_eq!(ring.key_count(), 2);
+    for _ in 0..3 {
+        ring = Sealer::new(&new).keeping(&ring);
+    }
+    assert_eq!(ring.key_count(), 2);
+    assert_eq!(
+        ring.open(&binding(1), &sealed_old).unwrap().as_slice(),
+        b"old"
+    );
+    let sealed_new = ring.seal(&binding(1), b"new");
+    assert!(before.open(&binding(1), &sealed_new).is_err());
+    assert!(Sealer::new(&new).open(&binding(1), &sealed_new).is_ok());
+}

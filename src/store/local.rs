@@ -10,7 +10,8 @@ use crate::keyfile::{self, KeyFileError};
 use crate::secret::ValueLimit;
 
 use super::sqlite::SqliteStore;
-use super::{Store, StoreError, Vault};
+use super::{Actor, Store, StoreError, Vault};
+use crate::crypto::{MasterKey, Sealer};
 
 /// Where a local store and its key live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +136,7 @@ pub async fn bind_key(
     create: bool,
 ) -> Result<Vault, LocalError> {
     let sealed = store.key_check().await?.is_some();
-    let master = match keyfile::load(key) {
+    let ring = match keyfile::load_ring(key) {
         Ok(k) => k,
         Err(KeyFileError::NotFound(_)) if sealed || !create => {
             return Err(LocalError::KeyMissing {
@@ -143,10 +144,13 @@ pub async fn bind_key(
                 key: key.to_owned(),
             });
         }
-        Err(KeyFileError::NotFound(_)) => keyfile::create(key)?,
+        Err(KeyFileError::NotFound(_)) => keyfile::KeyRing {
+            current: keyfile::create(key)?,
+            previous: Vec::new(),
+        },
         Err(e) => return Err(e.into()),
     };
-    let vault = Vault::open(store, &master, ValueLimit::default())
+    let vault = Vault::open_with(store, ring.sealer(), ValueLimit::default())
         .await
         .map_err(|e| match e {
             StoreError::KeyMismatch(_) => StoreError::KeyMismatch(format!(
@@ -156,7 +160,29 @@ pub async fn bind_key(
             )),
             other => other,
         })?;
+    vault.follow_key_file(key);
     Ok(vault)
+}
+
+/// Rotates the master key of `vault`, whose key file is `key`: a new key becomes current (the
+/// file first holds it and the old ones, so a crash at any point leaves a store that opens),
+/// every value is re-sealed under it while the store keeps serving, then the old keys are
+/// dropped from the file (this process keeps them in memory until it exits). Returns how many
+/// values were re-sealed.
+pub async fn rotate_key(vault: &Vault, key: &Path, actor: &Actor) -> Result<usize, LocalError> {
+    let ring = keyfile::load_ring(key)?;
+    let new = MasterKey::generate();
+    let mut old: Vec<MasterKey> = vec![ring.current.duplicate()];
+    old.extend(ring.previous.iter().map(MasterKey::duplicate));
+    let mut all: Vec<&MasterKey> = vec![&new];
+    all.extend(old.iter());
+    keyfile::replace(key, &all)?;
+    vault.set_sealer(Sealer::with_previous(&new, &old));
+    let moved = vault.reseal_all(actor).await?;
+    keyfile::replace(key, &[&new])?;
+    // The old keys stay in this process's memory (it held them already): rows read before the
+    // re-sealing reached them, and still cached, keep opening. A restart drops them.
+    Ok(moved)
 }
 
 /// The name of the user running this process, the owner of what it creates in a local store.

@@ -30,6 +30,25 @@ pub struct StoredSecret {
     pub sealed: Vec<u8>,
 }
 
+/// The key check a store's sealed writes must still find (see [`Store::set_write_fence`]).
+#[derive(Default)]
+pub(crate) struct WriteFence(std::sync::RwLock<Option<Vec<u8>>>);
+
+impl WriteFence {
+    pub(crate) fn set(&self, key_check: Vec<u8>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(key_check);
+    }
+
+    /// `KeyRotated` unless `stored` (read in the writing transaction) is the fence; a store
+    /// with no fence set (a tool working below the vault) writes unchecked.
+    pub(crate) fn admits(&self, stored: Option<&[u8]>) -> Result<(), StoreError> {
+        match &*self.0.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(fence) if stored != Some(fence.as_slice()) => Err(StoreError::KeyRotated),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A change to an existing secret, applied atomically with a version check.
 #[derive(Debug, Clone, Default)]
 pub struct Change {
@@ -48,6 +67,8 @@ pub enum AuditAction {
     Update,
     Delete,
     Read,
+    /// Values re-sealed under a new master key (not a change of any value).
+    Rekey,
 }
 
 impl AuditAction {
@@ -57,6 +78,7 @@ impl AuditAction {
             AuditAction::Update => "update",
             AuditAction::Delete => "delete",
             AuditAction::Read => "read",
+            AuditAction::Rekey => "rekey",
         }
     }
 
@@ -66,6 +88,7 @@ impl AuditAction {
             AuditAction::Update,
             AuditAction::Delete,
             AuditAction::Read,
+            AuditAction::Rekey,
         ]
         .into_iter()
         .find(|a| a.as_str() == s)
@@ -156,6 +179,13 @@ pub enum StoreError {
     NotAStore(String),
     #[error("{0}")]
     KeyMismatch(String),
+    /// The store's key check changed since this process loaded its keys: another process
+    /// rotated the master key. Nothing was written.
+    #[error(
+        "the master key was rotated by another process and this process's key file does not \
+         hold the new key; give it the current key file (nothing was written)"
+    )]
+    KeyRotated,
     #[error("the store is out of disk space; free space and retry (nothing was written)")]
     OutOfSpace,
     #[error("the store is unavailable: {0}")]
@@ -180,6 +210,29 @@ pub trait Store: Send + Sync + 'static {
     async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError>;
     /// Stores the key-check blob; only called on a new store.
     async fn set_key_check(&self, sealed: &[u8]) -> Result<(), StoreError>;
+    /// Replaces the key-check blob (the first step of a key rotation's re-sealing).
+    async fn replace_key_check(&self, sealed: &[u8]) -> Result<(), StoreError>;
+    /// The key check this process's seals belong to: a write carrying a sealed value is refused
+    /// with `KeyRotated`, in the transaction that would write it, when the stored key check is
+    /// no longer this one. That is what keeps a process with a stale key from writing a value
+    /// a rotation has already passed over and whose key it is about to drop.
+    fn set_write_fence(&self, key_check: Vec<u8>);
+    /// Replaces a secret's sealed value without changing its version or times, if it is still at
+    /// `version` (else `VersionConflict`): a key rotation re-sealing it.
+    async fn reseal(
+        &self,
+        workspace: &str,
+        name: &SecretName,
+        version: u64,
+        sealed: &[u8],
+    ) -> Result<(), StoreError>;
+    /// Writes a consistent copy of the store to `path` (ciphertext, as stored).
+    async fn backup_to(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        let _ = path;
+        Err(StoreError::Invalid(
+            "this store has no built-in backup; for PostgreSQL use pg_dump (see the README)".into(),
+        ))
+    }
 
     /// Metadata of every secret in `workspace`, sorted by name.
     async fn list(&self, workspace: &str) -> Result<Vec<SecretMeta>, StoreError>;

@@ -13,7 +13,10 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use tokio::sync::Mutex;
 
-use super::{AuditAction, AuditRecord, Change, Store, StoreError, StoredSecret, TokenRecord, User};
+use super::{
+    AuditAction, AuditRecord, Change, Store, StoreError, StoredSecret, TokenRecord, User,
+    WriteFence,
+};
 use crate::auth::TokenKind;
 use crate::secret::{SecretMeta, SecretName, Timestamp};
 
@@ -92,6 +95,7 @@ pub struct PgStore {
     /// Shown in logs with the password removed.
     shown: String,
     listener: Mutex<Option<PgListener>>,
+    fence: WriteFence,
 }
 
 /// `postgres://user:password@host/db` without the password, for logs and messages.
@@ -129,6 +133,7 @@ impl PgStore {
             pool,
             shown,
             listener: Mutex::new(None),
+            fence: WriteFence::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -376,6 +381,22 @@ fn copy_row(out: &mut Vec<u8>, fields: &[&str]) {
     out.push(b'\n');
 }
 
+impl PgStore {
+    /// A transaction that has checked the write fence and holds a share lock on the key check
+    /// until it commits: a rotation's key-check update waits for it, so its re-sealing scan,
+    /// which starts after that update, sees what this transaction wrote.
+    async fn begin_sealed_write(&self) -> Result<Tx<'static>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let stored: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = 'key_check' FOR SHARE")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        self.fence.admits(stored.as_deref())?;
+        Ok(tx)
+    }
+}
+
 async fn insert_secret(
     tx: &mut Tx<'_>,
     workspace: &str,
@@ -500,6 +521,47 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn replace_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ('key_check', $1)
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        )
+        .bind(sealed)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    fn set_write_fence(&self, key_check: Vec<u8>) {
+        self.fence.set(key_check);
+    }
+
+    async fn reseal(
+        &self,
+        workspace: &str,
+        name: &SecretName,
+        version: u64,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let done = sqlx::query(
+            "UPDATE secrets SET sealed = $1 WHERE workspace = $2 AND name = $3 AND version = $4",
+        )
+        .bind(sealed)
+        .bind(workspace)
+        .bind(name.as_str())
+        .bind(version_i64(version)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::VersionConflict(name.clone()));
+        }
+        notify(&mut tx, workspace).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
     async fn list(&self, workspace: &str) -> Result<Vec<SecretMeta>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {META_COLUMNS} FROM secrets WHERE workspace = $1 ORDER BY name"
@@ -558,7 +620,7 @@ impl Store for PgStore {
         secret: &StoredSecret,
         audit: &AuditRecord,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = self.begin_sealed_write().await?;
         insert_secret(&mut tx, workspace, secret, audit).await?;
         notify(&mut tx, workspace).await?;
         tx.commit().await.map_err(map_err)
@@ -569,7 +631,7 @@ impl Store for PgStore {
         workspace: &str,
         secrets: &[(StoredSecret, AuditRecord)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = self.begin_sealed_write().await?;
         for (secret, audit) in secrets {
             insert_secret(&mut tx, workspace, secret, audit).await?;
         }
@@ -587,7 +649,11 @@ impl Store for PgStore {
         audit: &AuditRecord,
     ) -> Result<SecretMeta, StoreError> {
         let new_version = expected_version + u64::from(change.sealed.is_some());
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = if change.sealed.is_some() {
+            self.begin_sealed_write().await?
+        } else {
+            self.pool.begin().await.map_err(map_err)?
+        };
         // Compare-and-swap on the version, as in SQLite: a concurrent writer makes it match no
         // row, and the vault retries from a fresh read.
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(

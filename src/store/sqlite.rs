@@ -18,7 +18,10 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use super::{AuditAction, AuditRecord, Change, Store, StoreError, StoredSecret, TokenRecord, User};
+use super::{
+    AuditAction, AuditRecord, Change, Store, StoreError, StoredSecret, TokenRecord, User,
+    WriteFence,
+};
 use crate::auth::TokenKind;
 use crate::secret::{SecretMeta, SecretName, Timestamp};
 
@@ -99,6 +102,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
 pub struct SqliteStore {
     pool: SqlitePool,
     path: PathBuf,
+    fence: WriteFence,
 }
 
 impl SqliteStore {
@@ -160,6 +164,7 @@ impl SqliteStore {
                 let store = SqliteStore {
                     pool,
                     path: path.to_owned(),
+                    fence: WriteFence::default(),
                 };
                 store.migrate().await?;
                 Ok::<_, StoreError>(store)
@@ -403,6 +408,27 @@ where
 }
 
 /// Inserts one secret and its audit record inside `tx`.
+impl SqliteStore {
+    /// A write transaction that holds SQLite's write lock from its first statement and has
+    /// checked the write fence: no key rotation can commit between the check and the write.
+    async fn begin_sealed_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        let stored: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = 'key_check'")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        self.fence.admits(stored.as_deref())?;
+        Ok(tx)
+    }
+}
+
 async fn insert_secret(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     workspace: &str,
@@ -527,6 +553,61 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn replace_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR REPLACE INTO settings (key, value) VALUES ('key_check', ?)")
+            .bind(sealed)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    fn set_write_fence(&self, key_check: Vec<u8>) {
+        self.fence.set(key_check);
+    }
+
+    async fn reseal(
+        &self,
+        workspace: &str,
+        name: &SecretName,
+        version: u64,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE secrets SET sealed = ? WHERE workspace = ? AND name = ? AND version = ?",
+        )
+        .bind(sealed)
+        .bind(workspace)
+        .bind(name.as_str())
+        .bind(version_i64(version)?)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::VersionConflict(name.clone()));
+        }
+        Ok(())
+    }
+
+    async fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
+        if path.exists() {
+            return Err(StoreError::Invalid(format!(
+                "backup target \"{}\" already exists; choose a new file",
+                path.display()
+            )));
+        }
+        // VACUUM INTO writes a consistent, compact copy while readers and writers go on.
+        sqlx::query("VACUUM INTO ?")
+            .bind(path.to_string_lossy().into_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::Unavailable(format!("cannot protect the backup: {e}")))?;
+        Ok(())
+    }
+
     async fn list(&self, workspace: &str) -> Result<Vec<SecretMeta>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {META_COLUMNS} FROM secrets WHERE workspace = ? ORDER BY name"
@@ -586,7 +667,7 @@ impl Store for SqliteStore {
         secret: &StoredSecret,
         audit: &AuditRecord,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = self.begin_sealed_write().await?;
         insert_secret(&mut tx, workspace, secret, audit).await?;
         tx.commit().await.map_err(map_err)
     }
@@ -596,7 +677,7 @@ impl Store for SqliteStore {
         workspace: &str,
         secrets: &[(StoredSecret, AuditRecord)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = self.begin_sealed_write().await?;
         for (secret, audit) in secrets {
             insert_secret(&mut tx, workspace, secret, audit).await?;
         }
@@ -617,7 +698,11 @@ impl Store for SqliteStore {
         } else {
             expected_version
         };
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = if change.sealed.is_some() {
+            self.begin_sealed_write().await?
+        } else {
+            self.pool.begin().await.map_err(map_err)?
+        };
         // One statement with the version in its WHERE clause: a concurrent writer makes it match
         // no row, and the vault retries from a fresh read.
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -1,6 +1,8 @@
 //! The vault: sealing, validation and audit on top of any [`Store`].
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::crypto::{Binding, MasterKey, Sealer};
 use crate::secret::{
@@ -62,8 +64,14 @@ pub struct SecretUpdate {
 /// Seals, opens, validates and audits; the only way the rest of secretfs reaches a [`Store`].
 pub struct Vault {
     store: Arc<dyn Store>,
-    sealer: Sealer,
+    /// Swapped whole during a key rotation; readers take a clone of the `Arc`.
+    sealer: std::sync::RwLock<Arc<Sealer>>,
     limit: ValueLimit,
+    /// The key file the keys came from, re-read when another process rotates the key.
+    key_file: std::sync::OnceLock<PathBuf>,
+    /// When the key file was last re-read because a value would not open (at most once a
+    /// second: a corrupted row must not turn every read into a file read).
+    last_reload: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Vault {
@@ -74,7 +82,15 @@ impl Vault {
         key: &MasterKey,
         limit: ValueLimit,
     ) -> Result<Vault, StoreError> {
-        let sealer = Sealer::new(key);
+        Self::open_with(store, Sealer::new(key), limit).await
+    }
+
+    /// Like [`Vault::open`] with a key ring (current key and previous ones).
+    pub async fn open_with(
+        store: Arc<dyn Store>,
+        sealer: Sealer,
+        limit: ValueLimit,
+    ) -> Result<Vault, StoreError> {
         let check = match store.key_check().await? {
             Some(check) => check,
             None => {
@@ -98,11 +114,185 @@ impl Vault {
                 )));
             }
         }
+        store.set_write_fence(check);
         Ok(Vault {
             store,
-            sealer,
+            sealer: std::sync::RwLock::new(Arc::new(sealer)),
             limit,
+            key_file: std::sync::OnceLock::new(),
+            last_reload: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Remembers the key file the keys were loaded from, so that a key rotated by another
+    /// process (a replica, the CLI) is picked up instead of failing until a restart.
+    pub fn follow_key_file(&self, path: &Path) {
+        let _ = self.key_file.set(path.to_owned());
+    }
+
+    /// Re-reads the key file; true when its current key opens the store's key check, so the
+    /// vault now seals and opens with what the file holds.
+    pub async fn reload_keys(&self) -> Result<bool, StoreError> {
+        let Some(path) = self.key_file.get() else {
+            return Ok(false);
+        };
+        let ring =
+            crate::keyfile::load_ring(path).map_err(|e| StoreError::KeyMismatch(e.to_string()))?;
+        let sealer = ring.sealer();
+        let Some(check) = self.store.key_check().await? else {
+            return Ok(false);
+        };
+        // The current key must open the check: a ring whose old key opens it would seal new
+        // values under a key the rotation is about to drop.
+        match Sealer::new(&ring.current).open(&KEY_CHECK_BINDING, &check) {
+            Ok(plain) if plain.as_slice() == KEY_CHECK => {}
+            _ => return Ok(false),
+        }
+        // Keys this process knew stay usable for opening: rows it cached before the rotation
+        // re-sealed them still open until the cache refreshes.
+        let merged = sealer.keeping(&self.sealer());
+        self.set_sealer(merged);
+        self.store.set_write_fence(check);
+        tracing::info!(key_file = %path.display(), "master key reloaded after a rotation");
+        Ok(true)
+    }
+
+    /// [`Vault::reload_keys`], at most once a second (the read path's retry).
+    async fn reload_keys_throttled(&self) -> bool {
+        {
+            let mut last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        self.reload_keys().await.unwrap_or(false)
+    }
+
+    /// [`Vault::open_row`], re-reading the key file once when the row does not open (another
+    /// process may have rotated the key and re-sealed it).
+    pub async fn open_row_fresh(
+        &self,
+        workspace: &str,
+        row: StoredSecret,
+    ) -> Result<(SecretMeta, SecretValue), StoreError> {
+        let value = match self.open_value(workspace, &row) {
+            Err(StoreError::Undecryptable(_)) if self.reload_keys_throttled().await => {
+                self.open_value(workspace, &row)?
+            }
+            other => other?,
+        };
+        Ok((row.meta, value))
+    }
+
+    /// Runs a write; when the store says the key was rotated since this vault's keys were
+    /// loaded, re-reads the key file and runs it once more (re-sealed under the new key).
+    async fn fenced<T, F, Fut>(&self, mut write: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        match write().await {
+            Err(StoreError::KeyRotated) => {
+                if self.reload_keys().await? {
+                    write().await
+                } else {
+                    Err(StoreError::KeyRotated)
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn sealer(&self) -> Arc<Sealer> {
+        self.sealer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the keys values are sealed and opened with (a key rotation's steps).
+    pub fn set_sealer(&self, sealer: Sealer) {
+        *self.sealer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(sealer);
+    }
+
+    /// Re-seals, under the current key, every value that an older key sealed, and the key check;
+    /// returns how many values moved. The version of a secret does not change (its value did
+    /// not); a concurrent update is met by re-reading (it already seals with the current key).
+    pub async fn reseal_all(&self, actor: &Actor) -> Result<usize, StoreError> {
+        // The key check moves first: from then on, a process still sealing with an old key
+        // has its writes refused by the store (its fence no longer matches) and re-reads the key
+        // file, so nothing sealed under an old key lands after the scan below has passed it.
+        let check = self.sealer().seal(&KEY_CHECK_BINDING, KEY_CHECK);
+        self.store.replace_key_check(&check).await?;
+        self.store.set_write_fence(check);
+        let mut moved = 0;
+        for workspace in self.store.workspaces().await? {
+            for row in self.store.get_all(&workspace).await? {
+                let mut row = row;
+                let mut settled = false;
+                for _ in 0..MAX_RETRIES {
+                    let binding = Binding {
+                        workspace: &workspace,
+                        name: row.meta.name.as_str(),
+                        secret_id: &row.id,
+                        version: row.meta.version,
+                    };
+                    let sealer = self.sealer();
+                    let (plain, key) = sealer
+                        .open_with_key(&binding, &row.sealed)
+                        .map_err(|_| StoreError::Undecryptable(row.meta.name.clone()))?;
+                    if key == 0 {
+                        settled = true;
+                        break;
+                    }
+                    let sealed = sealer.seal(&binding, &plain);
+                    match self
+                        .store
+                        .reseal(&workspace, &row.meta.name, row.meta.version, &sealed)
+                        .await
+                    {
+                        Ok(()) => {
+                            moved += 1;
+                            settled = true;
+                            break;
+                        }
+                        Err(StoreError::VersionConflict(_)) => {
+                            row = match self.store.get(&workspace, &row.meta.name).await {
+                                Ok(r) => r,
+                                Err(StoreError::NotFound(_)) => {
+                                    settled = true;
+                                    break;
+                                }
+                                Err(e) => return Err(e),
+                            };
+                        }
+                        Err(StoreError::NotFound(_)) => {
+                            settled = true;
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                // A value left under an old key must stop the rotation: the caller would
+                // otherwise drop that key from the key file and lose the value.
+                if !settled {
+                    return Err(StoreError::VersionConflict(row.meta.name.clone()));
+                }
+            }
+        }
+        let audit = AuditRecord {
+            at: Timestamp::now(),
+            workspace: String::new(),
+            actor: actor.name.clone(),
+            action: AuditAction::Rekey,
+            secret: "*".into(),
+            version: 0,
+            detail: format!("master key rotated; {moved} values re-sealed"),
+            address: actor.address.clone(),
+        };
+        self.store.record(std::slice::from_ref(&audit)).await?;
+        Ok(moved)
     }
 
     /// Closes the store's connections (a checkpoint, for SQLite).
@@ -162,14 +352,14 @@ impl Vault {
         &self,
         workspace: &str,
         owner: &Actor,
-        new: NewSecret,
+        new: &NewSecret,
     ) -> Result<(StoredSecret, AuditRecord), StoreError> {
         self.check_limit(&new.value)?;
         let tags = validate_tags(&new.tags).map_err(StoreError::Invalid)?;
         let now = Timestamp::now();
         let id = random_id();
         let meta = SecretMeta {
-            name: new.name,
+            name: new.name.clone(),
             kind: new.kind,
             visibility: new.visibility,
             owner: owner.name.clone(),
@@ -178,7 +368,7 @@ impl Vault {
             created_at: now,
             updated_at: now,
         };
-        let sealed = self.sealer.seal(
+        let sealed = self.sealer().seal(
             &Binding {
                 workspace,
                 name: meta.name.as_str(),
@@ -205,9 +395,12 @@ impl Vault {
         owner: &Actor,
         new: NewSecret,
     ) -> Result<SecretMeta, StoreError> {
-        let (row, audit) = self.prepare(workspace, owner, new)?;
-        self.store.insert(workspace, &row, &audit).await?;
-        Ok(row.meta)
+        self.fenced(|| async {
+            let (row, audit) = self.prepare(workspace, owner, &new)?;
+            self.store.insert(workspace, &row, &audit).await?;
+            Ok(row.meta)
+        })
+        .await
     }
 
     /// Creates several secrets, all or none.
@@ -217,12 +410,15 @@ impl Vault {
         owner: &Actor,
         new: Vec<NewSecret>,
     ) -> Result<Vec<SecretMeta>, StoreError> {
-        let rows = new
-            .into_iter()
-            .map(|n| self.prepare(workspace, owner, n))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.store.insert_many(workspace, &rows).await?;
-        Ok(rows.into_iter().map(|(r, _)| r.meta).collect())
+        self.fenced(|| async {
+            let rows = new
+                .iter()
+                .map(|n| self.prepare(workspace, owner, n))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.store.insert_many(workspace, &rows).await?;
+            Ok(rows.into_iter().map(|(r, _)| r.meta).collect())
+        })
+        .await
     }
 
     pub async fn list(&self, workspace: &str) -> Result<Vec<SecretMeta>, StoreError> {
@@ -262,7 +458,7 @@ impl Vault {
             let current = self.store.get(workspace, name).await?;
             let version = current.meta.version;
             let sealed = update.value.as_ref().map(|value| {
-                self.sealer.seal(
+                self.sealer().seal(
                     &Binding {
                         workspace,
                         name: name.as_str(),
@@ -293,6 +489,8 @@ impl Vault {
                 .await
             {
                 Err(StoreError::VersionConflict(_)) => continue,
+                // Sealed under a key another process has rotated away: reload and re-seal.
+                Err(StoreError::KeyRotated) if self.reload_keys().await? => continue,
                 other => return other,
             }
         }
@@ -337,7 +535,7 @@ impl Vault {
         let mut audits = Vec::new();
         for name in names {
             let result = match rows.remove(name) {
-                Some(row) => self.open_row(workspace, row),
+                Some(row) => self.open_row_fresh(workspace, row).await,
                 None => Err(StoreError::NotFound(name.clone())),
             };
             if let Ok((meta, _)) = &result {
@@ -377,6 +575,11 @@ impl Vault {
         workspace: &str,
         row: StoredSecret,
     ) -> Result<(SecretMeta, SecretValue), StoreError> {
+        let value = self.open_value(workspace, &row)?;
+        Ok((row.meta, value))
+    }
+
+    fn open_value(&self, workspace: &str, row: &StoredSecret) -> Result<SecretValue, StoreError> {
         let binding = Binding {
             workspace,
             name: row.meta.name.as_str(),
@@ -384,14 +587,13 @@ impl Vault {
             version: row.meta.version,
         };
         let plain = self
-            .sealer
+            .sealer()
             .open(&binding, &row.sealed)
             .map_err(|_| StoreError::Undecryptable(row.meta.name.clone()))?;
         // Values were checked on the way in; an empty or oversized plaintext means the row is
         // not what was written.
-        let value = SecretValue::new(plain, ValueLimit::default())
-            .map_err(|_| StoreError::Undecryptable(row.meta.name.clone()))?;
-        Ok((row.meta, value))
+        SecretValue::new(plain, ValueLimit::default())
+            .map_err(|_| StoreError::Undecryptable(row.meta.name.clone()))
     }
 }
 

@@ -195,11 +195,11 @@ fn the_canary_never_leaks_anywhere() {
             "--database",
             &format!("sqlite://{}", s.path().join("srv.db").display()),
             "--admin-token-file",
-            s.path().join("admin.tok").to_str().unwrap(),
+            s.path().join("srv-admin.tok").to_str().unwrap(),
         ],
         &[("RUST_LOG", "trace")],
     );
-    let admin = std::fs::read_to_string(s.path().join("admin.tok"))
+    let admin = std::fs::read_to_string(s.path().join("srv-admin.tok"))
         .unwrap()
         .trim()
         .to_owned();

@@ -4,6 +4,8 @@
 mod access;
 mod cli_secret;
 mod faults;
+mod fuzz_corpora;
+mod keys;
 mod launcher;
 mod leaks;
 mod lepton;

@@ -28,7 +28,7 @@ fn rss_kb(pid: u32) -> u64 {
 
 #[test]
 fn a_thousand_readers_on_a_mount() {
-    let _serial = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = crate::SERIAL.blocking_lock();
     if !fuse_available("a_thousand_readers_on_a_mount") {
         return;
     }
@@ -97,7 +97,7 @@ fn a_thousand_readers_on_a_mount() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_under_reads_and_writes() {
-    let _serial = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = crate::SERIAL.lock().await;
     let s = Scratch::new();
     let server = Server::start(&s);
     secretfs::client::install_crypto_provider();

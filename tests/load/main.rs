@@ -9,5 +9,5 @@ mod support;
 mod cases;
 
 /// Held by each load test: they measure throughput and memory, so they must not share the
-/// machine with each other.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// machine with each other. An async mutex: the server load test holds it across awaits.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
