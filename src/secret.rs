@@ -325,6 +325,21 @@ impl SecretKind {
         }
     }
 
+    /// What a value of this template looks like, for messages and the web page's hints.
+    pub fn expected_format(self) -> Option<&'static str> {
+        match self {
+            SecretKind::Custom => None,
+            SecretKind::SshPublicKey => {
+                Some("one OpenSSH public key line, e.g. \"ssh-ed25519 AAAA... comment\"")
+            }
+            SecretKind::Github => Some("a prefix such as ghp_ or github_pat_"),
+            SecretKind::Huggingface => Some("the prefix hf_"),
+            SecretKind::Openai => Some("the prefix sk-"),
+            SecretKind::Datadog => Some("32 hexadecimal characters"),
+            SecretKind::Ngc => Some("the prefix nvapi- (or a legacy 64+ character key)"),
+        }
+    }
+
     /// Checks a value against the template. An SSH public key must parse (an error); a token
     /// that does not look like the provider's only earns warnings, because providers change
     /// their formats and a user may know better.
@@ -353,30 +368,26 @@ impl SecretKind {
             ));
         }
         let token = text.trim_end_matches(['\n', '\r']);
-        let (looks_right, expected) = match self {
-            SecretKind::Github => (
-                ["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"]
-                    .iter()
-                    .any(|p| token.starts_with(p)),
-                "a prefix such as ghp_ or github_pat_",
-            ),
-            SecretKind::Huggingface => (token.starts_with("hf_"), "the prefix hf_"),
-            SecretKind::Openai => (token.starts_with("sk-"), "the prefix sk-"),
-            SecretKind::Datadog => (
-                token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
-                "32 hexadecimal characters",
-            ),
-            SecretKind::Ngc => (
+        let looks_right = match self {
+            SecretKind::Github => ["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"]
+                .iter()
+                .any(|p| token.starts_with(p)),
+            SecretKind::Huggingface => token.starts_with("hf_"),
+            SecretKind::Openai => token.starts_with("sk-"),
+            SecretKind::Datadog => {
+                token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit())
+            }
+            SecretKind::Ngc => {
                 token.starts_with("nvapi-")
-                    || (token.len() >= 64 && token.bytes().all(|b| b.is_ascii_alphanumeric())),
-                "the prefix nvapi- (or a legacy 64+ character key)",
-            ),
-            SecretKind::Custom | SecretKind::SshPublicKey => (true, ""),
+                    || (token.len() >= 64 && token.bytes().all(|b| b.is_ascii_alphanumeric()))
+            }
+            SecretKind::Custom | SecretKind::SshPublicKey => true,
         };
         if !looks_right {
             warnings.push(Warning(format!(
-                "the value does not match the {} format (expected {expected}); storing it anyway",
-                self.label()
+                "the value does not match the {} format (expected {}); storing it anyway",
+                self.label(),
+                self.expected_format().unwrap_or("")
             )));
         }
         if token.chars().any(char::is_whitespace) {

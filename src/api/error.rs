@@ -14,12 +14,17 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The request field the error is about (`name`, `value`, ...), so a form can show the
+    /// message next to it.
+    pub field: Option<&'static str>,
 }
 
 #[derive(Serialize)]
 struct Body<'a> {
     code: &'a str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
 }
 
 impl ApiError {
@@ -28,7 +33,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            field: None,
         }
+    }
+
+    /// This error, about the request field `field`.
+    pub fn on(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -77,6 +89,7 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&Body {
             code: self.code,
             message: &self.message,
+            field: self.field,
         })
         .expect("an error body serializes");
         let mut response = (self.status, body).into_response();
@@ -105,6 +118,7 @@ impl From<StoreError> for ApiError {
             // that the name is taken.
             StoreError::AlreadyExists(name) => {
                 ApiError::conflict(format!("name \"{name}\" already in use in this workspace"))
+                    .on("name")
             }
             StoreError::VersionConflict(name) => ApiError::conflict(format!(
                 "secret \"{name}\" was changed concurrently; try again"

@@ -12,6 +12,7 @@ mod lepton;
 mod openapi;
 mod secrets;
 mod tokens;
+mod web;
 mod workload;
 
 use std::collections::HashMap;
@@ -461,6 +462,10 @@ pub fn member(user: &User, workspace: &str) -> Result<(), ApiError> {
 /// The router of the whole API.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(web::index))
+        .route("/app.js", get(web::script))
+        .route("/app.css", get(web::style))
+        .route("/api/v1/templates", get(web::templates))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::document))
@@ -517,5 +522,6 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "this endpoint does not take that method; see /openapi.json",
             )
         })
+        .layer(axum::middleware::from_fn(web::security_headers))
         .with_state(state)
 }

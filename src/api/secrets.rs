@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::body::Json;
@@ -42,11 +42,12 @@ pub struct UpdateBody {
 }
 
 pub fn parse_name(s: &str) -> Result<SecretName, ApiError> {
-    SecretName::parse(s).map_err(|e| ApiError::invalid(e.to_string()))
+    SecretName::parse(s).map_err(|e| ApiError::invalid(e.to_string()).on("name"))
 }
 
 fn parse_visibility(s: &str) -> Result<Visibility, ApiError> {
-    s.parse().map_err(ApiError::invalid)
+    s.parse()
+        .map_err(|e: String| ApiError::invalid(e).on("visibility"))
 }
 
 /// The value of a body: exactly one of `value` and `value_base64`, taken without copies left
@@ -58,9 +59,9 @@ pub fn body_value(
 ) -> Result<Option<SecretValue>, ApiError> {
     let bytes = match (value, value_base64) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                "give either value or value_base64, not both",
-            ));
+            return Err(
+                ApiError::invalid("give either value or value_base64, not both").on("value"),
+            );
         }
         (Some(text), None) => Zeroizing::new(text.into_bytes()),
         (None, Some(b64)) => {
@@ -68,14 +69,16 @@ pub fn body_value(
             Zeroizing::new(
                 base64::engine::general_purpose::STANDARD
                     .decode(b64.as_bytes())
-                    .map_err(|_| ApiError::invalid("value_base64 is not valid base64"))?,
+                    .map_err(|_| {
+                        ApiError::invalid("value_base64 is not valid base64").on("value")
+                    })?,
             )
         }
         (None, None) => return Ok(None),
     };
     SecretValue::new(bytes, limit)
         .map(Some)
-        .map_err(|e| ApiError::invalid(e.to_string()))
+        .map_err(|e| ApiError::invalid(e.to_string()).on("value"))
 }
 
 /// The metadata of the secrets `user` may see in `workspace`.
@@ -110,21 +113,24 @@ pub async fn visible_one(
 pub fn new_secret(body: CreateBody, limit: ValueLimit) -> Result<NewSecret, ApiError> {
     let name = parse_name(&body.name)?;
     let kind = match &body.kind {
-        Some(k) => k.parse::<SecretKind>().map_err(ApiError::invalid)?,
+        Some(k) => k
+            .parse::<SecretKind>()
+            .map_err(|e| ApiError::invalid(e).on("kind"))?,
         None => SecretKind::Custom,
     };
     let visibility = match &body.visibility {
         Some(v) => parse_visibility(v)?,
         None => Visibility::Private,
     };
-    let tags = validate_tags(&body.tags).map_err(ApiError::invalid)?;
+    let tags = validate_tags(&body.tags).map_err(|e| ApiError::invalid(e).on("tags"))?;
     let value = body_value(body.value, body.value_base64, limit)?.ok_or_else(|| {
         ApiError::invalid(format!(
             "secret \"{name}\" has no value; give value or value_base64"
         ))
+        .on("value")
     })?;
     kind.check(&value)
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
+        .map_err(|e| ApiError::invalid(e.to_string()).on("value"))?;
     Ok(NewSecret {
         name,
         kind,
@@ -201,8 +207,25 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let user = auth.user()?;
     let new = new_secret(body, state.vault.value_limit())?;
+    let warnings = warnings_for(new.kind, &new.value);
     let meta = create_one(&state, user, &auth.actor(), &ws, new).await?;
-    Ok((StatusCode::CREATED, axum::Json(meta)).into_response())
+    Ok((StatusCode::CREATED, axum::Json(Written { meta, warnings })).into_response())
+}
+
+/// A created or updated secret's metadata, with what the template noticed about the value
+/// (a token that does not look like the provider's): stored anyway, but worth showing.
+#[derive(Serialize)]
+struct Written {
+    #[serde(flatten)]
+    meta: SecretMeta,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+fn warnings_for(kind: SecretKind, value: &SecretValue) -> Vec<String> {
+    kind.check(value)
+        .map(|w| w.into_iter().map(|w| w.0).collect())
+        .unwrap_or_default()
 }
 
 pub async fn update(
@@ -221,14 +244,16 @@ pub async fn update(
         .transpose()?;
     let tags = body
         .tags
-        .map(|t| validate_tags(&t).map_err(ApiError::invalid))
+        .map(|t| validate_tags(&t).map_err(|e| ApiError::invalid(e).on("tags")))
         .transpose()?;
     let meta = visible_one(&state, user, &ws, &name).await?;
     owner_or_admin(user, &meta)?;
+    let mut warnings = Vec::new();
     if let Some(v) = &value {
         meta.kind
             .check(v)
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
+            .map_err(|e| ApiError::invalid(e.to_string()).on("value"))?;
+        warnings = warnings_for(meta.kind, v);
     }
     let updated = state
         .vault
@@ -244,7 +269,11 @@ pub async fn update(
         )
         .await?;
     state.changed();
-    Ok(axum::Json(updated).into_response())
+    Ok(axum::Json(Written {
+        meta: updated,
+        warnings,
+    })
+    .into_response())
 }
 
 pub async fn remove(

@@ -14,3 +14,4 @@ mod replicas;
 mod server;
 mod store;
 mod support;
+mod web;

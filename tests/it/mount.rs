@@ -8,7 +8,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::support::{
-    CANARY, Daemon, Scratch, assert_no_canary, eventually, fuse_available, is_mounted, open_up,
+    CANARY, Daemon, Scratch, assert_no_canary, eventually, fuse_available, is_mounted, may_inspect,
+    open_up,
 };
 
 /// A scratch store holding `secrets`, plus a mount point inside it.
@@ -516,29 +517,37 @@ fn daemon_memory_is_locked_and_not_dumpable() {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
     assert!(vmlck > 0, "VmLck is 0:\n{status}");
-    // A process that is not dumpable refuses its memory (/proc/PID/mem) to such a reader; a
-    // dumpable one (the control, `sleep` started the same way) does not.
-    let open_mem = |pid: u32| {
-        run(Command::new(reduced[0])
-            .args(&reduced[1..])
-            .args(["python3", "-c"])
-            .arg(format!("open('/proc/{pid}/mem', 'rb')")))
-        .0
-    };
+    // A process that is not dumpable refuses its memory and ptrace to such a reader; a
+    // dumpable one (the control, `sleep` started the same way) does not. Another uid gets
+    // neither, nor the environment.
     let mut control = Command::new(reduced[0])
         .args(&reduced[1..])
         .args(["sleep", "5"])
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        open_mem(control.id()),
-        0,
-        "the control process should be readable"
+    assert!(
+        may_inspect(control.id(), "mem", false),
+        "the control should be readable"
+    );
+    assert!(
+        may_inspect(control.id(), "attach", false),
+        "the control should be traceable"
     );
     let _ = control.kill();
     let _ = control.wait();
-    assert_ne!(open_mem(d.pid() as u32), 0, "the daemon is dumpable");
+    let pid = d.pid() as u32;
+    assert!(!may_inspect(pid, "mem", false), "the daemon is dumpable");
+    assert!(
+        !may_inspect(pid, "attach", false),
+        "the daemon can be traced"
+    );
+    for what in ["environ", "mem", "attach"] {
+        assert!(
+            !may_inspect(pid, what, true),
+            "another uid may {what} the daemon"
+        );
+    }
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
     let core = limits
         .lines()

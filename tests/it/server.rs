@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::{
-    CANARY, Daemon, Scratch, Server, assert_no_canary, eventually, fuse_available,
+    CANARY, Daemon, Scratch, Server, assert_no_canary, eventually, fuse_available, may_inspect,
 };
 
 /// Raw HTTP to the server, keeping every response body that was not a workload read, for the
@@ -1106,15 +1106,6 @@ fn the_server_process_is_hardened() {
     .unwrap();
     assert!(line.contains("serving"), "{line}");
     let pid = child.id();
-    let open_mem = |pid: u32| {
-        std::process::Command::new("setpriv")
-            .args(reduced)
-            .args(["python3", "-c", &format!("open('/proc/{pid}/mem', 'rb')")])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    };
     let mut control = std::process::Command::new("setpriv")
         .args(reduced)
         .args(["sleep", "5"])
@@ -1122,12 +1113,26 @@ fn the_server_process_is_hardened() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     assert!(
-        open_mem(control.id()),
-        "the control process should be readable"
+        may_inspect(control.id(), "mem", false),
+        "the control should be readable"
+    );
+    assert!(
+        may_inspect(control.id(), "attach", false),
+        "the control should be traceable"
     );
     let _ = control.kill();
     let _ = control.wait();
-    assert!(!open_mem(pid), "the server is dumpable");
+    assert!(!may_inspect(pid, "mem", false), "the server is dumpable");
+    assert!(
+        !may_inspect(pid, "attach", false),
+        "the server can be traced"
+    );
+    for what in ["environ", "mem", "attach"] {
+        assert!(
+            !may_inspect(pid, what, true),
+            "another uid may {what} the server"
+        );
+    }
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let core = limits
         .lines()

@@ -631,3 +631,29 @@ impl Server {
         s
     }
 }
+
+/// Whether a process may inspect process `pid`: read `/proc/PID/<what>`, or, when `what` is
+/// `"attach"`, `PTRACE_ATTACH` to it. The inspector runs without `CAP_SYS_PTRACE`, as the same
+/// uid, or (`other_uid`) as `nobody`.
+pub fn may_inspect(pid: u32, what: &str, other_uid: bool) -> bool {
+    let mut cmd = Command::new("setpriv");
+    if other_uid {
+        cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]);
+    }
+    cmd.args(["--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace"]);
+    let code = if what == "attach" {
+        format!(
+            "import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); \
+             sys.exit(0 if libc.ptrace(16, {pid}, None, None) == 0 else 1)"
+        )
+    } else {
+        // The permission check is made at open (for mem and environ alike).
+        format!("open('/proc/{pid}/{what}', 'rb')")
+    };
+    cmd.args(["python3", "-c", &code])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("setpriv and python3 are needed by the tests")
+        .success()
+}

@@ -1,0 +1,99 @@
+//! The Secrets page: one HTML file, one script, one stylesheet, embedded in the binary and
+//! served at `/`. The page is a client of the same JSON API as the CLI, with the user's token
+//! as a bearer header (no cookies, so no cross-site request can act for a user). Also the
+//! security headers every response carries, and the template list the page's picker shows.
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::secret::SecretKind;
+
+const INDEX: &str = include_str!("web/index.html");
+const SCRIPT: &str = include_str!("web/app.js");
+const STYLE: &str = include_str!("web/app.css");
+
+/// The page's policy: its own script and stylesheet only (no inline script or style), requests
+/// to this origin only, no framing, no forms posting anywhere.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self'; form-action 'none'; base-uri 'none'; \
+    frame-ancestors 'none'";
+/// Everything else is data, never a document.
+const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'; sandbox";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX)
+}
+
+pub async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+pub async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+#[derive(Serialize)]
+struct Template {
+    kind: &'static str,
+    label: &'static str,
+    name: Option<&'static str>,
+    format: Option<&'static str>,
+}
+
+/// `GET /api/v1/templates`: the secret templates (no authentication: it is the same for all).
+pub async fn templates() -> Response {
+    let list: Vec<Template> = SecretKind::ALL
+        .iter()
+        .map(|k| Template {
+            kind: k.as_str(),
+            label: k.label(),
+            name: k.default_name(),
+            format: k.expected_format(),
+        })
+        .collect();
+    axum::Json(list).into_response()
+}
+
+/// Adds the security headers to every response: the page's CSP on the page, a deny-all CSP on
+/// everything else, and `no-store` on API answers (they carry tokens, and one carries values).
+pub async fn security_headers(request: Request, next: Next) -> Response {
+    let is_page = matches!(request.uri().path(), "/" | "/app.js" | "/app.css");
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    let csp = if is_page { PAGE_CSP } else { API_CSP };
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(csp),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    if !is_page {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
