@@ -41,7 +41,8 @@ Resolves the job's secrets into environment variables and execs COMMAND. Fails c
 secret cannot be resolved, every problem is listed and COMMAND does not start (exit 125).
 
 options:
-  --spec FILE             job spec (TOML); default: ./secretfs.toml if present
+  --spec FILE             job spec (TOML); default: $SECRETFS_SPEC, else ./secretfs.toml if
+                          present
   --lepton-job FILE       a Lepton job body (JSON, as `lep job create` sends)
   -e, --env NAME=VALUE    a plain variable (repeatable)
   -s, --secret ENV=SECRET a variable holding a secret's value; -s SECRET means SECRET=SECRET

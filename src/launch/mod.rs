@@ -116,10 +116,20 @@ fn launch(
     // Not dumpable while values are in this process's memory (exec resets it for the workload).
     let _ = nix::sys::prctl::set_dumpable(false);
 
-    let spec_path = args.spec.clone().or_else(|| {
-        let default = PathBuf::from("secretfs.toml");
-        default.is_file().then_some(default)
-    });
+    // --spec, else $SECRETFS_SPEC (how a container image or a pod names its spec without
+    // changing the entrypoint; it must exist), else ./secretfs.toml when there is one.
+    let spec_path = args
+        .spec
+        .clone()
+        .or_else(|| {
+            std::env::var_os("SECRETFS_SPEC")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| {
+            let default = PathBuf::from("secretfs.toml");
+            default.is_file().then_some(default)
+        });
     let spec = match &spec_path {
         Some(path) => match read_text("job spec", path).and_then(|text| {
             spec::parse(&text).map_err(|e| format!("job spec {}: {e}", path.display()))

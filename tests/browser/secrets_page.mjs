@@ -216,6 +216,7 @@ await page.locator("#token-copied").filter({ hasText: "Copied" }).waitFor();
 assert.equal(await page.evaluate(() => navigator.clipboard.readText()), token);
 if (SHOTS) await page.screenshot({ path: path.join(SHOTS, "token-dialog.png") });
 await page.click('#token-form button[type="submit"]');
+await page.locator("#token-dialog").waitFor({ state: "hidden" });
 assert.equal(await page.inputValue("#token-value"), "", "the token stays in the page after its dialog");
 assert.equal(
   await page.evaluate((t) => document.documentElement.outerHTML.includes(t), token),
@@ -242,9 +243,14 @@ assert.equal(await page.locator("#rows tr").count(), 0);
 
 step("bob does not see alice's private secret");
 await signIn(env("BOB_TOKEN"));
+await row("HF_TOKEN").waitFor();
 const bobSees = await page.locator("#rows tr").evaluateAll((trs) => trs.map((tr) => tr.dataset.name));
 assert.deepEqual(bobSees, ["HF_TOKEN"]);
-assert.equal(await row("HF_TOKEN").locator("[data-replace]").count(), 0, "bob may not change alice's secret");
+assert.equal(
+  await row("HF_TOKEN").locator("[data-replace]").count(),
+  0,
+  `bob may not change alice's secret: ${await page.locator("#who-name").textContent()} ${await row("HF_TOKEN").innerHTML()}`,
+);
 await noCanaryInPage("as bob");
 
 step("nothing the page received holds the canary");

@@ -3,6 +3,7 @@
 
 mod access;
 mod cli_secret;
+mod containers;
 mod faults;
 mod fuzz_corpora;
 mod keys;

@@ -16,6 +16,7 @@
     templates: [],
     selected: new Set(),
     target: null, // the secret a dialog acts on
+    session: 0, // bumped at each sign-in and sign-out: late answers of an old session are dropped
   };
 
   // ---- API -----------------------------------------------------------------------------
@@ -112,6 +113,7 @@
   // ---- sign in and out ------------------------------------------------------------------
 
   async function signIn(token) {
+    state.session += 1;
     state.token = token;
     try {
       const me = await api("GET", "/api/v1/whoami");
@@ -139,6 +141,7 @@
   }
 
   function signOut(message) {
+    state.session += 1;
     state.token = null;
     state.me = null;
     state.secrets = [];
@@ -158,7 +161,10 @@
   // ---- the list -------------------------------------------------------------------------
 
   async function refresh() {
-    state.secrets = await api("GET", wsPath("/secrets"));
+    const session = state.session;
+    const secrets = await api("GET", wsPath("/secrets"));
+    if (session !== state.session) return;
+    state.secrets = secrets;
     const names = new Set(state.secrets.map((s) => s.name));
     for (const n of [...state.selected]) if (!names.has(n)) state.selected.delete(n);
     render();
@@ -270,9 +276,9 @@
     try {
       const meta = await api("POST", wsPath("/secrets"), { name, kind: $("add-kind").value, visibility, tags, value });
       closeDialog("add-dialog");
+      await refresh();
       const warn = meta.warnings && meta.warnings.length ? ` Note: ${meta.warnings.join("; ")}.` : "";
       notice(`Added ${meta.name} (${visibility}, version ${meta.version}).${warn}`);
-      await refresh();
     } catch (e) {
       showFieldError("add", e);
     } finally {
@@ -308,9 +314,9 @@
     try {
       const meta = await api("PATCH", wsPath(`/secrets/${encodeURIComponent(state.target)}`), { value });
       closeDialog("replace-dialog");
+      await refresh();
       const warn = meta.warnings && meta.warnings.length ? ` Note: ${meta.warnings.join("; ")}.` : "";
       notice(`Replaced the value of ${meta.name} (now version ${meta.version}).${warn}`);
-      await refresh();
     } catch (e) {
       setError("replace-value-error", e.message);
       input.focus();
@@ -323,8 +329,8 @@
     const visibility = s.visibility === "public" ? "private" : "public";
     try {
       await api("PATCH", wsPath(`/secrets/${encodeURIComponent(name)}`), { visibility });
-      notice(`${name} is now ${visibility}.`);
       await refresh();
+      notice(`${name} is now ${visibility}.`);
     } catch (e) {
       notice(`Could not change ${name}: ${e.message}`);
     }
@@ -344,8 +350,8 @@
     try {
       await api("DELETE", wsPath(`/secrets/${encodeURIComponent(name)}`));
       closeDialog("delete-dialog");
-      notice(`Deleted ${name}.`);
       await refresh();
+      notice(`Deleted ${name}.`);
     } catch (e) {
       setError("delete-error", e.message);
     }
@@ -437,11 +443,14 @@
     $("delete-form").addEventListener("submit", submitDelete);
     $("mint-form").addEventListener("submit", submitMint);
     $("token-copy").addEventListener("click", copyToken);
-    // The token leaves the page when its dialog closes, however it closes.
-    $("token-dialog").addEventListener("close", () => {
+    // The token leaves the page when its dialog closes, however it closes ("close" comes a
+    // task later; Done clears it at once).
+    const forgetToken = () => {
       $("token-value").value = "";
       for (const id of ["token-run", "token-mount", "token-spec"]) $(id).textContent = "";
-    });
+    };
+    $("token-form").addEventListener("submit", forgetToken);
+    $("token-dialog").addEventListener("close", forgetToken);
     for (const d of ["add-dialog", "replace-dialog"]) {
       // A value typed and abandoned is not kept either.
       $(d).addEventListener("close", () => {

