@@ -233,10 +233,16 @@ for where, image_name, argv, env, mounts, extra in containers():
             problem(where, "the launcher has no command (neither after -- nor in a spec)")
         elif program[0] == "python3" and len(program) > 1:
             readable(program[1], "workload script")
-        if "--dir" in flags:
-            target, info = under_mount(mounts, flags["--dir"])
+        # The directory source: --dir, else the spec's, else /run/secrets; none when the
+        # secrets come from a server or a store.
+        src = (spec or {}).get("source", {})
+        remote = "--url" in flags or "--store" in flags or (
+            "--dir" not in flags and ("url" in src or "store" in src))
+        if not remote:
+            sdir = flags.get("--dir") or src.get("dir") or "/run/secrets"
+            target, info = under_mount(mounts, sdir)
             if target is None:
-                problem(where, f"--dir {flags['--dir']} is not under a mount")
+                problem(where, f"the secrets directory {sdir} is not a mount the sidecar fills")
             else:
                 if info[2] not in ("rslave", "HostToContainer", "rshared", "Bidirectional"):
                     problem(where, f"{target} does not receive mounts made by a sidecar")

@@ -133,7 +133,7 @@ fn the_launcher_as_pid_1_sees_its_secrets_and_passes_on_signals_and_exit_codes()
 /// The sidecar pattern, with namespaces instead of containers. An outer mount namespace keeps
 /// the host's table untouched; in it, `vol` is a shared mount (the volume). The app's namespace
 /// is made first and turns its copy into a slave (Kubernetes' HostToContainer); the sidecar's
-/// namespace keeps its copy a peer (Bidirectional) and mounts the secrets under it. The mount
+/// namespace keeps its copy a peer (Bidirectional) and mounts the secrets on it. The mount
 /// must appear in the app's namespace, readable by the uid it was made for, refused to others.
 const SIDECAR: &str = r#"
 set -eu
@@ -141,29 +141,28 @@ vol="$SCRATCH/vol"
 mkdir -p "$vol"
 mount --bind "$vol" "$vol"
 mount --make-shared "$vol"
-mkdir -p "$vol/secrets"
 # The app: its own mount namespace, receiving mounts from the volume but not sending any.
 unshare --mount --propagation unchanged sh -c '
   mount --make-rslave "$0"
   setpriv --reuid 10001 --regid 10001 --clear-groups \
-    "$BIN" run --dir "$0/secrets" --wait 20s -s A -- "$PY" -c "
+    "$BIN" run --dir "$0" --wait 20s -s A -- "$PY" -c "
 import os, sys
 open(sys.argv[1], \"w\").write(os.environ[\"A\"])
 " "$SCRATCH/out/app-saw"
   echo "app: exit $?"
   # Another uid is refused by the kernel before the daemon is asked.
-  if setpriv --reuid 65534 --regid 65534 --clear-groups cat "$0/secrets/A" >/dev/null 2>&1; then
+  if setpriv --reuid 65534 --regid 65534 --clear-groups cat "$0/A" >/dev/null 2>&1; then
     echo "other uid: read"
   else
     echo "other uid: refused"
   fi
-  grep -c " $0/secrets " /proc/self/mountinfo | sed "s/^/app mounts: /"
+  grep -c " $0 " /proc/self/mountinfo | sed "s/^/app mounts: /"
 ' "$vol" &
 app=$!
 sleep 0.3
 # The sidecar: its own mount namespace, whose copy of the volume stays a peer.
 unshare --mount --propagation unchanged \
-  "$BIN" --store "$STORE" mount "$vol/secrets" --uid 10001 --gid 10001 &
+  "$BIN" --store "$STORE" mount "$vol" --uid 10001 --gid 10001 &
 sidecar=$!
 wait "$app"
 kill -TERM "$sidecar"
@@ -202,7 +201,8 @@ fn a_sidecar_mount_reaches_the_app_namespace_through_shared_propagation() {
         "from-the-sidecar"
     );
     assert!(stdout.contains("other uid: refused"), "{stdout}\n{stderr}");
-    assert!(stdout.contains("app mounts: 1"), "{stdout}\n{stderr}");
+    // The volume's bind mount, and the sidecar's FUSE mount on top of it.
+    assert!(stdout.contains("app mounts: 2"), "{stdout}\n{stderr}");
     // Nothing leaked into this (the host's) mount table.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
