@@ -356,7 +356,12 @@ async fn insert_audits(tx: &mut Tx<'_>, audits: &[AuditRecord]) -> Result<(), St
         if let Some(v) = bad_version {
             return Err(StoreError::Invalid(format!("version {v} is out of range")));
         }
-        q.build().execute(&mut **tx).await.map_err(map_err)?;
+        // Not cached: each batch size is its own statement.
+        q.build()
+            .persistent(false)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
     }
     Ok(())
 }

@@ -649,7 +649,13 @@ impl Store for SqliteStore {
                 list.push_bind(n.as_str());
             }
             q.push(")");
-            let rows = q.build().fetch_all(&self.pool).await.map_err(map_err)?;
+            // Not cached: each list length is its own statement (see `record`).
+            let rows = q
+                .build()
+                .persistent(false)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
             for row in &rows {
                 out.push(stored_from_row(row)?);
             }
@@ -794,7 +800,14 @@ impl Store for SqliteStore {
             if let Some(v) = bad_version {
                 return Err(StoreError::Invalid(format!("version {v} is out of range")));
             }
-            q.build().execute(&mut *tx).await.map_err(map_err)?;
+            // Not a prepared statement kept in the connection's cache: every batch size is a
+            // different statement, and a cache of hundred-row inserts on each connection grew
+            // the server by tens of megabytes under a steady read load.
+            q.build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
     }

@@ -1106,6 +1106,17 @@ fn the_server_process_is_hardened() {
     .unwrap();
     assert!(line.contains("serving"), "{line}");
     let pid = child.id();
+    // Stopped however the test ends: a failed assertion must not leave a server behind.
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0 as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    let _stop = Stop(pid);
     let mut control = std::process::Command::new("setpriv")
         .args(reduced)
         .args(["sleep", "5"])
@@ -1139,9 +1150,6 @@ fn the_server_process_is_hardened() {
         .find(|l| l.starts_with("Max core file size"))
         .unwrap();
     assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
+    drop(_stop);
     let _ = child.wait();
 }
