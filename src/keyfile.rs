@@ -21,7 +21,7 @@ pub enum KeyFileError {
     )]
     TooOpen { path: PathBuf, mode: u32 },
     #[error(
-        "key file \"{}\" is not a secretfs key file (expected one line of 64 hex digits); point \
+        "key file \"{}\" is not a secretfs key file (expected lines of 64 hex digits, one key each); point \
          --key-file at the key created with this store",
         .0.display()
     )]

@@ -229,12 +229,7 @@ pub async fn backup(
         ApiError::internal()
     })?;
     let path = dir.path().join("backup.db");
-    state.store().backup_to(&path).await.map_err(|e| match e {
-        crate::store::StoreError::Invalid(msg) => {
-            ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", msg)
-        }
-        other => ApiError::from(other),
-    })?;
+    state.store().backup_to(&path).await?;
     let bytes = tokio::fs::read(&path).await.map_err(|e| {
         tracing::error!(error = %e, "cannot read the backup");
         ApiError::internal()

@@ -135,6 +135,9 @@ impl From<StoreError> for ApiError {
                 ApiError::not_found(format!("token \"{id}\" not found"))
             }
             StoreError::Invalid(msg) => ApiError::invalid(msg),
+            StoreError::Unsupported(msg) => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", msg)
+            }
             StoreError::OutOfSpace => ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "out_of_space",

@@ -109,8 +109,21 @@ pub async fn visible_one(
     }
 }
 
-/// Checks a create request and turns it into a new secret (no store access).
-pub fn new_secret(body: CreateBody, limit: ValueLimit) -> Result<NewSecret, ApiError> {
+/// Checks a value against its template: an error (on the `value` field) when it cannot be that
+/// kind of secret, else what the template noticed about it (a token that does not look like the
+/// provider's), which is stored anyway but worth showing.
+fn check_value(kind: SecretKind, value: &SecretValue) -> Result<Vec<String>, ApiError> {
+    kind.check(value)
+        .map(|w| w.into_iter().map(|w| w.0).collect())
+        .map_err(|e| ApiError::invalid(e.to_string()).on("value"))
+}
+
+/// Checks a create request and turns it into a new secret (no store access), with the
+/// template's warnings about the value.
+pub fn new_secret(
+    body: CreateBody,
+    limit: ValueLimit,
+) -> Result<(NewSecret, Vec<String>), ApiError> {
     let name = parse_name(&body.name)?;
     let kind = match &body.kind {
         Some(k) => k
@@ -129,15 +142,17 @@ pub fn new_secret(body: CreateBody, limit: ValueLimit) -> Result<NewSecret, ApiE
         ))
         .on("value")
     })?;
-    kind.check(&value)
-        .map_err(|e| ApiError::invalid(e.to_string()).on("value"))?;
-    Ok(NewSecret {
-        name,
-        kind,
-        visibility,
-        tags,
-        value,
-    })
+    let warnings = check_value(kind, &value)?;
+    Ok((
+        NewSecret {
+            name,
+            kind,
+            visibility,
+            tags,
+            value,
+        },
+        warnings,
+    ))
 }
 
 /// Creates a secret owned by the caller.
@@ -206,8 +221,7 @@ pub async fn create(
     Json(body): Json<CreateBody>,
 ) -> Result<Response, ApiError> {
     let user = auth.user()?;
-    let new = new_secret(body, state.vault.value_limit())?;
-    let warnings = warnings_for(new.kind, &new.value);
+    let (new, warnings) = new_secret(body, state.vault.value_limit())?;
     let meta = create_one(&state, user, &auth.actor(), &ws, new).await?;
     Ok((StatusCode::CREATED, axum::Json(Written { meta, warnings })).into_response())
 }
@@ -220,12 +234,6 @@ struct Written {
     meta: SecretMeta,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
-}
-
-fn warnings_for(kind: SecretKind, value: &SecretValue) -> Vec<String> {
-    kind.check(value)
-        .map(|w| w.into_iter().map(|w| w.0).collect())
-        .unwrap_or_default()
 }
 
 pub async fn update(
@@ -248,13 +256,10 @@ pub async fn update(
         .transpose()?;
     let meta = visible_one(&state, user, &ws, &name).await?;
     owner_or_admin(user, &meta)?;
-    let mut warnings = Vec::new();
-    if let Some(v) = &value {
-        meta.kind
-            .check(v)
-            .map_err(|e| ApiError::invalid(e.to_string()).on("value"))?;
-        warnings = warnings_for(meta.kind, v);
-    }
+    let warnings = match &value {
+        Some(v) => check_value(meta.kind, v)?,
+        None => Vec::new(),
+    };
     let updated = state
         .vault
         .update(

@@ -23,11 +23,13 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self';
 /// Everything else is data, never a document.
 const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'; sandbox";
 
+/// A page asset, with the page's policy (every other response gets the deny-all one).
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
         ],
         body,
     )
@@ -68,17 +70,21 @@ pub async fn templates() -> Response {
     axum::Json(list).into_response()
 }
 
-/// Adds the security headers to every response: the page's CSP on the page, a deny-all CSP on
-/// everything else, and `no-store` on API answers (they carry tokens, and one carries values).
+/// Adds the security headers to every response. A response that set its own policy or cache
+/// rule (the page's assets) keeps it; everything else is data: a deny-all CSP, and `no-store`
+/// (API answers carry tokens, and one carries values).
 pub async fn security_headers(request: Request, next: Next) -> Response {
-    let is_page = matches!(request.uri().path(), "/" | "/app.js" | "/app.css");
     let mut response = next.run(request).await;
     let h = response.headers_mut();
-    let csp = if is_page { PAGE_CSP } else { API_CSP };
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(csp),
-    );
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(API_CSP),
+        );
+    }
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -92,8 +98,5 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
         HeaderName::from_static("cross-origin-opener-policy"),
         HeaderValue::from_static("same-origin"),
     );
-    if !is_page {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
     response
 }

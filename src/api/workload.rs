@@ -92,7 +92,7 @@ async fn encode(
     ws: &str,
     row: crate::store::StoredSecret,
 ) -> Result<WorkloadSecret, ApiError> {
-    let (meta, value) = vault.open_row_fresh(ws, row).await?;
+    let (meta, value) = vault.open_row(ws, row).await?;
     let bytes = value.expose_secret();
     let (text, b64) = match std::str::from_utf8(bytes) {
         Ok(t) => (Some(t.to_owned()), None),

@@ -7,6 +7,7 @@
 
 pub mod local;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 mod vault;
 
@@ -192,6 +193,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// This kind of store cannot do that (the message says what to use instead).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("store error: {0}")]
     Internal(String),
 }
@@ -229,7 +233,7 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a consistent copy of the store to `path` (ciphertext, as stored).
     async fn backup_to(&self, path: &std::path::Path) -> Result<(), StoreError> {
         let _ = path;
-        Err(StoreError::Invalid(
+        Err(StoreError::Unsupported(
             "this store has no built-in backup; for PostgreSQL use pg_dump (see the README)".into(),
         ))
     }

@@ -12,17 +12,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{
-    AuditAction, AuditRecord, Change, Store, StoreError, StoredSecret, TokenRecord, User,
-    WriteFence,
+use super::rows::{
+    Columns, META_COLUMNS, TOKEN_COLUMNS, audit_from_row, is_unique_violation, meta_from_row,
+    stored_from_row, tags_json, token_from_row, user_from_row, version_i64,
 };
-use crate::auth::TokenKind;
+use super::{AuditRecord, Change, Store, StoreError, StoredSecret, TokenRecord, User, WriteFence};
 use crate::secret::{SecretMeta, SecretName, Timestamp};
 
 /// `PRAGMA application_id` of a secretfs store: "SFS1".
@@ -295,85 +293,6 @@ fn map_err(e: sqlx::Error) -> StoreError {
     }
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
-}
-
-const META_COLUMNS: &str = "name, kind, visibility, owner, tags, version, created_at, updated_at";
-
-fn meta_from_row(row: &SqliteRow) -> Result<SecretMeta, StoreError> {
-    let bad = |what: &str| StoreError::Internal(format!("stored row has an invalid {what}"));
-    let name: String = row.try_get("name").map_err(map_err)?;
-    let kind: String = row.try_get("kind").map_err(map_err)?;
-    let visibility: String = row.try_get("visibility").map_err(map_err)?;
-    let tags: String = row.try_get("tags").map_err(map_err)?;
-    let version: i64 = row.try_get("version").map_err(map_err)?;
-    Ok(SecretMeta {
-        name: SecretName::parse(&name).map_err(|_| bad("name"))?,
-        kind: kind.parse().map_err(|_| bad("kind"))?,
-        visibility: visibility.parse().map_err(|_| bad("visibility"))?,
-        owner: row.try_get("owner").map_err(map_err)?,
-        tags: serde_json::from_str(&tags).map_err(|_| bad("tag list"))?,
-        version: u64::try_from(version).map_err(|_| bad("version"))?,
-        created_at: Timestamp::from_nanos(row.try_get("created_at").map_err(map_err)?),
-        updated_at: Timestamp::from_nanos(row.try_get("updated_at").map_err(map_err)?),
-    })
-}
-
-fn stored_from_row(row: &SqliteRow) -> Result<StoredSecret, StoreError> {
-    Ok(StoredSecret {
-        meta: meta_from_row(row)?,
-        id: row.try_get("id").map_err(map_err)?,
-        sealed: row.try_get("sealed").map_err(map_err)?,
-    })
-}
-
-fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
-    let action: String = row.try_get("action").map_err(map_err)?;
-    let version: i64 = row.try_get("version").map_err(map_err)?;
-    Ok(AuditRecord {
-        at: Timestamp::from_nanos(row.try_get("at").map_err(map_err)?),
-        workspace: row.try_get("workspace").map_err(map_err)?,
-        actor: row.try_get("actor").map_err(map_err)?,
-        action: AuditAction::parse(&action)
-            .ok_or_else(|| StoreError::Internal(format!("unknown audit action {action:?}")))?,
-        secret: row.try_get("secret").map_err(map_err)?,
-        version: u64::try_from(version).unwrap_or(0),
-        detail: row.try_get("detail").map_err(map_err)?,
-        address: row.try_get("address").map_err(map_err)?,
-    })
-}
-
-const TOKEN_COLUMNS: &str = "id, hash, kind, user_name, workspace, secrets, created_at, \
-                             expires_at, max_expires_at, ttl_secs, revoked_at, description";
-
-fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
-    let bad = |what: &str| StoreError::Internal(format!("stored token has an invalid {what}"));
-    let kind: String = row.try_get("kind").map_err(map_err)?;
-    let secrets: String = row.try_get("secrets").map_err(map_err)?;
-    let ts = |col: &str| -> Result<Option<Timestamp>, StoreError> {
-        Ok(row
-            .try_get::<Option<i64>, _>(col)
-            .map_err(map_err)?
-            .map(Timestamp::from_nanos))
-    };
-    let ttl: Option<i64> = row.try_get("ttl_secs").map_err(map_err)?;
-    Ok(TokenRecord {
-        id: row.try_get("id").map_err(map_err)?,
-        hash: row.try_get("hash").map_err(map_err)?,
-        kind: TokenKind::parse(&kind).ok_or_else(|| bad("kind"))?,
-        user: row.try_get("user_name").map_err(map_err)?,
-        workspace: row.try_get("workspace").map_err(map_err)?,
-        secrets: serde_json::from_str(&secrets).map_err(|_| bad("secret list"))?,
-        created_at: Timestamp::from_nanos(row.try_get("created_at").map_err(map_err)?),
-        expires_at: ts("expires_at")?,
-        max_expires_at: ts("max_expires_at")?,
-        ttl_secs: ttl.and_then(|t| u64::try_from(t).ok()),
-        revoked_at: ts("revoked_at")?,
-        description: row.try_get("description").map_err(map_err)?,
-    })
-}
-
 async fn insert_token<'c, E>(exec: E, t: &TokenRecord) -> Result<(), StoreError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
@@ -501,14 +420,6 @@ async fn insert_member(
     Ok(())
 }
 
-fn tags_json(tags: &[String]) -> String {
-    serde_json::to_string(tags).expect("a list of strings always serializes")
-}
-
-fn version_i64(v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Invalid(format!("version {v} is out of range")))
-}
-
 async fn insert_audit<'c, E>(exec: E, a: &AuditRecord) -> Result<(), StoreError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
@@ -590,21 +501,30 @@ impl Store for SqliteStore {
     }
 
     async fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
-        if path.exists() {
-            return Err(StoreError::Invalid(format!(
-                "backup target \"{}\" already exists; choose a new file",
-                path.display()
-            )));
-        }
-        // VACUUM INTO writes a consistent, compact copy while readers and writers go on.
+        // Created empty, 0600 and exclusively before SQLite writes into it: the copy is never
+        // readable by others, not even for a moment, and an existing file is never replaced.
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => StoreError::Invalid(format!(
+                    "backup target \"{}\" already exists; choose a new file",
+                    path.display()
+                )),
+                _ => StoreError::Unavailable(format!(
+                    "cannot create the backup \"{}\": {e}",
+                    path.display()
+                )),
+            })?;
+        // VACUUM INTO (which accepts an empty file) writes a consistent, compact copy while
+        // readers and writers go on.
         sqlx::query("VACUUM INTO ?")
             .bind(path.to_string_lossy().into_owned())
             .execute(&self.pool)
             .await
             .map_err(map_err)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| StoreError::Unavailable(format!("cannot protect the backup: {e}")))?;
         Ok(())
     }
 
@@ -918,17 +838,13 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
         rows.iter()
             .map(|row| {
-                let name: String = row.try_get("name").map_err(map_err)?;
-                Ok(User {
-                    workspaces: members
-                        .iter()
-                        .filter(|(u, _)| *u == name)
-                        .map(|(_, w)| w.clone())
-                        .collect(),
-                    admin: row.try_get("admin").map_err(map_err)?,
-                    created_at: Timestamp::from_nanos(row.try_get("created_at").map_err(map_err)?),
-                    name,
-                })
+                let name = row.text("name")?;
+                let ws = members
+                    .iter()
+                    .filter(|(u, _)| *u == name)
+                    .map(|(_, w)| w.clone())
+                    .collect();
+                user_from_row(row, ws)
             })
             .collect()
     }
@@ -949,12 +865,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        Ok(Some(User {
-            name: row.try_get("name").map_err(map_err)?,
-            admin: row.try_get("admin").map_err(map_err)?,
-            created_at: Timestamp::from_nanos(row.try_get("created_at").map_err(map_err)?),
-            workspaces,
-        }))
+        user_from_row(&row, workspaces).map(Some)
     }
 
     async fn delete_user(&self, name: &str) -> Result<(), StoreError> {

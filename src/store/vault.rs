@@ -105,14 +105,11 @@ impl Vault {
                 }
             }
         };
-        match sealer.open(&KEY_CHECK_BINDING, &check) {
-            Ok(plain) if plain.as_slice() == KEY_CHECK => {}
-            _ => {
-                return Err(StoreError::KeyMismatch(format!(
-                    "the key does not open store \"{}\"; use the key file created with this store",
-                    store.describe()
-                )));
-            }
+        if !opens_key_check(&sealer, &check) {
+            return Err(StoreError::KeyMismatch(format!(
+                "the key does not open store \"{}\"; use the key file created with this store",
+                store.describe()
+            )));
         }
         store.set_write_fence(check);
         Ok(Vault {
@@ -144,9 +141,8 @@ impl Vault {
         };
         // The current key must open the check: a ring whose old key opens it would seal new
         // values under a key the rotation is about to drop.
-        match Sealer::new(&ring.current).open(&KEY_CHECK_BINDING, &check) {
-            Ok(plain) if plain.as_slice() == KEY_CHECK => {}
-            _ => return Ok(false),
+        if !opens_key_check(&Sealer::new(&ring.current), &check) {
+            return Ok(false);
         }
         // Keys this process knew stay usable for opening: rows it cached before the rotation
         // re-sealed them still open until the cache refreshes.
@@ -169,9 +165,9 @@ impl Vault {
         self.reload_keys().await.unwrap_or(false)
     }
 
-    /// [`Vault::open_row`], re-reading the key file once when the row does not open (another
-    /// process may have rotated the key and re-sealed it).
-    pub async fn open_row_fresh(
+    /// Opens a stored row: its metadata and value. A row that does not open makes the vault
+    /// re-read its key file once (another process may have rotated the key and re-sealed it).
+    pub async fn open_row(
         &self,
         workspace: &str,
         row: StoredSecret,
@@ -229,56 +225,7 @@ impl Vault {
         let mut moved = 0;
         for workspace in self.store.workspaces().await? {
             for row in self.store.get_all(&workspace).await? {
-                let mut row = row;
-                let mut settled = false;
-                for _ in 0..MAX_RETRIES {
-                    let binding = Binding {
-                        workspace: &workspace,
-                        name: row.meta.name.as_str(),
-                        secret_id: &row.id,
-                        version: row.meta.version,
-                    };
-                    let sealer = self.sealer();
-                    let (plain, key) = sealer
-                        .open_with_key(&binding, &row.sealed)
-                        .map_err(|_| StoreError::Undecryptable(row.meta.name.clone()))?;
-                    if key == 0 {
-                        settled = true;
-                        break;
-                    }
-                    let sealed = sealer.seal(&binding, &plain);
-                    match self
-                        .store
-                        .reseal(&workspace, &row.meta.name, row.meta.version, &sealed)
-                        .await
-                    {
-                        Ok(()) => {
-                            moved += 1;
-                            settled = true;
-                            break;
-                        }
-                        Err(StoreError::VersionConflict(_)) => {
-                            row = match self.store.get(&workspace, &row.meta.name).await {
-                                Ok(r) => r,
-                                Err(StoreError::NotFound(_)) => {
-                                    settled = true;
-                                    break;
-                                }
-                                Err(e) => return Err(e),
-                            };
-                        }
-                        Err(StoreError::NotFound(_)) => {
-                            settled = true;
-                            break;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                // A value left under an old key must stop the rotation: the caller would
-                // otherwise drop that key from the key file and lose the value.
-                if !settled {
-                    return Err(StoreError::VersionConflict(row.meta.name.clone()));
-                }
+                moved += usize::from(self.reseal_one(&workspace, row).await?);
             }
         }
         let audit = AuditRecord {
@@ -293,6 +240,46 @@ impl Vault {
         };
         self.store.record(std::slice::from_ref(&audit)).await?;
         Ok(moved)
+    }
+
+    /// Re-seals one row under the current key if an older key sealed it; true when it moved. A
+    /// concurrent update is met by re-reading the row; a deleted row needs nothing.
+    async fn reseal_one(&self, workspace: &str, mut row: StoredSecret) -> Result<bool, StoreError> {
+        for _ in 0..MAX_RETRIES {
+            let binding = Binding {
+                workspace,
+                name: row.meta.name.as_str(),
+                secret_id: &row.id,
+                version: row.meta.version,
+            };
+            let sealer = self.sealer();
+            let (plain, key) = sealer
+                .open_with_key(&binding, &row.sealed)
+                .map_err(|_| StoreError::Undecryptable(row.meta.name.clone()))?;
+            if key == 0 {
+                return Ok(false);
+            }
+            let sealed = sealer.seal(&binding, &plain);
+            match self
+                .store
+                .reseal(workspace, &row.meta.name, row.meta.version, &sealed)
+                .await
+            {
+                Ok(()) => return Ok(true),
+                Err(StoreError::VersionConflict(_)) => {
+                    row = match self.store.get(workspace, &row.meta.name).await {
+                        Ok(r) => r,
+                        Err(StoreError::NotFound(_)) => return Ok(false),
+                        Err(e) => return Err(e),
+                    };
+                }
+                Err(StoreError::NotFound(_)) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        // A value left under an old key must stop the rotation: the caller would otherwise
+        // drop that key from the key file and lose the value.
+        Err(StoreError::VersionConflict(row.meta.name.clone()))
     }
 
     /// Closes the store's connections (a checkpoint, for SQLite).
@@ -535,7 +522,7 @@ impl Vault {
         let mut audits = Vec::new();
         for name in names {
             let result = match rows.remove(name) {
-                Some(row) => self.open_row_fresh(workspace, row).await,
+                Some(row) => self.open_row(workspace, row).await,
                 None => Err(StoreError::NotFound(name.clone())),
             };
             if let Ok((meta, _)) = &result {
@@ -569,16 +556,6 @@ impl Vault {
             .expect("one result per name")
     }
 
-    /// Opens a stored row: its metadata and value.
-    pub fn open_row(
-        &self,
-        workspace: &str,
-        row: StoredSecret,
-    ) -> Result<(SecretMeta, SecretValue), StoreError> {
-        let value = self.open_value(workspace, &row)?;
-        Ok((row.meta, value))
-    }
-
     fn open_value(&self, workspace: &str, row: &StoredSecret) -> Result<SecretValue, StoreError> {
         let binding = Binding {
             workspace,
@@ -595,6 +572,13 @@ impl Vault {
         SecretValue::new(plain, ValueLimit::default())
             .map_err(|_| StoreError::Undecryptable(row.meta.name.clone()))
     }
+}
+
+/// Whether `sealer` opens the store's key check (its keys are the store's).
+fn opens_key_check(sealer: &Sealer, check: &[u8]) -> bool {
+    sealer
+        .open(&KEY_CHECK_BINDING, check)
+        .is_ok_and(|plain| plain.as_slice() == KEY_CHECK)
 }
 
 /// A random 128-bit id in hex.

@@ -15,7 +15,7 @@ use secretfs::store::{
 };
 use serde_json::{Value, json};
 
-use crate::support::{Out, Scratch, Server, assert_no_canary, run_with};
+use crate::support::{Out, Scratch, Server, add_user, assert_no_canary, run_with};
 
 fn name(s: &str) -> SecretName {
     SecretName::parse(s).unwrap()
@@ -447,20 +447,12 @@ async fn a_server_rotates_its_key_while_serving_reads_and_writes() {
     assert_eq!(&got[1..], &values[1..]);
 
     // Rotation is an admin's: a member is refused.
-    let (status, member) = call(
-        &http,
-        &format!("{}/api/v1/users", server.url),
-        "POST",
-        &server.admin_token,
-        Some(json!({ "name": "bob" })),
-    )
-    .await;
-    assert_eq!(status, 201, "{member}");
+    let member = add_user(&server.url, &server.admin_token, "bob").await;
     let (status, _) = call(
         &http,
         &format!("{}/api/v1/admin/rotate-key", server.url),
         "POST",
-        member["token"].as_str().unwrap(),
+        &member,
         Some(json!({})),
     )
     .await;
@@ -497,18 +489,10 @@ async fn a_backup_restores_on_a_fresh_server_with_the_key_file() {
     assert!(out.stderr.contains("--force"), "{}", out.stderr);
 
     // A member may not take a backup.
-    let (status, member) = call(
-        &http,
-        &format!("{}/api/v1/users", server.url),
-        "POST",
-        &server.admin_token,
-        Some(json!({ "name": "bob" })),
-    )
-    .await;
-    assert_eq!(status, 201);
+    let member = add_user(&server.url, &server.admin_token, "bob").await;
     let resp = http
         .get(format!("{}/api/v1/admin/backup", server.url))
-        .bearer_auth(member["token"].as_str().unwrap())
+        .bearer_auth(&member)
         .send()
         .await
         .unwrap();

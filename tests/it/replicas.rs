@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{OwnPostgres, Scratch, Server, TempDatabase, postgres_url, run_with};
+use crate::support::{
+    OwnPostgres, Scratch, Server, TempDatabase, add_user, postgres_url, run_with,
+};
 
 async fn call(
     url: &str,
@@ -28,19 +30,6 @@ async fn call(
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
-}
-
-async fn add_user(url: &str, admin: &str, name: &str) -> String {
-    let (status, v) = call(
-        url,
-        "POST",
-        "/api/v1/users",
-        admin,
-        Some(json!({ "name": name })),
-    )
-    .await;
-    assert_eq!(status, 201, "{v}");
-    v["token"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

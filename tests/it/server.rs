@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::{
-    CANARY, Daemon, Scratch, Server, assert_no_canary, eventually, fuse_available, may_inspect,
+    CANARY, Daemon, NO_PTRACE, Scratch, Server, assert_hardened, assert_no_canary, eventually,
+    fuse_available,
 };
 
 /// Raw HTTP to the server, keeping every response body that was not a workload read, for the
@@ -1087,9 +1088,8 @@ fn the_server_process_is_hardened() {
     let s = Scratch::new();
     // Started without CAP_SYS_PTRACE, so a reader with the same uid and capabilities passes every
     // ptrace check but dumpability (as in the daemon's test).
-    let reduced = ["--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace"];
     let mut child = std::process::Command::new("setpriv")
-        .args(reduced)
+        .args(NO_PTRACE)
         .arg(crate::support::bin())
         .args(["serve", "--init", "--listen", "127.0.0.1:0", "--database"])
         .arg(format!("sqlite://{}", s.path().join("h.db").display()))
@@ -1117,39 +1117,7 @@ fn the_server_process_is_hardened() {
         }
     }
     let _stop = Stop(pid);
-    let mut control = std::process::Command::new("setpriv")
-        .args(reduced)
-        .args(["sleep", "5"])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        may_inspect(control.id(), "mem", false),
-        "the control should be readable"
-    );
-    assert!(
-        may_inspect(control.id(), "attach", false),
-        "the control should be traceable"
-    );
-    let _ = control.kill();
-    let _ = control.wait();
-    assert!(!may_inspect(pid, "mem", false), "the server is dumpable");
-    assert!(
-        !may_inspect(pid, "attach", false),
-        "the server can be traced"
-    );
-    for what in ["environ", "mem", "attach"] {
-        assert!(
-            !may_inspect(pid, what, true),
-            "another uid may {what} the server"
-        );
-    }
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let core = limits
-        .lines()
-        .find(|l| l.starts_with("Max core file size"))
-        .unwrap();
-    assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
+    assert_hardened(pid, "server");
     drop(_stop);
     let _ = child.wait();
 }

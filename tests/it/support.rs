@@ -632,6 +632,10 @@ impl Server {
     }
 }
 
+/// `setpriv` arguments that drop `CAP_SYS_PTRACE`: a process started with them, and an
+/// inspector with the same uid and the same arguments, pass every ptrace check but dumpability.
+pub const NO_PTRACE: [&str; 2] = ["--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace"];
+
 /// Whether a process may inspect process `pid`: read `/proc/PID/<what>`, or, when `what` is
 /// `"attach"`, `PTRACE_ATTACH` to it. The inspector runs without `CAP_SYS_PTRACE`, as the same
 /// uid, or (`other_uid`) as `nobody`.
@@ -640,7 +644,7 @@ pub fn may_inspect(pid: u32, what: &str, other_uid: bool) -> bool {
     if other_uid {
         cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]);
     }
-    cmd.args(["--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace"]);
+    cmd.args(NO_PTRACE);
     let code = if what == "attach" {
         format!(
             "import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); \
@@ -656,4 +660,61 @@ pub fn may_inspect(pid: u32, what: &str, other_uid: bool) -> bool {
         .status()
         .expect("setpriv and python3 are needed by the tests")
         .success()
+}
+
+/// Asserts that `pid` (the process `name`, started under `setpriv NO_PTRACE`) is hardened: not
+/// dumpable, so a same-uid reader cannot read its memory or attach while a control process
+/// started the same way can; another uid can read neither its memory nor its environment nor
+/// attach; no core files.
+pub fn assert_hardened(pid: u32, name: &str) {
+    let mut control = Command::new("setpriv")
+        .args(NO_PTRACE)
+        .args(["sleep", "5"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        may_inspect(control.id(), "mem", false),
+        "the control should be readable"
+    );
+    assert!(
+        may_inspect(control.id(), "attach", false),
+        "the control should be traceable"
+    );
+    let _ = control.kill();
+    let _ = control.wait();
+    assert!(!may_inspect(pid, "mem", false), "the {name} is dumpable");
+    assert!(
+        !may_inspect(pid, "attach", false),
+        "the {name} can be traced"
+    );
+    for what in ["environ", "mem", "attach"] {
+        assert!(
+            !may_inspect(pid, what, true),
+            "another uid may {what} the {name}"
+        );
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
+}
+
+/// Creates user `name` through the server at `url` with the admin token `admin`; returns the
+/// new user's token.
+pub async fn add_user(url: &str, admin: &str, name: &str) -> String {
+    secretfs::client::install_crypto_provider();
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/api/v1/users"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({ "name": name }))
+        .send()
+        .await
+        .expect("POST /api/v1/users");
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().await.unwrap_or_default();
+    assert_eq!(status, 201, "{v}");
+    v["token"].as_str().unwrap().to_owned()
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::support::{Scratch, Server, run_with};
+use crate::support::{Scratch, Server, add_user, run_with};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -57,19 +57,6 @@ fn unique_canary() -> String {
         "canary-webpage-{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
     )
-}
-
-async fn new_user(http: &reqwest::Client, server: &Server, name: &str) -> String {
-    let resp = http
-        .post(format!("{}/api/v1/users", server.url))
-        .bearer_auth(&server.admin_token)
-        .json(&json!({ "name": name }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 201);
-    let v: Value = resp.json().await.unwrap();
-    v["token"].as_str().unwrap().to_owned()
 }
 
 fn ssh_public_key(dir: &Path) -> String {
@@ -197,34 +184,27 @@ async fn the_page_is_served_with_strict_security_headers() {
     assert_eq!(r.status().as_u16(), 401);
 
     // Field-level errors, which the page shows next to the field.
-    let r = http
-        .post(format!("{}/api/v1/workspaces/default/secrets", server.url))
-        .bearer_auth(&server.admin_token)
-        .json(&json!({ "name": "bad name", "value": "y" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 422);
-    assert_eq!(r.json::<Value>().await.unwrap()["field"], "name");
-    let r = http
-        .post(format!("{}/api/v1/workspaces/default/secrets", server.url))
-        .bearer_auth(&server.admin_token)
-        .json(&json!({ "name": "K", "kind": "ssh-public-key", "value": "nope" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 422);
-    assert_eq!(r.json::<Value>().await.unwrap()["field"], "value");
+    let create = |body: Value| {
+        let req = http
+            .post(format!("{}/api/v1/workspaces/default/secrets", server.url))
+            .bearer_auth(&server.admin_token)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = create(json!({ "name": "bad name", "value": "y" })).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["field"], "name");
+    let (status, body) =
+        create(json!({ "name": "K", "kind": "ssh-public-key", "value": "nope" })).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["field"], "value");
     // A token that does not look like the provider's is stored with a warning.
-    let r = http
-        .post(format!("{}/api/v1/workspaces/default/secrets", server.url))
-        .bearer_auth(&server.admin_token)
-        .json(&json!({ "name": "HF_TOKEN", "kind": "huggingface", "value": "nothf" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) =
+        create(json!({ "name": "HF_TOKEN", "kind": "huggingface", "value": "nothf" })).await;
+    assert_eq!(status, 201);
     assert!(
         body["warnings"][0]
             .as_str()
@@ -242,9 +222,8 @@ async fn the_secrets_page_in_headless_chromium() {
     secretfs::client::install_crypto_provider();
     let s = Scratch::new();
     let server = Server::start(&s);
-    let http = reqwest::Client::new();
-    let alice = new_user(&http, &server, "alice").await;
-    let bob = new_user(&http, &server, "bob").await;
+    let alice = add_user(&server.url, &server.admin_token, "alice").await;
+    let bob = add_user(&server.url, &server.admin_token, "bob").await;
     let canary = unique_canary();
     let ssh_key = ssh_public_key(s.path());
     let out = s.path().join("browser");
