@@ -1,4 +1,5 @@
-//! Tokens: their format, generation and verification. Pure apart from the random source.
+//! Tokens: their format, generation and verification. Pure apart from the random source and
+//! reading token files.
 //!
 //! A token is `sfs_<kind>_<id>_<secret>`: `kind` is `u` (user) or `w` (workload), `id` 16 hex
 //! digits (public: it names the token in lists, logs and revocations), `secret` 256 random bits
@@ -132,6 +133,40 @@ impl Presented {
     pub fn matches(&self, stored: &[u8]) -> bool {
         stored.len() == 32 && bool::from(self.hash.ct_eq(stored))
     }
+}
+
+/// A token read from a file, with a warning when the file is open to more than its owner.
+pub struct TokenFile {
+    pub token: Token,
+    /// Says what to run when group or others may read the file: a Kubernetes Secret volume is
+    /// 0644 unless `defaultMode` says otherwise, so this warns instead of refusing.
+    pub warning: Option<String>,
+}
+
+/// Reads a token file: the first line, trimmed. Errors name the file, never its content.
+pub fn read_token_file(path: &std::path::Path) -> Result<TokenFile, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?,
+    );
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(format!("token file {} is empty", path.display()));
+    }
+    let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o777);
+    let warning = (mode & 0o077 != 0).then(|| {
+        format!(
+            "token file {} can be read by group or others (mode {mode:04o}); run \"chmod 600 {}\" \
+             (in a Kubernetes Secret volume: defaultMode: 0400)",
+            path.display(),
+            path.display()
+        )
+    });
+    Ok(TokenFile {
+        token: Token::from_string(token.to_owned()),
+        warning,
+    })
 }
 
 /// A token shown in lists: the id and the first characters, never the secret part.

@@ -28,16 +28,29 @@ fn init_logging(verbose: u8, daemon: bool) {
 fn main() -> ExitCode {
     // The launcher is on every container's start path: it skips clap and everything else the
     // management commands need.
-    let mut raw = std::env::args_os();
-    if raw.nth(1).is_some_and(|a| a == "run") {
-        let rest: Vec<std::ffi::OsString> = raw.collect();
-        return secretfs::launch::main(&rest);
+    let mut raw = std::env::args_os().peekable();
+    let _program = raw.next();
+    match raw.next() {
+        Some(a) if a == "run" => {
+            let rest: Vec<std::ffi::OsString> = raw.collect();
+            return secretfs::launch::main(&rest);
+        }
+        // The mount daemon's unmount guard (fs::guard), started by `secretfs mount` itself.
+        // `secretfs help run`: the launcher's options are its own, not clap's.
+        Some(a) if a == "help" && raw.peek().is_some_and(|b| b == "run") => {
+            return secretfs::launch::main(&["--help".into()]);
+        }
+        Some(a) if a == secretfs::fs::guard::ARG => {
+            let rest: Vec<std::ffi::OsString> = raw.collect();
+            return secretfs::fs::guard::main(&rest);
+        }
+        _ => {}
     }
     let cli = match secretfs::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return secretfs::cli::usage_error(e),
     };
-    init_logging(cli.global.verbose, cli.command.is_daemon());
+    init_logging(cli.verbose, cli.command.is_daemon());
     match secretfs::cli::run(cli) {
         Ok(code) => code,
         Err(err) => secretfs::cli::report(&err),

@@ -480,6 +480,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(secrets::list).post(secrets::create),
         )
         .route(
+            "/api/v1/workspaces/{ws}/secrets:import",
+            post(secrets::import),
+        )
+        .route(
             "/api/v1/workspaces/{ws}/secrets/{name}",
             get(secrets::get_one)
                 .patch(secrets::update)

@@ -226,6 +226,51 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(Written { meta, warnings })).into_response())
 }
 
+/// A batch of secrets to create, all or none (what `secretfs secret import` sends).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportBody {
+    pub secrets: Vec<CreateBody>,
+}
+
+/// `POST /api/v1/workspaces/{ws}/secrets:import`: every secret is checked, then all are created
+/// in one transaction, or none.
+pub async fn import(
+    State(state): State<Arc<AppState>>,
+    UserAuth(auth): UserAuth,
+    Path(ws): Path<String>,
+    Json(body): Json<ImportBody>,
+) -> Result<Response, ApiError> {
+    let user = auth.user()?;
+    member(user, &ws)?;
+    if body.secrets.is_empty() {
+        return Err(
+            ApiError::invalid("secrets is an empty list; send at least one secret").on("secrets"),
+        );
+    }
+    let limit = state.vault.value_limit();
+    let mut new = Vec::with_capacity(body.secrets.len());
+    let mut warnings = Vec::new();
+    for b in body.secrets {
+        let (n, w) = new_secret(b, limit)?;
+        warnings.push(w);
+        new.push(n);
+    }
+    let created = state.vault.create_many(&ws, &auth.actor(), new).await?;
+    state.changed();
+    let secrets: Vec<Written> = created
+        .into_iter()
+        .zip(warnings)
+        .map(|(meta, warnings)| Written { meta, warnings })
+        .collect();
+    Ok((StatusCode::CREATED, axum::Json(ImportAnswer { secrets })).into_response())
+}
+
+#[derive(Serialize)]
+struct ImportAnswer {
+    secrets: Vec<Written>,
+}
+
 /// A created or updated secret's metadata, with what the template noticed about the value
 /// (a token that does not look like the provider's): stored anyway, but worth showing.
 #[derive(Serialize)]

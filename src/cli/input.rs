@@ -13,24 +13,56 @@ use zeroize::Zeroizing;
 
 use crate::secret::{SecretName, SecretValue, ValueLimit};
 
+/// What to do with a newline at the end of a piped or file value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrailingNewline {
+    /// Keep the bytes as they are, with a warning that says so (the default: a value is never
+    /// changed without being asked).
+    #[default]
+    Keep,
+    /// Drop one trailing `\n` (or `\r\n`), as a terminal prompt does.
+    Trim,
+}
+
 /// Reads a value for `name` from `file` (`-` or `None` means stdin).
 pub fn read_value(
     file: Option<&Path>,
     name: &SecretName,
     limit: ValueLimit,
+    newline: TrailingNewline,
 ) -> anyhow::Result<SecretValue> {
-    let bytes = match file.filter(|p| p.as_os_str() != "-") {
+    let (mut bytes, from) = match file.filter(|p| p.as_os_str() != "-") {
         Some(path) => {
             let f = File::open(path)
                 .with_context(|| format!("cannot open value file \"{}\"", path.display()))?;
-            read_capped(f, limit)
-                .with_context(|| format!("cannot read value file \"{}\"", path.display()))?
+            let bytes = read_capped(f, limit)
+                .with_context(|| format!("cannot read value file \"{}\"", path.display()))?;
+            (bytes, format!("file {}", path.display()))
         }
-        None if io::stdin().is_terminal() => prompt(name, limit)?,
-        None => {
-            read_capped(io::stdin().lock(), limit).context("cannot read the value from stdin")?
+        // The prompt reads up to the newline and never includes it.
+        None if io::stdin().is_terminal() => {
+            return Ok(SecretValue::new(prompt(name, limit)?, limit)?);
         }
+        None => (
+            read_capped(io::stdin().lock(), limit).context("cannot read the value from stdin")?,
+            "stdin".to_owned(),
+        ),
     };
+    if bytes.last() == Some(&b'\n') {
+        match newline {
+            TrailingNewline::Trim => {
+                bytes.pop();
+                if bytes.last() == Some(&b'\r') {
+                    bytes.pop();
+                }
+            }
+            TrailingNewline::Keep => eprintln!(
+                "warning: the value for \"{name}\" (from {from}) ends with a newline, which is \
+                 stored as part of it; write values with printf '%s' rather than echo, or pass \
+                 --trim-newline to drop it"
+            ),
+        }
+    }
     Ok(SecretValue::new(bytes, limit)?)
 }
 

@@ -28,6 +28,10 @@ pub struct BackupArgs {
     /// Replace PATH if it exists.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub store: super::StoreOpts,
+    #[command(flatten)]
+    pub server: super::ServerOpts,
 }
 
 pub async fn key(g: &GlobalArgs, cmd: KeyCommand) -> anyhow::Result<ExitCode> {

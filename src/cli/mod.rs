@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. The only layer that uses `anyhow`; every
 //! error reaching `main` is printed as `error: ...` (plus a `hint: ...` line when there is one).
 
+mod dotenv;
 mod input;
 mod maintain;
 mod mount;
@@ -25,41 +26,155 @@ use crate::store::{StoreError, Vault};
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub global: GlobalArgs,
+    pub early: EarlyArgs,
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
 
-#[derive(Debug, Args)]
-pub struct GlobalArgs {
-    /// The local store file [default: $XDG_DATA_HOME/secretfs/store.db].
-    #[arg(long, global = true, env = "SECRETFS_STORE", value_name = "PATH")]
+/// The connection options given before the command (`secretfs --store X secret list`), as
+/// scripts have always been able to. Hidden here: each command documents the ones it takes.
+#[derive(Debug, Args, Default)]
+pub struct EarlyArgs {
+    #[arg(long, value_name = "PATH", hide = true)]
     pub store: Option<PathBuf>,
-    /// The local store's key file [default: the store path with ".key" appended].
-    #[arg(long, global = true, env = "SECRETFS_KEY_FILE", value_name = "PATH")]
+    #[arg(long, value_name = "PATH", hide = true)]
     pub key_file: Option<PathBuf>,
-    /// The server (comma-separated replicas); default: the one `secretfs login` saved.
-    #[arg(long, global = true, env = "SECRETFS_URL", value_name = "URL")]
+    #[arg(long, value_name = "URL", hide = true)]
     pub url: Option<String>,
-    /// A file holding the token for the server (else SECRETFS_TOKEN, else `login`'s).
-    #[arg(long, global = true, env = "SECRETFS_TOKEN_FILE", value_name = "PATH")]
+    #[arg(long, value_name = "PATH", hide = true)]
     pub token_file: Option<PathBuf>,
-    /// The workspace on the server [default: default].
-    #[arg(long, short = 'w', global = true, env = "SECRETFS_WORKSPACE")]
+    #[arg(long, short = 'w', value_name = "NAME", hide = true)]
     pub workspace: Option<String>,
-    /// A PEM file of CA certificates to trust besides the system's (a private CA).
-    #[arg(long, global = true, env = "SECRETFS_CA_FILE", value_name = "PEM")]
+    #[arg(long, value_name = "PEM", hide = true)]
     pub ca_file: Option<PathBuf>,
-    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+}
+
+// The environment variables are read by `GlobalArgs::resolve`, not by clap: a variable clap
+// reads counts as a given option, and clap's usage lines then show it as if typed
+// ("Usage: secretfs mount --store <PATH> <DIR>").
+
+/// The local store a command acts on.
+#[derive(Debug, Args, Default)]
+pub struct StoreOpts {
+    /// The local store file [env: SECRETFS_STORE] [default: $XDG_DATA_HOME/secretfs/store.db]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// The local store's key file [env: SECRETFS_KEY_FILE] [default: the store path + ".key"]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// The server a command talks to.
+#[derive(Debug, Args, Default)]
+pub struct ServerOpts {
+    /// The server (comma-separated replicas) [env: SECRETFS_URL] [default: the one `secretfs
+    /// login` saved]
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// A file holding the token for the server [env: SECRETFS_TOKEN_FILE] (else SECRETFS_TOKEN,
+    /// else the token `secretfs login` saved)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust besides the system's (a private CA) [env:
+    /// SECRETFS_CA_FILE]
+    #[arg(long, global = true, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The workspace on the server.
+#[derive(Debug, Args, Default)]
+pub struct WorkspaceOpt {
+    /// The workspace on the server [env: SECRETFS_WORKSPACE] [default: the one `secretfs
+    /// login` saved, else default]
+    #[arg(long, short = 'w', global = true, value_name = "NAME")]
+    pub workspace: Option<String>,
+}
+
+/// Where a command acts, resolved: the command's own options, else those given before the
+/// command, else the environment.
+#[derive(Debug, Default, Clone)]
+pub struct GlobalArgs {
+    pub store: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub workspace: Option<String>,
+    pub ca_file: Option<PathBuf>,
     pub verbose: u8,
+}
+
+fn env_var(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name).filter(|v| !v.is_empty())
+}
+
+impl GlobalArgs {
+    fn resolve(
+        early: &EarlyArgs,
+        verbose: u8,
+        store: Option<&StoreOpts>,
+        server: Option<&ServerOpts>,
+        workspace: Option<&WorkspaceOpt>,
+    ) -> anyhow::Result<GlobalArgs> {
+        let text = |v: std::ffi::OsString, name: &str| {
+            v.into_string()
+                .map_err(|_| anyhow::anyhow!("{name} is not valid UTF-8"))
+        };
+        Ok(GlobalArgs {
+            store: store
+                .and_then(|s| s.store.clone())
+                .or_else(|| early.store.clone())
+                .or_else(|| env_var("SECRETFS_STORE").map(PathBuf::from)),
+            key_file: store
+                .and_then(|s| s.key_file.clone())
+                .or_else(|| early.key_file.clone())
+                .or_else(|| env_var("SECRETFS_KEY_FILE").map(PathBuf::from)),
+            url: match server
+                .and_then(|s| s.url.clone())
+                .or_else(|| early.url.clone())
+            {
+                Some(u) => Some(u),
+                None => env_var("SECRETFS_URL")
+                    .map(|v| text(v, "SECRETFS_URL"))
+                    .transpose()?,
+            },
+            token_file: server
+                .and_then(|s| s.token_file.clone())
+                .or_else(|| early.token_file.clone())
+                .or_else(|| env_var("SECRETFS_TOKEN_FILE").map(PathBuf::from)),
+            workspace: match workspace
+                .and_then(|w| w.workspace.clone())
+                .or_else(|| early.workspace.clone())
+            {
+                Some(w) => Some(w),
+                None => env_var("SECRETFS_WORKSPACE")
+                    .map(|v| text(v, "SECRETFS_WORKSPACE"))
+                    .transpose()?,
+            },
+            ca_file: server
+                .and_then(|s| s.ca_file.clone())
+                .or_else(|| early.ca_file.clone())
+                .or_else(|| env_var("SECRETFS_CA_FILE").map(PathBuf::from)),
+            verbose,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create, list, update and delete secrets.
-    #[command(subcommand)]
-    Secret(secret::SecretCommand),
+    /// Create, list, update and delete secrets (in the local store, or on the server).
+    Secret {
+        #[command(flatten)]
+        store: StoreOpts,
+        #[command(flatten)]
+        server: ServerOpts,
+        #[command(flatten)]
+        workspace: WorkspaceOpt,
+        #[command(subcommand)]
+        cmd: secret::SecretCommand,
+    },
     /// Mount the secrets as a read-only filesystem (runs in the foreground).
     Mount(mount::MountArgs),
     /// Check whether FUSE mounts can work here, and say what is missing.
@@ -69,24 +184,47 @@ pub enum Command {
     /// Save a server URL and your token (read from stdin or --token-file) for later commands.
     Login(remote::LoginArgs),
     /// Workspaces on the server.
-    #[command(subcommand)]
-    Workspace(remote::WorkspaceCommand),
+    Workspace {
+        #[command(flatten)]
+        server: ServerOpts,
+        #[command(subcommand)]
+        cmd: remote::WorkspaceCommand,
+    },
     /// Users of the server (admin).
-    #[command(subcommand)]
-    User(remote::UserCommand),
+    User {
+        #[command(flatten)]
+        server: ServerOpts,
+        #[command(flatten)]
+        workspace: WorkspaceOpt,
+        #[command(subcommand)]
+        cmd: remote::UserCommand,
+    },
     /// User and workload tokens.
-    #[command(subcommand)]
-    Token(remote::TokenCommand),
+    Token {
+        #[command(flatten)]
+        server: ServerOpts,
+        #[command(flatten)]
+        workspace: WorkspaceOpt,
+        #[command(subcommand)]
+        cmd: remote::TokenCommand,
+    },
     /// The server's audit log (admin).
     Audit(remote::AuditArgs),
-    /// The master key that seals every value.
-    #[command(subcommand)]
-    Key(maintain::KeyCommand),
+    /// The master key that seals every value (in the local store, or on the server).
+    Key {
+        #[command(flatten)]
+        store: StoreOpts,
+        #[command(flatten)]
+        server: ServerOpts,
+        #[command(subcommand)]
+        cmd: maintain::KeyCommand,
+    },
     /// Write a consistent copy of the store (values stay sealed) to a file.
     Backup(maintain::BackupArgs),
-    /// Run a workload with its secrets in its environment (see "secretfs run --help").
+    /// Run a workload with its secrets in its environment ("secretfs run --help" for options).
     #[command(disable_help_flag = true)]
     Run {
+        /// The launcher's options, then the command ("secretfs run --help" lists them).
         #[arg(
             trailing_var_arg = true,
             allow_hyphen_values = true,
@@ -106,8 +244,10 @@ impl Command {
 /// How lists and results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Output {
+    /// Aligned columns for people.
     #[default]
     Table,
+    /// JSON for scripts.
     Json,
 }
 
@@ -167,29 +307,73 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Secret(cmd) => runtime()?.block_on(secret::run(&cli.global, cmd)),
-        Command::Mount(args) => mount::mount(&cli.global, args),
+    let Cli {
+        early,
+        verbose,
+        command,
+    } = cli;
+    let g =
+        |store, server, workspace| GlobalArgs::resolve(&early, verbose, store, server, workspace);
+    match command {
+        Command::Secret {
+            store,
+            server,
+            workspace,
+            cmd,
+        } => {
+            let g = g(Some(&store), Some(&server), Some(&workspace))?;
+            runtime()?.block_on(secret::run(&g, cmd))
+        }
+        Command::Mount(args) => {
+            let g = g(Some(&args.store), Some(&args.server), None)?;
+            mount::mount(&g, args)
+        }
         Command::Doctor => mount::doctor(),
-        Command::Serve(args) => remote::serve(&cli.global, args),
-        Command::Login(args) => runtime()?.block_on(remote::login(&cli.global, args)),
-        Command::Workspace(cmd) => runtime()?.block_on(remote::workspace(&cli.global, cmd)),
-        Command::User(cmd) => runtime()?.block_on(remote::user(&cli.global, cmd)),
-        Command::Token(cmd) => runtime()?.block_on(remote::token(&cli.global, cmd)),
-        Command::Audit(args) => runtime()?.block_on(remote::audit(&cli.global, args)),
-        Command::Key(cmd) => runtime()?.block_on(maintain::key(&cli.global, cmd)),
-        Command::Backup(args) => runtime()?.block_on(maintain::backup(&cli.global, args)),
+        Command::Serve(args) => remote::serve(&g(None, None, None)?, args),
+        Command::Login(args) => runtime()?.block_on(remote::login(&g(None, None, None)?, args)),
+        Command::Workspace { server, cmd } => {
+            let g = g(None, Some(&server), None)?;
+            runtime()?.block_on(remote::workspace(&g, cmd))
+        }
+        Command::User {
+            server,
+            workspace,
+            cmd,
+        } => {
+            let g = g(None, Some(&server), Some(&workspace))?;
+            runtime()?.block_on(remote::user(&g, cmd))
+        }
+        Command::Token {
+            server,
+            workspace,
+            cmd,
+        } => {
+            let g = g(None, Some(&server), Some(&workspace))?;
+            runtime()?.block_on(remote::token(&g, cmd))
+        }
+        Command::Audit(args) => {
+            let g = g(None, Some(&args.server), None)?;
+            runtime()?.block_on(remote::audit(&g, args))
+        }
+        Command::Key { store, server, cmd } => {
+            let g = g(Some(&store), Some(&server), None)?;
+            runtime()?.block_on(maintain::key(&g, cmd))
+        }
+        Command::Backup(args) => {
+            let g = g(Some(&args.store), Some(&args.server), None)?;
+            runtime()?.block_on(maintain::backup(&g, args))
+        }
         Command::Run { args } => {
-            // Reached only when options came before "run" (secretfs -v run ...); the global
-            // store options carry over to the launcher.
+            // Reached only when options came before "run" (secretfs -v run ...); the store
+            // options given there carry over to the launcher.
             let mut forwarded = Vec::new();
-            if let Some(store) = &cli.global.store {
+            if let Some(store) = &early.store {
                 forwarded.extend(["--store".into(), store.clone().into_os_string()]);
             }
-            if let Some(key) = &cli.global.key_file {
+            if let Some(key) = &early.key_file {
                 forwarded.extend(["--key-file".into(), key.clone().into_os_string()]);
             }
-            for _ in 0..cli.global.verbose {
+            for _ in 0..verbose {
                 forwarded.push("-v".into());
             }
             forwarded.extend(args);
@@ -235,9 +419,87 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     #[test]
     fn the_command_line_definition_is_consistent() {
-        use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// Every command, option and argument a user can see says what it is.
+    #[test]
+    fn every_option_and_argument_has_a_description() {
+        fn walk(cmd: &mut clap::Command, path: &str, missing: &mut Vec<String>) {
+            cmd.build();
+            if cmd.get_about().is_none() && path != "secretfs" {
+                missing.push(format!("{path} (the command)"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if arg
+                    .get_help()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            let names: Vec<String> = cmd
+                .get_subcommands()
+                .map(|c| c.get_name().to_owned())
+                .collect();
+            for name in names {
+                if name == "help" {
+                    continue;
+                }
+                let sub = cmd.find_subcommand_mut(&name).unwrap();
+                walk(sub, &format!("{path} {name}"), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&mut super::Cli::command(), "secretfs", &mut missing);
+        assert!(missing.is_empty(), "no description: {missing:#?}");
+    }
+
+    /// A command lists only the options it uses: the server takes no server to talk to.
+    #[test]
+    fn commands_list_only_their_own_options() {
+        let mut cli = super::Cli::command();
+        cli.build();
+        let options = |path: &[&str]| -> Vec<String> {
+            let mut c = &cli;
+            for p in path {
+                c = c.find_subcommand(p).unwrap();
+            }
+            c.get_arguments()
+                .filter(|a| !a.is_hide_set())
+                .filter_map(|a| a.get_long().map(str::to_owned))
+                .collect()
+        };
+        let serve = options(&["serve"]);
+        for foreign in ["url", "token-file", "workspace", "store", "ca-file"] {
+            assert!(
+                !serve.contains(&foreign.to_owned()),
+                "serve lists --{foreign}"
+            );
+        }
+        assert!(serve.contains(&"key-file".to_owned()));
+        let mount = options(&["mount"]);
+        assert!(!mount.contains(&"workspace".to_owned()));
+        assert!(mount.contains(&"store".to_owned()) && mount.contains(&"url".to_owned()));
+        let create = options(&["secret", "create"]);
+        for own in ["store", "url", "workspace", "from-file"] {
+            assert!(
+                create.contains(&own.to_owned()),
+                "secret create lacks --{own}"
+            );
+        }
+        assert!(
+            options(&["doctor"])
+                .iter()
+                .all(|o| o == "verbose" || o == "help" || o == "version")
+        );
     }
 }

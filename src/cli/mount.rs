@@ -16,30 +16,66 @@ use crate::source::{LocalSource, ServerSource, Source};
 use crate::store::local::LocalPaths;
 
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("url", |a| a.help("The server to mount from (comma-separated replicas) [env: SECRETFS_URL]; without it, the local store")),
+    mut_arg("token_file", |a| a.help("A file holding the workload token [env: SECRETFS_TOKEN_FILE] (else SECRETFS_TOKEN)")),
+)]
 pub struct MountArgs {
     /// The directory to mount the secrets on (must exist).
     pub dir: PathBuf,
+    #[command(flatten)]
+    pub store: super::StoreOpts,
+    #[command(flatten)]
+    pub server: super::ServerOpts,
     /// Mount only this secret (repeatable); default: every secret the source allows.
     #[arg(long = "secret", short = 's', value_name = "NAME")]
     pub secrets: Vec<String>,
-    /// Owner of the files [default: the user running the mount].
-    #[arg(long)]
+    /// Owner of the files: a user name or uid [default: the user running the mount].
+    #[arg(long, value_name = "USER", value_parser = parse_uid)]
     pub uid: Option<u32>,
-    /// Group of the files [default: the group running the mount].
-    #[arg(long)]
+    /// Group of the files: a group name or gid [default: the group running the mount].
+    #[arg(long, value_name = "GROUP", value_parser = parse_gid)]
     pub gid: Option<u32>,
     /// File mode, read bits only: 0400, 0440 or 0444.
     #[arg(long, default_value = "0400", value_parser = parse_mode)]
     pub mode: u32,
     /// How often to re-read the source ("30s", "5m"; "0" never).
-    #[arg(long, default_value = "30s", value_parser = parse_refresh)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_refresh)]
     pub refresh: Refresh,
     /// Log every open with the caller's uid, gid and pid (opens then cost a round trip).
     #[arg(long)]
     pub audit: bool,
     /// With a server: how long to keep retrying one that is unavailable at start.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub start_timeout: Duration,
+}
+
+/// A user name (looked up in the system's user database, as `chown` does) or a numeric uid.
+fn parse_uid(s: &str) -> Result<u32, String> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::User::from_name(s) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => Err(format!(
+            "no user named {s:?} on this system; give a user name from /etc/passwd or a numeric uid"
+        )),
+        Err(e) => Err(format!("cannot look up user {s:?}: {e}")),
+    }
+}
+
+/// A group name or a numeric gid.
+fn parse_gid(s: &str) -> Result<u32, String> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!(
+            "no group named {s:?} on this system; give a group name from /etc/group or a numeric gid"
+        )),
+        Err(e) => Err(format!("cannot look up group {s:?}: {e}")),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

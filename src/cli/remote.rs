@@ -80,17 +80,13 @@ fn save_config(cfg: &Config) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Reads a token from a file (first line, trimmed).
+/// Reads a token from a file (first line, trimmed), warning when others may read the file.
 pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<Token> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read token file {}", path.display()))?,
-    );
-    let token = text.lines().next().unwrap_or("").trim();
-    if token.is_empty() {
-        bail!("token file {} is empty", path.display());
+    let file = crate::auth::read_token_file(path).map_err(anyhow::Error::msg)?;
+    if let Some(w) = file.warning {
+        tracing::warn!("{w}");
     }
-    Ok(Token::from_string(token.to_owned()))
+    Ok(file.token)
 }
 
 /// The token from the environment: `SECRETFS_TOKEN`, else the file `SECRETFS_TOKEN_FILE` names.
@@ -181,18 +177,20 @@ fn print_token(token: &str) -> anyhow::Result<()> {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port, printed when ready).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// The store: sqlite://PATH.
-    #[arg(
-        long,
-        env = "SECRETFS_DATABASE_URL",
-        default_value = "sqlite://secretfs.db"
-    )]
-    pub database: String,
+    /// The store: sqlite://PATH, or postgres://... for replicas sharing one PostgreSQL [env:
+    /// SECRETFS_DATABASE_URL]
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// The master key file [env: SECRETFS_KEY_FILE] [default: the SQLite path + ".key";
+    /// required with PostgreSQL, the same file on every replica]
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
     /// Serve TLS with this certificate chain (PEM), with --tls-key.
     #[arg(long, requires = "tls_key", value_name = "PEM")]
     pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert", value_name = "PEM")]
     pub tls_key: Option<PathBuf>,
     /// On a new store, create the "default" workspace's admin and write its token to a file.
@@ -202,15 +200,25 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
     /// How long workload-read audit records may wait to be written together.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub audit_interval: Duration,
 }
 
 pub fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let database = match a.database {
+        Some(d) => d,
+        None => super::env_var("SECRETFS_DATABASE_URL")
+            .map(|v| {
+                v.into_string()
+                    .map_err(|_| anyhow::anyhow!("SECRETFS_DATABASE_URL is not valid UTF-8"))
+            })
+            .transpose()?
+            .unwrap_or_else(|| "sqlite://secretfs.db".to_owned()),
+    };
     let opts = crate::server::ServeOptions {
         listen: a.listen,
-        database: a.database,
-        key_file: g.key_file.clone(),
+        database,
+        key_file: a.key_file.or_else(|| g.key_file.clone()),
         tls: a.tls_cert.zip(a.tls_key),
         init: a.init,
         admin_token_file: a.admin_token_file,
@@ -238,6 +246,10 @@ pub struct LoginArgs {
     /// Read the token from this file instead of stdin.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust besides the system's (a private CA); saved with
+    /// the login [env: SECRETFS_CA_FILE]
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -252,7 +264,8 @@ pub async fn login(g: &GlobalArgs, a: LoginArgs) -> anyhow::Result<ExitCode> {
         Some(p) => read_token_file(p)?,
         None if std::io::stdin().is_terminal() => {
             let name = crate::secret::SecretName::parse("token").expect("valid");
-            let value = super::input::read_value(None, &name, Default::default())?;
+            let value =
+                super::input::read_value(None, &name, Default::default(), Default::default())?;
             Token::from_string(
                 String::from_utf8_lossy(value.expose_secret())
                     .trim()
@@ -265,7 +278,8 @@ pub async fn login(g: &GlobalArgs, a: LoginArgs) -> anyhow::Result<ExitCode> {
             Token::from_string(buf.trim().to_owned())
         }
     };
-    let client = Client::new(&a.url, &token, g.ca_file.as_deref())?;
+    let ca_file = a.ca_file.clone().or_else(|| g.ca_file.clone());
+    let client = Client::new(&a.url, &token, ca_file.as_deref())?;
     let me: WhoAmI = client
         .get("/api/v1/whoami", &[])
         .await
@@ -273,8 +287,8 @@ pub async fn login(g: &GlobalArgs, a: LoginArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = load_config().unwrap_or_default();
     cfg.url = Some(a.url.clone());
     cfg.token = Some(token.expose_secret().to_owned());
-    if g.ca_file.is_some() {
-        cfg.ca_file = g.ca_file.clone();
+    if ca_file.is_some() {
+        cfg.ca_file = ca_file;
     }
     let path = save_config(&cfg)?;
     eprintln!(
@@ -291,12 +305,20 @@ pub async fn login(g: &GlobalArgs, a: LoginArgs) -> anyhow::Result<ExitCode> {
 #[derive(Debug, Subcommand)]
 pub enum WorkspaceCommand {
     /// Create a workspace (admin); you become its first member.
-    Create { name: String },
+    Create {
+        /// The new workspace's name.
+        name: String,
+    },
     /// The workspaces you belong to.
     #[command(visible_alias = "ls")]
     List,
     /// Add an existing user to a workspace (admin).
-    AddMember { workspace: String, user: String },
+    AddMember {
+        /// The workspace.
+        workspace: String,
+        /// The user to add.
+        user: String,
+    },
 }
 
 pub async fn workspace(g: &GlobalArgs, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> {
@@ -333,19 +355,26 @@ pub enum UserCommand {
     /// Create a user (admin) in the workspace --workspace names [default: default]; prints
     /// their first token, once.
     Add {
+        /// The new user's name (letters, digits, ".", "_", "-").
         name: String,
+        /// Make the user an administrator: manages users, workspaces and keys, reads the audit
+        /// log.
         #[arg(long)]
         admin: bool,
     },
     /// Users and their workspaces (admin).
     #[command(visible_alias = "ls")]
     List {
+        /// Output format.
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: Output,
     },
     /// Remove a user and their tokens (admin).
     #[command(visible_aliases = ["rm", "remove"])]
-    Delete { name: String },
+    Delete {
+        /// The user to remove.
+        name: String,
+    },
 }
 
 #[derive(Deserialize, Serialize)]
@@ -411,11 +440,15 @@ pub enum TokenCommand {
         /// Everyone's tokens (admin).
         #[arg(long)]
         all: bool,
+        /// Output format.
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: Output,
     },
     /// Revoke a token by id.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id (the 16 hex digits after sfs_u_ or sfs_w_, as "token list" shows).
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -429,13 +462,14 @@ pub struct TokenCreateArgs {
     /// A secret the workload token may read (repeatable).
     #[arg(long = "secret", short = 's', value_name = "NAME")]
     pub secrets: Vec<String>,
-    /// How long the token is valid, and how far a renewal extends it.
-    #[arg(long)]
+    /// How long the token is valid, and how far a renewal extends it ("1h", "30d").
+    #[arg(long, value_name = "DURATION")]
     pub ttl: Option<String>,
     /// The longest a workload token may live, renewals included.
-    #[arg(long)]
+    #[arg(long, value_name = "DURATION")]
     pub max_ttl: Option<String>,
-    #[arg(long, default_value = "")]
+    /// What the token is for, shown in "token list".
+    #[arg(long, value_name = "TEXT", default_value = "")]
     pub description: String,
 }
 
@@ -536,12 +570,16 @@ pub async fn token(g: &GlobalArgs, cmd: TokenCommand) -> anyhow::Result<ExitCode
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     /// Records since an RFC 3339 time or a duration ago ("1h").
-    #[arg(long)]
+    #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,
-    #[arg(long, default_value_t = 1000)]
+    /// At most this many records, newest last.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
     pub limit: u32,
+    /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: Output,
+    #[command(flatten)]
+    pub server: super::ServerOpts,
 }
 
 pub async fn audit(g: &GlobalArgs, a: AuditArgs) -> anyhow::Result<ExitCode> {

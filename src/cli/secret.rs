@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::input::read_value;
+use super::input::{TrailingNewline, read_value};
 use super::{
     GlobalArgs, Output, Remote, UsageError, configured_remote, open_local, with_store_hint,
 };
 use crate::client::Client;
-use crate::secret::{SecretKind, SecretMeta, SecretName, ValueLimit, Visibility};
+use crate::secret::{SecretKind, SecretMeta, SecretName, SecretValue, ValueLimit, Visibility};
 use crate::store::local::{LocalError, OpenMode, local_user};
 use crate::store::{Actor, DEFAULT_WORKSPACE, NewSecret, SecretUpdate, StoreError, Vault};
 
@@ -27,14 +27,27 @@ pub enum SecretCommand {
     /// Delete a secret.
     #[command(visible_aliases = ["rm", "remove"])]
     Delete(DeleteArgs),
-    /// Create one secret per file of a directory (e.g. an old /run/secrets), named after the file.
+    /// Create secrets from a directory of files (Docker's /run/secrets, a Kubernetes secret
+    /// volume) or a .env file; everything is checked first, then all are created or none.
     Import(ImportArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The directory whose regular files become secrets.
-    pub dir: PathBuf,
+    /// A directory whose files become secrets named after them; a Kubernetes secret volume's
+    /// links (NAME -> ..data/NAME) are followed, its ..-entries skipped.
+    #[arg(required_unless_present = "dotenv", conflicts_with = "dotenv")]
+    pub dir: Option<PathBuf>,
+    /// A .env file whose NAME=VALUE lines become secrets (python-dotenv's quoting, comments and
+    /// ${VAR} expansion).
+    #[arg(long, value_name = "FILE")]
+    pub dotenv: Option<PathBuf>,
+    /// With --dotenv: keep ${VAR} as written instead of expanding it.
+    #[arg(long, requires = "dotenv")]
+    pub no_interpolate: bool,
+    /// Drop one trailing newline from each file's value (files written with echo end in one).
+    #[arg(long)]
+    pub trim_newline: bool,
     /// Make the imported secrets usable by every workspace member.
     #[arg(long)]
     pub public: bool,
@@ -64,23 +77,32 @@ pub struct CreateArgs {
     /// Read the value from this file ("-" for stdin) instead of stdin.
     #[arg(long, short = 'f', value_name = "PATH")]
     pub from_file: Option<PathBuf>,
+    /// Drop one trailing newline from a piped or file value (echo adds one).
+    #[arg(long)]
+    pub trim_newline: bool,
+    /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: Output,
 }
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: Output,
 }
 
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
+    /// The secret to update.
     pub name: String,
     /// Read the new value from this file ("-" for stdin). Without it, the value is read from
     /// stdin unless only visibility or tags are being changed.
     #[arg(long, short = 'f', value_name = "PATH")]
     pub from_file: Option<PathBuf>,
+    /// Drop one trailing newline from a piped or file value (echo adds one).
+    #[arg(long)]
+    pub trim_newline: bool,
     /// Make the secret usable by every workspace member.
     #[arg(long, conflicts_with = "private")]
     pub public: bool,
@@ -93,12 +115,14 @@ pub struct UpdateArgs {
     /// Remove every tag.
     #[arg(long, conflicts_with = "tags")]
     pub clear_tags: bool,
+    /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: Output,
 }
 
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
+    /// The secret to delete.
     pub name: String,
 }
 
@@ -203,6 +227,40 @@ impl Target {
         }
     }
 
+    /// Creates every secret or none.
+    async fn create_many(&self, new: Vec<NewSecret>) -> anyhow::Result<()> {
+        match self {
+            Target::Local(v) => {
+                v.create_many(DEFAULT_WORKSPACE, &Actor::local(local_user()), new)
+                    .await
+                    .map_err(with_store_hint)?;
+                Ok(())
+            }
+            Target::Remote(r) => {
+                let secrets: Vec<serde_json::Value> = new
+                    .iter()
+                    .map(|n| {
+                        serde_json::json!({
+                            "name": n.name.as_str(),
+                            "value_base64": Client::encode_value(&n.value),
+                            "kind": n.kind.as_str(),
+                            "visibility": n.visibility.as_str(),
+                            "tags": n.tags,
+                        })
+                    })
+                    .collect();
+                let _: serde_json::Value = r
+                    .client
+                    .post(
+                        &format!("{}:import", Self::secrets_path(r)),
+                        serde_json::json!({ "secrets": secrets }),
+                    )
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
     async fn update(&self, name: &SecretName, update: SecretUpdate) -> anyhow::Result<SecretMeta> {
         match self {
             Target::Local(v) => Ok(v
@@ -290,7 +348,12 @@ async fn create(g: &GlobalArgs, a: CreateArgs) -> anyhow::Result<ExitCode> {
     {
         return Err(with_store_hint(StoreError::AlreadyExists(name)));
     }
-    let value = read_value(a.from_file.as_deref(), &name, Default::default())?;
+    let value = read_value(
+        a.from_file.as_deref(),
+        &name,
+        Default::default(),
+        newline(a.trim_newline),
+    )?;
     for w in a.kind.check(&value)? {
         eprintln!("warning: {w}");
     }
@@ -352,7 +415,12 @@ async fn update(g: &GlobalArgs, a: UpdateArgs) -> anyhow::Result<ExitCode> {
     let value = if metadata_only {
         None
     } else {
-        let value = read_value(a.from_file.as_deref(), &name, target.value_limit())?;
+        let value = read_value(
+            a.from_file.as_deref(),
+            &name,
+            target.value_limit(),
+            newline(a.trim_newline),
+        )?;
         for w in current.kind.check(&value)? {
             eprintln!("warning: {w}");
         }
@@ -381,50 +449,228 @@ async fn delete(g: &GlobalArgs, a: DeleteArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn import(g: &GlobalArgs, a: ImportArgs) -> anyhow::Result<ExitCode> {
-    use anyhow::Context;
-    let tags = crate::secret::validate_tags(&a.tags).map_err(anyhow::Error::msg)?;
-    // Read and check everything first: a bad file name or value stops the import before any
-    // secret is created.
-    let mut entries: Vec<_> = std::fs::read_dir(&a.dir)
-        .with_context(|| format!("cannot read directory \"{}\"", a.dir.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("cannot read directory \"{}\"", a.dir.display()))?;
-    entries.sort_by_key(|e| e.file_name());
-    let mut secrets = Vec::new();
-    for entry in entries {
-        if !entry.file_type()?.is_file() {
-            continue;
-        }
-        let file = entry.file_name();
-        let name = parse_name(&file.to_string_lossy())
-            .with_context(|| format!("file \"{}\" cannot be a secret", entry.path().display()))?;
-        let value = read_value(Some(&entry.path()), &name, Default::default())
-            .with_context(|| format!("secret \"{name}\""))?;
-        secrets.push((name, value));
+fn newline(trim: bool) -> TrailingNewline {
+    if trim {
+        TrailingNewline::Trim
+    } else {
+        TrailingNewline::Keep
     }
+}
+
+/// One secret an import would create, or why it cannot.
+struct Candidate {
+    /// Where it came from, for messages: `file "PATH"` or `FILE line N`.
+    from: String,
+    name: SecretName,
+    value: SecretValue,
+}
+
+async fn import(g: &GlobalArgs, a: ImportArgs) -> anyhow::Result<ExitCode> {
+    let tags = crate::secret::validate_tags(&a.tags).map_err(anyhow::Error::msg)?;
+    let mut problems = Vec::new();
+    let (source, candidates) = match (&a.dir, &a.dotenv) {
+        (Some(dir), _) => (
+            dir.display().to_string(),
+            import_dir(dir, newline(a.trim_newline), &mut problems)?,
+        ),
+        (None, Some(file)) => (
+            file.display().to_string(),
+            import_dotenv(file, !a.no_interpolate, &mut problems)?,
+        ),
+        (None, None) => unreachable!("clap requires DIR or --dotenv"),
+    };
+    // Names the target already holds are problems too, found before anything is written.
     let target = Target::open(g, OpenMode::CreateIfMissing)
         .await?
         .expect("opened");
-    let count = secrets.len();
-    for (name, value) in secrets {
-        target
-            .create(NewSecret {
-                name,
-                kind: SecretKind::Custom,
-                visibility: if a.public {
-                    Visibility::Public
-                } else {
-                    Visibility::Private
-                },
-                tags: tags.clone(),
-                value,
-            })
-            .await?;
+    let existing: Vec<SecretName> = target.list().await?.into_iter().map(|m| m.name).collect();
+    for c in &candidates {
+        if existing.contains(&c.name) {
+            problems.push(format!(
+                "{}: secret \"{}\" already exists (\"secretfs secret update {}\" replaces it)",
+                c.from, c.name, c.name
+            ));
+        }
     }
+    if !problems.is_empty() {
+        target.close().await;
+        let count = problems.len();
+        return Err(anyhow::anyhow!(
+            "nothing imported from \"{source}\"; {count} problem{} to fix first:\n  {}",
+            if count == 1 { "" } else { "s" },
+            problems.join("\n  ")
+        ));
+    }
+    if candidates.is_empty() {
+        target.close().await;
+        eprintln!("imported 0 secrets from \"{source}\" (it holds none)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let visibility = if a.public {
+        Visibility::Public
+    } else {
+        Visibility::Private
+    };
+    let count = candidates.len();
+    let new: Vec<NewSecret> = candidates
+        .into_iter()
+        .map(|c| NewSecret {
+            name: c.name,
+            kind: SecretKind::Custom,
+            visibility,
+            tags: tags.clone(),
+            value: c.value,
+        })
+        .collect();
+    target.create_many(new).await?;
     target.close().await;
-    eprintln!("imported {count} secrets from \"{}\"", a.dir.display());
+    eprintln!(
+        "imported {count} secret{} from \"{source}\"",
+        if count == 1 { "" } else { "s" }
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The files of `dir` as secrets: regular files, and links to regular files inside `dir` (a
+/// Kubernetes volume's `NAME -> ..data/NAME`, whose `..data` is swapped atomically on update).
+/// Entries starting with `..` are the volume's own and are skipped.
+fn import_dir(
+    dir: &std::path::Path,
+    newline: TrailingNewline,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<Vec<Candidate>> {
+    use anyhow::Context;
+    let unreadable = || format!("cannot read directory \"{}\"", dir.display());
+    let root = dir.canonicalize().with_context(unreadable)?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(unreadable)?
+        .collect::<Result<_, _>>()
+        .with_context(unreadable)?;
+    entries.sort_by_key(|e| e.file_name());
+    let mut out = Vec::new();
+    for entry in entries {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if file.starts_with("..") {
+            continue;
+        }
+        let path = entry.path();
+        let from = format!("file \"{}\"", path.display());
+        let link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        if link {
+            match path.canonicalize() {
+                Ok(target) if target.starts_with(&root) => {}
+                Ok(target) => {
+                    problems.push(format!(
+                        "{from} links to {} outside the directory; copy the file in if it is meant \
+                         to be imported",
+                        target.display()
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    problems.push(format!("{from} is a broken link: {e}"));
+                    continue;
+                }
+            }
+        }
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(m) if m.is_dir() => {
+                eprintln!(
+                    "warning: skipped directory \"{}\" (import reads files only)",
+                    path.display()
+                );
+                continue;
+            }
+            Ok(_) => {
+                problems.push(format!("{from} is not a regular file"));
+                continue;
+            }
+            Err(e) => {
+                problems.push(format!("{from}: {e}"));
+                continue;
+            }
+        }
+        let name = match SecretName::parse(&file) {
+            Ok(n) => n,
+            Err(e) => {
+                problems.push(format!("{from} cannot be a secret: {e}"));
+                continue;
+            }
+        };
+        match read_value(Some(&path), &name, Default::default(), newline) {
+            Ok(value) => out.push(Candidate { from, name, value }),
+            Err(e) => problems.push(format!("{from}: {e:#}")),
+        }
+    }
+    Ok(out)
+}
+
+/// The entries of a .env file as secrets (see `dotenv`): every problem is collected, with its
+/// line, never a value.
+fn import_dotenv(
+    file: &std::path::Path,
+    interpolate: bool,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<Vec<Candidate>> {
+    use anyhow::Context;
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(file).with_context(|| format!("cannot read \"{}\"", file.display()))?,
+    );
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        anyhow::bail!(
+            "\"{}\" is not UTF-8 text; a .env file must be",
+            file.display()
+        );
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    let parsed = super::dotenv::parse(
+        text,
+        interpolate.then_some(&env as super::dotenv::Lookup<'_>),
+    );
+    let shown = file.display();
+    for line in &parsed.bad_lines {
+        problems.push(format!(
+            "{shown} line {line}: cannot be parsed (a quote left open, or text after a closing quote)"
+        ));
+    }
+    let mut out: Vec<Candidate> = Vec::new();
+    let mut lines_of: std::collections::HashMap<String, usize> = Default::default();
+    for e in parsed.entries {
+        let from = format!("{shown} line {}", e.line);
+        if let Some(first) = lines_of.insert(e.key.clone(), e.line) {
+            problems.push(format!(
+                "{from}: {} is set again (first on line {first}); keep one",
+                e.key
+            ));
+            continue;
+        }
+        for var in &e.from_environment {
+            eprintln!(
+                "warning: {from}: {} takes ${{{var}}} from this shell's environment, as \
+                 python-dotenv would; pass --no-interpolate to keep it as written",
+                e.key
+            );
+        }
+        let name = match SecretName::parse(&e.key) {
+            Ok(n) => n,
+            Err(err) => {
+                problems.push(format!("{from}: {err}"));
+                continue;
+            }
+        };
+        let Some(text) = e.value else {
+            problems.push(format!("{from}: {name} has no value (no \"=\")"));
+            continue;
+        };
+        let bytes = zeroize::Zeroizing::new(text.as_bytes().to_vec());
+        match SecretValue::new(bytes, Default::default()) {
+            Ok(value) => out.push(Candidate { from, name, value }),
+            Err(err) => problems.push(format!("{from}: {err}")),
+        }
+    }
+    Ok(out)
 }
 
 fn done(meta: &SecretMeta, verb: &str, output: Output) -> anyhow::Result<ExitCode> {

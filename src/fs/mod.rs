@@ -1,10 +1,13 @@
 //! The daemon's filesystem: a flat, read-only directory of secret files held in locked memory.
 //!
-//! `tree` is the pure model, `memory` the locked value storage, `fuse` the fuser adapter, and
-//! `mount` the lifecycle (checks, mount, refresh, signals, unmount).
+//! `tree` is the pure model, `memory` the locked value storage, `fuse` the fuser adapter,
+//! `mount` the lifecycle (checks, mount, refresh, signals, unmount), `mountinfo` what is mounted
+//! where, and `guard` the process that unmounts after a killed daemon.
 
 pub mod doctor;
 pub mod fuse;
+pub mod guard;
 pub mod memory;
 pub mod mount;
+pub mod mountinfo;
 pub mod tree;

@@ -152,46 +152,7 @@ pub fn prepare_mount_point(dir: &Path) -> Result<PathBuf, MountError> {
 
 /// Whether a secretfs filesystem is mounted at `dir` (per /proc/self/mountinfo).
 pub fn is_secretfs_mount(dir: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = dir.to_string_lossy();
-    info.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(dash) = fields.iter().position(|f| *f == "-") else {
-            return false;
-        };
-        let (Some(point), Some(fstype), Some(source)) =
-            (fields.get(4), fields.get(dash + 1), fields.get(dash + 2))
-        else {
-            return false;
-        };
-        unescape_mountinfo(point) == wanted
-            && (*fstype == "fuse.secretfs" || (fstype.starts_with("fuse") && *source == "secretfs"))
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as three octal digits (`\040`).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) if b[i] == b'\\' => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            _ => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    super::mountinfo::secretfs_at(&super::mountinfo::read(), dir).is_some()
 }
 
 /// Unmounts `dir`: a plain unmount, lazily if it is busy (a process has a file or its working
@@ -459,7 +420,9 @@ pub struct Ready {
     pub secrets: usize,
     pub source: String,
     pub locked: bool,
-    pub auto_unmount: bool,
+    /// Whether a killed daemon's mount will be taken away (the guard is armed, or fusermount3's
+    /// auto-unmount helper runs).
+    pub cleaned_up_if_killed: bool,
 }
 
 enum Event {
@@ -489,11 +452,19 @@ pub fn run(
     }
     let count = tree.read().unwrap_or_else(|e| e.into_inner()).len();
 
+    // The guard first, while this process holds no FUSE descriptor it could inherit.
+    let mut guard = match super::guard::spawn(&dir) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the unmount guard");
+            None
+        }
+    };
     let auto_unmount = super::doctor::find_in_path("fusermount3").is_some();
-    if !auto_unmount {
+    if !auto_unmount && guard.is_none() {
         tracing::warn!(
-            "fusermount3 not found (install fuse3): if this daemon is killed, the mount stays \
-             behind until the next start recovers it"
+            "fusermount3 not found (install fuse3) and no unmount guard: if this daemon is \
+             killed, the mount stays behind until the next start recovers it"
         );
     }
     let mut options = vec![
@@ -522,6 +493,23 @@ pub fn run(
             source,
             problems: super::doctor::problems(),
         })?;
+    // Arm the guard with this mount's identity; from here on a killed daemon is cleaned up.
+    let armed = guard.as_mut().is_some_and(|g| {
+        let Some(entry) = super::mountinfo::secretfs_at(&super::mountinfo::read(), &dir) else {
+            tracing::warn!(dir = %dir.display(), "the new mount is not in mountinfo; the unmount guard stays idle");
+            return false;
+        };
+        match g.arm(&entry) {
+            Ok(()) => {
+                tracing::debug!(guard_pid = g.pid(), mount_id = entry.id, "unmount guard armed");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot arm the unmount guard");
+                false
+            }
+        }
+    });
     let notifier = session.notifier();
     let mut unmounter = session.unmount_callable();
 
@@ -573,7 +561,7 @@ pub fn run(
         secrets: count,
         source: description,
         locked: !super::memory::mlock_failed(),
-        auto_unmount,
+        cleaned_up_if_killed: armed || auto_unmount,
     });
 
     match inbox.recv() {
@@ -603,17 +591,7 @@ pub fn run(
     if fuse_thread.is_finished() {
         let _ = fuse_thread.join();
     }
+    // Closing the pipe lets the guard go; it finds the mount gone and exits quietly.
+    drop(guard);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(r"/tmp/a\040b"), "/tmp/a b");
-        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
-        assert_eq!(unescape_mountinfo(r"/x\\"), r"/x\\");
-    }
 }

@@ -26,6 +26,8 @@ pub struct RunArgs {
     pub ca_file: Option<PathBuf>,
     pub wait: Option<Duration>,
     pub inherit_env: Option<InheritEnv>,
+    /// `--allow-unsafe-env NAME`: a variable of `plan::UNSAFE_ENV` that may hold a secret anyway.
+    pub allow_unsafe_env: Vec<String>,
     pub workdir: Option<PathBuf>,
     pub dry_run: bool,
     pub verbose: u8,
@@ -56,6 +58,11 @@ options:
                           trusts a private CA
   --wait DURATION         wait up to DURATION for the directory to hold every secret (\"10s\")
   --inherit-env MODE      all (default), none, or NAME,NAME,... to pass through
+                          (SECRETFS_TOKEN, SECRETFS_TOKEN_FILE and SECRETFS_IDENTITY_TOKEN_FILE,
+                          the launcher's own credentials, pass only when named or set with -e)
+  --allow-unsafe-env NAME let a secret into NAME although the loader, a shell or an interpreter
+                          reads it as a path or code (LD_*, BASH_ENV, PYTHONPATH, ...: refused
+                          by default; see the README for the list)
   --workdir DIR           run COMMAND in DIR
   --dry-run               print the plan (values shown as <secret NAME>) and exit
   -v, --verbose           log what is resolved from where (never values)
@@ -136,6 +143,7 @@ pub fn parse(args: &[OsString]) -> Result<RunArgs, String> {
             "--ca-file" => out.ca_file = Some(value(flag)?.into()),
             "--wait" => out.wait = Some(parse_duration("--wait", &value(flag)?)?),
             "--inherit-env" => out.inherit_env = Some(InheritEnv::parse(&value(flag)?)?),
+            "--allow-unsafe-env" => out.allow_unsafe_env.push(value(flag)?),
             "--workdir" => out.workdir = Some(value(flag)?.into()),
             "--dry-run" if inline.is_none() => out.dry_run = true,
             "-v" | "--verbose" if inline.is_none() => out.verbose += 1,

@@ -181,6 +181,87 @@ impl ExecPlan {
     }
 }
 
+/// Variables that the dynamic loader, libc, a shell or an interpreter reads as a path or as
+/// code, with the reason. A secret in one of them can end up in an error message (ld.so prints
+/// an `LD_PRELOAD` it cannot load, value and all) or run as code (`BASH_ENV` names a file bash
+/// executes), so the planner refuses to put one there unless `--allow-unsafe-env` names it.
+/// Most come from glibc's list of variables it ignores in setuid programs for the same reason;
+/// the rest are shells' and interpreters' start-up hooks. A trailing `*` matches a prefix.
+pub const UNSAFE_ENV: &[(&str, &str)] = &[
+    (
+        "LD_*",
+        "the dynamic loader reads it as libraries to load or as its own options",
+    ),
+    (
+        "GCONV_PATH",
+        "glibc loads character-set conversion modules from it",
+    ),
+    ("GETCONF_DIR", "glibc reads it as a directory of programs"),
+    ("HOSTALIASES", "the resolver reads it as a file"),
+    ("LOCALDOMAIN", "the resolver reads it as its search list"),
+    ("LOCPATH", "glibc loads locale data from it"),
+    ("MALLOC_TRACE", "glibc writes a trace file there"),
+    ("NIS_PATH", "glibc reads it as paths"),
+    ("NLSPATH", "glibc loads message catalogs from it"),
+    ("RESOLV_HOST_CONF", "the resolver reads it as a file"),
+    ("RES_OPTIONS", "the resolver reads it as its options"),
+    ("TMPDIR", "programs create files in it"),
+    ("TZDIR", "glibc loads time zone files from it"),
+    ("PATH", "the launcher and shells search it for programs"),
+    ("BASH_ENV", "bash runs the file it names before any script"),
+    ("ENV", "sh and bash run the file it names at start"),
+    (
+        "BASH_FUNC_*",
+        "bash imports it as a function definition (code)",
+    ),
+    ("SHELLOPTS", "bash reads it as its options"),
+    ("BASHOPTS", "bash reads it as its options"),
+    ("PS4", "bash expands it as code when tracing"),
+    ("PROMPT_COMMAND", "bash runs it as code"),
+    ("IFS", "shells split every word with it"),
+    ("CDPATH", "shells search it for directories"),
+    ("PYTHONPATH", "Python imports modules from it"),
+    ("PYTHONHOME", "Python loads its standard library from it"),
+    ("PYTHONSTARTUP", "Python runs the file it names"),
+    ("PERL5OPT", "perl reads it as command-line options (code)"),
+    ("PERL5LIB", "perl loads modules from it"),
+    ("PERLLIB", "perl loads modules from it"),
+    ("PERL5DB", "perl runs it as code"),
+    ("RUBYOPT", "ruby reads it as command-line options (code)"),
+    ("RUBYLIB", "ruby loads libraries from it"),
+    (
+        "NODE_OPTIONS",
+        "node reads it as options (--require runs code)",
+    ),
+    ("NODE_PATH", "node loads modules from it"),
+    (
+        "JAVA_TOOL_OPTIONS",
+        "the JVM reads it as options (-javaagent runs code)",
+    ),
+    ("_JAVA_OPTIONS", "the JVM reads it as options"),
+    ("JDK_JAVA_OPTIONS", "the java launcher reads it as options"),
+];
+
+/// Why `name` must not hold a secret, if it must not.
+pub fn unsafe_env_reason(name: &str) -> Option<&'static str> {
+    UNSAFE_ENV.iter().find_map(|(pattern, why)| {
+        let hit = match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == *pattern,
+        };
+        hit.then_some(*why)
+    })
+}
+
+/// The launcher's own credentials: read by the launcher, never inherited by the workload (a
+/// renewable token for the whole set, where the spec mapped one secret), unless the spec or a
+/// flag sets the variable or an `inherit_env` allowlist names it.
+pub const LAUNCHER_CREDENTIALS: &[&str] = &[
+    "SECRETFS_TOKEN",
+    "SECRETFS_TOKEN_FILE",
+    "SECRETFS_IDENTITY_TOKEN_FILE",
+];
+
 /// The environment variable name rule, stated in errors.
 pub const ENV_RULE: &str = "a letter or '_' first, then letters, digits, '_', '.' or '-'";
 
@@ -306,6 +387,33 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         }
     }
 
+    let allowed: Vec<&str> = args
+        .allow_unsafe_env
+        .iter()
+        .chain(&spec.allow_unsafe_env)
+        .map(String::as_str)
+        .collect();
+    for var in vars.values() {
+        let (n, what) = match &var.value {
+            Value::Secret(n) => (n, "secret"),
+            Value::SecretFile(n) => (n, "the file of secret"),
+            Value::Plain(_) => continue,
+        };
+        if let Some(why) = unsafe_env_reason(&var.name)
+            && !allowed.contains(&var.name.as_str())
+        {
+            problems.push(format!(
+                "refusing to put {what} \"{n}\" in {} ({}): {why}, so a value there can reach an \
+                 error message or run as code; map the secret to another variable, or if you \
+                 really mean it pass --allow-unsafe-env {} (spec: allow_unsafe_env = [\"{}\"])",
+                var.name,
+                var.origin.label(),
+                var.name,
+                var.name
+            ));
+        }
+    }
+
     // The source: a flag replaces the spec's choice entirely.
     let flag_sources = [args.dir.is_some(), args.store.is_some(), args.url.is_some()];
     let spec_sources = [
@@ -424,7 +532,7 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
     let inherited = base_env
         .iter()
         .filter(|(k, _)| match &inherit {
-            InheritEnv::All => true,
+            InheritEnv::All => !LAUNCHER_CREDENTIALS.iter().any(|c| k == c),
             InheritEnv::None => false,
             InheritEnv::Only(names) => names.iter().any(|n| k == n.as_str()),
         })

@@ -99,7 +99,11 @@ pub fn resolve(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Resolved, Vec<St
                 SourcePlan::Store { .. } | SourcePlan::Server { .. } => {
                     match memory_file(n, value_of(n)) {
                         Ok(fd) => {
-                            let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                            // This process becomes the workload (exec keeps the pid), so the
+                            // path names the same file in every process of the workload, for
+                            // as long as it runs: /proc/self would be each opener's own table.
+                            let path =
+                                format!("/proc/{}/fd/{}", std::process::id(), fd.as_raw_fd());
                             env.push(entry(var.name.as_bytes(), path.as_bytes()));
                             memfds.push(fd);
                         }
@@ -128,15 +132,20 @@ fn entry(name: &[u8], value: &[u8]) -> Bytes {
 }
 
 /// A sealed memory file holding `value`, inherited by the workload: `[secret_files]` for
-/// sources that have no file of their own, without ever writing the value to a disk.
+/// sources that have no file of their own, without ever writing the value to a disk. It looks
+/// like a mounted secret file: owned by this (the workload's) uid, mode 0400, so tools that check
+/// a key file's permissions (`ssh-keygen`, `ssh`) accept it.
 fn memory_file(name: &SecretName, value: &[u8]) -> nix::Result<OwnedFd> {
     use nix::fcntl::{FcntlArg, SealFlag, fcntl};
     use nix::sys::memfd::{MFdFlags, memfd_create};
+    use nix::sys::stat::{Mode, fchmod};
     // No MFD_CLOEXEC: the descriptor must survive exec.
     let fd = memfd_create(
         format!("secretfs:{name}").as_str(),
         MFdFlags::MFD_ALLOW_SEALING,
     )?;
+    // A memfd starts at 0777; the owner's write bit is not needed (the seals forbid writes).
+    fchmod(&fd, Mode::S_IRUSR)?;
     let mut written = 0;
     while written < value.len() {
         written += nix::unistd::write(&fd, &value[written..])?;
@@ -183,15 +192,11 @@ fn fetch(source: &SourcePlan, names: &[SecretName]) -> Result<Vec<Bytes>, Vec<St
 /// `SECRETFS_TOKEN_FILE` names.
 fn server_token(file: Option<&Path>) -> Result<Token, String> {
     let from_file = |p: &Path| -> Result<Token, String> {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read token file {}: {e}", p.display()))?,
-        );
-        let t = text.lines().next().unwrap_or("").trim();
-        if t.is_empty() {
-            return Err(format!("token file {} is empty", p.display()));
+        let file = crate::auth::read_token_file(p)?;
+        if let Some(w) = file.warning {
+            eprintln!("warning: {w}");
         }
-        Ok(Token::from_string(t.to_owned()))
+        Ok(file.token)
     };
     if let Some(p) = file {
         return from_file(p);
@@ -293,7 +298,30 @@ fn fetch_dir(
         let mut values = Vec::with_capacity(names.len());
         let mut problems = Vec::new();
         let mut only_absent = true;
-        for name in names {
+        // The directory itself first: one clear problem instead of "no file" per name.
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(vec![format!(
+                    "the source {} is not a directory; give --dir the directory that holds \
+                     the secret files",
+                    dir.display()
+                )]);
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => problems.push(format!(
+                "the source directory {} does not exist (is the secretfs mount or the secret \
+                 volume there yet? --wait waits for it)",
+                dir.display()
+            )),
+            Err(e) => {
+                return Err(vec![format!(
+                    "cannot use the source directory {}: {e}",
+                    dir.display()
+                )]);
+            }
+        }
+        let dir_missing = !problems.is_empty();
+        for name in names.iter().filter(|_| !dir_missing) {
             match read_secret_file(dir, name) {
                 Ok(v) => values.push(v),
                 Err(Missing::Absent(p)) => problems.push(p),

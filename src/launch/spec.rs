@@ -25,6 +25,10 @@ pub struct Spec {
     pub secret_files: BTreeMap<String, String>,
     #[serde(default)]
     pub source: SourceSpec,
+    /// Variables that may hold a secret although the loader, libc, a shell or an interpreter
+    /// reads them as a path or as code (see `plan::UNSAFE_ENV`); for whoever really means it.
+    #[serde(default)]
+    pub allow_unsafe_env: Vec<String>,
 }
 
 /// Where secrets come from. At most one of `dir`, `store`, `url`.

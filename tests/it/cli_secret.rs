@@ -452,13 +452,7 @@ fn import_makes_one_secret_per_file_and_checks_everything_first() {
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("imported 2 secrets"), "{}", out.stderr);
-    let names: Vec<String> = list_json(&s)
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(names, ["HF_TOKEN", "db-password"]);
+    assert_eq!(names_of(&list_json(&s)), ["HF_TOKEN", "db-password"]);
     assert_eq!(list_json(&s)[0]["tags"], serde_json::json!(["imported"]));
 
     // One bad file name stops the import before anything is created.
@@ -473,4 +467,346 @@ fn import_makes_one_secret_per_file_and_checks_everything_first() {
         1,
         "cannot be a secret",
     );
+}
+
+/// The names in the store, sorted.
+fn names_of(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The values secretfs would hand a workload, read back through the launcher (values are
+/// write-only: the launcher is the way to see one), as a name -> value map.
+fn stored_values(s: &Scratch, names: &[&str]) -> std::collections::BTreeMap<String, String> {
+    let report = s.path().join("values.json");
+    let mut args = vec![
+        "run",
+        "--store",
+        s.store().to_str().unwrap().to_owned().leak(),
+    ];
+    for n in names {
+        args.extend(["-s", n]);
+    }
+    let script = "import json, os, sys; json.dump({n: os.environ[n] for n in sys.argv[2:]}, open(sys.argv[1], 'w'))";
+    args.extend([
+        "--",
+        crate::support::python(),
+        "-c",
+        script,
+        report.to_str().unwrap(),
+    ]);
+    args.extend(names);
+    s.ok(&args, b"");
+    serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
+}
+
+/// A Kubernetes secret volume: `NAME -> ..data/NAME`, `..data -> ..2026_...` (swapped atomically
+/// by the kubelet); Docker's /run/secrets is plain files. Both import under the names they show.
+#[test]
+fn import_reads_kubernetes_secret_volumes_and_docker_secrets() {
+    use std::os::unix::fs::symlink;
+    let s = Scratch::new();
+    let vol = s.path().join("volume");
+    let data = vol.join("..2026_12_01_09_30_00.123456789");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("HF_TOKEN"), CANARY).unwrap();
+    std::fs::write(data.join("db-password"), "pw").unwrap();
+    symlink("..2026_12_01_09_30_00.123456789", vol.join("..data")).unwrap();
+    symlink("..data/HF_TOKEN", vol.join("HF_TOKEN")).unwrap();
+    symlink("..data/db-password", vol.join("db-password")).unwrap();
+    let out = s.run(&["secret", "import", vol.to_str().unwrap()], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("imported 2 secrets"), "{}", out.stderr);
+    let values = stored_values(&s, &["HF_TOKEN", "db-password"]);
+    assert_eq!(values["HF_TOKEN"], CANARY);
+    assert_eq!(values["db-password"], "pw");
+
+    let docker = s.path().join("run-secrets");
+    std::fs::create_dir(&docker).unwrap();
+    std::fs::write(docker.join("api_key"), "k").unwrap();
+    let out = s.run(&["secret", "import", docker.to_str().unwrap()], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(stored_values(&s, &["api_key"])["api_key"], "k");
+
+    // A link that leaves the directory is not followed.
+    let leaky = s.path().join("leaky");
+    std::fs::create_dir(&leaky).unwrap();
+    symlink("/etc/hostname", leaky.join("host")).unwrap();
+    refused(
+        &s,
+        &["secret", "import", leaky.to_str().unwrap()],
+        b"",
+        1,
+        "links to /etc/hostname outside the directory",
+    );
+}
+
+/// Every problem is reported at once, and nothing is created until there are none.
+#[test]
+fn import_reports_every_problem_at_once_and_creates_nothing() {
+    let s = Scratch::new();
+    s.ok(&["secret", "create", "taken"], b"old");
+    let dir = s.path().join("many");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("GOOD"), "x").unwrap();
+    std::fs::write(dir.join("9bad"), "x").unwrap();
+    std::fs::write(dir.join("empty"), "").unwrap();
+    std::fs::write(dir.join("taken"), "new").unwrap();
+    std::fs::write(dir.join("huge"), vec![b'a'; 1024 * 1024 + 1]).unwrap();
+    let out = s.run(&["secret", "import", dir.to_str().unwrap()], b"");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    for needle in [
+        "4 problems to fix first",
+        "9bad\" cannot be a secret",
+        "empty\": ",
+        "secret \"taken\" already exists",
+        "huge\": ",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "{needle:?} not in {}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        names_of(&list_json(&s)),
+        ["taken"],
+        "an import with problems created something"
+    );
+    // Fixed, the same import goes through in full.
+    for f in ["9bad", "empty", "taken", "huge"] {
+        std::fs::remove_file(dir.join(f)).unwrap();
+    }
+    s.ok(&["secret", "import", dir.to_str().unwrap()], b"");
+    assert_eq!(stored_values(&s, &["GOOD"])["GOOD"], "x");
+}
+
+/// `--dotenv` stores exactly what python-dotenv (the real client: what an application loading
+/// the same file sees) makes of a file with every quoting rule in it.
+#[test]
+fn import_dotenv_agrees_with_python_dotenv() {
+    let Some(python) =
+        crate::support::tools_python("import_dotenv_agrees_with_python_dotenv", "dotenv")
+    else {
+        return;
+    };
+    let s = Scratch::new();
+    let file = s.path().join(".env");
+    let text = concat!(
+        "# a comment\n",
+        "export PLAIN=plain-value\n",
+        "SPACED = two words here  # comment\n",
+        "HASHED=abc#def\n",
+        "DOLLARS=pa$$word$HOME\n",
+        "DOUBLE=\"q \\\"x\\\" tab\\t nl\\n back\\\\ \\x41\"\n",
+        "SINGLE='no \\n escapes \\' here'\n",
+        "MULTI=\"line one\n",
+        "line two\"\n",
+        "UNICODE=\"é ü 日本\"\n",
+        "BRACED=\"${PLAIN}/x ${NOPE:-fallback}\"\n",
+        "CRLF=crlf\r\n",
+        "  'QUOTED_KEY'=q\n",
+    );
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys, dotenv; print(json.dumps(dotenv.dotenv_values(sys.argv[1])))",
+        ])
+        .arg(&file)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(expected.len(), 11, "{expected:?}");
+
+    let out = s.run(
+        &["secret", "import", "--dotenv", file.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("imported 11 secrets"), "{}", out.stderr);
+    let names: Vec<&str> = expected.keys().map(String::as_str).collect();
+    assert_eq!(stored_values(&s, &names), expected);
+}
+
+#[test]
+fn import_dotenv_lists_every_problem_by_line_without_values() {
+    let s = Scratch::new();
+    let file = s.path().join("bad.env");
+    std::fs::write(
+        &file,
+        format!(
+            "GOOD={CANARY}\nOPEN=\"{CANARY}\nTWICE=a\nTWICE=b\nNOVALUE\nEMPTY=\n9bad=x\nAFTER='{CANARY}' trailing\n"
+        ),
+    )
+    .unwrap();
+    let out = s.run(
+        &["secret", "import", "--dotenv", file.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let shown = file.display().to_string();
+    for needle in [
+        format!("{shown} line 2: cannot be parsed"),
+        format!("{shown} line 8: cannot be parsed"),
+        format!("{shown} line 4: TWICE is set again (first on line 3)"),
+        format!("{shown} line 5: NOVALUE has no value"),
+        format!("{shown} line 6: "),
+        format!("{shown} line 7: invalid secret name"),
+    ] {
+        assert!(
+            out.stderr.contains(&needle),
+            "{needle:?} not in {}",
+            out.stderr
+        );
+    }
+    assert_no_canary("stderr", out.stderr.as_bytes());
+    assert!(
+        !s.store().exists() || list_json(&s).as_array().unwrap().is_empty(),
+        "an import with problems created something"
+    );
+}
+
+/// `echo "$TOKEN" | secretfs secret create X` keeps the newline echo adds, and says so; the
+/// bytes change only when asked.
+#[test]
+fn a_trailing_newline_is_kept_with_a_warning_or_trimmed_when_asked() {
+    let s = Scratch::new();
+    let out = s.run(&["secret", "create", "KEPT"], b"tok-123\n");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("warning: the value for \"KEPT\" (from stdin) ends with a newline")
+            && out.stderr.contains("--trim-newline"),
+        "{}",
+        out.stderr
+    );
+    let out = s.run(
+        &["secret", "create", "TRIMMED", "--trim-newline"],
+        b"tok-123\r\n",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("newline"), "{}", out.stderr);
+    let out = s.run(&["secret", "create", "CLEAN"], b"tok-123");
+    assert!(!out.stderr.contains("newline"), "{}", out.stderr);
+    let file = s.path().join("v");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let out = s.run(
+        &[
+            "secret",
+            "update",
+            "CLEAN",
+            "--from-file",
+            file.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "(from file {}) ends with a newline",
+            file.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    let values = stored_values(&s, &["KEPT", "TRIMMED", "CLEAN"]);
+    assert_eq!(values["KEPT"], "tok-123\n");
+    assert_eq!(values["TRIMMED"], "tok-123");
+    assert_eq!(values["CLEAN"], "from-file\n");
+}
+
+/// Help as a newcomer meets it: `help run` is the launcher's own text, a variable set in the
+/// environment does not show up as a typed option in usage lines, and the server's help lists
+/// no client options.
+#[test]
+fn help_and_usage_lines_say_what_applies() {
+    let s = Scratch::new();
+    let out = s.run(&["help", "run"], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with("usage: secretfs run [OPTIONS]"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("--secret-file ENV=SECRET"),
+        "{}",
+        out.stdout
+    );
+    // Scratch sets SECRETFS_STORE.
+    let out = s.run(&["mount"], b"");
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("Usage: secretfs mount <DIR>"),
+        "{}",
+        out.stderr
+    );
+    let out = s.run(&["serve", "--help"], b"");
+    assert_eq!(out.code, 0);
+    for foreign in ["--url", "--token-file", "--workspace", "--store"] {
+        assert!(
+            !out.stdout.contains(foreign),
+            "serve --help lists {foreign}"
+        );
+    }
+    assert!(
+        out.stdout.contains("--tls-key <PEM>") && out.stdout.contains("The private key (PEM)"),
+        "{}",
+        out.stdout
+    );
+    // The environment still selects the store, and an early --store still works.
+    s.ok(&["secret", "create", "A"], b"a");
+    let listed = s.ok(
+        &["--store", s.store().to_str().unwrap(), "secret", "list"],
+        b"",
+    );
+    assert!(listed.contains("A "), "{listed}");
+}
+
+/// Against a server an import is one request: the server creates every secret or none.
+#[test]
+fn import_to_a_server_is_all_or_nothing() {
+    let s = Scratch::new();
+    let server = crate::support::Server::start(&s);
+    let admin = s.path().join("server.db.admin-token");
+    let cli = |args: &[&str]| {
+        let mut cmd = s.cmd(args);
+        cmd.env("SECRETFS_URL", &server.url)
+            .env("SECRETFS_TOKEN_FILE", &admin)
+            .env_remove("SECRETFS_STORE");
+        crate::support::run_with(cmd, b"")
+    };
+    let dir = s.path().join("first");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("A"), CANARY).unwrap();
+    std::fs::write(dir.join("B"), "b").unwrap();
+    let out = cli(&["secret", "import", dir.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("imported 2 secrets"), "{}", out.stderr);
+    // B exists now: the second import names it and creates neither C nor B.
+    let again = s.path().join("second");
+    std::fs::create_dir(&again).unwrap();
+    std::fs::write(again.join("C"), "c").unwrap();
+    std::fs::write(again.join("B"), "b2").unwrap();
+    let out = cli(&["secret", "import", again.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("secret \"B\" already exists"),
+        "{}",
+        out.stderr
+    );
+    let listed = cli(&["secret", "list", "-o", "json"]);
+    let listed: Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(names_of(&listed), ["A", "B"]);
+    assert_no_canary("stderr", out.stderr.as_bytes());
 }

@@ -212,8 +212,12 @@ fn the_local_store_source_uses_memory_files() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let r = report.unwrap();
     assert_eq!(r["HF_TOKEN"], CANARY);
+    // The workload's own pid (the launcher's, which exec kept): the same path in every process.
     assert!(
-        r["DB_FILE"].as_str().unwrap().starts_with("/proc/self/fd/"),
+        r["DB_FILE"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("/proc/{}/fd/", r["__pid"])),
         "{r}"
     );
     assert_eq!(r["DB_FILE:content"], "p@ss");
@@ -671,4 +675,245 @@ fn the_lean_launcher_reads_dirs_and_hands_other_sources_to_secretfs_run() {
         "{}",
         out.stderr
     );
+}
+
+/// A memory file looks like a mounted secret file: 0400, the workload's uid, and one path that
+/// every process of the workload can open. `ssh-keygen -y` (which refuses a key file others may
+/// read) derives the public key from it, and a Python workload's subprocess (Python closes
+/// inherited descriptors) reads it by the same path.
+#[test]
+fn memory_files_are_private_and_reachable_from_subprocesses() {
+    let s = Scratch::new();
+    let key = s.path().join("id_ed25519");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen is installed by scripts/prereqs");
+    assert!(status.success());
+    let private = std::fs::read(&key).unwrap();
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    s.ok(&["secret", "create", "deploy-key"], &private);
+    s.ok(&["secret", "create", "db-password"], CANARY.as_bytes());
+    let store = s.store();
+    let store = store.to_str().unwrap();
+
+    let out = s.run(
+        &[
+            "run",
+            "--store",
+            store,
+            "--secret-file",
+            "KEY_FILE=deploy-key",
+            "--",
+            "sh",
+            "-c",
+            "stat -L -c '%a %u' \"$KEY_FILE\"; ssh-keygen -y -f \"$KEY_FILE\"",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut lines = out.stdout.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        format!("400 {}", nix::unistd::getuid())
+    );
+    assert_eq!(
+        lines.next().unwrap().split(' ').take(2).collect::<Vec<_>>(),
+        public.split(' ').take(2).collect::<Vec<_>>()
+    );
+
+    let script = r#"
+import os, subprocess, sys
+p = os.environ["DB_PASSWORD_FILE"]
+child = subprocess.run(["sh", "-c", 'cat "$DB_PASSWORD_FILE"'], capture_output=True)
+grandchild = subprocess.run([sys.executable, "-c", "import os; print(open(os.environ['DB_PASSWORD_FILE']).read() == open('/proc/self/fd/0').read())"], stdin=open(p), capture_output=True)
+print(child.returncode, child.stdout == open(p, "rb").read(), grandchild.stdout.decode().strip())
+"#;
+    let out = s.run(
+        &[
+            "run",
+            "--store",
+            store,
+            "--secret-file",
+            "DB_PASSWORD_FILE=db-password",
+            "--",
+            crate::support::python(),
+            "-c",
+            script,
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "0 True True");
+    assert_no_canary("stderr", out.stderr.as_bytes());
+}
+
+/// `-s LD_PRELOAD=...` would make ld.so print the value ("object '...' cannot be preloaded").
+/// The launcher refuses before anything starts, naming the variable and the rule, never the
+/// value; `--allow-unsafe-env` is the explicit way through.
+#[test]
+fn secrets_aimed_at_loader_and_shell_variables_are_refused() {
+    let s = Scratch::new();
+    s.ok(&["secret", "create", "lib"], CANARY.as_bytes());
+    let store = s.store();
+    let store = store.to_str().unwrap();
+    let marker = s.path().join("started");
+    let started = format!("touch {}", marker.display());
+    for var in ["LD_PRELOAD", "BASH_ENV", "GCONV_PATH"] {
+        let out = s.run(
+            &[
+                "run",
+                "--store",
+                store,
+                "-s",
+                &format!("{var}=lib"),
+                "--",
+                "sh",
+                "-c",
+                &started,
+            ],
+            b"",
+        );
+        assert_eq!(out.code, 125, "{var}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains(&format!("refusing to put secret \"lib\" in {var}"))
+                && out.stderr.contains(&format!("--allow-unsafe-env {var}")),
+            "{}",
+            out.stderr
+        );
+        assert_no_canary("stderr", out.stderr.as_bytes());
+        assert!(!marker.exists(), "the workload started");
+    }
+    // Explicitly allowed: the workload runs (and ld.so's complaint is the user's choice).
+    let out = s.run(
+        &[
+            "run",
+            "--store",
+            store,
+            "-s",
+            "LD_PRELOAD=lib",
+            "--allow-unsafe-env",
+            "LD_PRELOAD",
+            "--",
+            "sh",
+            "-c",
+            &started,
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(marker.exists());
+}
+
+/// The launcher's own token does not reach the workload (a renewable token for the whole set),
+/// unless it is set explicitly; a token file others may read earns a warning with the chmod.
+#[test]
+fn the_launchers_credentials_stay_with_the_launcher() {
+    let s = Scratch::new();
+    s.ok(&["secret", "create", "A"], b"a");
+    let store = s.store();
+    let store = store.to_str().unwrap();
+    let env_of = |extra: &[&str]| -> String {
+        let mut args = vec!["run", "--store", store, "-s", "A"];
+        args.extend_from_slice(extra);
+        args.extend(["--", "env"]);
+        let mut cmd = s.cmd(&args);
+        cmd.env("SECRETFS_TOKEN", CANARY)
+            .env("SECRETFS_TOKEN_FILE", "/run/token")
+            .env("SECRETFS_IDENTITY_TOKEN_FILE", "/run/id-token");
+        let out = run_with(cmd, b"");
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stdout
+    };
+    let env = env_of(&[]);
+    assert!(env.contains("A=a\n"), "{env}");
+    assert!(
+        !env.contains("SECRETFS_TOKEN") && !env.contains("SECRETFS_IDENTITY"),
+        "{env}"
+    );
+    assert_no_canary("the workload's environment", env.as_bytes());
+    let env = env_of(&["-e", "SECRETFS_TOKEN_FILE=/run/token"]);
+    assert!(env.contains("SECRETFS_TOKEN_FILE=/run/token"), "{env}");
+    assert!(!env.contains("SECRETFS_TOKEN="), "{env}");
+
+    // A world-readable token file (a Kubernetes Secret volume's default 0644): warned about,
+    // with the command that fixes it, and used.
+    let token = s.path().join("token");
+    std::fs::write(&token, "sfs_w_0123456789abcdef_x\n").unwrap();
+    let launch_with_mode = |mode: u32| {
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+        let token = token.to_str().unwrap();
+        let args = [
+            "run",
+            "--url",
+            "http://127.0.0.1:1",
+            "--token-file",
+            token,
+            "-s",
+            "A",
+            "--",
+            "true",
+        ];
+        s.run(&args, b"")
+    };
+    let out = launch_with_mode(0o644);
+    assert_eq!(out.code, 125, "{}", out.stderr);
+    let warning = format!(
+        "warning: token file {} can be read by group or others (mode 0644); run \"chmod 600 {}\"",
+        token.display(),
+        token.display()
+    );
+    assert!(out.stderr.contains(&warning), "{}", out.stderr);
+    let out = launch_with_mode(0o600);
+    assert!(
+        !out.stderr.contains("warning: token file"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_missing_source_directory_is_named_as_such() {
+    let s = Scratch::new();
+    let out = s.run(
+        &[
+            "run",
+            "--dir",
+            "/nonexistent",
+            "-s",
+            "X",
+            "-s",
+            "Y",
+            "--",
+            "true",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 125, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("error: the source directory /nonexistent does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("no file"), "{}", out.stderr);
+    let file = s.path().join("plain");
+    std::fs::write(&file, "x").unwrap();
+    let out = s.run(
+        &[
+            "run",
+            "--dir",
+            file.to_str().unwrap(),
+            "-s",
+            "X",
+            "--",
+            "true",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 125);
+    assert!(out.stderr.contains("is not a directory"), "{}", out.stderr);
 }

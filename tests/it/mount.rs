@@ -414,6 +414,172 @@ fn sigterm_unmounts_and_exits_zero() {
     assert!(!is_mounted(&mnt), "still mounted after SIGINT");
 }
 
+/// The pids of `pid`'s children (every thread's), from /proc.
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+    {
+        let path = task.unwrap().path().join("children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    out
+}
+
+/// The daemon's unmount guard (`secretfs __mount-guard DIR`).
+fn guard_of(d: &Daemon) -> i32 {
+    children(d.pid())
+        .into_iter()
+        .find(|c| {
+            std::fs::read(format!("/proc/{c}/cmdline"))
+                .is_ok_and(|argv| argv.windows(15).any(|w| w == b"__mount-guard\0/"))
+        })
+        .expect("the daemon has an unmount guard child")
+}
+
+/// kill -9 leaves no mount behind, whatever the daemon did before: nothing, a readdir (after
+/// which the kernel opens the directory without the daemon, which fooled fusermount3's own
+/// check), reads, a rotation, or while 1,000 readers are at work.
+#[test]
+fn a_killed_daemon_leaves_no_mount_in_any_order() {
+    if !fuse_available("a_killed_daemon_leaves_no_mount_in_any_order") {
+        return;
+    }
+    let s = store_with(&[("A", b"alpha"), ("B", b"bravo")]);
+    let mnt = s.path().join("mnt");
+    let ls = |mnt: &Path| {
+        let names: Vec<_> = std::fs::read_dir(mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2);
+    };
+    type Before<'a> = &'a dyn Fn(&Path);
+    let orders: [(&str, Before); 4] = [
+        ("nothing", &|_| {}),
+        ("after a readdir", &|m| ls(m)),
+        ("after reads", &|m| {
+            ls(m);
+            assert_eq!(std::fs::read(m.join("A")).unwrap(), b"alpha");
+            assert_eq!(std::fs::read(m.join("B")).unwrap(), b"bravo");
+        }),
+        ("after a rotation", &|m| {
+            ls(m);
+            assert_eq!(std::fs::read(m.join("A")).unwrap(), b"alpha");
+            s.ok(&["secret", "update", "A"], b"alpha-2");
+            assert!(eventually(5, || std::fs::read(m.join("A")).unwrap() == b"alpha-2"));
+            s.ok(&["secret", "update", "A"], b"alpha");
+            assert!(eventually(5, || std::fs::read(m.join("A")).unwrap() == b"alpha"));
+        }),
+    ];
+    for (order, before) in orders {
+        let mut d = Daemon::start(&s, &mnt, &["--refresh", "100ms"]);
+        before(&mnt);
+        d.stop(Signal::SIGKILL);
+        assert!(
+            eventually(5, || !is_mounted(&mnt)),
+            "a daemon killed {order} left its mount behind"
+        );
+        assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0, "{order}");
+        if order != "nothing" {
+            // fusermount3's helper cannot tell this daemon died; the guard did the work.
+            assert!(
+                d.log().contains("the mount daemon is gone; unmounted"),
+                "{order}: {}",
+                d.log()
+            );
+        }
+    }
+
+    // Under 1,000 readers, each opening and reading a file in a loop until the mount goes.
+    let mut d = Daemon::start(&s, &mnt, &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let readers: Vec<_> = (0..1000)
+        .map(|i| {
+            let path = mnt.join(if i % 2 == 0 { "A" } else { "B" });
+            let (stop, reads) = (stop.clone(), reads.clone());
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if std::fs::read(&path).is_ok() {
+                            reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    assert!(eventually(10, || reads
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 10_000));
+    d.stop(Signal::SIGKILL);
+    assert!(
+        eventually(5, || !is_mounted(&mnt)),
+        "a daemon killed under 1,000 readers left its mount behind"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
+}
+
+#[test]
+fn a_clean_stop_leaves_the_guard_nothing_to_do_and_a_successor_is_not_unmounted() {
+    if !fuse_available(
+        "a_clean_stop_leaves_the_guard_nothing_to_do_and_a_successor_is_not_unmounted",
+    ) {
+        return;
+    }
+    let s = store_with(&[("A", b"x")]);
+    let mnt = s.path().join("mnt");
+    let mut d = Daemon::start(&s, &mnt, &[]);
+    let guard = guard_of(&d);
+    assert_eq!(d.stop(Signal::SIGTERM), Some(0));
+    // The guard ends with the daemon, quietly.
+    assert!(eventually(5, || !Path::new(&format!(
+        "/proc/{guard}/cmdline"
+    ))
+    .exists()
+        || std::fs::read_to_string(format!("/proc/{guard}/stat"))
+            .is_ok_and(|s| s.contains(") Z "))));
+    assert!(!d.log().contains("the mount daemon is gone"), "{}", d.log());
+
+    // A guard whose daemon died after a successor mounted at the same place (here: the guard
+    // is held up by SIGSTOP while the daemon is killed and a new one recovers the mount) leaves
+    // the successor's mount alone: it unmounts only the mount it was told about.
+    let mut first = Daemon::start(&s, &mnt, &[]);
+    let guard = guard_of(&first);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard), Signal::SIGSTOP).unwrap();
+    // fusermount3's own helper would unmount the dead mount too; stop it the same way.
+    for c in children(first.pid()) {
+        if c != guard {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c), Signal::SIGSTOP);
+        }
+    }
+    let helpers: Vec<i32> = children(first.pid());
+    first.stop(Signal::SIGKILL);
+    let second = Daemon::start(&s, &mnt, &[]);
+    for h in helpers {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(h), Signal::SIGCONT);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        is_mounted(&mnt),
+        "the first daemon's guard unmounted its successor"
+    );
+    assert_eq!(std::fs::read(mnt.join("A")).unwrap(), b"x");
+    drop(second);
+    assert!(!is_mounted(&mnt));
+}
+
 #[test]
 fn sigkill_leaves_no_mount_and_a_stale_mount_is_recovered() {
     if !fuse_available("sigkill_leaves_no_mount_and_a_stale_mount_is_recovered") {
@@ -428,24 +594,65 @@ fn sigkill_leaves_no_mount_and_a_stale_mount_is_recovered() {
         "a killed daemon left its mount behind"
     );
 
-    // Without fusermount3 nothing can clean up after a killed daemon: the mount goes stale
-    // ("Transport endpoint is not connected"), and the next start must recover it.
+    // When everything that could clean up after a killed daemon is gone too (no fusermount3,
+    // and its guard killed first) the mount goes stale ("Transport endpoint is not connected"),
+    // and the next start must recover it.
     let mut d = Daemon::start_with(&s, &mnt, &[], |c| {
         c.env("PATH", "/nonexistent");
     });
-    assert!(d.log().contains("fusermount3 not found"), "{}", d.log());
+    let guard = guard_of(&d);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard), Signal::SIGKILL).unwrap();
     d.stop(Signal::SIGKILL);
-    let err = std::fs::metadata(mnt.join("A"))
-        .err()
-        .map(|e| e.raw_os_error());
+    std::thread::sleep(Duration::from_millis(200));
     assert!(is_mounted(&mnt));
-    // Depending on kernel caches the stale mount answers from cache or ENOTCONN; either way the
-    // daemon is gone and the next start must take the place over.
-    let _ = err;
     let d = Daemon::start(&s, &mnt, &[]);
     assert_eq!(std::fs::read(mnt.join("A")).unwrap(), b"x");
+    assert!(d.log().contains("recovering a stale mount"), "{}", d.log());
     drop(d);
     assert!(!is_mounted(&mnt));
+}
+
+/// Python opens every text file with an `isatty()` check, an ioctl the kernel forwards to the
+/// daemon each time; it is answered as tmpfs answers it (ENOTTY), without a log line.
+#[test]
+fn terminal_ioctls_are_answered_enotty_without_a_log_line() {
+    if !fuse_available("terminal_ioctls_are_answered_enotty_without_a_log_line") {
+        return;
+    }
+    let s = store_with(&[("A", b"alpha")]);
+    let mnt = s.path().join("mnt");
+    let d = Daemon::start(&s, &mnt, &["-vv"]);
+    let script = r#"
+import errno, fcntl, os, sys, termios
+p = sys.argv[1]
+for _ in range(2000):
+    assert open(p).read() == "alpha"
+fd = os.open(p, os.O_RDONLY)
+assert not os.isatty(fd)
+try:
+    fcntl.ioctl(fd, termios.TCGETS, bytes(64))
+    sys.exit("TCGETS succeeded")
+except OSError as e:
+    assert e.errno == errno.ENOTTY, e
+print("ok")
+"#;
+    let out = Command::new(crate::support::python())
+        .args(["-c", script])
+        .arg(mnt.join("A"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = d.log();
+    assert!(
+        !log.contains("ioctl") && !log.contains("Not Implemented"),
+        "{log}"
+    );
+    assert!(!log.contains("WARN"), "{log}");
 }
 
 #[test]
@@ -626,4 +833,29 @@ fn a_memlock_limit_is_a_warning_not_a_failure() {
     );
     assert!(d.log().contains("cannot lock secret memory"), "{}", d.log());
     assert_eq!(std::fs::read(mnt.join("A")).unwrap(), b"value");
+}
+
+/// `--uid`/`--gid` take names as `chown` does (Debian's nobody:nogroup is 65534:65534), and an
+/// unknown name is a usage error that says what to give instead.
+#[test]
+fn owner_and_group_may_be_given_by_name() {
+    if !fuse_available("owner_and_group_may_be_given_by_name") {
+        return;
+    }
+    let s = store_with(&[("A", b"x")]);
+    let mnt = s.path().join("mnt");
+    let _d = Daemon::start(&s, &mnt, &["--uid", "nobody", "--gid", "nogroup"]);
+    let m = std::fs::metadata(mnt.join("A")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (65534, 65534));
+    let out = s.run(
+        &["mount", mnt.to_str().unwrap(), "--uid", "no-such-user-here"],
+        b"",
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("no user named \"no-such-user-here\" on this system"),
+        "{}",
+        out.stderr
+    );
 }

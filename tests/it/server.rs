@@ -1121,3 +1121,52 @@ fn the_server_process_is_hardened() {
     drop(_stop);
     let _ = child.wait();
 }
+
+/// `secrets:import` (what `secret import` sends) creates all of a batch or none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_import_is_all_or_none() {
+    let s = Scratch::new();
+    let server = Server::start(&s);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    let path = "/api/v1/workspaces/default/secrets:import";
+    let (status, v) = api
+        .call(
+            "POST",
+            path,
+            &admin,
+            Some(json!({ "secrets": [{ "name": "A", "value": CANARY }, { "name": "B", "value": "b" }] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["secrets"][1]["name"], "B");
+    // B exists: the batch with C and B is refused as a whole.
+    let (status, v) = api
+        .call(
+            "POST",
+            path,
+            &admin,
+            Some(json!({ "secrets": [{ "name": "C", "value": "c" }, { "name": "B", "value": "b2" }] })),
+        )
+        .await;
+    assert_eq!(status, 409, "{v}");
+    // So is one with a bad entry, and an empty one.
+    let (status, v) = api
+        .call(
+            "POST",
+            path,
+            &admin,
+            Some(json!({ "secrets": [{ "name": "D", "value": "d" }, { "name": "9bad", "value": "x" }] })),
+        )
+        .await;
+    assert_eq!((status, v["field"].as_str()), (422, Some("name")), "{v}");
+    let (status, _) = api
+        .call("POST", path, &admin, Some(json!({ "secrets": [] })))
+        .await;
+    assert_eq!(status, 422);
+    let (_, list) = api
+        .call("GET", "/api/v1/workspaces/default/secrets", &admin, None)
+        .await;
+    assert_eq!(names(&list), ["A", "B"]);
+    api.assert_no_canary();
+}

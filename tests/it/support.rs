@@ -718,3 +718,23 @@ pub async fn add_user(url: &str, admin: &str, name: &str) -> String {
     assert_eq!(status, 201, "{v}");
     v["token"].as_str().unwrap().to_owned()
 }
+
+/// The Python of `target/tools-venv` (scripts/test installs the PyPI tools the tests use there)
+/// if it has `module`; `None` (with the reason printed) when it is missing, except under
+/// `CI=true`, where a missing tool fails the test instead of skipping it.
+pub fn tools_python(test: &str, module: &str) -> Option<PathBuf> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools-venv/bin/python");
+    let has = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has {
+        return Some(python);
+    }
+    let why = format!("{test}: needs {module} in target/tools-venv (scripts/test installs it)");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why}");
+    }
+    eprintln!("skipping {why}");
+    None
+}

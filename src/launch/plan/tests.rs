@@ -189,3 +189,134 @@ fn secret_names_are_deduplicated() {
     let names: Vec<String> = p.secret_names().iter().map(|n| n.to_string()).collect();
     assert_eq!(names, ["S", "T"]);
 }
+
+#[test]
+fn secrets_are_refused_in_variables_read_as_paths_or_code() {
+    for var in [
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "LD_AUDIT",
+        "GCONV_PATH",
+        "BASH_ENV",
+        "ENV",
+        "BASH_FUNC_x",
+        "PYTHONPATH",
+        "NODE_OPTIONS",
+        "PATH",
+    ] {
+        check(
+            "",
+            &["-s", &format!("{var}=deploy-key"), "--dir", "/d", "t"],
+            &[],
+            Err(&format!(
+                "refusing to put secret \"deploy-key\" in {var} (-s): "
+            )),
+        );
+    }
+    // A file's path is refused too: BASH_ENV would make bash run the secret as a script.
+    check(
+        "[secret_files]\nBASH_ENV = \"script\"",
+        &["--dir", "/d", "t"],
+        &[],
+        Err(
+            "refusing to put the file of secret \"script\" in BASH_ENV (spec [secret_files]): bash runs the file it names",
+        ),
+    );
+    // The problem says how to override, and every refusal is listed at once.
+    let spec = spec::parse("[secrets]\nLD_PRELOAD = \"a\"\nBASH_ENV = \"b\"").unwrap();
+    let args = args::parse(&[OsString::from("t")]).unwrap();
+    let problems = plan(Inputs {
+        args: &args,
+        spec: Some((&spec, Path::new("."))),
+        lepton: None,
+        base_env: &[],
+        cwd: Path::new("/"),
+    })
+    .unwrap_err();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[1].contains("--allow-unsafe-env LD_PRELOAD"),
+        "{problems:?}"
+    );
+    // Plain values are the user's own business; a look-alike name is not a match.
+    check(
+        "[env]\nLD_PRELOAD = \"/usr/lib/libjemalloc.so\"\n[secrets]\nLDAP_PASSWORD = \"a\"\nMY_ENV = \"b\"",
+        &["--dir", "/d", "t"],
+        &[],
+        Ok("command: t\n\
+            source: dir /d\n\
+            inherit: all (0 variables)\n\
+            CREDENTIALS_DIRECTORY=/d  # launcher\n\
+            LDAP_PASSWORD=<secret a>  # spec [secrets]\n\
+            LD_PRELOAD=/usr/lib/libjemalloc.so  # spec [env]\n\
+            MY_ENV=<secret b>  # spec [secrets]\n\
+            SECRETFS_DIR=/d  # launcher\n"),
+    );
+    // Whoever really means it says so, by flag or in the spec.
+    for (toml, flags) in [
+        ("", &["--allow-unsafe-env", "LD_PRELOAD"][..]),
+        ("allow_unsafe_env = [\"LD_PRELOAD\"]", &[][..]),
+    ] {
+        let mut all = vec!["-s", "LD_PRELOAD=lib", "--dir", "/d"];
+        all.extend_from_slice(flags);
+        all.push("t");
+        check(
+            toml,
+            &all,
+            &[],
+            Ok("command: t\n\
+                source: dir /d\n\
+                inherit: all (0 variables)\n\
+                CREDENTIALS_DIRECTORY=/d  # launcher\n\
+                LD_PRELOAD=<secret lib>  # -s\n\
+                SECRETFS_DIR=/d  # launcher\n"),
+        );
+    }
+}
+
+#[test]
+fn the_launchers_own_credentials_are_not_inherited_unless_asked_for() {
+    let env = [
+        ("PATH", "/bin"),
+        ("SECRETFS_TOKEN", "sfs_w_x"),
+        ("SECRETFS_TOKEN_FILE", "/t"),
+        ("SECRETFS_IDENTITY_TOKEN_FILE", "/i"),
+    ];
+    let inherited = |toml: &str, flags: &[&str]| -> Vec<String> {
+        let spec = spec::parse(toml).unwrap();
+        let mut all: Vec<OsString> = flags.iter().map(OsString::from).collect();
+        all.extend(["--dir", "/d", "t"].map(OsString::from));
+        let args = args::parse(&all).unwrap();
+        let env: Vec<(OsString, OsString)> =
+            env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let p = plan(Inputs {
+            args: &args,
+            spec: Some((&spec, Path::new("."))),
+            lepton: None,
+            base_env: &env,
+            cwd: Path::new("/"),
+        })
+        .unwrap();
+        let mut names: Vec<String> = p
+            .inherited
+            .iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .chain(p.vars.iter().map(|v| v.name.clone()))
+            .filter(|n| n.starts_with("SECRETFS_T") || n.starts_with("SECRETFS_I") || n == "PATH")
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(inherited("", &[]), ["PATH"]);
+    assert_eq!(
+        inherited("inherit_env = [\"PATH\", \"SECRETFS_TOKEN_FILE\"]", &[]),
+        ["PATH", "SECRETFS_TOKEN_FILE"]
+    );
+    assert_eq!(
+        inherited(
+            "[env]\nSECRETFS_TOKEN_FILE = \"/other\"",
+            &["-e", "SECRETFS_TOKEN=x"]
+        ),
+        ["PATH", "SECRETFS_TOKEN", "SECRETFS_TOKEN_FILE"]
+    );
+}
