@@ -281,6 +281,15 @@ impl Client {
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// A DELETE whose answer says what was deleted.
+    pub async fn delete_with<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ClientError> {
+        self.call(Method::DELETE, path, query, None).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         self.call::<serde_json::Value>(Method::DELETE, path, &[], None)
             .await

@@ -15,5 +15,6 @@ pub mod keyfile;
 pub mod launch;
 pub mod secret;
 pub mod server;
+pub mod service;
 pub mod source;
 pub mod store;

@@ -11,12 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::store::Store as _;
-
-use crate::api::{self, AppState, AuditSink};
-use crate::secret::Timestamp;
-use crate::store::local::{self, LocalPaths, OpenMode};
-use crate::store::{DEFAULT_WORKSPACE, User};
+use crate::api::{self, AppState};
+use crate::service::{LocalPaths, OpenMode, Service};
 
 /// How `secretfs serve` was asked to run.
 #[derive(Debug, Clone)]
@@ -30,6 +26,8 @@ pub struct ServeOptions {
     pub admin_token_file: Option<PathBuf>,
     /// How long workload-read audit records may wait before they are written.
     pub audit_interval: Duration,
+    /// Whether admins may mint tokens for other users (`--no-admin-impersonation`: not).
+    pub admin_impersonation: bool,
 }
 
 /// What the server says once it listens.
@@ -77,61 +75,66 @@ pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> any
     // Values pass through this process on every workload read, and it holds the master key.
     crate::harden::harden_process();
     raise_fd_limit();
-    let (vault, default_token_path, key_path) = if is_postgres(&opts.database) {
+    let options = crate::service::Options {
+        admin_impersonation: opts.admin_impersonation,
+    };
+    let (service, default_token_path) = if is_postgres(&opts.database) {
         let key = opts.key_file.clone().context(
             "a PostgreSQL store needs --key-file PATH (or SECRETFS_KEY_FILE): every replica must \
              use the same key file",
         )?;
-        let store = crate::store::postgres::PgStore::open(&opts.database, 16).await?;
-        let shown = store.describe();
-        let vault = local::bind_key(Arc::new(store), &key, &shown, true).await?;
-        (Arc::new(vault), None, key)
+        (
+            Service::open_postgres(&opts.database, &key, 16).await?,
+            None,
+        )
     } else {
         let db = sqlite_path(&opts.database)?;
         let paths = LocalPaths::resolve(Some(db.clone()), opts.key_file.clone())?;
-        let vault = Arc::new(local::open_with(&paths, OpenMode::CreateIfMissing, 8).await?);
+        let service = Service::open_local(&paths, OpenMode::CreateIfMissing, 8).await?;
         let mut token = db.into_os_string();
         token.push(".admin-token");
-        (vault, Some(PathBuf::from(token)), paths.key)
+        (service, Some(PathBuf::from(token)))
     };
-    let store_desc = vault.store().describe();
+    let service = Arc::new(service.with_options(options));
+    let store_desc = service.describe();
     tracing::info!(store = %store_desc, "store opened");
 
-    let users = vault.store().users().await?;
-    if opts.init && users.is_empty() {
-        let token_path = opts
-            .admin_token_file
-            .clone()
-            .or(default_token_path)
-            .context("with a PostgreSQL store, --init needs --admin-token-file PATH")?;
-        let admin = User {
-            name: "admin".into(),
-            admin: true,
-            created_at: Timestamp::now(),
-            workspaces: vec![DEFAULT_WORKSPACE.to_owned()],
-        };
-        let (token, record) = api::first_user_token(&admin.name);
-        // The file first: a token that cannot be handed over must not exist.
-        write_token_file(&token_path, token.expose_secret())?;
-        if let Err(e) = vault.store().create_user(&admin, Some(&record)).await {
-            let _ = std::fs::remove_file(&token_path);
-            return Err(e.into());
+    if opts.init {
+        match service.first_admin("admin").await? {
+            Some(admin) => {
+                let token_path = opts
+                    .admin_token_file
+                    .clone()
+                    .or(default_token_path)
+                    .context("with a PostgreSQL store, --init needs --admin-token-file PATH")?;
+                // The file first: a token that cannot be handed over must not exist.
+                write_token_file(&token_path, admin.token.expose_secret())?;
+                match service.create_first_admin(admin).await {
+                    Ok(true) => eprintln!(
+                        "secretfs: initialised: user \"admin\" in workspace \"default\"; its token \
+                         is in {} (mode 0600)",
+                        token_path.display()
+                    ),
+                    Ok(false) => {
+                        let _ = std::fs::remove_file(&token_path);
+                        tracing::info!("--init: another replica initialised the store");
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&token_path);
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => tracing::info!("--init: the store already has an admin; nothing to initialise"),
         }
-        eprintln!(
-            "secretfs: initialised: user \"admin\" in workspace \"default\"; its token is in {} \
-             (mode 0600)",
-            token_path.display()
-        );
-    } else if opts.init {
-        tracing::info!("--init: the store already has users; nothing to initialise");
-    } else if users.is_empty() {
-        tracing::warn!("the store has no users yet: start once with --init to create an admin");
+    } else if !service.has_admin().await? {
+        tracing::warn!("the store has no admin yet: start once with --init to create one");
     }
 
-    let (audit, audit_task) = AuditSink::spawn(vault.store_arc(), opts.audit_interval);
-    let state = AppState::with_key(vault.clone(), audit, Some(key_path));
-    if vault.store().shared() {
-        watch_other_replicas(state.clone());
+    let audit_task = service.batch_reads(opts.audit_interval);
+    let state = AppState::new(service.clone());
+    if service.shared() {
+        watch_other_replicas(service.clone());
     }
     let app = api::router(state.clone());
 
@@ -146,7 +149,7 @@ pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> any
         tracing::info!("shutting down");
         shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
     });
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let ready = Listening {
         addr,
@@ -166,18 +169,19 @@ pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> any
                 })?;
             let server = axum_server::from_tcp_rustls(listener, config)?.handle(handle);
             on_ready(&ready);
-            server.serve(service).await?;
+            server.serve(make_service).await?;
         }
         None => {
             let server = axum_server::from_tcp(listener)?.handle(handle);
             on_ready(&ready);
-            server.serve(service).await?;
+            server.serve(make_service).await?;
         }
     }
     // Every request is done: flush the audit records still queued, then close the store.
     drop(state);
+    service.flush_reads();
     let _ = tokio::time::timeout(Duration::from_secs(10), audit_task).await;
-    vault.close().await;
+    service.close().await;
     Ok(())
 }
 
@@ -203,18 +207,18 @@ const RECHECK: Duration = Duration::from_secs(5);
 
 /// Wakes this replica's long-polls and drops its caches when another replica commits a change
 /// (PostgreSQL LISTEN/NOTIFY), and every few seconds regardless.
-fn watch_other_replicas(state: Arc<AppState>) {
-    let listener = state.clone();
+fn watch_other_replicas(service: Arc<Service>) {
+    let listener = service.clone();
     tokio::spawn(async move {
         let mut failing = false;
         loop {
-            match listener.vault.store().next_change().await {
+            match listener.next_change().await {
                 Ok(()) => {
                     if failing {
                         tracing::info!("change notifications from other replicas resumed");
                         failing = false;
                     }
-                    listener.changed();
+                    listener.changed_elsewhere();
                 }
                 Err(e) => {
                     if !failing {
@@ -230,7 +234,7 @@ fn watch_other_replicas(state: Arc<AppState>) {
         let mut tick = tokio::time::interval(RECHECK);
         loop {
             tick.tick().await;
-            state.recheck();
+            service.recheck();
         }
     });
 }

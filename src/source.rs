@@ -11,8 +11,10 @@ use std::time::Duration;
 use crate::auth::Token;
 use crate::client::{Client, ClientError};
 use crate::secret::{SecretMeta, SecretName, SecretValue, Timestamp};
-use crate::store::local::{self, LocalError, LocalPaths, OpenMode};
-use crate::store::{Actor, DEFAULT_WORKSPACE, StoreError, Vault};
+use crate::service::{
+    Caller, DEFAULT_WORKSPACE, LocalError, LocalPaths, OpenMode, Service, ServiceError,
+};
+use crate::store::StoreError;
 
 /// Why a source could not answer. Never carries a value.
 #[derive(Debug, thiserror::Error)]
@@ -25,11 +27,10 @@ pub enum SourceError {
     Failed(String),
 }
 
-impl From<StoreError> for SourceError {
-    fn from(e: StoreError) -> Self {
+impl From<ServiceError> for SourceError {
+    fn from(e: ServiceError) -> Self {
         match e {
-            StoreError::NotFound(name) => SourceError::NotFound(name),
-            StoreError::Unavailable(_) | StoreError::OutOfSpace => {
+            ServiceError::Store(StoreError::Unavailable(_) | StoreError::OutOfSpace) => {
                 SourceError::Unavailable(e.to_string())
             }
             other => SourceError::Failed(other.to_string()),
@@ -247,9 +248,9 @@ impl Source for ServerSource {
 /// The local store, opened directly (no server): everything in it is the local user's.
 pub struct LocalSource {
     runtime: tokio::runtime::Runtime,
-    vault: Vault,
+    service: Service,
+    caller: Caller,
     paths: LocalPaths,
-    actor: Actor,
 }
 
 impl LocalSource {
@@ -259,12 +260,15 @@ impl LocalSource {
             .build()
             .map_err(|e| LocalError::Store(StoreError::Internal(e.to_string())))?;
         // One connection: a mount or a launch reads in a few queries, one at a time.
-        let vault = runtime.block_on(local::open_with(&paths, OpenMode::Existing, 1))?;
+        let service = runtime.block_on(Service::open_local(&paths, OpenMode::Existing, 1))?;
+        let caller = runtime
+            .block_on(service.local_caller(false))
+            .map_err(|e| LocalError::Store(StoreError::Internal(e.to_string())))?;
         Ok(LocalSource {
             runtime,
-            vault,
+            service,
+            caller,
             paths,
-            actor: Actor::local(format!("local:{}", local::local_user())),
         })
     }
 }
@@ -275,16 +279,26 @@ impl Source for LocalSource {
     }
 
     fn list(&self) -> Result<Vec<SecretMeta>, SourceError> {
-        Ok(self.runtime.block_on(self.vault.list(DEFAULT_WORKSPACE))?)
+        Ok(self
+            .runtime
+            .block_on(self.service.local_list(&self.caller, DEFAULT_WORKSPACE))?)
     }
 
     fn read(&self, names: &[SecretName]) -> Result<Values, SourceError> {
-        let results =
-            self.runtime
-                .block_on(self.vault.read_many(DEFAULT_WORKSPACE, &self.actor, names))?;
+        let results = self.runtime.block_on(self.service.local_read(
+            &self.caller,
+            DEFAULT_WORKSPACE,
+            names,
+        ))?;
         Ok(results
             .into_iter()
-            .map(|r| r.map_err(SourceError::from))
+            .zip(names)
+            .map(|(r, name)| {
+                r.map_err(|e| match e {
+                    ServiceError::NotFound(_) => SourceError::NotFound(name.clone()),
+                    other => SourceError::from(other),
+                })
+            })
             .collect())
     }
 }

@@ -1,52 +1,46 @@
-//! Users, workspaces, memberships and the audit log.
+//! Users, workspaces, memberships, the audit log and the store's maintenance, over HTTP.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::body::Json;
-use super::tokens::{Minted, TokenInfo, first_user_token};
-use super::{ApiError, AppState, Auth, Principal, UserAuth};
-use crate::secret::Timestamp;
-use crate::store::{DEFAULT_WORKSPACE, User, valid_account_name};
-
-const NAME_RULE: &str =
-    "1 to 64 characters: letters, digits, '_', '.', '@' or '-', not starting with '.' or '-'";
-
-fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
-    if valid_account_name(name) {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(format!(
-            "invalid {what} name {name:?}: {NAME_RULE}"
-        )))
-    }
-}
+use super::query::Query;
+use super::tokens::{Minted, TokenInfo};
+use super::{ApiError, AppState, Auth, UserAuth};
+use crate::secret::{SecretName, Timestamp};
+use crate::service::{AuditRecord, DEFAULT_WORKSPACE, Service, User};
 
 #[derive(Serialize)]
 struct WhoAmI<'a> {
     user: &'a str,
+    user_id: &'a str,
     admin: bool,
     workspaces: &'a [String],
     token: TokenInfo,
 }
 
-pub async fn whoami(auth: Auth) -> Result<Response, ApiError> {
-    let user = auth.principal.user();
+pub async fn whoami(Auth(caller): Auth) -> Result<Response, ApiError> {
+    let user = caller.user();
+    let token = caller.token().ok_or_else(ApiError::internal)?;
     Ok(axum::Json(WhoAmI {
         user: &user.name,
-        admin: user.admin && matches!(auth.principal, Principal::User { .. }),
+        user_id: &user.id,
+        admin: Service::is_admin(&caller),
         workspaces: &user.workspaces,
-        token: TokenInfo::from(auth.principal.token()),
+        token: TokenInfo::from(token),
     })
     .into_response())
 }
 
-pub async fn list_workspaces(UserAuth(auth): UserAuth) -> Result<Response, ApiError> {
-    Ok(axum::Json(auth.user()?.workspaces.clone()).into_response())
+pub async fn list_workspaces(
+    State(state): State<Arc<AppState>>,
+    UserAuth(caller): UserAuth,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(state.service.workspaces(&caller)?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -58,17 +52,10 @@ pub struct NewWorkspace {
 /// An admin creates a workspace and becomes its first member.
 pub async fn create_workspace(
     State(state): State<Arc<AppState>>,
-    UserAuth(auth): UserAuth,
+    UserAuth(caller): UserAuth,
     Json(body): Json<NewWorkspace>,
 ) -> Result<Response, ApiError> {
-    let admin = auth.admin()?;
-    check_name("workspace", &body.name)?;
-    state
-        .store()
-        .create_workspace(&body.name, Timestamp::now())
-        .await?;
-    state.store().add_member(&admin.name, &body.name).await?;
-    state.changed();
+    state.service.create_workspace(&caller, &body.name).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(serde_json::json!({ "name": body.name })),
@@ -84,22 +71,29 @@ pub struct NewMember {
 
 pub async fn add_member(
     State(state): State<Arc<AppState>>,
-    UserAuth(auth): UserAuth,
+    UserAuth(caller): UserAuth,
     Path(ws): Path<String>,
     Json(body): Json<NewMember>,
 ) -> Result<Response, ApiError> {
-    auth.admin()?;
-    state.store().add_member(&body.user, &ws).await?;
-    state.changed();
+    state.service.add_member(&caller, &ws, &body.user).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn remove_member(
+    State(state): State<Arc<AppState>>,
+    UserAuth(caller): UserAuth,
+    Path((ws, user)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    state.service.remove_member(&caller, &ws, &user).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn list_users(
     State(state): State<Arc<AppState>>,
-    UserAuth(auth): UserAuth,
+    UserAuth(caller): UserAuth,
 ) -> Result<Response, ApiError> {
-    auth.admin()?;
-    Ok(axum::Json(state.store().users().await?).into_response())
+    let users: Vec<User> = state.service.users(&caller).await?;
+    Ok(axum::Json(users).into_response())
 }
 
 #[derive(Deserialize)]
@@ -115,71 +109,106 @@ pub struct NewUser {
 /// An admin creates a user with a first user token, shown once.
 pub async fn create_user(
     State(state): State<Arc<AppState>>,
-    UserAuth(auth): UserAuth,
+    UserAuth(caller): UserAuth,
     Json(body): Json<NewUser>,
 ) -> Result<Response, ApiError> {
-    auth.admin()?;
-    check_name("user", &body.name)?;
-    let user = User {
-        name: body.name.clone(),
-        admin: body.admin,
-        created_at: Timestamp::now(),
-        workspaces: body
-            .workspaces
-            .unwrap_or_else(|| vec![DEFAULT_WORKSPACE.to_owned()]),
-    };
-    let (token, record) = first_user_token(&user.name);
-    state.store().create_user(&user, Some(&record)).await?;
-    state.changed();
-    tracing::info!(user = %user.name, admin = user.admin, "user created");
-    let minted = Minted {
-        token: token.expose_secret().to_owned(),
-        info: TokenInfo::from(&record),
-    };
-    Ok((StatusCode::CREATED, axum::Json(minted)).into_response())
+    let workspaces = body
+        .workspaces
+        .unwrap_or_else(|| vec![DEFAULT_WORKSPACE.to_owned()]);
+    let (token, record) = state
+        .service
+        .add_user(&caller, &body.name, body.admin, workspaces)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Minted::new(&token, &record)),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteUserQuery {
+    /// Hand the user's secrets to this user instead of deleting the private ones.
+    transfer_to: Option<String>,
+}
+
+/// What removing a user did, for the CLI to say.
+#[derive(Serialize)]
+struct Removed {
+    user: String,
+    tokens: usize,
+    deleted: Vec<SecretName>,
+    kept: Vec<SecretName>,
+    transferred: Vec<SecretName>,
 }
 
 pub async fn delete_user(
     State(state): State<Arc<AppState>>,
-    UserAuth(auth): UserAuth,
+    UserAuth(caller): UserAuth,
     Path(name): Path<String>,
+    Query(q): Query<DeleteUserQuery>,
 ) -> Result<Response, ApiError> {
-    let admin = auth.admin()?;
-    if admin.name == name {
-        return Err(ApiError::conflict("an admin cannot remove themselves"));
-    }
-    state.store().delete_user(&name).await?;
-    state.changed();
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let r = state
+        .service
+        .delete_user(&caller, &name, q.transfer_to.as_deref())
+        .await?;
+    Ok(axum::Json(Removed {
+        user: name,
+        tokens: r.tokens,
+        deleted: r.deleted,
+        kept: r.kept,
+        transferred: r.transferred,
+    })
+    .into_response())
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// RFC 3339 time or a duration ago ("1h").
     since: Option<String>,
     limit: Option<u32>,
 }
 
+/// An audit record as the API shows it: the record, plus `secret` (the target's name when the
+/// target is a secret), which clients of the first API versions read.
+#[derive(Serialize)]
+struct AuditLine {
+    #[serde(flatten)]
+    record: AuditRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
 /// `GET /api/v1/audit`: admins read the log of every workspace.
 pub async fn audit(
     State(state): State<Arc<AppState>>,
-    UserAuth(auth): UserAuth,
+    UserAuth(caller): UserAuth,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    auth.admin()?;
     let since = match q.since.as_deref() {
         None => Timestamp::from_nanos(0),
         Some(s) => parse_since(s).ok_or_else(|| {
             ApiError::invalid(format!(
                 "since {s:?} is neither an RFC 3339 time nor a duration like 1h"
             ))
+            .on("since")
         })?,
     };
     let records = state
-        .store()
-        .audit_since(since, q.limit.unwrap_or(1000).min(100_000))
+        .service
+        .audit_log(&caller, since, q.limit.unwrap_or(1000).min(100_000))
         .await?;
-    Ok(axum::Json(records).into_response())
+    let lines: Vec<AuditLine> = records
+        .into_iter()
+        .map(|record| AuditLine {
+            secret: (record.target_kind == crate::service::TargetKind::Secret)
+                .then(|| record.target.clone()),
+            record,
+        })
+        .collect();
+    Ok(axum::Json(lines).into_response())
 }
 
 /// An RFC 3339 time, or a duration meaning that long ago.
@@ -196,40 +225,23 @@ pub fn parse_since(s: &str) -> Option<Timestamp> {
 /// `POST /api/v1/admin/rotate-key`: a new master key; every value re-sealed while serving.
 pub async fn rotate_key(
     State(state): State<Arc<AppState>>,
-    UserAuth(auth): UserAuth,
+    UserAuth(caller): UserAuth,
 ) -> Result<Response, ApiError> {
-    auth.admin()?;
-    let Some(key) = state.key_path.clone() else {
-        return Err(ApiError::conflict(
-            "this server was started without a key file it may rotate",
-        ));
-    };
-    let moved = crate::store::local::rotate_key(&state.vault, &key, &auth.actor())
-        .await
-        .map_err(|e| match e {
-            crate::store::local::LocalError::Store(e) => ApiError::from(e),
-            other => {
-                tracing::error!(error = %other, "key rotation failed");
-                ApiError::internal()
-            }
-        })?;
-    state.changed();
-    tracing::info!(resealed = moved, by = %auth.principal.user().name, "master key rotated");
+    let moved = state.service.rotate_key(&caller).await?;
     Ok(axum::Json(serde_json::json!({ "resealed": moved })).into_response())
 }
 
 /// `GET /api/v1/admin/backup`: a consistent copy of the store (ciphertext only), streamed.
 pub async fn backup(
     State(state): State<Arc<AppState>>,
-    UserAuth(auth): UserAuth,
+    UserAuth(caller): UserAuth,
 ) -> Result<Response, ApiError> {
-    auth.admin()?;
     let dir = tempfile::tempdir().map_err(|e| {
         tracing::error!(error = %e, "cannot make a backup directory");
         ApiError::internal()
     })?;
     let path = dir.path().join("backup.db");
-    state.store().backup_to(&path).await?;
+    state.service.backup(&caller, &path).await?;
     let bytes = tokio::fs::read(&path).await.map_err(|e| {
         tracing::error!(error = %e, "cannot read the backup");
         ApiError::internal()

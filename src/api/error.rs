@@ -6,6 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::service::ServiceError;
 use crate::store::StoreError;
 
 /// An error answer.
@@ -108,6 +109,24 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Unauthorized => {
+                ApiError::unauthorized(ServiceError::Unauthorized.to_string())
+            }
+            ServiceError::Forbidden(m) => ApiError::forbidden(m),
+            ServiceError::NotFound(m) => ApiError::not_found(m),
+            ServiceError::Conflict(m) => ApiError::conflict(m),
+            ServiceError::Invalid { message, field } => ApiError {
+                field,
+                ..ApiError::invalid(message)
+            },
+            ServiceError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -130,6 +149,12 @@ impl From<StoreError> for ApiError {
                 ApiError::conflict(format!("workspace \"{ws}\" already exists"))
             }
             StoreError::UserNotFound(u) => ApiError::not_found(format!("user \"{u}\" not found")),
+            StoreError::NotAMember { user, workspace } => ApiError::not_found(format!(
+                "user \"{user}\" is not a member of workspace \"{workspace}\""
+            )),
+            StoreError::Conflict => {
+                ApiError::conflict("the request met a concurrent change; try again")
+            }
             StoreError::UserExists(u) => ApiError::conflict(format!("user \"{u}\" already exists")),
             StoreError::TokenNotFound(id) => {
                 ApiError::not_found(format!("token \"{id}\" not found"))

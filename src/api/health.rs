@@ -14,7 +14,7 @@ pub async fn healthz() -> Response {
 
 /// The process answers and its store does.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    match state.store().workspaces().await {
+    match state.service.ready().await {
         Ok(_) => Ok(axum::Json(serde_json::json!({ "status": "ready" })).into_response()),
         Err(e) => {
             tracing::warn!(error = %e, "not ready: the store does not answer");

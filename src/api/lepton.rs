@@ -2,7 +2,7 @@
 //! (see LEPTON-API.md in the design notes): `/api/v2/workspaces/{ws}` with `/workspace`,
 //! `/usersecrets`, and the optional base and `/tokens` answers.
 //!
-//! A second route set over the same operations as the native API (`secrets::visible`,
+//! A second route set over the same service operations as the native API (`list_secrets`,
 //! `new_secret`, `delete_one`, ...): same users, tokens, visibility rules, limits, audit log and
 //! store.
 
@@ -14,10 +14,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::body::Json;
-use super::secrets::{CreateBody, delete_one, new_secret, parse_name, visible};
-use super::{ApiError, AppState, UserAuth, member};
+use super::secrets::{CreateBody, new_secret, parse_name};
+use super::{ApiError, AppState, UserAuth};
 use crate::auth::masked;
 use crate::secret::Visibility;
+use crate::service::Caller;
 
 /// Names the Lepton platform sets itself in every workload; a secret may not take one.
 pub const RESERVED: [&str; 5] = [
@@ -42,6 +43,8 @@ pub struct LeptonSecret {
 pub struct LeptonItem {
     name: String,
     value: Option<String>,
+    /// Not sent by `lep`; accepted as the native API does, but never together with `value`.
+    value_base64: Option<String>,
     visibility: Option<String>,
     #[serde(default)]
     tags: Option<Vec<String>>,
@@ -51,9 +54,16 @@ pub struct LeptonItem {
 pub fn prepare(
     items: Vec<LeptonItem>,
     limit: crate::secret::ValueLimit,
-) -> Result<Vec<crate::store::NewSecret>, ApiError> {
-    let mut new: Vec<crate::store::NewSecret> = Vec::with_capacity(items.len());
+) -> Result<Vec<crate::service::NewSecret>, ApiError> {
+    let mut new: Vec<crate::service::NewSecret> = Vec::with_capacity(items.len());
     for item in items {
+        if item.value.is_some() && item.value_base64.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "secret \"{}\" has both value and value_base64; send one",
+                item.name
+            ))
+            .on("value_base64"));
+        }
         if RESERVED.contains(&item.name.as_str()) {
             return Err(ApiError::invalid(format!(
                 "secret name \"{}\" is reserved: the platform sets {} itself; choose another name",
@@ -61,12 +71,11 @@ pub fn prepare(
                 RESERVED.join(", ")
             )));
         }
-        // Lepton's answer has no place for the template's warnings (these are all custom).
-        let (secret, _warnings) = new_secret(
+        let secret = new_secret(
             CreateBody {
                 name: item.name,
                 value: item.value,
-                value_base64: None,
+                value_base64: item.value_base64,
                 kind: None,
                 visibility: item.visibility,
                 tags: item.tags.unwrap_or_default(),
@@ -84,13 +93,29 @@ pub fn prepare(
     Ok(new)
 }
 
+/// 404 unless the caller belongs to `workspace`.
+fn member(state: &AppState, caller: &Caller, workspace: &str) -> Result<(), ApiError> {
+    if state
+        .service
+        .workspaces(caller)?
+        .iter()
+        .any(|w| w == workspace)
+    {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "workspace \"{workspace}\" not found"
+        )))
+    }
+}
+
 /// `GET /api/v2/workspaces/{ws}/usersecrets`: a bare array of what the caller may see.
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    UserAuth(auth): UserAuth,
+    UserAuth(caller): UserAuth,
     Path(ws): Path<String>,
 ) -> Result<Response, ApiError> {
-    let metas = visible(&state, auth.user()?, &ws).await?;
+    let metas = state.service.list_secrets(&caller, &ws).await?;
     let items: Vec<LeptonSecret> = metas
         .into_iter()
         .map(|m| LeptonSecret {
@@ -106,22 +131,22 @@ pub async fn list(
 /// `POST /api/v2/workspaces/{ws}/usersecrets`: a JSON array, created all or none.
 pub async fn create(
     State(state): State<Arc<AppState>>,
-    UserAuth(auth): UserAuth,
+    UserAuth(caller): UserAuth,
     Path(ws): Path<String>,
     Json(items): Json<Vec<LeptonItem>>,
 ) -> Result<Response, ApiError> {
-    let user = auth.user()?;
-    member(user, &ws)?;
+    member(&state, &caller, &ws)?;
     if items.is_empty() {
         return Err(ApiError::invalid(
             "the body is an empty list; send at least one secret",
         ));
     }
-    let new = prepare(items, state.vault.value_limit())?;
-    let created = state.vault.create_many(&ws, &auth.actor(), new).await?;
-    state.changed();
+    let new = prepare(items, state.service.value_limit())?;
+    // Lepton's answer has no place for the template's warnings (these are all custom).
+    let created = state.service.create_secrets(&caller, &ws, new).await?;
     let items: Vec<LeptonSecret> = created
         .into_iter()
+        .map(|w| w.meta)
         .map(|m| LeptonSecret {
             name: m.name.to_string(),
             owner: m.owner,
@@ -135,11 +160,11 @@ pub async fn create(
 /// `DELETE /api/v2/workspaces/{ws}/usersecrets/{name}`.
 pub async fn remove(
     State(state): State<Arc<AppState>>,
-    UserAuth(auth): UserAuth,
+    UserAuth(caller): UserAuth,
     Path((ws, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let name = parse_name(&name)?;
-    delete_one(&state, auth.user()?, &auth.actor(), &ws, &name).await?;
+    state.service.delete_secret(&caller, &ws, &name).await?;
     Ok(axum::Json(serde_json::json!({ "deleted": name.as_str() })).into_response())
 }
 
@@ -153,10 +178,10 @@ struct Usage {
 /// `GET /api/v2/workspaces/{ws}/workspace`: the `WorkspaceInfo` `lep login` requires.
 pub async fn workspace(
     State(state): State<Arc<AppState>>,
-    UserAuth(auth): UserAuth,
+    UserAuth(caller): UserAuth,
     Path(ws): Path<String>,
 ) -> Result<Response, ApiError> {
-    let num_secrets = visible(&state, auth.user()?, &ws).await?.len();
+    let num_secrets = state.service.list_secrets(&caller, &ws).await?.len();
     let zero = || Usage {
         cpu: 0,
         memory: 0,
@@ -183,19 +208,24 @@ pub async fn workspace(
 }
 
 /// `GET /api/v2/workspaces/{ws}`: the display name `lep login` shows.
-pub async fn base(UserAuth(auth): UserAuth, Path(ws): Path<String>) -> Result<Response, ApiError> {
-    member(auth.user()?, &ws)?;
+pub async fn base(
+    State(state): State<Arc<AppState>>,
+    UserAuth(caller): UserAuth,
+    Path(ws): Path<String>,
+) -> Result<Response, ApiError> {
+    member(&state, &caller, &ws)?;
     Ok(axum::Json(serde_json::json!({ "display_name": ws })).into_response())
 }
 
 /// `GET /api/v2/workspaces/{ws}/tokens`: the caller's token, masked, with its expiry (epoch
 /// milliseconds), which `lep` matches against its own token to warn before it expires.
 pub async fn tokens(
-    UserAuth(auth): UserAuth,
+    State(state): State<Arc<AppState>>,
+    UserAuth(caller): UserAuth,
     Path(ws): Path<String>,
 ) -> Result<Response, ApiError> {
-    member(auth.user()?, &ws)?;
-    let token = auth.principal.token();
+    member(&state, &caller, &ws)?;
+    let token = caller.token().ok_or_else(ApiError::internal)?;
     let expires_ms = token.expires_at.map(|t| t.nanos() / 1_000_000);
     Ok(axum::Json(serde_json::json!([{
         "masked_value": masked(&token.id, token.kind),

@@ -1,25 +1,22 @@
-//! The workload read: the one endpoint that returns values, and only to a workload token, only
-//! for the secrets it was minted for and its user may still use. Long-polls with `wait` and
-//! `since` for the mount's watch.
+//! The workload read over HTTP: the one endpoint that returns values (the service decides which:
+//! only a workload token's grants its user may still use). Long-polls with `wait` and `since`
+//! for the mount's watch.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::{ApiError, AppState, Auth, Principal, may_use};
+use super::query::Query;
+use super::{ApiError, AppState, Auth};
 use crate::secret::{SecretKind, SecretName, Timestamp, Visibility};
-use crate::store::{Actor, AuditAction, Vault};
-
-/// The longest a long-poll is held.
-const MAX_WAIT: Duration = Duration::from_secs(60);
+use crate::service::WorkloadQuery;
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReadQuery {
     /// Comma-separated names; all of them must be readable (else 404 naming the missing ones).
     /// Without it: every secret of the token's set that is readable now.
@@ -56,70 +53,13 @@ pub struct WorkloadRead {
     pub secrets: Vec<WorkloadSecret>,
 }
 
-/// The readable part of the token's set: (metadata rows) and the revision over them.
-async fn readable(
-    state: &AppState,
-    auth: &Auth,
-) -> Result<(Vec<crate::store::StoredSecret>, String, String), ApiError> {
-    let Principal::Workload { token, user } = &auth.principal else {
-        return Err(ApiError::forbidden(
-            "only a workload token reads values; mint one with \"secretfs token create --workload\"",
-        ));
-    };
-    let ws = token.workspace.clone().unwrap_or_default();
-    let still_member = user.workspaces.contains(&ws);
-    let snapshot = state.snapshot(&ws).await?;
-    let mut rows = Vec::new();
-    let mut hasher = Sha256::new();
-    if still_member {
-        for name in &token.secrets {
-            if let Some(row) = snapshot.rows.get(name).filter(|r| may_use(user, &r.meta)) {
-                hasher.update(name.as_str().as_bytes());
-                hasher.update(row.meta.version.to_be_bytes());
-                hasher.update(row.meta.updated_at.nanos().to_be_bytes());
-                hasher.update([0]);
-                rows.push(row.clone());
-            }
-        }
-    }
-    let digest = hasher.finalize();
-    let revision: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    Ok((rows, revision, ws))
-}
-
-async fn encode(
-    vault: &Vault,
-    ws: &str,
-    row: crate::store::StoredSecret,
-) -> Result<WorkloadSecret, ApiError> {
-    let (meta, value) = vault.open_row(ws, row).await?;
-    let bytes = value.expose_secret();
-    let (text, b64) = match std::str::from_utf8(bytes) {
-        Ok(t) => (Some(t.to_owned()), None),
-        Err(_) => (
-            None,
-            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-        ),
-    };
-    Ok(WorkloadSecret {
-        name: meta.name,
-        version: meta.version,
-        kind: meta.kind,
-        visibility: meta.visibility,
-        owner: meta.owner,
-        updated_at: meta.updated_at,
-        value: text,
-        value_base64: b64,
-    })
-}
-
 /// `GET /api/v1/workload/secrets`.
 pub async fn read(
     State(state): State<Arc<AppState>>,
-    auth: Auth,
+    Auth(caller): Auth,
     Query(q): Query<ReadQuery>,
 ) -> Result<Response, ApiError> {
-    let wanted: Option<Vec<SecretName>> = match &q.names {
+    let names: Option<Vec<SecretName>> = match &q.names {
         Some(list) => Some(
             list.split(',')
                 .filter(|n| !n.is_empty())
@@ -129,80 +69,52 @@ pub async fn read(
         None => None,
     };
     let wait = match &q.wait {
-        Some(w) => humantime::parse_duration(w.trim())
-            .map_err(|e| ApiError::invalid(format!("wait {w:?} is not a duration ({e})")))?
-            .min(MAX_WAIT),
+        Some(w) => humantime::parse_duration(w.trim()).map_err(|e| {
+            ApiError::invalid(format!("wait {w:?} is not a duration ({e})")).on("wait")
+        })?,
         None => Duration::ZERO,
     };
-    let mut changes = state.changes.subscribe();
-    let deadline = tokio::time::Instant::now() + wait;
-    let (rows, revision, ws) = loop {
-        let (rows, revision, ws) = readable(&state, &auth).await?;
-        if q.since.as_deref() != Some(revision.as_str()) || wait.is_zero() {
-            break (rows, revision, ws);
-        }
-        // Nothing new: wait for any committed change, then look again.
-        match tokio::time::timeout_at(deadline, changes.changed()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) | Err(_) => break (rows, revision, ws),
-        }
-    };
-    let mut by_name: BTreeMap<SecretName, crate::store::StoredSecret> =
-        rows.into_iter().map(|r| (r.meta.name.clone(), r)).collect();
-    let selected: Vec<crate::store::StoredSecret> = match &wanted {
-        Some(names) => {
-            let missing: Vec<String> = names
-                .iter()
-                .filter(|n| !by_name.contains_key(*n))
-                .map(|n| format!("\"{n}\""))
-                .collect();
-            if !missing.is_empty() {
-                return Err(ApiError::not_found(format!(
-                    "secret{} not found: {}",
-                    if missing.len() == 1 { "" } else { "s" },
-                    missing.join(", ")
-                )));
+    let answer = state
+        .service
+        .workload_read(
+            &caller,
+            WorkloadQuery {
+                names,
+                values: q.values.unwrap_or(true),
+                wait,
+                since: q.since,
+            },
+        )
+        .await?;
+    let secrets = answer
+        .secrets
+        .into_iter()
+        .map(|s| {
+            let (value, value_base64) = match &s.value {
+                Some(v) => match std::str::from_utf8(v.expose_secret()) {
+                    Ok(t) => (Some(t.to_owned()), None),
+                    Err(_) => (
+                        None,
+                        Some(base64::engine::general_purpose::STANDARD.encode(v.expose_secret())),
+                    ),
+                },
+                None => (None, None),
+            };
+            WorkloadSecret {
+                name: s.meta.name,
+                version: s.meta.version,
+                kind: s.meta.kind,
+                visibility: s.meta.visibility,
+                owner: s.meta.owner,
+                updated_at: s.meta.updated_at,
+                value,
+                value_base64,
             }
-            names.iter().filter_map(|n| by_name.remove(n)).collect()
-        }
-        None => by_name.into_values().collect(),
-    };
-    let with_values = q.values.unwrap_or(true);
-    let mut secrets = Vec::with_capacity(selected.len());
-    let mut audits = Vec::new();
-    let actor = Actor {
-        name: format!("workload:{}", auth.principal.token().id),
-        address: auth.address.clone(),
-    };
-    for row in selected {
-        if with_values {
-            audits.push(Vault::audit(
-                &ws,
-                &actor,
-                AuditAction::Read,
-                &row.meta.name,
-                row.meta.version,
-                format!("user={}", auth.principal.user().name),
-            ));
-            secrets.push(encode(&state.vault, &ws, row).await?);
-        } else {
-            let m = row.meta;
-            secrets.push(WorkloadSecret {
-                name: m.name,
-                version: m.version,
-                kind: m.kind,
-                visibility: m.visibility,
-                owner: m.owner,
-                updated_at: m.updated_at,
-                value: None,
-                value_base64: None,
-            });
-        }
-    }
-    state.audit.send(audits);
+        })
+        .collect();
     Ok(axum::Json(WorkloadRead {
-        revision,
-        workspace: ws,
+        revision: answer.revision,
+        workspace: answer.workspace,
         secrets,
     })
     .into_response())

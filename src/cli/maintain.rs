@@ -10,8 +10,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::{GlobalArgs, configured_remote, open_local};
-use crate::store::Actor;
-use crate::store::local::{self, LocalPaths, OpenMode, local_user};
+use crate::service::OpenMode;
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
@@ -48,10 +47,11 @@ pub async fn key(g: &GlobalArgs, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
                 eprintln!("master key rotated on the server; {moved} values re-sealed");
                 return Ok(ExitCode::SUCCESS);
             }
-            let paths = LocalPaths::resolve(g.store.clone(), g.key_file.clone())?;
-            let vault = open_local(g, OpenMode::Existing).await?;
-            let moved = local::rotate_key(&vault, &paths.key, &Actor::local(local_user())).await?;
-            vault.close().await;
+            let paths = crate::service::LocalPaths::resolve(g.store.clone(), g.key_file.clone())?;
+            let service = open_local(g, OpenMode::Existing).await?;
+            let caller = service.local_caller(true).await?;
+            let moved = service.rotate_key(&caller).await?;
+            service.close().await;
             eprintln!(
                 "master key rotated; {moved} values re-sealed; key file {} now holds only the new \
                  key (copies of the old key file no longer open this store)",
@@ -89,9 +89,10 @@ pub async fn backup(g: &GlobalArgs, a: BackupArgs) -> anyhow::Result<ExitCode> {
             .and_then(|()| f.sync_all())
             .with_context(|| format!("cannot write \"{}\"", partial.display()))?;
     } else {
-        let vault = open_local(g, OpenMode::Existing).await?;
-        vault.store().backup_to(&partial).await?;
-        vault.close().await;
+        let service = open_local(g, OpenMode::Existing).await?;
+        let caller = service.local_caller(true).await?;
+        service.backup(&caller, &partial).await?;
+        service.close().await;
     }
     std::fs::rename(&partial, &a.path)
         .with_context(|| format!("cannot move the backup to \"{}\"", a.path.display()))?;

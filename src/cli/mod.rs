@@ -14,8 +14,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::store::local::{self, LocalPaths, OpenMode};
-use crate::store::{StoreError, Vault};
+use crate::service::{LocalPaths, OpenMode, Service, ServiceError};
+use crate::store::StoreError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -271,13 +271,14 @@ impl std::error::Error for Hinted {}
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Attaches a hint to store errors whose remedy is a command.
-pub(crate) fn with_store_hint(e: StoreError) -> anyhow::Error {
+/// Attaches a hint to errors whose remedy is a command.
+pub(crate) fn with_store_hint(e: impl Into<ServiceError>) -> anyhow::Error {
+    let e = e.into();
     let hint = match &e {
-        StoreError::NotFound(_) => {
+        ServiceError::NotFound(_) | ServiceError::Store(StoreError::NotFound(_)) => {
             Some("run \"secretfs secret list\" to see the secrets in this store".to_owned())
         }
-        StoreError::AlreadyExists(name) => Some(format!(
+        ServiceError::Store(StoreError::AlreadyExists(name)) => Some(format!(
             "run \"secretfs secret update {name}\" to replace its value, or choose another name"
         )),
         _ => None,
@@ -294,9 +295,9 @@ pub(crate) fn with_store_hint(e: StoreError) -> anyhow::Error {
 
 pub(crate) use remote::{Remote, remote as configured_remote};
 
-pub(crate) async fn open_local(g: &GlobalArgs, mode: OpenMode) -> anyhow::Result<Vault> {
+pub(crate) async fn open_local(g: &GlobalArgs, mode: OpenMode) -> anyhow::Result<Service> {
     let paths = LocalPaths::resolve(g.store.clone(), g.key_file.clone())?;
-    Ok(local::open(&paths, mode).await?)
+    Ok(Service::open_local(&paths, mode, 4).await?)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -12,8 +12,8 @@ use super::GlobalArgs;
 use crate::fs::mount::{self, MountConfig};
 use crate::fs::tree::Ownership;
 use crate::secret::SecretName;
+use crate::service::LocalPaths;
 use crate::source::{LocalSource, ServerSource, Source};
-use crate::store::local::LocalPaths;
 
 #[derive(Debug, Args)]
 #[command(

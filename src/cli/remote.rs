@@ -152,7 +152,7 @@ pub fn remote(g: &GlobalArgs) -> anyhow::Result<Option<Remote>> {
         .workspace
         .clone()
         .or(cfg.workspace.clone())
-        .unwrap_or_else(|| crate::store::DEFAULT_WORKSPACE.to_owned());
+        .unwrap_or_else(|| crate::service::DEFAULT_WORKSPACE.to_owned());
     Ok(Some(Remote { client, workspace }))
 }
 
@@ -199,6 +199,10 @@ pub struct ServeArgs {
     /// Where --init writes the admin token [default: the database path + ".admin-token"].
     #[arg(long, value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
+    /// Refuse admins minting tokens for other users: no admin can then act as a user and read
+    /// their private secrets (user add still hands the new user a first token, once).
+    #[arg(long)]
+    pub no_admin_impersonation: bool,
     /// How long workload-read audit records may wait to be written together.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub audit_interval: Duration,
@@ -223,6 +227,7 @@ pub fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         init: a.init,
         admin_token_file: a.admin_token_file,
         audit_interval: a.audit_interval,
+        admin_impersonation: !a.no_admin_impersonation,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -319,6 +324,13 @@ pub enum WorkspaceCommand {
         /// The user to add.
         user: String,
     },
+    /// Remove a user from a workspace (admin): they see nothing of it from then on.
+    RemoveMember {
+        /// The workspace.
+        workspace: String,
+        /// The user to remove from it.
+        user: String,
+    },
 }
 
 pub async fn workspace(g: &GlobalArgs, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> {
@@ -346,6 +358,12 @@ pub async fn workspace(g: &GlobalArgs, cmd: WorkspaceCommand) -> anyhow::Result<
                 .await?;
             eprintln!("added \"{user}\" to workspace \"{workspace}\"");
         }
+        WorkspaceCommand::RemoveMember { workspace, user } => {
+            r.client
+                .delete(&format!("/api/v1/workspaces/{workspace}/members/{user}"))
+                .await?;
+            eprintln!("removed \"{user}\" from workspace \"{workspace}\"");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -369,12 +387,25 @@ pub enum UserCommand {
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: Output,
     },
-    /// Remove a user and their tokens (admin).
+    /// Remove a user (admin): their tokens and memberships, and their private secrets (says
+    /// which); their public secrets stay, owned by the removed user.
     #[command(visible_aliases = ["rm", "remove"])]
     Delete {
         /// The user to remove.
         name: String,
+        /// Hand every secret of theirs (private and public) to this user instead.
+        #[arg(long, value_name = "USER")]
+        transfer_to: Option<String>,
     },
+}
+
+/// What `DELETE /api/v1/users/{name}` answers.
+#[derive(Deserialize)]
+struct Removed {
+    tokens: usize,
+    deleted: Vec<String>,
+    kept: Vec<String>,
+    transferred: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -422,9 +453,39 @@ pub async fn user(g: &GlobalArgs, cmd: UserCommand) -> anyhow::Result<ExitCode> 
                 }
             }
         }
-        UserCommand::Delete { name } => {
-            r.client.delete(&format!("/api/v1/users/{name}")).await?;
-            eprintln!("removed user \"{name}\"");
+        UserCommand::Delete { name, transfer_to } => {
+            let query: Vec<(&str, String)> = transfer_to
+                .iter()
+                .map(|t| ("transfer_to", t.clone()))
+                .collect();
+            let removed: Removed = r
+                .client
+                .delete_with(&format!("/api/v1/users/{name}"), &query)
+                .await?;
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_owned()
+                } else {
+                    v.join(", ")
+                }
+            };
+            match transfer_to {
+                Some(to) => eprintln!(
+                    "removed user \"{name}\": {} tokens revoked; {} secrets transferred to \"{to}\" ({})",
+                    removed.tokens,
+                    removed.transferred.len(),
+                    list(&removed.transferred)
+                ),
+                None => eprintln!(
+                    "removed user \"{name}\": {} tokens revoked; {} private secrets deleted ({}); \
+                     {} public secrets kept, owned by the removed user ({})",
+                    removed.tokens,
+                    removed.deleted.len(),
+                    list(&removed.deleted),
+                    removed.kept.len(),
+                    list(&removed.kept)
+                ),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -595,12 +656,13 @@ pub async fn audit(g: &GlobalArgs, a: AuditArgs) -> anyhow::Result<ExitCode> {
             for rec in records {
                 let rec: AuditLine = serde_json::from_value(rec)?;
                 println!(
-                    "{} {:<10} {:<7} {}/{} v{} {} {}",
+                    "{} {:<10} {:<16} {}:{}/{} v{} {} {}",
                     rec.at,
                     rec.actor,
                     rec.action,
+                    rec.target_kind,
                     rec.workspace,
-                    rec.secret,
+                    rec.target,
                     rec.version,
                     rec.address,
                     rec.detail
@@ -617,7 +679,8 @@ struct AuditLine {
     workspace: String,
     actor: String,
     action: String,
-    secret: String,
+    target_kind: String,
+    target: String,
     version: u64,
     detail: String,
     address: String,

@@ -12,8 +12,10 @@ use super::{
 };
 use crate::client::Client;
 use crate::secret::{SecretKind, SecretMeta, SecretName, SecretValue, ValueLimit, Visibility};
-use crate::store::local::{LocalError, OpenMode, local_user};
-use crate::store::{Actor, DEFAULT_WORKSPACE, NewSecret, SecretUpdate, StoreError, Vault};
+use crate::service::{
+    DEFAULT_WORKSPACE, LocalError, NewSecret, OpenMode, SecretUpdate, Service, ServiceError,
+};
+use crate::store::StoreError;
 
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
@@ -143,7 +145,7 @@ pub async fn run(g: &GlobalArgs, cmd: SecretCommand) -> anyhow::Result<ExitCode>
 /// Where `secret` commands act: the local store (with `--store`, or when no server is
 /// configured) or the server.
 enum Target {
-    Local(Vault),
+    Local(Service),
     Remote(Remote),
 }
 
@@ -157,7 +159,7 @@ impl Target {
             return Ok(Some(Target::Remote(r)));
         }
         match open_local(g, mode).await {
-            Ok(vault) => Ok(Some(Target::Local(vault))),
+            Ok(service) => Ok(Some(Target::Local(service))),
             Err(e)
                 if e.downcast_ref::<LocalError>()
                     .is_some_and(|e| matches!(e, LocalError::Missing(_)))
@@ -175,7 +177,10 @@ impl Target {
 
     async fn list(&self) -> anyhow::Result<Vec<SecretMeta>> {
         match self {
-            Target::Local(v) => Ok(v.list(DEFAULT_WORKSPACE).await?),
+            Target::Local(s) => {
+                let caller = s.local_caller(false).await?;
+                Ok(s.list_secrets(&caller, DEFAULT_WORKSPACE).await?)
+            }
             Target::Remote(r) => Ok(r.client.get(&Self::secrets_path(r), &[]).await?),
         }
     }
@@ -183,11 +188,14 @@ impl Target {
     /// The secret's metadata, `None` when there is no such secret (or none this caller sees).
     async fn meta(&self, name: &SecretName) -> anyhow::Result<Option<SecretMeta>> {
         match self {
-            Target::Local(v) => match v.meta(DEFAULT_WORKSPACE, name).await {
-                Ok(m) => Ok(Some(m)),
-                Err(StoreError::NotFound(_)) => Ok(None),
-                Err(e) => Err(e.into()),
-            },
+            Target::Local(s) => {
+                let caller = s.local_caller(false).await?;
+                match s.secret(&caller, DEFAULT_WORKSPACE, name).await {
+                    Ok(m) => Ok(Some(m)),
+                    Err(ServiceError::NotFound(_)) => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            }
             Target::Remote(r) => {
                 match r
                     .client
@@ -204,10 +212,14 @@ impl Target {
 
     async fn create(&self, new: NewSecret) -> anyhow::Result<SecretMeta> {
         match self {
-            Target::Local(v) => Ok(v
-                .create(DEFAULT_WORKSPACE, &Actor::local(local_user()), new)
-                .await
-                .map_err(with_store_hint)?),
+            Target::Local(s) => {
+                let caller = s.local_caller(true).await?;
+                let written = s
+                    .create_secrets(&caller, DEFAULT_WORKSPACE, vec![new])
+                    .await
+                    .map_err(with_store_hint)?;
+                Ok(written.into_iter().next().expect("one created").meta)
+            }
             Target::Remote(r) => {
                 let body = serde_json::json!({
                     "name": new.name.as_str(),
@@ -230,8 +242,9 @@ impl Target {
     /// Creates every secret or none.
     async fn create_many(&self, new: Vec<NewSecret>) -> anyhow::Result<()> {
         match self {
-            Target::Local(v) => {
-                v.create_many(DEFAULT_WORKSPACE, &Actor::local(local_user()), new)
+            Target::Local(s) => {
+                let caller = s.local_caller(true).await?;
+                s.create_secrets(&caller, DEFAULT_WORKSPACE, new)
                     .await
                     .map_err(with_store_hint)?;
                 Ok(())
@@ -263,10 +276,13 @@ impl Target {
 
     async fn update(&self, name: &SecretName, update: SecretUpdate) -> anyhow::Result<SecretMeta> {
         match self {
-            Target::Local(v) => Ok(v
-                .update(DEFAULT_WORKSPACE, &Actor::local(local_user()), name, update)
-                .await
-                .map_err(with_store_hint)?),
+            Target::Local(s) => {
+                let caller = s.local_caller(true).await?;
+                Ok(s.update_secret(&caller, DEFAULT_WORKSPACE, name, update)
+                    .await
+                    .map_err(with_store_hint)?
+                    .meta)
+            }
             Target::Remote(r) => {
                 let mut body = serde_json::json!({});
                 if let Some(v) = &update.value {
@@ -287,10 +303,12 @@ impl Target {
 
     async fn delete(&self, name: &SecretName) -> anyhow::Result<()> {
         match self {
-            Target::Local(v) => Ok(v
-                .delete(DEFAULT_WORKSPACE, &Actor::local(local_user()), name)
-                .await
-                .map_err(with_store_hint)?),
+            Target::Local(s) => {
+                let caller = s.local_caller(true).await?;
+                Ok(s.delete_secret(&caller, DEFAULT_WORKSPACE, name)
+                    .await
+                    .map_err(with_store_hint)?)
+            }
             Target::Remote(r) => match r
                 .client
                 .delete(&format!("{}/{name}", Self::secrets_path(r)))
@@ -307,7 +325,7 @@ impl Target {
 
     fn value_limit(&self) -> ValueLimit {
         match self {
-            Target::Local(v) => v.value_limit(),
+            Target::Local(s) => s.value_limit(),
             Target::Remote(_) => ValueLimit::default(),
         }
     }

@@ -14,8 +14,8 @@ use zeroize::Zeroizing;
 use super::plan::{ExecPlan, SourcePlan, Value};
 use crate::auth::Token;
 use crate::secret::{SecretName, VALUE_MAX_LEN};
+use crate::service::LocalPaths;
 use crate::source::{LocalSource, ServerSource, Source, SourceError};
-use crate::store::local::LocalPaths;
 
 /// The workload's environment, ready for `execve`: `NAME=VALUE\0` entries, wiped on drop (so a
 /// failed exec leaves no value behind), plus the memory files `[secret_files]` point at.

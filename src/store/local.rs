@@ -10,7 +10,7 @@ use crate::keyfile::{self, KeyFileError};
 use crate::secret::ValueLimit;
 
 use super::sqlite::SqliteStore;
-use super::{Actor, Store, StoreError, Vault};
+use super::{AuditRecord, Store, StoreError, Vault};
 use crate::crypto::{MasterKey, Sealer};
 
 /// Where a local store and its key live.
@@ -168,8 +168,12 @@ pub async fn bind_key(
 /// file first holds it and the old ones, so a crash at any point leaves a store that opens),
 /// every value is re-sealed under it while the store keeps serving, then the old keys are
 /// dropped from the file (this process keeps them in memory until it exits). Returns how many
-/// values were re-sealed.
-pub async fn rotate_key(vault: &Vault, key: &Path, actor: &Actor) -> Result<usize, LocalError> {
+/// values were re-sealed; `audit` is written in the transaction that replaces the key check.
+pub async fn rotate_key(
+    vault: &Vault,
+    key: &Path,
+    audit: AuditRecord,
+) -> Result<usize, LocalError> {
     let ring = keyfile::load_ring(key)?;
     let new = MasterKey::generate();
     let mut old: Vec<MasterKey> = vec![ring.current.duplicate()];
@@ -178,7 +182,7 @@ pub async fn rotate_key(vault: &Vault, key: &Path, actor: &Actor) -> Result<usiz
     all.extend(old.iter());
     keyfile::replace(key, &all)?;
     vault.set_sealer(Sealer::with_previous(&new, &old));
-    let moved = vault.reseal_all(actor).await?;
+    let moved = vault.reseal_all(audit).await?;
     keyfile::replace(key, &[&new])?;
     // The old keys stay in this process's memory (it held them already): rows read before the
     // re-sealing reached them, and still cached, keep opening. A restart drops them.

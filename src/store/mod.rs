@@ -1,15 +1,22 @@
-//! Persistence of sealed secrets: the [`Store`] trait, its SQLite implementation, and the
-//! [`Vault`] that every caller uses on top of it.
+//! Persistence: rows of ciphertext, accounts and the audit log, behind the narrow [`Store`]
+//! trait; the [`Vault`] that seals and opens values for it.
 //!
-//! The split keeps cryptography out of SQL: a `Store` only ever receives and returns ciphertext
-//! (so no backend can leak a value), and the `Vault` seals, opens, validates and audits, once, for
-//! every backend.
+//! A store is a dumb, exact executor. It answers reads with rows and applies a [`Batch`] of
+//! writes (its [`Op`]s and the audit records that describe them) in one transaction, or none of
+//! it; it holds no rules about who may do what. The rules, the audit records and the change
+//! events are the service layer's (`crate::service`), the one door to a store. A store only
+//! ever sees ciphertext, so no backend can leak a value.
+//!
+//! The statements are written once (`sql`), for SQLite (`sqlite`, the default) and PostgreSQL
+//! (`postgres`, for replicas); each engine adds only what it does differently (opening and
+//! migrations, the write fence, change notification, bulk audit writes, backups).
 
 pub mod local;
 pub mod postgres;
 mod rows;
+mod sql;
 pub mod sqlite;
-mod vault;
+pub(crate) mod vault;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -17,17 +24,29 @@ use serde::Serialize;
 use crate::auth::TokenKind;
 use crate::secret::{SecretKind, SecretMeta, SecretName, Timestamp, Visibility};
 
-pub use vault::{Actor, NewSecret, SecretUpdate, Vault};
+pub use vault::Vault;
 
 /// The workspace the local store holds (a local store is one workspace).
 pub const DEFAULT_WORKSPACE: &str = "default";
 
-/// One secret as stored: metadata, its random id, and the sealed value.
+/// An id that is never reused: 128 random bits in hex (users and secrets); tokens have their own
+/// 64-bit ids, in their text.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source failed");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One secret as stored: where it lives, whose it is, its metadata and the sealed value.
 #[derive(Debug, Clone)]
 pub struct StoredSecret {
-    pub meta: SecretMeta,
-    /// Random, fixed at creation; bound into every ciphertext of this secret.
+    /// Random, fixed at creation, never reused; bound into every ciphertext of this secret, and
+    /// what a workload token's grant names.
     pub id: String,
+    pub workspace: String,
+    /// The owner's user id (`meta.owner` is their name, for display).
+    pub owner_id: String,
+    pub meta: SecretMeta,
     pub sealed: Vec<u8>,
 }
 
@@ -50,7 +69,7 @@ impl WriteFence {
     }
 }
 
-/// A change to an existing secret, applied atomically with a version check.
+/// A change to an existing secret's row; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct Change {
     /// A new sealed value; the version becomes `expected_version + 1`.
@@ -60,67 +79,170 @@ pub struct Change {
     pub kind: Option<SecretKind>,
 }
 
-/// What happened, recorded with every change and every workload read. Never holds a value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What happened. Recorded for every change (in its transaction) and every workload read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuditAction {
+    /// A secret created.
     Create,
+    /// A secret's value or tags replaced.
     Update,
+    /// A secret's visibility changed (and nothing else).
+    Visibility,
     Delete,
+    /// A workload read a value.
     Read,
     /// Values re-sealed under a new master key (not a change of any value).
     Rekey,
+    WorkspaceCreate,
+    UserAdd,
+    UserDelete,
+    MemberAdd,
+    MemberRemove,
+    TokenMint,
+    TokenRenew,
+    TokenRevoke,
+    Backup,
 }
 
 impl AuditAction {
+    /// Every action, for parsing and for the test that each mutation has one.
+    pub const ALL: [AuditAction; 15] = [
+        AuditAction::Create,
+        AuditAction::Update,
+        AuditAction::Visibility,
+        AuditAction::Delete,
+        AuditAction::Read,
+        AuditAction::Rekey,
+        AuditAction::WorkspaceCreate,
+        AuditAction::UserAdd,
+        AuditAction::UserDelete,
+        AuditAction::MemberAdd,
+        AuditAction::MemberRemove,
+        AuditAction::TokenMint,
+        AuditAction::TokenRenew,
+        AuditAction::TokenRevoke,
+        AuditAction::Backup,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AuditAction::Create => "create",
             AuditAction::Update => "update",
+            AuditAction::Visibility => "visibility",
             AuditAction::Delete => "delete",
             AuditAction::Read => "read",
             AuditAction::Rekey => "rekey",
+            AuditAction::WorkspaceCreate => "workspace-create",
+            AuditAction::UserAdd => "user-add",
+            AuditAction::UserDelete => "user-delete",
+            AuditAction::MemberAdd => "member-add",
+            AuditAction::MemberRemove => "member-remove",
+            AuditAction::TokenMint => "token-mint",
+            AuditAction::TokenRenew => "token-renew",
+            AuditAction::TokenRevoke => "token-revoke",
+            AuditAction::Backup => "backup",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// What an audit record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Secret,
+    User,
+    Workspace,
+    /// A membership: the target is the user, the record's workspace the workspace.
+    Member,
+    Token,
+    /// The master key.
+    Key,
+    /// The whole store (a backup).
+    Store,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Secret => "secret",
+            TargetKind::User => "user",
+            TargetKind::Workspace => "workspace",
+            TargetKind::Member => "member",
+            TargetKind::Token => "token",
+            TargetKind::Key => "key",
+            TargetKind::Store => "store",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         [
-            AuditAction::Create,
-            AuditAction::Update,
-            AuditAction::Delete,
-            AuditAction::Read,
-            AuditAction::Rekey,
+            TargetKind::Secret,
+            TargetKind::User,
+            TargetKind::Workspace,
+            TargetKind::Member,
+            TargetKind::Token,
+            TargetKind::Key,
+            TargetKind::Store,
         ]
         .into_iter()
-        .find(|a| a.as_str() == s)
+        .find(|k| k.as_str() == s)
     }
 }
 
-/// One audit log entry.
+/// One audit log entry: who did what to what, by name and by id. Never holds a value or a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditRecord {
     pub at: Timestamp,
+    /// The workspace concerned, empty for actions on the whole server (users, keys).
     pub workspace: String,
-    /// Who did it: a user name, or a workload token's id.
+    /// Who did it: a user name, `workload:ID` for a workload token, or the local user.
     pub actor: String,
+    /// The acting user's id (for workload reads, the token's user).
+    pub actor_id: String,
     pub action: AuditAction,
-    pub secret: String,
-    /// The version after the action (the version read, for reads).
+    pub target_kind: TargetKind,
+    /// The target's name (a secret, a user, a workspace) or a token's id.
+    pub target: String,
+    pub target_id: String,
+    /// A secret's version after the action (the version read, for reads); 0 otherwise.
     pub version: u64,
-    /// What changed, in words ("value", "visibility=public"); never a value.
+    /// What changed, in words ("value", "visibility=public", "for bob"); never a value.
     pub detail: String,
     /// Where the request came from (the client's address), empty for local commands.
     pub address: String,
 }
 
-/// A person (or service account) of the server.
+/// A person (or service account) of the server. Deleted users stay as tombstones (their id and
+/// name, for the audit log and for the public secrets they owned); the name is free again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct User {
+    pub id: String,
     pub name: String,
     pub admin: bool,
     pub created_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<Timestamp>,
     /// The workspaces the user belongs to.
     pub workspaces: Vec<String>,
+}
+
+impl User {
+    pub fn live(&self) -> bool {
+        self.deleted_at.is_none()
+    }
+}
+
+/// A workload token's permission for one secret: by id, with the name it had (for display and
+/// for the workload's file and variable names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub secret_id: String,
+    pub name: SecretName,
 }
 
 /// A token as stored: never the token itself, only the hash of its secret part.
@@ -129,11 +251,13 @@ pub struct TokenRecord {
     pub id: String,
     pub hash: Vec<u8>,
     pub kind: TokenKind,
+    pub user_id: String,
+    /// The user's name, read with the token.
     pub user: String,
     /// Workload tokens: the workspace of their secrets.
     pub workspace: Option<String>,
-    /// Workload tokens: the secrets they may read.
-    pub secrets: Vec<SecretName>,
+    /// Workload tokens: the secrets they may read, by id.
+    pub grants: Vec<Grant>,
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     /// Workload tokens: renewals never push the expiry past this.
@@ -142,6 +266,8 @@ pub struct TokenRecord {
     pub ttl_secs: Option<u64>,
     pub revoked_at: Option<Timestamp>,
     pub description: String,
+    /// The token that minted this one, if a token did (not `user add` or `serve --init`).
+    pub minted_by: Option<String>,
 }
 
 /// A valid user or workspace name: 1 to 64 characters, letters, digits, '_', '.', '@', '-',
@@ -154,6 +280,152 @@ pub fn valid_account_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '-'))
 }
 
+/// Which secrets to read.
+#[derive(Debug, Clone, Copy)]
+pub enum SecretFilter<'a> {
+    /// Every secret of a workspace (the server's snapshot of it).
+    Workspace(&'a str),
+    /// Those of a workspace with these names, in one round trip (a mount loads hundreds).
+    Named(&'a str, &'a [SecretName]),
+    Ids(&'a [String]),
+    /// Every secret a user owns, in every workspace.
+    Owner(&'a str),
+    /// Every secret of the store (a key rotation's scan).
+    All,
+}
+
+/// Which tokens to read.
+#[derive(Debug, Clone, Copy)]
+pub enum TokenFilter<'a> {
+    Id(&'a str),
+    User(&'a str),
+    All,
+}
+
+/// Which audit records to read: at or after `since`, of `workspace` if given, at most `limit`;
+/// the oldest first, or the newest `limit` (still oldest first) when `newest` is set.
+#[derive(Debug, Clone)]
+pub struct AuditQuery {
+    pub since: Timestamp,
+    pub workspace: Option<String>,
+    pub limit: u32,
+    pub newest: bool,
+}
+
+/// One write of a [`Batch`]. Each is one statement (or a check and one statement), applied in
+/// order inside the batch's transaction; the preconditions make concurrent writers meet as
+/// errors, never as lost changes.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Records the key check of a new store (`Conflict` if it has one).
+    InitKeyCheck(Vec<u8>),
+    /// Replaces the key check: a key rotation's first step.
+    ReplaceKeyCheck(Vec<u8>),
+    /// A new secret. `AlreadyExists` if the name is taken in its workspace, `WorkspaceNotFound`,
+    /// `UserNotFound` unless the owner is a live user.
+    InsertSecret(StoredSecret),
+    /// Changes a secret if it is still at `expected_version` (`VersionConflict`; `NotFound` if
+    /// the id is gone). A new value moves the version and `updated_at`.
+    UpdateSecret {
+        id: String,
+        name: SecretName,
+        expected_version: u64,
+        change: Change,
+        at: Timestamp,
+    },
+    /// Replaces the sealed bytes of a secret still at `version` without changing it otherwise
+    /// (a key rotation); `VersionConflict` otherwise.
+    Reseal {
+        id: String,
+        name: SecretName,
+        version: u64,
+        sealed: Vec<u8>,
+    },
+    DeleteSecret {
+        id: String,
+        name: SecretName,
+    },
+    /// A precondition: the ids of `owner`'s secrets (only those of `visibility`, if given) are
+    /// exactly `expected` (sorted), else `Conflict`. What a batch that acts on "all of a user's
+    /// secrets" checks so that a secret created meanwhile is never missed.
+    ExpectOwned {
+        owner_id: String,
+        visibility: Option<Visibility>,
+        expected: Vec<String>,
+    },
+    /// Hands every secret of `from` to `to` (a live user).
+    TransferSecrets {
+        from: String,
+        to: String,
+        to_name: String,
+    },
+    CreateWorkspace {
+        name: String,
+        at: Timestamp,
+    },
+    /// A new user (its `workspaces` are added with `AddMember`). `UserExists` if a live user has
+    /// the name.
+    InsertUser(User),
+    /// Marks a live user deleted; the name is free from then on (`UserNotFound` if not live).
+    TombstoneUser {
+        id: String,
+        at: Timestamp,
+    },
+    /// `WorkspaceNotFound`, `UserNotFound` unless live; adding an existing member is no change.
+    AddMember {
+        user_id: String,
+        workspace: String,
+    },
+    /// `NotAMember` if the user is not a member.
+    RemoveMember {
+        user_id: String,
+        workspace: String,
+    },
+    RemoveMemberships {
+        user_id: String,
+    },
+    /// A new token with its grants; `UserNotFound` unless its user is live.
+    InsertToken(TokenRecord),
+    /// `TokenNotFound` if there is no such unrevoked token.
+    SetTokenExpiry {
+        id: String,
+        expires_at: Timestamp,
+    },
+    /// `TokenNotFound` if there is no such token.
+    RevokeToken {
+        id: String,
+        at: Timestamp,
+    },
+    DeleteTokensOf {
+        user_id: String,
+    },
+}
+
+impl Op {
+    /// Whether the op writes sealed bytes, and so must pass the write fence.
+    pub fn seals(&self) -> bool {
+        matches!(
+            self,
+            Op::InsertSecret(_)
+                | Op::Reseal { .. }
+                | Op::UpdateSecret {
+                    change: Change {
+                        sealed: Some(_),
+                        ..
+                    },
+                    ..
+                }
+        )
+    }
+}
+
+/// Writes applied together: every op and every audit record, in one transaction, or nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+    pub audit: Vec<AuditRecord>,
+}
+
 /// Why a store operation failed. Messages name the thing and never carry a value.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -161,9 +433,13 @@ pub enum StoreError {
     NotFound(SecretName),
     #[error("secret \"{0}\" already exists in this workspace")]
     AlreadyExists(SecretName),
-    /// Another writer changed the secret between read and write; the vault retries.
+    /// Another writer changed the secret between read and write; the service retries.
     #[error("secret \"{0}\" was changed concurrently; try again")]
     VersionConflict(SecretName),
+    /// A precondition of a batch no longer held (another writer got there first); the service
+    /// retries from a fresh read.
+    #[error("the store changed while the request was being prepared; try again")]
+    Conflict,
     #[error("workspace \"{0}\" not found")]
     WorkspaceNotFound(String),
     #[error("workspace \"{0}\" already exists")]
@@ -172,6 +448,8 @@ pub enum StoreError {
     UserNotFound(String),
     #[error("user \"{0}\" already exists")]
     UserExists(String),
+    #[error("user \"{user}\" is not a member of workspace \"{workspace}\"")]
+    NotAMember { user: String, workspace: String },
     #[error("token \"{0}\" not found")]
     TokenNotFound(String),
     #[error("secret \"{0}\" cannot be decrypted: the key does not match, or the row was altered")]
@@ -200,36 +478,93 @@ pub enum StoreError {
     Internal(String),
 }
 
-/// Persistence of sealed secrets and the audit log, one implementation per database.
+/// Every driver error becomes a store error here, once: callers that expect a constraint
+/// violation (a taken name) look at the sqlx error before converting it; everything else is
+/// read from the engine's codes: SQLite's result codes (5 busy, 6 locked, 8 read-only, 10 I/O,
+/// 11 corrupt, 13 full, 14 cannot open, 26 not a database, and their extended forms),
+/// PostgreSQL's SQLSTATE classes (08 connection, 53 resources, 53100 disk full, 57P shutdown).
+/// Both engines' messages name tables and constraints, never bound values, so they may be kept.
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) => {
+                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                let sqlite = code.parse::<u32>().ok().map(|c| c & 0xff);
+                match (sqlite, code.as_str()) {
+                    (Some(13), _) | (None, "53100") => StoreError::OutOfSpace,
+                    (Some(5 | 6 | 8 | 10 | 14), _) => StoreError::Unavailable(db.message().into()),
+                    (Some(11 | 26), _) => StoreError::NotAStore(format!(
+                        "the store file is damaged: {}",
+                        db.message()
+                    )),
+                    (None, c)
+                        if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") =>
+                    {
+                        StoreError::Unavailable(db.message().into())
+                    }
+                    _ => StoreError::Internal(db.message().into()),
+                }
+            }
+            sqlx::Error::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => {
+                StoreError::OutOfSpace
+            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// SQLite's "busy" or "locked": another connection holds the lock this one needs.
+pub(crate) fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.code().and_then(|c| c.parse::<u32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)))
+}
+
+/// Persistence of sealed secrets, accounts and the audit log, one implementation per database.
 ///
-/// Implementations hold ciphertext only and do not check permissions; the [`Vault`] and the
-/// server above it do. Every mutating method writes its audit record in the same transaction,
-/// so an acknowledged change always has its record.
+/// Reads return rows; [`Store::apply`] writes a [`Batch`] in one transaction. Implementations
+/// hold ciphertext only and check no permissions: the service layer does.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A one-line description for logs, e.g. `sqlite:/var/lib/secretfs/store.db`.
     fn describe(&self) -> String;
 
+    /// The secrets `filter` selects, sorted by workspace and name.
+    async fn secrets(&self, filter: SecretFilter<'_>) -> Result<Vec<StoredSecret>, StoreError>;
+    /// Every user, tombstones included, with their memberships.
+    async fn users(&self) -> Result<Vec<User>, StoreError>;
+    async fn workspaces(&self) -> Result<Vec<String>, StoreError>;
+    async fn tokens(&self, filter: TokenFilter<'_>) -> Result<Vec<TokenRecord>, StoreError>;
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
     /// The key-check blob sealed at initialisation, if the store has one.
     async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Stores the key-check blob; only called on a new store.
-    async fn set_key_check(&self, sealed: &[u8]) -> Result<(), StoreError>;
-    /// Replaces the key-check blob (the first step of a key rotation's re-sealing).
-    async fn replace_key_check(&self, sealed: &[u8]) -> Result<(), StoreError>;
-    /// The key check this process's seals belong to: a write carrying a sealed value is refused
-    /// with `KeyRotated`, in the transaction that would write it, when the stored key check is
-    /// no longer this one. That is what keeps a process with a stale key from writing a value
-    /// a rotation has already passed over and whose key it is about to drop.
+
+    /// Applies every op of `batch` and writes its audit records, in one transaction, and tells
+    /// other processes sharing the store that something changed. A batch with sealed writes
+    /// first checks the write fence in the same transaction.
+    async fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Appends audit records on their own, in one transaction: workload reads, in bulk.
+    async fn record_reads(&self, audits: &[AuditRecord]) -> Result<(), StoreError>;
+    /// The key check this process's seals belong to: a batch carrying a sealed value is refused
+    /// with `KeyRotated`, in its own transaction, when the stored key check is no longer this
+    /// one. That is what keeps a process with a stale key from writing a value a rotation has
+    /// already passed over and whose key it is about to drop.
     fn set_write_fence(&self, key_check: Vec<u8>);
-    /// Replaces a secret's sealed value without changing its version or times, if it is still at
-    /// `version` (else `VersionConflict`): a key rotation re-sealing it.
-    async fn reseal(
-        &self,
-        workspace: &str,
-        name: &SecretName,
-        version: u64,
-        sealed: &[u8],
-    ) -> Result<(), StoreError>;
+
+    /// Whether other processes may change this store (replicas over one PostgreSQL): then the
+    /// server listens with [`Store::next_change`] and re-checks periodically.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Waits for a change committed by another process. Stores with one writer never return.
+    async fn next_change(&self) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+
     /// Writes a consistent copy of the store to `path` (ciphertext, as stored).
     async fn backup_to(&self, path: &std::path::Path) -> Result<(), StoreError> {
         let _ = path;
@@ -237,88 +572,6 @@ pub trait Store: Send + Sync + 'static {
             "this store has no built-in backup; for PostgreSQL use pg_dump (see the README)".into(),
         ))
     }
-
-    /// Metadata of every secret in `workspace`, sorted by name.
-    async fn list(&self, workspace: &str) -> Result<Vec<SecretMeta>, StoreError>;
-    async fn get(&self, workspace: &str, name: &SecretName) -> Result<StoredSecret, StoreError>;
-    /// The rows of those of `names` that exist, in one round trip (a mount loads hundreds).
-    async fn get_many(
-        &self,
-        workspace: &str,
-        names: &[SecretName],
-    ) -> Result<Vec<StoredSecret>, StoreError>;
-    /// Inserts a new secret; `AlreadyExists` if the name is taken in the workspace.
-    async fn insert(
-        &self,
-        workspace: &str,
-        secret: &StoredSecret,
-        audit: &AuditRecord,
-    ) -> Result<(), StoreError>;
-    /// Inserts several new secrets in one transaction: all or none (`AlreadyExists` names the
-    /// first taken name).
-    async fn insert_many(
-        &self,
-        workspace: &str,
-        secrets: &[(StoredSecret, AuditRecord)],
-    ) -> Result<(), StoreError>;
-    /// Applies `change` if the secret is still at `expected_version`, else `VersionConflict`.
-    async fn update(
-        &self,
-        workspace: &str,
-        name: &SecretName,
-        expected_version: u64,
-        change: &Change,
-        at: Timestamp,
-        audit: &AuditRecord,
-    ) -> Result<SecretMeta, StoreError>;
-    async fn delete(
-        &self,
-        workspace: &str,
-        name: &SecretName,
-        audit: &AuditRecord,
-    ) -> Result<(), StoreError>;
-    /// Appends audit records on their own, in one transaction (workload reads).
-    async fn record(&self, audits: &[AuditRecord]) -> Result<(), StoreError>;
-    /// Every row of a workspace (the server's read cache).
-    async fn get_all(&self, workspace: &str) -> Result<Vec<StoredSecret>, StoreError>;
-
-    async fn create_workspace(&self, name: &str, at: Timestamp) -> Result<(), StoreError>;
-    async fn workspaces(&self) -> Result<Vec<String>, StoreError>;
-    /// Creates a user, their memberships and (optionally) their first token, atomically.
-    async fn create_user(&self, user: &User, token: Option<&TokenRecord>)
-    -> Result<(), StoreError>;
-    async fn users(&self) -> Result<Vec<User>, StoreError>;
-    async fn user(&self, name: &str) -> Result<Option<User>, StoreError>;
-    /// Deletes a user with their memberships and tokens (their secrets stay, owned by the name).
-    async fn delete_user(&self, name: &str) -> Result<(), StoreError>;
-    async fn add_member(&self, user: &str, workspace: &str) -> Result<(), StoreError>;
-    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
-    async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
-    /// Tokens of `user`, or of everyone.
-    async fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError>;
-    async fn set_token_expiry(&self, id: &str, expires_at: Timestamp) -> Result<(), StoreError>;
-    /// Marks a token revoked; `TokenNotFound` if there is no such token.
-    async fn revoke_token(&self, id: &str, at: Timestamp) -> Result<(), StoreError>;
-    /// Audit records at or after `since`, every workspace, oldest first, at most `limit`.
-    async fn audit_since(
-        &self,
-        since: Timestamp,
-        limit: u32,
-    ) -> Result<Vec<AuditRecord>, StoreError>;
-
     /// Flushes and closes connections (SQLite checkpoints its WAL), so the next open is quick.
     async fn close(&self);
-
-    /// Whether other processes may change this store (replicas over one PostgreSQL): then the
-    /// server listens with [`Store::next_change`] and re-checks periodically.
-    fn shared(&self) -> bool {
-        false
-    }
-
-    /// Waits for a change committed by another process. Stores with one writer never return.
-    async fn next_change(&self) -> Result<(), StoreError> {
-        std::future::pending().await
-    }
-    /// The newest `limit` audit records of a workspace, oldest first.
-    async fn audit_log(&self, workspace: &str, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
 }

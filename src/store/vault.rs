@@ -1,19 +1,19 @@
-//! The vault: sealing, validation and audit on top of any [`Store`].
+//! The vault: the master keys over a [`Store`]. It seals values before they reach a store and
+//! opens what a store returns, checks that its keys are the store's, follows a key rotated by
+//! another process, and re-seals every value when the key is rotated. It decides nothing about
+//! who may do what (that is the service layer's).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::crypto::{Binding, MasterKey, Sealer};
-use crate::secret::{
-    SecretKind, SecretMeta, SecretName, SecretValue, Timestamp, ValueError, ValueLimit, Visibility,
-    validate_tags,
-};
+use crate::secret::{SecretValue, ValueLimit};
 
-use super::{AuditAction, AuditRecord, Change, Store, StoreError, StoredSecret};
+use super::{Batch, Op, Store, StoreError, StoredSecret};
 
-/// How often an update is retried when another writer bumps the version in between.
-const MAX_RETRIES: usize = 16;
+/// How often a write is retried when another writer bumps a version in between.
+pub const MAX_RETRIES: usize = 16;
 
 /// The plaintext the key check seals: opening it proves a key is the store's key before any
 /// secret is touched, so a wrong key file is reported as such, not as a damaged secret.
@@ -25,43 +25,7 @@ const KEY_CHECK_BINDING: Binding<'static> = Binding {
     version: 0,
 };
 
-/// Who does something, for the audit log: a user name or a token id, and the client's address
-/// (empty for local commands).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Actor {
-    pub name: String,
-    pub address: String,
-}
-
-impl Actor {
-    /// A local actor (no network address).
-    pub fn local(name: impl Into<String>) -> Self {
-        Actor {
-            name: name.into(),
-            address: String::new(),
-        }
-    }
-}
-
-/// A secret to create.
-#[derive(Debug)]
-pub struct NewSecret {
-    pub name: SecretName,
-    pub kind: SecretKind,
-    pub visibility: Visibility,
-    pub tags: Vec<String>,
-    pub value: SecretValue,
-}
-
-/// What to change in an existing secret; `None` leaves a field as it is.
-#[derive(Debug, Default)]
-pub struct SecretUpdate {
-    pub value: Option<SecretValue>,
-    pub visibility: Option<Visibility>,
-    pub tags: Option<Vec<String>>,
-}
-
-/// Seals, opens, validates and audits; the only way the rest of secretfs reaches a [`Store`].
+/// The keys over a store.
 pub struct Vault {
     store: Arc<dyn Store>,
     /// Swapped whole during a key rotation; readers take a clone of the `Arc`.
@@ -95,7 +59,11 @@ impl Vault {
             Some(check) => check,
             None => {
                 let sealed = sealer.seal(&KEY_CHECK_BINDING, KEY_CHECK);
-                match store.set_key_check(&sealed).await {
+                let init = Batch {
+                    ops: vec![Op::InitKeyCheck(sealed.clone())],
+                    audit: Vec::new(),
+                };
+                match store.apply(&init).await {
                     Ok(()) => sealed,
                     // Another process initialised the store at the same moment: check against
                     // the key it recorded.
@@ -165,33 +133,41 @@ impl Vault {
         self.reload_keys().await.unwrap_or(false)
     }
 
-    /// Opens a stored row: its metadata and value. A row that does not open makes the vault
-    /// re-read its key file once (another process may have rotated the key and re-sealed it).
-    pub async fn open_row(
-        &self,
-        workspace: &str,
-        row: StoredSecret,
-    ) -> Result<(SecretMeta, SecretValue), StoreError> {
-        let value = match self.open_value(workspace, &row) {
+    /// Opens a stored row's value. A row that does not open makes the vault re-read its key
+    /// file once (another process may have rotated the key and re-sealed it).
+    pub async fn open_row(&self, row: &StoredSecret) -> Result<SecretValue, StoreError> {
+        match self.open_value(row) {
             Err(StoreError::Undecryptable(_)) if self.reload_keys_throttled().await => {
-                self.open_value(workspace, &row)?
+                self.open_value(row)
             }
-            other => other?,
-        };
-        Ok((row.meta, value))
+            other => other,
+        }
     }
 
-    /// Runs a write; when the store says the key was rotated since this vault's keys were
-    /// loaded, re-reads the key file and runs it once more (re-sealed under the new key).
-    async fn fenced<T, F, Fut>(&self, mut write: F) -> Result<T, StoreError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, StoreError>>,
-    {
-        match write().await {
+    /// Seals `value` for the row `(workspace, name, id, version)`.
+    pub fn seal(&self, row: &StoredSecret, version: u64, value: &SecretValue) -> Vec<u8> {
+        self.sealer().seal(
+            &Binding {
+                workspace: &row.workspace,
+                name: row.meta.name.as_str(),
+                secret_id: &row.id,
+                version,
+            },
+            value.expose_secret(),
+        )
+    }
+
+    /// Applies a batch; when the store says the key was rotated since this vault's keys were
+    /// loaded, re-reads the key file and asks `rebuild` for the batch again (its values sealed
+    /// under the new key), once.
+    pub async fn apply_sealed(
+        &self,
+        mut rebuild: impl FnMut() -> Result<Batch, StoreError>,
+    ) -> Result<(), StoreError> {
+        match self.store.apply(&rebuild()?).await {
             Err(StoreError::KeyRotated) => {
                 if self.reload_keys().await? {
-                    write().await
+                    self.store.apply(&rebuild()?).await
                 } else {
                     Err(StoreError::KeyRotated)
                 }
@@ -215,39 +191,32 @@ impl Vault {
     /// Re-seals, under the current key, every value that an older key sealed, and the key check;
     /// returns how many values moved. The version of a secret does not change (its value did
     /// not); a concurrent update is met by re-reading (it already seals with the current key).
-    pub async fn reseal_all(&self, actor: &Actor) -> Result<usize, StoreError> {
+    /// `audit` is written with the key check's replacement.
+    pub async fn reseal_all(&self, audit: super::AuditRecord) -> Result<usize, StoreError> {
         // The key check moves first: from then on, a process still sealing with an old key
         // has its writes refused by the store (its fence no longer matches) and re-reads the key
         // file, so nothing sealed under an old key lands after the scan below has passed it.
         let check = self.sealer().seal(&KEY_CHECK_BINDING, KEY_CHECK);
-        self.store.replace_key_check(&check).await?;
+        self.store
+            .apply(&Batch {
+                ops: vec![Op::ReplaceKeyCheck(check.clone())],
+                audit: vec![audit],
+            })
+            .await?;
         self.store.set_write_fence(check);
         let mut moved = 0;
-        for workspace in self.store.workspaces().await? {
-            for row in self.store.get_all(&workspace).await? {
-                moved += usize::from(self.reseal_one(&workspace, row).await?);
-            }
+        for row in self.store.secrets(super::SecretFilter::All).await? {
+            moved += usize::from(self.reseal_one(row).await?);
         }
-        let audit = AuditRecord {
-            at: Timestamp::now(),
-            workspace: String::new(),
-            actor: actor.name.clone(),
-            action: AuditAction::Rekey,
-            secret: "*".into(),
-            version: 0,
-            detail: format!("master key rotated; {moved} values re-sealed"),
-            address: actor.address.clone(),
-        };
-        self.store.record(std::slice::from_ref(&audit)).await?;
         Ok(moved)
     }
 
     /// Re-seals one row under the current key if an older key sealed it; true when it moved. A
     /// concurrent update is met by re-reading the row; a deleted row needs nothing.
-    async fn reseal_one(&self, workspace: &str, mut row: StoredSecret) -> Result<bool, StoreError> {
+    async fn reseal_one(&self, mut row: StoredSecret) -> Result<bool, StoreError> {
         for _ in 0..MAX_RETRIES {
             let binding = Binding {
-                workspace,
+                workspace: &row.workspace,
                 name: row.meta.name.as_str(),
                 secret_id: &row.id,
                 version: row.meta.version,
@@ -260,20 +229,28 @@ impl Vault {
                 return Ok(false);
             }
             let sealed = sealer.seal(&binding, &plain);
-            match self
-                .store
-                .reseal(workspace, &row.meta.name, row.meta.version, &sealed)
-                .await
-            {
+            let batch = Batch {
+                ops: vec![Op::Reseal {
+                    id: row.id.clone(),
+                    name: row.meta.name.clone(),
+                    version: row.meta.version,
+                    sealed,
+                }],
+                audit: Vec::new(),
+            };
+            match self.store.apply(&batch).await {
                 Ok(()) => return Ok(true),
                 Err(StoreError::VersionConflict(_)) => {
-                    row = match self.store.get(workspace, &row.meta.name).await {
-                        Ok(r) => r,
-                        Err(StoreError::NotFound(_)) => return Ok(false),
-                        Err(e) => return Err(e),
-                    };
+                    match self
+                        .store
+                        .secrets(super::SecretFilter::Ids(std::slice::from_ref(&row.id)))
+                        .await?
+                        .pop()
+                    {
+                        Some(r) => row = r,
+                        None => return Ok(false),
+                    }
                 }
-                Err(StoreError::NotFound(_)) => return Ok(false),
                 Err(e) => return Err(e),
             }
         }
@@ -300,265 +277,9 @@ impl Vault {
         self.limit
     }
 
-    fn check_limit(&self, value: &SecretValue) -> Result<(), StoreError> {
-        if value.len() > self.limit.bytes() {
-            return Err(StoreError::Invalid(
-                ValueError::TooLarge {
-                    len: value.len(),
-                    limit: self.limit.bytes(),
-                }
-                .to_string(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// An audit record of `action` by `actor`.
-    pub fn audit(
-        workspace: &str,
-        actor: &Actor,
-        action: AuditAction,
-        name: &SecretName,
-        version: u64,
-        detail: String,
-    ) -> AuditRecord {
-        AuditRecord {
-            at: Timestamp::now(),
-            workspace: workspace.to_owned(),
-            actor: actor.name.clone(),
-            action,
-            secret: name.to_string(),
-            version,
-            detail,
-            address: actor.address.clone(),
-        }
-    }
-
-    /// Seals a new secret and its audit record, ready to insert.
-    fn prepare(
-        &self,
-        workspace: &str,
-        owner: &Actor,
-        new: &NewSecret,
-    ) -> Result<(StoredSecret, AuditRecord), StoreError> {
-        self.check_limit(&new.value)?;
-        let tags = validate_tags(&new.tags).map_err(StoreError::Invalid)?;
-        let now = Timestamp::now();
-        let id = random_id();
-        let meta = SecretMeta {
-            name: new.name.clone(),
-            kind: new.kind,
-            visibility: new.visibility,
-            owner: owner.name.clone(),
-            tags,
-            version: 1,
-            created_at: now,
-            updated_at: now,
-        };
-        let sealed = self.sealer().seal(
-            &Binding {
-                workspace,
-                name: meta.name.as_str(),
-                secret_id: &id,
-                version: 1,
-            },
-            new.value.expose_secret(),
-        );
-        let audit = Self::audit(
-            workspace,
-            owner,
-            AuditAction::Create,
-            &meta.name,
-            1,
-            format!("kind={} visibility={}", meta.kind, meta.visibility),
-        );
-        Ok((StoredSecret { meta, id, sealed }, audit))
-    }
-
-    /// Creates a secret at version 1, owned by `owner`.
-    pub async fn create(
-        &self,
-        workspace: &str,
-        owner: &Actor,
-        new: NewSecret,
-    ) -> Result<SecretMeta, StoreError> {
-        self.fenced(|| async {
-            let (row, audit) = self.prepare(workspace, owner, &new)?;
-            self.store.insert(workspace, &row, &audit).await?;
-            Ok(row.meta)
-        })
-        .await
-    }
-
-    /// Creates several secrets, all or none.
-    pub async fn create_many(
-        &self,
-        workspace: &str,
-        owner: &Actor,
-        new: Vec<NewSecret>,
-    ) -> Result<Vec<SecretMeta>, StoreError> {
-        self.fenced(|| async {
-            let rows = new
-                .iter()
-                .map(|n| self.prepare(workspace, owner, n))
-                .collect::<Result<Vec<_>, _>>()?;
-            self.store.insert_many(workspace, &rows).await?;
-            Ok(rows.into_iter().map(|(r, _)| r.meta).collect())
-        })
-        .await
-    }
-
-    pub async fn list(&self, workspace: &str) -> Result<Vec<SecretMeta>, StoreError> {
-        self.store.list(workspace).await
-    }
-
-    pub async fn meta(&self, workspace: &str, name: &SecretName) -> Result<SecretMeta, StoreError> {
-        Ok(self.store.get(workspace, name).await?.meta)
-    }
-
-    /// Replaces the value (a new version) and/or changes visibility or tags, atomically.
-    pub async fn update(
-        &self,
-        workspace: &str,
-        actor: &Actor,
-        name: &SecretName,
-        update: SecretUpdate,
-    ) -> Result<SecretMeta, StoreError> {
-        if let Some(value) = &update.value {
-            self.check_limit(value)?;
-        }
-        let tags = match &update.tags {
-            Some(tags) => Some(validate_tags(tags).map_err(StoreError::Invalid)?),
-            None => None,
-        };
-        let mut detail = Vec::new();
-        if update.value.is_some() {
-            detail.push("value".to_owned());
-        }
-        if let Some(v) = update.visibility {
-            detail.push(format!("visibility={v}"));
-        }
-        if let Some(t) = &tags {
-            detail.push(format!("tags={}", t.join(",")));
-        }
-        for _ in 0..MAX_RETRIES {
-            let current = self.store.get(workspace, name).await?;
-            let version = current.meta.version;
-            let sealed = update.value.as_ref().map(|value| {
-                self.sealer().seal(
-                    &Binding {
-                        workspace,
-                        name: name.as_str(),
-                        secret_id: &current.id,
-                        version: version + 1,
-                    },
-                    value.expose_secret(),
-                )
-            });
-            let new_version = version + u64::from(sealed.is_some());
-            let change = Change {
-                sealed,
-                visibility: update.visibility,
-                tags: tags.clone(),
-                kind: None,
-            };
-            let audit = Self::audit(
-                workspace,
-                actor,
-                AuditAction::Update,
-                name,
-                new_version,
-                detail.join(" "),
-            );
-            match self
-                .store
-                .update(workspace, name, version, &change, Timestamp::now(), &audit)
-                .await
-            {
-                Err(StoreError::VersionConflict(_)) => continue,
-                // Sealed under a key another process has rotated away: reload and re-seal.
-                Err(StoreError::KeyRotated) if self.reload_keys().await? => continue,
-                other => return other,
-            }
-        }
-        Err(StoreError::VersionConflict(name.clone()))
-    }
-
-    pub async fn delete(
-        &self,
-        workspace: &str,
-        actor: &Actor,
-        name: &SecretName,
-    ) -> Result<(), StoreError> {
-        let version = self.store.get(workspace, name).await?.meta.version;
-        let audit = Self::audit(
-            workspace,
-            actor,
-            AuditAction::Delete,
-            name,
-            version,
-            String::new(),
-        );
-        self.store.delete(workspace, name, &audit).await
-    }
-
-    /// Reads and opens the values of `names` for a workload, recording one audit entry per value
-    /// read, in one transaction. Each name gets its own result, so a caller can report every
-    /// missing secret at once.
-    pub async fn read_many(
-        &self,
-        workspace: &str,
-        actor: &Actor,
-        names: &[SecretName],
-    ) -> Result<Vec<Result<(SecretMeta, SecretValue), StoreError>>, StoreError> {
-        let mut rows: std::collections::HashMap<SecretName, StoredSecret> = self
-            .store
-            .get_many(workspace, names)
-            .await?
-            .into_iter()
-            .map(|r| (r.meta.name.clone(), r))
-            .collect();
-        let mut out = Vec::with_capacity(names.len());
-        let mut audits = Vec::new();
-        for name in names {
-            let result = match rows.remove(name) {
-                Some(row) => self.open_row(workspace, row).await,
-                None => Err(StoreError::NotFound(name.clone())),
-            };
-            if let Ok((meta, _)) = &result {
-                audits.push(Self::audit(
-                    workspace,
-                    actor,
-                    AuditAction::Read,
-                    name,
-                    meta.version,
-                    String::new(),
-                ));
-            }
-            out.push(result);
-        }
-        if !audits.is_empty() {
-            self.store.record(&audits).await?;
-        }
-        Ok(out)
-    }
-
-    /// Reads one value for a workload (audited).
-    pub async fn read(
-        &self,
-        workspace: &str,
-        actor: &Actor,
-        name: &SecretName,
-    ) -> Result<(SecretMeta, SecretValue), StoreError> {
-        self.read_many(workspace, actor, std::slice::from_ref(name))
-            .await?
-            .pop()
-            .expect("one result per name")
-    }
-
-    fn open_value(&self, workspace: &str, row: &StoredSecret) -> Result<SecretValue, StoreError> {
+    fn open_value(&self, row: &StoredSecret) -> Result<SecretValue, StoreError> {
         let binding = Binding {
-            workspace,
+            workspace: &row.workspace,
             name: row.meta.name.as_str(),
             secret_id: &row.id,
             version: row.meta.version,
@@ -579,11 +300,4 @@ fn opens_key_check(sealer: &Sealer, check: &[u8]) -> bool {
     sealer
         .open(&KEY_CHECK_BINDING, check)
         .is_ok_and(|plain| plain.as_slice() == KEY_CHECK)
-}
-
-/// A random 128-bit id in hex.
-fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the OS random source failed");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -320,7 +320,7 @@ fn a_full_disk_refuses_writes_and_keeps_the_data() {
         );
     } else {
         // Minting a token is a write too: refused the same way while the disk is full.
-        assert_eq!(status, 507, "{w}");
+        assert_eq!(status, 507, "{w}\n{}", server.log());
     }
 }
 

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use secretfs::secret::{SecretName, SecretValue, ValueLimit};
+use secretfs::service::{
+    Caller, DEFAULT_WORKSPACE, NewSecret, Options, SecretUpdate, Service, ServiceError,
+};
 use secretfs::store::local::{self, LocalPaths, OpenMode};
 use secretfs::store::postgres::PgStore;
 use secretfs::store::sqlite::SqliteStore;
-use secretfs::store::{
-    Actor, DEFAULT_WORKSPACE, NewSecret, SecretUpdate, Store, StoreError, Vault,
-};
+use secretfs::store::{Store, StoreError, Vault};
 use serde_json::{Value, json};
 
 use crate::support::{Out, Scratch, Server, add_user, assert_no_canary, run_with};
@@ -121,35 +122,41 @@ async fn stale_writers(
     open: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn Store>>>>,
     key: &Path,
 ) {
-    let actor = Actor::local("u");
     let bind = |store: Arc<dyn Store>| local::bind_key(store, key, "test store", true);
-    let stale = bind(open().await).await.unwrap();
+    let service = |vault: Vault, key: Option<&Path>| {
+        Service::new(vault, Options::default(), key.map(Path::to_owned))
+    };
+    let stale = service(bind(open().await).await.unwrap(), None);
+    let caller: Caller = stale.local_caller(true).await.unwrap();
     stale
-        .create(DEFAULT_WORKSPACE, &actor, new("BEFORE", "before"))
+        .create_secrets(&caller, DEFAULT_WORKSPACE, vec![new("BEFORE", "before")])
         .await
         .unwrap();
     // A vault with the old key and no key file to follow (a process given the key some other
     // way).
     let old_key = secretfs::keyfile::load(key).unwrap();
-    let pinned = Vault::open(open().await, &old_key, ValueLimit::default())
-        .await
-        .unwrap();
+    let pinned = service(
+        Vault::open(open().await, &old_key, ValueLimit::default())
+            .await
+            .unwrap(),
+        None,
+    );
 
-    let rotator = bind(open().await).await.unwrap();
-    let moved = local::rotate_key(&rotator, key, &actor).await.unwrap();
+    let rotator = service(bind(open().await).await.unwrap(), Some(key));
+    let moved = rotator.rotate_key(&caller).await.unwrap();
     assert_eq!(moved, 1);
     assert_eq!(key_lines(key).len(), 1);
 
     // The stale vault's write is refused by the store, it reloads, and the value it wrote is
     // readable with the key file as it now is.
     stale
-        .create(DEFAULT_WORKSPACE, &actor, new("AFTER", "after"))
+        .create_secrets(&caller, DEFAULT_WORKSPACE, vec![new("AFTER", "after")])
         .await
         .unwrap();
     stale
-        .update(
+        .update_secret(
+            &caller,
             DEFAULT_WORKSPACE,
-            &actor,
             &name("BEFORE"),
             SecretUpdate {
                 value: Some(SecretValue::from_slice(b"before-2", ValueLimit::default()).unwrap()),
@@ -158,9 +165,9 @@ async fn stale_writers(
         )
         .await
         .unwrap();
-    let fresh = bind(open().await).await.unwrap();
+    let fresh = service(bind(open().await).await.unwrap(), None);
     let read = fresh
-        .read_many(DEFAULT_WORKSPACE, &actor, &[name("BEFORE"), name("AFTER")])
+        .local_read(&caller, DEFAULT_WORKSPACE, &[name("BEFORE"), name("AFTER")])
         .await
         .unwrap();
     let values: Vec<Vec<u8>> = read
@@ -171,22 +178,24 @@ async fn stale_writers(
 
     // The pinned vault cannot follow: its write fails closed and leaves nothing behind.
     let refused = pinned
-        .create(DEFAULT_WORKSPACE, &actor, new("PINNED", "pinned"))
+        .create_secrets(&caller, DEFAULT_WORKSPACE, vec![new("PINNED", "pinned")])
         .await;
     assert!(
-        matches!(refused, Err(StoreError::KeyRotated)),
+        matches!(refused, Err(ServiceError::Store(StoreError::KeyRotated))),
         "{refused:?}"
     );
     let err = refused.unwrap_err().to_string();
     assert!(err.contains("rotated") && err.contains("key file"), "{err}");
     assert!(matches!(
-        fresh.meta(DEFAULT_WORKSPACE, &name("PINNED")).await,
-        Err(StoreError::NotFound(_))
+        fresh
+            .secret(&caller, DEFAULT_WORKSPACE, &name("PINNED"))
+            .await,
+        Err(ServiceError::NotFound(_))
     ));
 
     // A stale reader picks up the new key too (a server reading its cached rows).
     let (_, value) = stale
-        .read_many(DEFAULT_WORKSPACE, &actor, &[name("AFTER")])
+        .local_read(&caller, DEFAULT_WORKSPACE, &[name("AFTER")])
         .await
         .unwrap()
         .pop()
@@ -365,12 +374,13 @@ async fn a_server_rotates_its_key_while_serving_reads_and_writes() {
     }
     let writes = Arc::new(AtomicUsize::new(0));
     {
-        let (http, url, admin, stop, writes) = (
+        let (http, url, admin, stop, writes, log) = (
             http.clone(),
             server.url.clone(),
             server.admin_token.clone(),
             stop.clone(),
             writes.clone(),
+            server.log_path.clone(),
         );
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
@@ -383,7 +393,12 @@ async fn a_server_rotates_its_key_while_serving_reads_and_writes() {
                     Some(json!({ "value": format!("written-{n}") })),
                 )
                 .await;
-                assert_eq!(status, 200, "a write failed during the rotation: {body}");
+                assert_eq!(
+                    status,
+                    200,
+                    "a write failed during the rotation: {body}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
                 writes.store(n, Ordering::Relaxed);
             }
         }));
@@ -549,9 +564,12 @@ fn a_local_backup_opens_with_the_stores_key_file() {
         .build()
         .unwrap();
     let read = rt.block_on(async {
-        let vault = local::open(&paths, OpenMode::Existing).await.unwrap();
-        vault
-            .read_many(DEFAULT_WORKSPACE, &Actor::local("u"), &[name("A")])
+        let service = Service::open_local(&paths, OpenMode::Existing, 1)
+            .await
+            .unwrap();
+        let caller = service.local_caller(false).await.unwrap();
+        service
+            .local_read(&caller, DEFAULT_WORKSPACE, &[name("A")])
             .await
             .unwrap()
             .pop()

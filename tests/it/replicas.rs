@@ -215,7 +215,7 @@ async fn concurrent_creates_of_one_name_through_two_replicas() {
         db.query("SELECT version FROM secrets WHERE name = 'RACE0'"),
         "11"
     );
-    let versions = db.query("SELECT string_agg(version::text, ',' ORDER BY version) FROM audit WHERE secret = 'RACE0' AND action = 'update'");
+    let versions = db.query("SELECT string_agg(version::text, ',' ORDER BY version) FROM audit WHERE target = 'RACE0' AND action = 'update'");
     assert_eq!(
         versions,
         (2..=11)

@@ -1,0 +1,162 @@
+//! The workload read: the one operation that returns values, and only to a workload token, only
+//! for the secrets it was minted for (by id) that its user may still use. A long-poll holds it
+//! while nothing changes, and checks its principal again before it answers: a token revoked,
+//! expired, or whose user or membership is gone while the request was held gets nothing.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::{Caller, Service, ServiceError, Who, may_use};
+use crate::secret::{SecretMeta, SecretName, SecretValue, Timestamp};
+use crate::store::{AuditAction, StoredSecret, TargetKind};
+
+/// The longest a long-poll is held.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// What a workload asks for.
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadQuery {
+    /// All of them must be readable (else 404 naming the missing ones); `None`: every secret of
+    /// the token's set that is readable now.
+    pub names: Option<Vec<SecretName>>,
+    /// `false`: names, versions and the revision only (the watch).
+    pub values: bool,
+    /// Hold the request up to this long while the revision equals `since`.
+    pub wait: Duration,
+    pub since: Option<String>,
+}
+
+/// One secret as a workload receives it.
+pub struct WorkloadSecret {
+    pub meta: SecretMeta,
+    pub value: Option<SecretValue>,
+}
+
+pub struct WorkloadAnswer {
+    /// Changes whenever a secret of the set changes or becomes (un)readable.
+    pub revision: String,
+    pub workspace: String,
+    pub secrets: Vec<WorkloadSecret>,
+}
+
+impl Service {
+    /// The readable part of the caller's grants, and the revision over them.
+    async fn readable(
+        &self,
+        caller: &Caller,
+    ) -> Result<(Vec<StoredSecret>, String, String), ServiceError> {
+        let Who::Workload { token, user } = &caller.who else {
+            return Err(ServiceError::Forbidden(
+                "only a workload token reads values; mint one with \"secretfs token create --workload\""
+                    .into(),
+            ));
+        };
+        let ws = token.workspace.clone().unwrap_or_default();
+        let snapshot = self.snapshot(&ws).await?;
+        let mut rows = Vec::new();
+        let mut hasher = Sha256::new();
+        for grant in &token.grants {
+            if let Some(row) = snapshot
+                .by_id(&grant.secret_id)
+                .filter(|r| may_use(user, r))
+            {
+                hasher.update(row.id.as_bytes());
+                hasher.update(row.meta.version.to_be_bytes());
+                hasher.update(row.meta.updated_at.nanos().to_be_bytes());
+                hasher.update([0]);
+                rows.push(row.clone());
+            }
+        }
+        let digest = hasher.finalize();
+        let revision: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        Ok((rows, revision, ws))
+    }
+
+    /// `GET /api/v1/workload/secrets`: the values (or metadata) of the caller's grants, after a
+    /// long-poll if asked.
+    pub async fn workload_read(
+        &self,
+        caller: &Caller,
+        q: WorkloadQuery,
+    ) -> Result<WorkloadAnswer, ServiceError> {
+        let mut changes = self.changes.subscribe();
+        let wait = q.wait.min(MAX_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut caller = caller.clone();
+        let (rows, revision, ws) = loop {
+            let (rows, revision, ws) = self.readable(&caller).await?;
+            if q.since.as_deref() != Some(revision.as_str()) || wait.is_zero() {
+                break (rows, revision, ws);
+            }
+            // Nothing new: wait for a committed change (a token revoked and a user removed are
+            // changes too), the end of the wait, or the token's expiry; then look again, as the
+            // principal the store has now.
+            let until = match caller.token().and_then(|t| t.expires_at) {
+                Some(expiry) => deadline.min(tokio::time::Instant::now() + until_time(expiry)),
+                None => deadline,
+            };
+            let timed_out = match tokio::time::timeout_at(until, changes.changed()).await {
+                Ok(Ok(())) => false,
+                Ok(Err(_)) | Err(_) => true,
+            };
+            caller = self.revalidate(&caller).await?;
+            if timed_out && tokio::time::Instant::now() >= deadline {
+                let (rows, revision, ws) = self.readable(&caller).await?;
+                break (rows, revision, ws);
+            }
+        };
+        let mut by_name: std::collections::BTreeMap<SecretName, StoredSecret> =
+            rows.into_iter().map(|r| (r.meta.name.clone(), r)).collect();
+        let selected: Vec<StoredSecret> = match &q.names {
+            Some(names) => {
+                let missing: Vec<String> = names
+                    .iter()
+                    .filter(|n| !by_name.contains_key(*n))
+                    .map(|n| format!("\"{n}\""))
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(ServiceError::NotFound(format!(
+                        "secret{} not found: {}",
+                        if missing.len() == 1 { "" } else { "s" },
+                        missing.join(", ")
+                    )));
+                }
+                names.iter().filter_map(|n| by_name.remove(n)).collect()
+            }
+            None => by_name.into_values().collect(),
+        };
+        let mut secrets = Vec::with_capacity(selected.len());
+        let mut audits = Vec::new();
+        for row in selected {
+            let value = if q.values {
+                audits.push(caller.audit(
+                    &ws,
+                    AuditAction::Read,
+                    (TargetKind::Secret, row.meta.name.as_str(), &row.id),
+                    row.meta.version,
+                    format!("user={}", caller.user().name),
+                ));
+                Some(self.vault.open_row(&row).await?)
+            } else {
+                None
+            };
+            secrets.push(WorkloadSecret {
+                meta: row.meta,
+                value,
+            });
+        }
+        self.record_reads(audits).await?;
+        Ok(WorkloadAnswer {
+            revision,
+            workspace: ws,
+            secrets,
+        })
+    }
+}
+
+/// How long until `t` (zero when it has passed).
+fn until_time(t: Timestamp) -> Duration {
+    let now = Timestamp::now().nanos();
+    Duration::from_nanos(u64::try_from(t.nanos().saturating_sub(now)).unwrap_or(0))
+}

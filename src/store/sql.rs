@@ -1,0 +1,817 @@
+//! The one SQL implementation of [`Store`], for both engines: every statement is written here,
+//! once, with `$n` placeholders (which sqlx's SQLite driver reads as numbered parameters too),
+//! and runs on either engine through [`Exec`]. What the engines really do differently is a
+//! [`Dialect`]: opening and migrations, how a write transaction starts (SQLite takes its write
+//! lock up front with `BEGIN IMMEDIATE`; PostgreSQL locks rows with `FOR SHARE`), telling other
+//! replicas (`NOTIFY`), bulk audit writes (`COPY`), backups and the change feed.
+
+use async_trait::async_trait;
+
+use super::rows::{
+    AUDIT_COLUMNS, Columns, SECRET_COLUMNS, TOKEN_COLUMNS, audit_from_row, is_unique_violation,
+    secret_from_row, tags_json, token_from_row, user_from_row, version_i64,
+};
+use super::{
+    AuditQuery, AuditRecord, Batch, Op, SecretFilter, Store, StoreError, StoredSecret, TokenFilter,
+    TokenRecord, User, WriteFence,
+};
+use crate::secret::{SecretName, Timestamp};
+
+/// A bound parameter, the same for both engines.
+#[derive(Debug, Clone)]
+pub enum Param<'a> {
+    Int(i64),
+    OptInt(Option<i64>),
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Blob(&'a [u8]),
+    OptBlob(Option<&'a [u8]>),
+}
+
+/// A row as both engines' rows are read (see `rows`).
+pub type Row = Box<dyn Columns + Send>;
+
+/// Runs a statement on a connection or transaction of either engine.
+#[async_trait]
+pub trait Exec: Send {
+    /// Rows changed.
+    async fn run(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, sqlx::Error>;
+    async fn rows(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, sqlx::Error>;
+    /// Like `run`, for a statement whose text changes with its input (a list of a thousand
+    /// values): not kept in the connection's statement cache, which would grow by one
+    /// prepared statement per distinct length.
+    async fn run_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, sqlx::Error>;
+    async fn rows_once(&mut self, sql: &str, params: &[Param<'_>])
+    -> Result<Vec<Row>, sqlx::Error>;
+}
+
+macro_rules! exec_for {
+    ($db:ty, $($conn:ty),+) => {
+        fn bind_all<'q>(
+            mut q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>,
+            params: &[Param<'_>],
+        ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
+            for p in params {
+                q = match *p {
+                    Param::Int(v) => q.bind(v),
+                    Param::OptInt(v) => q.bind(v),
+                    Param::Text(v) => q.bind(v.to_owned()),
+                    Param::OptText(v) => q.bind(v.map(str::to_owned)),
+                    Param::Blob(v) => q.bind(v.to_vec()),
+                    Param::OptBlob(v) => q.bind(v.map(<[u8]>::to_vec)),
+                };
+            }
+            q
+        }
+        $(
+        #[async_trait]
+        impl Exec for $conn {
+            async fn run(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, sqlx::Error> {
+                let q = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), params);
+                Ok(q.execute(&mut **self).await?.rows_affected())
+            }
+            async fn rows(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, sqlx::Error> {
+                let q = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), params);
+                let rows = q.fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(|r| Box::new(r) as Row).collect())
+            }
+            async fn run_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, sqlx::Error> {
+                let q = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), params).persistent(false);
+                Ok(q.execute(&mut **self).await?.rows_affected())
+            }
+            async fn rows_once(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, sqlx::Error> {
+                let q = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), params).persistent(false);
+                let rows = q.fetch_all(&mut **self).await?;
+                Ok(rows.into_iter().map(|r| Box::new(r) as Row).collect())
+            }
+        }
+        )+
+    };
+}
+
+pub(super) mod sqlite_exec {
+    use super::*;
+    exec_for!(
+        sqlx::Sqlite,
+        sqlx::pool::PoolConnection<sqlx::Sqlite>,
+        sqlx::Transaction<'static, sqlx::Sqlite>
+    );
+}
+
+pub(super) mod postgres_exec {
+    use super::*;
+    exec_for!(
+        sqlx::Postgres,
+        sqlx::pool::PoolConnection<sqlx::Postgres>,
+        sqlx::Transaction<'static, sqlx::Postgres>
+    );
+}
+
+/// What an engine does its own way.
+#[async_trait]
+pub trait Dialect: Send + Sync + 'static {
+    type Conn: Exec + 'static;
+    type Tx: Exec + 'static;
+    /// Appended to a `SELECT` that must keep the rows it read from changing until commit: the
+    /// owner a new secret or token is given, the key check a sealed write depends on.
+    /// PostgreSQL's `FOR SHARE`; nothing in SQLite, whose write transactions hold the whole
+    /// database's write lock from their first statement.
+    const LOCK_ROWS: &'static str;
+
+    fn describe(&self) -> String;
+    async fn conn(&self) -> Result<Self::Conn, StoreError>;
+    async fn begin(&self) -> Result<Self::Tx, StoreError>;
+    async fn commit(tx: Self::Tx) -> Result<(), StoreError>;
+    /// Inside the transaction: makes its commit known to other processes sharing the store.
+    async fn notify(tx: &mut Self::Tx) -> Result<(), StoreError>;
+    async fn record_reads(&self, audits: &[AuditRecord]) -> Result<(), StoreError>;
+    fn shared(&self) -> bool;
+    async fn next_change(&self) -> Result<(), StoreError>;
+    async fn backup_to(&self, path: &std::path::Path) -> Result<(), StoreError>;
+    async fn close(&self);
+}
+
+/// A transaction on a connection of its own. A connection whose last transaction could not be
+/// ended (its commit failed: a full disk) comes back from the pool still inside it; sqlx then
+/// refuses to begin there, and dropping that attempt rolls the old transaction back, so the
+/// next try finds the connection clean.
+pub(super) async fn begin_on<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statement: &'static str,
+) -> Result<sqlx::Transaction<'static, DB>, StoreError> {
+    let mut last = None;
+    for _ in 0..4 {
+        match pool.begin_with(statement).await {
+            Err(sqlx::Error::InvalidSavePointStatement) => {
+                last = Some(sqlx::Error::InvalidSavePointStatement);
+                tokio::task::yield_now().await;
+            }
+            other => return Ok(other?),
+        }
+    }
+    Err(last.expect("set in the loop").into())
+}
+
+/// A store over an SQL engine.
+pub struct SqlStore<D> {
+    pub(super) dialect: D,
+    fence: WriteFence,
+}
+
+impl<D: Dialect> SqlStore<D> {
+    pub(super) fn new(dialect: D) -> Self {
+        SqlStore {
+            dialect,
+            fence: WriteFence::default(),
+        }
+    }
+}
+
+/// `$first, $first+1, ...`: a list of `n` placeholders.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn insert_audit(tx: &mut dyn Exec, a: &AuditRecord) -> Result<(), StoreError> {
+    tx.run(
+        &format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
+        &[
+            Param::Int(a.at.nanos()),
+            Param::Text(&a.workspace),
+            Param::Text(&a.actor),
+            Param::Text(&a.actor_id),
+            Param::Text(a.action.as_str()),
+            Param::Text(a.target_kind.as_str()),
+            Param::Text(&a.target),
+            Param::Text(&a.target_id),
+            Param::Int(version_i64(a.version)?),
+            Param::Text(&a.detail),
+            Param::Text(&a.address),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The name of a live user, read so that it cannot be deleted before the transaction commits.
+async fn live_user(tx: &mut dyn Exec, id: &str, lock: &str) -> Result<String, StoreError> {
+    let rows = tx
+        .rows(
+            &format!("SELECT name FROM users WHERE id = $1 AND deleted_at IS NULL {lock}"),
+            &[Param::Text(id)],
+        )
+        .await?;
+    match rows.first() {
+        Some(r) => r.text("name"),
+        None => Err(StoreError::UserNotFound(id.to_owned())),
+    }
+}
+
+async fn workspace_exists(tx: &mut dyn Exec, name: &str) -> Result<(), StoreError> {
+    let rows = tx
+        .rows(
+            "SELECT name FROM workspaces WHERE name = $1",
+            &[Param::Text(name)],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Err(StoreError::WorkspaceNotFound(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// One op, inside the batch's transaction.
+async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreError> {
+    match op {
+        Op::InitKeyCheck(sealed) => {
+            match tx
+                .run(
+                    "INSERT INTO settings (key, value) VALUES ('key_check', $1)",
+                    &[Param::Blob(sealed)],
+                )
+                .await
+            {
+                Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict),
+                other => other?,
+            };
+        }
+        Op::ReplaceKeyCheck(sealed) => {
+            tx.run(
+                "INSERT INTO settings (key, value) VALUES ('key_check', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[Param::Blob(sealed)],
+            )
+            .await?;
+        }
+        Op::InsertSecret(s) => {
+            workspace_exists(tx, &s.workspace).await?;
+            live_user(tx, &s.owner_id, lock).await?;
+            let m = &s.meta;
+            let inserted = tx
+                .run(
+                    "INSERT INTO secrets (workspace, name, id, kind, visibility, owner, owner_id,
+                                          tags, version, sealed, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    &[
+                        Param::Text(&s.workspace),
+                        Param::Text(m.name.as_str()),
+                        Param::Text(&s.id),
+                        Param::Text(m.kind.as_str()),
+                        Param::Text(m.visibility.as_str()),
+                        Param::Text(&m.owner),
+                        Param::Text(&s.owner_id),
+                        Param::Text(&tags_json(&m.tags)),
+                        Param::Int(version_i64(m.version)?),
+                        Param::Blob(&s.sealed),
+                        Param::Int(m.created_at.nanos()),
+                        Param::Int(m.updated_at.nanos()),
+                    ],
+                )
+                .await;
+            match inserted {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::AlreadyExists(m.name.clone()));
+                }
+                other => other?,
+            };
+        }
+        Op::UpdateSecret {
+            id,
+            name,
+            expected_version,
+            change,
+            at,
+        } => {
+            let new_version = expected_version + u64::from(change.sealed.is_some());
+            // One statement with the version in its WHERE clause: a concurrent writer makes it
+            // match no row, and the service retries from a fresh read.
+            let done = tx
+                .run(
+                    "UPDATE secrets SET
+                        sealed = coalesce($1, sealed),
+                        version = $2,
+                        updated_at = CASE WHEN $1 IS NULL THEN updated_at ELSE $3 END,
+                        visibility = coalesce($4, visibility),
+                        tags = coalesce($5, tags),
+                        kind = coalesce($6, kind)
+                     WHERE id = $7 AND version = $8",
+                    &[
+                        Param::OptBlob(change.sealed.as_deref()),
+                        Param::Int(version_i64(new_version)?),
+                        Param::Int(at.nanos()),
+                        Param::OptText(change.visibility.map(|v| v.as_str())),
+                        Param::OptText(change.tags.as_deref().map(tags_json).as_deref()),
+                        Param::OptText(change.kind.map(|k| k.as_str())),
+                        Param::Text(id),
+                        Param::Int(version_i64(*expected_version)?),
+                    ],
+                )
+                .await?;
+            if done == 0 {
+                let exists = tx
+                    .rows("SELECT id FROM secrets WHERE id = $1", &[Param::Text(id)])
+                    .await?;
+                return Err(if exists.is_empty() {
+                    StoreError::NotFound(name.clone())
+                } else {
+                    StoreError::VersionConflict(name.clone())
+                });
+            }
+        }
+        Op::Reseal {
+            id,
+            name,
+            version,
+            sealed,
+        } => {
+            let done = tx
+                .run(
+                    "UPDATE secrets SET sealed = $1 WHERE id = $2 AND version = $3",
+                    &[
+                        Param::Blob(sealed),
+                        Param::Text(id),
+                        Param::Int(version_i64(*version)?),
+                    ],
+                )
+                .await?;
+            if done == 0 {
+                return Err(StoreError::VersionConflict(name.clone()));
+            }
+        }
+        Op::DeleteSecret { id, name } => {
+            let done = tx
+                .run("DELETE FROM secrets WHERE id = $1", &[Param::Text(id)])
+                .await?;
+            if done == 0 {
+                return Err(StoreError::NotFound(name.clone()));
+            }
+        }
+        Op::ExpectOwned {
+            owner_id,
+            visibility,
+            expected,
+        } => {
+            let rows = tx
+                .rows(
+                    "SELECT id FROM secrets WHERE owner_id = $1 AND ($2 IS NULL OR visibility = $2)
+                     ORDER BY id",
+                    &[
+                        Param::Text(owner_id),
+                        Param::OptText(visibility.map(|v| v.as_str())),
+                    ],
+                )
+                .await?;
+            let found = rows
+                .iter()
+                .map(|r| r.text("id"))
+                .collect::<Result<Vec<_>, _>>()?;
+            if &found != expected {
+                return Err(StoreError::Conflict);
+            }
+        }
+        Op::TransferSecrets { from, to, to_name } => {
+            live_user(tx, to, lock).await?;
+            tx.run(
+                "UPDATE secrets SET owner_id = $1, owner = $2 WHERE owner_id = $3",
+                &[Param::Text(to), Param::Text(to_name), Param::Text(from)],
+            )
+            .await?;
+        }
+        Op::CreateWorkspace { name, at } => {
+            match tx
+                .run(
+                    "INSERT INTO workspaces (name, created_at) VALUES ($1, $2)",
+                    &[Param::Text(name), Param::Int(at.nanos())],
+                )
+                .await
+            {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::WorkspaceExists(name.clone()));
+                }
+                other => other?,
+            };
+        }
+        Op::InsertUser(u) => {
+            match tx
+                .run(
+                    "INSERT INTO users (id, name, admin, created_at) VALUES ($1, $2, $3, $4)",
+                    &[
+                        Param::Text(&u.id),
+                        Param::Text(&u.name),
+                        Param::Int(i64::from(u.admin)),
+                        Param::Int(u.created_at.nanos()),
+                    ],
+                )
+                .await
+            {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::UserExists(u.name.clone()));
+                }
+                other => other?,
+            };
+        }
+        Op::TombstoneUser { id, at } => {
+            let done = tx
+                .run(
+                    "UPDATE users SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL",
+                    &[Param::Int(at.nanos()), Param::Text(id)],
+                )
+                .await?;
+            if done == 0 {
+                return Err(StoreError::UserNotFound(id.clone()));
+            }
+        }
+        Op::AddMember { user_id, workspace } => {
+            workspace_exists(tx, workspace).await?;
+            live_user(tx, user_id, lock).await?;
+            tx.run(
+                "INSERT INTO members (user_id, workspace) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[Param::Text(user_id), Param::Text(workspace)],
+            )
+            .await?;
+        }
+        Op::RemoveMember { user_id, workspace } => {
+            let done = tx
+                .run(
+                    "DELETE FROM members WHERE user_id = $1 AND workspace = $2",
+                    &[Param::Text(user_id), Param::Text(workspace)],
+                )
+                .await?;
+            if done == 0 {
+                return Err(StoreError::NotAMember {
+                    user: user_id.clone(),
+                    workspace: workspace.clone(),
+                });
+            }
+        }
+        Op::RemoveMemberships { user_id } => {
+            tx.run(
+                "DELETE FROM members WHERE user_id = $1",
+                &[Param::Text(user_id)],
+            )
+            .await?;
+        }
+        Op::InsertToken(t) => {
+            live_user(tx, &t.user_id, lock).await?;
+            tx.run(
+                &format!(
+                    "INSERT INTO tokens ({TOKEN_COLUMNS})
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                ),
+                &[
+                    Param::Text(&t.id),
+                    Param::Blob(&t.hash),
+                    Param::Text(t.kind.as_str()),
+                    Param::Text(&t.user_id),
+                    Param::OptText(t.workspace.as_deref()),
+                    Param::Int(t.created_at.nanos()),
+                    Param::OptInt(t.expires_at.map(Timestamp::nanos)),
+                    Param::OptInt(t.max_expires_at.map(Timestamp::nanos)),
+                    Param::OptInt(t.ttl_secs.map(|v| i64::try_from(v).unwrap_or(i64::MAX))),
+                    Param::OptInt(t.revoked_at.map(Timestamp::nanos)),
+                    Param::Text(&t.description),
+                    Param::OptText(t.minted_by.as_deref()),
+                ],
+            )
+            .await?;
+            for g in &t.grants {
+                tx.run(
+                    "INSERT INTO grants (token_id, secret_id, name) VALUES ($1, $2, $3)",
+                    &[
+                        Param::Text(&t.id),
+                        Param::Text(&g.secret_id),
+                        Param::Text(g.name.as_str()),
+                    ],
+                )
+                .await?;
+            }
+        }
+        Op::SetTokenExpiry { id, expires_at } => {
+            let done = tx
+                .run(
+                    "UPDATE tokens SET expires_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                    &[Param::Int(expires_at.nanos()), Param::Text(id)],
+                )
+                .await?;
+            if done == 0 {
+                return Err(StoreError::TokenNotFound(id.clone()));
+            }
+        }
+        Op::RevokeToken { id, at } => {
+            let done = tx
+                .run(
+                    "UPDATE tokens SET revoked_at = coalesce(revoked_at, $1) WHERE id = $2",
+                    &[Param::Int(at.nanos()), Param::Text(id)],
+                )
+                .await?;
+            if done == 0 {
+                return Err(StoreError::TokenNotFound(id.clone()));
+            }
+        }
+        Op::DeleteTokensOf { user_id } => {
+            tx.run(
+                "DELETE FROM grants WHERE token_id IN (SELECT id FROM tokens WHERE user_id = $1)",
+                &[Param::Text(user_id)],
+            )
+            .await?;
+            tx.run(
+                "DELETE FROM tokens WHERE user_id = $1",
+                &[Param::Text(user_id)],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+fn rows_to<T>(
+    rows: Vec<Row>,
+    read: impl Fn(&dyn Columns) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    rows.iter().map(|r| read(r.as_ref())).collect()
+}
+
+/// Tokens with their grants: one query for the tokens, one for all their grants.
+async fn tokens_with_grants(
+    c: &mut dyn Exec,
+    filter: TokenFilter<'_>,
+) -> Result<Vec<TokenRecord>, StoreError> {
+    let (cond, param) = match filter {
+        TokenFilter::Id(id) => ("t.id = $1", Some(id)),
+        TokenFilter::User(user) => ("t.user_id = $1", Some(user)),
+        TokenFilter::All => ("$1 IS NULL", None),
+    };
+    let params = [Param::OptText(param)];
+    let columns = TOKEN_COLUMNS
+        .split(", ")
+        .map(|c| format!("t.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = c
+        .rows(
+            &format!(
+                "SELECT {columns}, u.name AS user_name FROM tokens t JOIN users u ON u.id = t.user_id
+                 WHERE {cond} ORDER BY t.created_at, t.id"
+            ),
+            &params,
+        )
+        .await?;
+    let mut tokens = rows_to(rows, token_from_row)?;
+    let grants = c
+        .rows(
+            &format!(
+                "SELECT g.token_id, g.secret_id, g.name FROM grants g JOIN tokens t ON t.id = g.token_id
+                 WHERE {cond} ORDER BY g.name"
+            ),
+            &params,
+        )
+        .await?;
+    for g in &grants {
+        let token = g.text("token_id")?;
+        let name = SecretName::parse(&g.text("name")?)
+            .map_err(|_| StoreError::Internal("stored grant has an invalid name".into()))?;
+        if let Some(t) = tokens.iter_mut().find(|t| t.id == token) {
+            t.grants.push(super::Grant {
+                secret_id: g.text("secret_id")?,
+                name,
+            });
+        }
+    }
+    Ok(tokens)
+}
+
+#[async_trait]
+impl<D: Dialect> Store for SqlStore<D> {
+    fn describe(&self) -> String {
+        self.dialect.describe()
+    }
+
+    async fn secrets(&self, filter: SecretFilter<'_>) -> Result<Vec<StoredSecret>, StoreError> {
+        let mut c = self.dialect.conn().await?;
+        let select = |cond: &str| {
+            format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE {cond} ORDER BY workspace, name")
+        };
+        let (workspace, list): (Option<&str>, Vec<&str>) = match filter {
+            SecretFilter::Workspace(ws) => {
+                let rows = c
+                    .rows(&select("workspace = $1"), &[Param::Text(ws)])
+                    .await?;
+                return rows_to(rows, secret_from_row);
+            }
+            SecretFilter::Owner(id) => {
+                let rows = c.rows(&select("owner_id = $1"), &[Param::Text(id)]).await?;
+                return rows_to(rows, secret_from_row);
+            }
+            SecretFilter::All => {
+                let rows = c.rows(&select("1 = 1"), &[]).await?;
+                return rows_to(rows, secret_from_row);
+            }
+            SecretFilter::Named(ws, names) => {
+                (Some(ws), names.iter().map(|n| n.as_str()).collect())
+            }
+            SecretFilter::Ids(ids) => (None, ids.iter().map(String::as_str).collect()),
+        };
+        let mut out = Vec::with_capacity(list.len());
+        // Bound parameters per statement stay far below either engine's limit.
+        for chunk in list.chunks(500) {
+            let (cond, mut params) = match workspace {
+                Some(ws) => (
+                    format!(
+                        "workspace = $1 AND name IN ({})",
+                        placeholders(2, chunk.len())
+                    ),
+                    vec![Param::Text(ws)],
+                ),
+                None => (
+                    format!("id IN ({})", placeholders(1, chunk.len())),
+                    Vec::new(),
+                ),
+            };
+            params.extend(chunk.iter().map(|v| Param::Text(v)));
+            let rows = c.rows_once(&select(&cond), &params).await?;
+            out.extend(rows_to(rows, secret_from_row)?);
+        }
+        Ok(out)
+    }
+
+    async fn users(&self) -> Result<Vec<User>, StoreError> {
+        let mut c = self.dialect.conn().await?;
+        let rows = c
+            .rows(
+                "SELECT id, name, admin, created_at, deleted_at FROM users ORDER BY name, created_at",
+                &[],
+            )
+            .await?;
+        let members = c
+            .rows(
+                "SELECT user_id, workspace FROM members ORDER BY workspace",
+                &[],
+            )
+            .await?;
+        let members: Vec<(String, String)> = members
+            .iter()
+            .map(|r| Ok((r.text("user_id")?, r.text("workspace")?)))
+            .collect::<Result<_, StoreError>>()?;
+        rows.iter()
+            .map(|row| {
+                let id = row.text("id")?;
+                let ws = members
+                    .iter()
+                    .filter(|(u, _)| *u == id)
+                    .map(|(_, w)| w.clone())
+                    .collect();
+                user_from_row(row.as_ref(), ws)
+            })
+            .collect()
+    }
+
+    async fn workspaces(&self) -> Result<Vec<String>, StoreError> {
+        let mut c = self.dialect.conn().await?;
+        let rows = c
+            .rows("SELECT name FROM workspaces ORDER BY name", &[])
+            .await?;
+        rows_to(rows, |r| r.text("name"))
+    }
+
+    async fn tokens(&self, filter: TokenFilter<'_>) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut c = self.dialect.conn().await?;
+        tokens_with_grants(&mut c, filter).await
+    }
+
+    async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut c = self.dialect.conn().await?;
+        let order = if q.newest { "DESC" } else { "" };
+        let rows = c
+            .rows(
+                &format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit WHERE at >= $1 AND ($2 IS NULL OR workspace = $2)
+                     ORDER BY id {order} LIMIT $3"
+                ),
+                &[
+                    Param::Int(q.since.nanos()),
+                    Param::OptText(q.workspace.as_deref()),
+                    Param::Int(i64::from(q.limit)),
+                ],
+            )
+            .await?;
+        let mut out = rows_to(rows, audit_from_row)?;
+        if q.newest {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut c = self.dialect.conn().await?;
+        let rows = c
+            .rows("SELECT value FROM settings WHERE key = 'key_check'", &[])
+            .await?;
+        rows.first().map(|r| r.blob("value")).transpose()
+    }
+
+    async fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut tx = self.dialect.begin().await?;
+        if batch.ops.iter().any(Op::seals) {
+            let rows = tx
+                .rows(
+                    &format!(
+                        "SELECT value FROM settings WHERE key = 'key_check' {}",
+                        D::LOCK_ROWS
+                    ),
+                    &[],
+                )
+                .await?;
+            let stored = rows.first().map(|r| r.blob("value")).transpose()?;
+            self.fence.admits(stored.as_deref())?;
+        }
+        for op in &batch.ops {
+            apply_op(&mut tx, op, D::LOCK_ROWS).await?;
+        }
+        for a in &batch.audit {
+            insert_audit(&mut tx, a).await?;
+        }
+        D::notify(&mut tx).await?;
+        D::commit(tx).await
+    }
+
+    async fn record_reads(&self, audits: &[AuditRecord]) -> Result<(), StoreError> {
+        if audits.is_empty() {
+            return Ok(());
+        }
+        self.dialect.record_reads(audits).await
+    }
+
+    fn set_write_fence(&self, key_check: Vec<u8>) {
+        self.fence.set(key_check);
+    }
+
+    fn shared(&self) -> bool {
+        self.dialect.shared()
+    }
+
+    async fn next_change(&self) -> Result<(), StoreError> {
+        self.dialect.next_change().await
+    }
+
+    async fn backup_to(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        self.dialect.backup_to(path).await
+    }
+
+    async fn close(&self) {
+        self.dialect.close().await;
+    }
+}
+
+/// The audit columns' values of `a`, in [`AUDIT_COLUMNS`] order, as text (bulk writers).
+pub(super) fn audit_fields(a: &AuditRecord) -> Result<[String; 11], StoreError> {
+    Ok([
+        a.at.nanos().to_string(),
+        a.workspace.clone(),
+        a.actor.clone(),
+        a.actor_id.clone(),
+        a.action.as_str().to_owned(),
+        a.target_kind.as_str().to_owned(),
+        a.target.clone(),
+        a.target_id.clone(),
+        version_i64(a.version)?.to_string(),
+        a.detail.clone(),
+        a.address.clone(),
+    ])
+}
+
+/// Multi-row audit inserts with `$n` placeholders (SQLite's bulk path; PostgreSQL uses COPY).
+pub(super) async fn insert_audits(
+    tx: &mut dyn Exec,
+    audits: &[AuditRecord],
+) -> Result<(), StoreError> {
+    for chunk in audits.chunks(200) {
+        let mut sql = format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ");
+        let mut params = Vec::with_capacity(chunk.len() * 11);
+        for (i, a) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            sql.push_str(&placeholders(i * 11 + 1, 11));
+            sql.push(')');
+            params.extend([
+                Param::Int(a.at.nanos()),
+                Param::Text(&a.workspace),
+                Param::Text(&a.actor),
+                Param::Text(&a.actor_id),
+                Param::Text(a.action.as_str()),
+                Param::Text(a.target_kind.as_str()),
+                Param::Text(&a.target),
+                Param::Text(&a.target_id),
+                Param::Int(version_i64(a.version)?),
+                Param::Text(&a.detail),
+                Param::Text(&a.address),
+            ]);
+        }
+        tx.run_once(&sql, &params).await?;
+    }
+    Ok(())
+}
