@@ -164,7 +164,13 @@ pub fn parse_lepton_job(text: &str) -> Result<LeptonJob, String> {
     };
     for env in spec.envs {
         match (env.value, env.value_from.and_then(|v| v.secret_name_ref)) {
-            (_, Some(secret)) => job.secrets.push((env.name, secret)),
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "envs entry {:?} has both \"value\" and \"value_from\"; give one",
+                    env.name
+                ));
+            }
+            (None, Some(secret)) => job.secrets.push((env.name, secret)),
             (Some(value), None) => job.env.push((env.name, value)),
             (None, None) => {
                 return Err(format!(
@@ -277,6 +283,15 @@ wait = "10s"
             parse_lepton_job(r#"{"envs":[{"name":"A"}]}"#)
                 .unwrap_err()
                 .contains("neither")
+        );
+        // Both is a mistake to name, not a silent choice.
+        let both = parse_lepton_job(
+            r#"{"envs":[{"name":"A","value":"x","value_from":{"secret_name_ref":"S"}}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            both.contains("\"A\" has both \"value\" and \"value_from\""),
+            "{both}"
         );
         assert!(parse_lepton_job("{").is_err());
     }

@@ -5,54 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Daemon, Scratch, Server, eventually, fuse_available};
-
-struct Http {
-    rt: tokio::runtime::Runtime,
-    http: reqwest::Client,
-    url: String,
-}
-
-impl Http {
-    fn new(server: &Server) -> Http {
-        secretfs::client::install_crypto_provider();
-        Http {
-            rt: tokio::runtime::Runtime::new().unwrap(),
-            http: reqwest::Client::new(),
-            url: server.url.clone(),
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.url))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        self.rt.block_on(async {
-            let r = req.send().await.unwrap();
-            let status = r.status().as_u16();
-            let text = r.text().await.unwrap();
-            (
-                status,
-                serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            )
-        })
-    }
-
-    fn user(&self, admin: &str, name: &str) -> String {
-        let (status, v) = self.call(
-            "POST",
-            "/api/v1/users",
-            admin,
-            Some(json!({ "name": name })),
-        );
-        assert_eq!(status, 201, "{v}");
-        v["token"].as_str().unwrap().to_owned()
-    }
-}
+use crate::support::{Daemon, Http, Scratch, Server, eventually, fuse_available};
 
 fn names(list: &Value) -> Vec<String> {
     list.as_array()

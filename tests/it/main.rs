@@ -2,10 +2,12 @@
 //! area.
 
 mod access;
+mod access_model;
 mod cli_secret;
 mod containers;
 mod faults;
 mod fuzz_corpora;
+mod identity;
 mod keys;
 mod launcher;
 mod leaks;
