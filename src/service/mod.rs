@@ -355,8 +355,16 @@ impl Service {
                         Ok(None) | Err(_) => break,
                     }
                 }
-                if let Err(e) = store.record_reads(&batch).await {
-                    tracing::error!(error = %e, records = batch.len(), "cannot write audit records");
+                let started = std::time::Instant::now();
+                match store.record_reads(&batch).await {
+                    Ok(()) => tracing::debug!(
+                        records = batch.len(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "read audit batch written"
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, records = batch.len(), "cannot write audit records")
+                    }
                 }
             }
         })

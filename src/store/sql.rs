@@ -55,10 +55,11 @@ macro_rules! exec_for {
                 q = match *p {
                     Param::Int(v) => q.bind(v),
                     Param::OptInt(v) => q.bind(v),
-                    Param::Text(v) => q.bind(v.to_owned()),
-                    Param::OptText(v) => q.bind(v.map(str::to_owned)),
-                    Param::Blob(v) => q.bind(v.to_vec()),
-                    Param::OptBlob(v) => q.bind(v.map(<[u8]>::to_vec)),
+                    // Encoded (copied) into the arguments as they are bound.
+                    Param::Text(v) => q.bind(v),
+                    Param::OptText(v) => q.bind(v),
+                    Param::Blob(v) => q.bind(v),
+                    Param::OptBlob(v) => q.bind(v),
                 };
             }
             q
@@ -175,24 +176,16 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
-async fn insert_audit(tx: &mut dyn Exec, a: &AuditRecord) -> Result<(), StoreError> {
-    tx.run(
-        &format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
-        &[
-            Param::Int(a.at.nanos()),
-            Param::Text(&a.workspace),
-            Param::Text(&a.actor),
-            Param::Text(&a.actor_id),
-            Param::Text(a.action.as_str()),
-            Param::Text(a.target_kind.as_str()),
-            Param::Text(&a.target),
-            Param::Text(&a.target_id),
-            Param::Int(version_i64(a.version)?),
-            Param::Text(&a.detail),
-            Param::Text(&a.address),
-        ],
-    )
-    .await?;
+/// Runs a statement that must change a row; `missing` is the error when it changed none.
+async fn change_one(
+    tx: &mut dyn Exec,
+    sql: &str,
+    params: &[Param<'_>],
+    missing: impl FnOnce() -> StoreError,
+) -> Result<(), StoreError> {
+    if tx.run(sql, params).await? == 0 {
+        return Err(missing());
+    }
     Ok(())
 }
 
@@ -327,19 +320,17 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
             version,
             sealed,
         } => {
-            let done = tx
-                .run(
-                    "UPDATE secrets SET sealed = $1 WHERE id = $2 AND version = $3",
-                    &[
-                        Param::Blob(sealed),
-                        Param::Text(id),
-                        Param::Int(version_i64(*version)?),
-                    ],
-                )
-                .await?;
-            if done == 0 {
-                return Err(StoreError::VersionConflict(name.clone()));
-            }
+            change_one(
+                tx,
+                "UPDATE secrets SET sealed = $1 WHERE id = $2 AND version = $3",
+                &[
+                    Param::Blob(sealed),
+                    Param::Text(id),
+                    Param::Int(version_i64(*version)?),
+                ],
+                || StoreError::VersionConflict(name.clone()),
+            )
+            .await?;
         }
         Op::DeleteSecret { id, name } => {
             let done = tx
@@ -414,15 +405,13 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
             };
         }
         Op::TombstoneUser { id, at } => {
-            let done = tx
-                .run(
-                    "UPDATE users SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL",
-                    &[Param::Int(at.nanos()), Param::Text(id)],
-                )
-                .await?;
-            if done == 0 {
-                return Err(StoreError::UserNotFound(id.clone()));
-            }
+            change_one(
+                tx,
+                "UPDATE users SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL",
+                &[Param::Int(at.nanos()), Param::Text(id)],
+                || StoreError::UserNotFound(id.clone()),
+            )
+            .await?;
         }
         Op::AddMember { user_id, workspace } => {
             workspace_exists(tx, workspace).await?;
@@ -434,18 +423,16 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
             .await?;
         }
         Op::RemoveMember { user_id, workspace } => {
-            let done = tx
-                .run(
-                    "DELETE FROM members WHERE user_id = $1 AND workspace = $2",
-                    &[Param::Text(user_id), Param::Text(workspace)],
-                )
-                .await?;
-            if done == 0 {
-                return Err(StoreError::NotAMember {
+            change_one(
+                tx,
+                "DELETE FROM members WHERE user_id = $1 AND workspace = $2",
+                &[Param::Text(user_id), Param::Text(workspace)],
+                || StoreError::NotAMember {
                     user: user_id.clone(),
                     workspace: workspace.clone(),
-                });
-            }
+                },
+            )
+            .await?;
         }
         Op::RemoveMemberships { user_id } => {
             tx.run(
@@ -490,26 +477,22 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
             }
         }
         Op::SetTokenExpiry { id, expires_at } => {
-            let done = tx
-                .run(
-                    "UPDATE tokens SET expires_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-                    &[Param::Int(expires_at.nanos()), Param::Text(id)],
-                )
-                .await?;
-            if done == 0 {
-                return Err(StoreError::TokenNotFound(id.clone()));
-            }
+            change_one(
+                tx,
+                "UPDATE tokens SET expires_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                &[Param::Int(expires_at.nanos()), Param::Text(id)],
+                || StoreError::TokenNotFound(id.clone()),
+            )
+            .await?;
         }
         Op::RevokeToken { id, at } => {
-            let done = tx
-                .run(
-                    "UPDATE tokens SET revoked_at = coalesce(revoked_at, $1) WHERE id = $2",
-                    &[Param::Int(at.nanos()), Param::Text(id)],
-                )
-                .await?;
-            if done == 0 {
-                return Err(StoreError::TokenNotFound(id.clone()));
-            }
+            change_one(
+                tx,
+                "UPDATE tokens SET revoked_at = coalesce(revoked_at, $1) WHERE id = $2",
+                &[Param::Int(at.nanos()), Param::Text(id)],
+                || StoreError::TokenNotFound(id.clone()),
+            )
+            .await?;
         }
         Op::DeleteTokensOf { user_id } => {
             tx.run(
@@ -730,9 +713,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         for op in &batch.ops {
             apply_op(&mut tx, op, D::LOCK_ROWS).await?;
         }
-        for a in &batch.audit {
-            insert_audit(&mut tx, a).await?;
-        }
+        insert_audits(&mut tx, &batch.audit, false).await?;
         D::notify(&mut tx).await?;
         D::commit(tx).await
     }
@@ -782,12 +763,21 @@ pub(super) fn audit_fields(a: &AuditRecord) -> Result<[String; 11], StoreError> 
     ])
 }
 
-/// Multi-row audit inserts with `$n` placeholders (SQLite's bulk path; PostgreSQL uses COPY).
+/// Rows per multi-row audit insert.
+const AUDIT_CHUNK: usize = 200;
+
+/// Multi-row audit inserts: a batch's records (`$n` placeholders, both engines), and SQLite's
+/// bulk path for reads (PostgreSQL's is COPY), with `?` placeholders (`anonymous`): sqlx's
+/// SQLite driver looks every numbered parameter's name up when it binds, and SQLite finds a
+/// name by walking a list, so a 2,200-parameter statement spent 35 % of a loaded server's CPU
+/// in `sqlite3_bind_parameter_name` (perf, during `scripts/bench-server`); positional
+/// parameters have no name to look up.
 pub(super) async fn insert_audits(
     tx: &mut dyn Exec,
     audits: &[AuditRecord],
+    anonymous: bool,
 ) -> Result<(), StoreError> {
-    for chunk in audits.chunks(200) {
+    for chunk in audits.chunks(AUDIT_CHUNK) {
         let mut sql = format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ");
         let mut params = Vec::with_capacity(chunk.len() * 11);
         for (i, a) in chunk.iter().enumerate() {
@@ -795,8 +785,13 @@ pub(super) async fn insert_audits(
                 sql.push_str(", ");
             }
             sql.push('(');
-            sql.push_str(&placeholders(i * 11 + 1, 11));
+            if anonymous {
+                sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?");
+            } else {
+                sql.push_str(&placeholders(i * 11 + 1, 11));
+            }
             sql.push(')');
+            // In AUDIT_COLUMNS order, as audit_fields lists them for COPY.
             params.extend([
                 Param::Int(a.at.nanos()),
                 Param::Text(&a.workspace),
@@ -811,7 +806,14 @@ pub(super) async fn insert_audits(
                 Param::Text(&a.address),
             ]);
         }
-        tx.run_once(&sql, &params).await?;
+        // A full chunk is always the same statement: prepared once per connection and kept.
+        // The remainder's length varies and is not kept, so the cache holds one statement,
+        // not one per batch size (which once grew a server by 20 MB a minute).
+        if chunk.len() == AUDIT_CHUNK {
+            tx.run(&sql, &params).await?;
+        } else {
+            tx.run_once(&sql, &params).await?;
+        }
     }
     Ok(())
 }

@@ -275,11 +275,11 @@ impl Dialect for Sqlite {
     }
 
     async fn record_reads(&self, audits: &[AuditRecord]) -> Result<(), StoreError> {
-        // A few hundred records per transaction: a writer waiting for its turn waits for one
-        // of them, not for a whole second's worth of reads.
-        for chunk in audits.chunks(400) {
+        // A few thousand records per transaction (one fsync each): a writer waiting for its
+        // turn waits for one of them, not for a whole batch of reads.
+        for chunk in audits.chunks(2000) {
             let mut tx = self.begin().await?;
-            insert_audits(&mut tx, chunk).await?;
+            insert_audits(&mut tx, chunk, true).await?;
             Self::commit(tx).await?;
         }
         Ok(())
