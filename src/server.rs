@@ -133,9 +133,7 @@ pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> any
 
     let audit_task = service.batch_reads(opts.audit_interval);
     let state = AppState::new(service.clone());
-    if service.shared() {
-        watch_other_replicas(service.clone());
-    }
+    watch_other_processes(service.clone());
     let app = api::router(state.clone());
 
     let listener = std::net::TcpListener::bind(opts.listen)
@@ -206,10 +204,16 @@ fn raise_fd_limit() {
 const RECHECK: Duration = Duration::from_secs(5);
 
 /// Wakes this replica's long-polls and drops its caches when another replica commits a change
-/// (PostgreSQL LISTEN/NOTIFY), and every few seconds regardless.
-fn watch_other_replicas(service: Arc<Service>) {
+/// (PostgreSQL LISTEN/NOTIFY), and every few seconds regardless. A SQLite store has no
+/// notifications, yet another process (the local CLI, a second server) may write the same file:
+/// the periodic re-check bounds how long a held long-poll goes without noticing.
+fn watch_other_processes(service: Arc<Service>) {
     let listener = service.clone();
+    let shared = service.shared();
     tokio::spawn(async move {
+        if !shared {
+            return;
+        }
         let mut failing = false;
         loop {
             match listener.next_change().await {

@@ -152,6 +152,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotAMember { user, workspace } => ApiError::not_found(format!(
                 "user \"{user}\" is not a member of workspace \"{workspace}\""
             )),
+            StoreError::ActorGone => ApiError::unauthorized(ServiceError::Unauthorized.to_string()),
             StoreError::Conflict => {
                 ApiError::conflict("the request met a concurrent change; try again")
             }

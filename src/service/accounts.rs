@@ -6,8 +6,8 @@ use super::{Caller, DEFAULT_WORKSPACE, Service, ServiceError, Who};
 use crate::auth::Token;
 use crate::secret::{SecretName, Timestamp, Visibility};
 use crate::store::{
-    AuditAction, Batch, Op, SecretFilter, StoreError, TargetKind, TokenFilter, TokenRecord, User,
-    new_id, valid_account_name, vault::MAX_RETRIES,
+    AuditAction, Batch, Expected, Op, SecretFilter, StoreError, TargetKind, TokenFilter,
+    TokenRecord, User, new_id, valid_account_name, vault::MAX_RETRIES,
 };
 
 const NAME_RULE: &str =
@@ -89,7 +89,7 @@ impl Service {
         caller.admin()?;
         check_name("user", name)?;
         let (user, batch, token, record) = Self::user_batch(name, admin, workspaces, Some(caller));
-        match self.commit(batch).await {
+        match self.commit(caller, batch).await {
             Err(ServiceError::Store(StoreError::UserExists(n))) => Err(ServiceError::Conflict(
                 format!("user \"{n}\" already exists"),
             )),
@@ -183,7 +183,7 @@ impl Service {
     /// `serve --init`, second step: stores the first admin. False when another replica
     /// initialised the store meanwhile.
     pub async fn create_first_admin(&self, admin: FirstAdmin) -> Result<bool, ServiceError> {
-        match self.commit(admin.batch).await {
+        match self.commit_unchecked(admin.batch).await {
             Err(ServiceError::Store(StoreError::UserExists(_))) => Ok(false),
             Err(e) => Err(e),
             Ok(()) => Ok(true),
@@ -240,7 +240,7 @@ impl Service {
                 ),
             ],
         };
-        match self.commit(batch).await {
+        match self.commit_unchecked(batch).await {
             // Another local process created it at the same moment.
             Err(ServiceError::Store(StoreError::UserExists(_))) => self.live_user(name).await,
             Err(e) => Err(e),
@@ -281,20 +281,46 @@ impl Service {
                 .secrets(SecretFilter::Owner(&target.id))
                 .await?;
             let tokens = self.store().tokens(TokenFilter::User(&target.id)).await?;
+            if let Some(heir) = &heir {
+                self.check_transfer(caller, &owned, heir)?;
+            }
             let mut removal = UserRemoval {
                 tokens: tokens.len(),
                 ..Default::default()
             };
-            let mut batch = Batch::default();
+            // The user's row first: from here on (PostgreSQL locks it for the rest of the
+            // transaction) nothing can be created for, minted for or done by them, and what
+            // committed before is seen by the checks that follow.
+            let mut batch = Batch {
+                ops: vec![Op::TombstoneUser {
+                    id: target.id.clone(),
+                    at: Timestamp::now(),
+                }],
+                audit: Vec::new(),
+            };
+            let mut owned_now: Vec<(String, Visibility)> = owned
+                .iter()
+                .map(|s| (s.id.clone(), s.meta.visibility))
+                .collect();
+            owned_now.sort_by(|a, b| a.0.cmp(&b.0));
+            batch.ops.push(Op::ExpectOwned {
+                owner_id: target.id.clone(),
+                expected: owned_now,
+            });
+            let mut token_ids: Vec<String> = tokens.iter().map(|t| t.id.clone()).collect();
+            token_ids.sort();
+            batch.ops.push(Op::ExpectTokens {
+                user_id: target.id.clone(),
+                expected: token_ids,
+            });
+            let mut workspaces = target.workspaces.clone();
+            workspaces.sort();
+            batch.ops.push(Op::ExpectMemberships {
+                user_id: target.id.clone(),
+                expected: workspaces,
+            });
             match &heir {
                 Some(heir) => {
-                    let mut ids: Vec<String> = owned.iter().map(|s| s.id.clone()).collect();
-                    ids.sort();
-                    batch.ops.push(Op::ExpectOwned {
-                        owner_id: target.id.clone(),
-                        visibility: None,
-                        expected: ids,
-                    });
                     batch.ops.push(Op::TransferSecrets {
                         from: target.id.clone(),
                         to: heir.id.clone(),
@@ -312,22 +338,18 @@ impl Service {
                     }
                 }
                 None => {
-                    let private: Vec<_> = owned
+                    for s in owned
                         .iter()
                         .filter(|s| s.meta.visibility == Visibility::Private)
-                        .collect();
-                    let mut ids: Vec<String> = private.iter().map(|s| s.id.clone()).collect();
-                    ids.sort();
-                    batch.ops.push(Op::ExpectOwned {
-                        owner_id: target.id.clone(),
-                        visibility: Some(Visibility::Private),
-                        expected: ids,
-                    });
-                    for s in &private {
+                    {
                         removal.deleted.push(s.meta.name.clone());
                         batch.ops.push(Op::DeleteSecret {
                             id: s.id.clone(),
                             name: s.meta.name.clone(),
+                            expected: Expected {
+                                owner_id: target.id.clone(),
+                                visibility: Visibility::Private,
+                            },
                         });
                         batch.audit.push(caller.audit(
                             &s.workspace,
@@ -368,10 +390,6 @@ impl Service {
             batch.ops.push(Op::RemoveMemberships {
                 user_id: target.id.clone(),
             });
-            batch.ops.push(Op::TombstoneUser {
-                id: target.id.clone(),
-                at: Timestamp::now(),
-            });
             let summary = match &heir {
                 Some(h) => format!(
                     "removed {} tokens; transferred {} secrets to {} ({})",
@@ -397,9 +415,16 @@ impl Service {
                 0,
                 summary,
             ));
-            match self.commit(batch).await {
-                // The user's secrets changed (a create or a delete) while this was prepared.
-                Err(ServiceError::Store(StoreError::Conflict)) => continue,
+            match self.commit(caller, batch).await {
+                // The user's secrets, tokens or memberships changed while this was prepared
+                // (PostgreSQL may see a secret change between the checks and the deletes), or
+                // the user or the heir was deleted meanwhile: decide again on what is there now.
+                Err(ServiceError::Store(
+                    StoreError::Conflict
+                    | StoreError::VersionConflict(_)
+                    | StoreError::NotFound(_)
+                    | StoreError::UserNotFound(_),
+                )) => continue,
                 Err(e) => return Err(e),
                 Ok(()) => {
                     tracing::info!(user = %target.name, tokens = removal.tokens, deleted = removal.deleted.len(), kept = removal.kept.len(), transferred = removal.transferred.len(), "user removed");
@@ -408,6 +433,48 @@ impl Service {
             }
         }
         Err(StoreError::Conflict.into())
+    }
+
+    /// Whether `caller` may hand `owned` to `heir`: the heir must belong to every workspace the
+    /// secrets are in (else nobody could see them), and private secrets are handed over only
+    /// where admins may act for users (it gives the heir, possibly the admin, what only the
+    /// deleted user could read).
+    fn check_transfer(
+        &self,
+        caller: &Caller,
+        owned: &[crate::store::StoredSecret],
+        heir: &User,
+    ) -> Result<(), ServiceError> {
+        let mut outside: Vec<&str> = owned
+            .iter()
+            .map(|s| s.workspace.as_str())
+            .filter(|w| !heir.workspaces.iter().any(|h| h == w))
+            .collect();
+        outside.sort();
+        outside.dedup();
+        if !outside.is_empty() {
+            return Err(ServiceError::invalid_on(
+                "transfer_to",
+                format!(
+                    "user \"{}\" is not a member of {}, which hold secrets to transfer; add them \
+                     first",
+                    heir.name,
+                    outside.join(", ")
+                ),
+            ));
+        }
+        let private = owned
+            .iter()
+            .any(|s| s.meta.visibility == Visibility::Private);
+        if private && !self.options.admin_impersonation && !caller.local() {
+            return Err(ServiceError::Forbidden(
+                "this server does not let admins act for users (--no-admin-impersonation), and \
+                 transferring private secrets would: delete the user without --transfer-to, or \
+                 have the owner make them public first"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// A new workspace (admins); the admin becomes its first member.
@@ -442,7 +509,7 @@ impl Service {
                 ),
             ],
         };
-        match self.commit(batch).await {
+        match self.commit(caller, batch).await {
             Err(ServiceError::Store(StoreError::WorkspaceExists(w))) => Err(
                 ServiceError::Conflict(format!("workspace \"{w}\" already exists")),
             ),
@@ -472,7 +539,7 @@ impl Service {
                 String::new(),
             )],
         };
-        self.commit(batch).await.map_err(|e| match e {
+        self.commit(caller, batch).await.map_err(|e| match e {
             ServiceError::Store(StoreError::WorkspaceNotFound(w)) => {
                 ServiceError::NotFound(format!("workspace \"{w}\" not found"))
             }
@@ -503,7 +570,7 @@ impl Service {
                 String::new(),
             )],
         };
-        self.commit(batch).await.map_err(|e| match e {
+        self.commit(caller, batch).await.map_err(|e| match e {
             ServiceError::Store(StoreError::NotAMember { .. }) => ServiceError::NotFound(format!(
                 "user \"{user}\" is not a member of workspace \"{workspace}\""
             )),

@@ -54,10 +54,13 @@ impl Service {
             0,
             String::new(),
         );
-        self.commit(Batch {
-            ops: Vec::new(),
-            audit: vec![audit],
-        })
+        self.commit(
+            caller,
+            Batch {
+                ops: Vec::new(),
+                audit: vec![audit],
+            },
+        )
         .await?;
         Ok(self.store().backup_to(path).await?)
     }

@@ -101,6 +101,17 @@ impl Caller {
         matches!(self.who, Who::Local { .. })
     }
 
+    /// The precondition every batch of this caller carries: its user still live and its token
+    /// still valid when the batch commits. The local CLI answers to no token.
+    fn still_valid(&self) -> Option<crate::store::Op> {
+        let token = self.token()?;
+        Some(crate::store::Op::ExpectActor {
+            user_id: self.user().id.clone(),
+            token_id: Some(token.id.clone()),
+            now: Timestamp::now(),
+        })
+    }
+
     /// The audit log's name for the actor.
     fn actor_name(&self) -> String {
         match &self.who {
@@ -406,10 +417,10 @@ impl Service {
     /// Sent after every committed change: wakes long-polls, drops cached principals and
     /// snapshots.
     fn changed(&self) {
-        self.principals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        // Under the cache's lock: a load that began before this change cannot insert what it
+        // read after the cache was cleared (it checks the generation under the same lock).
+        let mut principals = self.principals.lock().unwrap_or_else(|e| e.into_inner());
+        principals.clear();
         self.changes.send_modify(|g| *g = g.wrapping_add(1));
     }
 
@@ -428,20 +439,39 @@ impl Service {
         *self.changes.borrow()
     }
 
-    /// Applies a batch and announces it.
-    async fn commit(&self, batch: Batch) -> Result<(), ServiceError> {
-        self.store().apply(&batch).await?;
+    /// Applies a batch for `caller` (who must still be valid when it commits) and announces it.
+    async fn commit(&self, caller: &Caller, mut batch: Batch) -> Result<(), ServiceError> {
+        if let Some(op) = caller.still_valid() {
+            batch.ops.insert(0, op);
+        }
+        self.commit_unchecked(batch).await
+    }
+
+    /// Applies a batch no caller stands behind (`serve --init`, the local user's creation).
+    async fn commit_unchecked(&self, batch: Batch) -> Result<(), ServiceError> {
+        self.store().apply(&batch).await.map_err(gone)?;
         self.changed();
         Ok(())
     }
 
-    /// Applies a batch of sealed writes (rebuilt once if the key was rotated meanwhile) and
-    /// announces it.
+    /// Applies a batch of sealed writes for `caller` (rebuilt once if the key was rotated
+    /// meanwhile) and announces it.
     async fn commit_sealed(
         &self,
-        rebuild: impl FnMut() -> Result<Batch, StoreError>,
+        caller: &Caller,
+        mut rebuild: impl FnMut() -> Result<Batch, StoreError>,
     ) -> Result<(), ServiceError> {
-        self.vault.apply_sealed(rebuild).await?;
+        let check = caller.still_valid();
+        self.vault
+            .apply_sealed(|| {
+                let mut batch = rebuild()?;
+                if let Some(op) = &check {
+                    batch.ops.insert(0, op.clone());
+                }
+                Ok(batch)
+            })
+            .await
+            .map_err(gone)?;
         self.changed();
         Ok(())
     }
@@ -513,18 +543,21 @@ impl Service {
             TokenKind::User => Who::User { token, user },
             TokenKind::Workload => Who::Workload { token, user },
         };
-        self.principals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                id.to_owned(),
-                CachedPrincipal {
-                    who: who.clone(),
-                    hash: hash.clone(),
-                    at: Instant::now(),
-                    generation,
-                },
-            );
+        let mut principals = self.principals.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation() != generation {
+            // Something changed while this was read (a revocation, a removed user): it may be
+            // stale. Answer this request with it, but do not remember it.
+            return Ok(Some((who, hash)));
+        }
+        principals.insert(
+            id.to_owned(),
+            CachedPrincipal {
+                who: who.clone(),
+                hash: hash.clone(),
+                at: Instant::now(),
+                generation,
+            },
+        );
         Ok(Some((who, hash)))
     }
 
@@ -641,6 +674,15 @@ impl Service {
             who: Who::Local { user },
             address: String::new(),
         })
+    }
+}
+
+/// A caller whose token or user went away before its batch committed is a caller without a
+/// valid token.
+fn gone(e: StoreError) -> ServiceError {
+    match e {
+        StoreError::ActorGone => ServiceError::Unauthorized,
+        other => ServiceError::Store(other),
     }
 }
 

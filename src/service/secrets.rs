@@ -9,8 +9,8 @@ use crate::secret::{
     validate_tags,
 };
 use crate::store::{
-    AuditAction, Batch, Change, Op, SecretFilter, StoreError, StoredSecret, TargetKind, new_id,
-    vault::MAX_RETRIES,
+    AuditAction, Batch, Change, Expected, Op, SecretFilter, StoreError, StoredSecret, TargetKind,
+    new_id, vault::MAX_RETRIES,
 };
 
 /// A secret to create.
@@ -200,7 +200,7 @@ impl Service {
                 sealed: Vec::new(),
             })
             .collect();
-        self.commit_sealed(|| {
+        self.commit_sealed(caller, || {
             let mut batch = Batch::default();
             for (row, n) in rows.iter().zip(&new) {
                 let mut row = row.clone();
@@ -269,7 +269,7 @@ impl Service {
             let new_version = version + u64::from(update.value.is_some());
             let at = Timestamp::now();
             let result = self
-                .commit_sealed(|| {
+                .commit_sealed(caller, || {
                     let sealed = update
                         .value
                         .as_ref()
@@ -279,6 +279,10 @@ impl Service {
                             id: current.id.clone(),
                             name: name.clone(),
                             expected_version: version,
+                            expected: Expected {
+                                owner_id: current.owner_id.clone(),
+                                visibility: current.meta.visibility,
+                            },
                             change: Change {
                                 sealed,
                                 visibility: update.visibility,
@@ -336,6 +340,10 @@ impl Service {
             ops: vec![Op::DeleteSecret {
                 id: current.id.clone(),
                 name: name.clone(),
+                expected: Expected {
+                    owner_id: current.owner_id.clone(),
+                    visibility: current.meta.visibility,
+                },
             }],
             audit: vec![caller.audit(
                 workspace,
@@ -345,7 +353,7 @@ impl Service {
                 String::new(),
             )],
         };
-        match self.commit(batch).await {
+        match self.commit(caller, batch).await {
             Err(ServiceError::Store(StoreError::NotFound(_))) => {
                 Err(ServiceError::secret_not_found(name))
             }

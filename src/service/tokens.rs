@@ -176,10 +176,13 @@ impl Service {
             0,
             format!("workload token for {} ({})", user.name, names.join(",")),
         );
-        self.commit(Batch {
-            ops: vec![Op::InsertToken(record.clone())],
-            audit: vec![audit],
-        })
+        self.commit(
+            caller,
+            Batch {
+                ops: vec![Op::InsertToken(record.clone())],
+                audit: vec![audit],
+            },
+        )
         .await?;
         tracing::info!(token = %record.id, user = %user.name, secrets = record.grants.len(), "workload token minted");
         Ok((token, record))
@@ -229,10 +232,13 @@ impl Service {
             0,
             detail,
         );
-        self.commit(Batch {
-            ops: vec![Op::InsertToken(record.clone())],
-            audit: vec![audit],
-        })
+        self.commit(
+            caller,
+            Batch {
+                ops: vec![Op::InsertToken(record.clone())],
+                audit: vec![audit],
+            },
+        )
         .await?;
         Ok((token, record))
     }
@@ -278,13 +284,16 @@ impl Service {
             detail,
         );
         match self
-            .commit(Batch {
-                ops: vec![Op::RevokeToken {
-                    id: id.to_owned(),
-                    at: Timestamp::now(),
-                }],
-                audit: vec![audit],
-            })
+            .commit(
+                caller,
+                Batch {
+                    ops: vec![Op::RevokeToken {
+                        id: id.to_owned(),
+                        at: Timestamp::now(),
+                    }],
+                    audit: vec![audit],
+                },
+            )
             .await
         {
             Err(ServiceError::Store(StoreError::TokenNotFound(_))) => Err(not_found()),
@@ -311,14 +320,22 @@ impl Service {
             0,
             format!("until {}", expires.rfc3339()),
         );
-        self.commit(Batch {
-            ops: vec![Op::SetTokenExpiry {
-                id: token.id.clone(),
-                expires_at: expires,
-            }],
-            audit: vec![audit],
-        })
-        .await?;
+        self.commit(
+            caller,
+            Batch {
+                ops: vec![Op::SetTokenExpiry {
+                    id: token.id.clone(),
+                    expires_at: expires,
+                }],
+                audit: vec![audit],
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            // Revoked since the request was authenticated.
+            ServiceError::Store(StoreError::TokenNotFound(_)) => ServiceError::Unauthorized,
+            other => other,
+        })?;
         let mut renewed = token.clone();
         renewed.expires_at = Some(expires);
         Ok(renewed)

@@ -324,12 +324,16 @@ pub enum Op {
     /// A new secret. `AlreadyExists` if the name is taken in its workspace, `WorkspaceNotFound`,
     /// `UserNotFound` unless the owner is a live user.
     InsertSecret(StoredSecret),
-    /// Changes a secret if it is still at `expected_version` (`VersionConflict`; `NotFound` if
-    /// the id is gone). A new value moves the version and `updated_at`.
+    /// Changes a secret if it is still what the caller decided on: at `expected_version`, with
+    /// `expected.owner_id` and `expected.visibility` (a visibility change does not move the
+    /// version, and a rule decided on a public secret must not land on one made private
+    /// meanwhile). Else `VersionConflict`; `NotFound` if the id is gone. A new value moves the
+    /// version and `updated_at`.
     UpdateSecret {
         id: String,
         name: SecretName,
         expected_version: u64,
+        expected: Expected,
         change: Change,
         at: Timestamp,
     },
@@ -341,17 +345,36 @@ pub enum Op {
         version: u64,
         sealed: Vec<u8>,
     },
+    /// Deletes a secret still as `expected` (`VersionConflict` otherwise, `NotFound` if gone).
     DeleteSecret {
         id: String,
         name: SecretName,
+        expected: Expected,
     },
-    /// A precondition: the ids of `owner`'s secrets (only those of `visibility`, if given) are
-    /// exactly `expected` (sorted), else `Conflict`. What a batch that acts on "all of a user's
-    /// secrets" checks so that a secret created meanwhile is never missed.
+    /// A precondition: the secrets `owner` owns are exactly `expected` (id and visibility, in
+    /// any order), else `Conflict`. What a batch that acts on "all of a user's secrets"
+    /// checks so that a secret created or changed meanwhile is never missed.
     ExpectOwned {
         owner_id: String,
-        visibility: Option<Visibility>,
+        expected: Vec<(String, Visibility)>,
+    },
+    /// A precondition: `user`'s tokens are exactly `expected` (ids, any order), else `Conflict`.
+    ExpectTokens {
+        user_id: String,
         expected: Vec<String>,
+    },
+    /// A precondition: `user`'s workspaces are exactly `expected` (any order), else `Conflict`.
+    ExpectMemberships {
+        user_id: String,
+        expected: Vec<String>,
+    },
+    /// A precondition: the acting user is live and, if the batch acts for a token, the token is
+    /// neither revoked nor expired at `now`; else `ActorGone`. Read so that neither can change
+    /// before the batch commits (a user being deleted meanwhile makes this wait, then fail).
+    ExpectActor {
+        user_id: String,
+        token_id: Option<String>,
+        now: Timestamp,
     },
     /// Hands every secret of `from` to `to` (a live user).
     TransferSecrets {
@@ -419,6 +442,13 @@ impl Op {
     }
 }
 
+/// What a secret must still be when a write that was decided on it lands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub owner_id: String,
+    pub visibility: Visibility,
+}
+
 /// Writes applied together: every op and every audit record, in one transaction, or nothing.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
@@ -452,6 +482,9 @@ pub enum StoreError {
     NotAMember { user: String, workspace: String },
     #[error("token \"{0}\" not found")]
     TokenNotFound(String),
+    /// The user or token a batch acts for was deleted, revoked or expired before it committed.
+    #[error("the caller's token or user is no longer valid")]
+    ActorGone,
     #[error("secret \"{0}\" cannot be decrypted: the key does not match, or the row was altered")]
     Undecryptable(SecretName),
     #[error("{0}")]

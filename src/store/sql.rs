@@ -15,7 +15,7 @@ use super::{
     AuditQuery, AuditRecord, Batch, Op, SecretFilter, Store, StoreError, StoredSecret, TokenFilter,
     TokenRecord, User, WriteFence,
 };
-use crate::secret::{SecretName, Timestamp};
+use crate::secret::{SecretName, Timestamp, Visibility};
 
 /// A bound parameter, the same for both engines.
 #[derive(Debug, Clone)]
@@ -176,6 +176,44 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// `Conflict` unless the values `sql` selects (as `v`) for `user_id` are exactly `expected`,
+/// compared sorted here rather than by the engine's collation.
+async fn expect_set(
+    tx: &mut dyn Exec,
+    sql: &str,
+    user_id: &str,
+    expected: &[String],
+) -> Result<(), StoreError> {
+    let rows = tx.rows(sql, &[Param::Text(user_id)]).await?;
+    let mut found = rows
+        .iter()
+        .map(|r| r.text("v"))
+        .collect::<Result<Vec<_>, _>>()?;
+    found.sort();
+    let mut expected = expected.to_vec();
+    expected.sort();
+    if found != expected {
+        return Err(StoreError::Conflict);
+    }
+    Ok(())
+}
+
+/// Why a conditional write of secret `id` matched nothing: it is gone, or it changed.
+async fn conflict_or_gone(
+    tx: &mut dyn Exec,
+    id: &str,
+    name: &SecretName,
+) -> Result<StoreError, StoreError> {
+    let exists = tx
+        .rows("SELECT id FROM secrets WHERE id = $1", &[Param::Text(id)])
+        .await?;
+    Ok(if exists.is_empty() {
+        StoreError::NotFound(name.clone())
+    } else {
+        StoreError::VersionConflict(name.clone())
+    })
+}
+
 /// Runs a statement that must change a row; `missing` is the error when it changed none.
 async fn change_one(
     tx: &mut dyn Exec,
@@ -275,12 +313,13 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
             id,
             name,
             expected_version,
+            expected,
             change,
             at,
         } => {
             let new_version = expected_version + u64::from(change.sealed.is_some());
-            // One statement with the version in its WHERE clause: a concurrent writer makes it
-            // match no row, and the service retries from a fresh read.
+            // One statement with what was checked in its WHERE clause: a concurrent writer makes
+            // it match no row, and the service retries from a fresh read.
             let done = tx
                 .run(
                     "UPDATE secrets SET
@@ -290,7 +329,7 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                         visibility = coalesce($4, visibility),
                         tags = coalesce($5, tags),
                         kind = coalesce($6, kind)
-                     WHERE id = $7 AND version = $8",
+                     WHERE id = $7 AND version = $8 AND owner_id = $9 AND visibility = $10",
                     &[
                         Param::OptBlob(change.sealed.as_deref()),
                         Param::Int(version_i64(new_version)?),
@@ -300,18 +339,13 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                         Param::OptText(change.kind.map(|k| k.as_str())),
                         Param::Text(id),
                         Param::Int(version_i64(*expected_version)?),
+                        Param::Text(&expected.owner_id),
+                        Param::Text(expected.visibility.as_str()),
                     ],
                 )
                 .await?;
             if done == 0 {
-                let exists = tx
-                    .rows("SELECT id FROM secrets WHERE id = $1", &[Param::Text(id)])
-                    .await?;
-                return Err(if exists.is_empty() {
-                    StoreError::NotFound(name.clone())
-                } else {
-                    StoreError::VersionConflict(name.clone())
-                });
+                return Err(conflict_or_gone(tx, id, name).await?);
             }
         }
         Op::Reseal {
@@ -332,35 +366,94 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
             )
             .await?;
         }
-        Op::DeleteSecret { id, name } => {
+        Op::DeleteSecret { id, name, expected } => {
             let done = tx
-                .run("DELETE FROM secrets WHERE id = $1", &[Param::Text(id)])
+                .run(
+                    "DELETE FROM secrets WHERE id = $1 AND owner_id = $2 AND visibility = $3",
+                    &[
+                        Param::Text(id),
+                        Param::Text(&expected.owner_id),
+                        Param::Text(expected.visibility.as_str()),
+                    ],
+                )
                 .await?;
             if done == 0 {
-                return Err(StoreError::NotFound(name.clone()));
+                return Err(conflict_or_gone(tx, id, name).await?);
             }
         }
-        Op::ExpectOwned {
-            owner_id,
-            visibility,
-            expected,
-        } => {
+        Op::ExpectOwned { owner_id, expected } => {
             let rows = tx
                 .rows(
-                    "SELECT id FROM secrets WHERE owner_id = $1 AND ($2 IS NULL OR visibility = $2)
-                     ORDER BY id",
-                    &[
-                        Param::Text(owner_id),
-                        Param::OptText(visibility.map(|v| v.as_str())),
-                    ],
+                    &format!(
+                        "SELECT id, visibility FROM secrets WHERE owner_id = $1 ORDER BY id {lock}"
+                    ),
+                    &[Param::Text(owner_id)],
                 )
                 .await?;
             let found = rows
                 .iter()
-                .map(|r| r.text("id"))
-                .collect::<Result<Vec<_>, _>>()?;
-            if &found != expected {
+                .map(|r| {
+                    let v = r.text("visibility")?;
+                    let v: Visibility = v.parse().map_err(|_| {
+                        StoreError::Internal("stored row has an invalid visibility".into())
+                    })?;
+                    Ok((r.text("id")?, v))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            // Compared sorted here, not by the engine's collation.
+            let mut found = found;
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut expected = expected.clone();
+            expected.sort_by(|a, b| a.0.cmp(&b.0));
+            if found != expected {
                 return Err(StoreError::Conflict);
+            }
+        }
+        Op::ExpectTokens { user_id, expected } => {
+            expect_set(
+                tx,
+                "SELECT id AS v FROM tokens WHERE user_id = $1",
+                user_id,
+                expected,
+            )
+            .await?;
+        }
+        Op::ExpectMemberships { user_id, expected } => {
+            expect_set(
+                tx,
+                "SELECT workspace AS v FROM members WHERE user_id = $1",
+                user_id,
+                expected,
+            )
+            .await?;
+        }
+        Op::ExpectActor {
+            user_id,
+            token_id,
+            now,
+        } => {
+            let user = tx
+                .rows(
+                    &format!("SELECT id FROM users WHERE id = $1 AND deleted_at IS NULL {lock}"),
+                    &[Param::Text(user_id)],
+                )
+                .await?;
+            if user.is_empty() {
+                return Err(StoreError::ActorGone);
+            }
+            if let Some(token) = token_id {
+                let valid = tx
+                    .rows(
+                        &format!(
+                            "SELECT id FROM tokens WHERE id = $1 AND revoked_at IS NULL
+                             AND (expires_at IS NULL OR expires_at > $2) {lock}"
+                        ),
+                        &[Param::Text(token), Param::Int(now.nanos())],
+                    )
+                    .await?;
+                if valid.is_empty() {
+                    return Err(StoreError::ActorGone);
+                }
             }
         }
         Op::TransferSecrets { from, to, to_name } => {
@@ -671,7 +764,7 @@ impl<D: Dialect> Store for SqlStore<D> {
             .rows(
                 &format!(
                     "SELECT {AUDIT_COLUMNS} FROM audit WHERE at >= $1 AND ($2 IS NULL OR workspace = $2)
-                     ORDER BY id {order} LIMIT $3"
+                     ORDER BY at {order}, id {order} LIMIT $3"
                 ),
                 &[
                     Param::Int(q.since.nanos()),

@@ -410,6 +410,30 @@ fn admins_can_be_kept_from_acting_as_users() {
     );
     let (status, _) = h.call("POST", "/api/v1/users/admin/tokens", admin, Some(json!({})));
     assert_eq!(status, 201);
+    // Handing hal's private secret to the admin would be acting as hal: refused, nothing lost.
+    let hal = h.user(admin, "hal2");
+    create(&h, &hal, "hal_private", "p", "private");
+    let (status, v) = h.call(
+        "DELETE",
+        "/api/v1/users/hal2?transfer_to=admin",
+        admin,
+        None,
+    );
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("without --transfer-to"),
+        "{v}"
+    );
+    let (status, v) = h.call("GET", "/api/v1/workspaces/default/secrets", &hal, None);
+    assert_eq!(status, 200, "{v}");
+    assert!(v.to_string().contains("hal_private"), "{v}");
+    // Without the transfer the user goes, and their private secret with them.
+    let (status, v) = h.call("DELETE", "/api/v1/users/hal2", admin, None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["deleted"], json!(["hal_private"]), "{v}");
 }
 
 /// The CLI says what removing a user removed, without a prompt, and can hand the secrets over.
@@ -438,6 +462,25 @@ fn user_delete_says_what_went_and_can_transfer() {
         "{}",
         out.stderr
     );
+    // An heir outside a workspace that holds the secrets could not see them: refused.
+    h.user(&server.admin_token, "lou");
+    let (status, v) = h.call(
+        "DELETE",
+        "/api/v1/workspaces/default/members/lou",
+        &server.admin_token,
+        None,
+    );
+    assert_eq!(status, 204, "{v}");
+    let out = cli(&["user", "delete", "jon", "--transfer-to", "lou"]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("\"lou\" is not a member of default"),
+        "{}",
+        out.stderr
+    );
+    let out = cli(&["user", "delete", "jon", "--transfer-to", "nobody"]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("nobody"), "{}", out.stderr);
     let kim = h.user(&server.admin_token, "kim");
     create(&h, &kim, "kim_private", "p", "private");
     let out = cli(&["user", "delete", "kim"]);

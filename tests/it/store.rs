@@ -17,7 +17,7 @@ use secretfs::service::{
 use secretfs::store::postgres::PgStore;
 use secretfs::store::sqlite::SqliteStore;
 use secretfs::store::{
-    Batch, Change, Op, SecretFilter, Store, StoreError, TokenFilter, Vault, new_id,
+    Batch, Change, Expected, Op, SecretFilter, Store, StoreError, TokenFilter, Vault, new_id,
 };
 
 fn name(s: &str) -> SecretName {
@@ -105,6 +105,7 @@ async fn store_story(store: Arc<dyn Store>) {
     deleted_users_take_their_private_secrets(&service, &local, &store).await;
     derived_tokens_are_bounded(&service, &local).await;
     preconditions_fail_the_whole_batch(&service, &local, &store).await;
+    a_user_deleted_while_creating_keeps_nothing(&service, &local, &store).await;
     every_action_is_audited(&service, &local, &store).await;
 
     // Another key is refused before any value is touched.
@@ -236,6 +237,10 @@ async fn rows_and_versions(service: &Arc<Service>, local: &Caller, store: &Arc<d
                 id: c.id.clone(),
                 name: c.meta.name.clone(),
                 expected_version: c.meta.version,
+                expected: Expected {
+                    owner_id: c.owner_id.clone(),
+                    visibility: c.meta.visibility,
+                },
                 change: Change {
                     sealed: Some(a.sealed.clone()),
                     ..Default::default()
@@ -485,10 +490,9 @@ async fn preconditions_fail_the_whole_batch(
                     id: owner.clone(),
                     at: Timestamp::now(),
                 },
-                // Says dave owns nothing private: wrong.
+                // Says dave owns nothing: wrong.
                 Op::ExpectOwned {
                     owner_id: owner.clone(),
-                    visibility: Some(Visibility::Private),
                     expected: Vec::new(),
                 },
             ],
@@ -496,6 +500,40 @@ async fn preconditions_fail_the_whole_batch(
         })
         .await;
     assert!(matches!(refused, Err(StoreError::Conflict)), "{refused:?}");
+    // A write decided on a private secret does not land on it once it is public.
+    let row = &store
+        .secrets(SecretFilter::Named(WS, &[name("dave_1")]))
+        .await
+        .unwrap()[0];
+    service
+        .update_secret(
+            &dave,
+            WS,
+            &name("dave_1"),
+            SecretUpdate {
+                visibility: Some(Visibility::Public),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let stale = store
+        .apply(&Batch {
+            ops: vec![Op::DeleteSecret {
+                id: row.id.clone(),
+                name: row.meta.name.clone(),
+                expected: Expected {
+                    owner_id: owner.clone(),
+                    visibility: Visibility::Private,
+                },
+            }],
+            audit: Vec::new(),
+        })
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::VersionConflict(_))),
+        "{stale:?}"
+    );
     // The tombstone before the failed check was rolled back: dave still acts.
     service
         .create_secrets(&dave, WS, vec![new("dave_2", "d", Visibility::Private)])
@@ -517,6 +555,62 @@ async fn preconditions_fail_the_whole_batch(
         .await;
     assert!(matches!(ghost, Err(StoreError::UserExists(_))), "{ghost:?}");
     service.delete_user(local, "dave", None).await.unwrap();
+}
+
+/// Creates by a user racing their deletion: whichever commits first, nothing private of theirs
+/// survives, and every create either failed or was deleted with them.
+async fn a_user_deleted_while_creating_keeps_nothing(
+    service: &Arc<Service>,
+    local: &Caller,
+    store: &Arc<dyn Store>,
+) {
+    let rae = user(service, local, "rae").await;
+    let id = rae.user().id.clone();
+    let creates: Vec<_> = (0..40)
+        .map(|i| {
+            let (service, rae) = (service.clone(), rae.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(i * 2)).await;
+                let n = format!("rae_{i}");
+                service
+                    .create_secrets(&rae, WS, vec![new(&n, "r", Visibility::Private)])
+                    .await
+                    .map(|_| n)
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let removal = service.delete_user(local, "rae", None).await.unwrap();
+    let mut created = Vec::new();
+    for c in creates {
+        if let Ok(n) = c.await.unwrap() {
+            created.push(n);
+        }
+    }
+    // A create decided before the deletion but committed after it is refused.
+    let late = service
+        .create_secrets(&rae, WS, vec![new("rae_late", "r", Visibility::Private)])
+        .await;
+    assert!(matches!(late, Err(ServiceError::Unauthorized)), "{late:?}");
+    let left = store.secrets(SecretFilter::Owner(&id)).await.unwrap();
+    assert!(
+        left.is_empty(),
+        "left behind: {:?}",
+        left.iter()
+            .map(|s| s.meta.name.as_str())
+            .collect::<Vec<_>>()
+    );
+    let deleted: Vec<String> = removal
+        .deleted
+        .iter()
+        .map(|n| n.as_str().to_owned())
+        .collect();
+    for n in &created {
+        assert!(
+            deleted.contains(n),
+            "{n} was created but not deleted: {deleted:?}"
+        );
+    }
 }
 
 /// Every action the service can take writes its record, with actor and target by name and id,
@@ -646,6 +740,71 @@ async fn sqlite_reopens_and_migrates_once() {
     let again = Service::new(again, Options::default(), None);
     let local = again.local_caller(false).await.unwrap();
     assert_eq!(again.list_secrets(&local, WS).await.unwrap().len(), 1);
+}
+
+/// A server store from before ids: the owner of secrets who is no user any more (deleting a
+/// user left their secrets then) becomes a tombstone, so a new user of the name gets none of
+/// them; a living user keeps theirs.
+#[tokio::test]
+async fn sqlite_migration_tombstones_owners_who_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let old = concat!(
+            include_str!("../../src/store/migrations/sqlite/0001.sql"),
+            include_str!("../../src/store/migrations/sqlite/0002.sql"),
+            "PRAGMA application_id = 1397117745; -- 'SFS1', secretfs's
+             CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);
+             INSERT INTO schema_migrations VALUES (1, 0), (2, 0);
+             INSERT INTO users (name, admin, created_at) VALUES ('alice', 1, 0);
+             INSERT INTO members (user_name, workspace) VALUES ('alice', 'default');
+             INSERT INTO secrets (workspace, name, id, kind, visibility, owner, version, sealed, created_at, updated_at)
+                 VALUES ('default', 'MINE', 'id-mine', 'custom', 'private', 'alice', 1, x'00', 0, 0),
+                        ('default', 'LEFT', 'id-left', 'custom', 'private', 'ghost', 1, x'00', 0, 0);"
+        );
+        sqlx::raw_sql(old).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let store = SqliteStore::open(&path, false).await.unwrap();
+    let users = store.users().await.unwrap();
+    let alice = users.iter().find(|u| u.name == "alice").unwrap();
+    let ghost = users.iter().find(|u| u.name == "ghost").unwrap();
+    assert!(alice.deleted_at.is_none() && alice.workspaces == ["default"]);
+    assert!(ghost.deleted_at.is_some(), "{ghost:?}");
+    assert!(ghost.workspaces.is_empty(), "{ghost:?}");
+    let mine = store.secrets(SecretFilter::Owner(&alice.id)).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].meta.name.as_str(), "MINE");
+    // A new user named ghost is another id and owns nothing.
+    let fresh = new_id();
+    store
+        .apply(&Batch {
+            ops: vec![Op::InsertUser(secretfs::service::User {
+                id: fresh.clone(),
+                name: "ghost".into(),
+                admin: false,
+                created_at: Timestamp::now(),
+                deleted_at: None,
+                workspaces: vec!["default".into()],
+            })],
+            audit: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        store
+            .secrets(SecretFilter::Owner(&fresh))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let left = store.secrets(SecretFilter::Owner(&ghost.id)).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].meta.name.as_str(), "LEFT");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,14 @@ INSERT INTO users_v2 (id, name, admin, created_at)
     SELECT replace(gen_random_uuid()::text, '-', ''), name, CASE WHEN admin THEN 1 ELSE 0 END,
            created_at
     FROM users;
-INSERT INTO users_v2 (id, name, admin, created_at)
-    SELECT replace(gen_random_uuid()::text, '-', ''), owner, 0, min(created_at) FROM secrets
+-- Owners of existing secrets who are no user: on a store without users (a local store) the
+-- local CLI's user, who goes on owning them; on a server's store a user deleted before ids
+-- existed (deleting a user then left their secrets behind), who becomes a tombstone, so that a
+-- new user of the name does not inherit them.
+INSERT INTO users_v2 (id, name, admin, created_at, deleted_at)
+    SELECT replace(gen_random_uuid()::text, '-', ''), owner, 0, min(created_at),
+           CASE WHEN (SELECT count(*) FROM users) = 0 THEN NULL ELSE (extract(epoch FROM now()) * 1000000000)::bigint END
+    FROM secrets
     WHERE owner NOT IN (SELECT name FROM users) GROUP BY owner;
 CREATE UNIQUE INDEX users_live_name ON users_v2 (name) WHERE deleted_at IS NULL;
 
@@ -25,7 +31,7 @@ INSERT INTO members_v2 (user_id, workspace)
     SELECT u.id, m.workspace FROM members m JOIN users_v2 u ON u.name = m.user_name;
 INSERT INTO members_v2 (user_id, workspace)
     SELECT DISTINCT u.id, s.workspace FROM secrets s JOIN users_v2 u ON u.name = s.owner
-    WHERE s.owner NOT IN (SELECT name FROM users)
+    WHERE s.owner NOT IN (SELECT name FROM users) AND u.deleted_at IS NULL
     ON CONFLICT DO NOTHING;
 
 ALTER TABLE secrets ADD COLUMN owner_id TEXT NOT NULL DEFAULT '';

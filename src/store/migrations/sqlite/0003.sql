@@ -10,9 +10,14 @@ CREATE TABLE users_v3 (
 );
 INSERT INTO users_v3 (id, name, admin, created_at)
     SELECT lower(hex(randomblob(16))), name, admin, created_at FROM users;
--- Owners of existing secrets who are no server user (the local CLI's user) become users.
-INSERT INTO users_v3 (id, name, admin, created_at)
-    SELECT lower(hex(randomblob(16))), owner, 0, min(created_at) FROM secrets
+-- Owners of existing secrets who are no user: on a store without users (a local store) the
+-- local CLI's user, who goes on owning them; on a server's store a user deleted before ids
+-- existed (deleting a user then left their secrets behind), who becomes a tombstone, so that a
+-- new user of the name does not inherit them.
+INSERT INTO users_v3 (id, name, admin, created_at, deleted_at)
+    SELECT lower(hex(randomblob(16))), owner, 0, min(created_at),
+           CASE WHEN (SELECT count(*) FROM users) = 0 THEN NULL ELSE CAST(strftime('%s', 'now') AS INTEGER) * 1000000000 END
+    FROM secrets
     WHERE owner NOT IN (SELECT name FROM users) GROUP BY owner;
 CREATE UNIQUE INDEX users_live_name ON users_v3 (name) WHERE deleted_at IS NULL;
 
@@ -25,7 +30,7 @@ INSERT INTO members_v3 (user_id, workspace)
     SELECT u.id, m.workspace FROM members m JOIN users_v3 u ON u.name = m.user_name;
 INSERT INTO members_v3 (user_id, workspace)
     SELECT DISTINCT u.id, s.workspace FROM secrets s JOIN users_v3 u ON u.name = s.owner
-    WHERE s.owner NOT IN (SELECT name FROM users)
+    WHERE s.owner NOT IN (SELECT name FROM users) AND u.deleted_at IS NULL
     ON CONFLICT DO NOTHING;
 
 ALTER TABLE secrets ADD COLUMN owner_id TEXT NOT NULL DEFAULT '';
