@@ -52,12 +52,17 @@ impl TokenKind {
 pub struct Token(Zeroizing<String>);
 
 impl Token {
-    pub fn expose_secret(&self) -> &str {
+    /// The token's text, for an `Authorization` header or the one answer that shows it.
+    pub fn expose_token(&self) -> &str {
         &self.0
     }
 
     pub fn from_string(s: String) -> Self {
         Token(Zeroizing::new(s))
+    }
+
+    pub fn from_zeroizing(s: Zeroizing<String>) -> Self {
+        Token(s)
     }
 }
 
@@ -181,9 +186,9 @@ mod tests {
     #[test]
     fn minted_tokens_verify_and_others_do_not() {
         let (token, stored) = mint(TokenKind::Workload);
-        assert!(token.expose_secret().starts_with("sfs_w_"));
-        assert_eq!(token.expose_secret().len(), 4 + 2 + 16 + 1 + 43);
-        let p = Presented::parse(token.expose_secret()).unwrap();
+        assert!(token.expose_token().starts_with("sfs_w_"));
+        assert_eq!(token.expose_token().len(), 4 + 2 + 16 + 1 + 43);
+        let p = Presented::parse(token.expose_token()).unwrap();
         assert_eq!(
             (p.kind, p.id.as_str()),
             (TokenKind::Workload, stored.id.as_str())
@@ -198,7 +203,7 @@ mod tests {
     #[test]
     fn garbage_is_not_a_token() {
         let (token, _) = mint(TokenKind::User);
-        let t = token.expose_secret();
+        let t = token.expose_token();
         for bad in [
             "",
             "Bearer x",

@@ -5,22 +5,39 @@
 use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine as _;
+use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode};
-use serde::Deserialize;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
 use crate::auth::Token;
-use crate::secret::{
-    SecretKind, SecretMeta, SecretName, SecretValue, Timestamp, ValueLimit, Visibility,
+use crate::protocol::{
+    AuditLine, CreateSecret, ErrorBody, ImportSecrets, Imported, MintUser, MintWorkload, Minted,
+    NewMember, NewUser, NewWorkspace, NoArguments, Removed, Renewed, Resealed, TokenInfo,
+    UpdateSecret, UserInfo, WhoAmI, WorkloadRead, WorkloadReadRequest, Written,
 };
+use crate::secret::{SecretMeta, SecretName};
 
-/// Why a request failed.
+/// Why a request failed: the server's refusals by kind (the CLI maps them to hints), or no
+/// usable answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server answered with an error.
+    #[error("{message} (HTTP 401)")]
+    Unauthorized { message: String },
+    #[error("{message} (HTTP 403)")]
+    Forbidden { message: String },
+    #[error("{message} (HTTP 404)")]
+    NotFound { message: String },
+    #[error("{message} (HTTP 409)")]
+    Conflict { message: String },
+    #[error("{message} (HTTP 422)")]
+    Invalid {
+        message: String,
+        field: Option<String>,
+    },
+    /// Any other error answer (a malformed request, a full disk, a server failure).
     #[error("{message} (HTTP {status})")]
     Api {
         status: u16,
@@ -37,8 +54,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The HTTP status of an error answer.
     pub fn status(&self) -> Option<u16> {
         match self {
+            ClientError::Unauthorized { .. } => Some(401),
+            ClientError::Forbidden { .. } => Some(403),
+            ClientError::NotFound { .. } => Some(404),
+            ClientError::Conflict { .. } => Some(409),
+            ClientError::Invalid { .. } => Some(422),
             ClientError::Api { status, .. } => Some(*status),
             _ => None,
         }
@@ -52,51 +75,37 @@ impl ClientError {
             _ => false,
         }
     }
-}
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    code: String,
-    message: String,
+    fn from_answer(status: u16, body: Option<ErrorBody>) -> Self {
+        let Some(b) = body else {
+            return ClientError::Api {
+                status,
+                code: "unknown".into(),
+                message: format!("the server answered HTTP {status}"),
+            };
+        };
+        let message = b.message;
+        match status {
+            401 => ClientError::Unauthorized { message },
+            403 => ClientError::Forbidden { message },
+            404 => ClientError::NotFound { message },
+            409 => ClientError::Conflict { message },
+            422 => ClientError::Invalid {
+                message,
+                field: b.field,
+            },
+            _ => ClientError::Api {
+                status,
+                code: b.code,
+                message,
+            },
+        }
+    }
 }
 
 /// Installs rustls's ring provider once per process (reqwest and the server need one).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// One secret as a workload reads it.
-#[derive(Debug)]
-pub struct WorkloadSecret {
-    pub meta: SecretMeta,
-    pub value: Option<SecretValue>,
-}
-
-#[derive(Deserialize)]
-struct RawWorkloadSecret {
-    name: SecretName,
-    version: u64,
-    kind: SecretKind,
-    visibility: Visibility,
-    owner: String,
-    updated_at: String,
-    value: Option<String>,
-    value_base64: Option<String>,
-}
-
-/// A workload read: the revision of the set and its secrets.
-#[derive(Debug)]
-pub struct WorkloadRead {
-    pub revision: String,
-    pub workspace: String,
-    pub secrets: Vec<WorkloadSecret>,
-}
-
-#[derive(Deserialize)]
-struct RawWorkloadRead {
-    revision: String,
-    workspace: String,
-    secrets: Vec<RawWorkloadSecret>,
 }
 
 /// A client of one server (or of several replicas, tried in order).
@@ -115,12 +124,6 @@ impl std::fmt::Debug for Client {
             .field("bases", &self.bases)
             .finish_non_exhaustive()
     }
-}
-
-pub fn parse_timestamp(s: &str) -> Result<Timestamp, ClientError> {
-    humantime::parse_rfc3339_weak(s.trim_end_matches('Z'))
-        .map(Timestamp::from_system_time)
-        .map_err(|e| ClientError::Decode(format!("bad time {s:?}: {e}")))
 }
 
 impl Client {
@@ -164,8 +167,8 @@ impl Client {
         let http = builder
             .build()
             .map_err(|e| ClientError::Setup(format!("cannot set up HTTP: {e}")))?;
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-            .map_err(|_| {
+        let mut auth =
+            HeaderValue::from_str(&format!("Bearer {}", token.expose_token())).map_err(|_| {
                 ClientError::Setup("the token contains characters a header cannot hold".into())
             })?;
         auth.set_sensitive(true);
@@ -178,13 +181,14 @@ impl Client {
     }
 
     /// Sends a request to the first replica that answers (a 5xx or a connection failure moves
-    /// on to the next).
+    /// on to the next). The body is built once and shared by every attempt; it is wiped when
+    /// the last attempt lets go of it.
     async fn send(
         &self,
         method: Method,
         path: &str,
         query: &[(&str, String)],
-        body: Option<Zeroizing<Vec<u8>>>,
+        body: Option<Bytes>,
     ) -> Result<reqwest::Response, ClientError> {
         use std::sync::atomic::Ordering;
         let mut last = None;
@@ -201,7 +205,7 @@ impl Client {
             if let Some(b) = &body {
                 req = req
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(b.to_vec());
+                    .body(b.clone());
             }
             match req.send().await {
                 Ok(resp) if resp.status().is_server_error() => {
@@ -224,54 +228,236 @@ impl Client {
         Err(last.expect("at least one base URL"))
     }
 
+    /// A request whose answer is `T` (or nothing, for 204).
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         query: &[(&str, String)],
-        body: Option<serde_json::Value>,
-    ) -> Result<T, ClientError> {
-        let body = body.map(|b| Zeroizing::new(serde_json::to_vec(&b).expect("JSON serializes")));
+        body: Option<&impl Serialize>,
+    ) -> Result<Answer<T>, ClientError> {
+        let body = body.map(json_body);
         let resp = self.send(method, path, query, body).await?;
         if !resp.status().is_success() {
             return Err(error_from(resp).await);
         }
         if resp.status() == StatusCode::NO_CONTENT {
-            return serde_json::from_value(serde_json::Value::Null)
-                .map_err(|e| ClientError::Decode(e.to_string()));
+            return Ok(Answer::Empty);
         }
         resp.json::<T>()
             .await
+            .map(Answer::Body)
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    pub async fn get<T: DeserializeOwned>(
+    async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T, ClientError> {
-        self.call(Method::GET, path, query, None).await
+        self.call::<T>(Method::GET, path, query, None::<&()>)
+            .await?
+            .body()
     }
 
-    pub async fn post<T: DeserializeOwned>(
+    async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
-        body: serde_json::Value,
+        body: &impl Serialize,
     ) -> Result<T, ClientError> {
-        self.call(Method::POST, path, &[], Some(body)).await
+        self.call::<T>(Method::POST, path, &[], Some(body))
+            .await?
+            .body()
     }
 
-    pub async fn patch<T: DeserializeOwned>(
+    /// A request answered with 204 (or a body this client does not need).
+    async fn act(
         &self,
+        method: Method,
         path: &str,
-        body: serde_json::Value,
-    ) -> Result<T, ClientError> {
-        self.call(Method::PATCH, path, &[], Some(body)).await
+        body: Option<&impl Serialize>,
+    ) -> Result<(), ClientError> {
+        self.call::<serde::de::IgnoredAny>(method, path, &[], body)
+            .await
+            .map(|_| ())
     }
 
-    /// A GET whose answer is a file (a backup), returned as bytes.
-    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
-        let resp = self.send(Method::GET, path, &[], None).await?;
+    /// `GET /api/v1/whoami`.
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.get("/api/v1/whoami", &[]).await
+    }
+
+    /// The metadata of every secret of `ws` the caller may see.
+    pub async fn list_secrets(&self, ws: &str) -> Result<Vec<SecretMeta>, ClientError> {
+        self.get(&secrets_path(ws), &[]).await
+    }
+
+    pub async fn secret(&self, ws: &str, name: &SecretName) -> Result<SecretMeta, ClientError> {
+        self.get(&format!("{}/{name}", secrets_path(ws)), &[]).await
+    }
+
+    pub async fn create_secret(
+        &self,
+        ws: &str,
+        secret: &CreateSecret,
+    ) -> Result<Written, ClientError> {
+        self.post(&secrets_path(ws), secret).await
+    }
+
+    /// Creates every secret or none.
+    pub async fn import_secrets(
+        &self,
+        ws: &str,
+        secrets: &ImportSecrets,
+    ) -> Result<Imported, ClientError> {
+        self.post(&format!("{}:import", secrets_path(ws)), secrets)
+            .await
+    }
+
+    pub async fn update_secret(
+        &self,
+        ws: &str,
+        name: &SecretName,
+        update: &UpdateSecret,
+    ) -> Result<Written, ClientError> {
+        self.call::<Written>(
+            Method::PATCH,
+            &format!("{}/{name}", secrets_path(ws)),
+            &[],
+            Some(update),
+        )
+        .await?
+        .body()
+    }
+
+    pub async fn delete_secret(&self, ws: &str, name: &SecretName) -> Result<(), ClientError> {
+        self.act(
+            Method::DELETE,
+            &format!("{}/{name}", secrets_path(ws)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// The workspaces the caller belongs to.
+    pub async fn workspaces(&self) -> Result<Vec<String>, ClientError> {
+        self.get("/api/v1/workspaces", &[]).await
+    }
+
+    pub async fn create_workspace(&self, name: &str) -> Result<(), ClientError> {
+        let body = NewWorkspace {
+            name: name.to_owned(),
+        };
+        self.act(Method::POST, "/api/v1/workspaces", Some(&body))
+            .await
+    }
+
+    pub async fn add_member(&self, ws: &str, user: &str) -> Result<(), ClientError> {
+        let body = NewMember {
+            user: user.to_owned(),
+        };
+        self.act(
+            Method::POST,
+            &format!("/api/v1/workspaces/{ws}/members"),
+            Some(&body),
+        )
+        .await
+    }
+
+    pub async fn remove_member(&self, ws: &str, user: &str) -> Result<(), ClientError> {
+        self.act(
+            Method::DELETE,
+            &format!("/api/v1/workspaces/{ws}/members/{user}"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn users(&self) -> Result<Vec<UserInfo>, ClientError> {
+        self.get("/api/v1/users", &[]).await
+    }
+
+    /// Creates a user; the answer holds their first token.
+    pub async fn add_user(&self, user: &NewUser) -> Result<Minted, ClientError> {
+        self.post("/api/v1/users", user).await
+    }
+
+    /// Removes a user, handing their secrets to `transfer_to` if given.
+    pub async fn delete_user(
+        &self,
+        name: &str,
+        transfer_to: Option<&str>,
+    ) -> Result<Removed, ClientError> {
+        let query: Vec<(&str, String)> = transfer_to
+            .map(|t| ("transfer_to", t.to_owned()))
+            .into_iter()
+            .collect();
+        self.call::<Removed>(
+            Method::DELETE,
+            &format!("/api/v1/users/{name}"),
+            &query,
+            None::<&()>,
+        )
+        .await?
+        .body()
+    }
+
+    pub async fn mint_workload(
+        &self,
+        ws: &str,
+        mint: &MintWorkload,
+    ) -> Result<Minted, ClientError> {
+        self.post(&format!("/api/v1/workspaces/{ws}/tokens"), mint)
+            .await
+    }
+
+    pub async fn mint_user(&self, user: &str, mint: &MintUser) -> Result<Minted, ClientError> {
+        self.post(&format!("/api/v1/users/{user}/tokens"), mint)
+            .await
+    }
+
+    /// The caller's tokens; `all`: everyone's (admins).
+    pub async fn tokens(&self, all: bool) -> Result<Vec<TokenInfo>, ClientError> {
+        let query = if all {
+            vec![("all", "true".to_owned())]
+        } else {
+            Vec::new()
+        };
+        self.get("/api/v1/tokens", &query).await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
+        self.act(Method::DELETE, &format!("/api/v1/tokens/{id}"), None::<&()>)
+            .await
+    }
+
+    /// A workload token extends its own life.
+    pub async fn renew(&self) -> Result<Renewed, ClientError> {
+        self.post("/api/v1/tokens/renew", &NoArguments {}).await
+    }
+
+    /// The audit log since `since` (an RFC 3339 time or a duration ago), at most `limit`.
+    pub async fn audit(
+        &self,
+        since: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditLine>, ClientError> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(s) = since {
+            query.push(("since", s.to_owned()));
+        }
+        self.get("/api/v1/audit", &query).await
+    }
+
+    pub async fn rotate_key(&self) -> Result<Resealed, ClientError> {
+        self.post("/api/v1/admin/rotate-key", &NoArguments {}).await
+    }
+
+    /// A consistent copy of the store (ciphertext only), as bytes.
+    pub async fn backup(&self) -> Result<Vec<u8>, ClientError> {
+        let resp = self
+            .send(Method::GET, "/api/v1/admin/backup", &[], None)
+            .await?;
         if !resp.status().is_success() {
             return Err(error_from(resp).await);
         }
@@ -281,99 +467,62 @@ impl Client {
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    /// A DELETE whose answer says what was deleted.
-    pub async fn delete_with<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-    ) -> Result<T, ClientError> {
-        self.call(Method::DELETE, path, query, None).await
-    }
-
-    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
-        self.call::<serde_json::Value>(Method::DELETE, path, &[], None)
-            .await
-            .map(|_| ())
-    }
-
-    /// `value_base64` for a request body: a value never travels as anything but base64 text
-    /// inside the TLS stream.
-    pub fn encode_value(value: &SecretValue) -> String {
-        base64::engine::general_purpose::STANDARD.encode(value.expose_secret())
-    }
-
-    /// The workload read (`GET /api/v1/workload/secrets`).
+    /// The workload read (`POST /api/v1/workload/read`): one request answers every name, found
+    /// or missing, and long-polls when `since` and `wait_secs` are set.
     pub async fn workload_read(
         &self,
-        names: Option<&[SecretName]>,
-        values: bool,
-        wait: Option<(Duration, &str)>,
+        request: &WorkloadReadRequest,
     ) -> Result<WorkloadRead, ClientError> {
-        let mut query: Vec<(&str, String)> = Vec::new();
-        if let Some(names) = names {
-            let list: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-            query.push(("names", list.join(",")));
-        }
-        if !values {
-            query.push(("values", "false".into()));
-        }
-        if let Some((d, since)) = wait {
-            query.push(("wait", format!("{}s", d.as_secs().max(1))));
-            query.push(("since", since.to_owned()));
-        }
         let resp = self
-            .send(Method::GET, "/api/v1/workload/secrets", &query, None)
+            .send(
+                Method::POST,
+                "/api/v1/workload/read",
+                &[],
+                Some(json_body(request)),
+            )
             .await?;
         if !resp.status().is_success() {
             return Err(error_from(resp).await);
         }
         let body = bounded_body(resp).await?;
-        let raw: RawWorkloadRead = serde_json::from_slice(&body).map_err(|e| {
+        // Line and column only: serde's messages may quote what they could not parse.
+        serde_json::from_slice(&body).map_err(|e| {
             ClientError::Decode(format!(
                 "workload read: line {}, column {}",
                 e.line(),
                 e.column()
             ))
-        })?;
-        let mut secrets = Vec::with_capacity(raw.secrets.len());
-        for s in raw.secrets {
-            let bytes = match (s.value, s.value_base64) {
-                (Some(t), _) => Some(Zeroizing::new(t.into_bytes())),
-                (None, Some(b)) => Some(Zeroizing::new(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b.as_bytes())
-                        .map_err(|_| ClientError::Decode("a value is not base64".into()))?,
-                )),
-                (None, None) => None,
-            };
-            let value = match bytes {
-                Some(b) => Some(
-                    SecretValue::new(b, ValueLimit::default())
-                        .map_err(|e| ClientError::Decode(e.to_string()))?,
-                ),
-                None => None,
-            };
-            let updated_at = parse_timestamp(&s.updated_at)?;
-            secrets.push(WorkloadSecret {
-                meta: SecretMeta {
-                    name: s.name,
-                    kind: s.kind,
-                    visibility: s.visibility,
-                    owner: s.owner,
-                    tags: Vec::new(),
-                    version: s.version,
-                    created_at: updated_at,
-                    updated_at,
-                },
-                value,
-            });
-        }
-        Ok(WorkloadRead {
-            revision: raw.revision,
-            workspace: raw.workspace,
-            secrets,
         })
     }
+}
+
+/// An answer: a body, or 204.
+enum Answer<T> {
+    Body(T),
+    Empty,
+}
+
+impl<T> Answer<T> {
+    fn body(self) -> Result<T, ClientError> {
+        match self {
+            Answer::Body(t) => Ok(t),
+            Answer::Empty => Err(ClientError::Decode(
+                "the server answered with no body".into(),
+            )),
+        }
+    }
+}
+
+fn secrets_path(ws: &str) -> String {
+    format!("/api/v1/workspaces/{ws}/secrets")
+}
+
+/// A request body, serialised once into memory that is wiped when the last request using it
+/// is done.
+fn json_body(body: &impl Serialize) -> Bytes {
+    let mut buf = Zeroizing::new(Vec::with_capacity(256));
+    serde_json::to_writer(&mut *buf, body).expect("a request body serializes");
+    Bytes::from_owner(buf)
 }
 
 /// The most a workload read may weigh: far above any real set (values are at most 1 MiB each),
@@ -421,16 +570,5 @@ fn reason(e: &reqwest::Error) -> String {
 
 async fn error_from(resp: reqwest::Response) -> ClientError {
     let status = resp.status().as_u16();
-    match resp.json::<ErrorBody>().await {
-        Ok(b) => ClientError::Api {
-            status,
-            code: b.code,
-            message: b.message,
-        },
-        Err(_) => ClientError::Api {
-            status,
-            code: "unknown".into(),
-            message: format!("the server answered HTTP {status}"),
-        },
-    }
+    ClientError::from_answer(status, resp.json::<ErrorBody>().await.ok())
 }

@@ -42,7 +42,7 @@ impl MasterKey {
         MasterKey(key)
     }
 
-    pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
+    pub fn expose_key(&self) -> &[u8; KEY_LEN] {
         &self.0
     }
 
@@ -110,7 +110,7 @@ impl Sealer {
         for key in std::iter::once(current).chain(previous) {
             sealer.push(
                 fingerprint(key),
-                XChaCha20Poly1305::new(key.expose_secret().into()),
+                XChaCha20Poly1305::new(key.expose_key().into()),
             );
         }
         sealer
@@ -193,7 +193,7 @@ fn fingerprint(key: &MasterKey) -> [u8; 8] {
     use sha2::Digest;
     let digest = sha2::Sha256::new()
         .chain_update(b"secretfs/key-id/v1")
-        .chain_update(key.expose_secret())
+        .chain_update(key.expose_key())
         .finalize();
     let mut id = [0u8; 8];
     id.copy_from_slice(&digest[..8]);

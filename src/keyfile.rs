@@ -118,7 +118,7 @@ fn parse(hex: &[u8]) -> Option<MasterKey> {
 fn encode(keys: &[&MasterKey]) -> Zeroizing<String> {
     let mut text = Zeroizing::new(String::with_capacity(keys.len() * (KEY_LEN * 2 + 1)));
     for key in keys {
-        for b in key.expose_secret() {
+        for b in key.expose_key() {
             text.push_str(&format!("{b:02x}"));
         }
         text.push('\n');
@@ -198,7 +198,7 @@ mod tests {
         let path = dir.path().join("k");
         let key = create(&path).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-        assert_eq!(load(&path).unwrap().expose_secret(), key.expose_secret());
+        assert_eq!(load(&path).unwrap().expose_key(), key.expose_key());
         assert!(matches!(create(&path), Err(KeyFileError::AlreadyExists(_))));
     }
 

@@ -13,6 +13,7 @@ pub mod fuzz_targets;
 pub mod harden;
 pub mod keyfile;
 pub mod launch;
+pub mod protocol;
 pub mod secret;
 pub mod server;
 pub mod service;

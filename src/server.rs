@@ -9,10 +9,41 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-
 use crate::api::{self, AppState};
-use crate::service::{LocalPaths, OpenMode, Service};
+use crate::service::{LocalError, LocalPaths, OpenMode, Service, ServiceError};
+
+/// Why the server could not start or stopped; the CLI adds the hint.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A flag or its absence: the message says which and what to give.
+    #[error("{0}")]
+    Usage(String),
+    /// An IO step that failed; `what` names the file or address.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+/// Names the IO step an error came from.
+trait IoContext<T> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T, ServeError>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T, ServeError> {
+        self.map_err(|source| ServeError::Io {
+            what: what(),
+            source,
+        })
+    }
+}
 
 /// How `secretfs serve` was asked to run.
 #[derive(Debug, Clone)]
@@ -44,33 +75,39 @@ pub fn is_postgres(database: &str) -> bool {
 }
 
 /// The SQLite path of a `--database` value.
-pub fn sqlite_path(database: &str) -> anyhow::Result<PathBuf> {
+pub fn sqlite_path(database: &str) -> Result<PathBuf, ServeError> {
     let path = database
         .strip_prefix("sqlite://")
         .or_else(|| database.strip_prefix("sqlite:"))
         .unwrap_or(database);
     if path.is_empty() {
-        bail!("--database is empty; give sqlite://PATH");
+        return Err(ServeError::Usage(
+            "--database is empty; give sqlite://PATH".into(),
+        ));
     }
     Ok(PathBuf::from(path))
 }
 
 /// Writes a token to a new file with mode 0600, never over an existing one.
-fn write_token_file(path: &Path, token: &str) -> anyhow::Result<()> {
+fn write_token_file(path: &Path, token: &str) -> Result<(), ServeError> {
+    let what = || format!("cannot create admin token file {}", path.display());
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot create admin token file {}", path.display()))?;
-    f.write_all(token.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    Ok(())
+        .doing(what)?;
+    f.write_all(token.as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
+        .and_then(|()| f.sync_all())
+        .doing(what)
 }
 
 /// Serves until SIGTERM or SIGINT. `on_ready` runs once the socket listens.
-pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> anyhow::Result<()> {
+pub async fn serve(
+    opts: ServeOptions,
+    on_ready: impl FnOnce(&Listening),
+) -> Result<(), ServeError> {
     crate::client::install_crypto_provider();
     // Values pass through this process on every workload read, and it holds the master key.
     crate::harden::harden_process();
@@ -79,10 +116,13 @@ pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> any
         admin_impersonation: opts.admin_impersonation,
     };
     let (service, default_token_path) = if is_postgres(&opts.database) {
-        let key = opts.key_file.clone().context(
-            "a PostgreSQL store needs --key-file PATH (or SECRETFS_KEY_FILE): every replica must \
-             use the same key file",
-        )?;
+        let key = opts.key_file.clone().ok_or_else(|| {
+            ServeError::Usage(
+                "a PostgreSQL store needs --key-file PATH (or SECRETFS_KEY_FILE): every replica \
+                 must use the same key file"
+                    .into(),
+            )
+        })?;
         (
             Service::open_postgres(&opts.database, &key, 16).await?,
             None,
@@ -106,9 +146,13 @@ pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> any
                     .admin_token_file
                     .clone()
                     .or(default_token_path)
-                    .context("with a PostgreSQL store, --init needs --admin-token-file PATH")?;
+                    .ok_or_else(|| {
+                        ServeError::Usage(
+                            "with a PostgreSQL store, --init needs --admin-token-file PATH".into(),
+                        )
+                    })?;
                 // The file first: a token that cannot be handed over must not exist.
-                write_token_file(&token_path, admin.token.expose_secret())?;
+                write_token_file(&token_path, admin.token.expose_token())?;
                 match service.create_first_admin(admin).await {
                     Ok(true) => eprintln!(
                         "secretfs: initialised: user \"admin\" in workspace \"default\"; its token \
@@ -137,9 +181,13 @@ pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> any
     let app = api::router(state.clone());
 
     let listener = std::net::TcpListener::bind(opts.listen)
-        .with_context(|| format!("cannot listen on {}", opts.listen))?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
+        .doing(|| format!("cannot listen on {}", opts.listen))?;
+    listener
+        .set_nonblocking(true)
+        .doing(|| format!("cannot listen on {}", opts.listen))?;
+    let addr = listener
+        .local_addr()
+        .doing(|| format!("cannot listen on {}", opts.listen))?;
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     tokio::spawn(async move {
@@ -158,21 +206,31 @@ pub async fn serve(opts: ServeOptions, on_ready: impl FnOnce(&Listening)) -> any
         Some((cert, key)) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
-                .with_context(|| {
+                .doing(|| {
                     format!(
                         "cannot load the TLS certificate {} and key {}",
                         cert.display(),
                         key.display()
                     )
                 })?;
-            let server = axum_server::from_tcp_rustls(listener, config)?.handle(handle);
+            let server = axum_server::from_tcp_rustls(listener, config)
+                .doing(|| format!("cannot serve TLS on {addr}"))?
+                .handle(handle);
             on_ready(&ready);
-            server.serve(make_service).await?;
+            server
+                .serve(make_service)
+                .await
+                .doing(|| format!("serving on {addr}"))?;
         }
         None => {
-            let server = axum_server::from_tcp(listener)?.handle(handle);
+            let server = axum_server::from_tcp(listener)
+                .doing(|| format!("cannot serve on {addr}"))?
+                .handle(handle);
             on_ready(&ready);
-            server.serve(make_service).await?;
+            server
+                .serve(make_service)
+                .await
+                .doing(|| format!("serving on {addr}"))?;
         }
     }
     // Every request is done: flush the audit records still queued, then close the store.

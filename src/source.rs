@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use crate::auth::Token;
 use crate::client::{Client, ClientError};
+use crate::protocol::{Held, WorkloadRead, WorkloadReadRequest, WorkloadSecret};
 use crate::secret::{SecretMeta, SecretName, SecretValue, Timestamp};
+use crate::service::StoreError;
 use crate::service::{
     Caller, DEFAULT_WORKSPACE, LocalError, LocalPaths, OpenMode, Service, ServiceError,
 };
-use crate::store::StoreError;
 
 /// Why a source could not answer. Never carries a value.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,31 @@ impl From<ServiceError> for SourceError {
 /// One answer per requested name, in order.
 pub type Values = Vec<Result<(SecretMeta, SecretValue), SourceError>>;
 
+/// What one round of [`Source::fetch`] brought.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// The source's revision after the round, if it has one (a server's).
+    pub revision: Option<String>,
+    /// Every secret the caller may use now, sorted by name; the value only of those not held.
+    pub secrets: Vec<(SecretMeta, Option<SecretValue>)>,
+    /// Why some values could not be fetched (those secrets come without a value).
+    pub errors: Vec<SourceError>,
+}
+
+/// A value the caller holds: the secret, its version and when that version was written (a
+/// secret deleted and created again starts over at version 1, but not at the same time).
+pub type Holding = (SecretName, u64, Timestamp);
+
+/// Whether `meta` describes a value in `held`. Times compare at microseconds, the precision
+/// they cross the wire with.
+fn is_held(held: &[Holding], meta: &SecretMeta) -> bool {
+    held.iter().any(|(name, version, at)| {
+        name == &meta.name
+            && *version == meta.version
+            && at.nanos() / 1000 == meta.updated_at.nanos() / 1000
+    })
+}
+
 /// A place secrets come from, seen by one workload identity.
 pub trait Source: Send + Sync {
     /// For logs and the ready line, e.g. `local store /path/store.db`.
@@ -63,6 +89,57 @@ pub trait Source: Send + Sync {
         std::thread::sleep(timeout);
         Ok(None)
     }
+
+    /// One round of a mount: with `watch` (a revision and a timeout), first waits for a change
+    /// since it; then everything the caller may use (of `only`, when it names any), with the
+    /// values of those the caller does not already hold. This default lists, then reads what
+    /// is not held; a server answers the whole round in one request.
+    fn fetch(
+        &self,
+        only: &[SecretName],
+        held: &[Holding],
+        watch: Option<(&str, Duration)>,
+    ) -> Result<Fetched, SourceError> {
+        let revision = match watch {
+            Some((since, timeout)) => self.wait(Some(since), timeout)?,
+            None => None,
+        };
+        let mut listed = self.list()?;
+        if !only.is_empty() {
+            listed.retain(|m| only.contains(&m.name));
+        }
+        let stale: Vec<SecretName> = listed
+            .iter()
+            .filter(|m| !is_held(held, m))
+            .map(|m| m.name.clone())
+            .collect();
+        let mut read = if stale.is_empty() {
+            Vec::new()
+        } else {
+            self.read(&stale)?
+        };
+        let mut fetched = Fetched {
+            revision,
+            ..Fetched::default()
+        };
+        for meta in listed {
+            match stale.iter().position(|n| n == &meta.name) {
+                None => fetched.secrets.push((meta, None)),
+                Some(i) => match std::mem::replace(
+                    &mut read[i],
+                    Err(SourceError::NotFound(meta.name.clone())),
+                ) {
+                    // The source may have moved on between list and read: what was read wins.
+                    Ok((read_meta, value)) => fetched.secrets.push((read_meta, Some(value))),
+                    Err(e) => {
+                        fetched.errors.push(e);
+                        fetched.secrets.push((meta, None));
+                    }
+                },
+            }
+        }
+        Ok(fetched)
+    }
 }
 
 /// A server, through a workload token: reads exactly the token's secrets, watches them with
@@ -75,22 +152,11 @@ pub struct ServerSource {
     expiry: Mutex<Option<(Timestamp, Duration)>>,
 }
 
-#[derive(serde::Deserialize)]
-struct TokenInfo {
-    expires_at: Option<Timestamp>,
-    ttl_secs: Option<u64>,
-}
-
-#[derive(serde::Deserialize)]
-struct WhoAmI {
-    token: TokenInfo,
-}
-
 impl From<ClientError> for SourceError {
     fn from(e: ClientError) -> Self {
         match &e {
             _ if e.is_transient() => SourceError::Unavailable(e.to_string()),
-            ClientError::Api { status: 401, .. } => SourceError::Failed(format!(
+            ClientError::Unauthorized { .. } => SourceError::Failed(format!(
                 "the server refused the token ({e}); it may have expired or been revoked: mint a \
                  new one with \"secretfs token create --workload\""
             )),
@@ -100,7 +166,8 @@ impl From<ClientError> for SourceError {
 }
 
 impl ServerSource {
-    /// Connects to `urls` with a workload token and learns when the token expires.
+    /// Connects to `urls` with a workload token. Nothing is sent yet: the first read also tells
+    /// when the token expires.
     pub fn connect(urls: &str, token: &Token, ca_file: Option<&Path>) -> Result<Self, SourceError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -116,42 +183,50 @@ impl ServerSource {
         })
     }
 
-    /// Asks the server about the token (its expiry); the first call a mount makes.
-    fn learn_expiry(&self) -> Result<(), SourceError> {
-        let me: WhoAmI = self
-            .runtime
-            .block_on(self.client.get("/api/v1/whoami", &[]))?;
-        *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) = me
-            .token
-            .expires_at
-            .map(|e| (e, Duration::from_secs(me.token.ttl_secs.unwrap_or(3600))));
-        Ok(())
+    /// One workload read; every answer says how long the token has left, which is kept.
+    fn ask(&self, request: &WorkloadReadRequest) -> Result<WorkloadRead, SourceError> {
+        self.renew_if_due()?;
+        let read = self.runtime.block_on(self.client.workload_read(request))?;
+        if let Some(life) = read.token {
+            *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) = life
+                .expires_at
+                .map(|e| (e, Duration::from_secs(life.ttl_secs.unwrap_or(3600))));
+        }
+        Ok(read)
+    }
+
+    /// How long a long-poll may be held, in whole seconds: never past the token's expiry, so the
+    /// round after it expires is refused (and said so) instead of hanging on to a request
+    /// authorised before.
+    fn poll_secs(&self, timeout: Duration) -> u64 {
+        let timeout = match self.time_left() {
+            Some(left) => timeout
+                .min(left + Duration::from_millis(200))
+                .max(Duration::from_secs(1)),
+            None => timeout,
+        };
+        timeout.as_secs_f64().ceil() as u64
+    }
+
+    /// How long the token has left, if it expires.
+    fn time_left(&self) -> Option<Duration> {
+        let guard = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        guard.map(|(expires, _)| {
+            expires
+                .to_system_time()
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+        })
     }
 
     /// Renews the token once less than a third of its ttl is left.
     fn renew_if_due(&self) -> Result<(), SourceError> {
-        let due = {
-            let guard = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
-            match *guard {
-                None => return Ok(()),
-                Some((expires, ttl)) => {
-                    let left = expires
-                        .to_system_time()
-                        .duration_since(std::time::SystemTime::now())
-                        .unwrap_or_default();
-                    left < ttl / 3
-                }
-            }
+        let ttl = match *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => return Ok(()),
+            Some((_, ttl)) => ttl,
         };
-        if due {
-            #[derive(serde::Deserialize)]
-            struct Renewed {
-                expires_at: Timestamp,
-            }
-            let renewed: Renewed = self.runtime.block_on(
-                self.client
-                    .post("/api/v1/tokens/renew", serde_json::json!({})),
-            )?;
+        if self.time_left().is_some_and(|left| left < ttl / 3) {
+            let renewed = self.runtime.block_on(self.client.renew())?;
             tracing::info!(expires_at = %renewed.expires_at.rfc3339(), "workload token renewed");
             let mut guard = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((e, _)) = guard.as_mut() {
@@ -168,44 +243,30 @@ impl Source for ServerSource {
     }
 
     fn list(&self) -> Result<Vec<SecretMeta>, SourceError> {
-        if self
-            .expiry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
-        {
-            self.learn_expiry()?;
-        }
-        self.renew_if_due()?;
-        let read = self
-            .runtime
-            .block_on(self.client.workload_read(None, false, None))?;
-        Ok(read.secrets.into_iter().map(|s| s.meta).collect())
+        let read = self.ask(&WorkloadReadRequest {
+            values: false,
+            ..Default::default()
+        })?;
+        Ok(read.secrets.iter().map(WorkloadSecret::meta).collect())
     }
 
+    /// One request: the server answers each name, found or missing.
     fn read(&self, names: &[SecretName]) -> Result<Values, SourceError> {
-        self.renew_if_due()?;
-        // Which of the names this token can read now, so each missing one is reported alone.
-        let present: Vec<SecretName> = self
-            .list()?
-            .into_iter()
-            .map(|m| m.name)
-            .filter(|n| names.contains(n))
-            .collect();
-        let mut values = if present.is_empty() {
-            Vec::new()
-        } else {
-            self.runtime
-                .block_on(self.client.workload_read(Some(&present), true, None))?
-                .secrets
-        };
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let read = self.ask(&WorkloadReadRequest {
+            names: Some(names.iter().map(|n| n.as_str().to_owned()).collect()),
+            ..Default::default()
+        })?;
+        let mut found = read.secrets;
         Ok(names
             .iter()
-            .map(|n| match values.iter().position(|s| &s.meta.name == n) {
+            .map(|n| match found.iter().position(|s| &s.name == n) {
                 Some(i) => {
-                    let s = values.swap_remove(i);
-                    match s.value {
-                        Some(v) => Ok((s.meta, v)),
+                    let mut s = found.swap_remove(i);
+                    match s.value.take() {
+                        Some(v) => Ok((s.meta(), v)),
                         None => Err(SourceError::Failed(format!(
                             "the server sent no value for \"{n}\""
                         ))),
@@ -221,27 +282,51 @@ impl Source for ServerSource {
     }
 
     fn wait(&self, since: Option<&str>, timeout: Duration) -> Result<Option<String>, SourceError> {
-        self.renew_if_due()?;
-        // A poll never outlives the token: the round after it expires is refused (and said so)
-        // instead of hanging on to a request authorised before.
-        let timeout = match *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some((expires, _)) => {
-                let left = expires
-                    .to_system_time()
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or_default();
-                timeout
-                    .min(left + Duration::from_millis(200))
-                    .max(Duration::from_secs(1))
-            }
-            None => timeout,
-        };
-        let read = self.runtime.block_on(self.client.workload_read(
-            None,
-            false,
-            since.map(|s| (timeout, s)),
-        ))?;
+        let read = self.ask(&WorkloadReadRequest {
+            values: false,
+            since: since.map(str::to_owned),
+            wait_secs: since.map(|_| self.poll_secs(timeout)),
+            ..Default::default()
+        })?;
         Ok(Some(read.revision))
+    }
+
+    /// The whole round in one request: the long-poll answers with what changed, the values of
+    /// what the caller holds left out.
+    fn fetch(
+        &self,
+        only: &[SecretName],
+        held: &[Holding],
+        watch: Option<(&str, Duration)>,
+    ) -> Result<Fetched, SourceError> {
+        let read = self.ask(&WorkloadReadRequest {
+            names: (!only.is_empty()).then(|| only.iter().map(|n| n.as_str().to_owned()).collect()),
+            held: held
+                .iter()
+                .map(|(name, version, updated_at)| Held {
+                    name: name.as_str().to_owned(),
+                    version: *version,
+                    updated_at: *updated_at,
+                })
+                .collect(),
+            since: watch.map(|(since, _)| since.to_owned()),
+            wait_secs: watch.map(|(_, timeout)| self.poll_secs(timeout)),
+            ..Default::default()
+        })?;
+        let mut secrets: Vec<(SecretMeta, Option<SecretValue>)> = read
+            .secrets
+            .into_iter()
+            .map(|mut s| {
+                let value = s.value.take();
+                (s.meta(), value)
+            })
+            .collect();
+        secrets.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        Ok(Fetched {
+            revision: Some(read.revision),
+            secrets,
+            errors: Vec::new(),
+        })
     }
 }
 

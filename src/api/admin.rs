@@ -5,33 +5,27 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::body::Json;
 use super::query::Query;
-use super::tokens::{Minted, TokenInfo};
+use super::tokens::{minted, token_info};
 use super::{ApiError, AppState, Auth, UserAuth};
-use crate::secret::{SecretName, Timestamp};
+use crate::protocol::{
+    AuditLine, NewMember, NewUser, NewWorkspace, Removed, Resealed, UserInfo, WhoAmI,
+};
+use crate::secret::Timestamp;
 use crate::service::{AuditRecord, DEFAULT_WORKSPACE, Service, User};
-
-#[derive(Serialize)]
-struct WhoAmI<'a> {
-    user: &'a str,
-    user_id: &'a str,
-    admin: bool,
-    workspaces: &'a [String],
-    token: TokenInfo,
-}
 
 pub async fn whoami(Auth(caller): Auth) -> Result<Response, ApiError> {
     let user = caller.user();
     let token = caller.token().ok_or_else(ApiError::internal)?;
     Ok(axum::Json(WhoAmI {
-        user: &user.name,
-        user_id: &user.id,
+        user: user.name.clone(),
+        user_id: user.id.clone(),
         admin: Service::is_admin(&caller),
-        workspaces: &user.workspaces,
-        token: TokenInfo::from(token),
+        workspaces: user.workspaces.clone(),
+        token: token_info(token),
     })
     .into_response())
 }
@@ -43,12 +37,6 @@ pub async fn list_workspaces(
     Ok(axum::Json(state.service.workspaces(&caller)?).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewWorkspace {
-    name: String,
-}
-
 /// An admin creates a workspace and becomes its first member.
 pub async fn create_workspace(
     State(state): State<Arc<AppState>>,
@@ -58,15 +46,9 @@ pub async fn create_workspace(
     state.service.create_workspace(&caller, &body.name).await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(serde_json::json!({ "name": body.name })),
+        axum::Json(NewWorkspace { name: body.name }),
     )
         .into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewMember {
-    user: String,
 }
 
 pub async fn add_member(
@@ -92,18 +74,20 @@ pub async fn list_users(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
 ) -> Result<Response, ApiError> {
-    let users: Vec<User> = state.service.users(&caller).await?;
+    let users: Vec<UserInfo> = state
+        .service
+        .users(&caller)
+        .await?
+        .into_iter()
+        .map(|u: User| UserInfo {
+            id: u.id,
+            name: u.name,
+            admin: u.admin,
+            created_at: u.created_at,
+            workspaces: u.workspaces,
+        })
+        .collect();
     Ok(axum::Json(users).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewUser {
-    name: String,
-    #[serde(default)]
-    admin: bool,
-    /// Workspaces to join (default: `default`).
-    workspaces: Option<Vec<String>>,
 }
 
 /// An admin creates a user with a first user token, shown once.
@@ -119,11 +103,7 @@ pub async fn create_user(
         .service
         .add_user(&caller, &body.name, body.admin, workspaces)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(Minted::new(&token, &record)),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, axum::Json(minted(token, &record))).into_response())
 }
 
 #[derive(Deserialize)]
@@ -131,16 +111,6 @@ pub async fn create_user(
 pub struct DeleteUserQuery {
     /// Hand the user's secrets to this user instead of deleting the private ones.
     transfer_to: Option<String>,
-}
-
-/// What removing a user did, for the CLI to say.
-#[derive(Serialize)]
-struct Removed {
-    user: String,
-    tokens: usize,
-    deleted: Vec<SecretName>,
-    kept: Vec<SecretName>,
-    transferred: Vec<SecretName>,
 }
 
 pub async fn delete_user(
@@ -171,16 +141,6 @@ pub struct AuditQuery {
     limit: Option<u32>,
 }
 
-/// An audit record as the API shows it: the record, plus `secret` (the target's name when the
-/// target is a secret), which clients of the first API versions read.
-#[derive(Serialize)]
-struct AuditLine {
-    #[serde(flatten)]
-    record: AuditRecord,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    secret: Option<String>,
-}
-
 /// `GET /api/v1/audit`: admins read the log of every workspace.
 pub async fn audit(
     State(state): State<Arc<AppState>>,
@@ -202,10 +162,19 @@ pub async fn audit(
         .await?;
     let lines: Vec<AuditLine> = records
         .into_iter()
-        .map(|record| AuditLine {
-            secret: (record.target_kind == crate::service::TargetKind::Secret)
-                .then(|| record.target.clone()),
-            record,
+        .map(|r: AuditRecord| AuditLine {
+            secret: (r.target_kind == crate::service::TargetKind::Secret).then(|| r.target.clone()),
+            at: r.at,
+            workspace: r.workspace,
+            actor: r.actor,
+            actor_id: r.actor_id,
+            action: r.action.as_str().to_owned(),
+            target_kind: r.target_kind.as_str().to_owned(),
+            target: r.target,
+            target_id: r.target_id,
+            version: r.version,
+            detail: r.detail,
+            address: r.address,
         })
         .collect();
     Ok(axum::Json(lines).into_response())
@@ -228,7 +197,7 @@ pub async fn rotate_key(
     UserAuth(caller): UserAuth,
 ) -> Result<Response, ApiError> {
     let moved = state.service.rotate_key(&caller).await?;
-    Ok(axum::Json(serde_json::json!({ "resealed": moved })).into_response())
+    Ok(axum::Json(Resealed { resealed: moved }).into_response())
 }
 
 /// `GET /api/v1/admin/backup`: a consistent copy of the store (ciphertext only), streamed.

@@ -4,10 +4,9 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
-use crate::service::ServiceError;
-use crate::store::StoreError;
+use crate::protocol::ErrorBody;
+use crate::service::{ServiceError, StoreError};
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,14 +17,6 @@ pub struct ApiError {
     /// The request field the error is about (`name`, `value`, ...), so a form can show the
     /// message next to it.
     pub field: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
 }
 
 impl ApiError {
@@ -87,10 +78,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&Body {
-            code: self.code,
-            message: &self.message,
-            field: self.field,
+        let body = serde_json::to_vec(&ErrorBody {
+            code: self.code.to_owned(),
+            message: self.message,
+            field: self.field.map(str::to_owned),
         })
         .expect("an error body serializes");
         let mut response = (self.status, body).into_response();

@@ -14,9 +14,10 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::body::Json;
-use super::secrets::{CreateBody, new_secret, parse_name};
+use super::secrets::{new_secret, parse_name};
 use super::{ApiError, AppState, UserAuth};
 use crate::auth::masked;
+use crate::protocol::{Base64Value, CreateSecret, TextValue};
 use crate::secret::Visibility;
 use crate::service::Caller;
 
@@ -42,9 +43,9 @@ pub struct LeptonSecret {
 #[derive(Deserialize)]
 pub struct LeptonItem {
     name: String,
-    value: Option<String>,
+    value: Option<TextValue>,
     /// Not sent by `lep`; accepted as the native API does, but never together with `value`.
-    value_base64: Option<String>,
+    value_base64: Option<Base64Value>,
     visibility: Option<String>,
     #[serde(default)]
     tags: Option<Vec<String>>,
@@ -72,7 +73,7 @@ pub fn prepare(
             )));
         }
         let secret = new_secret(
-            CreateBody {
+            CreateSecret {
                 name: item.name,
                 value: item.value,
                 value_base64: item.value_base64,

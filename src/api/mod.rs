@@ -145,7 +145,7 @@ impl FromRequestParts<Arc<AppState>> for UserAuth {
         let Auth(caller) = Auth::from_request_parts(parts, state).await?;
         if matches!(caller.who, Who::Workload { .. }) {
             return Err(ApiError::forbidden(
-                "a workload token can only read its secrets (GET /api/v1/workload/secrets)",
+                "a workload token can only read its secrets (POST /api/v1/workload/read, GET /api/v1/workload/secrets)",
             ));
         }
         Ok(UserAuth(caller))
@@ -157,13 +157,13 @@ impl FromRequestParts<Arc<AppState>> for UserAuth {
 #[doc(hidden)]
 pub fn fuzz_bodies(data: &[u8]) {
     use crate::secret::ValueLimit;
-    if let Ok(b) = body::parse::<secrets::CreateBody>(data) {
+    if let Ok(b) = body::parse::<crate::protocol::CreateSecret>(data) {
         let _ = secrets::new_secret(b, ValueLimit::default());
     }
-    if let Ok(b) = body::parse::<secrets::UpdateBody>(data) {
+    if let Ok(b) = body::parse::<crate::protocol::UpdateSecret>(data) {
         let _ = secrets::body_value(b.value, b.value_base64, ValueLimit::default());
     }
-    let _ = body::parse::<tokens::MintWorkloadBody>(data);
+    let _ = body::parse::<crate::protocol::MintWorkload>(data);
     if let Ok(items) = body::parse::<Vec<lepton::LeptonItem>>(data) {
         let _ = lepton::prepare(items, ValueLimit::default());
     }
@@ -217,6 +217,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/users/{name}", delete(admin::delete_user))
         .route("/api/v1/users/{name}/tokens", post(tokens::mint_user))
         .route("/api/v1/workload/secrets", get(workload::read))
+        .route("/api/v1/workload/read", post(workload::read_per_name))
         .route("/api/v1/audit", get(admin::audit))
         .route("/api/v1/admin/rotate-key", post(admin::rotate_key))
         .route("/api/v1/admin/backup", get(admin::backup))

@@ -6,40 +6,14 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 use super::body::Json;
 use super::{ApiError, AppState, UserAuth};
-use crate::secret::{
-    SecretKind, SecretMeta, SecretName, SecretValue, ValueLimit, Visibility, validate_tags,
+use crate::protocol::{
+    self, Base64Value, CreateSecret, ImportSecrets, Imported, TextValue, UpdateSecret, Written,
 };
-use crate::service::{NewSecret, SecretUpdate, Written};
-
-/// A secret as created through the API.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBody {
-    pub name: String,
-    /// The value as text...
-    pub value: Option<String>,
-    /// ...or as base64, for bytes that are not UTF-8.
-    pub value_base64: Option<String>,
-    pub kind: Option<String>,
-    pub visibility: Option<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateBody {
-    pub value: Option<String>,
-    pub value_base64: Option<String>,
-    pub visibility: Option<String>,
-    pub tags: Option<Vec<String>>,
-}
+use crate::secret::{SecretKind, SecretName, SecretValue, ValueLimit, Visibility, validate_tags};
+use crate::service::{NewSecret, SecretUpdate};
 
 pub fn parse_name(s: &str) -> Result<SecretName, ApiError> {
     SecretName::parse(s).map_err(|e| ApiError::invalid(e.to_string()).on("name"))
@@ -50,40 +24,18 @@ fn parse_visibility(s: &str) -> Result<Visibility, ApiError> {
         .map_err(|e: String| ApiError::invalid(e).on("visibility"))
 }
 
-/// The value of a body: exactly one of `value` and `value_base64`, taken without copies left
-/// behind.
+/// The value of a body: at most one of `value` and `value_base64`, checked against `limit`.
 pub fn body_value(
-    value: Option<String>,
-    value_base64: Option<String>,
+    value: Option<TextValue>,
+    value_base64: Option<Base64Value>,
     limit: ValueLimit,
 ) -> Result<Option<SecretValue>, ApiError> {
-    let bytes = match (value, value_base64) {
-        (Some(_), Some(_)) => {
-            return Err(
-                ApiError::invalid("give either value or value_base64, not both").on("value"),
-            );
-        }
-        (Some(text), None) => Zeroizing::new(text.into_bytes()),
-        (None, Some(b64)) => {
-            let b64 = Zeroizing::new(b64);
-            Zeroizing::new(
-                base64::engine::general_purpose::STANDARD
-                    .decode(b64.as_bytes())
-                    .map_err(|_| {
-                        ApiError::invalid("value_base64 is not valid base64").on("value")
-                    })?,
-            )
-        }
-        (None, None) => return Ok(None),
-    };
-    SecretValue::new(bytes, limit)
-        .map(Some)
-        .map_err(|e| ApiError::invalid(e.to_string()).on("value"))
+    protocol::value_of(value, value_base64, limit).map_err(|p| ApiError::invalid(p.0).on("value"))
 }
 
 /// Turns a create request into a new secret (no store access); the service checks it against
 /// its template.
-pub fn new_secret(body: CreateBody, limit: ValueLimit) -> Result<NewSecret, ApiError> {
+pub fn new_secret(body: CreateSecret, limit: ValueLimit) -> Result<NewSecret, ApiError> {
     let name = parse_name(&body.name)?;
     let kind = match &body.kind {
         Some(k) => k
@@ -134,7 +86,7 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
     Path(ws): Path<String>,
-    Json(body): Json<CreateBody>,
+    Json(body): Json<CreateSecret>,
 ) -> Result<Response, ApiError> {
     let new = new_secret(body, state.service.value_limit())?;
     let written = state
@@ -143,14 +95,7 @@ pub async fn create(
         .await?
         .pop()
         .expect("one created");
-    Ok((StatusCode::CREATED, axum::Json(WrittenBody::from(written))).into_response())
-}
-
-/// A batch of secrets to create, all or none (what `secretfs secret import` sends).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImportBody {
-    pub secrets: Vec<CreateBody>,
+    Ok((StatusCode::CREATED, axum::Json(written_body(written))).into_response())
 }
 
 /// `POST /api/v1/workspaces/{ws}/secrets:import`: every secret is checked, then all are created
@@ -159,7 +104,7 @@ pub async fn import(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
     Path(ws): Path<String>,
-    Json(body): Json<ImportBody>,
+    Json(body): Json<ImportSecrets>,
 ) -> Result<Response, ApiError> {
     if body.secrets.is_empty() {
         return Err(
@@ -173,31 +118,14 @@ pub async fn import(
         .map(|b| new_secret(b, limit))
         .collect::<Result<Vec<_>, _>>()?;
     let written = state.service.create_secrets(&caller, &ws, new).await?;
-    let secrets: Vec<WrittenBody> = written.into_iter().map(WrittenBody::from).collect();
-    Ok((StatusCode::CREATED, axum::Json(ImportAnswer { secrets })).into_response())
+    let secrets = written.into_iter().map(written_body).collect();
+    Ok((StatusCode::CREATED, axum::Json(Imported { secrets })).into_response())
 }
 
-#[derive(Serialize)]
-struct ImportAnswer {
-    secrets: Vec<WrittenBody>,
-}
-
-/// A created or updated secret's metadata, with what the template noticed about the value
-/// (a token that does not look like the provider's): stored anyway, but worth showing.
-#[derive(Serialize)]
-struct WrittenBody {
-    #[serde(flatten)]
-    meta: SecretMeta,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    warnings: Vec<String>,
-}
-
-impl From<Written> for WrittenBody {
-    fn from(w: Written) -> Self {
-        WrittenBody {
-            meta: w.meta,
-            warnings: w.warnings,
-        }
+fn written_body(w: crate::service::Written) -> Written {
+    Written {
+        meta: w.meta,
+        warnings: w.warnings,
     }
 }
 
@@ -205,7 +133,7 @@ pub async fn update(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
     Path((ws, name)): Path<(String, String)>,
-    Json(body): Json<UpdateBody>,
+    Json(body): Json<UpdateSecret>,
 ) -> Result<Response, ApiError> {
     let name = parse_name(&name)?;
     let value = body_value(body.value, body.value_base64, state.service.value_limit())?;
@@ -227,7 +155,7 @@ pub async fn update(
             },
         )
         .await?;
-    Ok(axum::Json(WrittenBody::from(written)).into_response())
+    Ok(axum::Json(written_body(written)).into_response())
 }
 
 pub async fn remove(

@@ -7,96 +7,42 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::body::Json;
 use super::query::Query;
 use super::secrets::parse_name;
 use super::{ApiError, AppState, Auth, UserAuth};
-use crate::auth::{TokenKind, masked};
-use crate::secret::{SecretName, Timestamp};
+use crate::auth::{Token, masked};
+use crate::protocol::{self, Minted, Renewed, TokenInfo};
 use crate::service::{MintUser, MintWorkload, TokenRecord};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MintWorkloadBody {
-    pub secrets: Vec<String>,
-    /// How long it is valid, and how far each renewal extends it ("1h").
-    pub ttl: Option<String>,
-    /// The longest it may live, renewals included ("30d").
-    pub max_ttl: Option<String>,
-    #[serde(default)]
-    pub description: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct MintUserBody {
-    pub ttl: Option<String>,
-    #[serde(default)]
-    pub description: String,
-}
-
 /// A token as listed: everything but the token.
-#[derive(Serialize)]
-pub struct TokenInfo {
-    pub id: String,
-    pub masked: String,
-    pub kind: TokenKind,
-    pub user: String,
-    pub user_id: String,
-    pub workspace: Option<String>,
-    /// The names of the secrets a workload token was minted for.
-    pub secrets: Vec<SecretName>,
-    /// Their ids: what the token may read (a later secret of the same name is not one of them).
-    pub secret_ids: Vec<String>,
-    pub created_at: Timestamp,
-    pub expires_at: Option<Timestamp>,
-    pub max_expires_at: Option<Timestamp>,
-    /// How far a renewal extends a workload token.
-    pub ttl_secs: Option<u64>,
-    pub revoked: bool,
-    pub description: String,
-    /// The token that minted this one, if a token did.
-    pub minted_by: Option<String>,
-}
-
-impl From<&TokenRecord> for TokenInfo {
-    fn from(t: &TokenRecord) -> Self {
-        TokenInfo {
-            id: t.id.clone(),
-            masked: masked(&t.id, t.kind),
-            kind: t.kind,
-            user: t.user.clone(),
-            user_id: t.user_id.clone(),
-            workspace: t.workspace.clone(),
-            secrets: t.grants.iter().map(|g| g.name.clone()).collect(),
-            secret_ids: t.grants.iter().map(|g| g.secret_id.clone()).collect(),
-            created_at: t.created_at,
-            expires_at: t.expires_at,
-            max_expires_at: t.max_expires_at,
-            ttl_secs: t.ttl_secs,
-            revoked: t.revoked_at.is_some(),
-            description: t.description.clone(),
-            minted_by: t.minted_by.clone(),
-        }
+pub fn token_info(t: &TokenRecord) -> TokenInfo {
+    TokenInfo {
+        id: t.id.clone(),
+        masked: masked(&t.id, t.kind),
+        kind: t.kind,
+        user: t.user.clone(),
+        user_id: t.user_id.clone(),
+        workspace: t.workspace.clone(),
+        secrets: t.grants.iter().map(|g| g.name.clone()).collect(),
+        secret_ids: t.grants.iter().map(|g| g.secret_id.clone()).collect(),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        max_expires_at: t.max_expires_at,
+        ttl_secs: t.ttl_secs,
+        revoked: t.revoked_at.is_some(),
+        description: t.description.clone(),
+        minted_by: t.minted_by.clone(),
     }
 }
 
 /// A minted token: shown once.
-#[derive(Serialize)]
-pub struct Minted {
-    pub token: String,
-    #[serde(flatten)]
-    pub info: TokenInfo,
-}
-
-impl Minted {
-    pub fn new(token: &crate::auth::Token, record: &TokenRecord) -> Self {
-        Minted {
-            token: token.expose_secret().to_owned(),
-            info: TokenInfo::from(record),
-        }
+pub fn minted(token: Token, record: &TokenRecord) -> Minted {
+    Minted {
+        token,
+        info: token_info(record),
     }
 }
 
@@ -105,7 +51,7 @@ pub async fn mint_workload(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
     Path(ws): Path<String>,
-    Json(body): Json<MintWorkloadBody>,
+    Json(body): Json<protocol::MintWorkload>,
 ) -> Result<Response, ApiError> {
     let secrets = body
         .secrets
@@ -125,11 +71,7 @@ pub async fn mint_workload(
             },
         )
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(Minted::new(&token, &record)),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, axum::Json(minted(token, &record))).into_response())
 }
 
 /// `POST /api/v1/users/{name}/tokens`: another user token (an admin for anyone, a user for
@@ -138,7 +80,7 @@ pub async fn mint_user(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
     Path(name): Path<String>,
-    Json(body): Json<MintUserBody>,
+    Json(body): Json<protocol::MintUser>,
 ) -> Result<Response, ApiError> {
     let (token, record) = state
         .service
@@ -151,11 +93,7 @@ pub async fn mint_user(
             },
         )
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(Minted::new(&token, &record)),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, axum::Json(minted(token, &record))).into_response())
 }
 
 #[derive(Deserialize)]
@@ -172,7 +110,7 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let tokens = state.service.tokens(&caller, q.all).await?;
-    let infos: Vec<TokenInfo> = tokens.iter().map(TokenInfo::from).collect();
+    let infos: Vec<TokenInfo> = tokens.iter().map(token_info).collect();
     Ok(axum::Json(infos).into_response())
 }
 
@@ -184,13 +122,6 @@ pub async fn revoke(
 ) -> Result<Response, ApiError> {
     state.service.revoke_token(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[derive(Serialize)]
-struct Renewed {
-    id: String,
-    expires_at: Timestamp,
-    max_expires_at: Option<Timestamp>,
 }
 
 /// `POST /api/v1/tokens/renew`: a workload token extends its own life by its ttl, never past

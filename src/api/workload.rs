@@ -1,19 +1,25 @@
 //! The workload read over HTTP: the one endpoint that returns values (the service decides which:
-//! only a workload token's grants its user may still use). Long-polls with `wait` and `since`
-//! for the mount's watch.
+//! only a workload token's grants its user may still use).
+//!
+//! Two forms of one read. `POST /api/v1/workload/read` (since 0.2) answers per name, found or
+//! `missing`, skips the values a reader already holds, and long-polls: one request per resolve
+//! or refresh round. `GET /api/v1/workload/secrets` is the first form, kept for its clients: a
+//! missing name fails the whole read with 404, and `wait`/`since` long-poll the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use super::body::Json;
 use super::query::Query;
+use super::secrets::parse_name;
 use super::{ApiError, AppState, Auth};
-use crate::secret::{SecretKind, SecretName, Timestamp, Visibility};
-use crate::service::WorkloadQuery;
+use crate::protocol::{TokenLife, WorkloadRead, WorkloadReadRequest, WorkloadSecret};
+use crate::secret::SecretName;
+use crate::service::{WorkloadAnswer, WorkloadQuery};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,29 +34,13 @@ pub struct ReadQuery {
     since: Option<String>,
 }
 
-/// One secret as a workload receives it.
-#[derive(Serialize)]
-pub struct WorkloadSecret {
-    pub name: SecretName,
-    pub version: u64,
-    pub kind: SecretKind,
-    pub visibility: Visibility,
-    pub owner: String,
-    pub updated_at: Timestamp,
-    /// The value when it is UTF-8 text...
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    /// ...else base64.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value_base64: Option<String>,
-}
-
-#[derive(Serialize)]
-pub struct WorkloadRead {
-    /// Changes whenever a secret of the set changes or becomes (un)readable.
-    pub revision: String,
-    pub workspace: String,
-    pub secrets: Vec<WorkloadSecret>,
+fn names_of<'a>(
+    list: impl Iterator<Item = &'a str>,
+    field: &'static str,
+) -> Result<Vec<SecretName>, ApiError> {
+    list.filter(|n| !n.is_empty())
+        .map(|n| parse_name(n).map_err(|e| e.on(field)))
+        .collect()
 }
 
 /// `GET /api/v1/workload/secrets`.
@@ -59,13 +49,8 @@ pub async fn read(
     Auth(caller): Auth,
     Query(q): Query<ReadQuery>,
 ) -> Result<Response, ApiError> {
-    let names: Option<Vec<SecretName>> = match &q.names {
-        Some(list) => Some(
-            list.split(',')
-                .filter(|n| !n.is_empty())
-                .map(super::secrets::parse_name)
-                .collect::<Result<_, _>>()?,
-        ),
+    let names = match &q.names {
+        Some(list) => Some(names_of(list.split(','), "names")?),
         None => None,
     };
     let wait = match &q.wait {
@@ -80,42 +65,76 @@ pub async fn read(
             &caller,
             WorkloadQuery {
                 names,
+                per_name: false,
+                held: Vec::new(),
                 values: q.values.unwrap_or(true),
                 wait,
                 since: q.since,
             },
         )
         .await?;
-    let secrets = answer
-        .secrets
-        .into_iter()
-        .map(|s| {
-            let (value, value_base64) = match &s.value {
-                Some(v) => match std::str::from_utf8(v.expose_secret()) {
-                    Ok(t) => (Some(t.to_owned()), None),
-                    Err(_) => (
-                        None,
-                        Some(base64::engine::general_purpose::STANDARD.encode(v.expose_secret())),
-                    ),
-                },
-                None => (None, None),
-            };
-            WorkloadSecret {
+    Ok(axum::Json(wire(answer)).into_response())
+}
+
+/// `POST /api/v1/workload/read`.
+pub async fn read_per_name(
+    State(state): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Json(body): Json<WorkloadReadRequest>,
+) -> Result<Response, ApiError> {
+    let names = match &body.names {
+        Some(list) => Some(names_of(list.iter().map(String::as_str), "names")?),
+        None => None,
+    };
+    let held = body
+        .held
+        .iter()
+        .map(|h| {
+            Ok((
+                parse_name(&h.name).map_err(|e| e.on("held"))?,
+                h.version,
+                h.updated_at,
+            ))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let answer = state
+        .service
+        .workload_read(
+            &caller,
+            WorkloadQuery {
+                names,
+                per_name: true,
+                held,
+                values: body.values,
+                wait: Duration::from_secs(body.wait_secs.unwrap_or(0)),
+                since: body.since,
+            },
+        )
+        .await?;
+    Ok(axum::Json(wire(answer)).into_response())
+}
+
+fn wire(answer: WorkloadAnswer) -> WorkloadRead {
+    WorkloadRead {
+        revision: answer.revision,
+        workspace: answer.workspace,
+        secrets: answer
+            .secrets
+            .into_iter()
+            .map(|s| WorkloadSecret {
                 name: s.meta.name,
                 version: s.meta.version,
                 kind: s.meta.kind,
                 visibility: s.meta.visibility,
                 owner: s.meta.owner,
                 updated_at: s.meta.updated_at,
-                value,
-                value_base64,
-            }
-        })
-        .collect();
-    Ok(axum::Json(WorkloadRead {
-        revision: answer.revision,
-        workspace: answer.workspace,
-        secrets,
-    })
-    .into_response())
+                value: s.value,
+            })
+            .collect(),
+        missing: answer.missing,
+        token: Some(TokenLife {
+            expires_at: answer.expires_at,
+            ttl_secs: answer.ttl_secs,
+        }),
+    }
 }

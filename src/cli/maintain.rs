@@ -39,11 +39,7 @@ pub async fn key(g: &GlobalArgs, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
             if g.store.is_none()
                 && let Some(r) = configured_remote(g)?
             {
-                let answer: serde_json::Value = r
-                    .client
-                    .post("/api/v1/admin/rotate-key", serde_json::json!({}))
-                    .await?;
-                let moved = answer["resealed"].as_u64().unwrap_or(0);
+                let moved = r.client.rotate_key().await?.resealed;
                 eprintln!("master key rotated on the server; {moved} values re-sealed");
                 return Ok(ExitCode::SUCCESS);
             }
@@ -78,7 +74,7 @@ pub async fn backup(g: &GlobalArgs, a: BackupArgs) -> anyhow::Result<ExitCode> {
     if g.store.is_none()
         && let Some(r) = configured_remote(g)?
     {
-        let bytes = r.client.get_bytes("/api/v1/admin/backup").await?;
+        let bytes = r.client.backup().await?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -14,8 +14,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::service::StoreError;
 use crate::service::{LocalPaths, OpenMode, Service, ServiceError};
-use crate::store::StoreError;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -17,6 +17,8 @@ use zeroize::Zeroizing;
 use super::{GlobalArgs, Hinted, Output, UsageError};
 use crate::auth::Token;
 use crate::client::Client;
+use crate::protocol::{MintUser, MintWorkload, NewUser};
+use crate::secret::{SecretName, Timestamp};
 
 /// What `secretfs login` saves (mode 0600): the server and a user token.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -257,13 +259,6 @@ pub struct LoginArgs {
     pub ca_file: Option<PathBuf>,
 }
 
-#[derive(Deserialize)]
-struct WhoAmI {
-    user: String,
-    admin: bool,
-    workspaces: Vec<String>,
-}
-
 pub async fn login(g: &GlobalArgs, a: LoginArgs) -> anyhow::Result<ExitCode> {
     let token = match &a.token_file {
         Some(p) => read_token_file(p)?,
@@ -285,13 +280,13 @@ pub async fn login(g: &GlobalArgs, a: LoginArgs) -> anyhow::Result<ExitCode> {
     };
     let ca_file = a.ca_file.clone().or_else(|| g.ca_file.clone());
     let client = Client::new(&a.url, &token, ca_file.as_deref())?;
-    let me: WhoAmI = client
-        .get("/api/v1/whoami", &[])
+    let me = client
+        .whoami()
         .await
         .with_context(|| format!("cannot log in to {}", a.url))?;
     let mut cfg = load_config().unwrap_or_default();
     cfg.url = Some(a.url.clone());
-    cfg.token = Some(token.expose_secret().to_owned());
+    cfg.token = Some(token.expose_token().to_owned());
     if ca_file.is_some() {
         cfg.ca_file = ca_file;
     }
@@ -337,31 +332,21 @@ pub async fn workspace(g: &GlobalArgs, cmd: WorkspaceCommand) -> anyhow::Result<
     let r = require_remote(g)?;
     match cmd {
         WorkspaceCommand::Create { name } => {
-            let _: serde_json::Value = r
-                .client
-                .post("/api/v1/workspaces", serde_json::json!({ "name": name }))
-                .await?;
+            r.client.create_workspace(&name).await?;
             eprintln!("created workspace \"{name}\"");
         }
         WorkspaceCommand::List => {
-            let list: Vec<String> = r.client.get("/api/v1/workspaces", &[]).await?;
+            let list = r.client.workspaces().await?;
             for w in list {
                 println!("{w}");
             }
         }
         WorkspaceCommand::AddMember { workspace, user } => {
-            r.client
-                .post::<serde_json::Value>(
-                    &format!("/api/v1/workspaces/{workspace}/members"),
-                    serde_json::json!({ "user": user }),
-                )
-                .await?;
+            r.client.add_member(&workspace, &user).await?;
             eprintln!("added \"{user}\" to workspace \"{workspace}\"");
         }
         WorkspaceCommand::RemoveMember { workspace, user } => {
-            r.client
-                .delete(&format!("/api/v1/workspaces/{workspace}/members/{user}"))
-                .await?;
+            r.client.remove_member(&workspace, &user).await?;
             eprintln!("removed \"{user}\" from workspace \"{workspace}\"");
         }
     }
@@ -399,74 +384,41 @@ pub enum UserCommand {
     },
 }
 
-/// What `DELETE /api/v1/users/{name}` answers.
-#[derive(Deserialize)]
-struct Removed {
-    tokens: usize,
-    deleted: Vec<String>,
-    kept: Vec<String>,
-    transferred: Vec<String>,
-}
-
-#[derive(Deserialize, Serialize)]
-struct MintedToken {
-    token: String,
-    id: String,
-    kind: String,
-    expires_at: Option<String>,
-}
-
 pub async fn user(g: &GlobalArgs, cmd: UserCommand) -> anyhow::Result<ExitCode> {
     let r = require_remote(g)?;
     match cmd {
         UserCommand::Add { name, admin } => {
-            let body = serde_json::json!({
-                "name": name,
-                "admin": admin,
-                "workspaces": [r.workspace],
-            });
-            let minted: MintedToken = r.client.post("/api/v1/users", body).await?;
+            let new = NewUser {
+                name: name.clone(),
+                admin,
+                workspaces: Some(vec![r.workspace.clone()]),
+            };
+            let minted = r.client.add_user(&new).await?;
             eprintln!(
                 "created user \"{name}\"; their token (shown once) is on stdout, id {}",
-                minted.id
+                minted.info.id
             );
-            print_token(&minted.token)?;
+            print_token(minted.token.expose_token())?;
         }
         UserCommand::List { output } => {
-            let users: Vec<serde_json::Value> = r.client.get("/api/v1/users", &[]).await?;
+            let users = r.client.users().await?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&users)?),
                 Output::Table => {
                     println!("{:<24} {:<6} WORKSPACES", "NAME", "ADMIN");
                     for u in users {
-                        let ws: Vec<&str> = u["workspaces"]
-                            .as_array()
-                            .map(|a| a.iter().filter_map(|w| w.as_str()).collect())
-                            .unwrap_or_default();
-                        println!(
-                            "{:<24} {:<6} {}",
-                            u["name"].as_str().unwrap_or(""),
-                            u["admin"].as_bool().unwrap_or(false),
-                            ws.join(",")
-                        );
+                        println!("{:<24} {:<6} {}", u.name, u.admin, u.workspaces.join(","));
                     }
                 }
             }
         }
         UserCommand::Delete { name, transfer_to } => {
-            let query: Vec<(&str, String)> = transfer_to
-                .iter()
-                .map(|t| ("transfer_to", t.clone()))
-                .collect();
-            let removed: Removed = r
-                .client
-                .delete_with(&format!("/api/v1/users/{name}"), &query)
-                .await?;
-            let list = |v: &[String]| {
+            let removed = r.client.delete_user(&name, transfer_to.as_deref()).await?;
+            let list = |v: &[SecretName]| {
                 if v.is_empty() {
                     "none".to_owned()
                 } else {
-                    v.join(", ")
+                    v.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
                 }
             };
             match transfer_to {
@@ -538,38 +490,31 @@ pub async fn token(g: &GlobalArgs, cmd: TokenCommand) -> anyhow::Result<ExitCode
     let r = require_remote(g)?;
     match cmd {
         TokenCommand::Create(a) => {
-            let minted: MintedToken = if a.workload {
+            let minted = if a.workload {
                 if a.secrets.is_empty() {
                     return Err(UsageError(
                         "a workload token needs at least one --secret NAME".into(),
                     )
                     .into());
                 }
-                let mut body =
-                    serde_json::json!({ "secrets": a.secrets, "description": a.description });
-                if let Some(t) = &a.ttl {
-                    body["ttl"] = t.clone().into();
-                }
-                if let Some(t) = &a.max_ttl {
-                    body["max_ttl"] = t.clone().into();
-                }
-                r.client
-                    .post(&format!("/api/v1/workspaces/{}/tokens", r.workspace), body)
-                    .await?
+                let mint = MintWorkload {
+                    secrets: a.secrets,
+                    ttl: a.ttl,
+                    max_ttl: a.max_ttl,
+                    description: a.description,
+                };
+                r.client.mint_workload(&r.workspace, &mint).await?
             } else if let Some(user) = &a.user {
-                let me: WhoAmI = r.client.get("/api/v1/whoami", &[]).await?;
                 let who = if user.is_empty() {
-                    me.user
+                    r.client.whoami().await?.user
                 } else {
                     user.clone()
                 };
-                let mut body = serde_json::json!({ "description": a.description });
-                if let Some(t) = &a.ttl {
-                    body["ttl"] = t.clone().into();
-                }
-                r.client
-                    .post(&format!("/api/v1/users/{who}/tokens"), body)
-                    .await?
+                let mint = MintUser {
+                    ttl: a.ttl,
+                    description: a.description,
+                };
+                r.client.mint_user(&who, &mint).await?
             } else {
                 return Err(UsageError(
                     "choose --workload (with --secret NAME...) or --user".into(),
@@ -578,23 +523,18 @@ pub async fn token(g: &GlobalArgs, cmd: TokenCommand) -> anyhow::Result<ExitCode
             };
             eprintln!(
                 "minted {} token {}{}; the token (shown once) is on stdout",
-                minted.kind,
-                minted.id,
+                minted.info.kind.as_str(),
+                minted.info.id,
                 minted
+                    .info
                     .expires_at
-                    .as_deref()
-                    .map(|e| format!(", expires {e}"))
+                    .map(|e| format!(", expires {}", e.rfc3339()))
                     .unwrap_or_default()
             );
-            print_token(&minted.token)?;
+            print_token(minted.token.expose_token())?;
         }
         TokenCommand::List { all, output } => {
-            let query = if all {
-                vec![("all", "true".to_owned())]
-            } else {
-                vec![]
-            };
-            let tokens: Vec<serde_json::Value> = r.client.get("/api/v1/tokens", &query).await?;
+            let tokens = r.client.tokens(all).await?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&tokens)?),
                 Output::Table => {
@@ -603,17 +543,16 @@ pub async fn token(g: &GlobalArgs, cmd: TokenCommand) -> anyhow::Result<ExitCode
                         "ID", "KIND", "USER", "REVOKED", "EXPIRES"
                     );
                     for t in tokens {
-                        let secrets: Vec<&str> = t["secrets"]
-                            .as_array()
-                            .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
-                            .unwrap_or_default();
+                        let secrets: Vec<&str> = t.secrets.iter().map(|s| s.as_str()).collect();
                         println!(
                             "{:<18} {:<9} {:<14} {:<8} {:<22} {}",
-                            t["id"].as_str().unwrap_or(""),
-                            t["kind"].as_str().unwrap_or(""),
-                            t["user"].as_str().unwrap_or(""),
-                            t["revoked"].as_bool().unwrap_or(false),
-                            t["expires_at"].as_str().unwrap_or("never"),
+                            t.id,
+                            t.kind.as_str(),
+                            t.user,
+                            t.revoked,
+                            t.expires_at
+                                .map(Timestamp::rfc3339)
+                                .unwrap_or_else(|| "never".to_owned()),
                             secrets.join(",")
                         );
                     }
@@ -621,7 +560,7 @@ pub async fn token(g: &GlobalArgs, cmd: TokenCommand) -> anyhow::Result<ExitCode
             }
         }
         TokenCommand::Revoke { id } => {
-            r.client.delete(&format!("/api/v1/tokens/{id}")).await?;
+            r.client.revoke_token(&id).await?;
             eprintln!("revoked token {id}");
         }
     }
@@ -645,19 +584,14 @@ pub struct AuditArgs {
 
 pub async fn audit(g: &GlobalArgs, a: AuditArgs) -> anyhow::Result<ExitCode> {
     let r = require_remote(g)?;
-    let mut query = vec![("limit", a.limit.to_string())];
-    if let Some(s) = a.since {
-        query.push(("since", s));
-    }
-    let records: Vec<serde_json::Value> = r.client.get("/api/v1/audit", &query).await?;
+    let records = r.client.audit(a.since.as_deref(), a.limit).await?;
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&records)?),
         Output::Table => {
             for rec in records {
-                let rec: AuditLine = serde_json::from_value(rec)?;
                 println!(
                     "{} {:<10} {:<16} {}:{}/{} v{} {} {}",
-                    rec.at,
+                    rec.at.rfc3339(),
                     rec.actor,
                     rec.action,
                     rec.target_kind,
@@ -671,17 +605,4 @@ pub async fn audit(g: &GlobalArgs, a: AuditArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Deserialize)]
-struct AuditLine {
-    at: String,
-    workspace: String,
-    actor: String,
-    action: String,
-    target_kind: String,
-    target: String,
-    version: u64,
-    detail: String,
-    address: String,
 }

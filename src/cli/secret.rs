@@ -10,12 +10,13 @@ use super::input::{TrailingNewline, read_value};
 use super::{
     GlobalArgs, Output, Remote, UsageError, configured_remote, open_local, with_store_hint,
 };
-use crate::client::Client;
+use crate::client::ClientError;
+use crate::protocol::{Base64Value, CreateSecret, ImportSecrets, UpdateSecret};
 use crate::secret::{SecretKind, SecretMeta, SecretName, SecretValue, ValueLimit, Visibility};
+use crate::service::StoreError;
 use crate::service::{
     DEFAULT_WORKSPACE, LocalError, NewSecret, OpenMode, SecretUpdate, Service, ServiceError,
 };
-use crate::store::StoreError;
 
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
@@ -149,6 +150,18 @@ enum Target {
     Remote(Remote),
 }
 
+/// A new secret as the API takes it; the value goes as base64, which carries any bytes.
+fn wire_secret(new: &NewSecret) -> CreateSecret {
+    CreateSecret {
+        name: new.name.as_str().to_owned(),
+        value: None,
+        value_base64: Some(Base64Value::encode(&new.value)),
+        kind: Some(new.kind.as_str().to_owned()),
+        visibility: Some(new.visibility.as_str().to_owned()),
+        tags: new.tags.clone(),
+    }
+}
+
 impl Target {
     /// The server if one is configured and `--store` was not given; else the local store
     /// (`None` when it does not exist and `mode` does not create it).
@@ -171,17 +184,13 @@ impl Target {
         }
     }
 
-    fn secrets_path(r: &Remote) -> String {
-        format!("/api/v1/workspaces/{}/secrets", r.workspace)
-    }
-
     async fn list(&self) -> anyhow::Result<Vec<SecretMeta>> {
         match self {
             Target::Local(s) => {
                 let caller = s.local_caller(false).await?;
                 Ok(s.list_secrets(&caller, DEFAULT_WORKSPACE).await?)
             }
-            Target::Remote(r) => Ok(r.client.get(&Self::secrets_path(r), &[]).await?),
+            Target::Remote(r) => Ok(r.client.list_secrets(&r.workspace).await?),
         }
     }
 
@@ -196,17 +205,11 @@ impl Target {
                     Err(e) => Err(e.into()),
                 }
             }
-            Target::Remote(r) => {
-                match r
-                    .client
-                    .get::<SecretMeta>(&format!("{}/{name}", Self::secrets_path(r)), &[])
-                    .await
-                {
-                    Ok(m) => Ok(Some(m)),
-                    Err(e) if e.status() == Some(404) => Ok(None),
-                    Err(e) => Err(e.into()),
-                }
-            }
+            Target::Remote(r) => match r.client.secret(&r.workspace, name).await {
+                Ok(m) => Ok(Some(m)),
+                Err(ClientError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
         }
     }
 
@@ -221,16 +224,13 @@ impl Target {
                 Ok(written.into_iter().next().expect("one created").meta)
             }
             Target::Remote(r) => {
-                let body = serde_json::json!({
-                    "name": new.name.as_str(),
-                    "value_base64": Client::encode_value(&new.value),
-                    "kind": new.kind.as_str(),
-                    "visibility": new.visibility.as_str(),
-                    "tags": new.tags,
-                });
-                match r.client.post(&Self::secrets_path(r), body).await {
-                    Ok(m) => Ok(m),
-                    Err(e) if e.status() == Some(409) => {
+                match r
+                    .client
+                    .create_secret(&r.workspace, &wire_secret(&new))
+                    .await
+                {
+                    Ok(w) => Ok(w.meta),
+                    Err(ClientError::Conflict { .. }) => {
                         Err(with_store_hint(StoreError::AlreadyExists(new.name)))
                     }
                     Err(e) => Err(e.into()),
@@ -250,25 +250,10 @@ impl Target {
                 Ok(())
             }
             Target::Remote(r) => {
-                let secrets: Vec<serde_json::Value> = new
-                    .iter()
-                    .map(|n| {
-                        serde_json::json!({
-                            "name": n.name.as_str(),
-                            "value_base64": Client::encode_value(&n.value),
-                            "kind": n.kind.as_str(),
-                            "visibility": n.visibility.as_str(),
-                            "tags": n.tags,
-                        })
-                    })
-                    .collect();
-                let _: serde_json::Value = r
-                    .client
-                    .post(
-                        &format!("{}:import", Self::secrets_path(r)),
-                        serde_json::json!({ "secrets": secrets }),
-                    )
-                    .await?;
+                let import = ImportSecrets {
+                    secrets: new.iter().map(wire_secret).collect(),
+                };
+                r.client.import_secrets(&r.workspace, &import).await?;
                 Ok(())
             }
         }
@@ -284,19 +269,16 @@ impl Target {
                     .meta)
             }
             Target::Remote(r) => {
-                let mut body = serde_json::json!({});
-                if let Some(v) = &update.value {
-                    body["value_base64"] = Client::encode_value(v).into();
-                }
-                if let Some(v) = update.visibility {
-                    body["visibility"] = v.as_str().into();
-                }
-                if let Some(t) = &update.tags {
-                    body["tags"] = serde_json::json!(t);
-                }
+                let wire = UpdateSecret {
+                    value: None,
+                    value_base64: update.value.as_ref().map(Base64Value::encode),
+                    visibility: update.visibility.map(|v| v.as_str().to_owned()),
+                    tags: update.tags,
+                };
                 Ok(r.client
-                    .patch(&format!("{}/{name}", Self::secrets_path(r)), body)
-                    .await?)
+                    .update_secret(&r.workspace, name, &wire)
+                    .await?
+                    .meta)
             }
         }
     }
@@ -309,13 +291,9 @@ impl Target {
                     .await
                     .map_err(with_store_hint)?)
             }
-            Target::Remote(r) => match r
-                .client
-                .delete(&format!("{}/{name}", Self::secrets_path(r)))
-                .await
-            {
+            Target::Remote(r) => match r.client.delete_secret(&r.workspace, name).await {
                 Ok(()) => Ok(()),
-                Err(e) if e.status() == Some(404) => {
+                Err(ClientError::NotFound { .. }) => {
                     Err(with_store_hint(StoreError::NotFound(name.clone())))
                 }
                 Err(e) => Err(e.into()),

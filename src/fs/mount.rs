@@ -1,7 +1,6 @@
 //! The daemon's lifecycle: check the mount point, load the secrets, mount, refresh, and unmount
 //! on SIGTERM/SIGINT.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
@@ -14,8 +13,8 @@ use nix::sys::signal::{SigSet, Signal};
 use super::fuse::{SecretFs, SharedTree};
 use super::memory::LockedPool;
 use super::tree::{Changes, Ownership, ROOT, Tree};
-use crate::secret::{SecretMeta, SecretName};
-use crate::source::{Source, SourceError};
+use crate::secret::{SecretMeta, SecretName, SecretValue};
+use crate::source::{Fetched, Source, SourceError};
 
 /// What to mount and how.
 #[derive(Debug, Clone)]
@@ -180,74 +179,45 @@ pub fn unmount(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The secrets to serve: every listed one, or those in `only` (all of which must exist).
-fn select(metas: Vec<SecretMeta>, only: &[SecretName]) -> Result<Vec<SecretMeta>, MountError> {
-    if only.is_empty() {
-        return Ok(metas);
-    }
-    let wanted: HashSet<&SecretName> = only.iter().collect();
-    let selected: Vec<SecretMeta> = metas
-        .into_iter()
-        .filter(|m| wanted.contains(&m.name))
-        .collect();
+/// Fails closed at start: every name of `only` must be there.
+fn check_only(fetched: &Fetched, only: &[SecretName]) -> Result<(), MountError> {
     let missing: Vec<SecretName> = only
         .iter()
-        .filter(|n| !selected.iter().any(|m| &m.name == *n))
+        .filter(|n| !fetched.secrets.iter().any(|(m, _)| &m.name == *n))
         .cloned()
         .collect();
     if missing.is_empty() {
-        Ok(selected)
+        Ok(())
     } else {
         Err(MountError::Missing(missing))
     }
 }
 
-/// Fetches the values `tree` lacks for `metas` into locked memory and applies them. Names whose
-/// value cannot be fetched keep their last known good value; their errors are returned.
-fn load(
-    source: &dyn Source,
-    tree: &SharedTree,
-    metas: &[SecretMeta],
-) -> Result<(Changes, Vec<SourceError>), MountError> {
-    let stale: Vec<SecretName> = tree
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .stale(metas)
+/// Applies one round: the fetched values into locked memory, and the tree made to serve exactly
+/// the secrets listed (of `only`, when it names any). A secret that came without a value keeps
+/// the value the tree holds (its last known good one, or none yet if it is new).
+fn apply(tree: &SharedTree, fetched: Fetched, only: &[SecretName]) -> Result<Changes, MountError> {
+    let (metas, values): (Vec<SecretMeta>, Vec<Option<SecretValue>>) = fetched
+        .secrets
         .into_iter()
-        .cloned()
-        .collect();
-    let mut errors = Vec::new();
-    let mut fetched = Vec::new();
-    if !stale.is_empty() {
-        for result in source.read(&stale)? {
-            match result {
-                Ok((meta, value)) => fetched.push((meta, value)),
-                Err(e) => errors.push(e),
-            }
-        }
-    }
-    // The source may have moved on between list and read; serve what was actually read.
-    let metas: Vec<SecretMeta> = metas
+        .filter(|(m, _)| only.is_empty() || only.contains(&m.name))
+        .unzip();
+    let fresh: Vec<(&SecretName, &SecretValue)> = metas
         .iter()
-        .map(|m| {
-            fetched
-                .iter()
-                .find(|(f, _)| f.name == m.name)
-                .map_or_else(|| m.clone(), |(f, _)| f.clone())
-        })
+        .zip(&values)
+        .filter_map(|(m, v)| Some((&m.name, v.as_ref()?)))
         .collect();
-    let slots = LockedPool::store(fetched.iter().map(|(_, v)| v.expose_secret()))
+    let slots = LockedPool::store(fresh.iter().map(|(_, v)| v.expose_secret()))
         .map_err(MountError::Memory)?;
-    let fresh = fetched
+    let fresh = fresh
         .into_iter()
-        .map(|(m, _)| m.name)
+        .map(|(n, _)| n.clone())
         .zip(slots)
         .collect();
-    let changes =
-        tree.write()
-            .unwrap_or_else(|e| e.into_inner())
-            .apply(&metas, fresh, SystemTime::now());
-    Ok((changes, errors))
+    Ok(tree
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .apply(&metas, fresh, SystemTime::now()))
 }
 
 /// Tells the kernel what changed. Called after the tree's lock is released: the kernel may need
@@ -289,39 +259,40 @@ fn log_changes(changes: &Changes, tree: &SharedTree) {
     }
 }
 
-/// One refresh: list, fetch what changed, apply, invalidate. Errors keep the last known good
-/// state and are logged by the caller.
+/// One refresh round: (with `watch`) wait for a change, fetch what changed, apply, invalidate;
+/// returns the source's revision. Errors keep the last known good state and are logged by the
+/// caller.
 fn refresh(
     source: &dyn Source,
     tree: &SharedTree,
     notifier: &Notifier,
     only: &[SecretName],
-) -> Result<(), MountError> {
-    let listed = source.list()?;
-    let metas: Vec<SecretMeta> = if only.is_empty() {
-        listed
-    } else {
-        listed
-            .into_iter()
-            .filter(|m| only.contains(&m.name))
-            .collect()
-    };
-    let (changes, errors) = load(source, tree, &metas)?;
-    for e in errors {
+    watch: Option<(&str, Duration)>,
+) -> Result<Option<String>, MountError> {
+    let held = tree.read().unwrap_or_else(|e| e.into_inner()).held();
+    let mut fetched = source.fetch(only, &held, watch)?;
+    for e in std::mem::take(&mut fetched.errors) {
         tracing::warn!(error = %e, "cannot fetch a changed secret; serving its last known good value");
     }
-    notify(notifier, &changes);
+    let revision = fetched.revision.take();
+    let changes = apply(tree, fetched, only)?;
+    // Logged first: the kernel may hold a notification until a pending request is answered.
     log_changes(&changes, tree);
-    Ok(())
+    notify(notifier, &changes);
+    Ok(revision)
 }
 
-/// Lists the source, retrying with backoff while it is unavailable, up to `timeout`.
-fn list_with_retry(source: &dyn Source, timeout: Duration) -> Result<Vec<SecretMeta>, MountError> {
+/// The first round, retried with backoff while the source is unavailable, up to `timeout`.
+fn fetch_with_retry(
+    source: &dyn Source,
+    only: &[SecretName],
+    timeout: Duration,
+) -> Result<Fetched, MountError> {
     let deadline = std::time::Instant::now() + timeout;
     let mut delay = Duration::from_millis(100);
     loop {
-        match source.list() {
-            Ok(metas) => return Ok(metas),
+        match source.fetch(only, &[], None) {
+            Ok(fetched) => return Ok(fetched),
             Err(SourceError::Unavailable(e)) => {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {
@@ -341,14 +312,16 @@ fn list_with_retry(source: &dyn Source, timeout: Duration) -> Result<Vec<SecretM
 }
 
 /// Keeps the tree in step with the source until `stop` is dropped: long-polls a source that
-/// watches, polls every `interval` one that does not. Failures keep the last known good
-/// values; the outage and the recovery are logged once each.
+/// watches (each round one [`Source::fetch`], which returns what changed), polls every
+/// `interval` one that does not. Failures keep the last known good values; the outage and the
+/// recovery are logged once each.
 fn keep_fresh(
     source: &dyn Source,
     tree: &SharedTree,
     notifier: &Notifier,
     only: &[SecretName],
     interval: Option<Duration>,
+    mut revision: Option<String>,
     stop: &mpsc::Receiver<()>,
 ) {
     let stopped = |wait: Duration| {
@@ -359,37 +332,24 @@ fn keep_fresh(
     };
     let mut failing: Option<String> = None;
     let mut backoff = Duration::from_millis(200);
-    let mut revision: Option<String> = None;
     loop {
-        let changed = if source.watches() {
+        if source.watches() {
             if stopped(Duration::ZERO) {
                 return;
             }
-            match source.wait(revision.as_deref(), Duration::from_secs(30)) {
-                Ok(r) => {
-                    let changed = r != revision || revision.is_none();
-                    if changed {
-                        revision = r;
-                    }
-                    Ok(changed)
-                }
-                Err(e) => Err(MountError::Source(e)),
-            }
         } else {
             match interval {
-                Some(i) if !stopped(i) => Ok(true),
+                Some(i) if !stopped(i) => {}
                 _ => return,
             }
+        }
+        let watch = match (&revision, source.watches()) {
+            (Some(r), true) => Some((r.as_str(), Duration::from_secs(30))),
+            _ => None,
         };
-        let result = changed.and_then(|changed| {
-            if changed {
-                refresh(source, tree, notifier, only)
-            } else {
-                Ok(())
-            }
-        });
-        match result {
-            Ok(()) => {
+        match refresh(source, tree, notifier, only, watch) {
+            Ok(r) => {
+                revision = r;
                 if failing.take().is_some() {
                     tracing::info!("source reachable again; updates flow");
                 }
@@ -402,7 +362,8 @@ fn keep_fresh(
                     tracing::warn!(error = %text, "source unavailable; serving the last known good values");
                     failing = Some(text);
                 }
-                // A watch fails fast while the source is down: wait before the next try.
+                // A watch fails fast while the source is down: wait before the next try, and
+                // start over with a full round.
                 revision = None;
                 if stopped(backoff) {
                     return;
@@ -443,13 +404,15 @@ pub fn run(
     let dir = prepare_mount_point(&cfg.dir)?;
     let description = source.describe();
 
-    let metas = select(list_with_retry(&*source, cfg.start_timeout)?, &cfg.only)?;
-    let tree: SharedTree = Arc::new(RwLock::new(Tree::new(cfg.owner, SystemTime::now())));
-    let (_, errors) = load(&*source, &tree, &metas)?;
+    let mut first = fetch_with_retry(&*source, &cfg.only, cfg.start_timeout)?;
     // Fail closed at start: a mount that silently lacks a secret is worse than no mount.
-    if let Some(e) = errors.into_iter().next() {
+    check_only(&first, &cfg.only)?;
+    if let Some(e) = first.errors.drain(..).next() {
         return Err(MountError::Source(e));
     }
+    let revision = first.revision.take();
+    let tree: SharedTree = Arc::new(RwLock::new(Tree::new(cfg.owner, SystemTime::now())));
+    apply(&tree, first, &cfg.only)?;
     let count = tree.read().unwrap_or_else(|e| e.into_inner()).len();
 
     // The guard first, while this process holds no FUSE descriptor it could inherit.
@@ -550,6 +513,7 @@ pub fn run(
                     &notifier,
                     &only,
                     interval,
+                    revision,
                     &refresh_stopped,
                 )
             })

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use crate::secret::{SecretMeta, SecretName};
+use crate::secret::{SecretMeta, SecretName, Timestamp};
 
 /// The root directory's inode number (FUSE's `FUSE_ROOT_ID`).
 pub const ROOT: u64 = 1;
@@ -290,6 +290,18 @@ impl<V: AsRef<[u8]>> Tree<V> {
                 name: name.to_owned(),
             })
             .collect())
+    }
+
+    /// Every value served, as (name, version, write time): what a refresh need not fetch again.
+    pub fn held(&self) -> Vec<(SecretName, u64, Timestamp)> {
+        self.entries
+            .iter()
+            .filter_map(|(name, ino)| {
+                let stamp = self.nodes[ino].stamp;
+                let name = SecretName::parse(name).ok()?;
+                Some((name, stamp.version, Timestamp::from_nanos(stamp.updated_ns)))
+            })
+            .collect()
     }
 
     /// Of the secrets in `metas`, those whose value the tree does not hold yet (new, or a

@@ -28,11 +28,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::auth::{Presented, TokenKind};
 use crate::secret::{SecretName, Timestamp, Visibility};
-use crate::store::{Batch, SecretFilter, Store, StoreError, StoredSecret, TokenFilter};
+use crate::store::{Batch, SecretFilter, Store, StoredSecret, TokenFilter};
 
 pub use crate::store::local::{LocalError, LocalPaths, OpenMode, local_user};
 pub use crate::store::{
-    AuditAction, AuditRecord, DEFAULT_WORKSPACE, Grant, TargetKind, TokenRecord, User,
+    AuditAction, AuditRecord, DEFAULT_WORKSPACE, Grant, StoreError, TargetKind, TokenRecord, User,
     valid_account_name,
 };
 pub use accounts::{FirstAdmin, UserRemoval};

@@ -17,9 +17,14 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// What a workload asks for.
 #[derive(Debug, Clone, Default)]
 pub struct WorkloadQuery {
-    /// All of them must be readable (else 404 naming the missing ones); `None`: every secret of
-    /// the token's set that is readable now.
+    /// Only these; `None`: every secret of the token's set that is readable now.
     pub names: Option<Vec<SecretName>>,
+    /// Names that are not readable are answered in [`WorkloadAnswer::missing`]; otherwise the
+    /// read fails with 404 naming them (the first API's answer, kept for its clients).
+    pub per_name: bool,
+    /// The values the reader holds (version and time of each): those still current are
+    /// answered without their value, and are not reads.
+    pub held: Vec<(SecretName, u64, Timestamp)>,
     /// `false`: names, versions and the revision only (the watch).
     pub values: bool,
     /// Hold the request up to this long while the revision equals `since`.
@@ -38,6 +43,12 @@ pub struct WorkloadAnswer {
     pub revision: String,
     pub workspace: String,
     pub secrets: Vec<WorkloadSecret>,
+    /// With `per_name`: the names asked for that are not readable now, whatever the reason
+    /// (never created, deleted, not granted, not visible), so that the answer reveals nothing.
+    pub missing: Vec<SecretName>,
+    /// When the reading token expires, and how far a renewal extends it.
+    pub expires_at: Option<Timestamp>,
+    pub ttl_secs: Option<u64>,
 }
 
 impl Service {
@@ -108,18 +119,20 @@ impl Service {
         };
         let mut by_name: std::collections::BTreeMap<SecretName, StoredSecret> =
             rows.into_iter().map(|r| (r.meta.name.clone(), r)).collect();
+        let mut missing = Vec::new();
         let selected: Vec<StoredSecret> = match &q.names {
             Some(names) => {
-                let missing: Vec<String> = names
+                missing = names
                     .iter()
                     .filter(|n| !by_name.contains_key(*n))
-                    .map(|n| format!("\"{n}\""))
+                    .cloned()
                     .collect();
-                if !missing.is_empty() {
+                if !missing.is_empty() && !q.per_name {
+                    let quoted: Vec<String> = missing.iter().map(|n| format!("\"{n}\"")).collect();
                     return Err(ServiceError::NotFound(format!(
                         "secret{} not found: {}",
-                        if missing.len() == 1 { "" } else { "s" },
-                        missing.join(", ")
+                        if quoted.len() == 1 { "" } else { "s" },
+                        quoted.join(", ")
                     )));
                 }
                 names.iter().filter_map(|n| by_name.remove(n)).collect()
@@ -129,7 +142,13 @@ impl Service {
         let mut secrets = Vec::with_capacity(selected.len());
         let mut audits = Vec::new();
         for row in selected {
-            let value = if q.values {
+            // Compared at the wire's precision (microseconds).
+            let held = q.held.iter().any(|(name, version, at)| {
+                *name == row.meta.name
+                    && *version == row.meta.version
+                    && at.nanos() / 1000 == row.meta.updated_at.nanos() / 1000
+            });
+            let value = if q.values && !held {
                 audits.push(caller.audit(
                     &ws,
                     AuditAction::Read,
@@ -147,10 +166,14 @@ impl Service {
             });
         }
         self.record_reads(audits).await?;
+        let token = caller.token();
         Ok(WorkloadAnswer {
             revision,
             workspace: ws,
             secrets,
+            missing,
+            expires_at: token.and_then(|t| t.expires_at),
+            ttl_secs: token.and_then(|t| t.ttl_secs),
         })
     }
 }

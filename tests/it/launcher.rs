@@ -193,7 +193,12 @@ fn inherit_env_modes() {
 #[test]
 fn the_local_store_source_uses_memory_files() {
     let s = Scratch::new();
-    s.ok(&["secret", "create", "HF_TOKEN"], CANARY.as_bytes());
+    // This test's own canary: the temp dir is shared with every other test, and some write the
+    // common one there on purpose.
+    let canary = crate::support::unique_canary("memfiles");
+    let tmp = s.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    s.ok(&["secret", "create", "HF_TOKEN"], canary.as_bytes());
     s.ok(&["secret", "create", "db-password"], b"p@ss");
     let store = s.store();
     let (out, report) = launch(
@@ -207,11 +212,12 @@ fn the_local_store_source_uses_memory_files() {
             "DB_FILE=db-password",
         ],
         &["HF_TOKEN", "DB_FILE", "SECRETFS_DIR"],
-        &[],
+        &[("TMPDIR", tmp.to_str().unwrap())],
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains(&canary) && !out.stdout.contains(&canary));
     let r = report.unwrap();
-    assert_eq!(r["HF_TOKEN"], CANARY);
+    assert_eq!(r["HF_TOKEN"], canary.as_str());
     // The workload's own pid (the launcher's, which exec kept): the same path in every process.
     assert!(
         r["DB_FILE"]
@@ -222,13 +228,24 @@ fn the_local_store_source_uses_memory_files() {
     );
     assert_eq!(r["DB_FILE:content"], "p@ss");
     assert!(r.get("SECRETFS_DIR").is_none());
-    // Nothing was written next to the store or in the temp dir.
-    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
-        .filter(|b| b.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()))
+    // Nothing was written next to the store, in the TMPDIR it was given, or in /tmp.
+    let leftovers: Vec<_> = [s.path(), tmp.as_path(), std::env::temp_dir().as_path()]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap())
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            // The workload's own report of what it received holds the value by design.
+            if path.file_name()? == "report.json" {
+                return None;
+            }
+            let bytes = std::fs::read(&path).ok()?;
+            bytes
+                .windows(canary.len())
+                .any(|w| w == canary.as_bytes())
+                .then_some(path)
+        })
         .collect();
-    assert!(leftovers.is_empty(), "a value was written to a temp file");
+    assert!(leftovers.is_empty(), "a value was written to {leftovers:?}");
 }
 
 #[test]

@@ -13,16 +13,6 @@ use crate::support::{
     Daemon, Out, Scratch, Server, TempDatabase, fuse_available, postgres_url, run_with,
 };
 
-/// A canary of this run only: no other test's files can hold it.
-fn unique_canary() -> String {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).unwrap();
-    format!(
-        "canary-leaksuite-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
-}
-
 fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
@@ -92,7 +82,7 @@ fn files_under(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
 
 #[test]
 fn the_canary_never_leaks_anywhere() {
-    let canary = unique_canary();
+    let canary = crate::support::unique_canary("leaksuite");
     let argv = ArgvWatch::start(&canary);
     let s = Scratch::new();
     let mut outputs: Vec<(String, Out)> = Vec::new();

@@ -1,5 +1,6 @@
-//! Integration tests: the real binary, real files, real processes. One test binary, one file per
-//! area.
+//! Integration tests: the real binary, real files, real processes (the API's answers also through
+//! the real router in this process). One test binary, one file per area; `support/` holds what
+//! they share.
 
 mod access;
 mod access_model;
@@ -13,8 +14,13 @@ mod launcher;
 mod leaks;
 mod lepton;
 mod mount;
+mod protocol;
 mod replicas;
-mod server;
+mod server_api;
+mod server_cli;
+mod server_hardening;
+mod server_mount;
+mod server_tls;
 mod store;
 mod support;
 mod web;

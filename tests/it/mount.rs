@@ -307,13 +307,13 @@ fn rotation_deletion_and_creation_are_seen() {
         .collect();
     names.sort();
     assert_eq!(names, ["A", "C"]);
-    let log = d.log();
-    assert!(
+    let logged = || {
+        let log = d.log();
         log.contains("secret rotated")
             && log.contains("secret removed")
-            && log.contains("secret added"),
-        "{log}"
-    );
+            && log.contains("secret added")
+    };
+    assert!(eventually(5, logged), "{}", d.log());
 }
 
 /// A reader that keeps reading a 256 KiB value in single `read` calls while it is rotated

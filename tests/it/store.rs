@@ -47,7 +47,7 @@ async fn user(service: &Service, admin: &Caller, n: &str) -> Caller {
         .await
         .unwrap();
     service
-        .authenticate(token.expose_secret(), "")
+        .authenticate(token.expose_token(), "")
         .await
         .unwrap()
 }
@@ -89,7 +89,7 @@ async fn mint(service: &Service, caller: &Caller, names: &[&str]) -> String {
         )
         .await
         .unwrap();
-    token.expose_secret().to_owned()
+    token.expose_token().to_owned()
 }
 
 async fn store_story(store: Arc<dyn Store>) {
@@ -421,7 +421,7 @@ async fn derived_tokens_are_bounded(service: &Arc<Service>, local: &Caller) {
         .unwrap();
     let limit = record.expires_at.unwrap();
     let short = service
-        .authenticate(short.expose_secret(), "")
+        .authenticate(short.expose_token(), "")
         .await
         .unwrap();
     // Asked for no expiry, or a long one: it gets the parent's.

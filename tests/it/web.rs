@@ -50,15 +50,6 @@ fn browser_available(test: &str) -> bool {
     false
 }
 
-fn unique_canary() -> String {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).unwrap();
-    format!(
-        "canary-webpage-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
-}
-
 fn ssh_public_key(dir: &Path) -> String {
     let key = dir.join("id_ed25519");
     let out = Command::new("ssh-keygen")
@@ -224,7 +215,7 @@ async fn the_secrets_page_in_headless_chromium() {
     let server = Server::start(&s);
     let alice = add_user(&server.url, &server.admin_token, "alice").await;
     let bob = add_user(&server.url, &server.admin_token, "bob").await;
-    let canary = unique_canary();
+    let canary = crate::support::unique_canary("webpage");
     let ssh_key = ssh_public_key(s.path());
     let out = s.path().join("browser");
     std::fs::create_dir_all(&out).unwrap();

@@ -2,8 +2,8 @@
 //! instead of beside them (a thousand reader threads would starve the timing-sensitive ones),
 //! and one at a time (`SERIAL`).
 
-#[path = "../it/support.rs"]
-#[allow(dead_code)]
+#[path = "../it/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod support;
 
 mod cases;

@@ -1,0 +1,634 @@
+//! The HTTP API's conversation, written once: every request body and answer the server's
+//! handlers (`api/*`) write and the client (`client.rs`) reads, the error body, and the
+//! workload read. Pure serde types: no HTTP, no store.
+//!
+//! Values cross the wire only inside the types here, never as a plain `String`: request bodies
+//! hold them as [`TextValue`] / [`Base64Value`] (zeroized, checked against the store's limit by
+//! the receiver with [`value_of`]), and the workload read's answer serialises from and
+//! deserialises into [`SecretValue`] directly.
+
+use std::fmt;
+
+use base64::Engine as _;
+use serde::de::{self, Deserializer, Visitor};
+use serde::ser::{SerializeStruct, Serializer};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::auth::{Token, TokenKind};
+use crate::secret::{
+    SecretKind, SecretMeta, SecretName, SecretValue, Timestamp, ValueError, ValueLimit, Visibility,
+};
+
+/// Every error answer: `{"code": ..., "message": ..., "field": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `invalid`,
+    /// `too_large`, `unsupported_media_type`, `out_of_space`, `unavailable`, `internal`,
+    /// `not_implemented`.
+    pub code: String,
+    pub message: String,
+    /// The request field the error is about (`name`, `value`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values in request bodies.
+
+/// A value sent as UTF-8 text (`"value"`), held zeroized from the moment it is parsed.
+pub struct TextValue(Zeroizing<String>);
+
+/// A value sent as base64 (`"value_base64"`), the text held zeroized until it is decoded.
+pub struct Base64Value(Zeroizing<String>);
+
+impl TextValue {
+    pub fn new(text: Zeroizing<String>) -> Self {
+        TextValue(text)
+    }
+}
+
+impl Base64Value {
+    /// The base64 form of `value`, for a request body.
+    pub fn encode(value: &SecretValue) -> Self {
+        Base64Value(Zeroizing::new(
+            base64::engine::general_purpose::STANDARD.encode(value.expose_secret()),
+        ))
+    }
+}
+
+impl fmt::Debug for TextValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+impl fmt::Debug for Base64Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+impl Serialize for TextValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl Serialize for Base64Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Takes a JSON string into zeroized memory: borrowed input is copied once into a buffer of
+/// its exact size, an owned one is moved, so no growing buffer leaves copies behind.
+struct ZeroizedString;
+
+impl<'de> Visitor<'de> for ZeroizedString {
+    type Value = Zeroizing<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        let mut s = Zeroizing::new(String::with_capacity(v.len()));
+        s.push_str(v);
+        Ok(s)
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Zeroizing::new(v))
+    }
+}
+
+impl<'de> Deserialize<'de> for TextValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_string(ZeroizedString).map(TextValue)
+    }
+}
+
+impl Serialize for Token {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.expose_token())
+    }
+}
+
+impl<'de> Deserialize<'de> for Token {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_string(ZeroizedString)
+            .map(Token::from_zeroizing)
+    }
+}
+
+impl<'de> Deserialize<'de> for Base64Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_string(ZeroizedString).map(Base64Value)
+    }
+}
+
+/// Why a body's value is unusable; the message names the field and never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueProblem(pub String);
+
+/// The value of a body: at most one of `value` and `value_base64`, decoded without copies left
+/// behind and checked against `limit`. `None` when neither is given.
+pub fn value_of(
+    value: Option<TextValue>,
+    value_base64: Option<Base64Value>,
+    limit: ValueLimit,
+) -> Result<Option<SecretValue>, ValueProblem> {
+    let bytes = match (value, value_base64) {
+        (Some(_), Some(_)) => {
+            return Err(ValueProblem(
+                "give either value or value_base64, not both".into(),
+            ));
+        }
+        (Some(TextValue(text)), None) => {
+            let mut bytes = Zeroizing::new(Vec::with_capacity(text.len()));
+            bytes.extend_from_slice(text.as_bytes());
+            bytes
+        }
+        (None, Some(Base64Value(b64))) => Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|_| ValueProblem("value_base64 is not valid base64".into()))?,
+        ),
+        (None, None) => return Ok(None),
+    };
+    SecretValue::new(bytes, limit)
+        .map(Some)
+        .map_err(|e: ValueError| ValueProblem(e.to_string()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets, as users manage them.
+
+/// `POST /api/v1/workspaces/{ws}/secrets`, and each entry of an import.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSecret {
+    pub name: String,
+    /// The value as text...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<TextValue>,
+    /// ...or as base64, for bytes that are not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<Base64Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `PATCH /api/v1/workspaces/{ws}/secrets/{name}`: what is given changes.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSecret {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<TextValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<Base64Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+}
+
+/// `POST /api/v1/workspaces/{ws}/secrets:import`: all or none.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportSecrets {
+    pub secrets: Vec<CreateSecret>,
+}
+
+/// A created or updated secret's metadata, with what its template noticed about the value (a
+/// token that does not look like its provider's): stored anyway, but worth showing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Written {
+    #[serde(flatten)]
+    pub meta: SecretMeta,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The answer to an import.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Imported {
+    pub secrets: Vec<Written>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounts and tokens.
+
+/// `GET /api/v1/whoami`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub user: String,
+    pub user_id: String,
+    pub admin: bool,
+    pub workspaces: Vec<String>,
+    pub token: TokenInfo,
+}
+
+/// A token as listed: everything but the token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub masked: String,
+    pub kind: TokenKind,
+    pub user: String,
+    pub user_id: String,
+    pub workspace: Option<String>,
+    /// The names of the secrets a workload token was minted for.
+    pub secrets: Vec<SecretName>,
+    /// Their ids: what the token may read (a later secret of the same name is not one of them).
+    pub secret_ids: Vec<String>,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub max_expires_at: Option<Timestamp>,
+    /// How far a renewal extends a workload token.
+    pub ttl_secs: Option<u64>,
+    pub revoked: bool,
+    pub description: String,
+    /// The token that minted this one, if a token did.
+    pub minted_by: Option<String>,
+}
+
+/// A minted token: the one answer that holds a token in the clear.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Minted {
+    pub token: Token,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// `POST /api/v1/workspaces/{ws}/tokens`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintWorkload {
+    pub secrets: Vec<String>,
+    /// How long it is valid, and how far each renewal extends it ("1h").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// The longest it may live, renewals included ("30d").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `POST /api/v1/users/{name}/tokens`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintUser {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `POST /api/v1/tokens/renew`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Renewed {
+    pub id: String,
+    pub expires_at: Timestamp,
+    pub max_expires_at: Option<Timestamp>,
+}
+
+/// `POST /api/v1/users`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    #[serde(default)]
+    pub admin: bool,
+    /// Workspaces to join (default: `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspaces: Option<Vec<String>>,
+}
+
+/// A user as `GET /api/v1/users` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub id: String,
+    pub name: String,
+    pub admin: bool,
+    pub created_at: Timestamp,
+    /// The workspaces the user belongs to.
+    pub workspaces: Vec<String>,
+}
+
+/// What `DELETE /api/v1/users/{name}` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Removed {
+    pub user: String,
+    pub tokens: usize,
+    pub deleted: Vec<SecretName>,
+    pub kept: Vec<SecretName>,
+    pub transferred: Vec<SecretName>,
+}
+
+/// `POST /api/v1/workspaces`, and its answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewWorkspace {
+    pub name: String,
+}
+
+/// `POST /api/v1/workspaces/{ws}/members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMember {
+    pub user: String,
+}
+
+/// One record of `GET /api/v1/audit`: who did what to what, by name and by id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditLine {
+    pub at: Timestamp,
+    pub workspace: String,
+    pub actor: String,
+    pub actor_id: String,
+    /// `create`, `read`, `user-delete`, ... (see the README's list).
+    pub action: String,
+    /// `secret`, `user`, `workspace`, `member`, `token`, `key`, `store`.
+    pub target_kind: String,
+    pub target: String,
+    pub target_id: String,
+    pub version: u64,
+    pub detail: String,
+    pub address: String,
+    /// The target's name when it is a secret, which clients of the first API versions read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// `POST /api/v1/admin/rotate-key`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Resealed {
+    pub resealed: usize,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The workload read: the one answer that carries values.
+
+/// A value a reader already holds: answered without its value when it is still current.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Held {
+    pub name: String,
+    pub version: u64,
+    pub updated_at: Timestamp,
+}
+
+impl Held {
+    pub fn of(meta: &SecretMeta) -> Self {
+        Held {
+            name: meta.name.as_str().to_owned(),
+            version: meta.version,
+            updated_at: meta.updated_at,
+        }
+    }
+}
+
+/// The body of an action that takes no arguments (`POST /api/v1/tokens/renew`,
+/// `POST /api/v1/admin/rotate-key`): `{}`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoArguments {}
+
+/// `POST /api/v1/workload/read`: one request per resolve or refresh round.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadReadRequest {
+    /// Only these, answered per name (found in `secrets`, else in `missing`); without it, every
+    /// secret of the token's set it may read now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
+    /// `false`: names, versions and the revision only.
+    #[serde(default = "yes")]
+    pub values: bool,
+    /// The values the reader holds: those still current come back without their value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<Held>,
+    /// A long-poll: hold the request up to `wait_secs` (at most 60) while the revision is
+    /// `since`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_secs: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for WorkloadReadRequest {
+    fn default() -> Self {
+        WorkloadReadRequest {
+            names: None,
+            values: true,
+            held: Vec::new(),
+            since: None,
+            wait_secs: None,
+        }
+    }
+}
+
+/// One secret as a workload receives it: its value as UTF-8 text (`value`) when it is text,
+/// else as base64 (`value_base64`); neither when the value was not asked for or is held.
+#[derive(Debug)]
+pub struct WorkloadSecret {
+    pub name: SecretName,
+    pub version: u64,
+    pub kind: SecretKind,
+    pub visibility: Visibility,
+    pub owner: String,
+    pub updated_at: Timestamp,
+    pub value: Option<SecretValue>,
+}
+
+impl WorkloadSecret {
+    /// The metadata a workload learns (no tags; `created_at` is not sent).
+    pub fn meta(&self) -> SecretMeta {
+        SecretMeta {
+            name: self.name.clone(),
+            kind: self.kind,
+            visibility: self.visibility,
+            owner: self.owner.clone(),
+            tags: Vec::new(),
+            version: self.version,
+            created_at: self.updated_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+impl Serialize for WorkloadSecret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("WorkloadSecret", 7)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("visibility", &self.visibility)?;
+        st.serialize_field("owner", &self.owner)?;
+        st.serialize_field("updated_at", &self.updated_at)?;
+        if let Some(v) = &self.value {
+            match std::str::from_utf8(v.expose_secret()) {
+                Ok(text) => st.serialize_field("value", text)?,
+                Err(_) => st.serialize_field("value_base64", &Base64Value::encode(v))?,
+            }
+        }
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkloadSecret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// The fields as sent; the value lands in zeroized memory and becomes a
+        /// [`SecretValue`] without another copy.
+        #[derive(Deserialize)]
+        struct Sent {
+            name: SecretName,
+            version: u64,
+            kind: SecretKind,
+            visibility: Visibility,
+            owner: String,
+            updated_at: Timestamp,
+            #[serde(default)]
+            value: Option<TextValue>,
+            #[serde(default)]
+            value_base64: Option<Base64Value>,
+        }
+        let sent = Sent::deserialize(d)?;
+        let value = value_of(sent.value, sent.value_base64, ValueLimit::default())
+            .map_err(|p| de::Error::custom(p.0))?;
+        Ok(WorkloadSecret {
+            name: sent.name,
+            version: sent.version,
+            kind: sent.kind,
+            visibility: sent.visibility,
+            owner: sent.owner,
+            updated_at: sent.updated_at,
+            value,
+        })
+    }
+}
+
+/// When the reading token expires and how far a renewal extends it, so a reader knows when to
+/// renew without asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenLife {
+    pub expires_at: Option<Timestamp>,
+    pub ttl_secs: Option<u64>,
+}
+
+/// The workload read's answer (`GET /api/v1/workload/secrets` and `POST /api/v1/workload/read`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkloadRead {
+    /// Changes whenever a secret of the set changes or becomes (un)readable.
+    pub revision: String,
+    pub workspace: String,
+    pub secrets: Vec<WorkloadSecret>,
+    /// Names asked for that this token cannot read now: never created, deleted, not granted,
+    /// or not visible to its user, all the same answer so that none reveals more.
+    #[serde(default)]
+    pub missing: Vec<SecretName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenLife>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(s: &[u8]) -> SecretValue {
+        SecretValue::from_slice(s, ValueLimit::default()).unwrap()
+    }
+
+    fn secret(v: Option<SecretValue>) -> WorkloadSecret {
+        WorkloadSecret {
+            name: SecretName::parse("API_KEY").unwrap(),
+            version: 3,
+            kind: SecretKind::Custom,
+            visibility: Visibility::Private,
+            owner: "alice".into(),
+            updated_at: Timestamp::from_nanos(1_700_000_000_123_456_000),
+            value: v,
+        }
+    }
+
+    #[test]
+    fn a_workload_secret_round_trips_text_bytes_and_no_value() {
+        for (v, key) in [
+            (Some(value(b"text value")), Some("value")),
+            (Some(value(&[0xff, 0x00, 0x80])), Some("value_base64")),
+            (None, None),
+        ] {
+            let bytes = v.as_ref().map(|v| v.expose_secret().to_vec());
+            let json = serde_json::to_value(secret(v)).unwrap();
+            let keys: Vec<&str> = json
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
+            for k in ["value", "value_base64"] {
+                assert_eq!(keys.contains(&k), key == Some(k), "{keys:?}");
+            }
+            let back: WorkloadSecret = serde_json::from_value(json).unwrap();
+            assert_eq!(back.value.map(|v| v.expose_secret().to_vec()), bytes);
+            assert_eq!(back.version, 3);
+            assert_eq!(
+                back.updated_at,
+                Timestamp::from_nanos(1_700_000_000_123_456_000)
+            );
+        }
+    }
+
+    #[test]
+    fn a_workload_secret_with_both_forms_or_bad_base64_is_refused_without_the_value() {
+        for body in [
+            r#"{"name":"A","version":1,"kind":"custom","visibility":"private","owner":"o","updated_at":"2026-01-01T00:00:00Z","value":"canary-1","value_base64":"Y2FuYXJ5"}"#,
+            r#"{"name":"A","version":1,"kind":"custom","visibility":"private","owner":"o","updated_at":"2026-01-01T00:00:00Z","value_base64":"canary-2!"}"#,
+        ] {
+            let e = serde_json::from_str::<WorkloadSecret>(body)
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("canary"), "{e}");
+            assert!(e.contains("value"), "{e}");
+        }
+    }
+
+    #[test]
+    fn values_in_bodies_are_checked_once_in_one_place() {
+        let limit = ValueLimit::new(4).unwrap();
+        let text = |s: &str| Some(TextValue::new(Zeroizing::new(s.to_owned())));
+        assert_eq!(
+            value_of(text("abcd"), None, limit)
+                .unwrap()
+                .unwrap()
+                .expose_secret(),
+            b"abcd"
+        );
+        assert!(value_of(text("abcde"), None, limit).is_err());
+        assert!(value_of(text("a"), Some(Base64Value::encode(&value(b"a"))), limit).is_err());
+        assert_eq!(value_of(None, None, limit).unwrap().map(|_| ()), None);
+        let b64: Base64Value = serde_json::from_str("\"not base64!\"").unwrap();
+        assert_eq!(
+            value_of(None, Some(b64), limit).unwrap_err().0,
+            "value_base64 is not valid base64"
+        );
+    }
+
+    #[test]
+    fn a_read_request_defaults_to_values_of_everything() {
+        let r: WorkloadReadRequest = serde_json::from_str("{}").unwrap();
+        assert!(r.values && r.names.is_none() && r.held.is_empty() && r.wait_secs.is_none());
+        assert!(serde_json::from_str::<WorkloadReadRequest>(r#"{"nmes":[]}"#).is_err());
+    }
+}

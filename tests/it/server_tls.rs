@@ -1,0 +1,110 @@
+//! `secretfs serve --tls-cert --tls-key`: a server certificate from a private CA, trusted with
+//! `--ca-file` and refused without it.
+
+use crate::support::{Scratch, Server};
+
+#[test]
+fn tls_with_a_private_ca() {
+    let s = Scratch::new();
+    let (ca, cert, key) = (
+        s.path().join("ca.pem"),
+        s.path().join("cert.pem"),
+        s.path().join("key.pem"),
+    );
+    // A private CA, and a server certificate it signs for 127.0.0.1.
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(s.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    std::fs::write(s.path().join("leaf.ext"), "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n").unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    let server = Server::start_with(
+        &s,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    let admin_file = s.path().join("server.db.admin-token");
+    let whoami = |extra: &[&str]| {
+        let mut cmd = s.cmd(&["workspace", "list"]);
+        cmd.args(extra)
+            .env("SECRETFS_URL", &server.url)
+            .env("SECRETFS_TOKEN_FILE", &admin_file);
+        crate::support::run_with(cmd, b"")
+    };
+    let out = whoami(&["--ca-file", ca.to_str().unwrap()]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "default\n"),
+        "{}",
+        out.stderr
+    );
+    // Without the CA the certificate is refused.
+    let out = whoami(&[]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        out.stderr
+    );
+}

@@ -1,0 +1,200 @@
+//! `secretfs serve` processes: on a scratch SQLite file, with custom arguments, or on
+//! PostgreSQL; restarted on the same port, killed with a chosen signal.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::{Scratch, bin};
+
+/// A running `secretfs serve` on 127.0.0.1 (a free port), initialised with an admin, stopped
+/// with SIGTERM when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub url: String,
+    pub db: PathBuf,
+    pub admin_token: String,
+    pub log_path: PathBuf,
+    args: Vec<String>,
+}
+
+impl Server {
+    pub fn start(scratch: &Scratch) -> Server {
+        Self::start_with(scratch, &[])
+    }
+
+    pub fn start_with(scratch: &Scratch, extra: &[&str]) -> Server {
+        let db = scratch.path().join("server.db");
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--init".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--database".into(),
+            format!("sqlite://{}", db.display()),
+            "--audit-interval".into(),
+            "100ms".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = Self::spawn(scratch, &db, args, None);
+        s.admin_token = std::fs::read_to_string(scratch.path().join("server.db.admin-token"))
+            .expect("admin token file")
+            .trim()
+            .to_owned();
+        s
+    }
+
+    fn spawn(scratch: &Scratch, db: &Path, args: Vec<String>, listen: Option<&str>) -> Server {
+        Self::spawn_env(scratch, db, args, listen, &[])
+    }
+
+    fn spawn_env(
+        scratch: &Scratch,
+        db: &Path,
+        args: Vec<String>,
+        listen: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Server {
+        static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log_path = scratch.path().join(format!("server-{n}.log"));
+        let mut args = args;
+        if let Some(l) = listen {
+            let i = args.iter().position(|a| a == "--listen").unwrap();
+            args[i + 1] = l.to_owned();
+        }
+        let mut cmd = Command::new(bin());
+        cmd.args(&args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", scratch.path())
+            .env("RUST_LOG", "info,secretfs=debug")
+            .envs(env.iter().copied())
+            .current_dir(scratch.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log_path)
+                    .unwrap(),
+            );
+        let mut child = cmd.spawn().expect("spawn secretfs serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_default();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "secretfs serve did not start: {line:?}\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                )
+            })
+            .to_owned();
+        Server {
+            child,
+            url,
+            db: db.to_owned(),
+            admin_token: String::new(),
+            log_path,
+            args,
+        }
+    }
+
+    /// A server with `--init` and the given extra arguments (its own `--database` and
+    /// `--admin-token-file`); the admin token is left to the caller.
+    pub fn start_custom(scratch: &Scratch, extra: &[&str]) -> Server {
+        Self::start_custom_env(scratch, extra, &[])
+    }
+
+    /// Like `start_custom`, with extra environment (e.g. `RUST_LOG=trace`).
+    pub fn start_custom_env(scratch: &Scratch, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut args: Vec<String> = [
+            "serve",
+            "--init",
+            "--listen",
+            "127.0.0.1:0",
+            "--audit-interval",
+            "100ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn_env(scratch, &scratch.path().join("custom.db"), args, None, env)
+    }
+
+    /// Starts the same server again (same database, same port) after it was stopped.
+    pub fn restart(&mut self, scratch: &Scratch) {
+        let port = self.url.rsplit(':').next().unwrap().to_owned();
+        let mut args = self.args.clone();
+        args.retain(|a| a != "--init");
+        let admin = std::mem::take(&mut self.admin_token);
+        let mut next = Self::spawn(
+            scratch,
+            &self.db.clone(),
+            args,
+            Some(&format!("127.0.0.1:{port}")),
+        );
+        next.admin_token = admin;
+        std::mem::swap(self, &mut next);
+        // `next` is the old, stopped server: forget its child.
+        std::mem::forget(next);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+        let _ = self.child.wait();
+    }
+
+    /// A server on PostgreSQL `db_url` with the key file `key` (shared by replicas); `init`
+    /// creates the admin, whose token goes to `scratch/admin.tok`.
+    pub fn start_pg(scratch: &Scratch, db_url: &str, key: &Path, init: bool) -> Server {
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--database".into(),
+            db_url.into(),
+            "--key-file".into(),
+            key.display().to_string(),
+            "--audit-interval".into(),
+            "100ms".into(),
+        ];
+        let token_file = scratch.path().join("admin.tok");
+        if init {
+            args.push("--init".into());
+            args.push("--admin-token-file".into());
+            args.push(token_file.display().to_string());
+        }
+        let mut s = Self::spawn(scratch, key, args, None);
+        s.admin_token = std::fs::read_to_string(&token_file)
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        s
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.kill(nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+}
