@@ -1,12 +1,14 @@
 //! The command line: clap definitions and dispatch. The only layer that uses `anyhow`; every
 //! error reaching `main` is printed as `error: ...` (plus a `hint: ...` line when there is one).
 
+mod config;
 mod dotenv;
 mod input;
 mod maintain;
 mod mount;
 mod remote;
 mod secret;
+mod serve;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -180,7 +182,7 @@ pub enum Command {
     /// Check whether FUSE mounts can work here, and say what is missing.
     Doctor,
     /// Run the workspace API server.
-    Serve(remote::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Save a server URL and your token (read from stdin or --token-file) for later commands.
     Login(remote::LoginArgs),
     /// Workspaces on the server.
@@ -293,7 +295,7 @@ pub(crate) fn with_store_hint(e: impl Into<ServiceError>) -> anyhow::Error {
     }
 }
 
-pub(crate) use remote::{Remote, remote as configured_remote};
+pub(crate) use config::{Remote, remote as configured_remote};
 
 pub(crate) async fn open_local(g: &GlobalArgs, mode: OpenMode) -> anyhow::Result<Service> {
     let paths = LocalPaths::resolve(g.store.clone(), g.key_file.clone())?;
@@ -330,7 +332,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mount::mount(&g, args)
         }
         Command::Doctor => mount::doctor(),
-        Command::Serve(args) => remote::serve(&g(None, None, None)?, args),
+        Command::Serve(args) => serve::serve(&g(None, None, None)?, args),
         Command::Login(args) => runtime()?.block_on(remote::login(&g(None, None, None)?, args)),
         Command::Workspace { server, cmd } => {
             let g = g(None, Some(&server), None)?;

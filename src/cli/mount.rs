@@ -121,7 +121,7 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> anyhow::Result<ExitCode> {
     // The server when one is named (and --store is not), else the local store.
     let source: Box<dyn Source> = match (&g.store, &g.url) {
         (None, Some(url)) => {
-            let token = super::remote::workload_token(g)?;
+            let token = super::config::workload_token(g)?;
             Box::new(ServerSource::connect(url, &token, g.ca_file.as_deref())?)
         }
         _ => {

@@ -1,8 +1,9 @@
 //! The daemon's filesystem: a flat, read-only directory of secret files held in locked memory.
 //!
 //! `tree` is the pure model, `memory` the locked value storage, `fuse` the fuser adapter,
-//! `mount` the lifecycle (checks, mount, refresh, signals, unmount), `mountinfo` what is mounted
-//! where, and `guard` the process that unmounts after a killed daemon.
+//! `mount` the lifecycle (checks, mount, signals, unmount), `refresh` the rounds that keep the
+//! tree in step with its source, `mountinfo` what is mounted where, and `guard` the process that
+//! unmounts after a killed daemon.
 
 pub mod doctor;
 pub mod fuse;
@@ -10,4 +11,5 @@ pub mod guard;
 pub mod memory;
 pub mod mount;
 pub mod mountinfo;
+mod refresh;
 pub mod tree;

@@ -5,7 +5,7 @@ use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use zeroize::Zeroizing;
+use super::resolve::EnvBlock;
 
 /// Why the workload could not be started, with the launcher's exit status for it.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,7 +21,7 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// is wiped by its owner when this returns.
 pub fn exec(
     command: &[OsString],
-    env: &[Zeroizing<Vec<u8>>],
+    env: &EnvBlock,
     workdir: Option<&Path>,
     path: Option<&OsStr>,
 ) -> ExecFailure {
@@ -35,7 +35,7 @@ pub fn exec(
         return fail(125, "a command argument contains a NUL byte".into());
     };
     let envp: Vec<&CStr> = env
-        .iter()
+        .entries()
         .map(|e| CStr::from_bytes_with_nul(e).expect("entries end with their only NUL"))
         .collect();
     if let Some(dir) = workdir

@@ -74,18 +74,7 @@ fn delegate(raw: &[OsString]) -> ExitCode {
     let program: OsString = sibling.map_or_else(|| "secretfs".into(), PathBuf::into_os_string);
     let mut command = vec![program, "run".into()];
     command.extend(raw.iter().cloned());
-    let env: Vec<zeroize::Zeroizing<Vec<u8>>> = std::env::vars_os()
-        .map(|(k, v)| {
-            use std::os::unix::ffi::OsStrExt;
-            let mut e = zeroize::Zeroizing::new(Vec::new());
-            e.extend_from_slice(k.as_bytes());
-            e.push(b'=');
-            e.extend_from_slice(v.as_bytes());
-            e.push(0);
-            e
-        })
-        .collect();
-    let failure = exec::exec(&command, &env, None, None);
+    let failure = exec::exec(&command, &resolve::EnvBlock::inherited(), None, None);
     failed(
         &[format!(
             "secretfs-run reads directory sources itself and hands the store and servers to \

@@ -13,34 +13,107 @@ use zeroize::Zeroizing;
 
 use super::plan::{ExecPlan, SourcePlan, Value};
 use crate::auth::Token;
-use crate::secret::{SecretName, VALUE_MAX_LEN};
+use crate::secret::{SecretName, SecretValue, VALUE_MAX_LEN, ValueLimit};
 use crate::service::LocalPaths;
 use crate::source::{LocalSource, ServerSource, Source, SourceError};
 
-/// The workload's environment, ready for `execve`: `NAME=VALUE\0` entries, wiped on drop (so a
-/// failed exec leaves no value behind), plus the memory files `[secret_files]` point at.
+/// The workload's environment, ready for `execve`, plus the memory files `[secret_files]` point
+/// at.
 pub struct Resolved {
-    pub env: Vec<Zeroizing<Vec<u8>>>,
+    pub env: EnvBlock,
     /// Kept open (and inherited by the workload) for `/proc/self/fd/N` paths.
     pub memfds: Vec<OwnedFd>,
 }
 
-/// A secret's bytes as read for the launch.
-pub type Bytes = Zeroizing<Vec<u8>>;
+/// The environment as one zeroized buffer of `NAME=VALUE\0` entries, wiped on drop (so a failed
+/// exec leaves no value behind). Its size is computed before anything is written: a buffer
+/// that grew would leave copies of the values in the memory it moved out of. (`push` beyond
+/// the reserved size still works, moving into a new zeroized buffer and wiping the old one.)
+pub struct EnvBlock {
+    bytes: Zeroizing<Vec<u8>>,
+    /// Where each entry ends (after its NUL).
+    ends: Vec<usize>,
+}
+
+impl EnvBlock {
+    /// An empty block with room for `bytes` bytes of entries (`name=value\0` each).
+    pub fn with_capacity(bytes: usize, entries: usize) -> Self {
+        EnvBlock {
+            bytes: Zeroizing::new(Vec::with_capacity(bytes)),
+            ends: Vec::with_capacity(entries),
+        }
+    }
+
+    /// The bytes an entry of `name` and `value` takes.
+    pub fn entry_len(name: &[u8], value: &[u8]) -> usize {
+        name.len() + value.len() + 2
+    }
+
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let need = Self::entry_len(name, value);
+        if self.bytes.len() + need > self.bytes.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity((self.bytes.len() + need) * 2));
+            bigger.extend_from_slice(&self.bytes);
+            // The old buffer is wiped as it drops.
+            self.bytes = bigger;
+        }
+        self.bytes.extend_from_slice(name);
+        self.bytes.push(b'=');
+        self.bytes.extend_from_slice(value);
+        self.bytes.push(0);
+        self.ends.push(self.bytes.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Each entry, its NUL included.
+    pub fn entries(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(a, &b)| &self.bytes[a..b])
+    }
+
+    /// The process's own environment, as the block a re-exec hands on.
+    pub fn inherited() -> Self {
+        let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let size = vars
+            .iter()
+            .map(|(k, v)| Self::entry_len(k.as_bytes(), v.as_bytes()))
+            .sum();
+        let mut block = EnvBlock::with_capacity(size, vars.len());
+        for (k, v) in &vars {
+            block.push(k.as_bytes(), v.as_bytes());
+        }
+        block
+    }
+}
 
 /// How often a waited-for directory is looked at again.
 const WAIT_POLL: Duration = Duration::from_millis(25);
 
 /// Reads the values of `names` (sorted) from a source, one per name, or every problem.
 pub trait Fetch {
-    fn fetch(&self, source: &SourcePlan, names: &[SecretName]) -> Result<Vec<Bytes>, Vec<String>>;
+    fn fetch(
+        &self,
+        source: &SourcePlan,
+        names: &[SecretName],
+    ) -> Result<Vec<SecretValue>, Vec<String>>;
 }
 
 /// Every source: directories, the local store, servers.
 pub struct AnySource;
 
 impl Fetch for AnySource {
-    fn fetch(&self, source: &SourcePlan, names: &[SecretName]) -> Result<Vec<Bytes>, Vec<String>> {
+    fn fetch(
+        &self,
+        source: &SourcePlan,
+        names: &[SecretName],
+    ) -> Result<Vec<SecretValue>, Vec<String>> {
         fetch(source, names)
     }
 }
@@ -50,7 +123,11 @@ impl Fetch for AnySource {
 pub struct DirOnly;
 
 impl Fetch for DirOnly {
-    fn fetch(&self, source: &SourcePlan, names: &[SecretName]) -> Result<Vec<Bytes>, Vec<String>> {
+    fn fetch(
+        &self,
+        source: &SourcePlan,
+        names: &[SecretName],
+    ) -> Result<Vec<SecretValue>, Vec<String>> {
         match source {
             SourcePlan::Dir { path, wait } if !names.is_empty() => fetch_dir(path, names, *wait),
             SourcePlan::Dir { .. } => Ok(Vec::new()),
@@ -65,19 +142,39 @@ impl Fetch for DirOnly {
 pub fn resolve(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Resolved, Vec<String>> {
     let names = plan.secret_names();
     let values = fetcher.fetch(&plan.source, &names)?;
-    let value_of = |n: &SecretName| -> &Bytes {
-        &values[names.binary_search(n).expect("fetched every planned name")]
+    let value_of = |n: &SecretName| -> &[u8] {
+        values[names.binary_search(n).expect("fetched every planned name")].expose_secret()
     };
 
     let mut problems = Vec::new();
-    let mut env: Vec<Bytes> = Vec::with_capacity(plan.inherited.len() + plan.vars.len());
     let mut memfds = Vec::new();
+    // Sized first, from what each variable will hold (a file variable's path is at most
+    // `/proc/PID/fd/N` or the source's path plus the name), so the block never grows.
+    let file_path_len = |n: &SecretName| match &plan.source {
+        SourcePlan::Dir { path, .. } => path.as_os_str().len() + 1 + n.as_str().len(),
+        _ => 40,
+    };
+    let size: usize = plan
+        .inherited
+        .iter()
+        .map(|(k, v)| EnvBlock::entry_len(k.as_bytes(), v.as_bytes()))
+        .chain(plan.vars.iter().map(|var| {
+            var.name.len()
+                + 2
+                + match &var.value {
+                    Value::Plain(v) => v.len(),
+                    Value::Secret(n) => value_of(n).len(),
+                    Value::SecretFile(n) => file_path_len(n),
+                }
+        }))
+        .sum();
+    let mut env = EnvBlock::with_capacity(size, plan.inherited.len() + plan.vars.len());
     for (k, v) in &plan.inherited {
-        env.push(entry(k.as_bytes(), v.as_bytes()));
+        env.push(k.as_bytes(), v.as_bytes());
     }
     for var in &plan.vars {
         match &var.value {
-            Value::Plain(v) => env.push(entry(var.name.as_bytes(), v.as_bytes())),
+            Value::Plain(v) => env.push(var.name.as_bytes(), v.as_bytes()),
             Value::Secret(n) => {
                 let bytes = value_of(n);
                 if bytes.contains(&0) {
@@ -89,12 +186,12 @@ pub fn resolve(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Resolved, Vec<St
                     ));
                     continue;
                 }
-                env.push(entry(var.name.as_bytes(), bytes));
+                env.push(var.name.as_bytes(), bytes);
             }
             Value::SecretFile(n) => match &plan.source {
                 SourcePlan::Dir { path, .. } => {
                     let file = path.join(n.as_str());
-                    env.push(entry(var.name.as_bytes(), file.as_os_str().as_bytes()));
+                    env.push(var.name.as_bytes(), file.as_os_str().as_bytes());
                 }
                 SourcePlan::Store { .. } | SourcePlan::Server { .. } => {
                     match memory_file(n, value_of(n)) {
@@ -104,7 +201,7 @@ pub fn resolve(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Resolved, Vec<St
                             // as long as it runs: /proc/self would be each opener's own table.
                             let path =
                                 format!("/proc/{}/fd/{}", std::process::id(), fd.as_raw_fd());
-                            env.push(entry(var.name.as_bytes(), path.as_bytes()));
+                            env.push(var.name.as_bytes(), path.as_bytes());
                             memfds.push(fd);
                         }
                         Err(e) => problems.push(format!(
@@ -120,15 +217,6 @@ pub fn resolve(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Resolved, Vec<St
     } else {
         Err(problems)
     }
-}
-
-fn entry(name: &[u8], value: &[u8]) -> Bytes {
-    let mut e = Zeroizing::new(Vec::with_capacity(name.len() + value.len() + 2));
-    e.extend_from_slice(name);
-    e.push(b'=');
-    e.extend_from_slice(value);
-    e.push(0);
-    e
 }
 
 /// A sealed memory file holding `value`, inherited by the workload: `[secret_files]` for
@@ -163,7 +251,7 @@ fn memory_file(name: &SecretName, value: &[u8]) -> nix::Result<OwnedFd> {
 }
 
 /// The values of `names` (sorted), one per name, or every problem.
-fn fetch(source: &SourcePlan, names: &[SecretName]) -> Result<Vec<Bytes>, Vec<String>> {
+fn fetch(source: &SourcePlan, names: &[SecretName]) -> Result<Vec<SecretValue>, Vec<String>> {
     if names.is_empty() {
         return Ok(Vec::new());
     }
@@ -217,15 +305,16 @@ fn server_token(file: Option<&Path>) -> Result<Token, String> {
     )
 }
 
-fn fetch_source(source: &dyn Source, names: &[SecretName]) -> Result<Vec<Bytes>, Vec<String>> {
+fn fetch_source(
+    source: &dyn Source,
+    names: &[SecretName],
+) -> Result<Vec<SecretValue>, Vec<String>> {
     let results = source.read(names).map_err(|e| vec![e.to_string()])?;
     let mut values = Vec::with_capacity(names.len());
     let mut problems = Vec::new();
     for (name, result) in names.iter().zip(results) {
         match result {
-            Ok((_, value)) => {
-                values.push(Zeroizing::new(value.expose_secret().to_vec()));
-            }
+            Ok((_, value)) => values.push(value),
             Err(SourceError::NotFound(_)) => problems.push(format!(
                 "secret \"{name}\" not found in {}",
                 source.describe()
@@ -248,7 +337,7 @@ enum Missing {
     Broken(String),
 }
 
-fn read_secret_file(dir: &Path, name: &SecretName) -> Result<Bytes, Missing> {
+fn read_secret_file(dir: &Path, name: &SecretName) -> Result<SecretValue, Missing> {
     let path = dir.join(name.as_str());
     let shown = path.display();
     let file = match File::open(&path) {
@@ -270,7 +359,10 @@ fn read_secret_file(dir: &Path, name: &SecretName) -> Result<Bytes, Missing> {
             )));
         }
     };
-    let mut buf = Zeroizing::new(Vec::with_capacity(4096));
+    // Room for the whole file (and the one byte that tells it is too large) up front: a buffer
+    // that grew while reading would leave copies of the value behind.
+    let size = file.metadata().map_or(4096, |m| m.len() as usize);
+    let mut buf = Zeroizing::new(Vec::with_capacity(size.min(VALUE_MAX_LEN) + 1));
     match file.take(VALUE_MAX_LEN as u64 + 1).read_to_end(&mut buf) {
         Ok(_) if buf.len() > VALUE_MAX_LEN => Err(Missing::Broken(format!(
             "secret \"{name}\": {shown} is larger than the 1 MiB limit"
@@ -278,7 +370,8 @@ fn read_secret_file(dir: &Path, name: &SecretName) -> Result<Bytes, Missing> {
         Ok(0) => Err(Missing::Absent(format!(
             "secret \"{name}\": {shown} is empty"
         ))),
-        Ok(_) => Ok(buf),
+        Ok(_) => SecretValue::new(buf, ValueLimit::default())
+            .map_err(|e| Missing::Broken(format!("secret \"{name}\": {shown}: {e}"))),
         Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Err(Missing::Broken(format!(
             "secret \"{name}\": {shown} is a directory, not a secret file"
         ))),
@@ -292,7 +385,7 @@ fn fetch_dir(
     dir: &Path,
     names: &[SecretName],
     wait: Option<Duration>,
-) -> Result<Vec<Bytes>, Vec<String>> {
+) -> Result<Vec<SecretValue>, Vec<String>> {
     let deadline = wait.map(|w| Instant::now() + w);
     loop {
         let mut values = Vec::with_capacity(names.len());
@@ -353,9 +446,47 @@ fn fetch_dir(
 }
 
 /// The `PATH` the workload will have, to find its command the way a shell would.
-pub fn child_path(env: &[Bytes]) -> Option<OsString> {
-    env.iter().find_map(|e| {
+pub fn child_path(env: &EnvBlock) -> Option<OsString> {
+    env.entries().find_map(|e| {
         e.strip_prefix(b"PATH=")
             .map(|v| OsStr::from_bytes(v.strip_suffix(&[0]).unwrap_or(v)).to_owned())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EnvBlock;
+
+    #[test]
+    fn a_sized_block_never_moves_and_a_grown_one_keeps_every_entry() {
+        let entries = [("A", "1"), ("PATH", "/usr/bin:/bin"), ("TOKEN", "xyz")];
+        let size = entries
+            .iter()
+            .map(|(k, v)| EnvBlock::entry_len(k.as_bytes(), v.as_bytes()))
+            .sum();
+        let mut block = EnvBlock::with_capacity(size, entries.len());
+        let start = block.bytes.as_ptr();
+        for (k, v) in entries {
+            block.push(k.as_bytes(), v.as_bytes());
+        }
+        // Sized right: written in place, never moved (no copy of a value left behind).
+        assert_eq!(block.bytes.as_ptr(), start);
+        assert_eq!(block.bytes.len(), size);
+        let seen: Vec<&[u8]> = block.entries().collect();
+        assert_eq!(
+            seen,
+            [&b"A=1\0"[..], b"PATH=/usr/bin:/bin\0", b"TOKEN=xyz\0"]
+        );
+        assert_eq!(
+            super::child_path(&block).as_deref(),
+            Some(std::ffi::OsStr::new("/usr/bin:/bin"))
+        );
+        // Too small: it moves into a bigger buffer, and every entry is still whole.
+        let mut small = EnvBlock::with_capacity(2, 0);
+        for (k, v) in entries {
+            small.push(k.as_bytes(), v.as_bytes());
+        }
+        assert_eq!(small.entries().collect::<Vec<_>>(), seen);
+        assert_eq!(small.len(), 3);
+    }
 }

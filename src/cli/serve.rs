@@ -1,0 +1,81 @@
+//! `secretfs serve`: the flags, then `server::serve`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::GlobalArgs;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port, printed when ready).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The store: sqlite://PATH, or postgres://... for replicas sharing one PostgreSQL [env:
+    /// SECRETFS_DATABASE_URL]
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// The master key file [env: SECRETFS_KEY_FILE] [default: the SQLite path + ".key";
+    /// required with PostgreSQL, the same file on every replica]
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM), with --tls-key.
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// On a new store, create the "default" workspace's admin and write its token to a file.
+    #[arg(long)]
+    pub init: bool,
+    /// Where --init writes the admin token [default: the database path + ".admin-token"].
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Refuse admins minting tokens for other users: no admin can then act as a user and read
+    /// their private secrets (user add still hands the new user a first token, once).
+    #[arg(long)]
+    pub no_admin_impersonation: bool,
+    /// How long workload-read audit records may wait to be written together.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub audit_interval: Duration,
+}
+
+pub fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let database = match a.database {
+        Some(d) => d,
+        None => super::env_var("SECRETFS_DATABASE_URL")
+            .map(|v| {
+                v.into_string()
+                    .map_err(|_| anyhow::anyhow!("SECRETFS_DATABASE_URL is not valid UTF-8"))
+            })
+            .transpose()?
+            .unwrap_or_else(|| "sqlite://secretfs.db".to_owned()),
+    };
+    let opts = crate::server::ServeOptions {
+        listen: a.listen,
+        database,
+        key_file: a.key_file.or_else(|| g.key_file.clone()),
+        tls: a.tls_cert.zip(a.tls_key),
+        init: a.init,
+        admin_token_file: a.admin_token_file,
+        audit_interval: a.audit_interval,
+        admin_impersonation: !a.no_admin_impersonation,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::server::serve(opts, |l| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "secretfs: serving the workspace API on {} ({})",
+            l.url, l.store
+        );
+        let _ = out.flush();
+    }))?;
+    Ok(ExitCode::SUCCESS)
+}
