@@ -145,10 +145,9 @@ pub fn value_of(
                 "give either value or value_base64, not both".into(),
             ));
         }
-        (Some(TextValue(text)), None) => {
-            let mut bytes = Zeroizing::new(Vec::with_capacity(text.len()));
-            bytes.extend_from_slice(text.as_bytes());
-            bytes
+        // Moved, not copied: the text's buffer becomes the value's.
+        (Some(TextValue(mut text)), None) => {
+            Zeroizing::new(std::mem::take(&mut *text).into_bytes())
         }
         (None, Some(Base64Value(b64))) => Zeroizing::new(
             base64::engine::general_purpose::STANDARD

@@ -276,23 +276,52 @@ pub struct UsageError(pub String);
 /// Attaches a hint to errors whose remedy is a command.
 pub(crate) fn with_store_hint(e: impl Into<ServiceError>) -> anyhow::Error {
     let e = e.into();
-    let hint = match &e {
+    match &e {
         ServiceError::NotFound(_) | ServiceError::Store(StoreError::NotFound(_)) => {
-            Some("run \"secretfs secret list\" to see the secrets in this store".to_owned())
+            not_found_hint(e.into())
         }
-        ServiceError::Store(StoreError::AlreadyExists(name)) => Some(format!(
-            "run \"secretfs secret update {name}\" to replace its value, or choose another name"
-        )),
-        _ => None,
-    };
-    match hint {
-        Some(hint) => Hinted {
-            error: e.into(),
-            hint,
+        ServiceError::Store(StoreError::AlreadyExists(name)) => {
+            let name = name.clone();
+            name_taken_hint(e.into(), &name)
         }
-        .into(),
-        None => e.into(),
+        _ => e.into(),
     }
+}
+
+/// `error` (a secret that is not there, from the local store or a server) with what to run.
+pub(crate) fn not_found_hint(error: anyhow::Error) -> anyhow::Error {
+    Hinted {
+        error,
+        hint: "run \"secretfs secret list\" to see the secrets in this store".to_owned(),
+    }
+    .into()
+}
+
+/// `error` (the name is taken) with the command that replaces the value instead.
+pub(crate) fn name_taken_hint(
+    error: anyhow::Error,
+    name: &crate::secret::SecretName,
+) -> anyhow::Error {
+    Hinted {
+        error,
+        hint: format!(
+            "run \"secretfs secret update {name}\" to replace its value, or choose another name"
+        ),
+    }
+    .into()
+}
+
+/// A secret that is not there: the message both stores give, with its hint.
+pub(crate) fn no_such_secret(name: &crate::secret::SecretName) -> anyhow::Error {
+    not_found_hint(anyhow::anyhow!("secret \"{name}\" not found"))
+}
+
+/// A name that is taken: the message both stores give, with its hint.
+pub(crate) fn name_taken(name: &crate::secret::SecretName) -> anyhow::Error {
+    name_taken_hint(
+        anyhow::anyhow!("secret \"{name}\" already exists in this workspace"),
+        name,
+    )
 }
 
 pub(crate) use config::{Remote, remote as configured_remote};

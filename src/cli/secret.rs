@@ -8,12 +8,12 @@ use clap::{Args, Subcommand};
 
 use super::input::{TrailingNewline, read_value};
 use super::{
-    GlobalArgs, Output, Remote, UsageError, configured_remote, open_local, with_store_hint,
+    GlobalArgs, Output, Remote, UsageError, configured_remote, name_taken, name_taken_hint,
+    no_such_secret, not_found_hint, open_local, with_store_hint,
 };
 use crate::client::ClientError;
 use crate::protocol::{Base64Value, CreateSecret, ImportSecrets, UpdateSecret};
 use crate::secret::{SecretKind, SecretMeta, SecretName, SecretValue, ValueLimit, Visibility};
-use crate::service::StoreError;
 use crate::service::{
     DEFAULT_WORKSPACE, LocalError, NewSecret, OpenMode, SecretUpdate, Service, ServiceError,
 };
@@ -230,8 +230,8 @@ impl Target {
                     .await
                 {
                     Ok(w) => Ok(w.meta),
-                    Err(ClientError::Conflict { .. }) => {
-                        Err(with_store_hint(StoreError::AlreadyExists(new.name)))
+                    Err(e @ ClientError::Conflict { .. }) => {
+                        Err(name_taken_hint(e.into(), &new.name))
                     }
                     Err(e) => Err(e.into()),
                 }
@@ -293,9 +293,7 @@ impl Target {
             }
             Target::Remote(r) => match r.client.delete_secret(&r.workspace, name).await {
                 Ok(()) => Ok(()),
-                Err(ClientError::NotFound { .. }) => {
-                    Err(with_store_hint(StoreError::NotFound(name.clone())))
-                }
+                Err(e @ ClientError::NotFound { .. }) => Err(not_found_hint(e.into())),
                 Err(e) => Err(e.into()),
             },
         }
@@ -342,7 +340,7 @@ async fn create(g: &GlobalArgs, a: CreateArgs) -> anyhow::Result<ExitCode> {
     if let Some(target) = &existing
         && target.meta(&name).await?.is_some()
     {
-        return Err(with_store_hint(StoreError::AlreadyExists(name)));
+        return Err(name_taken(&name));
     }
     let value = read_value(
         a.from_file.as_deref(),
@@ -407,7 +405,7 @@ async fn update(g: &GlobalArgs, a: UpdateArgs) -> anyhow::Result<ExitCode> {
     let current = target
         .meta(&name)
         .await?
-        .ok_or_else(|| with_store_hint(StoreError::NotFound(name.clone())))?;
+        .ok_or_else(|| no_such_secret(&name))?;
     let value = if metadata_only {
         None
     } else {
