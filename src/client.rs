@@ -250,10 +250,14 @@ impl Client {
         if resp.status() == StatusCode::NO_CONTENT {
             return Ok(Answer::Empty);
         }
-        resp.json::<T>()
-            .await
+        let body = bounded_body(resp).await?;
+        // Line and column only: serde's messages may quote what they could not parse, and an
+        // answer may hold a value (the workload read) or a token (a mint).
+        serde_json::from_slice(&body)
             .map(Answer::Body)
-            .map_err(|e| ClientError::Decode(e.to_string()))
+            .map_err(|e| {
+                ClientError::Decode(format!("{path}: line {}, column {}", e.line(), e.column()))
+            })
     }
 
     async fn get<T: DeserializeOwned>(
@@ -479,26 +483,7 @@ impl Client {
         &self,
         request: &WorkloadReadRequest,
     ) -> Result<WorkloadRead, ClientError> {
-        let resp = self
-            .send(
-                Method::POST,
-                "/api/v1/workload/read",
-                &[],
-                Some(json_body(request)),
-            )
-            .await?;
-        if !resp.status().is_success() {
-            return Err(error_from(resp).await);
-        }
-        let body = bounded_body(resp).await?;
-        // Line and column only: serde's messages may quote what they could not parse.
-        serde_json::from_slice(&body).map_err(|e| {
-            ClientError::Decode(format!(
-                "workload read: line {}, column {}",
-                e.line(),
-                e.column()
-            ))
-        })
+        self.post("/api/v1/workload/read", request).await
     }
 }
 

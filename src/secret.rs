@@ -535,6 +535,31 @@ impl Serialize for Timestamp {
     }
 }
 
+/// A value a reader already holds: which secret, which version, written when. A secret deleted
+/// and created again starts over at version 1, but not at the same time, so the three together
+/// name one value. The service skips sending such values; a mount asks with what its tree holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldValue {
+    pub name: SecretName,
+    pub version: u64,
+    pub updated_at: Timestamp,
+}
+
+impl HeldValue {
+    /// Whether `meta` describes this value, exactly.
+    pub fn describes(&self, meta: &SecretMeta) -> bool {
+        self.name == meta.name && self.version == meta.version && self.updated_at == meta.updated_at
+    }
+
+    /// Whether `meta` describes this value as a reader over the API knows it: times cross the
+    /// wire at microseconds, so `meta`'s is cut to that before comparing.
+    pub fn describes_as_sent(&self, meta: &SecretMeta) -> bool {
+        self.name == meta.name
+            && self.version == meta.version
+            && self.updated_at.nanos() == meta.updated_at.nanos() / 1000 * 1000
+    }
+}
+
 /// The longest tag, and the most tags one secret may carry.
 pub const TAG_MAX_LEN: usize = 64;
 pub const TAGS_MAX: usize = 32;

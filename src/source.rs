@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::auth::Token;
 use crate::client::{Client, ClientError};
 use crate::protocol::{Held, WorkloadRead, WorkloadReadRequest, WorkloadSecret};
-use crate::secret::{SecretMeta, SecretName, SecretValue, Timestamp};
+use crate::secret::{HeldValue, SecretMeta, SecretName, SecretValue, Timestamp};
 use crate::service::StoreError;
 use crate::service::{
     Caller, DEFAULT_WORKSPACE, LocalError, LocalPaths, OpenMode, Service, ServiceError,
@@ -53,20 +53,6 @@ pub struct Fetched {
     pub errors: Vec<SourceError>,
 }
 
-/// A value the caller holds: the secret, its version and when that version was written (a
-/// secret deleted and created again starts over at version 1, but not at the same time).
-pub type Holding = (SecretName, u64, Timestamp);
-
-/// Whether `meta` describes a value in `held`. Times compare at microseconds, the precision
-/// they cross the wire with.
-fn is_held(held: &[Holding], meta: &SecretMeta) -> bool {
-    held.iter().any(|(name, version, at)| {
-        name == &meta.name
-            && *version == meta.version
-            && at.nanos() / 1000 == meta.updated_at.nanos() / 1000
-    })
-}
-
 /// A place secrets come from, seen by one workload identity.
 pub trait Source: Send + Sync {
     /// For logs and the ready line, e.g. `local store /path/store.db`.
@@ -76,41 +62,34 @@ pub trait Source: Send + Sync {
     /// The values of `names`, each with its own result so every missing name can be reported.
     fn read(&self, names: &[SecretName]) -> Result<Values, SourceError>;
 
-    /// Whether [`Source::wait`] is told about changes (a server's long-poll) rather than
-    /// guessing (the default sleeps).
+    /// Whether [`Source::fetch`] is told about changes (a server's long-poll) rather than
+    /// polled on an interval.
     fn watches(&self) -> bool {
         false
     }
 
-    /// Blocks until the source may have changed since the revision `since`, or `timeout`
-    /// passes; returns the current revision if the source has one.
-    fn wait(&self, since: Option<&str>, timeout: Duration) -> Result<Option<String>, SourceError> {
-        let _ = since;
-        std::thread::sleep(timeout);
-        Ok(None)
-    }
-
-    /// One round of a mount: with `watch` (a revision and a timeout), first waits for a change
-    /// since it; then everything the caller may use (of `only`, when it names any), with the
-    /// values of those the caller does not already hold. This default lists, then reads what
-    /// is not held; a server answers the whole round in one request.
+    /// One round of a mount: with `watch` (a revision and a timeout, given only to a source that
+    /// [`watches`](Source::watches)), first waits for a change since it; then everything the
+    /// caller may use (of `only`, when it names any), with the values of those the caller does
+    /// not already hold. This default, for sources without a change feed, lists, then reads
+    /// what is not held; a server answers the whole round in one request.
     fn fetch(
         &self,
         only: &[SecretName],
-        held: &[Holding],
+        held: &[HeldValue],
         watch: Option<(&str, Duration)>,
     ) -> Result<Fetched, SourceError> {
-        let revision = match watch {
-            Some((since, timeout)) => self.wait(Some(since), timeout)?,
-            None => None,
-        };
+        if let Some((_, timeout)) = watch {
+            // No change feed to wait on: the round comes after the timeout.
+            std::thread::sleep(timeout);
+        }
         let mut listed = self.list()?;
         if !only.is_empty() {
             listed.retain(|m| only.contains(&m.name));
         }
         let stale: Vec<SecretName> = listed
             .iter()
-            .filter(|m| !is_held(held, m))
+            .filter(|m| !held.iter().any(|h| h.describes(m)))
             .map(|m| m.name.clone())
             .collect();
         let mut read = if stale.is_empty() {
@@ -118,10 +97,7 @@ pub trait Source: Send + Sync {
         } else {
             self.read(&stale)?
         };
-        let mut fetched = Fetched {
-            revision,
-            ..Fetched::default()
-        };
+        let mut fetched = Fetched::default();
         for meta in listed {
             match stale.iter().position(|n| n == &meta.name) {
                 None => fetched.secrets.push((meta, None)),
@@ -281,32 +257,22 @@ impl Source for ServerSource {
         true
     }
 
-    fn wait(&self, since: Option<&str>, timeout: Duration) -> Result<Option<String>, SourceError> {
-        let read = self.ask(&WorkloadReadRequest {
-            values: false,
-            since: since.map(str::to_owned),
-            wait_secs: since.map(|_| self.poll_secs(timeout)),
-            ..Default::default()
-        })?;
-        Ok(Some(read.revision))
-    }
-
     /// The whole round in one request: the long-poll answers with what changed, the values of
     /// what the caller holds left out.
     fn fetch(
         &self,
         only: &[SecretName],
-        held: &[Holding],
+        held: &[HeldValue],
         watch: Option<(&str, Duration)>,
     ) -> Result<Fetched, SourceError> {
         let read = self.ask(&WorkloadReadRequest {
             names: (!only.is_empty()).then(|| only.iter().map(|n| n.as_str().to_owned()).collect()),
             held: held
                 .iter()
-                .map(|(name, version, updated_at)| Held {
-                    name: name.as_str().to_owned(),
-                    version: *version,
-                    updated_at: *updated_at,
+                .map(|h| Held {
+                    name: h.name.as_str().to_owned(),
+                    version: h.version,
+                    updated_at: h.updated_at,
                 })
                 .collect(),
             since: watch.map(|(since, _)| since.to_owned()),

@@ -18,7 +18,7 @@ use super::query::Query;
 use super::secrets::parse_name;
 use super::{ApiError, AppState, Auth};
 use crate::protocol::{TokenLife, WorkloadRead, WorkloadReadRequest, WorkloadSecret};
-use crate::secret::SecretName;
+use crate::secret::{HeldValue, SecretName};
 use crate::service::{WorkloadAnswer, WorkloadQuery};
 
 #[derive(Deserialize)]
@@ -90,11 +90,11 @@ pub async fn read_per_name(
         .held
         .iter()
         .map(|h| {
-            Ok((
-                parse_name(&h.name).map_err(|e| e.on("held"))?,
-                h.version,
-                h.updated_at,
-            ))
+            Ok(HeldValue {
+                name: parse_name(&h.name).map_err(|e| e.on("held"))?,
+                version: h.version,
+                updated_at: h.updated_at,
+            })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let answer = state

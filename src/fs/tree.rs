@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use crate::secret::{SecretMeta, SecretName, Timestamp};
+use crate::secret::{HeldValue, SecretMeta, SecretName, Timestamp};
 
 /// The root directory's inode number (FUSE's `FUSE_ROOT_ID`).
 pub const ROOT: u64 = 1;
@@ -292,29 +292,18 @@ impl<V: AsRef<[u8]>> Tree<V> {
             .collect())
     }
 
-    /// Every value served, as (name, version, write time): what a refresh need not fetch again.
-    pub fn held(&self) -> Vec<(SecretName, u64, Timestamp)> {
+    /// Every value served: what a refresh need not fetch again.
+    pub fn held(&self) -> Vec<HeldValue> {
         self.entries
             .iter()
             .filter_map(|(name, ino)| {
                 let stamp = self.nodes[ino].stamp;
-                let name = SecretName::parse(name).ok()?;
-                Some((name, stamp.version, Timestamp::from_nanos(stamp.updated_ns)))
+                Some(HeldValue {
+                    name: SecretName::parse(name).ok()?,
+                    version: stamp.version,
+                    updated_at: Timestamp::from_nanos(stamp.updated_ns),
+                })
             })
-            .collect()
-    }
-
-    /// Of the secrets in `metas`, those whose value the tree does not hold yet (new, or a
-    /// different version): the ones a refresh must fetch.
-    pub fn stale<'m>(&self, metas: &'m [SecretMeta]) -> Vec<&'m SecretName> {
-        metas
-            .iter()
-            .filter(|m| {
-                self.entries
-                    .get(m.name.as_str())
-                    .is_none_or(|ino| self.nodes[ino].stamp != Stamp::of(m))
-            })
-            .map(|m| &m.name)
             .collect()
     }
 

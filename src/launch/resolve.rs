@@ -359,18 +359,14 @@ fn read_secret_file(dir: &Path, name: &SecretName) -> Result<SecretValue, Missin
             )));
         }
     };
-    // Room for the whole file (and the one byte that tells it is too large) up front: a buffer
-    // that grew while reading would leave copies of the value behind.
-    let size = file.metadata().map_or(4096, |m| m.len() as usize);
-    let mut buf = Zeroizing::new(Vec::with_capacity(size.min(VALUE_MAX_LEN) + 1));
-    match file.take(VALUE_MAX_LEN as u64 + 1).read_to_end(&mut buf) {
-        Ok(_) if buf.len() > VALUE_MAX_LEN => Err(Missing::Broken(format!(
+    match read_zeroized(file, VALUE_MAX_LEN + 1) {
+        Ok(buf) if buf.len() > VALUE_MAX_LEN => Err(Missing::Broken(format!(
             "secret \"{name}\": {shown} is larger than the 1 MiB limit"
         ))),
-        Ok(0) => Err(Missing::Absent(format!(
+        Ok(buf) if buf.is_empty() => Err(Missing::Absent(format!(
             "secret \"{name}\": {shown} is empty"
         ))),
-        Ok(_) => SecretValue::new(buf, ValueLimit::default())
+        Ok(buf) => SecretValue::new(buf, ValueLimit::default())
             .map_err(|e| Missing::Broken(format!("secret \"{name}\": {shown}: {e}"))),
         Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Err(Missing::Broken(format!(
             "secret \"{name}\": {shown} is a directory, not a secret file"
@@ -379,6 +375,36 @@ fn read_secret_file(dir: &Path, name: &SecretName) -> Result<SecretValue, Missin
             "secret \"{name}\": cannot read {shown}: {e}"
         ))),
     }
+}
+
+/// Reads up to `limit` bytes into zeroized memory that never moves while it holds a partial
+/// value: a plain `read_to_end` grows its `Vec` by reallocation and leaves the old bytes in
+/// freed memory. Values are small, so a page first (no `fstat` on the launcher's path); a
+/// larger file moves once into a buffer of its size, the old one wiped as it drops.
+fn read_zeroized(mut file: File, limit: usize) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    const FIRST: usize = 4096;
+    let mut buf = Zeroizing::new(vec![0u8; FIRST.min(limit)]);
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            if len == limit {
+                break;
+            }
+            let size = file.metadata().map_or(0, |m| m.len() as usize);
+            let mut bigger = Zeroizing::new(vec![0u8; size.max(len * 2).min(limit).max(len + 1)]);
+            bigger[..len].copy_from_slice(&buf[..len]);
+            buf = bigger;
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Shrinking never reallocates; the bytes past `len` are zeros.
+    buf.truncate(len);
+    Ok(buf)
 }
 
 fn fetch_dir(
@@ -456,6 +482,21 @@ pub fn child_path(env: &EnvBlock) -> Option<OsString> {
 #[cfg(test)]
 mod tests {
     use super::EnvBlock;
+
+    #[test]
+    fn files_are_read_whole_small_or_large_and_stop_past_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [1usize, 4095, 4096, 4097, 100_000] {
+            let path = dir.path().join(format!("f{len}"));
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            std::fs::write(&path, &bytes).unwrap();
+            let got = super::read_zeroized(std::fs::File::open(&path).unwrap(), 1 << 20).unwrap();
+            assert_eq!(&got[..], &bytes[..], "{len} bytes");
+            // Past the limit: exactly limit bytes, so the caller can tell it is too large.
+            let cut = super::read_zeroized(std::fs::File::open(&path).unwrap(), 3000).unwrap();
+            assert_eq!(cut.len(), len.min(3000));
+        }
+    }
 
     #[test]
     fn a_sized_block_never_moves_and_a_grown_one_keeps_every_entry() {

@@ -226,3 +226,30 @@ fn timestamps_round_trip() {
         "\"2025-11-26T16:27:13.123456Z\""
     );
 }
+
+#[test]
+fn a_held_value_is_matched_exactly_locally_and_at_microseconds_over_the_wire() {
+    let meta = |version: u64, nanos: i64| SecretMeta {
+        name: SecretName::parse("A").unwrap(),
+        kind: SecretKind::Custom,
+        visibility: Visibility::Private,
+        owner: "u".into(),
+        tags: vec![],
+        version,
+        created_at: Timestamp::from_nanos(nanos),
+        updated_at: Timestamp::from_nanos(nanos),
+    };
+    let held = |version: u64, nanos: i64| HeldValue {
+        name: SecretName::parse("A").unwrap(),
+        version,
+        updated_at: Timestamp::from_nanos(nanos),
+    };
+    // Locally: a secret re-created at the same version within a microsecond is another value.
+    assert!(held(1, 5_000_123).describes(&meta(1, 5_000_123)));
+    assert!(!held(1, 5_000_123).describes(&meta(1, 5_000_456)));
+    assert!(!held(2, 5_000_123).describes(&meta(1, 5_000_123)));
+    // Over the wire the reader knows the time at microseconds only.
+    assert!(held(1, 5_000_000).describes_as_sent(&meta(1, 5_000_999)));
+    assert!(!held(1, 5_000_000).describes_as_sent(&meta(1, 5_001_000)));
+    assert!(!held(1, 5_000_000).describes_as_sent(&meta(2, 5_000_999)));
+}

@@ -524,27 +524,7 @@ impl Service {
         workspace: &str,
         user: &str,
     ) -> Result<(), ServiceError> {
-        caller.admin()?;
-        let target = self.live_user(user).await?;
-        let batch = Batch {
-            ops: vec![Op::AddMember {
-                user_id: target.id.clone(),
-                workspace: workspace.to_owned(),
-            }],
-            audit: vec![caller.audit(
-                workspace,
-                AuditAction::MemberAdd,
-                (TargetKind::Member, &target.name, &target.id),
-                0,
-                String::new(),
-            )],
-        };
-        self.commit(caller, batch).await.map_err(|e| match e {
-            ServiceError::Store(StoreError::WorkspaceNotFound(w)) => {
-                ServiceError::NotFound(format!("workspace \"{w}\" not found"))
-            }
-            other => other,
-        })
+        self.change_membership(caller, workspace, user, true).await
     }
 
     /// Removes a user from a workspace (admins): from then on they see nothing of it, and their
@@ -555,21 +535,49 @@ impl Service {
         workspace: &str,
         user: &str,
     ) -> Result<(), ServiceError> {
+        self.change_membership(caller, workspace, user, false).await
+    }
+
+    /// One membership added or removed, with its audit record, in one batch.
+    async fn change_membership(
+        &self,
+        caller: &Caller,
+        workspace: &str,
+        user: &str,
+        add: bool,
+    ) -> Result<(), ServiceError> {
         caller.admin()?;
         let target = self.live_user(user).await?;
+        let (user_id, ws) = (target.id.clone(), workspace.to_owned());
+        let (op, action) = if add {
+            (
+                Op::AddMember {
+                    user_id,
+                    workspace: ws,
+                },
+                AuditAction::MemberAdd,
+            )
+        } else {
+            (
+                Op::RemoveMember {
+                    user_id,
+                    workspace: ws,
+                },
+                AuditAction::MemberRemove,
+            )
+        };
         let batch = Batch {
-            ops: vec![Op::RemoveMember {
-                user_id: target.id.clone(),
-                workspace: workspace.to_owned(),
-            }],
+            ops: vec![op],
             audit: vec![caller.audit(
                 workspace,
-                AuditAction::MemberRemove,
+                action,
                 (TargetKind::Member, &target.name, &target.id),
                 0,
                 String::new(),
             )],
         };
+        // The store names the user by id; the answer names them as the caller did. (An unknown
+        // workspace is answered where every store error becomes a status.)
         self.commit(caller, batch).await.map_err(|e| match e {
             ServiceError::Store(StoreError::NotAMember { .. }) => ServiceError::NotFound(format!(
                 "user \"{user}\" is not a member of workspace \"{workspace}\""

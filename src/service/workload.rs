@@ -8,7 +8,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::{Caller, Service, ServiceError, Who, may_use};
-use crate::secret::{SecretMeta, SecretName, SecretValue, Timestamp};
+use crate::secret::{HeldValue, SecretMeta, SecretName, SecretValue, Timestamp};
 use crate::store::{AuditAction, StoredSecret, TargetKind};
 
 /// The longest a long-poll is held.
@@ -24,7 +24,7 @@ pub struct WorkloadQuery {
     pub per_name: bool,
     /// The values the reader holds (version and time of each): those still current are
     /// answered without their value, and are not reads.
-    pub held: Vec<(SecretName, u64, Timestamp)>,
+    pub held: Vec<HeldValue>,
     /// `false`: names, versions and the revision only (the watch).
     pub values: bool,
     /// Hold the request up to this long while the revision equals `since`.
@@ -142,12 +142,7 @@ impl Service {
         let mut secrets = Vec::with_capacity(selected.len());
         let mut audits = Vec::new();
         for row in selected {
-            // Compared at the wire's precision (microseconds).
-            let held = q.held.iter().any(|(name, version, at)| {
-                *name == row.meta.name
-                    && *version == row.meta.version
-                    && at.nanos() / 1000 == row.meta.updated_at.nanos() / 1000
-            });
+            let held = q.held.iter().any(|h| h.describes_as_sent(&row.meta));
             let value = if q.values && !held {
                 audits.push(caller.audit(
                     &ws,

@@ -170,6 +170,37 @@ async fn a_per_name_read_answers_found_and_missing_alike() {
     assert_eq!(status, 400, "{v}");
     assert!(v["message"].as_str().unwrap().contains("name"), "{v}");
     assert_eq!(read(&api, &alice, json!({})).await.0, 403);
+
+    // A held value of a secret deleted and created again under its name is not current: the new
+    // secret is another id, which the token was never granted, so the name is missing (and a
+    // reader holding the old value learns to drop it) rather than answered from what it holds.
+    let mine = entry(&after, "mine").clone();
+    assert_eq!(
+        api.call("DELETE", &format!("{ws}/mine"), &alice, None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        api.create(&alice, "mine", "v-mine-again", "private")
+            .await
+            .0,
+        201
+    );
+    let (_, recreated) = read(
+        &api,
+        &w,
+        json!({
+            "names": ["mine"],
+            "held": [{ "name": "mine", "version": mine["version"], "updated_at": mine["updated_at"] }],
+        }),
+    )
+    .await;
+    assert_eq!(sorted_names(&recreated["missing"]), ["mine"], "{recreated}");
+    assert!(
+        recreated["secrets"].as_array().unwrap().is_empty(),
+        "{recreated}"
+    );
     api.assert_no_canary();
 }
 
