@@ -13,6 +13,8 @@ pub mod fuzz_targets;
 pub mod harden;
 pub mod keyfile;
 pub mod launch;
+pub mod metrics;
+pub mod notify;
 pub mod protocol;
 pub mod secret;
 pub mod server;

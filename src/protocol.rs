@@ -451,22 +451,6 @@ pub struct WorkloadSecret {
     pub value: Option<SecretValue>,
 }
 
-impl WorkloadSecret {
-    /// The metadata a workload learns (no tags; `created_at` is not sent).
-    pub fn meta(&self) -> SecretMeta {
-        SecretMeta {
-            name: self.name.clone(),
-            kind: self.kind,
-            visibility: self.visibility,
-            owner: self.owner.clone(),
-            tags: Vec::new(),
-            version: self.version,
-            created_at: self.updated_at,
-            updated_at: self.updated_at,
-        }
-    }
-}
-
 impl Serialize for WorkloadSecret {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut st = s.serialize_struct("WorkloadSecret", 7)?;

@@ -535,28 +535,36 @@ impl Serialize for Timestamp {
     }
 }
 
-/// A value a reader already holds: which secret, which version, written when. A secret deleted
-/// and created again starts over at version 1, but not at the same time, so the three together
-/// name one value. The service skips sending such values; a mount asks with what its tree holds.
+/// One value of one secret: which secret, which version, written when. A secret deleted and
+/// created again starts over at version 1, but not at the same time, so the three together name
+/// one value. It is all a workload learns about a secret besides the value: what a source
+/// answers, what a mount's tree holds, and what a reader sends as held so the service skips
+/// sending that value again.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeldValue {
+pub struct ValueStamp {
     pub name: SecretName,
     pub version: u64,
     pub updated_at: Timestamp,
 }
 
-impl HeldValue {
-    /// Whether `meta` describes this value, exactly.
-    pub fn describes(&self, meta: &SecretMeta) -> bool {
-        self.name == meta.name && self.version == meta.version && self.updated_at == meta.updated_at
-    }
-
+impl ValueStamp {
     /// Whether `meta` describes this value as a reader over the API knows it: times cross the
     /// wire at microseconds, so `meta`'s is cut to that before comparing.
     pub fn describes_as_sent(&self, meta: &SecretMeta) -> bool {
         self.name == meta.name
             && self.version == meta.version
             && self.updated_at.nanos() == meta.updated_at.nanos() / 1000 * 1000
+    }
+}
+
+impl SecretMeta {
+    /// Which value this metadata describes, exactly.
+    pub fn stamp(&self) -> ValueStamp {
+        ValueStamp {
+            name: self.name.clone(),
+            version: self.version,
+            updated_at: self.updated_at,
+        }
     }
 }
 

@@ -59,6 +59,8 @@ pub struct ServeOptions {
     pub audit_interval: Duration,
     /// Whether admins may mint tokens for other users (`--no-admin-impersonation`: not).
     pub admin_impersonation: bool,
+    /// Where `/metrics` is served, apart from the API (none: not served).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// What the server says once it listens.
@@ -67,6 +69,8 @@ pub struct Listening {
     pub addr: SocketAddr,
     pub url: String,
     pub store: String,
+    /// The metrics listener's address, if one was asked for.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Whether a `--database` value names PostgreSQL.
@@ -188,11 +192,34 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .doing(|| format!("cannot listen on {}", opts.listen))?;
+    let metrics = match opts.metrics_listen {
+        Some(at) => {
+            let listener = crate::metrics::bind(at)
+                .await
+                .doing(|| format!("cannot listen on {at}"))?;
+            let bound = listener
+                .local_addr()
+                .doing(|| format!("cannot listen on {at}"))?;
+            let registry = Arc::new(service.metrics().registry());
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(listener, registry).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
+    let notifier = crate::notify::Notifier::from_env().map(Arc::new);
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
+    let stopping = notifier.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
+        if let Some(n) = &stopping {
+            n.stopping();
+        }
         shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
     });
     let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -201,6 +228,18 @@ pub async fn serve(
         addr,
         url: format!("{scheme}://{addr}"),
         store: store_desc,
+        metrics,
+    };
+    let on_ready = |ready: &Listening| {
+        on_ready(ready);
+        if let Some(n) = notifier.clone() {
+            let status = format!(
+                "serving the workspace API on {} ({})",
+                ready.url, ready.store
+            );
+            n.ready(&status);
+            tell_the_service_manager(n, service.clone(), status);
+        }
     };
     match &opts.tls {
         Some((cert, key)) => {
@@ -297,6 +336,55 @@ fn watch_other_processes(service: Arc<Service>) {
         loop {
             tick.tick().await;
             service.recheck();
+        }
+    });
+}
+
+/// While the server runs: `WATCHDOG=1` at half the interval systemd asks for (sent from the
+/// runtime, so a wedged runtime stops them), and, apart from it so a slow store never delays a
+/// ping, a status line that says when the store stops answering and when it answers again
+/// (checked every 5 s: one cheap query).
+fn tell_the_service_manager(
+    n: Arc<crate::notify::Notifier>,
+    service: Arc<Service>,
+    serving: String,
+) {
+    const CHECK: Duration = Duration::from_secs(5);
+    if let Some(every) = crate::notify::watchdog_interval() {
+        let n = n.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                n.watchdog();
+            }
+        });
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECK);
+        let mut outage: Option<String> = None;
+        loop {
+            tick.tick().await;
+            let problem = match tokio::time::timeout(CHECK, service.ready()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("the store does not answer: {e}")),
+                Err(_) => Some(format!("the store does not answer within {CHECK:?}")),
+            };
+            match problem {
+                None => {
+                    if outage.take().is_some() {
+                        n.status(&format!("{serving}; the store answers again"));
+                    }
+                }
+                Some(p) if outage.as_deref() != Some(p.as_str()) => {
+                    n.status(&format!(
+                        "{serving}; since {}: {p}",
+                        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                    ));
+                    outage = Some(p);
+                }
+                Some(_) => {}
+            }
         }
     });
 }

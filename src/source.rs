@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::auth::Token;
 use crate::client::{Client, ClientError};
-use crate::protocol::{Held, WorkloadRead, WorkloadReadRequest, WorkloadSecret};
-use crate::secret::{HeldValue, SecretMeta, SecretName, SecretValue, Timestamp};
+use crate::protocol::{Held, WorkloadRead, WorkloadReadRequest};
+use crate::secret::{SecretMeta, SecretName, SecretValue, Timestamp, ValueStamp};
 use crate::service::StoreError;
 use crate::service::{
     Caller, DEFAULT_WORKSPACE, LocalError, LocalPaths, OpenMode, Service, ServiceError,
@@ -40,25 +40,25 @@ impl From<ServiceError> for SourceError {
 }
 
 /// One answer per requested name, in order.
-pub type Values = Vec<Result<(SecretMeta, SecretValue), SourceError>>;
+pub type Values = Vec<Result<SecretValue, SourceError>>;
 
 /// What one round of [`Source::fetch`] brought.
 #[derive(Debug, Default)]
 pub struct Fetched {
     /// The source's revision after the round, if it has one (a server's).
     pub revision: Option<String>,
-    /// Every secret the caller may use now, sorted by name; the value only of those not held.
-    pub secrets: Vec<(SecretMeta, Option<SecretValue>)>,
+    /// Every secret the caller may use now, sorted by name, as the value it has now; the value
+    /// itself only of those not held.
+    pub secrets: Vec<(ValueStamp, Option<SecretValue>)>,
     /// Why some values could not be fetched (those secrets come without a value).
     pub errors: Vec<SourceError>,
 }
 
-/// A place secrets come from, seen by one workload identity.
+/// A place secrets come from, seen by one workload identity. A workload learns of a secret
+/// only its name, its version and when it was written (a [`ValueStamp`]) besides the value.
 pub trait Source: Send + Sync {
     /// For logs and the ready line, e.g. `local store /path/store.db`.
     fn describe(&self) -> String;
-    /// Metadata of every secret this source lets the caller use, sorted by name.
-    fn list(&self) -> Result<Vec<SecretMeta>, SourceError>;
     /// The values of `names`, each with its own result so every missing name can be reported.
     fn read(&self, names: &[SecretName]) -> Result<Values, SourceError>;
 
@@ -71,51 +71,13 @@ pub trait Source: Send + Sync {
     /// One round of a mount: with `watch` (a revision and a timeout, given only to a source that
     /// [`watches`](Source::watches)), first waits for a change since it; then everything the
     /// caller may use (of `only`, when it names any), with the values of those the caller does
-    /// not already hold. This default, for sources without a change feed, lists, then reads
-    /// what is not held; a server answers the whole round in one request.
+    /// not already hold.
     fn fetch(
         &self,
         only: &[SecretName],
-        held: &[HeldValue],
+        held: &[ValueStamp],
         watch: Option<(&str, Duration)>,
-    ) -> Result<Fetched, SourceError> {
-        if let Some((_, timeout)) = watch {
-            // No change feed to wait on: the round comes after the timeout.
-            std::thread::sleep(timeout);
-        }
-        let mut listed = self.list()?;
-        if !only.is_empty() {
-            listed.retain(|m| only.contains(&m.name));
-        }
-        let stale: Vec<SecretName> = listed
-            .iter()
-            .filter(|m| !held.iter().any(|h| h.describes(m)))
-            .map(|m| m.name.clone())
-            .collect();
-        let mut read = if stale.is_empty() {
-            Vec::new()
-        } else {
-            self.read(&stale)?
-        };
-        let mut fetched = Fetched::default();
-        for meta in listed {
-            match stale.iter().position(|n| n == &meta.name) {
-                None => fetched.secrets.push((meta, None)),
-                Some(i) => match std::mem::replace(
-                    &mut read[i],
-                    Err(SourceError::NotFound(meta.name.clone())),
-                ) {
-                    // The source may have moved on between list and read: what was read wins.
-                    Ok((read_meta, value)) => fetched.secrets.push((read_meta, Some(value))),
-                    Err(e) => {
-                        fetched.errors.push(e);
-                        fetched.secrets.push((meta, None));
-                    }
-                },
-            }
-        }
-        Ok(fetched)
-    }
+    ) -> Result<Fetched, SourceError>;
 }
 
 /// A server, through a workload token: reads exactly the token's secrets, watches them with
@@ -218,14 +180,6 @@ impl Source for ServerSource {
         format!("server {}", self.urls)
     }
 
-    fn list(&self) -> Result<Vec<SecretMeta>, SourceError> {
-        let read = self.ask(&WorkloadReadRequest {
-            values: false,
-            ..Default::default()
-        })?;
-        Ok(read.secrets.iter().map(WorkloadSecret::meta).collect())
-    }
-
     /// One request: the server answers each name, found or missing.
     fn read(&self, names: &[SecretName]) -> Result<Values, SourceError> {
         if names.is_empty() {
@@ -239,15 +193,12 @@ impl Source for ServerSource {
         Ok(names
             .iter()
             .map(|n| match found.iter().position(|s| &s.name == n) {
-                Some(i) => {
-                    let mut s = found.swap_remove(i);
-                    match s.value.take() {
-                        Some(v) => Ok((s.meta(), v)),
-                        None => Err(SourceError::Failed(format!(
-                            "the server sent no value for \"{n}\""
-                        ))),
-                    }
-                }
+                Some(i) => match found.swap_remove(i).value {
+                    Some(v) => Ok(v),
+                    None => Err(SourceError::Failed(format!(
+                        "the server sent no value for \"{n}\""
+                    ))),
+                },
                 None => Err(SourceError::NotFound(n.clone())),
             })
             .collect())
@@ -262,7 +213,7 @@ impl Source for ServerSource {
     fn fetch(
         &self,
         only: &[SecretName],
-        held: &[HeldValue],
+        held: &[ValueStamp],
         watch: Option<(&str, Duration)>,
     ) -> Result<Fetched, SourceError> {
         let read = self.ask(&WorkloadReadRequest {
@@ -279,12 +230,16 @@ impl Source for ServerSource {
             wait_secs: watch.map(|(_, timeout)| self.poll_secs(timeout)),
             ..Default::default()
         })?;
-        let mut secrets: Vec<(SecretMeta, Option<SecretValue>)> = read
+        let mut secrets: Vec<(ValueStamp, Option<SecretValue>)> = read
             .secrets
             .into_iter()
-            .map(|mut s| {
-                let value = s.value.take();
-                (s.meta(), value)
+            .map(|s| {
+                let stamp = ValueStamp {
+                    name: s.name,
+                    version: s.version,
+                    updated_at: s.updated_at,
+                };
+                (stamp, s.value)
             })
             .collect();
         secrets.sort_by(|a, b| a.0.name.cmp(&b.0.name));
@@ -324,15 +279,17 @@ impl LocalSource {
     }
 }
 
+impl Drop for LocalSource {
+    /// Closes the store's connection while the runtime that drives it still runs (fields drop
+    /// in order, the runtime first).
+    fn drop(&mut self) {
+        self.runtime.block_on(self.service.close());
+    }
+}
+
 impl Source for LocalSource {
     fn describe(&self) -> String {
         format!("local store {}", self.paths.store.display())
-    }
-
-    fn list(&self) -> Result<Vec<SecretMeta>, SourceError> {
-        Ok(self
-            .runtime
-            .block_on(self.service.local_list(&self.caller, DEFAULT_WORKSPACE))?)
     }
 
     fn read(&self, names: &[SecretName]) -> Result<Values, SourceError> {
@@ -345,11 +302,64 @@ impl Source for LocalSource {
             .into_iter()
             .zip(names)
             .map(|(r, name)| {
-                r.map_err(|e| match e {
+                r.map(|(_, value)| value).map_err(|e| match e {
                     ServiceError::NotFound(_) => SourceError::NotFound(name.clone()),
                     other => SourceError::from(other),
                 })
             })
             .collect())
+    }
+
+    /// No change feed to wait on, so no `watch`: lists, then reads what is not held, in two
+    /// queries of the one connection.
+    fn fetch(
+        &self,
+        only: &[SecretName],
+        held: &[ValueStamp],
+        _watch: Option<(&str, Duration)>,
+    ) -> Result<Fetched, SourceError> {
+        let mut listed: Vec<ValueStamp> = self
+            .runtime
+            .block_on(self.service.local_list(&self.caller, DEFAULT_WORKSPACE))?
+            .iter()
+            .map(SecretMeta::stamp)
+            .collect();
+        if !only.is_empty() {
+            listed.retain(|m| only.contains(&m.name));
+        }
+        let stale: Vec<SecretName> = listed
+            .iter()
+            .filter(|m| !held.contains(m))
+            .map(|m| m.name.clone())
+            .collect();
+        let mut read = if stale.is_empty() {
+            Vec::new()
+        } else {
+            self.runtime.block_on(self.service.local_read(
+                &self.caller,
+                DEFAULT_WORKSPACE,
+                &stale,
+            ))?
+        };
+        let mut fetched = Fetched::default();
+        for stamp in listed {
+            match stale.iter().position(|n| n == &stamp.name) {
+                None => fetched.secrets.push((stamp, None)),
+                Some(i) => match std::mem::replace(
+                    &mut read[i],
+                    Err(ServiceError::NotFound(stamp.name.to_string())),
+                ) {
+                    // The store may have moved on between list and read: what was read wins.
+                    Ok((meta, value)) => fetched.secrets.push((meta.stamp(), Some(value))),
+                    // Deleted in between: gone from this round.
+                    Err(ServiceError::NotFound(_)) => {}
+                    Err(e) => {
+                        fetched.errors.push(SourceError::from(e));
+                        fetched.secrets.push((stamp, None));
+                    }
+                },
+            }
+        }
+        Ok(fetched)
     }
 }

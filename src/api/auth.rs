@@ -82,6 +82,14 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             Some(token) => state.service.authenticate(token, &address).await,
             None => Err(ServiceError::Unauthorized),
         };
+        if matches!(result, Err(ServiceError::Unauthorized)) {
+            let reason = if bearer.is_some() {
+                "refused"
+            } else {
+                "no_token"
+            };
+            state.service.metrics().auth_failure(reason);
+        }
         match result {
             Ok(caller) => {
                 state.guard.succeeded(ip);

@@ -11,6 +11,7 @@ mod body;
 pub mod error;
 mod health;
 mod lepton;
+mod metrics;
 mod openapi;
 mod query;
 mod secrets;
@@ -134,5 +135,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn(web::security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_request,
+        ))
         .with_state(state)
 }

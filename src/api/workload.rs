@@ -18,7 +18,7 @@ use super::query::Query;
 use super::secrets::parse_name;
 use super::{ApiError, AppState, Auth};
 use crate::protocol::{TokenLife, WorkloadRead, WorkloadReadRequest, WorkloadSecret};
-use crate::secret::{HeldValue, SecretName};
+use crate::secret::{SecretName, ValueStamp};
 use crate::service::{WorkloadAnswer, WorkloadQuery};
 
 #[derive(Deserialize)]
@@ -90,7 +90,7 @@ pub async fn read_per_name(
         .held
         .iter()
         .map(|h| {
-            Ok(HeldValue {
+            Ok(ValueStamp {
                 name: parse_name(&h.name).map_err(|e| e.on("held"))?,
                 version: h.version,
                 updated_at: h.updated_at,

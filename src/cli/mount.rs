@@ -48,6 +48,10 @@ pub struct MountArgs {
     /// With a server: how long to keep retrying one that is unavailable at start.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub start_timeout: Duration,
+    /// Serve Prometheus metrics (secrets held, refresh rounds and failures, last success,
+    /// source latency) at http://ADDR/metrics; no names or values, no token.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A user name (looked up in the system's user database, as `chown` does) or a numeric uid.
@@ -136,12 +140,13 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> anyhow::Result<ExitCode> {
         refresh: a.refresh.0,
         audit: a.audit,
         start_timeout: a.start_timeout,
+        metrics_listen: a.metrics_listen,
     };
     mount::run(source, cfg, |ready| {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "secretfs: mounted {} secret{} at {} from {}{}",
+            "secretfs: mounted {} secret{} at {} from {}{}{}",
             ready.secrets,
             if ready.secrets == 1 { "" } else { "s" },
             ready.dir.display(),
@@ -151,6 +156,10 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> anyhow::Result<ExitCode> {
             } else {
                 " (memory NOT locked)"
             },
+            ready
+                .metrics
+                .map(|m| format!("; metrics on http://{m}/metrics"))
+                .unwrap_or_default(),
         );
         let _ = out.flush();
     })

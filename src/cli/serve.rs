@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// How long workload-read audit records may wait to be written together.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub audit_interval: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics, apart from the API and without a token:
+    /// keep ADDR internal (port 0 picks a free port, printed when ready).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -64,6 +68,7 @@ pub fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         admin_token_file: a.admin_token_file,
         audit_interval: a.audit_interval,
         admin_impersonation: !a.no_admin_impersonation,
+        metrics_listen: a.metrics_listen,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -72,8 +77,12 @@ pub fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "secretfs: serving the workspace API on {} ({})",
-            l.url, l.store
+            "secretfs: serving the workspace API on {} ({}){}",
+            l.url,
+            l.store,
+            l.metrics
+                .map(|m| format!("; metrics on http://{m}/metrics"))
+                .unwrap_or_default()
         );
         let _ = out.flush();
     }))?;

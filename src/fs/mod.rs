@@ -12,4 +12,5 @@ pub mod memory;
 pub mod mount;
 pub mod mountinfo;
 mod refresh;
+pub mod status;
 pub mod tree;

@@ -11,8 +11,10 @@ use fuser::{Config, MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 
 use super::fuse::{SecretFs, SharedTree};
-use super::refresh::{apply, check_only, fetch_with_retry, keep_fresh};
+use super::refresh::{Mounted, apply, check_only, fetch_with_retry, keep_fresh};
+use super::status::MountStatus;
 use super::tree::{Ownership, Tree};
+use crate::notify::Notifier;
 use crate::secret::SecretName;
 use crate::source::{Source, SourceError};
 
@@ -28,6 +30,8 @@ pub struct MountConfig {
     pub audit: bool,
     /// How long to keep trying a source that is unavailable at start.
     pub start_timeout: Duration,
+    /// Where to serve `/metrics` (none: not served).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,8 @@ pub enum MountError {
     },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("metrics: {0} (choose another --metrics-listen address)")]
+    Metrics(String),
 }
 
 fn missing_message(names: &[SecretName]) -> String {
@@ -189,6 +195,8 @@ pub struct Ready {
     /// Whether a killed daemon's mount will be taken away (the guard is armed, or fusermount3's
     /// auto-unmount helper runs).
     pub cleaned_up_if_killed: bool,
+    /// Where `/metrics` is served, if asked.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 enum Event {
@@ -209,7 +217,24 @@ pub fn run(
     let dir = prepare_mount_point(&cfg.dir)?;
     let description = source.describe();
 
+    let status = Arc::new(MountStatus::new(
+        &cfg.dir,
+        Notifier::from_env(),
+        cfg.metrics_listen.is_some(),
+    ));
+    // Bound before anything is fetched: a metrics address in use fails the start, like a mount
+    // point that cannot be used.
+    let metrics = cfg
+        .metrics_listen
+        .map(|addr| {
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| Ok((l.local_addr()?, l)))
+                .map_err(|e| MountError::Metrics(format!("cannot listen on {addr}: {e}")))
+        })
+        .transpose()?;
+    let started = std::time::Instant::now();
     let mut first = fetch_with_retry(&*source, &cfg.only, cfg.start_timeout)?;
+    let first_latency = started.elapsed();
     // Fail closed at start: a mount that silently lacks a secret is worse than no mount.
     check_only(&first, &cfg.only)?;
     if let Some(e) = first.errors.drain(..).next() {
@@ -270,19 +295,35 @@ pub fn run(
         })
         .map_err(MountError::Thread)?;
 
+    let metrics_addr = match metrics {
+        Some((addr, listener)) => {
+            serve_metrics(listener, &status)?;
+            Some(addr)
+        }
+        None => None,
+    };
     let (stop_refresh, refresh_stopped) = mpsc::channel::<()>();
-    if source.watches() || cfg.refresh.is_some() {
+    if !source.watches() && cfg.refresh.is_none() {
+        // Nothing will be fetched again: close the store (its connection, its file descriptor,
+        // its cache) instead of holding it for the life of the mount.
+        drop(source);
+    } else {
         let tree = tree.clone();
         let only = cfg.only.clone();
         let interval = cfg.refresh;
+        let status = status.clone();
         // Not joined at exit: it may be inside a long-poll, and the process is ending anyway.
         thread::Builder::new()
             .name("refresh".into())
             .spawn(move || {
+                let mounted = Mounted {
+                    tree: &tree,
+                    notifier: &notifier,
+                    status: &status,
+                };
                 keep_fresh(
                     &*source,
-                    &tree,
-                    &notifier,
+                    mounted,
                     &only,
                     interval,
                     revision,
@@ -295,18 +336,81 @@ pub fn run(
     on_ready(&Ready {
         dir: cfg.dir.clone(),
         secrets: count,
-        source: description,
+        source: description.clone(),
         locked: !super::memory::mlock_failed(),
         cleaned_up_if_killed: armed || auto_unmount,
+        metrics: metrics_addr,
     });
+    status.ready(count, &description, first_latency);
+    if let Some(interval) = crate::notify::watchdog_interval() {
+        watchdog(tree.clone(), status.clone(), interval)?;
+    }
 
-    wait_for_the_end(&inbox, &dir, &mut unmounter);
+    wait_for_the_end(&inbox, &dir, &mut unmounter, &status);
     drop(stop_refresh);
     if fuse_thread.is_finished() {
         let _ = fuse_thread.join();
     }
     // Closing the pipe lets the guard go; it finds the mount gone and exits quietly.
     drop(guard);
+    Ok(())
+}
+
+/// `/metrics` from a thread of its own with a one-thread runtime: the FUSE and refresh threads
+/// never wait on a scrape.
+fn serve_metrics(
+    listener: std::net::TcpListener,
+    status: &Arc<MountStatus>,
+) -> Result<(), MountError> {
+    let Some(registry) = status.registry() else {
+        return Ok(());
+    };
+    let registry = Arc::new(registry);
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| MountError::Metrics(e.to_string()))?;
+    thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the metrics listener");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let served = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => crate::metrics::serve(l, registry).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            });
+        })
+        .map_err(MountError::Thread)?;
+    Ok(())
+}
+
+/// `WATCHDOG=1` while the tree answers: a thread that takes the tree's read lock each time, so
+/// a wedged tree (a lock never released) stops the pings and systemd restarts the mount.
+fn watchdog(tree: SharedTree, status: Arc<MountStatus>, every: Duration) -> Result<(), MountError> {
+    thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            loop {
+                drop(tree.read().unwrap_or_else(|e| e.into_inner()));
+                if let Some(n) = status.notifier() {
+                    n.watchdog();
+                }
+                thread::sleep(every);
+            }
+        })
+        .map_err(MountError::Thread)?;
     Ok(())
 }
 
@@ -360,10 +464,12 @@ fn wait_for_the_end(
     inbox: &mpsc::Receiver<Event>,
     dir: &Path,
     unmounter: &mut fuser::SessionUnmounter,
+    status: &MountStatus,
 ) {
     match inbox.recv() {
         Ok(Event::Signal(sig)) => {
             tracing::info!(signal = %sig, "unmounting");
+            status.stopping();
             // Unmount here rather than through fuser: with auto_unmount, fuser only closes its
             // socket to fusermount3, which unmounts only a filesystem whose daemon is already
             // gone, so a clean shutdown would leave the mount behind.

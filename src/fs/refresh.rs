@@ -11,8 +11,9 @@ use fuser::{INodeNo, Notifier};
 use super::fuse::SharedTree;
 use super::memory::LockedPool;
 use super::mount::MountError;
+use super::status::MountStatus;
 use super::tree::{Changes, ROOT};
-use crate::secret::{SecretMeta, SecretName, SecretValue};
+use crate::secret::{SecretName, SecretValue, ValueStamp};
 use crate::source::{Fetched, Source, SourceError};
 
 /// Fails closed at start: every name of `only` must be there.
@@ -37,7 +38,7 @@ pub(super) fn apply(
     fetched: Fetched,
     only: &[SecretName],
 ) -> Result<Changes, MountError> {
-    let (metas, values): (Vec<SecretMeta>, Vec<Option<SecretValue>>) = fetched
+    let (metas, values): (Vec<ValueStamp>, Vec<Option<SecretValue>>) = fetched
         .secrets
         .into_iter()
         .filter(|(m, _)| only.is_empty() || only.contains(&m.name))
@@ -151,19 +152,30 @@ pub(super) fn fetch_with_retry(
     }
 }
 
+/// What a round brings in step: the tree, the kernel's caches of it, and the status reported.
+pub(super) struct Mounted<'a> {
+    pub tree: &'a SharedTree,
+    pub notifier: &'a Notifier,
+    pub status: &'a MountStatus,
+}
+
 /// Keeps the tree in step with the source until `stop` is dropped: long-polls a source that
 /// watches (each round one [`Source::fetch`], which returns what changed), polls every
 /// `interval` one that does not. Failures keep the last known good values; the outage and the
 /// recovery are logged once each.
 pub(super) fn keep_fresh(
     source: &dyn Source,
-    tree: &SharedTree,
-    notifier: &Notifier,
+    mounted: Mounted<'_>,
     only: &[SecretName],
     interval: Option<Duration>,
     mut revision: Option<String>,
     stop: &mpsc::Receiver<()>,
 ) {
+    let Mounted {
+        tree,
+        notifier,
+        status,
+    } = mounted;
     let stopped = |wait: Duration| {
         !matches!(
             stop.recv_timeout(wait),
@@ -187,9 +199,17 @@ pub(super) fn keep_fresh(
             (Some(r), true) => Some((r.as_str(), Duration::from_secs(30))),
             _ => None,
         };
+        let started = std::time::Instant::now();
+        // A round that waited for a change measures the wait, not the source.
+        let waited = watch.is_some();
         match refresh(source, tree, notifier, only, watch) {
             Ok(r) => {
                 revision = r;
+                let latency = (!waited).then(|| started.elapsed());
+                status.round(
+                    tree.read().unwrap_or_else(|e| e.into_inner()).len(),
+                    latency,
+                );
                 if failing.take().is_some() {
                     tracing::info!("source reachable again; updates flow");
                 }
@@ -198,6 +218,7 @@ pub(super) fn keep_fresh(
             Err(e) => {
                 // Logged when the outage starts and whenever its cause changes, not per retry.
                 let text = e.to_string();
+                status.failed(&text);
                 if failing.as_deref() != Some(text.as_str()) {
                     tracing::warn!(error = %text, "source unavailable; serving the last known good values");
                     failing = Some(text);

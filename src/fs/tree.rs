@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use crate::secret::{HeldValue, SecretMeta, SecretName, Timestamp};
+use crate::secret::{SecretName, Timestamp, ValueStamp};
 
 /// The root directory's inode number (FUSE's `FUSE_ROOT_ID`).
 pub const ROOT: u64 = 1;
@@ -99,7 +99,7 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(meta: &SecretMeta) -> Self {
+    fn of(meta: &ValueStamp) -> Self {
         Stamp {
             version: meta.version,
             updated_ns: meta.updated_at.nanos(),
@@ -293,12 +293,12 @@ impl<V: AsRef<[u8]>> Tree<V> {
     }
 
     /// Every value served: what a refresh need not fetch again.
-    pub fn held(&self) -> Vec<HeldValue> {
+    pub fn held(&self) -> Vec<ValueStamp> {
         self.entries
             .iter()
             .filter_map(|(name, ino)| {
                 let stamp = self.nodes[ino].stamp;
-                Some(HeldValue {
+                Some(ValueStamp {
                     name: SecretName::parse(name).ok()?,
                     version: stamp.version,
                     updated_at: Timestamp::from_nanos(stamp.updated_ns),
@@ -312,13 +312,13 @@ impl<V: AsRef<[u8]>> Tree<V> {
     /// fetched). Returns what changed.
     pub fn apply(
         &mut self,
-        metas: &[SecretMeta],
+        metas: &[ValueStamp],
         fresh: Vec<(SecretName, V)>,
         now: SystemTime,
     ) -> Changes {
         let mut fresh: HashMap<SecretName, V> = fresh.into_iter().collect();
         let mut changes = Changes::default();
-        let wanted: HashMap<&str, &SecretMeta> =
+        let wanted: HashMap<&str, &ValueStamp> =
             metas.iter().map(|m| (m.name.as_str(), m)).collect();
 
         let gone: Vec<String> = self

@@ -314,7 +314,7 @@ fn fetch_source(
     let mut problems = Vec::new();
     for (name, result) in names.iter().zip(results) {
         match result {
-            Ok((_, value)) => values.push(value),
+            Ok(value) => values.push(value),
             Err(SourceError::NotFound(_)) => problems.push(format!(
                 "secret \"{name}\" not found in {}",
                 source.describe()

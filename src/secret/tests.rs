@@ -239,15 +239,15 @@ fn a_held_value_is_matched_exactly_locally_and_at_microseconds_over_the_wire() {
         created_at: Timestamp::from_nanos(nanos),
         updated_at: Timestamp::from_nanos(nanos),
     };
-    let held = |version: u64, nanos: i64| HeldValue {
+    let held = |version: u64, nanos: i64| ValueStamp {
         name: SecretName::parse("A").unwrap(),
         version,
         updated_at: Timestamp::from_nanos(nanos),
     };
     // Locally: a secret re-created at the same version within a microsecond is another value.
-    assert!(held(1, 5_000_123).describes(&meta(1, 5_000_123)));
-    assert!(!held(1, 5_000_123).describes(&meta(1, 5_000_456)));
-    assert!(!held(2, 5_000_123).describes(&meta(1, 5_000_123)));
+    assert_eq!(meta(1, 5_000_123).stamp(), held(1, 5_000_123));
+    assert_ne!(meta(1, 5_000_456).stamp(), held(1, 5_000_123));
+    assert_ne!(meta(1, 5_000_123).stamp(), held(2, 5_000_123));
     // Over the wire the reader knows the time at microseconds only.
     assert!(held(1, 5_000_000).describes_as_sent(&meta(1, 5_000_999)));
     assert!(!held(1, 5_000_000).describes_as_sent(&meta(1, 5_001_000)));

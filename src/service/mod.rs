@@ -262,6 +262,7 @@ pub struct Service {
     principal_loads: tokio::sync::Mutex<()>,
     snapshot_loads: tokio::sync::Mutex<()>,
     reads: Mutex<ReadAudit>,
+    metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 impl Service {
@@ -276,7 +277,13 @@ impl Service {
             principal_loads: tokio::sync::Mutex::new(()),
             snapshot_loads: tokio::sync::Mutex::new(()),
             reads: Mutex::new(ReadAudit::Direct),
+            metrics: Arc::default(),
         }
+    }
+
+    /// The figures `/metrics` shows.
+    pub fn metrics(&self) -> &Arc<crate::metrics::ServerMetrics> {
+        &self.metrics
     }
 
     /// Opens the local store at `paths` (the CLI, the daemon, the launcher, a server on SQLite).
@@ -334,12 +341,19 @@ impl Service {
 
     /// Waits for a change committed by another process.
     pub async fn next_change(&self) -> Result<(), ServiceError> {
-        Ok(self.store().next_change().await?)
+        if let Some(sent) = self.store().next_change().await? {
+            let lag = Timestamp::now().nanos().saturating_sub(sent.nanos()).max(0);
+            self.metrics
+                .replica_lag(Duration::from_nanos(u64::try_from(lag).unwrap_or(0)));
+        }
+        Ok(())
     }
 
     /// Whether the store answers (readiness).
     pub async fn ready(&self) -> Result<(), ServiceError> {
-        self.store().key_check().await?;
+        self.metrics
+            .store("ready", self.store().key_check())
+            .await?;
         Ok(())
     }
 
@@ -350,8 +364,10 @@ impl Service {
         let (tx, mut rx) = mpsc::channel::<AuditRecord>(READ_QUEUE);
         *self.reads.lock().unwrap_or_else(|e| e.into_inner()) = ReadAudit::Batched(tx);
         let store = self.vault.store_arc();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
+                let queued = std::time::Instant::now();
                 let mut batch = vec![first];
                 let deadline = tokio::time::Instant::now() + interval;
                 loop {
@@ -367,7 +383,11 @@ impl Service {
                     }
                 }
                 let started = std::time::Instant::now();
-                match store.record_reads(&batch).await {
+                let written = metrics
+                    .store("record_reads", store.record_reads(&batch))
+                    .await;
+                metrics.audit_batch(batch.len(), queued.elapsed());
+                match written {
                     Ok(()) => tracing::debug!(
                         records = batch.len(),
                         ms = started.elapsed().as_millis() as u64,
@@ -421,6 +441,7 @@ impl Service {
         // read after the cache was cleared (it checks the generation under the same lock).
         let mut principals = self.principals.lock().unwrap_or_else(|e| e.into_inner());
         principals.clear();
+        self.metrics.changed();
         self.changes.send_modify(|g| *g = g.wrapping_add(1));
     }
 
@@ -449,7 +470,10 @@ impl Service {
 
     /// Applies a batch no caller stands behind (`serve --init`, the local user's creation).
     async fn commit_unchecked(&self, batch: Batch) -> Result<(), ServiceError> {
-        self.store().apply(&batch).await.map_err(gone)?;
+        self.metrics
+            .store("commit", self.store().apply(&batch))
+            .await
+            .map_err(gone)?;
         self.changed();
         Ok(())
     }
@@ -462,16 +486,14 @@ impl Service {
         mut rebuild: impl FnMut() -> Result<Batch, StoreError>,
     ) -> Result<(), ServiceError> {
         let check = caller.still_valid();
-        self.vault
-            .apply_sealed(|| {
-                let mut batch = rebuild()?;
-                if let Some(op) = &check {
-                    batch.ops.insert(0, op.clone());
-                }
-                Ok(batch)
-            })
-            .await
-            .map_err(gone)?;
+        let apply = self.vault.apply_sealed(|| {
+            let mut batch = rebuild()?;
+            if let Some(op) = &check {
+                batch.ops.insert(0, op.clone());
+            }
+            Ok(batch)
+        });
+        self.metrics.store("commit", apply).await.map_err(gone)?;
         self.changed();
         Ok(())
     }
@@ -497,8 +519,11 @@ impl Service {
             return Ok(s);
         }
         let rows = self
-            .store()
-            .secrets(SecretFilter::Workspace(workspace))
+            .metrics
+            .store(
+                "load_secrets",
+                self.store().secrets(SecretFilter::Workspace(workspace)),
+            )
             .await?;
         let snap = Arc::new(Snapshot {
             generation,
@@ -524,13 +549,14 @@ impl Service {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(id);
         };
-        let Some(token) = self.store().tokens(TokenFilter::Id(id)).await?.pop() else {
+        let tokens = self.store().tokens(TokenFilter::Id(id));
+        let Some(token) = self.metrics.store("load_token", tokens).await?.pop() else {
             forget();
             return Ok(None);
         };
         let Some(user) = self
-            .store()
-            .users()
+            .metrics
+            .store("load_users", self.store().users())
             .await?
             .into_iter()
             .find(|u| u.id == token.user_id && u.live())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::{Caller, Service, ServiceError, Who, may_use};
-use crate::secret::{HeldValue, SecretMeta, SecretName, SecretValue, Timestamp};
+use crate::secret::{SecretMeta, SecretName, SecretValue, Timestamp, ValueStamp};
 use crate::store::{AuditAction, StoredSecret, TargetKind};
 
 /// The longest a long-poll is held.
@@ -24,7 +24,7 @@ pub struct WorkloadQuery {
     pub per_name: bool,
     /// The values the reader holds (version and time of each): those still current are
     /// answered without their value, and are not reads.
-    pub held: Vec<HeldValue>,
+    pub held: Vec<ValueStamp>,
     /// `false`: names, versions and the revision only (the watch).
     pub values: bool,
     /// Hold the request up to this long while the revision equals `since`.
@@ -95,11 +95,16 @@ impl Service {
         let wait = q.wait.min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
         let mut caller = caller.clone();
+        let mut held_poll = None;
         let (rows, revision, ws) = loop {
             let (rows, revision, ws) = self.readable(&caller).await?;
             if q.since.as_deref() != Some(revision.as_str()) || wait.is_zero() {
+                if held_poll.is_some() {
+                    self.metrics.answered_change();
+                }
                 break (rows, revision, ws);
             }
+            held_poll.get_or_insert_with(|| self.metrics.long_poll());
             // Nothing new: wait for a committed change (a token revoked and a user removed are
             // changes too), the end of the wait, or the token's expiry; then look again, as the
             // principal the store has now.
@@ -160,6 +165,14 @@ impl Service {
                 value,
             });
         }
+        drop(held_poll);
+        let served = audits.len();
+        self.metrics.workload_secrets("served", served);
+        self.metrics.workload_secrets(
+            if q.values { "held" } else { "listed" },
+            secrets.len() - served,
+        );
+        self.metrics.workload_secrets("missing", missing.len());
         self.record_reads(audits).await?;
         let token = caller.token();
         Ok(WorkloadAnswer {

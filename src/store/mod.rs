@@ -593,8 +593,9 @@ pub trait Store: Send + Sync + 'static {
     fn shared(&self) -> bool {
         false
     }
-    /// Waits for a change committed by another process. Stores with one writer never return.
-    async fn next_change(&self) -> Result<(), StoreError> {
+    /// Waits for a change committed by another process; answers when that process says it
+    /// committed it, if it says. Stores with one writer never return.
+    async fn next_change(&self) -> Result<Option<crate::secret::Timestamp>, StoreError> {
         std::future::pending().await
     }
 

@@ -180,8 +180,9 @@ impl Dialect for Postgres {
     }
 
     async fn notify(tx: &mut Self::Tx) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_notify($1, '')")
+        sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
+            .bind((Timestamp::now().nanos() / 1000).to_string())
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -209,7 +210,7 @@ impl Dialect for Postgres {
         true
     }
 
-    async fn next_change(&self) -> Result<(), StoreError> {
+    async fn next_change(&self) -> Result<Option<Timestamp>, StoreError> {
         let mut guard = self.listener.lock().await;
         if guard.is_none() {
             let mut listener = PgListener::connect_with(&self.pool).await?;
@@ -218,7 +219,13 @@ impl Dialect for Postgres {
         }
         let listener = guard.as_mut().expect("set above");
         match listener.recv().await {
-            Ok(_) => Ok(()),
+            // The payload is the sender's clock at commit, in microseconds (an older replica
+            // sends none).
+            Ok(n) => Ok(n
+                .payload()
+                .parse::<i64>()
+                .ok()
+                .map(|micros| Timestamp::from_nanos(micros.saturating_mul(1000)))),
             Err(e) => {
                 // Listen again from a new connection next time.
                 *guard = None;

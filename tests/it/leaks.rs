@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Daemon, Out, Scratch, Server, TempDatabase, fuse_available, postgres_url, run_with,
+    Daemon, NotifySocket, Out, Scratch, Server, TempDatabase, fuse_available, postgres_url,
+    run_with,
 };
 
 fn contains(hay: &[u8], needle: &str) -> bool {
@@ -178,7 +179,8 @@ fn the_canary_never_leaks_anywhere() {
         ),
     ));
 
-    // The server, at trace level.
+    // The server, at trace level, telling a service manager how it is and serving metrics.
+    let notify = NotifySocket::abstract_named(&format!("secretfs-leaks-{}", std::process::id()));
     let server = Server::start_custom_env(
         &s,
         &[
@@ -186,8 +188,10 @@ fn the_canary_never_leaks_anywhere() {
             &format!("sqlite://{}", s.path().join("srv.db").display()),
             "--admin-token-file",
             s.path().join("srv-admin.tok").to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
-        &[("RUST_LOG", "trace")],
+        &[("RUST_LOG", "trace"), ("NOTIFY_SOCKET", &notify.address)],
     );
     let admin = std::fs::read_to_string(s.path().join("srv-admin.tok"))
         .unwrap()
@@ -352,16 +356,33 @@ fn the_canary_never_leaks_anywhere() {
     c.env_remove("SECRETFS_STORE");
     outputs.push(("server launcher".into(), run_with(c, b"")));
     let mut mount_log = String::new();
+    let scrape = |ready_line: &str| -> Vec<u8> {
+        let url = ready_line
+            .split_whitespace()
+            .find(|w| w.ends_with("/metrics"))
+            .unwrap()
+            .to_owned();
+        rt.block_on(async { http.get(url).send().await.unwrap().bytes().await.unwrap() })
+            .to_vec()
+    };
+    let mut scrapes: Vec<(String, Vec<u8>)> = Vec::new();
     if fuse_available("the_canary_never_leaks_anywhere (mount part)") {
         let mnt = s.path().join("mnt");
         let url = server.url.clone();
         let mut d = Daemon::start_with(
             &s,
             &mnt,
-            &["--token-file", wfile.to_str().unwrap(), "--audit"],
+            &[
+                "--token-file",
+                wfile.to_str().unwrap(),
+                "--audit",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
             |c| {
                 c.env("SECRETFS_URL", &url)
                     .env("RUST_LOG", "trace")
+                    .env("NOTIFY_SOCKET", &notify.address)
                     .env_remove("SECRETFS_STORE");
             },
         );
@@ -381,6 +402,7 @@ fn the_canary_never_leaks_anywhere() {
         )
         .unwrap()
         .ends_with(b"-4")));
+        scrapes.push(("the mount's metrics".into(), scrape(&d.ready_line)));
         d.stop(nix::sys::signal::Signal::SIGTERM);
         mount_log = d.log();
         assert!(
@@ -426,8 +448,14 @@ fn the_canary_never_leaks_anywhere() {
         dump = out.stdout;
     }
 
+    scrapes.push(("the server's metrics".into(), scrape(&server.ready_line)));
     let argv_hits = argv.finish();
     drop(server);
+    let datagrams = notify.drain(500).join("\n");
+    assert!(
+        datagrams.contains("READY=1") && datagrams.contains("STOPPING=1"),
+        "{datagrams}"
+    );
     // The scan.
     let mut places: Vec<(String, Vec<u8>)> = Vec::new();
     for (what, out) in &outputs {
@@ -438,6 +466,8 @@ fn the_canary_never_leaks_anywhere() {
         places.push((format!("HTTP body of {what}"), body.clone().into_bytes()));
     }
     places.push(("daemon log".into(), mount_log.into_bytes()));
+    places.push(("sd_notify datagrams".into(), datagrams.into_bytes()));
+    places.extend(scrapes);
     places.push(("pg_dump".into(), dump));
     let mut files = Vec::new();
     files_under(s.path(), &mut files);

@@ -14,6 +14,7 @@ mod launcher;
 mod leaks;
 mod lepton;
 mod mount;
+mod operators;
 mod protocol;
 mod replicas;
 mod server_api;

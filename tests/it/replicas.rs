@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::{
-    OwnPostgres, Scratch, Server, TempDatabase, add_user, postgres_url, run_with,
+    NotifySocket, OwnPostgres, Scratch, Server, TempDatabase, add_user, postgres_url, run_with,
 };
 
 async fn call(
@@ -41,7 +41,13 @@ async fn two_replicas_share_one_postgres() {
     let s = Scratch::new();
     let key = s.path().join("replicas.key");
     let mut a = Server::start_pg(&s, &db.url, &key, true);
-    let b = Server::start_pg(&s, &db.url, &key, false);
+    let b = Server::start_pg_with(
+        &s,
+        &db.url,
+        &key,
+        false,
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
     assert!(
         a.log().contains("postgres:")
             || std::fs::read_to_string(&a.log_path)
@@ -120,6 +126,26 @@ async fn two_replicas_share_one_postgres() {
         woke.duration_since(updated)
     );
     assert_eq!(v["secrets"][0]["version"], 2);
+    // B heard of A's commit through NOTIFY, said how late, and its long-poll answered it.
+    let text = reqwest::get(b.metrics_url())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        count("secretfs_replica_notification_lag_seconds_count ") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        count("secretfs_change_fanout_seconds_count ") >= 1.0,
+        "{text}"
+    );
 
     // A dies: a client given both URLs goes on through B.
     a.kill(nix::sys::signal::Signal::SIGKILL);
@@ -234,7 +260,15 @@ async fn a_database_outage_answers_503_and_recovers_without_a_restart() {
     };
     let s = Scratch::new();
     let key = s.path().join("k");
-    let server = Server::start_pg(&s, &pg.url, &key, true);
+    let notify = NotifySocket::at_path(&s.path().join("notify"));
+    let server = Server::start_pg_env(
+        &s,
+        &pg.url,
+        &key,
+        &["--metrics-listen", "127.0.0.1:0"],
+        &[("NOTIFY_SOCKET", &notify.address)],
+    );
+    notify.until("READY=1", 10);
     let admin = server.admin_token.clone();
     let (status, _) = call(&server.url, "GET", "/readyz", &admin, None).await;
     assert_eq!(status, 200);
@@ -262,6 +296,29 @@ async fn a_database_outage_answers_503_and_recovers_without_a_restart() {
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["message"], "store unavailable; try again shortly");
     assert_eq!(v["code"], "unavailable");
+    // The failures are counted by operation: the readiness check's, and the create's (which
+    // fails at whichever store read or write it reaches first).
+    let text = reqwest::get(server.metrics_url())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let errors: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("secretfs_store_errors_total{operation=\"")?;
+            let (operation, count) = rest.split_once("\"} ")?;
+            Some((operation.to_owned(), count.trim().parse().ok()?))
+        })
+        .collect();
+    assert!(
+        errors.iter().any(|(o, n)| o == "ready" && *n >= 1.0),
+        "{text}"
+    );
+    assert!(errors.iter().map(|(_, n)| n).sum::<f64>() >= 2.0, "{text}");
+    // And systemctl status says so.
+    notify.until("the store does not answer", 15);
 
     pg.resume();
     let mut recovered = false;
@@ -273,6 +330,7 @@ async fn a_database_outage_answers_503_and_recovers_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(recovered, "readiness did not recover");
+    notify.until("the store answers again", 15);
     let (status, list) = call(
         &server.url,
         "GET",

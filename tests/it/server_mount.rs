@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Api, Daemon, Scratch, Server, eventually, fuse_available};
+use crate::support::{Api, Daemon, NotifySocket, Scratch, Server, eventually, fuse_available};
 
 #[test]
 fn rotation_reaches_a_mount_within_a_second_and_survives_an_outage() {
@@ -23,9 +23,13 @@ fn rotation_reaches_a_mount_within_a_second_and_survives_an_outage() {
     std::fs::write(&wfile, w["token"].as_str().unwrap()).unwrap();
     let mnt = s.path().join("mnt");
     let url = server.url.clone();
+    let notify = NotifySocket::at_path(&s.path().join("notify"));
     let d = Daemon::start_with(&s, &mnt, &["--token-file", wfile.to_str().unwrap()], |c| {
-        c.env("SECRETFS_URL", &url).env_remove("SECRETFS_STORE");
+        c.env("SECRETFS_URL", &url)
+            .env_remove("SECRETFS_STORE")
+            .env("NOTIFY_SOCKET", &notify.address);
     });
+    notify.until("READY=1", 10);
     assert!(d.ready_line.contains("from server"), "{}", d.ready_line);
     assert_eq!(std::fs::read(mnt.join("ROT")).unwrap(), b"v1");
 
@@ -56,7 +60,9 @@ fn rotation_reaches_a_mount_within_a_second_and_survives_an_outage() {
         "{}",
         d.log()
     );
-    // Back up: updates flow again.
+    // systemctl status says so, and since when.
+    let said = notify.until("source failing since", 10);
+    assert!(said.last().unwrap().contains("1 secret at"), "{said:?}");
     server.restart(&s);
     let api = Api::new(&server);
     rt.block_on(api.call(
@@ -71,6 +77,7 @@ fn rotation_reaches_a_mount_within_a_second_and_survives_an_outage() {
         d.log()
     );
     assert!(d.log().contains("source reachable again"), "{}", d.log());
+    notify.until("(source reachable again)", 10);
 }
 
 #[test]

@@ -3,17 +3,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use proptest::prelude::*;
 
 use super::*;
-use crate::secret::{SecretKind, Timestamp, Visibility};
+use crate::secret::Timestamp;
 
-fn meta(name: &str, version: u64) -> SecretMeta {
-    SecretMeta {
+fn meta(name: &str, version: u64) -> ValueStamp {
+    ValueStamp {
         name: SecretName::parse(name).unwrap(),
-        kind: SecretKind::Custom,
-        visibility: Visibility::Private,
-        owner: "u".into(),
-        tags: vec![],
         version,
-        created_at: Timestamp::from_nanos(1_000),
         updated_at: Timestamp::from_nanos(1_000 + version as i64),
     }
 }
@@ -35,17 +30,17 @@ fn tree(secrets: &[(&str, u64, &str)]) -> Tree<Vec<u8>> {
 
 /// Of `metas`, the secrets whose value `t` does not hold (what a refresh fetches), as the daemon
 /// decides it: from the tree's `held` values.
-fn stale(t: &Tree<Vec<u8>>, metas: &[SecretMeta]) -> Vec<SecretName> {
+fn stale(t: &Tree<Vec<u8>>, metas: &[ValueStamp]) -> Vec<SecretName> {
     let held = t.held();
     metas
         .iter()
-        .filter(|m| !held.iter().any(|h| h.describes(m)))
+        .filter(|m| !held.contains(m))
         .map(|m| m.name.clone())
         .collect()
 }
 
 fn sync(t: &mut Tree<Vec<u8>>, secrets: &[(&str, u64, &str)]) -> Changes {
-    let metas: Vec<SecretMeta> = secrets.iter().map(|(n, v, _)| meta(n, *v)).collect();
+    let metas: Vec<ValueStamp> = secrets.iter().map(|(n, v, _)| meta(n, *v)).collect();
     let stale: Vec<String> = stale(t, &metas).iter().map(|n| n.to_string()).collect();
     let fresh = secrets
         .iter()

@@ -14,6 +14,8 @@ pub struct Server {
     pub db: PathBuf,
     pub admin_token: String,
     pub log_path: PathBuf,
+    /// The first line it printed (where it serves, and its metrics address if asked).
+    pub ready_line: String,
     args: Vec<String>,
 }
 
@@ -108,6 +110,7 @@ impl Server {
             db: db.to_owned(),
             admin_token: String::new(),
             log_path,
+            ready_line: line,
             args,
         }
     }
@@ -133,6 +136,15 @@ impl Server {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         Self::spawn_env(scratch, &scratch.path().join("custom.db"), args, None, env)
+    }
+
+    /// Where its `/metrics` is served (started with `--metrics-listen`): from its ready line.
+    pub fn metrics_url(&self) -> String {
+        self.ready_line
+            .split_whitespace()
+            .find(|w| w.ends_with("/metrics"))
+            .unwrap_or_else(|| panic!("no metrics address in {:?}", self.ready_line))
+            .to_owned()
     }
 
     /// Starts the same server again (same database, same port) after it was stopped.
@@ -165,6 +177,39 @@ impl Server {
     /// A server on PostgreSQL `db_url` with the key file `key` (shared by replicas); `init`
     /// creates the admin, whose token goes to `scratch/admin.tok`.
     pub fn start_pg(scratch: &Scratch, db_url: &str, key: &Path, init: bool) -> Server {
+        Self::start_pg_with(scratch, db_url, key, init, &[])
+    }
+
+    /// Like `start_pg`, with extra arguments.
+    pub fn start_pg_with(
+        scratch: &Scratch,
+        db_url: &str,
+        key: &Path,
+        init: bool,
+        extra: &[&str],
+    ) -> Server {
+        Self::start_pg_inner(scratch, db_url, key, init, extra, &[])
+    }
+
+    /// An initialised server on PostgreSQL with extra arguments and environment.
+    pub fn start_pg_env(
+        scratch: &Scratch,
+        db_url: &str,
+        key: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        Self::start_pg_inner(scratch, db_url, key, true, extra, env)
+    }
+
+    fn start_pg_inner(
+        scratch: &Scratch,
+        db_url: &str,
+        key: &Path,
+        init: bool,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--listen".into(),
@@ -182,7 +227,8 @@ impl Server {
             args.push("--admin-token-file".into());
             args.push(token_file.display().to_string());
         }
-        let mut s = Self::spawn(scratch, key, args, None);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = Self::spawn_env(scratch, key, args, None, env);
         s.admin_token = std::fs::read_to_string(&token_file)
             .unwrap_or_default()
             .trim()
