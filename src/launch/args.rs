@@ -29,11 +29,46 @@ pub struct RunArgs {
     /// `--allow-unsafe-env NAME`: a variable of `plan::UNSAFE_ENV` that may hold a secret anyway.
     pub allow_unsafe_env: Vec<String>,
     pub workdir: Option<PathBuf>,
+    /// `--watch` and its options (checked by `watch::plan`).
+    pub watch: WatchArgs,
     pub dry_run: bool,
     pub verbose: u8,
     pub help: bool,
     /// The workload's argv (after `--`, or from the first argument that is not a flag).
     pub command: Vec<OsString>,
+}
+
+/// The flags of a supervised run, as given (values parsed by `watch::plan`, which reports every
+/// problem at once).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchArgs {
+    pub enabled: bool,
+    pub on_change: Option<String>,
+    pub stop_signal: Option<String>,
+    pub stop_timeout: Option<String>,
+    pub debounce: Option<String>,
+    pub max_restarts: Option<String>,
+    pub exit_code: Option<u8>,
+    pub process_group: bool,
+    pub poll: Option<String>,
+}
+
+impl WatchArgs {
+    /// The first watch option given, if any (they need `--watch`).
+    pub fn any_option(&self) -> Option<&'static str> {
+        [
+            (self.on_change.is_some(), "--on-change"),
+            (self.stop_signal.is_some(), "--stop-signal"),
+            (self.stop_timeout.is_some(), "--stop-timeout"),
+            (self.debounce.is_some(), "--debounce"),
+            (self.max_restarts.is_some(), "--max-restarts"),
+            (self.exit_code.is_some(), "--exit-code"),
+            (self.process_group, "--process-group"),
+            (self.poll.is_some(), "--poll"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
 }
 
 pub const USAGE: &str = "\
@@ -64,12 +99,22 @@ options:
                           reads it as a path or code (LD_*, BASH_ENV, PYTHONPATH, ...: refused
                           by default; see the README for the list)
   --workdir DIR           run COMMAND in DIR
+  --watch                 stay as COMMAND's parent and follow rotations of the secrets it uses
+                          (a directory source; spec: [watch]); with:
+    --on-change ACTION    restart (default), signal:NAME (e.g. signal:HUP) or exit
+    --stop-signal NAME    how a restart stops COMMAND (TERM); --stop-timeout DURATION (10s)
+                          before SIGKILL
+    --debounce DURATION   a burst of changes within it is one restart (2s)
+    --max-restarts N/DUR  at most N restarts in any DUR (5/10m); past it COMMAND keeps running
+    --exit-code N         the exit status of --on-change exit (75)
+    --process-group       COMMAND in its own process group, signals sent to the group
+    --poll DURATION       how often the directory's files are checked (250ms)
   --dry-run               print the plan (values shown as <secret NAME>) and exit
   -v, --verbose           log what is resolved from where (never values)
   -h, --help              this text
 
-exit status: COMMAND's own; 125 if the launcher fails before exec, 126 if COMMAND is not
-executable, 127 if it is not found.
+exit status: COMMAND's own (with --watch: 128+N if it died of signal N); 125 if the launcher
+fails before exec, 126 if COMMAND is not executable, 127 if it is not found.
 ";
 
 /// Splits `NAME=VALUE`; for secrets a bare `NAME` means `NAME=NAME` (Lepton's `-s` form).
@@ -145,6 +190,20 @@ pub fn parse(args: &[OsString]) -> Result<RunArgs, String> {
             "--inherit-env" => out.inherit_env = Some(InheritEnv::parse(&value(flag)?)?),
             "--allow-unsafe-env" => out.allow_unsafe_env.push(value(flag)?),
             "--workdir" => out.workdir = Some(value(flag)?.into()),
+            "--watch" if inline.is_none() => out.watch.enabled = true,
+            "--on-change" => out.watch.on_change = Some(value(flag)?),
+            "--stop-signal" => out.watch.stop_signal = Some(value(flag)?),
+            "--stop-timeout" => out.watch.stop_timeout = Some(value(flag)?),
+            "--debounce" => out.watch.debounce = Some(value(flag)?),
+            "--max-restarts" => out.watch.max_restarts = Some(value(flag)?),
+            "--poll" => out.watch.poll = Some(value(flag)?),
+            "--exit-code" => {
+                let v = value(flag)?;
+                out.watch.exit_code = Some(v.parse().map_err(|_| {
+                    format!("--exit-code expects a number from 0 to 255, got {v:?}")
+                })?);
+            }
+            "--process-group" if inline.is_none() => out.watch.process_group = true,
             "--dry-run" if inline.is_none() => out.dry_run = true,
             "-v" | "--verbose" if inline.is_none() => out.verbose += 1,
             "-h" | "--help" if inline.is_none() => out.help = true,

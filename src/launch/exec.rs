@@ -1,5 +1,5 @@
 //! The only place secretfs execs: the workload replaces the launcher, keeping its PID (PID 1 in a
-//! container) and receiving signals directly.
+//! container) and receiving signals directly; or, under `--watch`, is spawned as its child.
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -48,45 +48,124 @@ pub fn exec(
     }
 
     let shown = program.to_string_lossy();
-    let candidates: Vec<CString> = if program.as_bytes().contains(&b'/') {
-        vec![argv[0].clone()]
-    } else {
-        let search = path
-            .map(OsStr::to_owned)
-            .or_else(|| std::env::var_os("PATH"))
-            .unwrap_or_else(|| DEFAULT_PATH.into());
-        std::env::split_paths(&search)
-            .map(|d| {
-                let d = if d.as_os_str().is_empty() {
-                    ".".into()
-                } else {
-                    d
-                };
-                CString::new(d.join(program).into_os_string().into_vec())
-            })
-            .filter_map(Result::ok)
-            .collect()
-    };
     let mut denied = false;
-    for candidate in &candidates {
+    for candidate in &candidates(program, &argv[0], path) {
         // execve only returns on failure.
         let Err(errno) = nix::unistd::execve(candidate, &argv, &envp);
-        match errno {
-            nix::Error::ENOENT | nix::Error::ENOTDIR => continue,
-            nix::Error::EACCES => denied = true,
-            nix::Error::ENOEXEC => {
-                return fail(
-                    126,
-                    format!("cannot execute {shown}: not an executable format"),
-                );
-            }
-            e => return fail(126, format!("cannot execute {shown}: {}", e.desc())),
+        if let Some(failure) = judge(errno, &shown, &mut denied) {
+            return failure;
         }
     }
+    not_started(&shown, denied)
+}
+
+/// Starts `command` with exactly `env` as a child, with `sigmask` as its signal mask and, with
+/// `group`, in a process group of its own. Its working directory is this process's.
+pub fn spawn(
+    command: &[OsString],
+    env: &EnvBlock,
+    path: Option<&OsStr>,
+    sigmask: &nix::sys::signal::SigSet,
+    group: bool,
+) -> Result<nix::unistd::Pid, ExecFailure> {
+    use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
+    let fail = |code, message| ExecFailure { code, message };
+    let Some(program) = command.first() else {
+        return Err(fail(125, "no command to run".into()));
+    };
+    let Ok(argv) = command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<Vec<CString>, _>>()
+    else {
+        return Err(fail(125, "a command argument contains a NUL byte".into()));
+    };
+    let envp: Vec<&CStr> = env
+        .entries()
+        .map(|e| CStr::from_bytes_with_nul(e).expect("entries end with their only NUL"))
+        .collect();
+    let setup = || -> nix::Result<(PosixSpawnAttr, PosixSpawnFileActions)> {
+        let mut attr = PosixSpawnAttr::init()?;
+        let mut flags =
+            PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF;
+        if group {
+            flags |= PosixSpawnFlags::POSIX_SPAWN_SETPGROUP;
+            attr.set_pgroup(nix::unistd::Pid::from_raw(0))?;
+        }
+        attr.set_flags(flags)?;
+        attr.set_sigmask(sigmask)?;
+        // Every signal the supervisor handles is at its default in the child.
+        attr.set_sigdefault(&nix::sys::signal::SigSet::all())?;
+        Ok((attr, PosixSpawnFileActions::init()?))
+    };
+    let (attr, actions) =
+        setup().map_err(|e| fail(125, format!("cannot prepare to start: {}", e.desc())))?;
+    let shown = program.to_string_lossy();
+    let mut denied = false;
+    for candidate in &candidates(program, &argv[0], path) {
+        match posix_spawn(candidate.as_c_str(), &actions, &attr, &argv, &envp) {
+            Ok(pid) => return Ok(pid),
+            Err(errno) => {
+                if let Some(failure) = judge(errno, &shown, &mut denied) {
+                    return Err(failure);
+                }
+            }
+        }
+    }
+    Err(not_started(&shown, denied))
+}
+
+/// Where `program` may be: itself when it names a path, else each directory of `path` (or
+/// PATH, or a default).
+fn candidates(program: &OsStr, argv0: &CString, path: Option<&OsStr>) -> Vec<CString> {
+    if program.as_bytes().contains(&b'/') {
+        return vec![argv0.clone()];
+    }
+    let search = path
+        .map(OsStr::to_owned)
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_else(|| DEFAULT_PATH.into());
+    std::env::split_paths(&search)
+        .map(|d| {
+            let d = if d.as_os_str().is_empty() {
+                ".".into()
+            } else {
+                d
+            };
+            CString::new(d.join(program).into_os_string().into_vec())
+        })
+        .filter_map(Result::ok)
+        .collect()
+}
+
+/// One candidate failed: try the next (`None`), or stop with this failure.
+fn judge(errno: nix::Error, shown: &str, denied: &mut bool) -> Option<ExecFailure> {
+    let fail = |code, message| Some(ExecFailure { code, message });
+    match errno {
+        nix::Error::ENOENT | nix::Error::ENOTDIR => None,
+        nix::Error::EACCES => {
+            *denied = true;
+            None
+        }
+        nix::Error::ENOEXEC => fail(
+            126,
+            format!("cannot execute {shown}: not an executable format"),
+        ),
+        e => fail(126, format!("cannot execute {shown}: {}", e.desc())),
+    }
+}
+
+fn not_started(shown: &str, denied: bool) -> ExecFailure {
     if denied {
-        fail(126, format!("cannot execute {shown}: permission denied"))
+        ExecFailure {
+            code: 126,
+            message: format!("cannot execute {shown}: permission denied"),
+        }
     } else {
-        fail(127, format!("command not found: {shown}"))
+        ExecFailure {
+            code: 127,
+            message: format!("command not found: {shown}"),
+        }
     }
 }
 

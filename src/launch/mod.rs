@@ -1,15 +1,18 @@
 //! The launcher, `secretfs run`: job spec and flags in, the workload exec'd with its secrets in
 //! its environment.
 //!
-//! `spec` and `args` parse, `plan` decides (pure), `resolve` reads the secrets, `exec` replaces
-//! the process. The path from a directory source to exec starts no runtime, opens no database
-//! and touches no network: it is on every container's start path.
+//! `spec` and `args` parse, `plan` and `watch` decide (pure), `resolve` reads the secrets, `exec`
+//! replaces the process, or `supervise` stays as its parent (`--watch`). The path from a
+//! directory source to exec starts no runtime, opens no database and touches no network: it is
+//! on every container's start path.
 
 pub mod args;
 pub mod exec;
 pub mod plan;
 pub mod resolve;
 pub mod spec;
+pub mod supervise;
+pub mod watch;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -54,7 +57,7 @@ fn init_logging(verbose: u8) {
 }
 
 /// Runs the launcher with the arguments after `run`. Returns only when the workload did not
-/// start (or for `--help` and `--dry-run`).
+/// start (or for `--help` and `--dry-run`), or, with `--watch`, with the workload's status.
 pub fn main(raw: &[OsString]) -> ExitCode {
     launch(raw, &resolve::AnySource, None)
 }
@@ -173,6 +176,11 @@ fn launch(
     }
     if args.dry_run {
         print!("{}", plan.render());
+    }
+    if let Some(watch) = &plan.watch
+        && !args.dry_run
+    {
+        return supervise::run(&plan, watch, fetcher);
     }
     let resolved = match resolve::resolve(&plan, fetcher) {
         Ok(r) => r,

@@ -111,6 +111,8 @@ pub struct ExecPlan {
     pub vars: Vec<Var>,
     /// Overrides, reported by name (never a value).
     pub notes: Vec<String>,
+    /// `--watch`: the launcher stays as the workload's parent (`None`: it execs).
+    pub watch: Option<super::watch::WatchPlan>,
 }
 
 impl ExecPlan {
@@ -173,6 +175,9 @@ impl ExecPlan {
                 Value::SecretFile(n) => format!("<file of secret {n}>"),
             };
             out.push_str(&format!("{}={shown}  # {}\n", v.name, v.origin.label()));
+        }
+        if let Some(w) = &self.watch {
+            out.push_str(&w.render());
         }
         for note in &self.notes {
             out.push_str(&format!("note: {note}\n"));
@@ -540,6 +545,21 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         .cloned()
         .collect();
 
+    let watch = match super::watch::plan(args, spec.watch.as_ref()) {
+        Ok(w) => w,
+        Err(more) => {
+            problems.extend(more);
+            None
+        }
+    };
+    if watch.is_some() && !matches!(source, SourcePlan::Dir { .. }) {
+        problems.push(
+            "--watch follows a directory source (a secretfs mount, a Kubernetes or Docker secret \
+             volume); the local store's and a server's change feeds are not followed yet: mount \
+             the secrets and pass --dir with the mount"
+                .into(),
+        );
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -555,6 +575,7 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         inherit,
         vars: vars.into_values().collect(),
         notes,
+        watch,
     })
 }
 

@@ -29,6 +29,8 @@ pub struct Spec {
     /// reads them as a path or as code (see `plan::UNSAFE_ENV`); for whoever really means it.
     #[serde(default)]
     pub allow_unsafe_env: Vec<String>,
+    /// Supervision (`secretfs run --watch`): present means on.
+    pub watch: Option<super::watch::WatchSpec>,
 }
 
 /// Where secrets come from. At most one of `dir`, `store`, `url`.

@@ -23,5 +23,6 @@ mod server_hardening;
 mod server_mount;
 mod server_tls;
 mod store;
+mod supervise;
 mod support;
 mod web;

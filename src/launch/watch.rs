@@ -1,0 +1,325 @@
+//! The watch policy of `secretfs run --watch` (flags over the spec's `[watch]`): what a change
+//! of a used secret does, how changes are debounced, and the restart budget. Pure: no IO.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+
+use super::args::{RunArgs, parse_duration};
+
+/// `[watch]` in a job spec; the table's presence turns supervision on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchSpec {
+    pub on_change: Option<String>,
+    pub stop_signal: Option<String>,
+    pub stop_timeout: Option<String>,
+    pub debounce: Option<String>,
+    pub max_restarts: Option<String>,
+    pub exit_code: Option<u8>,
+    pub process_group: Option<bool>,
+    /// How often a directory source's files are checked.
+    pub poll: Option<String>,
+}
+
+/// What a change of a used secret does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnChange {
+    /// Stop the workload, re-resolve, start it again.
+    Restart,
+    /// Re-resolve (so a failure is noticed) and send the workload this signal.
+    Signal(Signal),
+    /// Stop the workload and end with this code, for an orchestrator to restart.
+    Exit(u8),
+}
+
+/// At most `count` restarts within any `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub count: u32,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchPlan {
+    pub on_change: OnChange,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub debounce: Duration,
+    pub budget: Budget,
+    pub process_group: bool,
+    pub poll: Duration,
+}
+
+impl WatchPlan {
+    /// For `--dry-run`.
+    pub fn render(&self) -> String {
+        let on_change = match self.on_change {
+            OnChange::Restart => "restart".to_owned(),
+            OnChange::Signal(s) => format!("signal:{}", short(s)),
+            OnChange::Exit(code) => format!("exit {code}"),
+        };
+        format!(
+            "watch: on change {on_change}; stop with {} then SIGKILL after {}; debounce {}; at \
+             most {} restarts per {}; {}; directory checked every {}\n",
+            short(self.stop_signal),
+            humantime::format_duration(self.stop_timeout),
+            humantime::format_duration(self.debounce),
+            self.budget.count,
+            humantime::format_duration(self.budget.window),
+            if self.process_group {
+                "signals to the workload's process group"
+            } else {
+                "signals to the workload"
+            },
+            humantime::format_duration(self.poll),
+        )
+    }
+}
+
+fn short(s: Signal) -> &'static str {
+    s.as_str().trim_start_matches("SIG")
+}
+
+/// `HUP`, `SIGHUP` or a number.
+pub fn parse_signal(what: &str, s: &str) -> Result<Signal, String> {
+    let upper = s.trim().to_ascii_uppercase();
+    let named = if upper.starts_with("SIG") {
+        upper.clone()
+    } else {
+        format!("SIG{upper}")
+    };
+    named
+        .parse::<Signal>()
+        .ok()
+        .or_else(|| {
+            upper
+                .parse::<i32>()
+                .ok()
+                .and_then(|n| Signal::try_from(n).ok())
+        })
+        .filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP))
+        .ok_or_else(|| {
+            format!(
+                "{what} {s:?} is not a signal that can be sent and caught (e.g. TERM, HUP, USR1)"
+            )
+        })
+}
+
+/// `5/10m`: at most 5 restarts in any 10 minutes.
+pub fn parse_budget(what: &str, s: &str) -> Result<Budget, String> {
+    let bad = || format!("{what} {s:?}: expected COUNT/DURATION, e.g. 5/10m");
+    let (count, window) = s.split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    let window = parse_duration(what, window)?;
+    if count == 0 || window.is_zero() {
+        return Err(format!(
+            "{what} {s:?}: both the count and the window must be above zero"
+        ));
+    }
+    Ok(Budget { count, window })
+}
+
+/// The policy from the flags over the spec; `None` when neither asks for `--watch`. Every
+/// problem at once.
+pub fn plan(args: &RunArgs, spec: Option<&WatchSpec>) -> Result<Option<WatchPlan>, Vec<String>> {
+    if !args.watch.enabled && spec.is_none() {
+        let stray = args.watch.any_option();
+        return match stray {
+            Some(flag) => Err(vec![format!(
+                "{flag} applies only with --watch (or [watch] in the spec)"
+            )]),
+            None => Ok(None),
+        };
+    }
+    let empty = WatchSpec::default();
+    let spec = spec.unwrap_or(&empty);
+    let mut problems = Vec::new();
+    let pick = |flag: &Option<String>, spec: &Option<String>| flag.clone().or_else(|| spec.clone());
+    let mut duration = |name: &str,
+                        flag: &Option<String>,
+                        spec: &Option<String>,
+                        default: Duration| match pick(flag, spec) {
+        None => default,
+        Some(v) => parse_duration(name, &v).unwrap_or_else(|e| {
+            problems.push(e);
+            default
+        }),
+    };
+    let stop_timeout = duration(
+        "--stop-timeout",
+        &args.watch.stop_timeout,
+        &spec.stop_timeout,
+        Duration::from_secs(10),
+    );
+    let debounce = duration(
+        "--debounce",
+        &args.watch.debounce,
+        &spec.debounce,
+        Duration::from_secs(2),
+    );
+    let poll = duration(
+        "--poll",
+        &args.watch.poll,
+        &spec.poll,
+        Duration::from_millis(250),
+    );
+    if poll.is_zero() {
+        problems.push("--poll must be above zero".into());
+    }
+    let stop_signal = match pick(&args.watch.stop_signal, &spec.stop_signal) {
+        None => Signal::SIGTERM,
+        Some(v) => parse_signal("--stop-signal", &v).unwrap_or_else(|e| {
+            problems.push(e);
+            Signal::SIGTERM
+        }),
+    };
+    let exit_code = args.watch.exit_code.or(spec.exit_code).unwrap_or(75);
+    let on_change = match pick(&args.watch.on_change, &spec.on_change).as_deref() {
+        None | Some("restart") => OnChange::Restart,
+        Some("exit") => OnChange::Exit(exit_code),
+        Some(other) => match other.strip_prefix("signal:") {
+            Some(sig) => match parse_signal("--on-change signal:", sig) {
+                Ok(s) => OnChange::Signal(s),
+                Err(e) => {
+                    problems.push(e);
+                    OnChange::Restart
+                }
+            },
+            None => {
+                problems.push(format!(
+                    "--on-change {other:?}: expected restart, signal:NAME (e.g. signal:HUP) or exit"
+                ));
+                OnChange::Restart
+            }
+        },
+    };
+    let budget = match pick(&args.watch.max_restarts, &spec.max_restarts) {
+        None => Budget {
+            count: 5,
+            window: Duration::from_secs(600),
+        },
+        Some(v) => parse_budget("--max-restarts", &v).unwrap_or_else(|e| {
+            problems.push(e);
+            Budget {
+                count: 5,
+                window: Duration::from_secs(600),
+            }
+        }),
+    };
+    if problems.is_empty() {
+        Ok(Some(WatchPlan {
+            on_change,
+            stop_signal,
+            stop_timeout,
+            debounce,
+            budget,
+            process_group: args.watch.process_group || spec.process_group.unwrap_or(false),
+            poll,
+        }))
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch::args::WatchArgs;
+
+    fn args(watch: WatchArgs) -> RunArgs {
+        RunArgs {
+            watch,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_flags_over_the_spec_and_every_mistake_at_once() {
+        let on = WatchArgs {
+            enabled: true,
+            ..Default::default()
+        };
+        let p = plan(&args(on.clone()), None).unwrap().unwrap();
+        assert_eq!(p.on_change, OnChange::Restart);
+        assert_eq!(p.stop_signal, Signal::SIGTERM);
+        assert_eq!(
+            (p.stop_timeout, p.debounce),
+            (Duration::from_secs(10), Duration::from_secs(2))
+        );
+        assert_eq!(
+            p.budget,
+            Budget {
+                count: 5,
+                window: Duration::from_secs(600)
+            }
+        );
+
+        let spec = WatchSpec {
+            on_change: Some("signal:hup".into()),
+            debounce: Some("1s".into()),
+            exit_code: Some(3),
+            ..Default::default()
+        };
+        let flags = WatchArgs {
+            debounce: Some("0s".into()),
+            ..Default::default()
+        };
+        let p = plan(&args(flags), Some(&spec)).unwrap().unwrap();
+        assert_eq!(p.on_change, OnChange::Signal(Signal::SIGHUP));
+        assert_eq!(p.debounce, Duration::ZERO);
+
+        let bad = WatchArgs {
+            enabled: true,
+            on_change: Some("reload".into()),
+            stop_signal: Some("KILL".into()),
+            max_restarts: Some("5".into()),
+            stop_timeout: Some("soon".into()),
+            ..Default::default()
+        };
+        let problems = plan(&args(bad), None).unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("--on-change \"reload\""))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("--stop-signal \"KILL\""))
+        );
+    }
+
+    #[test]
+    fn a_watch_option_without_watch_is_an_error_and_exit_takes_its_code() {
+        let stray = WatchArgs {
+            debounce: Some("1s".into()),
+            ..Default::default()
+        };
+        assert!(
+            plan(&args(stray), None).unwrap_err()[0]
+                .contains("--debounce applies only with --watch")
+        );
+        assert_eq!(plan(&RunArgs::default(), None), Ok(None));
+        let exit = WatchArgs {
+            enabled: true,
+            on_change: Some("exit".into()),
+            exit_code: Some(9),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&args(exit), None).unwrap().unwrap().on_change,
+            OnChange::Exit(9)
+        );
+        assert_eq!(
+            parse_budget("b", "3/1m"),
+            Ok(Budget {
+                count: 3,
+                window: Duration::from_secs(60)
+            })
+        );
+        assert!(parse_budget("b", "0/1m").is_err());
+    }
+}
