@@ -44,7 +44,7 @@ struct Seen {
     dev: u64,
     ino: u64,
     size: u64,
-    mtime_ns: i64,
+    mtime: (i64, i64),
 }
 
 fn look(paths: &[PathBuf]) -> Vec<Option<Seen>> {
@@ -55,7 +55,7 @@ fn look(paths: &[PathBuf]) -> Vec<Option<Seen>> {
                 dev: m.dev(),
                 ino: m.ino(),
                 size: m.size(),
-                mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                mtime: (m.mtime(), m.mtime_nsec()),
             })
         })
         .collect()
@@ -96,6 +96,26 @@ pub fn run(plan: &ExecPlan, watch: &WatchPlan, fetcher: &impl Fetch) -> ExitCode
     let names = plan.secret_names();
     let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(n.as_str())).collect();
 
+    if let Some(dir) = &plan.workdir
+        && let Err(e) = std::env::set_current_dir(dir)
+    {
+        return fail(&[format!("cannot change to workdir {}: {e}", dir.display())]);
+    }
+    // Looked at before the values are read: a change in between is seen at the first check.
+    // Resolved before any signal is blocked, so a TERM during `--wait` ends the launcher with
+    // nothing started.
+    let mut seen = look(&paths);
+    let resolved = match resolve::resolve(plan, fetcher) {
+        Ok(r) => r,
+        Err(problems) => return fail(&problems),
+    };
+    // Re-resolving never waits: a supervisor inside `--wait` would be deaf to signals and to
+    // its workload's end; a missing file is a failed round, retried.
+    let mut replan = plan.clone();
+    if let SourcePlan::Dir { wait, .. } = &mut replan.source {
+        *wait = None;
+    }
+
     let mut handled = SigSet::empty();
     for s in FORWARDED {
         handled.add(s);
@@ -110,17 +130,6 @@ pub fn run(plan: &ExecPlan, watch: &WatchPlan, fetcher: &impl Fetch) -> ExitCode
             Ok(fd) => fd,
             Err(e) => return fail(&[format!("cannot read signals: {}", e.desc())]),
         };
-    if let Some(dir) = &plan.workdir
-        && let Err(e) = std::env::set_current_dir(dir)
-    {
-        return fail(&[format!("cannot change to workdir {}: {e}", dir.display())]);
-    }
-    // Looked at before the values are read: a change in between is seen at the first check.
-    let mut seen = look(&paths);
-    let resolved = match resolve::resolve(plan, fetcher) {
-        Ok(r) => r,
-        Err(problems) => return fail(&problems),
-    };
     let child = match super::exec::spawn(
         &plan.command,
         &resolved.env,
@@ -137,7 +146,7 @@ pub fn run(plan: &ExecPlan, watch: &WatchPlan, fetcher: &impl Fetch) -> ExitCode
     // The values now live in the workload only.
     drop(resolved);
     let mut s = Supervisor {
-        plan,
+        plan: &replan,
         watch,
         fetcher,
         signals,
@@ -147,11 +156,12 @@ pub fn run(plan: &ExecPlan, watch: &WatchPlan, fetcher: &impl Fetch) -> ExitCode
         restarts: VecDeque::new(),
     };
 
-    // A change waiting for its debounce (or for a retry) to pass: which names, and when.
-    let mut pending: Option<(Vec<usize>, Instant)> = None;
+    // A change waiting for its debounce (or for a retry) to pass: which names, when it is
+    // due, and when the first of them was seen.
+    let mut pending: Option<(Vec<usize>, Instant, Instant)> = None;
     loop {
         let wait = match &pending {
-            Some((_, due)) => due
+            Some((_, due, _)) => due
                 .saturating_duration_since(Instant::now())
                 .min(watch.poll),
             None => watch.poll,
@@ -160,20 +170,29 @@ pub fn run(plan: &ExecPlan, watch: &WatchPlan, fetcher: &impl Fetch) -> ExitCode
             return ExitCode::from(status);
         }
         if s.stopping {
+            // Told to stop: nothing more is due; wait (without spinning) for the workload.
+            pending = None;
             continue;
         }
         let now = look(&paths);
         if now != seen {
             let changed: Vec<usize> = (0..paths.len()).filter(|&i| now[i] != seen[i]).collect();
             seen = now;
-            let mut all = pending.take().map(|(c, _)| c).unwrap_or_default();
+            let at = Instant::now();
+            let (mut all, first) = match pending.take() {
+                Some((c, _, first)) => (c, first),
+                None => (Vec::new(), at),
+            };
             all.extend(changed);
             all.sort_unstable();
             all.dedup();
-            // Every change restarts the debounce: a burst is one action, with the last values.
-            pending = Some((all, Instant::now() + watch.debounce));
+            // Every change restarts the debounce (a burst is one action, with the last values),
+            // up to ten debounces after the first: a file touched without end still gets its
+            // action.
+            let due = (at + watch.debounce).min(first + watch.debounce * 10);
+            pending = Some((all, due, first));
         }
-        if let Some((changed, due)) = &pending
+        if let Some((changed, due, first)) = &pending
             && Instant::now() >= *due
         {
             let shown: Vec<String> = changed
@@ -182,7 +201,7 @@ pub fn run(plan: &ExecPlan, watch: &WatchPlan, fetcher: &impl Fetch) -> ExitCode
                 .collect();
             match s.act(&shown.join(", ")) {
                 Act::Done => pending = None,
-                Act::RetryAt(at) => pending = Some((changed.clone(), at)),
+                Act::RetryAt(at) => pending = Some((changed.clone(), at, *first)),
                 Act::Exit(code) => return ExitCode::from(code),
             }
         }
@@ -199,7 +218,8 @@ impl<F: Fetch> Supervisor<'_, F> {
     /// Waits up to `timeout` for signals and handles them: forwards, reaps. Returns the
     /// workload's status once it has ended on its own (or after being told to stop).
     fn wait_for_signals(&mut self, timeout: Duration) -> Option<u8> {
-        let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        // Rounded up: a remainder below a millisecond must not become a zero timeout.
+        let millis = u16::try_from(timeout.as_nanos().div_ceil(1_000_000)).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(
             std::os::fd::AsFd::as_fd(&self.signals),
             PollFlags::POLLIN,
@@ -229,17 +249,44 @@ impl<F: Fetch> Supervisor<'_, F> {
     /// Reaps every child that ended (orphans too, when this is PID 1); the workload's status
     /// if it was one of them.
     fn reap(&mut self) -> Option<u8> {
-        let mut workload = None;
+        let mut workload = self.workload_ended();
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return workload,
+                Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => break,
                 Ok(w) => {
                     if w.pid() == Some(self.child) {
-                        workload = status_of(w);
+                        workload = workload.or(status_of(w));
                     }
                 }
+                // nix names only the standard signals: a child ended by a real-time one is
+                // reaped all the same, and answered EINVAL. Go on reaping.
+                Err(_) => {}
             }
         }
+        if workload.is_none() && kill(self.child, None) == Err(nix::Error::ESRCH) {
+            // Reaped above with a status nix could not decode, in the moment between the
+            // check and the loop.
+            say("the workload ended; its status could not be read");
+            workload = Some(255);
+        }
+        workload
+    }
+
+    /// Whether the workload has ended, and its status; reaps it. Looked at without reaping
+    /// first, so that a status nix cannot decode (a real-time signal) is read from /proc.
+    fn workload_ended(&self) -> Option<u8> {
+        use nix::sys::wait::{Id, waitid};
+        let peek = waitid(
+            Id::Pid(self.child),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        );
+        let status = match peek {
+            Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => return None,
+            Ok(w) => status_of(w),
+            Err(_) => zombie_status(self.child),
+        };
+        let _ = waitpid(self.child, Some(WaitPidFlag::WNOHANG));
+        Some(status.unwrap_or(255))
     }
 
     fn send(&self, sig: Signal) {
@@ -310,6 +357,9 @@ impl<F: Fetch> Supervisor<'_, F> {
                     // Told to stop while restarting: the workload's end is the supervisor's.
                     return Act::Exit(status);
                 }
+                // The values as they are now: a rotation during the stop is not started stale
+                // (and, if they cannot be read now, the ones checked before the stop serve).
+                let resolved = resolve::resolve(self.plan, self.fetcher).unwrap_or(resolved);
                 match super::exec::spawn(
                     &self.plan.command,
                     &resolved.env,
@@ -357,10 +407,33 @@ impl<F: Fetch> Supervisor<'_, F> {
                 left
             };
             if let Some(status) = self.wait_for_signals(wait) {
+                if self.watch.process_group {
+                    // The leader is gone; what it left in its group goes with it.
+                    let _ = killpg(self.child, Signal::SIGKILL);
+                }
                 return if self.stopping { Err(status) } else { Ok(()) };
             }
         }
     }
+}
+
+/// A zombie's status as the kernel keeps it (`/proc/PID/stat`, field 52: the raw wait status),
+/// as a shell reports it.
+fn zombie_status(pid: Pid) -> Option<u8> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let raw: i32 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(49)?
+        .parse()
+        .ok()?;
+    let signal = raw & 0x7f;
+    Some(if signal == 0 {
+        ((raw >> 8) & 0xff) as u8
+    } else {
+        128u8.wrapping_add(signal as u8)
+    })
 }
 
 fn fail(problems: &[String]) -> ExitCode {

@@ -54,12 +54,22 @@ struct Run {
 
 impl Run {
     fn start(s: &Scratch, dir: &Path, log: &Path, flags: &[&str]) -> Run {
+        Self::start_command(s, dir, log, flags, workload(log))
+    }
+
+    fn start_command(
+        s: &Scratch,
+        dir: &Path,
+        log: &Path,
+        flags: &[&str],
+        command: Vec<String>,
+    ) -> Run {
         let err = s.path().join(format!("run-{}.err", std::process::id()));
         let child = Command::new(bin())
             .args(["run", "--watch", "--dir", dir.to_str().unwrap(), "-s", "A"])
             .args(flags)
             .arg("--")
-            .args(workload(log))
+            .args(command)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&err).unwrap())
@@ -261,6 +271,9 @@ fn the_status_is_the_workloads_and_128_plus_n_after_a_signal() {
     };
     assert_eq!(status("exit 7"), Some(7));
     assert_eq!(status("kill -KILL $$"), Some(128 + 9));
+    // A real-time signal, which nix's wait statuses cannot name: still 128+N, no hang.
+    let rt = "exec python3 -c 'import os, signal; os.kill(os.getpid(), signal.SIGRTMIN + 3)'";
+    assert_eq!(status(rt), Some(128 + libc::SIGRTMIN() + 3));
     // Not started: the launcher's own codes, as without --watch.
     assert_eq!(status_of_missing(&s, &dir), Some(125));
 }
@@ -375,4 +388,43 @@ fn the_supervisors_log_never_holds_a_value() {
     let stderr = run.stderr();
     run.stop();
     assert!(!stderr.contains(&canary), "{stderr}");
+}
+
+#[test]
+fn with_a_process_group_a_restart_takes_the_whole_group() {
+    let (s, dir, log) = setup(&[("A", "v1")]);
+    // The workload leaves a helper in its group that ignores the stop signal and would outlive
+    // it.
+    let script = format!(
+        "echo \"$$ $A\" >> {log}; (trap '' TERM; exec sleep 1000) & echo \"bg $!\" >> {log}; \
+         trap 'exit 3' TERM; while true; do sleep 0.05; done",
+        log = log.display()
+    );
+    let run = Run::start_command(
+        &s,
+        &dir,
+        &log,
+        &["--process-group", "--debounce", "0s"],
+        vec!["sh".into(), "-c".into(), script],
+    );
+    assert!(eventually(5, || lines(&log)
+        .iter()
+        .any(|l| l.starts_with("bg "))));
+    let helper = lines(&log)
+        .iter()
+        .find_map(|l| l.strip_prefix("bg ").map(str::to_owned))
+        .unwrap();
+    rotate(&dir, "A", "v2");
+    assert!(eventually(5, || starts(&log)
+        .iter()
+        .filter(|(p, _)| p != "bg")
+        .count()
+        == 2));
+    assert!(
+        eventually(5, || !Path::new(&format!("/proc/{helper}")).exists()
+            || std::fs::read_to_string(format!("/proc/{helper}/stat"))
+                .is_ok_and(|st| st.contains(") Z "))),
+        "the old workload's helper {helper} outlived the restart"
+    );
+    run.stop();
 }
