@@ -521,17 +521,28 @@ fn json_body(body: &impl Serialize) -> Bytes {
 const MAX_ANSWER: usize = 64 << 20;
 
 /// Reads a body of at most [`MAX_ANSWER`] bytes, refusing a larger one without reading it all.
-async fn bounded_body(mut resp: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+/// How much of an error answer is read (its JSON body is a code, a message and a field).
+const MAX_ERROR_ANSWER: usize = 64 << 10;
+
+async fn bounded_body(resp: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+    bounded_body_of(resp, MAX_ANSWER).await
+}
+
+async fn bounded_body_of(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Zeroizing<Vec<u8>>, ClientError> {
     let too_large = |n: u64| {
         ClientError::Decode(format!(
-            "the answer ({n} bytes or more) is larger than the {} MiB limit",
-            MAX_ANSWER >> 20
+            "the answer ({n} bytes or more) is larger than the {} KiB limit",
+            limit >> 10
         ))
     };
-    if let Some(len) = resp.content_length().filter(|l| *l > MAX_ANSWER as u64) {
+    if let Some(len) = resp.content_length().filter(|l| *l > limit as u64) {
         return Err(too_large(len));
     }
-    // Sized up front when the length is known, so growing never leaves copies of values behind.
+    // Sized up front when the length is known; a chunked answer grows without leaving copies
+    // of values behind.
     let mut body = Zeroizing::new(Vec::with_capacity(
         resp.content_length().unwrap_or(0) as usize
     ));
@@ -540,9 +551,10 @@ async fn bounded_body(mut resp: reqwest::Response) -> Result<Zeroizing<Vec<u8>>,
         .await
         .map_err(|e| ClientError::Decode(e.to_string()))?
     {
-        if body.len() + chunk.len() > MAX_ANSWER {
+        if body.len() + chunk.len() > limit {
             return Err(too_large((body.len() + chunk.len()) as u64));
         }
+        crate::secret::reserve_zeroized(&mut body, chunk.len());
         body.extend_from_slice(&chunk);
     }
     Ok(body)
@@ -561,5 +573,8 @@ fn reason(e: &reqwest::Error) -> String {
 
 async fn error_from(resp: reqwest::Response) -> ClientError {
     let status = resp.status().as_u16();
-    ClientError::from_answer(status, resp.json::<ErrorBody>().await.ok())
+    // Bounded like every answer: a proxy's error page can be any size.
+    let body = bounded_body_of(resp, MAX_ERROR_ANSWER).await.ok();
+    let parsed = body.and_then(|b| serde_json::from_slice::<ErrorBody>(&b).ok());
+    ClientError::from_answer(status, parsed)
 }

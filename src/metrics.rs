@@ -5,7 +5,6 @@
 //! never a secret's name, a user's, a value or a token, so a scrape tells an operator how the
 //! server is doing and nothing about what it holds.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -295,14 +294,4 @@ pub async fn serve(
         }),
     );
     axum::serve(listener, app).await
-}
-
-/// Binds `addr` for [`serve`], with an error that names it.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {addr} for metrics: {e}"),
-        )
-    })
 }

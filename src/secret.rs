@@ -164,6 +164,18 @@ pub enum ValueError {
     SshPublicKey(&'static str),
 }
 
+/// Makes room for `more` bytes at the end of `buf` without leaving a copy of what it holds in
+/// freed memory: a full buffer moves once into a new one of at least twice the size, and the
+/// old one is wiped as it drops (a plain `Vec` would reallocate and leave the bytes behind).
+pub fn reserve_zeroized(buf: &mut Zeroizing<Vec<u8>>, more: usize) {
+    let need = buf.len() + more;
+    if need > buf.capacity() {
+        let mut bigger = Zeroizing::new(Vec::with_capacity(need.max(buf.capacity() * 2)));
+        bigger.extend_from_slice(buf);
+        *buf = bigger;
+    }
+}
+
 /// A secret's value: bytes that are never printed, serialized or left behind in freed memory.
 ///
 /// `Debug` prints `[REDACTED]`; there is no `Display`, `Serialize` or `Clone`. The bytes are

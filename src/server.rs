@@ -194,9 +194,9 @@ pub async fn serve(
         .doing(|| format!("cannot listen on {}", opts.listen))?;
     let metrics = match opts.metrics_listen {
         Some(at) => {
-            let listener = crate::metrics::bind(at)
+            let listener = tokio::net::TcpListener::bind(at)
                 .await
-                .doing(|| format!("cannot listen on {at}"))?;
+                .doing(|| format!("cannot listen on {at} for metrics"))?;
             let bound = listener
                 .local_addr()
                 .doing(|| format!("cannot listen on {at}"))?;

@@ -13,14 +13,26 @@ use super::{GlobalArgs, Hinted};
 use crate::auth::Token;
 use crate::client::Client;
 
-/// What `secretfs login` saves (mode 0600): the server and a user token.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// What `secretfs login` saves (mode 0600): the server and a user token. Its `Debug` leaves the
+/// token out.
+#[derive(Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub url: Option<String>,
     pub token: Option<String>,
     pub workspace: Option<String>,
     pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .field("workspace", &self.workspace)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 fn config_path() -> Option<PathBuf> {

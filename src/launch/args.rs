@@ -38,37 +38,12 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-/// The flags of a supervised run, as given (values parsed by `watch::plan`, which reports every
-/// problem at once).
+/// `--watch` and the watch options as given: the same fields as the spec's `[watch]`, so flags
+/// lie over the spec field by field (`watch::plan` parses the values, every problem at once).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WatchArgs {
     pub enabled: bool,
-    pub on_change: Option<String>,
-    pub stop_signal: Option<String>,
-    pub stop_timeout: Option<String>,
-    pub debounce: Option<String>,
-    pub max_restarts: Option<String>,
-    pub exit_code: Option<u8>,
-    pub process_group: bool,
-    pub poll: Option<String>,
-}
-
-impl WatchArgs {
-    /// The first watch option given, if any (they need `--watch`).
-    pub fn any_option(&self) -> Option<&'static str> {
-        [
-            (self.on_change.is_some(), "--on-change"),
-            (self.stop_signal.is_some(), "--stop-signal"),
-            (self.stop_timeout.is_some(), "--stop-timeout"),
-            (self.debounce.is_some(), "--debounce"),
-            (self.max_restarts.is_some(), "--max-restarts"),
-            (self.exit_code.is_some(), "--exit-code"),
-            (self.process_group, "--process-group"),
-            (self.poll.is_some(), "--poll"),
-        ]
-        .into_iter()
-        .find_map(|(given, flag)| given.then_some(flag))
-    }
+    pub given: super::watch::WatchSpec,
 }
 
 pub const USAGE: &str = "\
@@ -191,19 +166,19 @@ pub fn parse(args: &[OsString]) -> Result<RunArgs, String> {
             "--allow-unsafe-env" => out.allow_unsafe_env.push(value(flag)?),
             "--workdir" => out.workdir = Some(value(flag)?.into()),
             "--watch" if inline.is_none() => out.watch.enabled = true,
-            "--on-change" => out.watch.on_change = Some(value(flag)?),
-            "--stop-signal" => out.watch.stop_signal = Some(value(flag)?),
-            "--stop-timeout" => out.watch.stop_timeout = Some(value(flag)?),
-            "--debounce" => out.watch.debounce = Some(value(flag)?),
-            "--max-restarts" => out.watch.max_restarts = Some(value(flag)?),
-            "--poll" => out.watch.poll = Some(value(flag)?),
+            "--on-change" => out.watch.given.on_change = Some(value(flag)?),
+            "--stop-signal" => out.watch.given.stop_signal = Some(value(flag)?),
+            "--stop-timeout" => out.watch.given.stop_timeout = Some(value(flag)?),
+            "--debounce" => out.watch.given.debounce = Some(value(flag)?),
+            "--max-restarts" => out.watch.given.max_restarts = Some(value(flag)?),
+            "--poll" => out.watch.given.poll = Some(value(flag)?),
             "--exit-code" => {
                 let v = value(flag)?;
-                out.watch.exit_code = Some(v.parse().map_err(|_| {
+                out.watch.given.exit_code = Some(v.parse().map_err(|_| {
                     format!("--exit-code expects a number from 0 to 255, got {v:?}")
                 })?);
             }
-            "--process-group" if inline.is_none() => out.watch.process_group = true,
+            "--process-group" if inline.is_none() => out.watch.given.process_group = Some(true),
             "--dry-run" if inline.is_none() => out.dry_run = true,
             "-v" | "--verbose" if inline.is_none() => out.verbose += 1,
             "-h" | "--help" if inline.is_none() => out.help = true,

@@ -50,13 +50,7 @@ impl EnvBlock {
     }
 
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
-        let need = Self::entry_len(name, value);
-        if self.bytes.len() + need > self.bytes.capacity() {
-            let mut bigger = Zeroizing::new(Vec::with_capacity((self.bytes.len() + need) * 2));
-            bigger.extend_from_slice(&self.bytes);
-            // The old buffer is wiped as it drops.
-            self.bytes = bigger;
-        }
+        crate::secret::reserve_zeroized(&mut self.bytes, Self::entry_len(name, value));
         self.bytes.extend_from_slice(name);
         self.bytes.push(b'=');
         self.bytes.extend_from_slice(value);
@@ -380,7 +374,7 @@ fn read_secret_file(dir: &Path, name: &SecretName) -> Result<SecretValue, Missin
 /// Reads up to `limit` bytes into zeroized memory that never moves while it holds a partial
 /// value: a plain `read_to_end` grows its `Vec` by reallocation and leaves the old bytes in
 /// freed memory. Values are small, so a page first (no `fstat` on the launcher's path); a
-/// larger file moves once into a buffer of its size, the old one wiped as it drops.
+/// larger file moves once into a buffer one byte past its size, the old one wiped as it drops.
 fn read_zeroized(mut file: File, limit: usize) -> std::io::Result<Zeroizing<Vec<u8>>> {
     const FIRST: usize = 4096;
     let mut buf = Zeroizing::new(vec![0u8; FIRST.min(limit)]);
@@ -390,8 +384,11 @@ fn read_zeroized(mut file: File, limit: usize) -> std::io::Result<Zeroizing<Vec<
             if len == limit {
                 break;
             }
+            // One byte past the file's size, so the end is seen inside this buffer and the value
+            // moves only once.
             let size = file.metadata().map_or(0, |m| m.len() as usize);
-            let mut bigger = Zeroizing::new(vec![0u8; size.max(len * 2).min(limit).max(len + 1)]);
+            let want = if size >= len { size + 1 } else { len * 2 };
+            let mut bigger = Zeroizing::new(vec![0u8; want.min(limit).max(len + 1)]);
             bigger[..len].copy_from_slice(&buf[..len]);
             buf = bigger;
         }

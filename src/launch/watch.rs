@@ -23,6 +23,39 @@ pub struct WatchSpec {
     pub poll: Option<String>,
 }
 
+impl WatchSpec {
+    /// These options, each falling back to `base`'s (flags over the spec).
+    pub fn over(&self, base: &WatchSpec) -> WatchSpec {
+        let pick = |a: &Option<String>, b: &Option<String>| a.clone().or_else(|| b.clone());
+        WatchSpec {
+            on_change: pick(&self.on_change, &base.on_change),
+            stop_signal: pick(&self.stop_signal, &base.stop_signal),
+            stop_timeout: pick(&self.stop_timeout, &base.stop_timeout),
+            debounce: pick(&self.debounce, &base.debounce),
+            max_restarts: pick(&self.max_restarts, &base.max_restarts),
+            exit_code: self.exit_code.or(base.exit_code),
+            process_group: self.process_group.or(base.process_group),
+            poll: pick(&self.poll, &base.poll),
+        }
+    }
+
+    /// The flag of the first option set, if any (given without `--watch`, that is an error).
+    fn first_flag(&self) -> Option<&'static str> {
+        [
+            (self.on_change.is_some(), "--on-change"),
+            (self.stop_signal.is_some(), "--stop-signal"),
+            (self.stop_timeout.is_some(), "--stop-timeout"),
+            (self.debounce.is_some(), "--debounce"),
+            (self.max_restarts.is_some(), "--max-restarts"),
+            (self.exit_code.is_some(), "--exit-code"),
+            (self.process_group.is_some(), "--process-group"),
+            (self.poll.is_some(), "--poll"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+}
+
 /// What a change of a used secret does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnChange {
@@ -125,58 +158,37 @@ pub fn parse_budget(what: &str, s: &str) -> Result<Budget, String> {
 /// problem at once.
 pub fn plan(args: &RunArgs, spec: Option<&WatchSpec>) -> Result<Option<WatchPlan>, Vec<String>> {
     if !args.watch.enabled && spec.is_none() {
-        let stray = args.watch.any_option();
-        return match stray {
+        return match args.watch.given.first_flag() {
             Some(flag) => Err(vec![format!(
                 "{flag} applies only with --watch (or [watch] in the spec)"
             )]),
             None => Ok(None),
         };
     }
-    let empty = WatchSpec::default();
-    let spec = spec.unwrap_or(&empty);
+    let w = args.watch.given.over(spec.unwrap_or(&WatchSpec::default()));
     let mut problems = Vec::new();
-    let pick = |flag: &Option<String>, spec: &Option<String>| flag.clone().or_else(|| spec.clone());
-    let mut duration = |name: &str,
-                        flag: &Option<String>,
-                        spec: &Option<String>,
-                        default: Duration| match pick(flag, spec) {
+    let mut duration = |name: &str, given: &Option<String>, default: Duration| match given {
         None => default,
-        Some(v) => parse_duration(name, &v).unwrap_or_else(|e| {
+        Some(v) => parse_duration(name, v).unwrap_or_else(|e| {
             problems.push(e);
             default
         }),
     };
-    let stop_timeout = duration(
-        "--stop-timeout",
-        &args.watch.stop_timeout,
-        &spec.stop_timeout,
-        Duration::from_secs(10),
-    );
-    let debounce = duration(
-        "--debounce",
-        &args.watch.debounce,
-        &spec.debounce,
-        Duration::from_secs(2),
-    );
-    let poll = duration(
-        "--poll",
-        &args.watch.poll,
-        &spec.poll,
-        Duration::from_millis(250),
-    );
+    let stop_timeout = duration("--stop-timeout", &w.stop_timeout, Duration::from_secs(10));
+    let debounce = duration("--debounce", &w.debounce, Duration::from_secs(2));
+    let poll = duration("--poll", &w.poll, Duration::from_millis(250));
     if poll.is_zero() {
         problems.push("--poll must be above zero".into());
     }
-    let stop_signal = match pick(&args.watch.stop_signal, &spec.stop_signal) {
+    let stop_signal = match &w.stop_signal {
         None => Signal::SIGTERM,
-        Some(v) => parse_signal("--stop-signal", &v).unwrap_or_else(|e| {
+        Some(v) => parse_signal("--stop-signal", v).unwrap_or_else(|e| {
             problems.push(e);
             Signal::SIGTERM
         }),
     };
-    let exit_code = args.watch.exit_code.or(spec.exit_code).unwrap_or(75);
-    let on_change = match pick(&args.watch.on_change, &spec.on_change).as_deref() {
+    let exit_code = w.exit_code.unwrap_or(75);
+    let on_change = match w.on_change.as_deref() {
         None | Some("restart") => OnChange::Restart,
         Some("exit") => OnChange::Exit(exit_code),
         Some(other) => match other.strip_prefix("signal:") {
@@ -195,12 +207,12 @@ pub fn plan(args: &RunArgs, spec: Option<&WatchSpec>) -> Result<Option<WatchPlan
             }
         },
     };
-    let budget = match pick(&args.watch.max_restarts, &spec.max_restarts) {
+    let budget = match &w.max_restarts {
         None => Budget {
             count: 5,
             window: Duration::from_secs(600),
         },
-        Some(v) => parse_budget("--max-restarts", &v).unwrap_or_else(|e| {
+        Some(v) => parse_budget("--max-restarts", v).unwrap_or_else(|e| {
             problems.push(e);
             Budget {
                 count: 5,
@@ -215,7 +227,7 @@ pub fn plan(args: &RunArgs, spec: Option<&WatchSpec>) -> Result<Option<WatchPlan
             stop_timeout,
             debounce,
             budget,
-            process_group: args.watch.process_group || spec.process_group.unwrap_or(false),
+            process_group: w.process_group.unwrap_or(false),
             poll,
         }))
     } else {
@@ -263,8 +275,11 @@ mod tests {
             ..Default::default()
         };
         let flags = WatchArgs {
-            debounce: Some("0s".into()),
-            ..Default::default()
+            enabled: false,
+            given: WatchSpec {
+                debounce: Some("0s".into()),
+                ..Default::default()
+            },
         };
         let p = plan(&args(flags), Some(&spec)).unwrap().unwrap();
         assert_eq!(p.on_change, OnChange::Signal(Signal::SIGHUP));
@@ -272,11 +287,13 @@ mod tests {
 
         let bad = WatchArgs {
             enabled: true,
-            on_change: Some("reload".into()),
-            stop_signal: Some("KILL".into()),
-            max_restarts: Some("5".into()),
-            stop_timeout: Some("soon".into()),
-            ..Default::default()
+            given: WatchSpec {
+                on_change: Some("reload".into()),
+                stop_signal: Some("KILL".into()),
+                max_restarts: Some("5".into()),
+                stop_timeout: Some("soon".into()),
+                ..Default::default()
+            },
         };
         let problems = plan(&args(bad), None).unwrap_err();
         assert_eq!(problems.len(), 4, "{problems:?}");
@@ -295,8 +312,11 @@ mod tests {
     #[test]
     fn a_watch_option_without_watch_is_an_error_and_exit_takes_its_code() {
         let stray = WatchArgs {
-            debounce: Some("1s".into()),
-            ..Default::default()
+            enabled: false,
+            given: WatchSpec {
+                debounce: Some("1s".into()),
+                ..Default::default()
+            },
         };
         assert!(
             plan(&args(stray), None).unwrap_err()[0]
@@ -305,9 +325,11 @@ mod tests {
         assert_eq!(plan(&RunArgs::default(), None), Ok(None));
         let exit = WatchArgs {
             enabled: true,
-            on_change: Some("exit".into()),
-            exit_code: Some(9),
-            ..Default::default()
+            given: WatchSpec {
+                on_change: Some("exit".into()),
+                exit_code: Some(9),
+                ..Default::default()
+            },
         };
         assert_eq!(
             plan(&args(exit), None).unwrap().unwrap().on_change,

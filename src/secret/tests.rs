@@ -253,3 +253,15 @@ fn a_held_value_is_matched_exactly_locally_and_at_microseconds_over_the_wire() {
     assert!(!held(1, 5_000_000).describes_as_sent(&meta(1, 5_001_000)));
     assert!(!held(1, 5_000_000).describes_as_sent(&meta(2, 5_000_999)));
 }
+
+#[test]
+fn reserving_moves_a_full_buffer_once_and_keeps_its_bytes() {
+    let mut buf = Zeroizing::new(Vec::with_capacity(4));
+    buf.extend_from_slice(b"abcd");
+    reserve_zeroized(&mut buf, 1);
+    assert!(buf.capacity() >= 8, "{}", buf.capacity());
+    assert_eq!(&buf[..], b"abcd");
+    let before = buf.as_ptr();
+    reserve_zeroized(&mut buf, 3);
+    assert_eq!(buf.as_ptr(), before, "room was there: no move");
+}
