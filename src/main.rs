@@ -40,6 +40,11 @@ fn main() -> ExitCode {
         Some(a) if a == "help" && raw.peek().is_some_and(|b| b == "run") => {
             return secretfs::launch::main(&["--help".into()]);
         }
+        // A supervised workload's start (launch::exec::handover_command).
+        Some(a) if a == secretfs::launch::exec::HANDOVER_ARG => {
+            let rest: Vec<std::ffi::OsString> = raw.collect();
+            return secretfs::launch::exec::handover(&rest);
+        }
         Some(a) if a == secretfs::fs::guard::ARG => {
             let rest: Vec<std::ffi::OsString> = raw.collect();
             return secretfs::fs::guard::main(&rest);

@@ -175,6 +175,35 @@ impl ServerSource {
     }
 }
 
+impl ServerSource {
+    /// The revision and the stamps of `only` (every name has one, or is missing), without a
+    /// value: what a supervised run compares to see whether a secret it uses changed. With
+    /// `watch`, a long-poll: answers once the revision is no longer `since`, or at the timeout.
+    pub fn stamps(
+        &self,
+        only: &[SecretName],
+        watch: Option<(&str, Duration)>,
+    ) -> Result<(String, Vec<ValueStamp>), SourceError> {
+        let read = self.ask(&WorkloadReadRequest {
+            names: Some(only.iter().map(|n| n.as_str().to_owned()).collect()),
+            values: false,
+            since: watch.map(|(since, _)| since.to_owned()),
+            wait_secs: watch.map(|(_, timeout)| self.poll_secs(timeout)),
+            ..Default::default()
+        })?;
+        let stamps = read
+            .secrets
+            .into_iter()
+            .map(|s| ValueStamp {
+                name: s.name,
+                version: s.version,
+                updated_at: s.updated_at,
+            })
+            .collect();
+        Ok((read.revision, stamps))
+    }
+}
+
 impl Source for ServerSource {
     fn describe(&self) -> String {
         format!("server {}", self.urls)
@@ -276,6 +305,27 @@ impl LocalSource {
             caller,
             paths,
         })
+    }
+}
+
+impl LocalSource {
+    /// The store's database file: every commit changes it or its write-ahead log, which is how
+    /// a supervised run notices that it should look again.
+    pub fn store_path(&self) -> &Path {
+        &self.paths.store
+    }
+
+    /// The stamps of `only` as the store has them now (a listing: no value is read, nothing
+    /// is audited).
+    pub fn stamps(&self, only: &[SecretName]) -> Result<Vec<ValueStamp>, SourceError> {
+        let listed = self
+            .runtime
+            .block_on(self.service.local_list(&self.caller, DEFAULT_WORKSPACE))?;
+        Ok(listed
+            .iter()
+            .filter(|m| only.contains(&m.name))
+            .map(SecretMeta::stamp)
+            .collect())
     }
 }
 

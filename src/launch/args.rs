@@ -31,6 +31,8 @@ pub struct RunArgs {
     pub workdir: Option<PathBuf>,
     /// `--watch` and its options (checked by `watch::plan`).
     pub watch: WatchArgs,
+    /// `--mask`: the workload's output passes through the launcher, values masked.
+    pub mask: bool,
     pub dry_run: bool,
     pub verbose: u8,
     pub help: bool,
@@ -75,7 +77,7 @@ options:
                           by default; see the README for the list)
   --workdir DIR           run COMMAND in DIR
   --watch                 stay as COMMAND's parent and follow rotations of the secrets it uses
-                          (a directory source; spec: [watch]); with:
+                          (any source; spec: [watch]); with:
     --on-change ACTION    restart (default), signal:NAME (e.g. signal:HUP) or exit
     --stop-signal NAME    how a restart stops COMMAND (TERM); --stop-timeout DURATION (10s)
                           before SIGKILL
@@ -83,12 +85,15 @@ options:
     --max-restarts N/DUR  at most N restarts in any DUR (5/10m); past it COMMAND keeps running
     --exit-code N         the exit status of --on-change exit (75)
     --process-group       COMMAND in its own process group, signals sent to the group
-    --poll DURATION       how often the directory's files are checked (250ms)
+    --poll DURATION       how often a directory's or the store's files are checked (250ms)
+  --mask                  pass COMMAND's stdout and stderr through, every value (and its
+                          base64 and URL forms) replaced by [secretfs: NAME]; a terminal stays
+                          a terminal (spec: mask = true)
   --dry-run               print the plan (values shown as <secret NAME>) and exit
   -v, --verbose           log what is resolved from where (never values)
   -h, --help              this text
 
-exit status: COMMAND's own (with --watch: 128+N if it died of signal N); 125 if the launcher
+exit status: COMMAND's own (with --watch or --mask: 128+N if it died of signal N); 125 if the launcher
 fails before exec, 126 if COMMAND is not executable, 127 if it is not found.
 ";
 
@@ -179,6 +184,7 @@ pub fn parse(args: &[OsString]) -> Result<RunArgs, String> {
                 })?);
             }
             "--process-group" if inline.is_none() => out.watch.given.process_group = Some(true),
+            "--mask" if inline.is_none() => out.mask = true,
             "--dry-run" if inline.is_none() => out.dry_run = true,
             "-v" | "--verbose" if inline.is_none() => out.verbose += 1,
             "-h" | "--help" if inline.is_none() => out.help = true,

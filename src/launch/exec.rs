@@ -49,6 +49,7 @@ pub fn exec(
 
     let shown = program.to_string_lossy();
     let mut denied = false;
+    let _sigpipe = SigpipeDefault::set();
     for candidate in &candidates(program, &argv[0], path) {
         // execve only returns on failure.
         let Err(errno) = nix::unistd::execve(candidate, &argv, &envp);
@@ -59,14 +60,43 @@ pub fn exec(
     not_started(&shown, denied)
 }
 
-/// Starts `command` with exactly `env` as a child, with `sigmask` as its signal mask and, with
-/// `group`, in a process group of its own. Its working directory is this process's.
+/// SIGPIPE at its default for as long as this lives (around an exec). The Rust runtime ignores
+/// SIGPIPE in this process before `main`, and an ignored signal stays ignored across exec: the
+/// workload would get EPIPE where a shell tool expects to end quietly (`yes | head -1`), as
+/// `std::process::Command` avoids by the same reset. Ignored again if the exec fails, so this
+/// process's own failure message to a closed pipe is an error, not its death.
+struct SigpipeDefault;
+
+impl SigpipeDefault {
+    #[allow(unsafe_code)]
+    fn set() -> SigpipeDefault {
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        // SAFETY: installs no handler (SIG_DFL), on one thread about to exec; nothing between
+        // here and the exec writes to a pipe.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+        SigpipeDefault
+    }
+}
+
+impl Drop for SigpipeDefault {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        // SAFETY: as in `set`: SIG_IGN, which is what the runtime had installed.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
+    }
+}
+
+/// Starts `command` with exactly `env` as a child, with `sigmask` as its signal mask, with
+/// `group` in a process group of its own, and with each `(n, fd)` of `redirect` as its
+/// descriptor `n`. Its working directory is this process's.
 pub fn spawn(
     command: &[OsString],
     env: &EnvBlock,
     path: Option<&OsStr>,
     sigmask: &nix::sys::signal::SigSet,
     group: bool,
+    redirect: &[(i32, std::os::fd::BorrowedFd<'_>)],
 ) -> Result<nix::unistd::Pid, ExecFailure> {
     use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
     let fail = |code, message| ExecFailure { code, message };
@@ -94,9 +124,21 @@ pub fn spawn(
         }
         attr.set_flags(flags)?;
         attr.set_sigmask(sigmask)?;
-        // Every signal the supervisor handles is at its default in the child.
-        attr.set_sigdefault(&nix::sys::signal::SigSet::all())?;
-        Ok((attr, PosixSpawnFileActions::init()?))
+        // Every signal at its default in the child, but those this process was started with
+        // ignored (`nohup`, a shell's background job): exec would have kept them ignored.
+        // SIGPIPE is the Rust runtime's own: at its default, as `exec` does it.
+        let mut default = nix::sys::signal::SigSet::all();
+        for s in ignored_signals() {
+            if s != nix::sys::signal::Signal::SIGPIPE {
+                default.remove(s);
+            }
+        }
+        attr.set_sigdefault(&default)?;
+        let mut actions = PosixSpawnFileActions::init()?;
+        for (n, fd) in redirect {
+            actions.add_dup2(std::os::fd::AsRawFd::as_raw_fd(fd), *n)?;
+        }
+        Ok((attr, actions))
     };
     let (attr, actions) =
         setup().map_err(|e| fail(125, format!("cannot prepare to start: {}", e.desc())))?;
@@ -113,6 +155,70 @@ pub fn spawn(
         }
     }
     Err(not_started(&shown, denied))
+}
+
+/// The hidden first argument of `secretfs` that makes it the hand-over: `secretfs ARG VAR...
+/// -- COMMAND...`.
+pub const HANDOVER_ARG: &str = "__secretfs-handover";
+
+/// The command a supervisor spawns so that a workload's memory files are named by the
+/// workload's own PID: posix_spawn gives the PID only once the child runs, so the child is
+/// this binary again, which knows its PID, rewrites `/proc/self/` in `vars` to it and execs
+/// the workload (exec keeps the PID). One more exec, only when there are memory files; the
+/// alternative, fork and patching the environment in the child, is unsafe code this crate keeps
+/// out of the launcher.
+pub fn handover_command(vars: &[OsString], command: &[OsString]) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = vec!["/proc/self/exe".into(), HANDOVER_ARG.into()];
+    argv.extend(vars.iter().cloned());
+    argv.push("--".into());
+    argv.extend(command.iter().cloned());
+    argv
+}
+
+/// The hand-over's own run (see [`handover_command`]). Its environment holds the workload's
+/// values: the copies it makes on the way are gone with its address space at exec, and it
+/// exits at once when exec fails.
+pub fn handover(raw: &[OsString]) -> std::process::ExitCode {
+    let Some(split) = raw.iter().position(|a| a == "--") else {
+        eprintln!("error: {HANDOVER_ARG} is secretfs run's own; it needs VAR... -- COMMAND");
+        return std::process::ExitCode::from(125);
+    };
+    let (vars, command) = (&raw[..split], &raw[split + 1..]);
+    let own = format!("/proc/{}/", std::process::id());
+    let inherited: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let size = inherited
+        .iter()
+        .map(|(k, v)| EnvBlock::entry_len(k.as_bytes(), v.as_bytes()) + own.len())
+        .sum();
+    let mut env = EnvBlock::with_capacity(size, inherited.len());
+    for (k, v) in &inherited {
+        match v.as_bytes().strip_prefix(b"/proc/self/") {
+            Some(rest) if vars.contains(k) => {
+                let mut path = own.as_bytes().to_vec();
+                path.extend_from_slice(rest);
+                env.push(k.as_bytes(), &path);
+            }
+            _ => env.push(k.as_bytes(), v.as_bytes()),
+        }
+    }
+    let path = super::resolve::child_path(&env);
+    let failure = exec(command, &env, None, path.as_deref());
+    eprintln!("error: {}", failure.message);
+    std::process::ExitCode::from(failure.code)
+}
+
+/// The signals this process ignores, from `/proc/self/status` (`SigIgn`, a hex mask: bit N-1
+/// for signal N), which says it without `sigaction`'s unsafe interface.
+fn ignored_signals() -> Vec<nix::sys::signal::Signal> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    nix::sys::signal::Signal::iterator()
+        .filter(|s| mask & (1u64 << (*s as i32 - 1)) != 0)
+        .collect()
 }
 
 /// Where `program` may be: itself when it names a path, else each directory of `path` (or

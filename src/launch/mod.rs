@@ -2,12 +2,15 @@
 //! its environment.
 //!
 //! `spec` and `args` parse, `plan` and `watch` decide (pure), `resolve` reads the secrets, `exec`
-//! replaces the process, or `supervise` stays as its parent (`--watch`). The path from a
+//! replaces the process, or `supervise` stays as its parent (`--watch`), with `follow` telling
+//! it of changes in the store or on a server. The path from a
 //! directory source to exec starts no runtime, opens no database and touches no network: it is
 //! on every container's start path.
 
 pub mod args;
 pub mod exec;
+pub mod follow;
+pub mod mask;
 pub mod plan;
 pub mod resolve;
 pub mod spec;
@@ -177,10 +180,8 @@ fn launch(
     if args.dry_run {
         print!("{}", plan.render());
     }
-    if let Some(watch) = &plan.watch
-        && !args.dry_run
-    {
-        return supervise::run(&plan, watch, fetcher);
+    if (plan.watch.is_some() || plan.mask) && !args.dry_run {
+        return supervise::run(&plan, fetcher);
     }
     let resolved = match resolve::resolve(&plan, fetcher) {
         Ok(r) => r,

@@ -111,8 +111,11 @@ pub struct ExecPlan {
     pub vars: Vec<Var>,
     /// Overrides, reported by name (never a value).
     pub notes: Vec<String>,
-    /// `--watch`: the launcher stays as the workload's parent (`None`: it execs).
+    /// `--watch`: the launcher stays as the workload's parent (`None`: it execs, unless it
+    /// masks).
     pub watch: Option<super::watch::WatchPlan>,
+    /// `--mask`: the launcher stays as the workload's parent and masks its output.
+    pub mask: bool,
 }
 
 impl ExecPlan {
@@ -177,7 +180,22 @@ impl ExecPlan {
             out.push_str(&format!("{}={shown}  # {}\n", v.name, v.origin.label()));
         }
         if let Some(w) = &self.watch {
-            out.push_str(&w.render());
+            let every = humantime::format_duration(w.poll);
+            let follows = match &self.source {
+                SourcePlan::Dir { .. } => format!("the used files checked every {every}"),
+                SourcePlan::Store { .. } => {
+                    format!("the store's files checked every {every}, then its listing")
+                }
+                SourcePlan::Server { .. } => "the server's long-poll".to_owned(),
+            };
+            out.push_str(&w.render(&follows));
+        }
+        if self.mask {
+            out.push_str(&format!(
+                "mask: stdout and stderr through the launcher, each value of {} bytes or more \
+                 (and its base64 and URL forms) shown as [secretfs: NAME]\n",
+                super::mask::MIN_MASKED
+            ));
         }
         for note in &self.notes {
             out.push_str(&format!("note: {note}\n"));
@@ -552,13 +570,17 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
             None
         }
     };
-    if watch.is_some() && !matches!(source, SourcePlan::Dir { .. }) {
-        problems.push(
-            "--watch follows a directory source (a secretfs mount, a Kubernetes or Docker secret \
-             volume); the local store's and a server's change feeds are not followed yet: mount \
-             the secrets and pass --dir with the mount"
-                .into(),
-        );
+    if let Some(w) = &watch
+        && let super::watch::OnChange::Signal(sig) = w.on_change
+        && !matches!(source, SourcePlan::Dir { .. })
+    {
+        problems.push(format!(
+            "--on-change signal:{} tells a running workload to read its files again, and only a \
+             directory source changes them under it (the variables and memory files from the \
+             store or a server keep the values they were started with): use --on-change restart \
+             or exit, or mount the secrets and pass --dir",
+            sig.as_str().trim_start_matches("SIG")
+        ));
     }
     if !problems.is_empty() {
         return Err(problems);
@@ -576,6 +598,7 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         vars: vars.into_values().collect(),
         notes,
         watch,
+        mask: args.mask || spec.mask,
     })
 }
 

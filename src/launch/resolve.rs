@@ -21,8 +21,13 @@ use crate::source::{LocalSource, ServerSource, Source, SourceError};
 /// at.
 pub struct Resolved {
     pub env: EnvBlock,
-    /// Kept open (and inherited by the workload) for `/proc/self/fd/N` paths.
+    /// Kept open (and inherited by the workload) for `/proc/PID/fd/N` paths.
     pub memfds: Vec<OwnedFd>,
+    /// The variables that hold such a path. For a child ([`resolve_for_child`]) they say
+    /// `/proc/self/...`, for the hand-over to make into the child's own PID.
+    pub memfd_vars: Vec<OsString>,
+    /// With `--mask`, the values by name, for the masker (else empty).
+    pub values: Vec<(SecretName, SecretValue)>,
 }
 
 /// The environment as one zeroized buffer of `NAME=VALUE\0` entries, wiped on drop (so a failed
@@ -97,6 +102,15 @@ pub trait Fetch {
         source: &SourcePlan,
         names: &[SecretName],
     ) -> Result<Vec<SecretValue>, Vec<String>>;
+
+    /// Starts following `names` (sorted) in a store or server source for a supervised run,
+    /// looking once before it returns. (The supervisor checks a directory's files itself.)
+    fn follow(
+        &self,
+        source: &SourcePlan,
+        names: &[SecretName],
+        every: Duration,
+    ) -> Result<super::follow::Follower, Vec<String>>;
 }
 
 /// Every source: directories, the local store, servers.
@@ -109,6 +123,30 @@ impl Fetch for AnySource {
         names: &[SecretName],
     ) -> Result<Vec<SecretValue>, Vec<String>> {
         fetch(source, names)
+    }
+
+    fn follow(
+        &self,
+        source: &SourcePlan,
+        names: &[SecretName],
+        every: Duration,
+    ) -> Result<super::follow::Follower, Vec<String>> {
+        match source {
+            SourcePlan::Store { path, key_file } => {
+                super::follow::store(open_store(path, key_file)?, names.to_vec(), every)
+            }
+            SourcePlan::Server {
+                urls,
+                token_file,
+                ca_file,
+            } => super::follow::server(
+                open_server(urls, token_file.as_deref(), ca_file.as_deref())?,
+                names.to_vec(),
+            ),
+            SourcePlan::Dir { .. } => Err(vec![
+                "a directory source is followed by its files, not by a feed".into(),
+            ]),
+        }
     }
 }
 
@@ -130,10 +168,36 @@ impl Fetch for DirOnly {
             ]),
         }
     }
+
+    fn follow(
+        &self,
+        _source: &SourcePlan,
+        _names: &[SecretName],
+        _every: Duration,
+    ) -> Result<super::follow::Follower, Vec<String>> {
+        Err(vec![
+            "this launcher follows directory sources only; use secretfs run".into(),
+        ])
+    }
 }
 
-/// Reads every needed secret and builds the environment, or returns every problem.
+/// Reads every needed secret and builds the environment, or returns every problem. Memory
+/// files are named by this process's PID: it becomes the workload.
 pub fn resolve(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Resolved, Vec<String>> {
+    resolve_as(plan, fetcher, &std::process::id().to_string())
+}
+
+/// As [`resolve`], for a workload started as a child: its memory files' paths say
+/// `/proc/self/fd/N` until the hand-over ([`super::exec::handover`]) names the child's PID.
+pub fn resolve_for_child(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Resolved, Vec<String>> {
+    resolve_as(plan, fetcher, "self")
+}
+
+fn resolve_as(
+    plan: &ExecPlan,
+    fetcher: &impl Fetch,
+    proc_dir: &str,
+) -> Result<Resolved, Vec<String>> {
     let names = plan.secret_names();
     let values = fetcher.fetch(&plan.source, &names)?;
     let value_of = |n: &SecretName| -> &[u8] {
@@ -142,6 +206,7 @@ pub fn resolve(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Resolved, Vec<St
 
     let mut problems = Vec::new();
     let mut memfds = Vec::new();
+    let mut memfd_vars = Vec::new();
     // Sized first, from what each variable will hold (a file variable's path is at most
     // `/proc/PID/fd/N` or the source's path plus the name), so the block never grows.
     let file_path_len = |n: &SecretName| match &plan.source {
@@ -190,13 +255,13 @@ pub fn resolve(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Resolved, Vec<St
                 SourcePlan::Store { .. } | SourcePlan::Server { .. } => {
                     match memory_file(n, value_of(n)) {
                         Ok(fd) => {
-                            // This process becomes the workload (exec keeps the pid), so the
-                            // path names the same file in every process of the workload, for
-                            // as long as it runs: /proc/self would be each opener's own table.
-                            let path =
-                                format!("/proc/{}/fd/{}", std::process::id(), fd.as_raw_fd());
+                            // The workload's PID (exec keeps it), so the path names the same
+                            // file in every process of the workload, for as long as it runs:
+                            // /proc/self would be each opener's own table.
+                            let path = format!("/proc/{proc_dir}/fd/{}", fd.as_raw_fd());
                             env.push(var.name.as_bytes(), path.as_bytes());
                             memfds.push(fd);
+                            memfd_vars.push(OsString::from(&var.name));
                         }
                         Err(e) => problems.push(format!(
                             "cannot make an in-memory file for secret \"{n}\": {e}"
@@ -207,7 +272,17 @@ pub fn resolve(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Resolved, Vec<St
         }
     }
     if problems.is_empty() {
-        Ok(Resolved { env, memfds })
+        let values = if plan.mask {
+            names.into_iter().zip(values).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Resolved {
+            env,
+            memfds,
+            memfd_vars,
+            values,
+        })
     } else {
         Err(problems)
     }
@@ -251,23 +326,34 @@ fn fetch(source: &SourcePlan, names: &[SecretName]) -> Result<Vec<SecretValue>, 
     }
     match source {
         SourcePlan::Dir { path, wait } => fetch_dir(path, names, *wait),
-        SourcePlan::Store { path, key_file } => {
-            let paths = LocalPaths::resolve(Some(path.clone()), key_file.clone())
-                .map_err(|e| vec![e.to_string()])?;
-            let source = LocalSource::open(paths).map_err(|e| vec![e.to_string()])?;
-            fetch_source(&source, names)
-        }
+        SourcePlan::Store { path, key_file } => fetch_source(&open_store(path, key_file)?, names),
         SourcePlan::Server {
             urls,
             token_file,
             ca_file,
-        } => {
-            let token = server_token(token_file.as_deref()).map_err(|e| vec![e])?;
-            let source = ServerSource::connect(urls, &token, ca_file.as_deref())
-                .map_err(|e| vec![e.to_string()])?;
-            fetch_source(&source, names)
-        }
+        } => fetch_source(
+            &open_server(urls, token_file.as_deref(), ca_file.as_deref())?,
+            names,
+        ),
     }
+}
+
+fn open_store(
+    path: &Path,
+    key_file: &Option<std::path::PathBuf>,
+) -> Result<LocalSource, Vec<String>> {
+    let paths = LocalPaths::resolve(Some(path.to_owned()), key_file.clone())
+        .map_err(|e| vec![e.to_string()])?;
+    LocalSource::open(paths).map_err(|e| vec![e.to_string()])
+}
+
+fn open_server(
+    urls: &str,
+    token_file: Option<&Path>,
+    ca_file: Option<&Path>,
+) -> Result<ServerSource, Vec<String>> {
+    let token = server_token(token_file).map_err(|e| vec![e])?;
+    ServerSource::connect(urls, &token, ca_file).map_err(|e| vec![e.to_string()])
 }
 
 /// The workload token: the spec's or flag's token file, else `SECRETFS_TOKEN`, else the file

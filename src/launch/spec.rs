@@ -31,6 +31,9 @@ pub struct Spec {
     pub allow_unsafe_env: Vec<String>,
     /// Supervision (`secretfs run --watch`): present means on.
     pub watch: Option<super::watch::WatchSpec>,
+    /// `secretfs run --mask`.
+    #[serde(default)]
+    pub mask: bool,
 }
 
 /// Where secrets come from. At most one of `dir`, `store`, `url`.

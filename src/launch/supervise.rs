@@ -1,15 +1,16 @@
 //! `secretfs run --watch`: the launcher stays as the workload's small parent and follows
-//! rotations of the secrets it uses, read from a directory (a secretfs mount, a Kubernetes or
-//! Docker secret volume).
+//! rotations of the secrets it uses: in a directory (a secretfs mount, a Kubernetes or Docker
+//! secret volume), the local store or on a server.
 //!
 //! One thread, no runtime: the signals it handles are blocked and read from a `signalfd`, which
-//! `poll` waits on with the directory check's interval as its timeout. A change is a change of
-//! a used file as `stat` sees it through symlinks (device, inode, size, mtime), so a secretfs
-//! rotation (a new inode) and a Kubernetes `..data` swap (new targets) are both seen, and an
-//! unrelated file is never looked at. Changes are debounced; a restart re-resolves everything
-//! first and never starts a workload whose secrets cannot all be resolved; restarts are
-//! budgeted. Every signal it is sent goes on to the workload; it reaps whatever it inherits as
-//! PID 1, and ends with the workload's status.
+//! `poll` waits on with the directory check's interval as its timeout. For a directory, a change
+//! is a change of a used file as `stat` sees it through symlinks (device, inode, size, mtime),
+//! so a secretfs rotation (a new inode) and a Kubernetes `..data` swap (new targets) are both
+//! seen, and an unrelated file is never looked at; for the store and a server, a [`Follower`]
+//! thread compares stamps and wakes the same `poll` through a pipe. Changes are debounced; a
+//! restart re-resolves everything first and never starts a workload whose secrets cannot all
+//! be resolved; restarts are budgeted. Every signal it is sent goes on to the workload; it reaps
+//! whatever it inherits as PID 1, and ends with the workload's status.
 
 use std::collections::VecDeque;
 use std::os::unix::fs::MetadataExt;
@@ -23,9 +24,12 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use super::exec::ExecFailure;
+use super::follow::Follower;
 use super::plan::{ExecPlan, SourcePlan};
-use super::resolve::{self, Fetch};
+use super::resolve::{self, Fetch, Resolved};
 use super::watch::{OnChange, WatchPlan};
+use crate::secret::SecretName;
 
 /// What the supervisor passes on to the workload.
 const FORWARDED: [Signal; 7] = [
@@ -61,6 +65,44 @@ fn look(paths: &[PathBuf]) -> Vec<Option<Seen>> {
         .collect()
 }
 
+/// How changes are seen.
+enum Detector {
+    /// A directory's used files, looked at on every tick.
+    Files {
+        paths: Vec<PathBuf>,
+        seen: Vec<Option<Seen>>,
+    },
+    /// The store's or a server's, from a thread.
+    Feed(Follower),
+    /// Nothing: supervised only to mask the output.
+    Nothing,
+}
+
+impl Detector {
+    /// The indices (into the plan's sorted names) of what changed since the last call (`fed`:
+    /// what the feed brought meanwhile).
+    fn changed(&mut self, names: &[SecretName], fed: &mut Vec<SecretName>) -> Vec<usize> {
+        match self {
+            Detector::Files { paths, seen } => {
+                let now = look(paths);
+                if now == *seen {
+                    return Vec::new();
+                }
+                let changed = (0..paths.len()).filter(|&i| now[i] != seen[i]).collect();
+                *seen = now;
+                changed
+            }
+            Detector::Feed(f) => {
+                fed.extend(f.take());
+                fed.drain(..)
+                    .filter_map(|n| names.binary_search(&n).ok())
+                    .collect()
+            }
+            Detector::Nothing => Vec::new(),
+        }
+    }
+}
+
 fn say(message: &str) {
     eprintln!("secretfs run: {message}");
 }
@@ -79,33 +121,114 @@ struct Supervisor<'a, F: Fetch> {
     watch: &'a WatchPlan,
     fetcher: &'a F,
     signals: SignalFd,
+    detector: Detector,
     /// The mask the workload starts with: this process's before supervision blocked anything.
     child_mask: SigSet,
     child: Pid,
     /// Set once the supervisor was told to stop: no more restarts, the workload's end is ours.
     stopping: bool,
     restarts: VecDeque<Instant>,
+    /// With `--mask`: the masker the relays use, every value seen so far, and the relays.
+    mask: Option<Masking>,
+    /// With `--process-group`, when stdin is the terminal and this process's group its
+    /// foreground: that group, to give the terminal back to at the end.
+    terminal: Option<Pid>,
+    /// Changes the feed brought while they could not be acted on (during a stop): taken out of
+    /// its pipe at once, so that `poll` does not spin on it.
+    fed: Vec<SecretName>,
+}
+
+struct Masking {
+    shared: super::mask::Shared,
+    /// Every value a workload of this run was started with: an old one may still be printed.
+    seen: Vec<(SecretName, zeroize::Zeroizing<Vec<u8>>)>,
+    relays: super::mask::Relays,
+}
+
+impl Masking {
+    /// Masks the values of `resolved` too, from now on; warns once about each too short.
+    fn learn(&mut self, resolved: &Resolved) {
+        let mut grew = false;
+        for (name, value) in &resolved.values {
+            let bytes = value.expose_secret();
+            if !self
+                .seen
+                .iter()
+                .any(|(n, v)| n == name && v.as_slice() == bytes)
+            {
+                self.seen
+                    .push((name.clone(), zeroize::Zeroizing::new(bytes.to_vec())));
+                grew = true;
+            }
+        }
+        if grew {
+            let (masker, _) =
+                super::mask::Masker::new(self.seen.iter().map(|(n, v)| (n, v.as_slice())));
+            *self.shared.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(masker);
+        }
+    }
+}
+
+/// Blocks the signals the supervisor handles (in this thread, and so in every thread it starts
+/// from now on) and opens the descriptor they are read from; the mask before is the
+/// workload's.
+fn block_signals() -> Result<(SigSet, SignalFd), String> {
+    let mut handled = SigSet::empty();
+    for s in FORWARDED {
+        handled.add(s);
+    }
+    handled.add(Signal::SIGCHLD);
+    let child_mask = handled
+        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
+        .map_err(|e| format!("cannot block signals: {}", e.desc()))?;
+    let signals = SignalFd::with_flags(&handled, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("cannot read signals: {}", e.desc()))?;
+    // Handing the terminal to a workload's group and back (`--process-group`) is done from
+    // the background: not stopped for it.
+    let mut ttou = SigSet::empty();
+    ttou.add(Signal::SIGTTOU);
+    let _ = ttou.thread_block();
+    Ok((child_mask, signals))
 }
 
 /// Runs the plan's command under supervision until it ends; returns its status.
-pub fn run(plan: &ExecPlan, watch: &WatchPlan, fetcher: &impl Fetch) -> ExitCode {
-    let SourcePlan::Dir { path: dir, .. } = &plan.source else {
-        // plan() refuses --watch with any other source.
-        return fail(&["--watch needs a directory source".into()]);
-    };
+pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
+    let unwatched = WatchPlan::unwatched();
+    let watch = plan.watch.as_ref().unwrap_or(&unwatched);
     let names = plan.secret_names();
-    let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(n.as_str())).collect();
-
+    // A store or a server is followed by threads, which must start with the signals blocked:
+    // a process-directed signal goes to any thread that does not block it, and there SIGCHLD
+    // would be dropped and SIGTERM would end the supervisor without its workload. A directory
+    // starts none: its signals are blocked only after the first resolve, so a TERM during
+    // `--wait` ends the launcher with nothing started.
+    let mut blocked = None;
+    // Looked at before the values are read: a change in between is seen at the first check.
+    let detector = match &plan.source {
+        _ if plan.watch.is_none() => Detector::Nothing,
+        SourcePlan::Dir { path: dir, .. } => {
+            let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(n.as_str())).collect();
+            Detector::Files {
+                seen: look(&paths),
+                paths,
+            }
+        }
+        other => {
+            match block_signals() {
+                Ok(b) => blocked = Some(b),
+                Err(e) => return fail(&[e]),
+            }
+            match fetcher.follow(other, &names, watch.poll) {
+                Ok(f) => Detector::Feed(f),
+                Err(problems) => return fail(&problems),
+            }
+        }
+    };
     if let Some(dir) = &plan.workdir
         && let Err(e) = std::env::set_current_dir(dir)
     {
         return fail(&[format!("cannot change to workdir {}: {e}", dir.display())]);
     }
-    // Looked at before the values are read: a change in between is seen at the first check.
-    // Resolved before any signal is blocked, so a TERM during `--wait` ends the launcher with
-    // nothing started.
-    let mut seen = look(&paths);
-    let resolved = match resolve::resolve(plan, fetcher) {
+    let resolved = match resolve::resolve_for_child(plan, fetcher) {
         Ok(r) => r,
         Err(problems) => return fail(&problems),
     };
@@ -115,94 +238,146 @@ pub fn run(plan: &ExecPlan, watch: &WatchPlan, fetcher: &impl Fetch) -> ExitCode
     if let SourcePlan::Dir { wait, .. } = &mut replan.source {
         *wait = None;
     }
-
-    let mut handled = SigSet::empty();
-    for s in FORWARDED {
-        handled.add(s);
-    }
-    handled.add(Signal::SIGCHLD);
-    let child_mask = match handled.thread_swap_mask(SigmaskHow::SIG_BLOCK) {
-        Ok(old) => old,
-        Err(e) => return fail(&[format!("cannot block signals: {}", e.desc())]),
+    let (child_mask, signals) = match blocked.map_or_else(block_signals, Ok) {
+        Ok(b) => b,
+        Err(e) => return fail(&[e]),
     };
-    let signals =
-        match SignalFd::with_flags(&handled, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
-            Ok(fd) => fd,
-            Err(e) => return fail(&[format!("cannot read signals: {}", e.desc())]),
-        };
-    let child = match super::exec::spawn(
-        &plan.command,
-        &resolved.env,
-        resolve::child_path(&resolved.env).as_deref(),
-        &child_mask,
-        watch.process_group,
-    ) {
-        Ok(pid) => pid,
-        Err(f) => {
-            eprintln!("error: {}", f.message);
-            return ExitCode::from(f.code);
+    // Told to stop while the secrets were read (signals already blocked): nothing is started.
+    while let Ok(Some(info)) = signals.read_signal() {
+        if let Ok(sig @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT)) =
+            Signal::try_from(info.ssi_signo as i32)
+        {
+            say(&format!(
+                "told to stop (SIG{}) before the workload started",
+                sig.as_str().trim_start_matches("SIG")
+            ));
+            return ExitCode::from(128u8.wrapping_add(sig as u8));
         }
+    }
+    let mask = if plan.mask {
+        // Built empty here and once, with the values, by `learn`.
+        let (masker, _) = super::mask::Masker::new(std::iter::empty());
+        let short = resolved
+            .values
+            .iter()
+            .filter(|(_, v)| v.expose_secret().len() < super::mask::MIN_MASKED);
+        for (name, _) in short {
+            eprintln!(
+                "warning: secret \"{name}\" is shorter than {} bytes and is not masked \
+                 (masking so short a value would mangle ordinary output)",
+                super::mask::MIN_MASKED
+            );
+        }
+        let shared = std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(masker)));
+        // Started with the signals blocked, like every thread here.
+        let relays = match super::mask::Relays::start(&shared) {
+            Ok(r) => r,
+            Err(e) => return fail(&[e]),
+        };
+        let mut m = Masking {
+            shared,
+            seen: Vec::new(),
+            relays,
+        };
+        m.learn(&resolved);
+        Some(m)
+    } else {
+        None
     };
-    // The values now live in the workload only.
-    drop(resolved);
     let mut s = Supervisor {
         plan: &replan,
         watch,
         fetcher,
         signals,
+        detector,
         child_mask,
-        child,
+        child: Pid::from_raw(0),
         stopping: false,
         restarts: VecDeque::new(),
+        mask,
+        terminal: None,
+        fed: Vec::new(),
     };
+    if watch.process_group
+        && let Ok(foreground) = nix::unistd::tcgetpgrp(std::io::stdin())
+        && foreground == nix::unistd::getpgrp()
+    {
+        s.terminal = Some(foreground);
+    }
+    match s.start(resolved) {
+        Ok(pid) => s.child = pid,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            return s.end(f.code);
+        }
+    }
+    let status = s.supervise(&names);
+    s.end(status)
+}
 
-    // A change waiting for its debounce (or for a retry) to pass: which names, when it is
-    // due, and when the first of them was seen.
-    let mut pending: Option<(Vec<usize>, Instant, Instant)> = None;
-    loop {
-        let wait = match &pending {
-            Some((_, due, _)) => due
-                .saturating_duration_since(Instant::now())
-                .min(watch.poll),
-            None => watch.poll,
-        };
-        if let Some(status) = s.wait_for_signals(wait) {
-            return ExitCode::from(status);
+impl<F: Fetch> Supervisor<'_, F> {
+    /// Lets the masked output drain, then ends with `status`.
+    fn end(self, status: u8) -> ExitCode {
+        if let Some(ours) = self.terminal {
+            let _ = nix::unistd::tcsetpgrp(std::io::stdin(), ours);
         }
-        if s.stopping {
-            // Told to stop: nothing more is due; wait (without spinning) for the workload.
-            pending = None;
-            continue;
+        if let Some(m) = self.mask {
+            m.relays.finish(Duration::from_secs(1));
         }
-        let now = look(&paths);
-        if now != seen {
-            let changed: Vec<usize> = (0..paths.len()).filter(|&i| now[i] != seen[i]).collect();
-            seen = now;
-            let at = Instant::now();
-            let (mut all, first) = match pending.take() {
-                Some((c, _, first)) => (c, first),
-                None => (Vec::new(), at),
+        ExitCode::from(status)
+    }
+
+    /// Follows changes and signals until the workload's end; its status.
+    fn supervise(&mut self, names: &[SecretName]) -> u8 {
+        let s = self;
+        let watch = s.watch;
+
+        // A change waiting for its debounce (or for a retry) to pass: which names, when it is
+        // due, and when the first of them was seen.
+        let mut pending: Option<(Vec<usize>, Instant, Instant)> = None;
+        loop {
+            let wait = match &pending {
+                Some((_, due, _)) => due
+                    .saturating_duration_since(Instant::now())
+                    .min(watch.poll),
+                None => watch.poll,
             };
-            all.extend(changed);
-            all.sort_unstable();
-            all.dedup();
-            // Every change restarts the debounce (a burst is one action, with the last values),
-            // up to ten debounces after the first: a file touched without end still gets its
-            // action.
-            let due = (at + watch.debounce).min(first + watch.debounce * 10);
-            pending = Some((all, due, first));
-        }
-        if let Some((changed, due, first)) = &pending
-            && Instant::now() >= *due
-        {
-            let shown: Vec<String> = changed
-                .iter()
-                .map(|&i| format!("\"{}\"", names[i]))
-                .collect();
-            match s.act(&shown.join(", ")) {
-                Act::Done => pending = None,
-                Act::RetryAt(at) => pending = Some((changed.clone(), at, *first)),
-                Act::Exit(code) => return ExitCode::from(code),
+            if let Some(status) = s.wait_for_signals(wait) {
+                return status;
+            }
+            if s.stopping {
+                // Told to stop: nothing more is due; wait (without spinning) for the workload.
+                pending = None;
+                continue;
+            }
+            let changed = s.detector.changed(names, &mut s.fed);
+            if !changed.is_empty() {
+                let at = Instant::now();
+                let (mut all, first) = match pending.take() {
+                    Some((c, _, first)) => (c, first),
+                    None => (Vec::new(), at),
+                };
+                all.extend(changed);
+                all.sort_unstable();
+                all.dedup();
+                // Every change restarts the debounce (a burst is one action, with the last values),
+                // up to ten debounces after the first: a file touched without end still gets its
+                // action.
+                let due = (at + watch.debounce).min(first + watch.debounce * 10);
+                pending = Some((all, due, first));
+            }
+            if let Some((changed, due, first)) = &pending
+                && Instant::now() >= *due
+            {
+                let shown: Vec<String> = changed
+                    .iter()
+                    .map(|&i| format!("\"{}\"", names[i]))
+                    .collect();
+                match s.act(&shown.join(", ")) {
+                    Act::Done => pending = None,
+                    Act::RetryAt(at) => pending = Some((changed.clone(), at, *first)),
+                    Act::Exit(code) => return code,
+                }
             }
         }
     }
@@ -215,18 +390,69 @@ enum Act {
 }
 
 impl<F: Fetch> Supervisor<'_, F> {
+    /// Starts the workload with `resolved`, through the hand-over when it has memory files;
+    /// the values then live in the workload only (this process's copies are dropped here).
+    fn start(&mut self, resolved: Resolved) -> Result<Pid, ExecFailure> {
+        if let Some(m) = &mut self.mask {
+            m.learn(&resolved);
+        }
+        let redirect: Vec<(i32, std::os::fd::BorrowedFd<'_>)> = self
+            .mask
+            .iter()
+            .flat_map(|m| m.relays.child_ends.iter())
+            .map(|(n, fd)| (*n, std::os::fd::AsFd::as_fd(fd)))
+            .collect();
+        let handover;
+        let command = if resolved.memfd_vars.is_empty() {
+            &self.plan.command
+        } else {
+            handover = super::exec::handover_command(&resolved.memfd_vars, &self.plan.command);
+            &handover
+        };
+        let pid = super::exec::spawn(
+            command,
+            &resolved.env,
+            resolve::child_path(&resolved.env).as_deref(),
+            &self.child_mask,
+            self.watch.process_group,
+            &redirect,
+        )?;
+        if self.terminal.is_some() {
+            // A workload in its own group reads the terminal as its foreground, as a shell's
+            // job would; stopped for reading it before this (SIGTTIN), it goes on.
+            let _ = nix::unistd::tcsetpgrp(std::io::stdin(), pid);
+            let _ = killpg(pid, Signal::SIGCONT);
+        }
+        Ok(pid)
+    }
+
     /// Waits up to `timeout` for signals and handles them: forwards, reaps. Returns the
     /// workload's status once it has ended on its own (or after being told to stop).
     fn wait_for_signals(&mut self, timeout: Duration) -> Option<u8> {
         // Rounded up: a remainder below a millisecond must not become a zero timeout.
         let millis = u16::try_from(timeout.as_nanos().div_ceil(1_000_000)).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(
+        let mut fds = vec![PollFd::new(
             std::os::fd::AsFd::as_fd(&self.signals),
             PollFlags::POLLIN,
         )];
+        if let Detector::Feed(f) = &self.detector {
+            fds.push(PollFd::new(f.fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::from(millis)) {
             Ok(0) | Err(_) => return None,
             Ok(_) => {}
+        }
+        let feed = fds.get(1).and_then(PollFd::revents);
+        drop(fds);
+        if let Some(r) = feed
+            && let Detector::Feed(f) = &self.detector
+        {
+            self.fed.extend(f.take());
+            if r.contains(PollFlags::POLLHUP) && !r.contains(PollFlags::POLLIN) {
+                // The follower is gone (it ends only with a panic): say so, poll no more.
+                say("error: stopped following the source's changes; the workload keeps running");
+                self.detector = Detector::Nothing;
+            }
         }
         while let Ok(Some(info)) = self.signals.read_signal() {
             let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
@@ -240,7 +466,29 @@ impl<F: Fetch> Supervisor<'_, F> {
                 if matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) {
                     self.stopping = true;
                 }
-                self.send(sig);
+                if sig == Signal::SIGWINCH
+                    && let Some(m) = &self.mask
+                {
+                    m.relays.resized();
+                }
+                // Ctrl-C, Ctrl-\ and a resize are sent by the terminal to its whole foreground
+                // process group: a workload in ours has had it already, and a second SIGINT
+                // would cut its clean-up short. (A resize still goes on when the workload's
+                // terminal is --mask's: it has its new size only now.)
+                let own_terminal = self.mask.as_ref().is_some_and(|m| m.relays.has_terminal());
+                // (Only when the workload is still in this group: it may have left it.)
+                let same_group =
+                    nix::unistd::getpgid(Some(self.child)).ok() == Some(nix::unistd::getpgrp());
+                let from_terminal = info.ssi_code == libc::SI_KERNEL
+                    && same_group
+                    && match sig {
+                        Signal::SIGINT | Signal::SIGQUIT => true,
+                        Signal::SIGWINCH => !own_terminal,
+                        _ => false,
+                    };
+                if !from_terminal || self.watch.process_group {
+                    self.send(sig);
+                }
             }
         }
         None
@@ -249,6 +497,7 @@ impl<F: Fetch> Supervisor<'_, F> {
     /// Reaps every child that ended (orphans too, when this is PID 1); the workload's status
     /// if it was one of them.
     fn reap(&mut self) -> Option<u8> {
+        self.follow_a_stop();
         let mut workload = self.workload_ended();
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
@@ -270,6 +519,33 @@ impl<F: Fetch> Supervisor<'_, F> {
             workload = Some(255);
         }
         workload
+    }
+
+    /// Job control, when the workload has the terminal (`--process-group` on a terminal): a
+    /// workload stopped from it (^Z) stops the supervisor too, which first takes the terminal
+    /// back for its own group, so that the shell above sees its job stopped and gets the
+    /// terminal, as with any job. Continued in the foreground (`fg`), it hands the terminal to
+    /// the workload again and continues it; in the background (`bg`), it only continues it.
+    fn follow_a_stop(&mut self) {
+        use nix::sys::wait::{Id, waitid};
+        let Some(ours) = self.terminal else {
+            return;
+        };
+        let stopped = waitid(
+            Id::Pid(self.child),
+            WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG,
+        );
+        if !matches!(stopped, Ok(WaitStatus::Stopped(..))) {
+            return;
+        }
+        let stdin = std::io::stdin();
+        let _ = nix::unistd::tcsetpgrp(&stdin, ours);
+        // Stops here until the shell continues this group.
+        let _ = kill(Pid::this(), Signal::SIGSTOP);
+        if nix::unistd::tcgetpgrp(&stdin) == Ok(ours) {
+            let _ = nix::unistd::tcsetpgrp(&stdin, self.child);
+        }
+        let _ = killpg(self.child, Signal::SIGCONT);
     }
 
     /// Whether the workload has ended, and its status; reaps it. Looked at without reaping
@@ -301,7 +577,7 @@ impl<F: Fetch> Supervisor<'_, F> {
     fn act(&mut self, changed: &str) -> Act {
         let retry =
             || Act::RetryAt(Instant::now() + self.watch.debounce.max(Duration::from_secs(1)));
-        let resolved = match resolve::resolve(self.plan, self.fetcher) {
+        let resolved = match resolve::resolve_for_child(self.plan, self.fetcher) {
             Ok(r) => r,
             Err(problems) => {
                 for p in &problems {
@@ -359,14 +635,9 @@ impl<F: Fetch> Supervisor<'_, F> {
                 }
                 // The values as they are now: a rotation during the stop is not started stale
                 // (and, if they cannot be read now, the ones checked before the stop serve).
-                let resolved = resolve::resolve(self.plan, self.fetcher).unwrap_or(resolved);
-                match super::exec::spawn(
-                    &self.plan.command,
-                    &resolved.env,
-                    resolve::child_path(&resolved.env).as_deref(),
-                    &self.child_mask,
-                    self.watch.process_group,
-                ) {
+                let resolved =
+                    resolve::resolve_for_child(self.plan, self.fetcher).unwrap_or(resolved);
+                match self.start(resolved) {
                     Ok(pid) => {
                         self.child = pid;
                         self.restarts.push_back(Instant::now());

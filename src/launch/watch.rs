@@ -86,8 +86,25 @@ pub struct WatchPlan {
 }
 
 impl WatchPlan {
-    /// For `--dry-run`.
-    pub fn render(&self) -> String {
+    /// The policy of a run that is supervised only to mask its output: nothing is followed,
+    /// signals go to the workload.
+    pub fn unwatched() -> WatchPlan {
+        WatchPlan {
+            on_change: OnChange::Restart,
+            stop_signal: Signal::SIGTERM,
+            stop_timeout: Duration::from_secs(10),
+            debounce: Duration::from_secs(2),
+            budget: Budget {
+                count: 5,
+                window: Duration::from_secs(600),
+            },
+            process_group: false,
+            poll: Duration::from_secs(3600),
+        }
+    }
+
+    /// For `--dry-run`; `follows` says how changes are seen (it depends on the source).
+    pub fn render(&self, follows: &str) -> String {
         let on_change = match self.on_change {
             OnChange::Restart => "restart".to_owned(),
             OnChange::Signal(s) => format!("signal:{}", short(s)),
@@ -95,7 +112,7 @@ impl WatchPlan {
         };
         format!(
             "watch: on change {on_change}; stop with {} then SIGKILL after {}; debounce {}; at \
-             most {} restarts per {}; {}; directory checked every {}\n",
+             most {} restarts per {}; {}; {follows}\n",
             short(self.stop_signal),
             humantime::format_duration(self.stop_timeout),
             humantime::format_duration(self.debounce),
@@ -106,7 +123,6 @@ impl WatchPlan {
             } else {
                 "signals to the workload"
             },
-            humantime::format_duration(self.poll),
         )
     }
 }

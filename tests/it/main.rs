@@ -13,6 +13,7 @@ mod keys;
 mod launcher;
 mod leaks;
 mod lepton;
+mod mask;
 mod mount;
 mod operators;
 mod protocol;

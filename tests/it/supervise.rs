@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::support::{Scratch, bin, eventually, unique_canary};
+use crate::support::{Scratch, bin, eventually, python, unique_canary};
 
 /// A shell workload that appends "PID VALUE" to `log` when it starts, "hup PID" on SIGHUP and
 /// "term PID" on SIGTERM (then exits 3).
@@ -64,10 +64,17 @@ impl Run {
         flags: &[&str],
         command: Vec<String>,
     ) -> Run {
+        let mut args = vec!["--dir", dir.to_str().unwrap(), "-s", "A"];
+        args.extend(flags);
+        Self::start_from(s, &args, log, command)
+    }
+
+    /// `secretfs run --watch ARGS -- COMMAND`, once the workload has logged its start.
+    fn start_from(s: &Scratch, args: &[&str], log: &Path, command: Vec<String>) -> Run {
         let err = s.path().join(format!("run-{}.err", std::process::id()));
         let child = Command::new(bin())
-            .args(["run", "--watch", "--dir", dir.to_str().unwrap(), "-s", "A"])
-            .args(flags)
+            .args(["run", "--watch"])
+            .args(args)
             .arg("--")
             .args(command)
             .stdin(Stdio::null())
@@ -358,22 +365,40 @@ fn dry_run_shows_the_policy_and_watch_options_need_watch() {
         .unwrap();
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--debounce applies only with --watch"));
-    // A source other than a directory is refused, with what to do.
-    let out = Command::new(bin())
-        .args([
-            "run",
-            "--watch",
-            "--store",
-            s.store().to_str().unwrap(),
-            "-s",
-            "A",
-            "--",
-            "true",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --dir with the mount"));
+    // From the store or a server, a signal has nothing new to make the workload read: refused,
+    // with what to do.
+    let store = s.store();
+    let source = ["--store", store.to_str().unwrap()];
+    let out = s.run(
+        &[
+            &["run", "--watch", "--on-change", "signal:HUP"],
+            &source[..],
+            &["-s", "A", "--", "true"],
+        ]
+        .concat(),
+        b"",
+    );
+    assert_eq!(out.code, 125);
+    assert!(
+        out.stderr.contains("use --on-change restart or exit"),
+        "{}",
+        out.stderr
+    );
+    let server = ["--url", "http://127.0.0.1:1"];
+    let out = s.run(
+        &[
+            &["run", "--dry-run", "--watch"],
+            &server[..],
+            &["-s", "A", "--", "true"],
+        ]
+        .concat(),
+        b"",
+    );
+    assert!(
+        out.stdout.contains("; the server's long-poll"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -427,4 +452,350 @@ fn with_a_process_group_a_restart_takes_the_whole_group() {
         "the old workload's helper {helper} outlived the restart"
     );
     run.stop();
+}
+
+/// A workload that logs "PID $A" at its start and, to `files`, "PID PATH CONTENT" of its
+/// memory file `$K_FILE`.
+fn workload_with_file(log: &Path, files: &Path) -> Vec<String> {
+    let script = format!(
+        "echo \"$$ $K_FILE $(cat \"$K_FILE\")\" >> {files}; echo \"$$ $A\" >> {log}; \
+         trap 'exit 3' TERM; while true; do sleep 0.05; done",
+        log = log.display(),
+        files = files.display()
+    );
+    vec!["sh".into(), "-c".into(), script]
+}
+
+#[test]
+fn from_the_local_store_a_rotation_restarts_once_with_fresh_memory_files_for_each_child() {
+    let s = Scratch::new();
+    for (name, value) in [("A", "v1"), ("K", "key1"), ("UNUSED", "u1")] {
+        s.ok(&["secret", "create", name], value.as_bytes());
+    }
+    let log = s.path().join("workload.log");
+    let files = s.path().join("files.log");
+    let store = s.store();
+    let args = [
+        "--store",
+        store.to_str().unwrap(),
+        "-s",
+        "A",
+        "--secret-file",
+        "K_FILE=K",
+        "--debounce",
+        "0s",
+    ];
+    let run = Run::start_from(&s, &args, &log, workload_with_file(&log, &files));
+    let file_lines = || lines(&files);
+    // Each start's memory file is named by that child's own PID, and holds the value it
+    // started with.
+    let check_file = |start: usize, value: &str| {
+        let (pid, _) = starts(&log)[start].clone();
+        let line = file_lines()[start].clone();
+        let mut parts = line.splitn(3, ' ');
+        assert_eq!(parts.next(), Some(pid.as_str()), "{line}");
+        let path = parts.next().unwrap();
+        assert!(path.starts_with(&format!("/proc/{pid}/fd/")), "{line}");
+        assert_eq!(parts.next(), Some(value), "{line}");
+    };
+    assert_eq!(starts(&log)[0].1, "v1");
+    check_file(0, "key1");
+
+    s.ok(&["secret", "update", "A"], b"v2");
+    assert!(
+        eventually(5, || starts(&log).len() == 2),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(starts(&log)[1].1, "v2");
+    check_file(1, "key1");
+    assert_ne!(starts(&log)[0].0, starts(&log)[1].0);
+
+    // An update of a secret the plan does not use changes nothing.
+    s.ok(&["secret", "update", "UNUSED"], b"u2");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(starts(&log).len(), 2, "{}", run.stderr());
+
+    // The secret behind the memory file counts as used.
+    s.ok(&["secret", "update", "K"], b"key2");
+    assert!(
+        eventually(5, || starts(&log).len() == 3),
+        "{}",
+        run.stderr()
+    );
+    check_file(2, "key2");
+
+    // Deleted: the workload keeps its old values and the supervisor says why, by name; the
+    // same name created again is a change that starts it with the new value.
+    s.ok(&["secret", "delete", "A"], b"");
+    assert!(
+        eventually(5, || run
+            .stderr()
+            .contains("keeps running on its old values")),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        run.stderr().contains("secret \"A\" not found"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(starts(&log).len(), 3);
+    s.ok(&["secret", "create", "A"], b"v3");
+    assert!(
+        eventually(5, || starts(&log).len() == 4),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(starts(&log)[3].1, "v3");
+    assert_eq!(run.stop(), Some(3));
+}
+
+#[test]
+fn from_a_server_the_long_poll_restarts_the_workload_and_an_outage_keeps_it() {
+    use serde_json::json;
+    let s = Scratch::new();
+    let mut server = crate::support::Server::start(&s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = crate::support::Api::new(&server);
+    let alice = rt.block_on(api.user(&server.admin_token, "alice"));
+    let canary = unique_canary("supervise-server");
+    rt.block_on(api.create(&alice, "A", &canary, "private"));
+    rt.block_on(api.create(&alice, "UNUSED", "u1", "private"));
+    let (_, w) = rt.block_on(api.mint(&alice, &["A", "UNUSED"], json!({})));
+    let token = s.path().join("w.tok");
+    std::fs::write(&token, w["token"].as_str().unwrap()).unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let log = s.path().join("workload.log");
+    let args = [
+        "--url",
+        server.url.as_str(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "-s",
+        "A",
+        "--debounce",
+        "0s",
+    ];
+    let run = Run::start_from(&s, &args, &log, workload(&log));
+    assert_eq!(starts(&log)[0].1, canary);
+    let update = |name: &str, value: &str| {
+        let (status, _) = rt.block_on(api.call(
+            "PATCH",
+            &format!("/api/v1/workspaces/default/secrets/{name}"),
+            &alice,
+            Some(json!({ "value": value })),
+        ));
+        assert_eq!(status, 200);
+    };
+    for i in 2..=3 {
+        update("A", &format!("{canary}-{i}"));
+        assert!(
+            eventually(5, || starts(&log).len() == i),
+            "{}",
+            run.stderr()
+        );
+        assert_eq!(starts(&log)[i - 1].1, format!("{canary}-{i}"));
+    }
+    // In the token's set but not used by the plan: no restart.
+    update("UNUSED", "u2");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(starts(&log).len(), 3, "{}", run.stderr());
+
+    // The server goes away: the workload keeps running, the supervisor says so once; back, a
+    // rotation reaches the workload again.
+    server.kill(Signal::SIGKILL);
+    assert!(
+        eventually(10, || run.stderr().contains("trying again")),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(starts(&log).len(), 3);
+    server.restart(&s);
+    assert!(
+        eventually(10, || run.stderr().contains("answers again")),
+        "{}",
+        run.stderr()
+    );
+    update("A", "after-outage");
+    assert!(
+        eventually(5, || starts(&log).len() == 4),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(starts(&log)[3].1, "after-outage");
+    let stderr = run.stderr();
+    assert_eq!(run.stop(), Some(3));
+    assert!(!stderr.contains(&canary), "{stderr}");
+}
+
+#[test]
+fn a_signal_ignored_by_the_launchers_parent_stays_ignored_in_the_workload() {
+    // As `nohup` starts it: SIGHUP ignored. exec would keep it so; a spawned workload too.
+    let (s, dir, _) = setup(&[("A", "v1")]);
+    let report = s.path().join("sigign");
+    let script = format!(
+        "trap '' HUP; exec {} run --watch --dir {} -s A -- sh -c 'grep SigIgn /proc/self/status > {}'",
+        bin(),
+        dir.display(),
+        report.display()
+    );
+    let status = Command::new("sh").args(["-c", &script]).status().unwrap();
+    assert!(status.success());
+    let line = std::fs::read_to_string(&report).unwrap();
+    let mask = u64::from_str_radix(line.trim().trim_start_matches("SigIgn:").trim(), 16).unwrap();
+    assert_ne!(mask & 1, 0, "SIGHUP is not ignored in the workload: {line}");
+    // SIGPIPE, which the Rust runtime ignores in the launcher, is at its default in a workload,
+    // supervised or exec'd (through the hand-over too: a memory file from the store): a
+    // shell pipeline ends quietly.
+    s.ok(&["secret", "create", "K"], b"key-file-value");
+    let store = s.store();
+    for args in [
+        vec!["run", "--dir", dir.to_str().unwrap(), "-s", "A"],
+        vec!["run", "--watch", "--dir", dir.to_str().unwrap(), "-s", "A"],
+        vec![
+            "run",
+            "--watch",
+            "--store",
+            store.to_str().unwrap(),
+            "--secret-file",
+            "K_FILE=K",
+        ],
+    ] {
+        let mut all = args.clone();
+        all.extend([
+            "--",
+            "sh",
+            "-c",
+            "grep SigIgn /proc/self/status; yes | head -1",
+        ]);
+        let out = s.run(&all, b"");
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        let line = out.stdout.lines().next().unwrap_or_default().to_owned();
+        let mask =
+            u64::from_str_radix(line.trim_start_matches("SigIgn:").trim(), 16).unwrap_or(u64::MAX);
+        assert_eq!(mask & (1 << 12), 0, "{args:?}: SIGPIPE ignored: {line}");
+        assert!(
+            !out.stderr.contains("Broken pipe"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_on_a_terminal_reaches_the_workload_once() {
+    // On a pseudo-terminal (Python's pty.fork: the launcher in the terminal's foreground
+    // group), ^C makes the terminal signal the whole group: the workload, in the same group,
+    // must not get a second SIGINT from the supervisor.
+    let (s, dir, _) = setup(&[("A", "v1")]);
+    let ready = s.path().join("ready");
+    let count = s.path().join("count");
+    let workload = format!(
+        "import signal, time\n\
+         n = 0\n\
+         def h(*a):\n    global n\n    n += 1\n\
+         signal.signal(signal.SIGINT, h)\n\
+         open({ready:?}, 'w').close()\n\
+         while n == 0:\n    time.sleep(0.01)\n\
+         time.sleep(0.5)\n\
+         open({count:?}, 'w').write(str(n))\n",
+        ready = ready.to_str().unwrap(),
+        count = count.to_str().unwrap()
+    );
+    let driver = format!(
+        "import os, pty, sys, time\n\
+         pid, fd = pty.fork()\n\
+         if pid == 0:\n    os.execv({bin:?}, [{bin:?}, 'run', '--watch', '--dir', {dir:?}, '-s', 'A', '--', {py:?}, '-c', {workload:?}])\n\
+         for _ in range(500):\n    if os.path.exists({ready:?}):\n        break\n    time.sleep(0.01)\n\
+         os.write(fd, b'\\x03')\n\
+         while True:\n    try:\n        os.read(fd, 1024)\n    except OSError:\n        break\n\
+         _, status = os.waitpid(pid, 0)\n\
+         sys.exit(os.waitstatus_to_exitcode(status))\n",
+        bin = bin(),
+        dir = dir.to_str().unwrap(),
+        py = python(),
+        workload = workload,
+        ready = ready.to_str().unwrap(),
+    );
+    let status = Command::new(python())
+        .args(["-c", &driver])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&count).unwrap(), "1");
+}
+
+#[test]
+fn with_a_process_group_a_workload_on_a_terminal_reads_it_as_its_foreground() {
+    // In a group of its own, a workload reading the terminal would be stopped (SIGTTIN) unless
+    // its group is the terminal's foreground; at the end the launcher's group gets it back.
+    let (s, dir, _) = setup(&[("A", "v1")]);
+    let got = s.path().join("got");
+    let driver = format!(
+        "import os, pty, sys, time\n\
+         pid, fd = pty.fork()\n\
+         if pid == 0:\n    os.execv({bin:?}, [{bin:?}, 'run', '--watch', '--process-group', '--dir', {dir:?}, '-s', 'A', '--', 'sh', '-c', 'read line; echo \"$line\" > {got}'])\n\
+         os.set_blocking(fd, False)\n\
+         time.sleep(0.5)\n\
+         os.write(fd, b'typed\\n')\n\
+         deadline = time.time() + 10\n\
+         while time.time() < deadline:\n    done, status = os.waitpid(pid, os.WNOHANG)\n    if done:\n        sys.exit(os.waitstatus_to_exitcode(status))\n    try:\n        os.read(fd, 1024)\n    except OSError:\n        pass\n    time.sleep(0.05)\n\
+         sys.exit('the workload never read its line')\n",
+        bin = bin(),
+        dir = dir.to_str().unwrap(),
+        got = got.display(),
+    );
+    let out = Command::new(python())
+        .args(["-c", &driver])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), "typed\n");
+}
+
+#[test]
+fn with_a_process_group_ctrl_z_stops_the_job_and_fg_continues_it() {
+    // ^Z on the terminal stops the workload's group; the supervisor takes the terminal back and
+    // stops too (the shell's job is stopped); SIGCONT to its group (what `fg` sends) continues
+    // both, the workload with the terminal again.
+    let (s, dir, _) = setup(&[("A", "v1")]);
+    let ready = s.path().join("ready");
+    let driver = format!(
+        "import os, pty, signal, sys, time\n\
+         def state(p):\n    return open(f'/proc/{{p}}/stat').read().rsplit(')', 1)[1].split()[0]\n\
+         def until(f):\n    t = time.time() + 10\n    while time.time() < t:\n        if f():\n            return True\n        time.sleep(0.02)\n    return False\n\
+         pid, fd = pty.fork()\n\
+         if pid == 0:\n    os.execv({bin:?}, [{bin:?}, 'run', '--watch', '--process-group', '--dir', {dir:?}, '-s', 'A', '--', 'sh', '-c', 'echo $$ > {ready}; while true; do sleep 0.05; done'])\n\
+         os.set_blocking(fd, False)\n\
+         if not until(lambda: os.path.exists({ready:?}) and open({ready:?}).read().strip()):\n    sys.exit('the workload never started')\n\
+         work = int(open({ready:?}).read())\n\
+         time.sleep(0.2)\n\
+         os.write(fd, b'\\x1a')\n\
+         if not until(lambda: state(pid) == 'T' and state(work) == 'T'):\n    sys.exit(f'not stopped: supervisor {{state(pid)}}, workload {{state(work)}}')\n\
+         os.killpg(pid, signal.SIGCONT)\n\
+         if not until(lambda: state(pid) != 'T' and state(work) != 'T'):\n    sys.exit(f'not continued: supervisor {{state(pid)}}, workload {{state(work)}}')\n\
+         if os.tcgetpgrp(fd) != work:\n    sys.exit('the workload did not get the terminal back')\n\
+         os.kill(pid, signal.SIGTERM)\n\
+         _, status = os.waitpid(pid, 0)\n\
+         sys.exit(0 if os.WIFEXITED(status) or os.WIFSIGNALED(status) else 'odd status')\n",
+        bin = bin(),
+        dir = dir.to_str().unwrap(),
+        ready = ready.to_str().unwrap(),
+    );
+    let out = Command::new(python())
+        .args(["-c", &driver])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
