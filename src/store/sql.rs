@@ -135,13 +135,16 @@ pub trait Dialect: Send + Sync + 'static {
 /// A transaction on a connection of its own. A connection whose last transaction could not be
 /// ended (its commit failed: a full disk) comes back from the pool still inside it; sqlx then
 /// refuses to begin there, and dropping that attempt rolls the old transaction back, so the
-/// next try finds the connection clean.
+/// next try finds the connection clean. Every connection of the pool may be in that state
+/// after a full disk, so there is a try for each of them and one more (four tries were not
+/// always enough: `faults::a_full_disk_refuses_writes_and_keeps_the_data` saw a 500).
 pub(super) async fn begin_on<DB: sqlx::Database>(
     pool: &sqlx::Pool<DB>,
     statement: &'static str,
 ) -> Result<sqlx::Transaction<'static, DB>, StoreError> {
     let mut last = None;
-    for _ in 0..4 {
+    let tries = pool.options().get_max_connections() as usize + 1;
+    for _ in 0..tries {
         match pool.begin_with(statement).await {
             Err(sqlx::Error::InvalidSavePointStatement) => {
                 last = Some(sqlx::Error::InvalidSavePointStatement);
