@@ -152,7 +152,7 @@ fn with_watch_a_restarted_workload_is_masked_for_its_new_value_and_the_old_one()
     let log = s.path().join("starts");
     // Prints both values whenever it starts (the old one as a stale log line would carry it).
     let script = format!(
-        "echo start >> {log}; echo \"now $TOK old first-value-1\"; trap 'exit 0' TERM; \
+        "trap 'exit 0' TERM; echo start >> {log}; echo \"now $TOK old first-value-1\"; \
          while true; do sleep 0.05; done",
         log = log.display()
     );

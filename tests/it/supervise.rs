@@ -11,12 +11,13 @@ use nix::sys::signal::Signal;
 use crate::support::{Scratch, bin, eventually, python, unique_canary};
 
 /// A shell workload that appends "PID VALUE" to `log` when it starts, "hup PID" on SIGHUP and
-/// "term PID" on SIGTERM (then exits 3).
+/// "term PID" on SIGTERM (then exits 3). The traps come first: a test that signals it as soon
+/// as it sees the start line finds them set.
 fn workload(log: &Path) -> Vec<String> {
     let script = format!(
-        "echo \"$$ $A\" >> {log}; \
-         trap 'echo \"hup $$\" >> {log}' HUP; \
+        "trap 'echo \"hup $$\" >> {log}' HUP; \
          trap 'echo \"term $$\" >> {log}; exit 3' TERM; \
+         echo \"$$ $A\" >> {log}; \
          while true; do sleep 0.05; done",
         log = log.display()
     );
@@ -458,8 +459,8 @@ fn with_a_process_group_a_restart_takes_the_whole_group() {
 /// memory file `$K_FILE`.
 fn workload_with_file(log: &Path, files: &Path) -> Vec<String> {
     let script = format!(
-        "echo \"$$ $K_FILE $(cat \"$K_FILE\")\" >> {files}; echo \"$$ $A\" >> {log}; \
-         trap 'exit 3' TERM; while true; do sleep 0.05; done",
+        "trap 'exit 3' TERM; echo \"$$ $K_FILE $(cat \"$K_FILE\")\" >> {files}; \
+         echo \"$$ $A\" >> {log}; while true; do sleep 0.05; done",
         log = log.display(),
         files = files.display()
     );
