@@ -112,6 +112,16 @@ struct Looks {
 }
 
 impl Looks {
+    fn new(described: String, names: Vec<SecretName>, stamps: Vec<ValueStamp>, tell: Tell) -> Self {
+        Looks {
+            names,
+            stamps,
+            failing: false,
+            described,
+            tell,
+        }
+    }
+
     /// A look succeeded with `now`: tells the supervisor what moved. False once it is gone.
     fn saw(&mut self, now: Vec<ValueStamp>) -> bool {
         if self.failing {
@@ -144,13 +154,12 @@ pub fn server(source: ServerSource, names: Vec<SecretName>) -> Result<Follower, 
         .stamps(&names, None)
         .map_err(|e| vec![e.to_string()])?;
     let (follower, tell) = channel().map_err(|e| vec![e])?;
-    let mut looks = Looks {
-        described: crate::source::Source::describe(&source),
+    let mut looks = Looks::new(
+        crate::source::Source::describe(&source),
         names,
         stamps,
-        failing: false,
         tell,
-    };
+    );
     std::thread::Builder::new()
         .name("follow-server".into())
         .spawn(move || {
@@ -209,13 +218,12 @@ pub fn store(
     let mut seen = look(&files);
     let stamps = source.stamps(&names).map_err(|e| vec![e.to_string()])?;
     let (follower, tell) = channel().map_err(|e| vec![e])?;
-    let mut looks = Looks {
-        described: crate::source::Source::describe(&source),
+    let mut looks = Looks::new(
+        crate::source::Source::describe(&source),
         names,
         stamps,
-        failing: false,
         tell,
-    };
+    );
     std::thread::Builder::new()
         .name("follow-store".into())
         .spawn(move || {

@@ -89,17 +89,22 @@ impl WatchPlan {
     /// The policy of a run that is supervised only to mask its output: nothing is followed,
     /// signals go to the workload.
     pub fn unwatched() -> WatchPlan {
-        WatchPlan {
-            on_change: OnChange::Restart,
-            stop_signal: Signal::SIGTERM,
-            stop_timeout: Duration::from_secs(10),
-            debounce: Duration::from_secs(2),
-            budget: Budget {
-                count: 5,
-                window: Duration::from_secs(600),
+        // The defaults of `--watch` with no option given: one place says what they are.
+        let on = RunArgs {
+            watch: super::args::WatchArgs {
+                enabled: true,
+                ..Default::default()
             },
-            process_group: false,
+            ..Default::default()
+        };
+        let defaults = plan(&on, None)
+            .ok()
+            .flatten()
+            .expect("the defaults are a valid policy");
+        // Nothing to check: wake for signals only.
+        WatchPlan {
             poll: Duration::from_secs(3600),
+            ..defaults
         }
     }
 
