@@ -16,6 +16,7 @@ pub mod launch;
 pub mod metrics;
 pub mod notify;
 pub mod protocol;
+pub mod render;
 pub mod secret;
 pub mod server;
 pub mod service;

@@ -456,6 +456,14 @@ const SSH_KEY_TYPES: &[&str] = &[
 
 /// An SSH public key line: `TYPE BASE64 [COMMENT]`, where the base64 blob begins with the same
 /// type as a length-prefixed string (which is how OpenSSH itself tells a mangled key).
+/// The type and the base64 body of a valid OpenSSH public key line (what `authorized_keys` needs
+/// of it: the comment is the secret's name there); `None` when the line is not one.
+pub fn ssh_public_key_fields(bytes: &[u8]) -> Option<(&str, &str)> {
+    check_ssh_public_key(bytes).ok()?;
+    let mut fields = std::str::from_utf8(bytes).ok()?.split_ascii_whitespace();
+    Some((fields.next()?, fields.next()?))
+}
+
 fn check_ssh_public_key(bytes: &[u8]) -> Result<(), ValueError> {
     use base64::Engine as _;
     let bad = |why| Err(ValueError::SshPublicKey(why));

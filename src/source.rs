@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::auth::Token;
 use crate::client::{Client, ClientError};
 use crate::protocol::{Held, WorkloadRead, WorkloadReadRequest};
-use crate::secret::{SecretMeta, SecretName, SecretValue, Timestamp, ValueStamp};
+use crate::secret::{SecretKind, SecretMeta, SecretName, SecretValue, Timestamp, ValueStamp};
 use crate::service::StoreError;
 use crate::service::{
     Caller, DEFAULT_WORKSPACE, LocalError, LocalPaths, OpenMode, Service, ServiceError,
@@ -52,6 +52,8 @@ pub struct Fetched {
     pub secrets: Vec<(ValueStamp, Option<SecretValue>)>,
     /// Why some values could not be fetched (those secrets come without a value).
     pub errors: Vec<SourceError>,
+    /// The kind of every secret listed (what the built-in rendered files are made from).
+    pub kinds: std::collections::BTreeMap<SecretName, SecretKind>,
 }
 
 /// A place secrets come from, seen by one workload identity. A workload learns of a secret
@@ -259,6 +261,11 @@ impl Source for ServerSource {
             wait_secs: watch.map(|(_, timeout)| self.poll_secs(timeout)),
             ..Default::default()
         })?;
+        let kinds = read
+            .secrets
+            .iter()
+            .map(|s| (s.name.clone(), s.kind))
+            .collect();
         let mut secrets: Vec<(ValueStamp, Option<SecretValue>)> = read
             .secrets
             .into_iter()
@@ -276,6 +283,7 @@ impl Source for ServerSource {
             revision: Some(read.revision),
             secrets,
             errors: Vec::new(),
+            kinds,
         })
     }
 }
@@ -368,15 +376,13 @@ impl Source for LocalSource {
         held: &[ValueStamp],
         _watch: Option<(&str, Duration)>,
     ) -> Result<Fetched, SourceError> {
-        let mut listed: Vec<ValueStamp> = self
+        let mut metas = self
             .runtime
-            .block_on(self.service.local_list(&self.caller, DEFAULT_WORKSPACE))?
-            .iter()
-            .map(SecretMeta::stamp)
-            .collect();
+            .block_on(self.service.local_list(&self.caller, DEFAULT_WORKSPACE))?;
         if !only.is_empty() {
-            listed.retain(|m| only.contains(&m.name));
+            metas.retain(|m| only.contains(&m.name));
         }
+        let listed: Vec<ValueStamp> = metas.iter().map(SecretMeta::stamp).collect();
         let stale: Vec<SecretName> = listed
             .iter()
             .filter(|m| !held.contains(m))
@@ -391,7 +397,10 @@ impl Source for LocalSource {
                 &stale,
             ))?
         };
-        let mut fetched = Fetched::default();
+        let mut fetched = Fetched {
+            kinds: metas.iter().map(|m| (m.name.clone(), m.kind)).collect(),
+            ..Fetched::default()
+        };
         for stamp in listed {
             match stale.iter().position(|n| n == &stamp.name) {
                 None => fetched.secrets.push((stamp, None)),

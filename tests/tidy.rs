@@ -24,6 +24,8 @@ const PURE_CORE: &[&str] = &[
     "src/launch/spec.rs",
     "src/launch/plan.rs",
     "src/launch/plan/",
+    "src/render.rs",
+    "src/render/",
 ];
 const IO_CRATES: &[&str] = &["fuser", "sqlx", "tokio", "axum", "reqwest"];
 

@@ -52,6 +52,26 @@ pub struct MountArgs {
     /// source latency) at http://ADDR/metrics; no names or values, no token.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Files rendered from the secrets (authorized_keys, git-credentials, templates...): a TOML
+    /// file of [files."NAME"] tables; template paths are relative to it.
+    #[arg(long, value_name = "FILES.toml")]
+    pub files: Option<PathBuf>,
+}
+
+/// Reads and checks a files spec: every problem at once.
+pub fn load_files(path: &std::path::Path) -> anyhow::Result<Vec<crate::render::RenderedFile>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the files spec {}", path.display()))?;
+    let spec: crate::render::FilesSpec = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("the files spec {} is not valid: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    crate::render::load(&spec.files, base, |p| std::fs::read_to_string(p)).map_err(|problems| {
+        anyhow::anyhow!(
+            "the files spec {} has problems:\n  {}",
+            path.display(),
+            problems.join("\n  ")
+        )
+    })
 }
 
 /// A user name (looked up in the system's user database, as `chown` does) or a numeric uid.
@@ -117,6 +137,10 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> anyhow::Result<ExitCode> {
         a.mode,
     )
     .map_err(anyhow::Error::msg)?;
+    let files = match &a.files {
+        Some(p) => load_files(p)?,
+        None => Vec::new(),
+    };
     let only = a
         .secrets
         .iter()
@@ -141,6 +165,7 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> anyhow::Result<ExitCode> {
         audit: a.audit,
         start_timeout: a.start_timeout,
         metrics_listen: a.metrics_listen,
+        files,
     };
     mount::run(source, cfg, |ready| {
         let mut out = std::io::stdout().lock();

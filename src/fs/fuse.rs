@@ -122,6 +122,22 @@ impl Filesystem for SecretFs {
             return reply.error(Errno::EROFS);
         }
         let tree = self.tree();
+        if let (Some((name, _)), Some(contents)) =
+            (tree.describe(ino.0), tree.rendered_contents(ino.0))
+        {
+            // A rendered file: the secrets it holds, each with its version.
+            let secrets: Vec<String> = contents.iter().map(|(n, v)| format!("{n}@{v}")).collect();
+            tracing::info!(
+                target: "secretfs::audit",
+                file = %name,
+                secrets = %secrets.join(","),
+                uid = req.uid(),
+                gid = req.gid(),
+                pid = req.pid(),
+                "open"
+            );
+            return reply.opened(FileHandle(ino.0), FopenFlags::FOPEN_KEEP_CACHE);
+        }
         match tree.describe(ino.0) {
             Some((name, version)) => {
                 tracing::info!(

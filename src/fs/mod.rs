@@ -12,5 +12,6 @@ pub mod memory;
 pub mod mount;
 pub mod mountinfo;
 mod refresh;
+mod rendered;
 pub mod status;
 pub mod tree;

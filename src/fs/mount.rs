@@ -12,6 +12,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use super::fuse::{SecretFs, SharedTree};
 use super::refresh::{Mounted, apply, check_only, fetch_with_retry, keep_fresh};
+use super::rendered::Renderer;
 use super::status::MountStatus;
 use super::tree::{Ownership, Tree};
 use crate::notify::Notifier;
@@ -32,6 +33,8 @@ pub struct MountConfig {
     pub start_timeout: Duration,
     /// Where to serve `/metrics` (none: not served).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Files rendered from the secrets (`--files`).
+    pub files: Vec<crate::render::RenderedFile>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,8 @@ pub enum MountError {
     Thread(std::io::Error),
     #[error("metrics: {0} (choose another --metrics-listen address)")]
     Metrics(String),
+    #[error("cannot render the files of --files:\n  {}", .0.join("\n  "))]
+    Render(Vec<String>),
 }
 
 fn missing_message(names: &[SecretName]) -> String {
@@ -241,8 +246,18 @@ pub fn run(
         return Err(MountError::Source(e));
     }
     let revision = first.revision.take();
-    let tree: SharedTree = Arc::new(RwLock::new(Tree::new(cfg.owner, SystemTime::now())));
+    let mut renderer = Renderer::new(cfg.files.clone());
+    let listed: Vec<SecretName> = first.secrets.iter().map(|(m, _)| m.name.clone()).collect();
+    let collisions = renderer.collisions(&listed);
+    if !collisions.is_empty() {
+        return Err(MountError::Render(collisions));
+    }
+    let mut tree = Tree::new(cfg.owner, SystemTime::now());
+    tree.reserve_rendered(renderer.names());
+    let tree: SharedTree = Arc::new(RwLock::new(tree));
+    renderer.set_kinds(std::mem::take(&mut first.kinds));
     apply(&tree, first, &cfg.only)?;
+    renderer.refresh(&tree, true).map_err(MountError::Render)?;
     let count = tree.read().unwrap_or_else(|e| e.into_inner()).len();
 
     // The guard first, while this process holds no FUSE descriptor it could inherit.
@@ -328,6 +343,7 @@ pub fn run(
                     interval,
                     revision,
                     &refresh_stopped,
+                    &mut renderer,
                 )
             })
             .map_err(MountError::Thread)?;

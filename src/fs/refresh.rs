@@ -11,6 +11,7 @@ use fuser::{INodeNo, Notifier};
 use super::fuse::SharedTree;
 use super::memory::LockedPool;
 use super::mount::MountError;
+use super::rendered::Renderer;
 use super::status::MountStatus;
 use super::tree::{Changes, ROOT};
 use crate::secret::{SecretName, SecretValue, ValueStamp};
@@ -88,15 +89,23 @@ fn log_changes(changes: &Changes, tree: &SharedTree) {
         return;
     }
     let versions = tree.read().unwrap_or_else(|e| e.into_inner()).versions();
-    let version_of = |n: &str| versions.iter().find(|(v, _)| v == n).map_or(0, |v| v.1);
+    // Rendered files are not among the versions (the renderer logs them itself).
+    let version_of = |n: &str| versions.iter().find(|(v, _)| v == n).map(|v| v.1);
     for name in &changes.added {
-        tracing::info!(secret = %name, version = version_of(name), "secret added");
+        if let Some(version) = version_of(name) {
+            tracing::info!(secret = %name, version, "secret added");
+        }
     }
     for (name, _) in &changes.replaced {
-        tracing::info!(secret = %name, version = version_of(name), "secret rotated");
+        if let Some(version) = version_of(name) {
+            tracing::info!(secret = %name, version, "secret rotated");
+        }
     }
     for (name, _) in &changes.removed {
         tracing::info!(secret = %name, "secret removed");
+    }
+    for name in &changes.shadowed {
+        tracing::warn!(secret = %name, "a rendered file has this secret's name; the secret is not served as a file");
     }
 }
 
@@ -109,6 +118,7 @@ pub(super) fn refresh(
     notifier: &Notifier,
     only: &[SecretName],
     watch: Option<(&str, Duration)>,
+    renderer: &mut Renderer,
 ) -> Result<Option<String>, MountError> {
     let held = tree.read().unwrap_or_else(|e| e.into_inner()).held();
     let mut fetched = source.fetch(only, &held, watch)?;
@@ -116,7 +126,15 @@ pub(super) fn refresh(
         tracing::warn!(error = %e, "cannot fetch a changed secret; serving its last known good value");
     }
     let revision = fetched.revision.take();
-    let changes = apply(tree, fetched, only)?;
+    renderer.set_kinds(std::mem::take(&mut fetched.kinds));
+    let mut changes = apply(tree, fetched, only)?;
+    if !renderer.is_empty() {
+        // Not strict: a file that cannot be built keeps its last good rendering (logged there).
+        match renderer.refresh(tree, false) {
+            Ok(c) => changes.extend(c),
+            Err(e) => tracing::warn!(problem = %e.join("; "), "cannot render the files"),
+        }
+    }
     // Logged first: the kernel may hold a notification until a pending request is answered.
     log_changes(&changes, tree);
     notify(notifier, &changes);
@@ -170,6 +188,7 @@ pub(super) fn keep_fresh(
     interval: Option<Duration>,
     mut revision: Option<String>,
     stop: &mpsc::Receiver<()>,
+    renderer: &mut Renderer,
 ) {
     let Mounted {
         tree,
@@ -202,7 +221,7 @@ pub(super) fn keep_fresh(
         let started = std::time::Instant::now();
         // A round that waited for a change measures the wait, not the source.
         let waited = watch.is_some();
-        match refresh(source, tree, notifier, only, watch) {
+        match refresh(source, tree, notifier, only, watch, renderer) {
             Ok(r) => {
                 revision = r;
                 let latency = (!waited).then(|| started.elapsed());

@@ -116,7 +116,12 @@ struct Node<V> {
     lookups: AtomicU64,
     /// Whether the name still points here (false once replaced or removed).
     current: bool,
+    /// For a rendered file: its own mode, and the secrets it was built from.
+    rendered: Option<(Option<u16>, Contents)>,
 }
+
+/// The secrets a rendered file holds: (name, version) each.
+pub type Contents = Vec<(String, u64)>;
 
 /// What a refresh changed, for the adapter to tell the kernel about.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -127,11 +132,21 @@ pub struct Changes {
     pub replaced: Vec<(String, u64)>,
     /// Names that are gone: (name, their last inode).
     pub removed: Vec<(String, u64)>,
+    /// Secrets newly left out because a rendered file has their name.
+    pub shadowed: Vec<String>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.replaced.is_empty() && self.removed.is_empty()
+    }
+
+    /// Adds `other`'s changes to these.
+    pub fn extend(&mut self, other: Changes) {
+        self.added.extend(other.added);
+        self.replaced.extend(other.replaced);
+        self.removed.extend(other.removed);
+        self.shadowed.extend(other.shadowed);
     }
 }
 
@@ -143,6 +158,10 @@ pub struct Tree<V> {
     nodes: HashMap<u64, Node<V>>,
     next_ino: u64,
     dir_mtime: SystemTime,
+    /// The names of rendered files: never a secret's, whether rendered yet or not.
+    rendered: std::collections::BTreeSet<String>,
+    /// Secrets not served because a rendered file has their name (reported once).
+    shadowed: std::collections::BTreeSet<String>,
 }
 
 impl<V: AsRef<[u8]>> Tree<V> {
@@ -153,16 +172,96 @@ impl<V: AsRef<[u8]>> Tree<V> {
             nodes: HashMap::new(),
             next_ino: ROOT + 1,
             dir_mtime: now,
+            rendered: Default::default(),
+            shadowed: Default::default(),
         }
     }
 
-    /// Number of secret files.
+    /// Number of secret files (rendered files not counted).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.secret_entries().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
+    }
+
+    /// The current secrets (not rendered files), by name, to their inode.
+    fn secret_entries(&self) -> impl Iterator<Item = (&String, &u64)> {
+        self.entries
+            .iter()
+            .filter(|(name, _)| !self.rendered.contains(*name))
+    }
+
+    /// Sets the names of the rendered files aside: no secret is served under them.
+    pub fn reserve_rendered(&mut self, names: impl IntoIterator<Item = String>) {
+        self.rendered.extend(names);
+    }
+
+    /// The value and version a secret has now (not a rendered file's).
+    pub fn secret_value(&self, name: &str) -> Option<(&V, u64)> {
+        if self.rendered.contains(name) {
+            return None;
+        }
+        let node = &self.nodes[self.entries.get(name)?];
+        Some((&node.value, node.stamp.version))
+    }
+
+    /// A rendered file's contents as it is served now.
+    pub fn rendered_value(&self, name: &str) -> Option<&V> {
+        if !self.rendered.contains(name) {
+            return None;
+        }
+        Some(&self.nodes[self.entries.get(name)?].value)
+    }
+
+    /// Serves `value` as the rendered file `name` (reserved before): a new inode, as a rotation
+    /// makes, so that a reader holding the old one keeps reading the old rendering.
+    pub fn put_rendered(
+        &mut self,
+        name: &str,
+        value: V,
+        perm: Option<u16>,
+        contains: Contents,
+        now: SystemTime,
+    ) -> Changes {
+        debug_assert!(self.rendered.contains(name));
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        let generation = self
+            .entries
+            .get(name)
+            .map_or(1, |old| self.nodes[old].stamp.version + 1);
+        self.nodes.insert(
+            ino,
+            Node {
+                name: name.to_owned(),
+                stamp: Stamp {
+                    version: generation,
+                    updated_ns: 0,
+                },
+                mtime: now,
+                value,
+                lookups: AtomicU64::new(0),
+                current: true,
+                rendered: Some((perm, contains)),
+            },
+        );
+        let mut changes = Changes::default();
+        match self.entries.insert(name.to_owned(), ino) {
+            Some(old) => {
+                self.retire(old);
+                changes.replaced.push((name.to_owned(), old));
+            }
+            None => changes.added.push(name.to_owned()),
+        }
+        self.dir_mtime = now;
+        changes
+    }
+
+    /// For a rendered file's inode: the secrets (name, version) it holds.
+    pub fn rendered_contents(&self, ino: u64) -> Option<&[(String, u64)]> {
+        Some(self.nodes.get(&ino)?.rendered.as_ref()?.1.as_slice())
     }
 
     /// Number of inodes held, superseded ones included.
@@ -172,8 +271,7 @@ impl<V: AsRef<[u8]>> Tree<V> {
 
     /// Names and versions currently served.
     pub fn versions(&self) -> Vec<(String, u64)> {
-        self.entries
-            .iter()
+        self.secret_entries()
             .map(|(name, ino)| (name.clone(), self.nodes[ino].stamp.version))
             .collect()
     }
@@ -197,7 +295,11 @@ impl<V: AsRef<[u8]>> Tree<V> {
             kind: Kind::File,
             size: node.value.as_ref().len() as u64,
             mtime: node.mtime,
-            perm: self.owner.mode,
+            perm: node
+                .rendered
+                .as_ref()
+                .and_then(|r| r.0)
+                .unwrap_or(self.owner.mode),
             // A superseded inode has no name any more, like an unlinked file that is still open.
             nlink: u32::from(node.current),
             uid: self.owner.uid,
@@ -294,8 +396,7 @@ impl<V: AsRef<[u8]>> Tree<V> {
 
     /// Every value served: what a refresh need not fetch again.
     pub fn held(&self) -> Vec<ValueStamp> {
-        self.entries
-            .iter()
+        self.secret_entries()
             .filter_map(|(name, ino)| {
                 let stamp = self.nodes[ino].stamp;
                 Some(ValueStamp {
@@ -322,11 +423,12 @@ impl<V: AsRef<[u8]>> Tree<V> {
             metas.iter().map(|m| (m.name.as_str(), m)).collect();
 
         let gone: Vec<String> = self
-            .entries
-            .keys()
+            .secret_entries()
+            .map(|(name, _)| name)
             .filter(|name| !wanted.contains_key(name.as_str()))
             .cloned()
             .collect();
+        self.shadowed.retain(|n| wanted.contains_key(n.as_str()));
         for name in gone {
             let ino = self.entries.remove(&name).expect("listed above");
             self.retire(ino);
@@ -335,6 +437,12 @@ impl<V: AsRef<[u8]>> Tree<V> {
 
         for meta in metas {
             let name = meta.name.as_str();
+            if self.rendered.contains(name) {
+                if self.shadowed.insert(name.to_owned()) {
+                    changes.shadowed.push(name.to_owned());
+                }
+                continue;
+            }
             let old = self.entries.get(name).copied();
             if old.is_some_and(|ino| self.nodes[&ino].stamp == Stamp::of(meta)) {
                 continue;
@@ -353,6 +461,7 @@ impl<V: AsRef<[u8]>> Tree<V> {
                     value,
                     lookups: AtomicU64::new(0),
                     current: true,
+                    rendered: None,
                 },
             );
             self.entries.insert(name.to_owned(), ino);

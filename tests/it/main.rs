@@ -17,6 +17,7 @@ mod mask;
 mod mount;
 mod operators;
 mod protocol;
+mod rendered;
 mod replicas;
 mod server_api;
 mod server_cli;

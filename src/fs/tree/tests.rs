@@ -216,6 +216,55 @@ fn modes() {
     }
 }
 
+#[test]
+fn rendered_files_live_beside_the_secrets_and_a_secret_of_their_name_is_not_served() {
+    let mut t = tree(&[("A", 1, "a1")]);
+    t.reserve_rendered(["conf".to_owned(), "B".to_owned()]);
+    let c = t.put_rendered(
+        "conf",
+        b"r1".to_vec(),
+        Some(0o440),
+        vec![("A".into(), 1)],
+        at(3),
+    );
+    assert_eq!(c.added, vec!["conf".to_owned()]);
+    let first = t.lookup(ROOT, "conf").unwrap();
+    assert_eq!(
+        (first.perm, t.read(first.ino, 0, 10).unwrap()),
+        (0o440, &b"r1"[..])
+    );
+    assert_eq!(
+        t.rendered_contents(first.ino),
+        Some(&[("A".to_owned(), 1)][..])
+    );
+    // Not a secret: not counted, not held, not removed by a round that does not list it.
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.held().len(), 1);
+    let c = sync(&mut t, &[("A", 2, "a2"), ("B", 1, "shadowed")]);
+    assert_eq!(c.shadowed, vec!["B".to_owned()]);
+    assert!(t.lookup(ROOT, "B").is_err());
+    assert_eq!(
+        sync(&mut t, &[("A", 2, "a2"), ("B", 1, "shadowed")])
+            .shadowed
+            .len(),
+        0
+    );
+    assert!(t.lookup(ROOT, "conf").is_ok());
+    assert_eq!(t.secret_value("conf").map(|v| v.1), None);
+    assert_eq!(t.secret_value("A").map(|v| v.1), Some(2));
+    // A new rendering is a new inode; the old one lives while the kernel holds it.
+    let c = t.put_rendered("conf", b"r2".to_vec(), None, vec![("A".into(), 2)], at(4));
+    assert_eq!(c.replaced, vec![("conf".to_owned(), first.ino)]);
+    let second = t.lookup(ROOT, "conf").unwrap();
+    assert_ne!(second.ino, first.ino);
+    assert_eq!(second.perm, 0o400);
+    assert_eq!(t.read(first.ino, 0, 10).unwrap(), b"r1");
+    assert_eq!(t.getattr(first.ino).unwrap().nlink, 0);
+    // Looked up twice above.
+    t.forget(first.ino, 2);
+    assert!(t.getattr(first.ino).is_err());
+}
+
 proptest! {
     /// Random refreshes, lookups and forgets keep the tree consistent: every name points at a
     /// current inode with that name's latest value, inode numbers are never reused, and no

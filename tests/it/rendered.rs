@@ -1,0 +1,604 @@
+//! Rendered files (`secretfs mount --files`): checked with the programs that read them: sshd,
+//! git, huggingface_hub, Python's json, PyYAML and sh.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{
+    Daemon, Scratch, eventually, fuse_available, open_up, tools_python, unique_canary,
+};
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes the files spec and its templates into the scratch dir; returns the spec's path.
+fn files_spec(s: &Scratch, spec: &str, templates: &[(&str, &str)]) -> PathBuf {
+    let dir = s.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in templates {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let path = dir.join("files.toml");
+    std::fs::write(&path, spec).unwrap();
+    path
+}
+
+/// A value every escaping must get right: quotes of both kinds, a backslash, newlines, a tab,
+/// shell syntax, non-ASCII, and the canary.
+fn hard_value(canary: &str) -> String {
+    format!("q\"uo'te \\back\nnew\r\tline $HOME `id` ; naïve 雪 🔑 {canary}")
+}
+
+#[test]
+fn templates_give_json_yaml_and_shell_readers_the_exact_value() {
+    if !fuse_available("templates_give_json_yaml_and_shell_readers_the_exact_value") {
+        return;
+    }
+    let Some(tools) = tools_python(
+        "templates_give_json_yaml_and_shell_readers_the_exact_value",
+        "yaml",
+    ) else {
+        return;
+    };
+    let canary = unique_canary("render");
+    let value = hard_value(&canary);
+    let s = Scratch::new();
+    s.ok(&["secret", "create", "DB_PASSWORD"], value.as_bytes());
+    s.ok(&["secret", "create", "DB_USER"], b"app user");
+    let spec = files_spec(
+        &s,
+        r#"
+        [files."config.json"]
+        template = "config.json.tmpl"
+        mode = "0440"
+        [files."config.yaml"]
+        template = "config.yaml.tmpl"
+        [files."env.sh"]
+        template = "env.sh.tmpl"
+        [files."dsn"]
+        template = "dsn.tmpl"
+        "#,
+        &[
+            (
+                "config.json.tmpl",
+                "{\"user\": {{ secret \"DB_USER\" | json }},\n \"password\": {{ secret \"DB_PASSWORD\" | json }}}\n",
+            ),
+            (
+                "config.yaml.tmpl",
+                "db:\n  user: {{ secret \"DB_USER\" | yaml }}\n  password: {{ secret \"DB_PASSWORD\" | yaml }}\n",
+            ),
+            ("env.sh.tmpl", "PW={{ secret \"DB_PASSWORD\" | shell }}\n"),
+            (
+                "dsn.tmpl",
+                "postgresql://{{ secret \"DB_USER\" | url }}:{{ secret \"DB_PASSWORD\" | url }}@db/app\n\
+                 b64={{ secret \"DB_PASSWORD\" | base64 }}\n",
+            ),
+        ],
+    );
+    let mnt = s.path().join("mnt");
+    let d = Daemon::start(
+        &s,
+        &mnt,
+        &[
+            "--files",
+            spec.to_str().unwrap(),
+            "--audit",
+            "--refresh",
+            "200ms",
+        ],
+    );
+    // The secrets are files as always; the rendered files are beside them, not counted.
+    assert!(
+        d.ready_line.starts_with("secretfs: mounted 2 secrets"),
+        "{}",
+        d.ready_line
+    );
+
+    let check = "import json, sys, yaml, base64, urllib.parse\n\
+         want = sys.argv[2]\n\
+         j = json.load(open(sys.argv[1] + '/config.json', encoding='utf-8'))\n\
+         assert j == {'user': 'app user', 'password': want}, repr(j)\n\
+         y = yaml.safe_load(open(sys.argv[1] + '/config.yaml', encoding='utf-8'))\n\
+         assert y == {'db': {'user': 'app user', 'password': want}}, repr(y)\n\
+         dsn, b64 = open(sys.argv[1] + '/dsn', encoding='utf-8').read().splitlines()\n\
+         u = urllib.parse.urlsplit(dsn)\n\
+         assert urllib.parse.unquote(u.password) == want and urllib.parse.unquote(u.username) == 'app user', dsn\n\
+         assert base64.b64decode(b64[4:]).decode() == want\n\
+         print('ok')\n";
+    let (code, out, err) = run(Command::new(&tools)
+        .args(["-c", check])
+        .arg(&mnt)
+        .arg(&value));
+    assert_eq!((code, out.trim()), (0, "ok"), "{err}");
+
+    // The shell-escaped value survives `sh`, as one word.
+    let (code, out, err) = run(Command::new("sh")
+        .args(["-c", ". \"$1\"/env.sh; printf %s \"$PW\"", "sh"])
+        .arg(&mnt));
+    assert_eq!((code, out.as_str()), (0, value.as_str()), "{err}");
+
+    // Modes: the entry's, or the mount's.
+    let mode = |f: &str| std::fs::metadata(mnt.join(f)).unwrap().mode() & 0o777;
+    assert_eq!((mode("config.json"), mode("config.yaml")), (0o440, 0o400));
+
+    // --audit logs the opens of rendered files with the secrets (and versions) inside.
+    assert!(
+        eventually(5, || d
+            .log()
+            .contains("file=config.json secrets=DB_PASSWORD@1,DB_USER@1")),
+        "{}",
+        d.log()
+    );
+    // The canary is nowhere but in the mount: not in the log, not in the store in the clear.
+    let mut seen = d.log().into_bytes();
+    seen.extend(
+        s.files_starting_with("store.db")
+            .into_iter()
+            .flat_map(|(_, b)| b),
+    );
+    let needle = canary.as_bytes();
+    assert!(
+        !seen.windows(needle.len()).any(|w| w == needle),
+        "the canary leaked"
+    );
+}
+
+#[test]
+fn a_template_naming_an_unknown_secret_fails_closed_with_every_problem_and_its_line() {
+    let s = Scratch::new();
+    s.ok(&["secret", "create", "A"], b"value-a");
+    let spec = files_spec(
+        &s,
+        r#"
+        [files."a.conf"]
+        template = "a.tmpl"
+        [files."A"]
+        builtin = "git-credentials"
+        "#,
+        &[(
+            "a.tmpl",
+            "a = {{ secret \"A\" }}\nb = {{ secret \"NOPE\" | json }}\nc = {{ secret \"ALSO_NOPE\" }}\n",
+        )],
+    );
+    let mnt = s.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let out = s.run(
+        &[
+            "mount",
+            mnt.to_str().unwrap(),
+            "--files",
+            spec.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_ne!(out.code, 0);
+    // The collision first (before anything is rendered); then, without it, both references.
+    assert!(
+        out.stderr
+            .contains("the rendered file \"A\" has the name of the secret \"A\""),
+        "{}",
+        out.stderr
+    );
+    let spec = files_spec(&s, "[files.\"a.conf\"]\ntemplate = \"a.tmpl\"\n", &[]);
+    let out = s.run(
+        &[
+            "mount",
+            mnt.to_str().unwrap(),
+            "--files",
+            spec.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_ne!(out.code, 0);
+    for want in [
+        "a.tmpl, line 2: secret \"NOPE\" not found",
+        "a.tmpl, line 3: secret \"ALSO_NOPE\" not found",
+    ] {
+        assert!(out.stderr.contains(want), "{want}: {}", out.stderr);
+    }
+    assert!(!out.stderr.contains("value-a"));
+    assert!(!crate::support::is_mounted(&mnt));
+
+    // A template that does not parse: every problem, with its line, before anything is read.
+    let spec = files_spec(
+        &s,
+        "[files.\"a.conf\"]\ntemplate = \"bad.tmpl\"\n",
+        &[(
+            "bad.tmpl",
+            "x {{ env \"HOME\" }}\ny {{ secret \"A\" | upper }}\n",
+        )],
+    );
+    let out = s.run(
+        &[
+            "mount",
+            mnt.to_str().unwrap(),
+            "--files",
+            spec.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("bad.tmpl, line 1"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("bad.tmpl, line 2: {{ secret \"A\" | upper }}: unknown filter")
+    );
+}
+
+#[test]
+fn a_rotation_makes_a_new_inode_and_a_reader_of_the_old_one_keeps_its_rendering() {
+    if !fuse_available(
+        "a_rotation_makes_a_new_inode_and_a_reader_of_the_old_one_keeps_its_rendering",
+    ) {
+        return;
+    }
+    let s = Scratch::new();
+    s.ok(&["secret", "create", "PW"], b"first-value");
+    s.ok(&["secret", "create", "OTHER"], b"unrelated");
+    let spec = files_spec(
+        &s,
+        "[files.\"app.json\"]\ntemplate = \"app.tmpl\"\n",
+        &[("app.tmpl", "{\"pw\": {{ secret \"PW\" | json }}}\n")],
+    );
+    let mnt = s.path().join("mnt");
+    let d = Daemon::start(
+        &s,
+        &mnt,
+        &["--files", spec.to_str().unwrap(), "--refresh", "200ms"],
+    );
+    let file = mnt.join("app.json");
+    let before = std::fs::metadata(&file).unwrap().ino();
+    let mut old = std::fs::File::open(&file).unwrap();
+
+    // An unrelated secret's update renders nothing again.
+    s.ok(&["secret", "update", "OTHER"], b"unrelated-2");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(std::fs::metadata(&file).unwrap().ino(), before);
+
+    s.ok(&["secret", "update", "PW"], b"second-value");
+    assert!(eventually(5, || std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("second-value")));
+    assert_ne!(std::fs::metadata(&file).unwrap().ino(), before);
+    let mut held = String::new();
+    std::io::Read::read_to_string(&mut old, &mut held).unwrap();
+    assert_eq!(held, "{\"pw\": \"first-value\"}\n");
+
+    // The secret deleted: the file keeps its last good rendering, and the log says why.
+    s.ok(&["secret", "delete", "PW"], b"");
+    assert!(
+        eventually(5, || d.log().contains("cannot render the file")),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "{\"pw\": \"second-value\"}\n"
+    );
+    assert!(
+        d.log()
+            .contains("app.tmpl, line 1: secret \"PW\" not found"),
+        "{}",
+        d.log()
+    );
+    assert!(!mnt.join("PW").exists());
+    // Created again: rendered again.
+    s.ok(&["secret", "create", "PW"], b"third-value");
+    assert!(eventually(5, || std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("third-value")));
+    assert!(d.log().contains("rendered file built again"), "{}", d.log());
+}
+
+#[test]
+fn huggingface_hub_reads_the_rendered_token_through_hf_token_path() {
+    if !fuse_available("huggingface_hub_reads_the_rendered_token_through_hf_token_path") {
+        return;
+    }
+    let Some(tools) = tools_python(
+        "huggingface_hub_reads_the_rendered_token_through_hf_token_path",
+        "huggingface_hub",
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    s.ok(
+        &["secret", "create", "HF_TOKEN", "-t", "huggingface"],
+        b"hf_rendered0123456789\n",
+    );
+    let spec = files_spec(
+        &s,
+        "[files.\"hf-token\"]\nbuiltin = \"huggingface-token\"\n",
+        &[],
+    );
+    let mnt = s.path().join("mnt");
+    let _d = Daemon::start(&s, &mnt, &["--files", spec.to_str().unwrap()]);
+    let (code, out, err) = run(Command::new(&tools)
+        .args([
+            "-c",
+            "import huggingface_hub; print(huggingface_hub.get_token())",
+        ])
+        .env_clear()
+        .env("HF_TOKEN_PATH", mnt.join("hf-token"))
+        .env("HF_HOME", s.path().join("hf-home"))
+        .env("HF_HUB_OFFLINE", "1"));
+    assert_eq!((code, out.trim()), (0, "hf_rendered0123456789"), "{err}");
+}
+
+/// A login user for sshd and git: created once on this machine (tests run as root), with a
+/// shell and an unlocked account, and no home directory.
+fn login_user() -> (String, u32) {
+    const NAME: &str = "secretfs-login";
+    if nix::unistd::User::from_name(NAME).unwrap().is_none() {
+        let (code, _, err) = run(Command::new("useradd").args([
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/bin/sh",
+            "--user-group",
+            NAME,
+        ]));
+        assert!(code == 0 || code == 9, "useradd: {err}");
+    }
+    // `*`: no password, but not locked (sshd refuses a locked account even with a key).
+    let (code, _, err) = run(Command::new("usermod").args(["-p", "*", NAME]));
+    assert_eq!(code, 0, "usermod: {err}");
+    let uid = nix::unistd::User::from_name(NAME)
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    (NAME.to_owned(), uid)
+}
+
+/// A directory no group or other may write, up to `/` (sshd's StrictModes checks every
+/// component of the path to authorized_keys; the temp dir is world-writable).
+fn strict_dir(tag: &str) -> PathBuf {
+    let dir = PathBuf::from(format!("/run/secretfs-tests/{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for d in [dir.parent().unwrap(), dir.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+fn keygen(dir: &Path, name: &str) -> (PathBuf, Vec<u8>) {
+    let key = dir.join(name);
+    let (code, _, err) = run(Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            &format!("{name}@test"),
+            "-f",
+        ])
+        .arg(&key));
+    assert_eq!(code, 0, "{err}");
+    let public = std::fs::read(key.with_extension("pub")).unwrap();
+    (key, public)
+}
+
+#[test]
+fn sshd_accepts_the_keys_of_the_mount_and_follows_their_deletion_and_addition() {
+    if !fuse_available("sshd_accepts_the_keys_of_the_mount_and_follows_their_deletion_and_addition")
+    {
+        return;
+    }
+    let sshd = Path::new("/usr/sbin/sshd");
+    if !sshd.exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "sshd is missing (scripts/prereqs installs openssh-server)"
+        );
+        eprintln!("skipping: no sshd");
+        return;
+    }
+    let (user, uid) = login_user();
+    let s = Scratch::new();
+    let (key1, pub1) = keygen(s.path(), "first");
+    let (key2, pub2) = keygen(s.path(), "second");
+    s.ok(
+        &[
+            "secret",
+            "create",
+            "ALICE_KEY",
+            "-t",
+            "ssh-public-key",
+            "--trim-newline",
+        ],
+        &pub1,
+    );
+    let spec = files_spec(
+        &s,
+        "[files.authorized_keys]\nbuiltin = \"authorized_keys\"\n",
+        &[],
+    );
+    let base = strict_dir("sshd");
+    let mnt = base.join("keys");
+    let _d = Daemon::start(
+        &s,
+        &mnt,
+        &[
+            "--files",
+            spec.to_str().unwrap(),
+            "--uid",
+            &uid.to_string(),
+            "--refresh",
+            "200ms",
+        ],
+    );
+
+    // sshd on loopback, checking modes and owners strictly, reading the keys from the mount.
+    let host_key = s.path().join("host_key");
+    let (code, _, err) = run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&host_key));
+    assert_eq!(code, 0, "{err}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = s.path().join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+             StrictModes yes\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nPidFile none\nAllowUsers {user}\n",
+            host_key.display(),
+            mnt.join("authorized_keys").display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let log = s.path().join("sshd.log");
+    let server = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let server = Kill(server);
+    assert!(
+        eventually(10, || std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok()),
+        "sshd did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let ssh = |key: &Path| {
+        run(Command::new("ssh").args(["-i"]).arg(key).args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-p",
+            &port.to_string(),
+            &format!("{user}@127.0.0.1"),
+            "id -u",
+        ]))
+    };
+    let (code, out, err) = ssh(&key1);
+    assert_eq!(
+        (code, out.trim()),
+        (0, uid.to_string().as_str()),
+        "{err}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let (code, _, err) = ssh(&key2);
+    assert_eq!(code, 255, "the second key is not there yet: {err}");
+
+    // A second key added: accepted, nothing restarted.
+    s.ok(
+        &[
+            "secret",
+            "create",
+            "BOB_KEY",
+            "-t",
+            "ssh-public-key",
+            "--trim-newline",
+        ],
+        &pub2,
+    );
+    let keys = mnt.join("authorized_keys");
+    assert!(eventually(5, || std::fs::read_to_string(&keys)
+        .unwrap()
+        .contains("BOB_KEY")));
+    let (code, _, err) = ssh(&key2);
+    assert_eq!(code, 0, "{err}");
+
+    // The first key's secret deleted: it no longer logs in; the second still does.
+    s.ok(&["secret", "delete", "ALICE_KEY"], b"");
+    assert!(eventually(5, || !std::fs::read_to_string(&keys)
+        .unwrap()
+        .contains("ALICE_KEY")));
+    let (code, _, err) = ssh(&key1);
+    assert_eq!(code, 255, "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(ssh(&key2).0, 0);
+    drop(server);
+}
+
+#[test]
+fn git_credential_fill_returns_the_github_token_to_the_login_user() {
+    if !fuse_available("git_credential_fill_returns_the_github_token_to_the_login_user") {
+        return;
+    }
+    let (_, uid) = login_user();
+    let s = Scratch::new();
+    let token = "ghp_renderedToken0123456789";
+    s.ok(
+        &["secret", "create", "GITHUB_TOKEN", "-t", "github"],
+        token.as_bytes(),
+    );
+    let spec = files_spec(
+        &s,
+        "[files.git-credentials]\nbuiltin = \"git-credentials\"\n",
+        &[],
+    );
+    let mnt = s.path().join("mnt");
+    open_up(mnt.parent().unwrap());
+    let _d = Daemon::start(
+        &s,
+        &mnt,
+        &["--files", spec.to_str().unwrap(), "--uid", &uid.to_string()],
+    );
+    let helper = format!("store --file={}", mnt.join("git-credentials").display());
+    let (code, out, err) = run(Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+        ])
+        .args([
+            "git",
+            "-c",
+            &format!("credential.helper={helper}"),
+            "credential",
+            "fill",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", "/nonexistent")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin({
+            let mut f = tempfile::tempfile().unwrap();
+            std::io::Write::write_all(&mut f, b"protocol=https\nhost=github.com\n\n").unwrap();
+            std::io::Seek::rewind(&mut f).unwrap();
+            f
+        }));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("password={token}\n")), "{out}");
+    assert!(out.contains("username=x-access-token\n"), "{out}");
+    // Another user cannot read it.
+    let (code, _, _) = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(mnt.join("git-credentials")));
+    assert_ne!(code, 0);
+}
