@@ -20,6 +20,7 @@ pub fn job_spec(data: &[u8]) {
             ..Default::default()
         };
         let _ = crate::launch::plan::plan(crate::launch::plan::Inputs {
+            files: &[],
             args: &args,
             spec: Some((&spec, std::path::Path::new("/jobs"))),
             lepton: None,

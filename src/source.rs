@@ -204,6 +204,16 @@ impl ServerSource {
             .collect();
         Ok((read.revision, stamps))
     }
+
+    /// The name and kind of every secret of the token's set it may read now (no value sent):
+    /// what built-in rendered files are made from.
+    pub fn kinds(&self) -> Result<Vec<(SecretName, SecretKind)>, SourceError> {
+        let read = self.ask(&WorkloadReadRequest {
+            values: false,
+            ..Default::default()
+        })?;
+        Ok(read.secrets.into_iter().map(|s| (s.name, s.kind)).collect())
+    }
 }
 
 impl Source for ServerSource {
@@ -321,6 +331,14 @@ impl LocalSource {
     /// a supervised run notices that it should look again.
     pub fn store_path(&self) -> &Path {
         &self.paths.store
+    }
+
+    /// The name and kind of every secret (a listing: no value read).
+    pub fn kinds(&self) -> Result<Vec<(SecretName, SecretKind)>, SourceError> {
+        let listed = self
+            .runtime
+            .block_on(self.service.local_list(&self.caller, DEFAULT_WORKSPACE))?;
+        Ok(listed.into_iter().map(|m| (m.name, m.kind)).collect())
     }
 
     /// The stamps of `only` as the store has them now (a listing: no value is read, nothing

@@ -159,7 +159,19 @@ fn launch(
         Ok(d) => d,
         Err(e) => return failed(&[format!("cannot read the working directory: {e}")], None),
     };
+    // The spec's rendered files: templates read (relative to the spec) and parsed before
+    // anything else, every problem at once.
+    let files = match spec.as_ref().filter(|s| !s.files.is_empty()) {
+        Some(s) => match crate::render::load(&s.files, &cwd.join(spec_dir), |p| {
+            std::fs::read_to_string(p)
+        }) {
+            Ok(f) => f,
+            Err(problems) => return failed(&problems, None),
+        },
+        None => Vec::new(),
+    };
     let plan = match plan::plan(plan::Inputs {
+        files: &files,
         args: &args,
         spec: spec.as_ref().map(|s| (s, spec_dir)),
         lepton: lepton.as_ref(),

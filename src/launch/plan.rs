@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::args::{RunArgs, parse_duration};
 use super::spec::{InheritEnv, LeptonJob, Spec};
+use crate::render::{Recipe, RenderedFile};
 use crate::secret::SecretName;
 
 /// Where a variable's value comes from, for the plan's report and for precedence.
@@ -23,6 +24,7 @@ pub enum Origin {
     SpecEnv,
     LeptonEnv,
     SpecSecretFile,
+    SpecFile,
     SpecSecret,
     LeptonSecret,
     FlagEnv,
@@ -39,6 +41,7 @@ impl Origin {
             Origin::SpecEnv => "spec [env]",
             Origin::LeptonEnv => "lepton job envs",
             Origin::SpecSecretFile => "spec [secret_files]",
+            Origin::SpecFile => "spec [files]",
             Origin::SpecSecret => "spec [secrets]",
             Origin::LeptonSecret => "lepton job envs (secret_name_ref)",
             Origin::FlagEnv => "-e",
@@ -54,7 +57,7 @@ impl Origin {
             Origin::Inherited => 0,
             Origin::Launcher => 1,
             Origin::SpecEnv | Origin::LeptonEnv => 2,
-            Origin::SpecSecretFile => 3,
+            Origin::SpecSecretFile | Origin::SpecFile => 3,
             Origin::SpecSecret | Origin::LeptonSecret => 4,
             Origin::FlagEnv => 5,
             Origin::FlagSecretFile => 6,
@@ -71,6 +74,8 @@ pub enum Value {
     Secret(SecretName),
     /// The path of a file holding the secret's value.
     SecretFile(SecretName),
+    /// The path of the rendered file of this name (of `ExecPlan::files`).
+    Rendered(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +121,8 @@ pub struct ExecPlan {
     pub watch: Option<super::watch::WatchPlan>,
     /// `--mask`: the launcher stays as the workload's parent and masks its output.
     pub mask: bool,
+    /// The rendered files the variables of `Value::Rendered` name.
+    pub files: Vec<RenderedFile>,
 }
 
 impl ExecPlan {
@@ -126,9 +133,12 @@ impl ExecPlan {
             .iter()
             .filter_map(|v| match &v.value {
                 Value::Secret(n) | Value::SecretFile(n) => Some(n.clone()),
-                Value::Plain(_) => None,
+                Value::Plain(_) | Value::Rendered(_) => None,
             })
             .collect();
+        for f in &self.files {
+            names.extend(named_by(f));
+        }
         names.sort();
         names.dedup();
         names
@@ -176,6 +186,13 @@ impl ExecPlan {
                 Value::Plain(p) => p.to_string_lossy().into_owned(),
                 Value::Secret(n) => format!("<secret {n}>"),
                 Value::SecretFile(n) => format!("<file of secret {n}>"),
+                Value::Rendered(f) => match self.files.iter().find(|x| &x.name == f) {
+                    Some(RenderedFile {
+                        recipe: Recipe::Builtin { which, .. },
+                        ..
+                    }) => format!("<file {f} rendered by builtin {}>", which.as_str()),
+                    _ => format!("<file {f} rendered from its template>"),
+                },
             };
             out.push_str(&format!("{}={shown}  # {}\n", v.name, v.origin.label()));
         }
@@ -296,6 +313,15 @@ pub fn valid_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// The secrets a rendered file names itself (a template's references, a built-in's chosen
+/// secret); a built-in's set is known only from the source's listing.
+pub fn named_by(file: &RenderedFile) -> Vec<SecretName> {
+    match &file.recipe {
+        Recipe::Template(_) => file.uses(&[]).unwrap_or_default(),
+        Recipe::Builtin { secret, .. } => secret.iter().cloned().collect(),
+    }
+}
+
 /// The inputs of planning.
 pub struct Inputs<'a> {
     pub args: &'a RunArgs,
@@ -307,6 +333,8 @@ pub struct Inputs<'a> {
     /// The launcher's working directory: relative paths from flags are relative to it, and the
     /// paths handed to the workload are absolute (it may run elsewhere, see `workdir`).
     pub cwd: &'a Path,
+    /// The spec's `[files]`, loaded (templates read and parsed).
+    pub files: &'a [RenderedFile],
 }
 
 /// Plans the launch, or lists every problem found.
@@ -317,6 +345,7 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         lepton,
         base_env,
         cwd,
+        files,
     } = inputs;
     let mut problems = Vec::new();
     let empty = Spec::default();
@@ -342,6 +371,20 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
     for (k, s) in &spec.secret_files {
         if let Some(n) = secret(s, Origin::SpecSecretFile, &mut problems) {
             wanted.push((k.clone(), Value::SecretFile(n), Origin::SpecSecretFile));
+        }
+    }
+    for f in files {
+        match &f.env {
+            Some(var) => wanted.push((
+                var.clone(),
+                Value::Rendered(f.name.clone()),
+                Origin::SpecFile,
+            )),
+            None => problems.push(format!(
+                "[files.{:?}]: set env = \"VAR\", the variable that gets the file's path \
+                 (the launcher's rendered files are memory files, found through a variable)",
+                f.name
+            )),
         }
     }
     for (k, s) in &spec.secrets {
@@ -418,10 +461,12 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         .collect();
     for var in vars.values() {
         let (n, what) = match &var.value {
-            Value::Secret(n) => (n, "secret"),
-            Value::SecretFile(n) => (n, "the file of secret"),
+            Value::Secret(n) => (n.as_str(), "secret"),
+            Value::SecretFile(n) => (n.as_str(), "the file of secret"),
+            Value::Rendered(f) => (f.as_str(), "the rendered file"),
             Value::Plain(_) => continue,
         };
+        let n = n.to_owned();
         if let Some(why) = unsafe_env_reason(&var.name)
             && !allowed.contains(&var.name.as_str())
         {
@@ -520,6 +565,19 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
     if wait.is_some() && !matches!(source, SourcePlan::Dir { .. }) {
         problems.push("wait applies only to a directory source".into());
     }
+    if matches!(source, SourcePlan::Dir { .. }) {
+        for f in files {
+            if let Recipe::Builtin { which, .. } = &f.recipe {
+                problems.push(format!(
+                    "[files.{:?}]: the builtin {} is made from the secrets of a kind, which only \
+                     the store or a server knows (a directory has files, not kinds): use --store \
+                     or --url, a template, or mount with --files",
+                    f.name,
+                    which.as_str()
+                ));
+            }
+        }
+    }
 
     let command: Vec<OsString> = if !args.command.is_empty() {
         args.command.clone()
@@ -582,6 +640,17 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
             sig.as_str().trim_start_matches("SIG")
         ));
     }
+    if let Some(w) = &watch
+        && let super::watch::OnChange::Signal(sig) = w.on_change
+        && !files.is_empty()
+    {
+        problems.push(format!(
+            "--on-change signal:{} cannot update rendered files: the launcher's are memory files \
+             that keep the rendering they started with; use --on-change restart, or mount the \
+             secrets with --files and pass --dir",
+            sig.as_str().trim_start_matches("SIG")
+        ));
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -599,6 +668,7 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         notes,
         watch,
         mask: args.mask || spec.mask,
+        files: files.to_vec(),
     })
 }
 

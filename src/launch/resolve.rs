@@ -13,7 +13,8 @@ use zeroize::Zeroizing;
 
 use super::plan::{ExecPlan, SourcePlan, Value};
 use crate::auth::Token;
-use crate::secret::{SecretName, SecretValue, VALUE_MAX_LEN, ValueLimit};
+use crate::render::{Listed, Recipe};
+use crate::secret::{SecretKind, SecretName, SecretValue, VALUE_MAX_LEN, ValueLimit};
 use crate::service::LocalPaths;
 use crate::source::{LocalSource, ServerSource, Source, SourceError};
 
@@ -103,6 +104,13 @@ pub trait Fetch {
         names: &[SecretName],
     ) -> Result<Vec<SecretValue>, Vec<String>>;
 
+    /// The name and kind of every secret the source lets this identity use, for rendered
+    /// files; `None` for a directory, which has files but no kinds.
+    fn list(
+        &self,
+        source: &SourcePlan,
+    ) -> Result<Option<Vec<(SecretName, SecretKind)>>, Vec<String>>;
+
     /// Starts following `names` (sorted) in a store or server source for a supervised run,
     /// looking once before it returns. (The supervisor checks a directory's files itself.)
     fn follow(
@@ -123,6 +131,22 @@ impl Fetch for AnySource {
         names: &[SecretName],
     ) -> Result<Vec<SecretValue>, Vec<String>> {
         fetch(source, names)
+    }
+
+    fn list(
+        &self,
+        source: &SourcePlan,
+    ) -> Result<Option<Vec<(SecretName, SecretKind)>>, Vec<String>> {
+        let listed = match source {
+            SourcePlan::Dir { .. } => return Ok(None),
+            SourcePlan::Store { path, key_file } => open_store(path, key_file)?.kinds(),
+            SourcePlan::Server {
+                urls,
+                token_file,
+                ca_file,
+            } => open_server(urls, token_file.as_deref(), ca_file.as_deref())?.kinds(),
+        };
+        listed.map(Some).map_err(|e| vec![e.to_string()])
     }
 
     fn follow(
@@ -169,6 +193,13 @@ impl Fetch for DirOnly {
         }
     }
 
+    fn list(
+        &self,
+        _source: &SourcePlan,
+    ) -> Result<Option<Vec<(SecretName, SecretKind)>>, Vec<String>> {
+        Ok(None)
+    }
+
     fn follow(
         &self,
         _source: &SourcePlan,
@@ -198,13 +229,55 @@ fn resolve_as(
     fetcher: &impl Fetch,
     proc_dir: &str,
 ) -> Result<Resolved, Vec<String>> {
-    let names = plan.secret_names();
-    let values = fetcher.fetch(&plan.source, &names)?;
+    let mut problems = Vec::new();
+    let mut names = plan.secret_names();
+    // Rendered files: what the source lists decides a built-in's secrets, and a template's
+    // reference to a secret it does not list is reported with the template's line (not
+    // fetched, so not reported twice).
+    let listing = if plan.files.is_empty() {
+        None
+    } else {
+        fetcher.list(&plan.source)?
+    };
+    let mut render_only_missing = Vec::new();
+    if let Some(listing) = &listing {
+        let listed: Vec<Listed<'_>> = listing.iter().map(|(n, k)| (n, *k)).collect();
+        for f in &plan.files {
+            match f.uses(&listed) {
+                Ok(used) => names.extend(used),
+                Err(e) => problems.extend(e),
+            }
+        }
+        let by_vars: Vec<SecretName> = plan
+            .vars
+            .iter()
+            .filter_map(|v| match &v.value {
+                Value::Secret(n) | Value::SecretFile(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names.retain(|n| {
+            let missing = !listing.iter().any(|(m, _)| m == n) && !by_vars.contains(n);
+            if missing {
+                render_only_missing.push(n.clone());
+            }
+            !missing
+        });
+    }
+    let values = match fetcher.fetch(&plan.source, &names) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.extend(e);
+            return Err(problems);
+        }
+    };
     let value_of = |n: &SecretName| -> &[u8] {
         values[names.binary_search(n).expect("fetched every planned name")].expose_secret()
     };
+    let rendered = render_files(plan, listing.as_deref(), &names, &value_of, &mut problems);
 
-    let mut problems = Vec::new();
     let mut memfds = Vec::new();
     let mut memfd_vars = Vec::new();
     // Sized first, from what each variable will hold (a file variable's path is at most
@@ -224,6 +297,7 @@ fn resolve_as(
                     Value::Plain(v) => v.len(),
                     Value::Secret(n) => value_of(n).len(),
                     Value::SecretFile(n) => file_path_len(n),
+                    Value::Rendered(_) => 40,
                 }
         }))
         .sum();
@@ -253,7 +327,7 @@ fn resolve_as(
                     env.push(var.name.as_bytes(), file.as_os_str().as_bytes());
                 }
                 SourcePlan::Store { .. } | SourcePlan::Server { .. } => {
-                    match memory_file(n, value_of(n)) {
+                    match memory_file(n.as_str(), value_of(n)) {
                         Ok(fd) => {
                             // The workload's PID (exec keeps it), so the path names the same
                             // file in every process of the workload, for as long as it runs:
@@ -269,6 +343,23 @@ fn resolve_as(
                     }
                 }
             },
+            Value::Rendered(f) => {
+                // Not rendered: its problems are reported already.
+                let Some((_, bytes)) = rendered.iter().find(|(n, _)| n == f) else {
+                    continue;
+                };
+                match memory_file(f, bytes) {
+                    Ok(fd) => {
+                        let path = format!("/proc/{proc_dir}/fd/{}", fd.as_raw_fd());
+                        env.push(var.name.as_bytes(), path.as_bytes());
+                        memfds.push(fd);
+                        memfd_vars.push(OsString::from(&var.name));
+                    }
+                    Err(e) => problems.push(format!(
+                        "cannot make an in-memory file for the rendered file \"{f}\": {e}"
+                    )),
+                }
+            }
         }
     }
     if problems.is_empty() {
@@ -288,11 +379,40 @@ fn resolve_as(
     }
 }
 
+/// Renders the plan's files from the fetched values; `listing` is the source's (name, kind) of
+/// every secret, or, for a directory, `None`: then what was fetched is what there is. Problems
+/// (a template's reference to a secret that is not there, with its line) go to `problems`.
+fn render_files<'v>(
+    plan: &ExecPlan,
+    listing: Option<&[(SecretName, SecretKind)]>,
+    fetched: &[SecretName],
+    value_of: &impl Fn(&SecretName) -> &'v [u8],
+    problems: &mut Vec<String>,
+) -> Vec<(String, Zeroizing<Vec<u8>>)> {
+    let listed: Vec<Listed<'_>> = match listing {
+        Some(l) => l.iter().map(|(n, k)| (n, *k)).collect(),
+        None => fetched.iter().map(|n| (n, SecretKind::Custom)).collect(),
+    };
+    let mut out = Vec::new();
+    for f in &plan.files {
+        if matches!(f.recipe, Recipe::Builtin { .. }) && listing.is_none() {
+            // Refused by the plan already; never rendered from a guess at kinds.
+            continue;
+        }
+        let value = |n: &SecretName| fetched.binary_search(n).ok().map(|_| value_of(n));
+        match f.render(&listed, value) {
+            Ok(bytes) => out.push((f.name.clone(), bytes)),
+            Err(e) => problems.extend(e),
+        }
+    }
+    out
+}
+
 /// A sealed memory file holding `value`, inherited by the workload: `[secret_files]` for
 /// sources that have no file of their own, without ever writing the value to a disk. It looks
 /// like a mounted secret file: owned by this (the workload's) uid, mode 0400, so tools that check
 /// a key file's permissions (`ssh-keygen`, `ssh`) accept it.
-fn memory_file(name: &SecretName, value: &[u8]) -> nix::Result<OwnedFd> {
+fn memory_file(name: &str, value: &[u8]) -> nix::Result<OwnedFd> {
     use nix::fcntl::{FcntlArg, SealFlag, fcntl};
     use nix::sys::memfd::{MFdFlags, memfd_create};
     use nix::sys::stat::{Mode, fchmod};

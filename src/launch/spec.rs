@@ -34,6 +34,10 @@ pub struct Spec {
     /// `secretfs run --mask`.
     #[serde(default)]
     pub mask: bool,
+    /// Rendered files (`[files."NAME"]`: a built-in or a template, and the variable that gets
+    /// the memory file's path).
+    #[serde(default)]
+    pub files: BTreeMap<String, crate::render::FileEntry>,
 }
 
 /// Where secrets come from. At most one of `dir`, `store`, `url`.

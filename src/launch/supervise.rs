@@ -195,7 +195,27 @@ fn block_signals() -> Result<(SigSet, SignalFd), String> {
 pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
     let unwatched = WatchPlan::unwatched();
     let watch = plan.watch.as_ref().unwrap_or(&unwatched);
-    let names = plan.secret_names();
+    let mut names = plan.secret_names();
+    // The secrets behind built-in rendered files count as used: those the source lists now.
+    if plan
+        .files
+        .iter()
+        .any(|f| matches!(f.recipe, crate::render::Recipe::Builtin { .. }))
+    {
+        match fetcher.list(&plan.source) {
+            Ok(Some(listing)) => {
+                let listed: Vec<crate::render::Listed<'_>> =
+                    listing.iter().map(|(n, k)| (n, *k)).collect();
+                for f in &plan.files {
+                    names.extend(f.uses(&listed).unwrap_or_default());
+                }
+                names.sort();
+                names.dedup();
+            }
+            Ok(None) => {}
+            Err(problems) => return fail(&problems),
+        }
+    }
     // A store or a server is followed by threads, which must start with the signals blocked:
     // a process-directed signal goes to any thread that does not block it, and there SIGCHLD
     // would be dropped and SIGTERM would end the supervisor without its workload. A directory

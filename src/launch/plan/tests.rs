@@ -10,12 +10,18 @@ fn check(toml: &str, flags: &[&str], env: &[(&str, &str)], expected: Result<&str
     let flags: Vec<OsString> = flags.iter().map(OsString::from).collect();
     let args = args::parse(&flags).unwrap();
     let env: Vec<(OsString, OsString)> = env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+    // Templates are given inline: `template = "TEXT"` stands for a file holding TEXT.
+    let files = crate::render::load(&spec.files, Path::new("/jobs"), |p| {
+        Ok(p.strip_prefix("/jobs").unwrap().display().to_string())
+    })
+    .unwrap();
     let got = plan(Inputs {
         args: &args,
         spec: Some((&spec, Path::new("/jobs"))),
         lepton: None,
         base_env: &env,
         cwd: Path::new("/work"),
+        files: &files,
     });
     match (got, expected) {
         (Ok(p), Ok(want)) => assert_eq!(p.render(), want, "\n{}", p.render()),
@@ -184,6 +190,7 @@ fn secret_names_are_deduplicated() {
         lepton: None,
         base_env: &[],
         cwd: Path::new("/"),
+        files: &[],
     })
     .unwrap();
     let names: Vec<String> = p.secret_names().iter().map(|n| n.to_string()).collect();
@@ -231,6 +238,7 @@ fn secrets_are_refused_in_variables_read_as_paths_or_code() {
         lepton: None,
         base_env: &[],
         cwd: Path::new("/"),
+        files: &[],
     })
     .unwrap_err();
     assert_eq!(problems.len(), 2, "{problems:?}");
@@ -295,6 +303,7 @@ fn the_launchers_own_credentials_are_not_inherited_unless_asked_for() {
             lepton: None,
             base_env: &env,
             cwd: Path::new("/"),
+            files: &[],
         })
         .unwrap();
         let mut names: Vec<String> = p
@@ -318,5 +327,70 @@ fn the_launchers_own_credentials_are_not_inherited_unless_asked_for() {
             &["-e", "SECRETFS_TOKEN=x"]
         ),
         ["PATH", "SECRETFS_TOKEN", "SECRETFS_TOKEN_FILE"]
+    );
+}
+
+#[test]
+fn rendered_files_are_variables_of_the_spec_and_their_secrets_are_used() {
+    let toml = "command = [\"a\"]\n[source]\nstore = \"s.db\"\n\
+                [files.\"c.json\"]\ntemplate = \"{{ secret \\\"PW\\\" | json }}\"\nenv = \"CONF\"\n\
+                [files.keys]\nbuiltin = \"authorized_keys\"\nenv = \"KEYS\"\n";
+    check(
+        toml,
+        &["-e", "KEYS=flag"],
+        &[],
+        Ok("command: a\n\
+            source: store /jobs/s.db\n\
+            inherit: all (0 variables)\n\
+            CONF=<file c.json rendered from its template>  # spec [files]\n\
+            KEYS=flag  # -e\n\
+            note: KEYS is set by spec [files] and by -e; -e wins\n"),
+    );
+    let spec = spec::parse(toml).unwrap();
+    let files = crate::render::load(&spec.files, Path::new("/jobs"), |p| {
+        Ok(p.strip_prefix("/jobs").unwrap().display().to_string())
+    })
+    .unwrap();
+    let args = args::parse(&[]).unwrap();
+    let p = plan(Inputs {
+        args: &args,
+        spec: Some((&spec, Path::new("/jobs"))),
+        lepton: None,
+        base_env: &[],
+        cwd: Path::new("/work"),
+        files: &files,
+    })
+    .unwrap();
+    assert_eq!(p.secret_names(), vec![SecretName::parse("PW").unwrap()]);
+}
+
+#[test]
+fn rendered_files_refuse_what_cannot_work() {
+    let file = "[files.keys]\nbuiltin = \"authorized_keys\"\n";
+    check(
+        &format!("command = [\"a\"]\n[source]\nstore = \"s.db\"\n{file}"),
+        &[],
+        &[],
+        Err("set env = \"VAR\""),
+    );
+    let file = "[files.keys]\nbuiltin = \"authorized_keys\"\nenv = \"K\"\n";
+    check(
+        &format!("command = [\"a\"]\n{file}"),
+        &[],
+        &[],
+        Err("only the store or a server knows"),
+    );
+    check(
+        &format!("command = [\"a\"]\n[source]\nstore = \"s.db\"\n{file}"),
+        &["--watch", "--on-change", "signal:HUP"],
+        &[],
+        Err("cannot update rendered files"),
+    );
+    let file = "[files.x]\ntemplate = \"t\"\nenv = \"LD_PRELOAD\"\n";
+    check(
+        &format!("command = [\"a\"]\n{file}"),
+        &[],
+        &[],
+        Err("refusing to put the rendered file \"x\" in LD_PRELOAD"),
     );
 }
