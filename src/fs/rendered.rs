@@ -71,6 +71,7 @@ impl Renderer {
         if self.files.is_empty() {
             return Ok(Changes::default());
         }
+        let started = std::time::Instant::now();
         let mut problems = Vec::new();
         // Rendered under the read lock (values are only read), stored and swapped in after.
         let mut built: Vec<(usize, zeroize::Zeroizing<Vec<u8>>, Contents)> = Vec::new();
@@ -117,6 +118,7 @@ impl Renderer {
         let slots = LockedPool::store(built.iter().map(|(_, b, _)| b.as_slice()))
             .map_err(|e| vec![format!("cannot hold a rendered file in memory: {e}")])?;
         let mut changes = Changes::default();
+        let count = built.len();
         let mut tree = tree.write().unwrap_or_else(|e| e.into_inner());
         for ((i, _, inputs), slot) in built.into_iter().zip(slots) {
             let file = &self.files[i];
@@ -131,8 +133,24 @@ impl Renderer {
                 tracing::info!(file = %file.name, "rendered file built again");
             }
             let secrets = inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>();
-            tracing::info!(file = %file.name, secrets = %secrets.join(","), "file rendered");
+            tracing::debug!(file = %file.name, secrets = %secrets.join(","), "file rendered");
             self.built_from.insert(file.name.clone(), inputs);
+        }
+        drop(tree);
+        if count > 0 {
+            let names: Vec<&str> = changes
+                .added
+                .iter()
+                .chain(changes.replaced.iter().map(|(n, _)| n))
+                .map(String::as_str)
+                .take(5)
+                .collect();
+            tracing::info!(
+                files = count,
+                first = %names.join(","),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "files rendered"
+            );
         }
         Ok(changes)
     }

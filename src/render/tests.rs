@@ -220,3 +220,31 @@ fn loading_reports_every_bad_entry_at_once() {
     let files = load(&spec.files, Path::new("/base"), read).unwrap();
     assert_eq!(files[0].mode, Some(0o440));
 }
+
+proptest::proptest! {
+    /// Any text, as a JSON-filtered value, parses back to itself.
+    #[test]
+    fn json_escaping_round_trips(value in "\\PC*|[\\x00-\\x7f\u{80}-\u{10ffff}]{0,40}") {
+        let out = render(&template("{{ secret \"V\" | json }}"), &[("V", SecretKind::Custom, value.as_bytes())]).unwrap();
+        let back: String = serde_json::from_slice(&out).unwrap();
+        proptest::prop_assert_eq!(back, value);
+    }
+
+    /// Any text is a template that parses or is refused, never a panic; text without a tag is
+    /// itself; a parsed one renders with every name it uses.
+    #[test]
+    fn any_text_parses_or_is_refused(text in "(\\PC|\\{\\{|\\}\\}| secret | \"A\" |\\|)*") {
+        match parse_template("t", &text) {
+            Ok(t) => {
+                let file = RenderedFile { name: "f".into(), recipe: Recipe::Template(t), mode: None, env: None };
+                let names = file.uses(&[]).unwrap();
+                let listed: Vec<Listed<'_>> = names.iter().map(|n| (n, SecretKind::Custom)).collect();
+                let out = file.render(&listed, |_| Some(&b"v"[..])).unwrap();
+                if !text.contains("{{") {
+                    proptest::prop_assert_eq!(out.as_slice(), text.as_bytes());
+                }
+            }
+            Err(problems) => proptest::prop_assert!(!problems.is_empty()),
+        }
+    }
+}

@@ -53,6 +53,15 @@ fn templates_give_json_yaml_and_shell_readers_the_exact_value() {
     let s = Scratch::new();
     s.ok(&["secret", "create", "DB_PASSWORD"], value.as_bytes());
     s.ok(&["secret", "create", "DB_USER"], b"app user");
+    // Every character YAML or JSON must escape, and those only YAML does (C1, line and paragraph
+    // separators, the byte-order mark).
+    let odd: String = (1u8..0x20)
+        .map(char::from)
+        .chain([
+            '\u{7f}', '\u{85}', '\u{9f}', '\u{a0}', '\u{2028}', '\u{2029}', '\u{feff}', '\u{fffe}',
+        ])
+        .collect();
+    s.ok(&["secret", "create", "ODD"], odd.as_bytes());
     let spec = files_spec(
         &s,
         r#"
@@ -69,11 +78,11 @@ fn templates_give_json_yaml_and_shell_readers_the_exact_value() {
         &[
             (
                 "config.json.tmpl",
-                "{\"user\": {{ secret \"DB_USER\" | json }},\n \"password\": {{ secret \"DB_PASSWORD\" | json }}}\n",
+                "{\"user\": {{ secret \"DB_USER\" | json }},\n \"password\": {{ secret \"DB_PASSWORD\" | json }},\n \"odd\": {{ secret \"ODD\" | json }}}\n",
             ),
             (
                 "config.yaml.tmpl",
-                "db:\n  user: {{ secret \"DB_USER\" | yaml }}\n  password: {{ secret \"DB_PASSWORD\" | yaml }}\n",
+                "db:\n  user: {{ secret \"DB_USER\" | yaml }}\n  password: {{ secret \"DB_PASSWORD\" | yaml }}\nodd: {{ secret \"ODD\" | yaml }}\n",
             ),
             ("env.sh.tmpl", "PW={{ secret \"DB_PASSWORD\" | shell }}\n"),
             (
@@ -97,7 +106,7 @@ fn templates_give_json_yaml_and_shell_readers_the_exact_value() {
     );
     // The secrets are files as always; the rendered files are beside them, not counted.
     assert!(
-        d.ready_line.starts_with("secretfs: mounted 2 secrets"),
+        d.ready_line.starts_with("secretfs: mounted 3 secrets"),
         "{}",
         d.ready_line
     );
@@ -105,9 +114,10 @@ fn templates_give_json_yaml_and_shell_readers_the_exact_value() {
     let check = "import json, sys, yaml, base64, urllib.parse\n\
          want = sys.argv[2]\n\
          j = json.load(open(sys.argv[1] + '/config.json', encoding='utf-8'))\n\
-         assert j == {'user': 'app user', 'password': want}, repr(j)\n\
+         odd = sys.argv[3]\n\
+         assert j == {'user': 'app user', 'password': want, 'odd': odd}, repr(j)\n\
          y = yaml.safe_load(open(sys.argv[1] + '/config.yaml', encoding='utf-8'))\n\
-         assert y == {'db': {'user': 'app user', 'password': want}}, repr(y)\n\
+         assert y == {'db': {'user': 'app user', 'password': want}, 'odd': odd}, repr(y)\n\
          dsn, b64 = open(sys.argv[1] + '/dsn', encoding='utf-8').read().splitlines()\n\
          u = urllib.parse.urlsplit(dsn)\n\
          assert urllib.parse.unquote(u.password) == want and urllib.parse.unquote(u.username) == 'app user', dsn\n\
@@ -116,7 +126,8 @@ fn templates_give_json_yaml_and_shell_readers_the_exact_value() {
     let (code, out, err) = run(Command::new(&tools)
         .args(["-c", check])
         .arg(&mnt)
-        .arg(&value));
+        .arg(&value)
+        .arg(&odd));
     assert_eq!((code, out.trim()), (0, "ok"), "{err}");
 
     // The shell-escaped value survives `sh`, as one word.
@@ -133,7 +144,7 @@ fn templates_give_json_yaml_and_shell_readers_the_exact_value() {
     assert!(
         eventually(5, || d
             .log()
-            .contains("file=config.json secrets=DB_PASSWORD@1,DB_USER@1")),
+            .contains("file=config.json secrets=DB_PASSWORD@1,DB_USER@1,ODD@1")),
         "{}",
         d.log()
     );
