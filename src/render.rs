@@ -186,8 +186,9 @@ pub type Listed<'a> = (&'a SecretName, SecretKind);
 fn name_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() || name == "." || name == ".." {
         Some("it is not a file name")
-    } else if name.len() > 255 {
-        Some("it is longer than 255 bytes")
+    } else if name.len() > 240 {
+        // A memory file's name (`secretfs:NAME`) may be at most 249 bytes.
+        Some("it is longer than 240 bytes")
     } else if !name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '@'))
@@ -212,8 +213,9 @@ pub fn parse_mode(s: &str) -> Result<u16, String> {
     Ok(mode as u16)
 }
 
-/// Checks every entry and parses its template (read with `read`, relative to `base`); every
-/// problem at once, each naming its file.
+/// Checks every entry and parses its template (read with `read`, given `base` joined with the
+/// entry's relative path: it must stay inside `base`, see `launch::resolve::read_template`);
+/// every problem at once, each naming its file.
 pub fn load(
     entries: &BTreeMap<String, FileEntry>,
     base: &Path,
@@ -268,6 +270,20 @@ pub fn load(
                 Recipe::Builtin { which, secret }
             }
             (None, Some(path)) => {
+                // Inside the spec's directory only: a files spec must not be a way to serve
+                // `/proc/self/environ`, a key file or a token file to a workload.
+                if path.is_absolute()
+                    || !path
+                        .components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)))
+                {
+                    problems.push(format!(
+                        "{at}: template {:?} must be a relative path inside the files spec's \
+                         directory, without \"..\"",
+                        path.display()
+                    ));
+                    continue;
+                }
                 if secret.is_some() {
                     problems.push(format!(
                         "{at}: a template names its secrets itself; remove secret ="
@@ -315,13 +331,13 @@ pub fn parse_template(shown: &str, text: &str) -> Result<Template, Vec<String>> 
     let mut pieces = Vec::new();
     let mut problems = Vec::new();
     let mut rest = text;
-    let mut offset = 0;
-    let line_at = |at: usize| text[..at].matches('\n').count() + 1;
+    // Counted as the text is consumed, not from the start for every tag.
+    let mut line = 1;
     while let Some(open) = rest.find("{{") {
         if open > 0 {
             pieces.push(Piece::Text(rest[..open].to_owned()));
         }
-        let line = line_at(offset + open);
+        line += rest[..open].matches('\n').count();
         let inner_start = open + 2;
         let Some(close) = rest[inner_start..].find("}}") else {
             problems.push(format!(
@@ -341,10 +357,19 @@ pub fn parse_template(shown: &str, text: &str) -> Result<Template, Vec<String>> 
                     line,
                 },
             }),
-            Err(e) => problems.push(format!("{shown}, line {line}: {{{{ {tag} }}}}: {e}")),
+            Err(e) => {
+                // The tag as written, cut short: a runaway tag may hold the rest of the file.
+                let cut = tag.char_indices().nth(60).map_or(tag, |(i, _)| &tag[..i]);
+                let more = if cut.len() < tag.len() { " ..." } else { "" };
+                problems.push(format!("{shown}, line {line}: {{{{ {cut}{more} }}}}: {e}"));
+                if problems.len() >= 20 {
+                    problems.push(format!("{shown}: more problems follow; fix these first"));
+                    break;
+                }
+            }
         }
         let consumed = inner_start + close + 2;
-        offset += consumed;
+        line += rest[open..consumed].matches('\n').count();
         rest = &rest[consumed..];
     }
     if !rest.is_empty() {
@@ -436,6 +461,19 @@ fn percent_encode(value: &[u8], out: &mut Out) {
     }
 }
 
+/// `prefix` and `n` in `digits` upper-case hex digits, written without a heap copy (a
+/// `format!` would leave the escaped character of a value in freed memory).
+fn push_hex(out: &mut Out, prefix: &[u8], n: u32, digits: usize) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut buf = [0u8; 8];
+    for (i, b) in buf[..digits].iter_mut().enumerate() {
+        *b = HEX[((n >> (4 * (digits - 1 - i))) & 15) as usize];
+    }
+    out.push(prefix);
+    out.push(&buf[..digits]);
+    buf.fill(0);
+}
+
 fn json_string(text: &str, out: &mut Out) {
     out.push(b"\"");
     let mut buf = [0u8; 4];
@@ -447,10 +485,8 @@ fn json_string(text: &str, out: &mut Out) {
             '\r' => out.push(b"\\r"),
             '\t' => out.push(b"\\t"),
             // JSON allows these raw, JavaScript (a config read by `eval`-like loaders) does not.
-            '\u{2028}' | '\u{2029}' => out.push(format!("\\u{:04x}", c as u32).as_bytes()),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push(format!("\\u{:04x}", c as u32).as_bytes())
-            }
+            '\u{2028}' | '\u{2029}' => push_hex(out, b"\\u", c as u32, 4),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => push_hex(out, b"\\u", c as u32, 4),
             c => out.push(c.encode_utf8(&mut buf).as_bytes()),
         }
     }
@@ -485,9 +521,9 @@ fn yaml_string(text: &str, out: &mut Out) {
             None => {
                 let n = c as u32;
                 if n < 0x20 || (0x7f..=0x9f).contains(&n) {
-                    out.push(format!("\\x{n:02X}").as_bytes());
+                    push_hex(out, b"\\x", n, 2);
                 } else if matches!(n, 0xfeff | 0xfffe | 0xffff) {
-                    out.push(format!("\\u{n:04X}").as_bytes());
+                    push_hex(out, b"\\u", n, 4);
                 } else {
                     out.push(c.encode_utf8(&mut buf).as_bytes());
                 }
@@ -515,8 +551,7 @@ fn apply_filters(value: &[u8], filters: &[Filter], out: &mut Out) -> Result<(), 
         match f {
             Filter::Raw => next.push(&current),
             Filter::Base64 => next.push(
-                base64::engine::general_purpose::STANDARD
-                    .encode(&current[..])
+                Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&current[..]))
                     .as_bytes(),
             ),
             Filter::Url => percent_encode(&current, &mut next),
@@ -620,9 +655,10 @@ impl RenderedFile {
         &self,
         listed: &[Listed<'_>],
         value: impl Fn(&SecretName) -> Option<&'v [u8]>,
-    ) -> Result<Zeroizing<Vec<u8>>, Vec<String>> {
+    ) -> Result<Rendered, Vec<String>> {
         let mut out = Out::default();
         let mut problems = Vec::new();
+        let mut left_out = Vec::new();
         match &self.recipe {
             Recipe::Template(t) => {
                 for p in &t.pieces {
@@ -664,32 +700,53 @@ impl RenderedFile {
                         }
                     }
                 }
-                if let Err(e) = builtin(*which, &values, &mut out) {
+                if let Err(e) = builtin(*which, &values, &mut out, &mut left_out) {
                     problems.push(format!("{}: {e}", self.name));
                 }
             }
         }
         if problems.is_empty() {
-            Ok(out.0)
+            Ok(Rendered {
+                bytes: out.0,
+                left_out: left_out
+                    .into_iter()
+                    .map(|e| format!("{}: {e}; left out", self.name))
+                    .collect(),
+            })
         } else {
             Err(problems)
         }
     }
 }
 
-/// A token that goes into a line-based format: one line, no control characters.
+/// A file's rendering, and the secrets of a set that could not go in (named, for a warning).
+pub struct Rendered {
+    pub bytes: Zeroizing<Vec<u8>>,
+    pub left_out: Vec<String>,
+}
+
+/// A token that goes into a line-based format: printable ASCII without spaces (what every
+/// provider's tokens are), so no line break of any reader (`\n`, U+2028, NEL) and no field
+/// separator can come from a value.
 fn one_line<'a>(name: &SecretName, value: &'a [u8]) -> Result<&'a [u8], String> {
     let v = trimmed(value);
-    if v.is_empty() || v.iter().any(|b| b.is_ascii_control()) {
+    if v.is_empty() || !v.iter().all(|b| (0x21..=0x7e).contains(b)) {
         return Err(format!(
-            "secret \"{name}\" is empty or holds control characters (a newline inside?), which \
-             this format cannot carry"
+            "secret \"{name}\" is empty or holds something besides printable ASCII (a space, a \
+             newline inside?), which this format cannot carry"
         ));
     }
     Ok(v)
 }
 
-fn builtin(which: Builtin, values: &[(&SecretName, &[u8])], out: &mut Out) -> Result<(), String> {
+/// Writes a built-in; a secret of a set that cannot go in is left out (the others still
+/// count: one bad token must not keep a revoked one in the file), and named in `left_out`.
+fn builtin(
+    which: Builtin,
+    values: &[(&SecretName, &[u8])],
+    out: &mut Out,
+    left_out: &mut Vec<String>,
+) -> Result<(), String> {
     match which {
         Builtin::AuthorizedKeys => {
             for (name, v) in values {
@@ -704,17 +761,25 @@ fn builtin(which: Builtin, values: &[(&SecretName, &[u8])], out: &mut Out) -> Re
                         out.push(b"\n");
                     }
                     // Never a line from a value that is not a key: it could carry options.
-                    None => out.push(
-                        format!("# {name}: not an OpenSSH public key, left out\n").as_bytes(),
-                    ),
+                    None => {
+                        out.push(
+                            format!("# {name}: not an OpenSSH public key, left out\n").as_bytes(),
+                        );
+                        left_out.push(format!("secret \"{name}\" is not an OpenSSH public key"));
+                    }
                 }
             }
         }
         Builtin::GitCredentials => {
             for (name, v) in values {
-                out.push(b"https://x-access-token:");
-                percent_encode(one_line(name, v)?, out);
-                out.push(b"@github.com\n");
+                match one_line(name, v) {
+                    Ok(token) => {
+                        out.push(b"https://x-access-token:");
+                        percent_encode(token, out);
+                        out.push(b"@github.com\n");
+                    }
+                    Err(e) => left_out.push(e),
+                }
             }
         }
         Builtin::HuggingfaceToken => {

@@ -181,13 +181,19 @@ impl ServerSource {
     /// The revision and the stamps of `only` (every name has one, or is missing), without a
     /// value: what a supervised run compares to see whether a secret it uses changed. With
     /// `watch`, a long-poll: answers once the revision is no longer `since`, or at the timeout.
+    /// With `kinds`, every secret of those kinds (what a built-in rendered file holds) counts
+    /// too, found or gone.
     pub fn stamps(
         &self,
         only: &[SecretName],
+        kinds: &[SecretKind],
         watch: Option<(&str, Duration)>,
     ) -> Result<(String, Vec<ValueStamp>), SourceError> {
         let read = self.ask(&WorkloadReadRequest {
-            names: Some(only.iter().map(|n| n.as_str().to_owned()).collect()),
+            // The whole set when kinds count: which names they cover is what may change.
+            names: kinds
+                .is_empty()
+                .then(|| only.iter().map(|n| n.as_str().to_owned()).collect()),
             values: false,
             since: watch.map(|(since, _)| since.to_owned()),
             wait_secs: watch.map(|(_, timeout)| self.poll_secs(timeout)),
@@ -196,6 +202,7 @@ impl ServerSource {
         let stamps = read
             .secrets
             .into_iter()
+            .filter(|s| only.contains(&s.name) || kinds.contains(&s.kind))
             .map(|s| ValueStamp {
                 name: s.name,
                 version: s.version,
@@ -343,13 +350,18 @@ impl LocalSource {
 
     /// The stamps of `only` as the store has them now (a listing: no value is read, nothing
     /// is audited).
-    pub fn stamps(&self, only: &[SecretName]) -> Result<Vec<ValueStamp>, SourceError> {
+    /// (With `kinds`, every secret of those kinds too.)
+    pub fn stamps(
+        &self,
+        only: &[SecretName],
+        kinds: &[SecretKind],
+    ) -> Result<Vec<ValueStamp>, SourceError> {
         let listed = self
             .runtime
             .block_on(self.service.local_list(&self.caller, DEFAULT_WORKSPACE))?;
         Ok(listed
             .iter()
-            .filter(|m| only.contains(&m.name))
+            .filter(|m| only.contains(&m.name) || kinds.contains(&m.kind))
             .map(SecretMeta::stamp)
             .collect())
     }

@@ -65,12 +65,37 @@ pub fn load_files(path: &std::path::Path) -> anyhow::Result<Vec<crate::render::R
     let spec: crate::render::FilesSpec = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("the files spec {} is not valid: {e}", path.display()))?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
-    crate::render::load(&spec.files, base, |p| std::fs::read_to_string(p)).map_err(|problems| {
+    let base = if base.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        base
+    };
+    crate::render::load(&spec.files, base, |p| {
+        crate::launch::resolve::read_template(base, p)
+    })
+    .map_err(|problems| {
         anyhow::anyhow!(
             "the files spec {} has problems:\n  {}",
             path.display(),
             problems.join("\n  ")
         )
+    })
+    .and_then(|files| {
+        let with_env: Vec<&str> = files
+            .iter()
+            .filter(|f| f.env.is_some())
+            .map(|f| f.name.as_str())
+            .collect();
+        if with_env.is_empty() {
+            Ok(files)
+        } else {
+            anyhow::bail!(
+                "the files spec {}: env = is the launcher's (the variable that gets a memory \
+                 file's path); a mount serves each file at DIR/NAME: remove env from {}",
+                path.display(),
+                with_env.join(", ")
+            )
+        }
     })
 }
 

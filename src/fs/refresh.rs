@@ -85,7 +85,7 @@ fn notify(notifier: &Notifier, changes: &Changes) {
 }
 
 fn log_changes(changes: &Changes, tree: &SharedTree) {
-    if changes.is_empty() {
+    if changes.is_empty() && changes.shadowed.is_empty() {
         return;
     }
     let versions = tree.read().unwrap_or_else(|e| e.into_inner()).versions();

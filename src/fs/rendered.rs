@@ -12,14 +12,19 @@ use std::time::SystemTime;
 use super::fuse::SharedTree;
 use super::memory::LockedPool;
 use super::tree::{Changes, Contents};
-use crate::render::{Listed, RenderedFile};
+use crate::render::{Listed, Recipe, RenderedFile};
+
+/// The secrets a rendering was made from: name, version, and when that value was written.
+type Inputs = Vec<(String, u64, i64)>;
 use crate::secret::{SecretKind, SecretName};
 
 /// The rendered files of a mount, and what each was last built from.
 pub struct Renderer {
     files: Vec<RenderedFile>,
-    /// Per file: the secrets (name, version) of its current rendering.
-    built_from: HashMap<String, Contents>,
+    /// Per file: the secrets of its current rendering, exactly.
+    built_from: HashMap<String, Inputs>,
+    /// Per file: the secrets of a set last left out (logged when it changes).
+    left_out: HashMap<String, String>,
     /// Per file: the problem last logged, so an outage is logged once, not per round.
     failing: HashMap<String, String>,
     /// The kinds of the secrets the source lists (what built-ins are made from).
@@ -31,6 +36,7 @@ impl Renderer {
         Renderer {
             files,
             built_from: HashMap::new(),
+            left_out: HashMap::new(),
             failing: HashMap::new(),
             kinds: BTreeMap::new(),
         }
@@ -74,30 +80,44 @@ impl Renderer {
         let started = std::time::Instant::now();
         let mut problems = Vec::new();
         // Rendered under the read lock (values are only read), stored and swapped in after.
-        let mut built: Vec<(usize, zeroize::Zeroizing<Vec<u8>>, Contents)> = Vec::new();
+        let mut built: Vec<(usize, zeroize::Zeroizing<Vec<u8>>, Inputs)> = Vec::new();
         {
             let tree = tree.read().unwrap_or_else(|e| e.into_inner());
-            let held = tree.held();
-            let listed: Vec<Listed<'_>> = held
+            // What is served as a secret (not a rendered file, not a secret it shadows).
+            let served = tree.served();
+            let listed: Vec<Listed<'_>> = served
                 .iter()
                 .map(|s| {
                     let kind = self.kinds.get(&s.name).copied().unwrap_or_default();
                     (&s.name, kind)
                 })
                 .collect();
-            for (i, file) in self.files.iter().enumerate() {
-                let uses = match file.uses(&listed) {
+            for i in 0..self.files.len() {
+                let uses = match self.files[i].uses(&listed) {
                     Ok(u) => u,
                     Err(e) => {
-                        failed(&mut self.failing, file, e, strict, &mut problems);
+                        failed(&mut self.failing, &self.files[i], e, strict, &mut problems);
                         continue;
                     }
                 };
-                let inputs: Contents = uses
+                // A built-in made from one secret keeps the one it was first made from: another
+                // of the kind appearing later must not stop its rotations.
+                if let Recipe::Builtin { which, secret } = &self.files[i].recipe
+                    && secret.is_none()
+                    && let [one] = uses.as_slice()
+                {
+                    self.files[i].recipe = Recipe::Builtin {
+                        which: *which,
+                        secret: Some(one.clone()),
+                    };
+                }
+                let file = &self.files[i];
+                // Exact stamps: a secret deleted and created again is version 1 again.
+                let inputs: Inputs = uses
                     .iter()
                     .filter_map(|n| {
-                        tree.secret_value(n.as_str())
-                            .map(|(_, v)| (n.as_str().to_owned(), v))
+                        let (version, written) = tree.secret_stamp(n.as_str())?;
+                        Some((n.as_str().to_owned(), version, written))
                     })
                     .collect();
                 let rendered_yet = tree.rendered_value(&file.name).is_some();
@@ -107,7 +127,16 @@ impl Renderer {
                 match file.render(&listed, |n| {
                     tree.secret_value(n.as_str()).map(|(v, _)| v.as_ref())
                 }) {
-                    Ok(bytes) => built.push((i, bytes, inputs)),
+                    Ok(r) => {
+                        let note = r.left_out.join("; ");
+                        if self.left_out.get(&file.name) != Some(&note) {
+                            if !note.is_empty() {
+                                tracing::warn!(file = %file.name, problem = %note, "a secret cannot go into the file");
+                            }
+                            self.left_out.insert(file.name.clone(), note);
+                        }
+                        built.push((i, r.bytes, inputs));
+                    }
                     Err(e) => failed(&mut self.failing, file, e, strict, &mut problems),
                 }
             }
@@ -122,17 +151,21 @@ impl Renderer {
         let mut tree = tree.write().unwrap_or_else(|e| e.into_inner());
         for ((i, _, inputs), slot) in built.into_iter().zip(slots) {
             let file = &self.files[i];
+            let contents: Contents = inputs.iter().map(|(n, v, _)| (n.clone(), *v)).collect();
             changes.extend(tree.put_rendered(
                 &file.name,
                 slot,
                 file.mode,
-                inputs.clone(),
+                contents,
                 SystemTime::now(),
             ));
             if self.failing.remove(&file.name).is_some() {
                 tracing::info!(file = %file.name, "rendered file built again");
             }
-            let secrets = inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>();
+            let secrets = inputs
+                .iter()
+                .map(|(n, _, _)| n.as_str())
+                .collect::<Vec<_>>();
             tracing::debug!(file = %file.name, secrets = %secrets.join(","), "file rendered");
             self.built_from.insert(file.name.clone(), inputs);
         }

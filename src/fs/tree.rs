@@ -160,8 +160,9 @@ pub struct Tree<V> {
     dir_mtime: SystemTime,
     /// The names of rendered files: never a secret's, whether rendered yet or not.
     rendered: std::collections::BTreeSet<String>,
-    /// Secrets not served because a rendered file has their name (reported once).
-    shadowed: std::collections::BTreeSet<String>,
+    /// Secrets not served because a rendered file has their name (reported once), with the
+    /// stamp they had: held, so the source does not send their value every round.
+    shadowed: BTreeMap<String, Stamp>,
 }
 
 impl<V: AsRef<[u8]>> Tree<V> {
@@ -205,6 +206,16 @@ impl<V: AsRef<[u8]>> Tree<V> {
         }
         let node = &self.nodes[self.entries.get(name)?];
         Some((&node.value, node.stamp.version))
+    }
+
+    /// Which value a secret has now, exactly: its version and when it was written (a secret
+    /// deleted and created again starts over at version 1, at another time).
+    pub fn secret_stamp(&self, name: &str) -> Option<(u64, i64)> {
+        if self.rendered.contains(name) {
+            return None;
+        }
+        let stamp = self.nodes[self.entries.get(name)?].stamp;
+        Some((stamp.version, stamp.updated_ns))
     }
 
     /// A rendered file's contents as it is served now.
@@ -397,14 +408,24 @@ impl<V: AsRef<[u8]>> Tree<V> {
     /// Every value served: what a refresh need not fetch again.
     pub fn held(&self) -> Vec<ValueStamp> {
         self.secret_entries()
-            .filter_map(|(name, ino)| {
-                let stamp = self.nodes[ino].stamp;
+            .map(|(name, ino)| (name, self.nodes[ino].stamp))
+            .chain(self.shadowed.iter().map(|(name, stamp)| (name, *stamp)))
+            .filter_map(|(name, stamp)| {
                 Some(ValueStamp {
                     name: SecretName::parse(name).ok()?,
                     version: stamp.version,
                     updated_at: Timestamp::from_nanos(stamp.updated_ns),
                 })
             })
+            .collect()
+    }
+
+    /// The secrets served now (not rendered files, not shadowed secrets), as `held` lists them.
+    pub fn served(&self) -> Vec<ValueStamp> {
+        let shadowed = &self.shadowed;
+        self.held()
+            .into_iter()
+            .filter(|s| !shadowed.contains_key(s.name.as_str()))
             .collect()
     }
 
@@ -428,7 +449,7 @@ impl<V: AsRef<[u8]>> Tree<V> {
             .filter(|name| !wanted.contains_key(name.as_str()))
             .cloned()
             .collect();
-        self.shadowed.retain(|n| wanted.contains_key(n.as_str()));
+        self.shadowed.retain(|n, _| wanted.contains_key(n.as_str()));
         for name in gone {
             let ino = self.entries.remove(&name).expect("listed above");
             self.retire(ino);
@@ -438,7 +459,11 @@ impl<V: AsRef<[u8]>> Tree<V> {
         for meta in metas {
             let name = meta.name.as_str();
             if self.rendered.contains(name) {
-                if self.shadowed.insert(name.to_owned()) {
+                if self
+                    .shadowed
+                    .insert(name.to_owned(), Stamp::of(meta))
+                    .is_none()
+                {
                     changes.shadowed.push(name.to_owned());
                 }
                 continue;

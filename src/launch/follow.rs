@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::secret::{SecretName, ValueStamp};
+use crate::secret::{SecretKind, SecretName, ValueStamp};
 use crate::source::{LocalSource, ServerSource};
 
 /// How long one long-poll is held (the server caps it at 60 s).
@@ -105,6 +105,9 @@ fn say(message: &str) {
 /// failing (said once when it starts, once when it ends).
 struct Looks {
     names: Vec<SecretName>,
+    /// Kinds whose every secret counts (a built-in rendered file's): a name of one coming or
+    /// going is a change.
+    kinds: Vec<SecretKind>,
     stamps: Vec<ValueStamp>,
     failing: bool,
     described: String,
@@ -112,9 +115,15 @@ struct Looks {
 }
 
 impl Looks {
-    fn new(described: String, names: Vec<SecretName>, stamps: Vec<ValueStamp>, tell: Tell) -> Self {
+    fn new(
+        described: String,
+        (names, kinds): (Vec<SecretName>, Vec<SecretKind>),
+        stamps: Vec<ValueStamp>,
+        tell: Tell,
+    ) -> Self {
         Looks {
             names,
+            kinds,
             stamps,
             failing: false,
             described,
@@ -131,7 +140,15 @@ impl Looks {
             ));
             self.failing = false;
         }
-        let moved = changed(&self.names, &self.stamps, &now);
+        // The sources list only secrets named or of a followed kind: with kinds, each listed
+        // name counts.
+        let mut relevant = self.names.clone();
+        if !self.kinds.is_empty() {
+            relevant.extend(self.stamps.iter().chain(&now).map(|s| s.name.clone()));
+            relevant.sort();
+            relevant.dedup();
+        }
+        let moved = changed(&relevant, &self.stamps, &now);
         self.stamps = now;
         moved.is_empty() || self.tell.send(moved)
     }
@@ -149,14 +166,18 @@ impl Looks {
 
 /// Follows `names` on a server. The first look happens here, before the caller resolves, so
 /// a change in between is seen at the first long-poll.
-pub fn server(source: ServerSource, names: Vec<SecretName>) -> Result<Follower, Vec<String>> {
+pub fn server(
+    source: ServerSource,
+    names: Vec<SecretName>,
+    kinds: Vec<SecretKind>,
+) -> Result<Follower, Vec<String>> {
     let (revision, stamps) = source
-        .stamps(&names, None)
+        .stamps(&names, &kinds, None)
         .map_err(|e| vec![e.to_string()])?;
     let (follower, tell) = channel().map_err(|e| vec![e])?;
     let mut looks = Looks::new(
         crate::source::Source::describe(&source),
-        names,
+        (names, kinds),
         stamps,
         tell,
     );
@@ -168,7 +189,7 @@ pub fn server(source: ServerSource, names: Vec<SecretName>) -> Result<Follower, 
                 // After a failure, a plain read first: it says at once that the server is
                 // back, and brings what changed meanwhile.
                 let watch = (!looks.failing).then_some((revision.as_str(), LONG_POLL));
-                match source.stamps(&looks.names, watch) {
+                match source.stamps(&looks.names, &looks.kinds, watch) {
                     Ok((r, now)) => {
                         revision = r;
                         if !looks.saw(now) {
@@ -210,17 +231,19 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 /// happens here, before the caller resolves.
 pub fn store(
     source: LocalSource,
-    names: Vec<SecretName>,
+    (names, kinds): (Vec<SecretName>, Vec<SecretKind>),
     every: Duration,
 ) -> Result<Follower, Vec<String>> {
     let db = source.store_path().to_owned();
     let files = vec![sibling(&db, "-wal"), db];
     let mut seen = look(&files);
-    let stamps = source.stamps(&names).map_err(|e| vec![e.to_string()])?;
+    let stamps = source
+        .stamps(&names, &kinds)
+        .map_err(|e| vec![e.to_string()])?;
     let (follower, tell) = channel().map_err(|e| vec![e])?;
     let mut looks = Looks::new(
         crate::source::Source::describe(&source),
-        names,
+        (names, kinds),
         stamps,
         tell,
     );
@@ -239,7 +262,7 @@ pub fn store(
                     continue;
                 }
                 ticks = 0;
-                match source.stamps(&looks.names) {
+                match source.stamps(&looks.names, &looks.kinds) {
                     Ok(listed) => {
                         seen = now;
                         if !looks.saw(listed) {

@@ -163,7 +163,7 @@ fn launch(
     // anything else, every problem at once.
     let files = match spec.as_ref().filter(|s| !s.files.is_empty()) {
         Some(s) => match crate::render::load(&s.files, &cwd.join(spec_dir), |p| {
-            std::fs::read_to_string(p)
+            resolve::read_template(&cwd.join(spec_dir), p)
         }) {
             Ok(f) => f,
             Err(problems) => return failed(&problems, None),

@@ -111,12 +111,14 @@ pub trait Fetch {
         source: &SourcePlan,
     ) -> Result<Option<Vec<(SecretName, SecretKind)>>, Vec<String>>;
 
-    /// Starts following `names` (sorted) in a store or server source for a supervised run,
-    /// looking once before it returns. (The supervisor checks a directory's files itself.)
+    /// Starts following `names` (sorted), and every secret of `kinds` (those of built-in
+    /// rendered files), in a store or server source for a supervised run, looking once before
+    /// it returns. (The supervisor checks a directory's files itself.)
     fn follow(
         &self,
         source: &SourcePlan,
         names: &[SecretName],
+        kinds: &[SecretKind],
         every: Duration,
     ) -> Result<super::follow::Follower, Vec<String>>;
 }
@@ -153,12 +155,15 @@ impl Fetch for AnySource {
         &self,
         source: &SourcePlan,
         names: &[SecretName],
+        kinds: &[SecretKind],
         every: Duration,
     ) -> Result<super::follow::Follower, Vec<String>> {
         match source {
-            SourcePlan::Store { path, key_file } => {
-                super::follow::store(open_store(path, key_file)?, names.to_vec(), every)
-            }
+            SourcePlan::Store { path, key_file } => super::follow::store(
+                open_store(path, key_file)?,
+                (names.to_vec(), kinds.to_vec()),
+                every,
+            ),
             SourcePlan::Server {
                 urls,
                 token_file,
@@ -166,6 +171,7 @@ impl Fetch for AnySource {
             } => super::follow::server(
                 open_server(urls, token_file.as_deref(), ca_file.as_deref())?,
                 names.to_vec(),
+                kinds.to_vec(),
             ),
             SourcePlan::Dir { .. } => Err(vec![
                 "a directory source is followed by its files, not by a feed".into(),
@@ -204,6 +210,7 @@ impl Fetch for DirOnly {
         &self,
         _source: &SourcePlan,
         _names: &[SecretName],
+        _kinds: &[SecretKind],
         _every: Duration,
     ) -> Result<super::follow::Follower, Vec<String>> {
         Err(vec![
@@ -327,7 +334,7 @@ fn resolve_as(
                     env.push(var.name.as_bytes(), file.as_os_str().as_bytes());
                 }
                 SourcePlan::Store { .. } | SourcePlan::Server { .. } => {
-                    match memory_file(n.as_str(), value_of(n)) {
+                    match memory_file(n.as_str(), value_of(n), 0o400) {
                         Ok(fd) => {
                             // The workload's PID (exec keeps it), so the path names the same
                             // file in every process of the workload, for as long as it runs:
@@ -348,7 +355,13 @@ fn resolve_as(
                 let Some((_, bytes)) = rendered.iter().find(|(n, _)| n == f) else {
                     continue;
                 };
-                match memory_file(f, bytes) {
+                let mode = plan
+                    .files
+                    .iter()
+                    .find(|x| &x.name == f)
+                    .and_then(|x| x.mode)
+                    .unwrap_or(0o400);
+                match memory_file(f, bytes, mode) {
                     Ok(fd) => {
                         let path = format!("/proc/{proc_dir}/fd/{}", fd.as_raw_fd());
                         env.push(var.name.as_bytes(), path.as_bytes());
@@ -401,18 +414,45 @@ fn render_files<'v>(
         }
         let value = |n: &SecretName| fetched.binary_search(n).ok().map(|_| value_of(n));
         match f.render(&listed, value) {
-            Ok(bytes) => out.push((f.name.clone(), bytes)),
+            Ok(r) => {
+                for note in &r.left_out {
+                    eprintln!("warning: {note}");
+                }
+                out.push((f.name.clone(), r.bytes));
+            }
             Err(e) => problems.extend(e),
         }
     }
     out
 }
 
+/// Reads a template of a files spec: a regular file whose real path (symbolic links resolved)
+/// is inside `base`, the spec's directory.
+pub fn read_template(base: &Path, path: &Path) -> std::io::Result<String> {
+    let real = path.canonicalize()?;
+    if !real.starts_with(base.canonicalize()?) {
+        return Err(std::io::Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "it resolves to {}, outside the files spec's directory",
+                real.display()
+            ),
+        ));
+    }
+    if !real.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "it is not a regular file",
+        ));
+    }
+    std::fs::read_to_string(real)
+}
+
 /// A sealed memory file holding `value`, inherited by the workload: `[secret_files]` for
 /// sources that have no file of their own, without ever writing the value to a disk. It looks
 /// like a mounted secret file: owned by this (the workload's) uid, mode 0400, so tools that check
 /// a key file's permissions (`ssh-keygen`, `ssh`) accept it.
-fn memory_file(name: &str, value: &[u8]) -> nix::Result<OwnedFd> {
+fn memory_file(name: &str, value: &[u8], mode: u16) -> nix::Result<OwnedFd> {
     use nix::fcntl::{FcntlArg, SealFlag, fcntl};
     use nix::sys::memfd::{MFdFlags, memfd_create};
     use nix::sys::stat::{Mode, fchmod};
@@ -422,7 +462,7 @@ fn memory_file(name: &str, value: &[u8]) -> nix::Result<OwnedFd> {
         MFdFlags::MFD_ALLOW_SEALING,
     )?;
     // A memfd starts at 0777; the owner's write bit is not needed (the seals forbid writes).
-    fchmod(&fd, Mode::S_IRUSR)?;
+    fchmod(&fd, Mode::from_bits_truncate(u32::from(mode) & 0o444))?;
     let mut written = 0;
     while written < value.len() {
         written += nix::unistd::write(&fd, &value[written..])?;

@@ -79,24 +79,26 @@ enum Detector {
 }
 
 impl Detector {
-    /// The indices (into the plan's sorted names) of what changed since the last call (`fed`:
-    /// what the feed brought meanwhile).
-    fn changed(&mut self, names: &[SecretName], fed: &mut Vec<SecretName>) -> Vec<usize> {
+    /// The names of what changed since the last call (`fed`: what the feed brought meanwhile;
+    /// the feed tells only of used secrets: the plan's names and, for built-in rendered files,
+    /// any secret of their kinds).
+    fn changed(&mut self, names: &[SecretName], fed: &mut Vec<SecretName>) -> Vec<SecretName> {
         match self {
             Detector::Files { paths, seen } => {
                 let now = look(paths);
                 if now == *seen {
                     return Vec::new();
                 }
-                let changed = (0..paths.len()).filter(|&i| now[i] != seen[i]).collect();
+                let changed = (0..paths.len())
+                    .filter(|&i| now[i] != seen[i])
+                    .map(|i| names[i].clone())
+                    .collect();
                 *seen = now;
                 changed
             }
             Detector::Feed(f) => {
                 fed.extend(f.take());
-                fed.drain(..)
-                    .filter_map(|n| names.binary_search(&n).ok())
-                    .collect()
+                std::mem::take(fed)
             }
             Detector::Nothing => Vec::new(),
         }
@@ -195,27 +197,19 @@ fn block_signals() -> Result<(SigSet, SignalFd), String> {
 pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
     let unwatched = WatchPlan::unwatched();
     let watch = plan.watch.as_ref().unwrap_or(&unwatched);
-    let mut names = plan.secret_names();
-    // The secrets behind built-in rendered files count as used: those the source lists now.
-    if plan
+    let names = plan.secret_names();
+    // The secrets behind built-in rendered files count as used: every one of their kinds, so
+    // that one added or removed is a change too.
+    let mut kinds: Vec<crate::secret::SecretKind> = plan
         .files
         .iter()
-        .any(|f| matches!(f.recipe, crate::render::Recipe::Builtin { .. }))
-    {
-        match fetcher.list(&plan.source) {
-            Ok(Some(listing)) => {
-                let listed: Vec<crate::render::Listed<'_>> =
-                    listing.iter().map(|(n, k)| (n, *k)).collect();
-                for f in &plan.files {
-                    names.extend(f.uses(&listed).unwrap_or_default());
-                }
-                names.sort();
-                names.dedup();
-            }
-            Ok(None) => {}
-            Err(problems) => return fail(&problems),
-        }
-    }
+        .filter_map(|f| match f.recipe {
+            crate::render::Recipe::Builtin { which, .. } => Some(which.kind()),
+            crate::render::Recipe::Template(_) => None,
+        })
+        .collect();
+    kinds.sort_by_key(|k| k.as_str());
+    kinds.dedup();
     // A store or a server is followed by threads, which must start with the signals blocked:
     // a process-directed signal goes to any thread that does not block it, and there SIGCHLD
     // would be dropped and SIGTERM would end the supervisor without its workload. A directory
@@ -237,7 +231,7 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
                 Ok(b) => blocked = Some(b),
                 Err(e) => return fail(&[e]),
             }
-            match fetcher.follow(other, &names, watch.poll) {
+            match fetcher.follow(other, &names, &kinds, watch.poll) {
                 Ok(f) => Detector::Feed(f),
                 Err(problems) => return fail(&problems),
             }
@@ -354,7 +348,7 @@ impl<F: Fetch> Supervisor<'_, F> {
 
         // A change waiting for its debounce (or for a retry) to pass: which names, when it is
         // due, and when the first of them was seen.
-        let mut pending: Option<(Vec<usize>, Instant, Instant)> = None;
+        let mut pending: Option<(Vec<SecretName>, Instant, Instant)> = None;
         loop {
             let wait = match &pending {
                 Some((_, due, _)) => due
@@ -378,7 +372,7 @@ impl<F: Fetch> Supervisor<'_, F> {
                     None => (Vec::new(), at),
                 };
                 all.extend(changed);
-                all.sort_unstable();
+                all.sort();
                 all.dedup();
                 // Every change restarts the debounce (a burst is one action, with the last values),
                 // up to ten debounces after the first: a file touched without end still gets its
@@ -389,10 +383,7 @@ impl<F: Fetch> Supervisor<'_, F> {
             if let Some((changed, due, first)) = &pending
                 && Instant::now() >= *due
             {
-                let shown: Vec<String> = changed
-                    .iter()
-                    .map(|&i| format!("\"{}\"", names[i]))
-                    .collect();
+                let shown: Vec<String> = changed.iter().map(|n| format!("\"{n}\"")).collect();
                 match s.act(&shown.join(", ")) {
                     Act::Done => pending = None,
                     Act::RetryAt(at) => pending = Some((changed.clone(), at, *first)),

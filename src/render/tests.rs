@@ -38,7 +38,7 @@ fn render(
             .find(|(m, _, _)| *m == n.as_str())
             .map(|s| s.2)
     })
-    .map(|z| z.to_vec())
+    .map(|r| r.bytes.to_vec())
 }
 
 #[test]
@@ -137,8 +137,32 @@ fn git_credentials_percent_encode_the_token_and_refuse_a_multi_line_one() {
     let file = builtin_file(Builtin::GitCredentials);
     let out = render(&file, &[("GH", SecretKind::Github, b"ghp_a/b\n")]).unwrap();
     assert_eq!(out, b"https://x-access-token:ghp_a%2Fb@github.com\n");
-    let err = render(&file, &[("GH", SecretKind::Github, b"ghp_a\nhttps://evil")]).unwrap_err();
-    assert!(err[0].contains("\"GH\""), "{err:?}");
+    // A token that cannot go in is left out (and named); the others still count.
+    let names = [name("BAD"), name("GOOD")];
+    let listed: Vec<Listed<'_>> = names.iter().map(|n| (n, SecretKind::Github)).collect();
+    let r = file
+        .render(&listed, |n| {
+            Some(if n.as_str() == "BAD" {
+                &b"ghp_a\nhttps://evil"[..]
+            } else {
+                &b"ghp_good"[..]
+            })
+        })
+        .unwrap();
+    assert_eq!(
+        r.bytes.as_slice(),
+        b"https://x-access-token:ghp_good@github.com\n"
+    );
+    assert_eq!(r.left_out.len(), 1);
+    assert!(r.left_out[0].contains("\"BAD\""), "{:?}", r.left_out);
+    // Nor does a line break another reader knows (U+2028), or a space, reach a token file.
+    let hf = builtin_file(Builtin::HuggingfaceToken);
+    for bad in ["hf_a\u{2028}b", "hf_a b"] {
+        assert!(
+            render(&hf, &[("HF", SecretKind::Huggingface, bad.as_bytes())]).is_err(),
+            "{bad:?}"
+        );
+    }
 }
 
 #[test]
@@ -239,7 +263,7 @@ proptest::proptest! {
                 let file = RenderedFile { name: "f".into(), recipe: Recipe::Template(t), mode: None, env: None };
                 let names = file.uses(&[]).unwrap();
                 let listed: Vec<Listed<'_>> = names.iter().map(|n| (n, SecretKind::Custom)).collect();
-                let out = file.render(&listed, |_| Some(&b"v"[..])).unwrap();
+                let out = file.render(&listed, |_| Some(&b"v"[..])).unwrap().bytes;
                 if !text.contains("{{") {
                     proptest::prop_assert_eq!(out.as_slice(), text.as_bytes());
                 }

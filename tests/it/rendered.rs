@@ -242,6 +242,49 @@ fn a_template_naming_an_unknown_secret_fails_closed_with_every_problem_and_its_l
         out.stderr
             .contains("bad.tmpl, line 2: {{ secret \"A\" | upper }}: unknown filter")
     );
+
+    // A template is a file inside the spec's directory: not an absolute path, not "..", not a
+    // symbolic link out of it (a files spec must not serve /proc/self/environ or a key file).
+    std::os::unix::fs::symlink("/proc/self/environ", s.path().join("files/link.tmpl")).unwrap();
+    for template in ["/proc/self/environ", "../store.db.key", "link.tmpl"] {
+        let spec = files_spec(&s, &format!("[files.x]\ntemplate = {template:?}\n"), &[]);
+        let out = s.run(
+            &[
+                "mount",
+                mnt.to_str().unwrap(),
+                "--files",
+                spec.to_str().unwrap(),
+            ],
+            b"",
+        );
+        assert_ne!(out.code, 0, "{template}");
+        assert!(
+            out.stderr.contains("the files spec's directory"),
+            "{template}: {}",
+            out.stderr
+        );
+    }
+    // env = is the launcher's; a mount says so instead of ignoring it.
+    let spec = files_spec(
+        &s,
+        "[files.x]\nbuiltin = \"git-credentials\"\nenv = \"X\"\n",
+        &[],
+    );
+    let out = s.run(
+        &[
+            "mount",
+            mnt.to_str().unwrap(),
+            "--files",
+            spec.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("env = is the launcher's"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -307,6 +350,77 @@ fn a_rotation_makes_a_new_inode_and_a_reader_of_the_old_one_keeps_its_rendering(
         .unwrap()
         .contains("third-value")));
     assert!(d.log().contains("rendered file built again"), "{}", d.log());
+
+    // A secret created later under the rendered file's name is not served, and the log says so.
+    s.ok(
+        &["secret", "create", "app.json"],
+        b"a secret named like the file",
+    );
+    assert!(
+        eventually(5, || d
+            .log()
+            .contains("a rendered file has this secret's name")),
+        "{}",
+        d.log()
+    );
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("third-value")
+    );
+}
+
+#[test]
+fn a_secret_deleted_and_created_again_between_two_rounds_is_rendered_anew() {
+    if !fuse_available("a_secret_deleted_and_created_again_between_two_rounds_is_rendered_anew") {
+        return;
+    }
+    let s = Scratch::new();
+    let (_, first) = keygen(s.path(), "first");
+    let (_, second) = keygen(s.path(), "second");
+    s.ok(&["secret", "create", "KEY", "-t", "ssh-public-key"], &first);
+    s.ok(&["secret", "create", "PW"], b"before");
+    let spec = files_spec(
+        &s,
+        "[files.authorized_keys]\nbuiltin = \"authorized_keys\"\n[files.pw]\ntemplate = \"pw.tmpl\"\n",
+        &[("pw.tmpl", "{{ secret \"PW\" }}")],
+    );
+    let mnt = s.path().join("mnt");
+    // Rounds far enough apart that both changes land between two of them: each secret is
+    // version 1 again, at another time.
+    let _d = Daemon::start(
+        &s,
+        &mnt,
+        &["--files", spec.to_str().unwrap(), "--refresh", "1500ms"],
+    );
+    let body = |k: &[u8]| {
+        String::from_utf8_lossy(k)
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        std::fs::read_to_string(mnt.join("authorized_keys"))
+            .unwrap()
+            .contains(&body(&first))
+    );
+    for (name, value) in [("KEY", &second[..]), ("PW", &b"after"[..])] {
+        s.ok(&["secret", "delete", name], b"");
+        let mut args = vec!["secret", "create", name];
+        if name == "KEY" {
+            args.extend(["-t", "ssh-public-key"]);
+        }
+        s.ok(&args, value);
+    }
+    assert!(eventually(5, || std::fs::read_to_string(mnt.join("pw"))
+        .unwrap()
+        == "after"));
+    let keys = std::fs::read_to_string(mnt.join("authorized_keys")).unwrap();
+    assert!(
+        keys.contains(&body(&second)) && !keys.contains(&body(&first)),
+        "{keys}"
+    );
 }
 
 #[test]
@@ -331,17 +445,39 @@ fn huggingface_hub_reads_the_rendered_token_through_hf_token_path() {
         &[],
     );
     let mnt = s.path().join("mnt");
-    let _d = Daemon::start(&s, &mnt, &["--files", spec.to_str().unwrap()]);
-    let (code, out, err) = run(Command::new(&tools)
-        .args([
-            "-c",
-            "import huggingface_hub; print(huggingface_hub.get_token())",
-        ])
-        .env_clear()
-        .env("HF_TOKEN_PATH", mnt.join("hf-token"))
-        .env("HF_HOME", s.path().join("hf-home"))
-        .env("HF_HUB_OFFLINE", "1"));
+    let d = Daemon::start(
+        &s,
+        &mnt,
+        &["--files", spec.to_str().unwrap(), "--refresh", "200ms"],
+    );
+    let get_token = || {
+        run(Command::new(&tools)
+            .args([
+                "-c",
+                "import huggingface_hub; print(huggingface_hub.get_token())",
+            ])
+            .env_clear()
+            .env("HF_TOKEN_PATH", mnt.join("hf-token"))
+            .env("HF_HOME", s.path().join("hf-home"))
+            .env("HF_HUB_OFFLINE", "1"))
+    };
+    let (code, out, err) = get_token();
     assert_eq!((code, out.trim()), (0, "hf_rendered0123456789"), "{err}");
+    // A second token of the kind appearing later does not stop the first one's rotations: the
+    // file keeps the secret it was made from.
+    s.ok(
+        &["secret", "create", "OTHER_HF", "-t", "huggingface"],
+        b"hf_other",
+    );
+    s.ok(&["secret", "update", "HF_TOKEN"], b"hf_rotated0123456789");
+    assert!(
+        eventually(5, || std::fs::read_to_string(mnt.join("hf-token")).unwrap()
+            == "hf_rotated0123456789"),
+        "{}",
+        d.log()
+    );
+    let (code, out, err) = get_token();
+    assert_eq!((code, out.trim()), (0, "hf_rotated0123456789"), "{err}");
 }
 
 /// A login user for sshd and git: created once on this machine (tests run as root), with a
@@ -805,12 +941,15 @@ fn a_supervised_run_restarts_with_a_new_rendering_when_a_secret_inside_changes()
     s.ok(&["secret", "create", "UNUSED"], b"u-1");
     let spec = job_spec(
         &s,
-        "[files.\"app.conf\"]\ntemplate = \"app.tmpl\"\nenv = \"APP_CONF\"\n",
+        "[files.\"app.conf\"]\ntemplate = \"app.tmpl\"\nenv = \"APP_CONF\"\n\
+         [files.keys]\nbuiltin = \"authorized_keys\"\nenv = \"KEYS\"\n",
         &[("app.tmpl", "password={{ secret \"PW\" }}\n")],
     );
     let log = s.path().join("starts.log");
+    // Each start logs "PID password=... KEYS", KEYS the names of the keys in its file.
     let script = format!(
-        "trap 'exit 3' TERM; echo \"$$ $(cat \"$APP_CONF\")\" >> {}; while true; do sleep 0.05; done",
+        "trap 'exit 3' TERM; echo \"$$ $(cat \"$APP_CONF\") $(cut -d' ' -f3 \"$KEYS\" | tr '\\n' ,)\" >> {}; \
+         while true; do sleep 0.05; done",
         log.display()
     );
     let mut child = s
@@ -827,6 +966,17 @@ fn a_supervised_run_restarts_with_a_new_rendering_when_a_secret_inside_changes()
         .stderr(std::fs::File::create(s.path().join("run.err")).unwrap())
         .spawn()
         .unwrap();
+    // Killed if the test fails before it stops the run (else the run outlives the test).
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0 as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let _guard = KillOnDrop(child.id());
     let starts = || -> Vec<String> {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -836,15 +986,31 @@ fn a_supervised_run_restarts_with_a_new_rendering_when_a_secret_inside_changes()
     };
     let err = || std::fs::read_to_string(s.path().join("run.err")).unwrap_or_default();
     assert!(eventually(10, || starts().len() == 1), "{}", err());
-    assert!(starts()[0].ends_with(" password=pw-1"), "{:?}", starts());
+    assert!(starts()[0].ends_with(" password=pw-1 "), "{:?}", starts());
     s.ok(&["secret", "update", "UNUSED"], b"u-2");
     s.ok(&["secret", "update", "PW"], b"pw-2");
     assert!(eventually(10, || starts().len() == 2), "{}", err());
-    assert!(starts()[1].ends_with(" password=pw-2"), "{:?}", starts());
+    assert!(starts()[1].ends_with(" password=pw-2 "), "{:?}", starts());
+    // A key added is a change of the authorized_keys built-in (its kind is followed, not only
+    // the names it held at start), and so is its deletion.
+    let (_, public) = keygen(s.path(), "k");
+    s.ok(
+        &["secret", "create", "NEW_KEY", "-t", "ssh-public-key"],
+        &public,
+    );
+    assert!(eventually(10, || starts().len() == 3), "{}", err());
+    assert!(
+        starts()[2].ends_with(" password=pw-2 NEW_KEY,"),
+        "{:?}",
+        starts()
+    );
+    s.ok(&["secret", "delete", "NEW_KEY"], b"");
+    assert!(eventually(10, || starts().len() == 4), "{}", err());
+    assert!(starts()[3].ends_with(" password=pw-2 "), "{:?}", starts());
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(
         starts().len(),
-        2,
+        4,
         "the unrelated update restarted it: {}",
         err()
     );
