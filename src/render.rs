@@ -93,7 +93,7 @@ impl Builtin {
     }
 
     /// Whether it holds every secret of its kind (else exactly one).
-    fn is_set(self) -> bool {
+    pub fn is_set(self) -> bool {
         matches!(self, Builtin::AuthorizedKeys | Builtin::GitCredentials)
     }
 }

@@ -12,7 +12,9 @@
 //!   (no value read, nothing audited). Audit records written by reads change the files too:
 //!   the listing then finds nothing.
 //!
-//! Only names the plan uses are asked for, so an unrelated update never counts. A secret that
+//! Only names the plan uses count (and, for a built-in rendered file of a set such as
+//! `authorized_keys`, every secret of its kind: the server is then asked for the token's whole
+//! set, the stamps filtered here), so an unrelated update never counts. A secret that
 //! disappears (deleted, revoked, no longer visible) is a change: the supervisor's re-resolve
 //! then fails and the workload keeps its old values.
 

@@ -246,7 +246,6 @@ fn resolve_as(
     } else {
         fetcher.list(&plan.source)?
     };
-    let mut render_only_missing = Vec::new();
     if let Some(listing) = &listing {
         let listed: Vec<Listed<'_>> = listing.iter().map(|(n, k)| (n, *k)).collect();
         for f in &plan.files {
@@ -265,13 +264,24 @@ fn resolve_as(
             .collect();
         names.sort();
         names.dedup();
-        names.retain(|n| {
-            let missing = !listing.iter().any(|(m, _)| m == n) && !by_vars.contains(n);
-            if missing {
-                render_only_missing.push(n.clone());
+        names.retain(|n| listing.iter().any(|(m, _)| m == n) || by_vars.contains(n));
+        // A file that cannot be made: nothing is read (a retrying supervisor must not read
+        // and audit every value each time), but every problem is still said: the templates'
+        // references to secrets the source does not list, with their lines.
+        if !problems.is_empty() {
+            for f in plan
+                .files
+                .iter()
+                .filter(|f| matches!(f.recipe, Recipe::Template(_)))
+            {
+                let listed_only =
+                    |n: &SecretName| listing.iter().any(|(m, _)| m == n).then_some(&b""[..]);
+                if let Err(e) = f.render(&listed, listed_only) {
+                    problems.extend(e);
+                }
             }
-            !missing
-        });
+            return Err(problems);
+        }
     }
     let values = match fetcher.fetch(&plan.source, &names) {
         Ok(v) => v,

@@ -193,19 +193,56 @@ fn block_signals() -> Result<(SigSet, SignalFd), String> {
     Ok((child_mask, signals))
 }
 
+/// The plan with each one-secret built-in that names no secret given the one the source has
+/// now (a missing or ambiguous one is left for the resolve to report).
+fn pin_single_builtins(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<ExecPlan, Vec<String>> {
+    use crate::render::Recipe;
+    let mut pinned = plan.clone();
+    let unpinned =
+        |r: &Recipe| matches!(r, Recipe::Builtin { which, secret: None } if !which.is_set());
+    if !pinned.files.iter().any(|f| unpinned(&f.recipe)) {
+        return Ok(pinned);
+    }
+    let Some(listing) = fetcher.list(&plan.source)? else {
+        return Ok(pinned);
+    };
+    let listed: Vec<crate::render::Listed<'_>> = listing.iter().map(|(n, k)| (n, *k)).collect();
+    for f in &mut pinned.files {
+        if unpinned(&f.recipe)
+            && let Ok(used) = f.uses(&listed)
+            && let [one] = used.as_slice()
+            && let Recipe::Builtin { which, .. } = f.recipe
+        {
+            f.recipe = Recipe::Builtin {
+                which,
+                secret: Some(one.clone()),
+            };
+        }
+    }
+    Ok(pinned)
+}
+
 /// Runs the plan's command under supervision until it ends; returns its status.
 pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
     let unwatched = WatchPlan::unwatched();
     let watch = plan.watch.as_ref().unwrap_or(&unwatched);
+    // A built-in made from one secret keeps the one it is first made from, for every restart
+    // (as a mount's does): another of its kind appearing later is not a change, nor a reason
+    // for the re-resolve to fail.
+    let pinned = match pin_single_builtins(plan, fetcher) {
+        Ok(p) => p,
+        Err(problems) => return fail(&problems),
+    };
+    let plan = &pinned;
     let names = plan.secret_names();
-    // The secrets behind built-in rendered files count as used: every one of their kinds, so
-    // that one added or removed is a change too.
+    // The secrets behind built-in rendered files of a set count as used: every one of their
+    // kinds, so that one added or removed is a change too.
     let mut kinds: Vec<crate::secret::SecretKind> = plan
         .files
         .iter()
         .filter_map(|f| match f.recipe {
-            crate::render::Recipe::Builtin { which, .. } => Some(which.kind()),
-            crate::render::Recipe::Template(_) => None,
+            crate::render::Recipe::Builtin { which, .. } if which.is_set() => Some(which.kind()),
+            _ => None,
         })
         .collect();
     kinds.sort_by_key(|k| k.as_str());

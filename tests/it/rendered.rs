@@ -1021,3 +1021,70 @@ fn a_supervised_run_restarts_with_a_new_rendering_when_a_secret_inside_changes()
     .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(3));
 }
+
+#[test]
+fn a_supervised_one_secret_builtin_keeps_its_secret_and_ignores_others_of_its_kind() {
+    let s = Scratch::new();
+    s.ok(
+        &["secret", "create", "HF_PROD", "-t", "huggingface"],
+        b"hf_prod1",
+    );
+    let spec = job_spec(
+        &s,
+        "[files.hf]\nbuiltin = \"huggingface-token\"\nenv = \"HF_TOKEN_PATH\"\n",
+        &[],
+    );
+    let log = s.path().join("starts.log");
+    let script = format!(
+        "trap 'exit 3' TERM; echo \"$$ $(cat \"$HF_TOKEN_PATH\")\" >> {}; while true; do sleep 0.05; done",
+        log.display()
+    );
+    let child = s
+        .cmd(&[
+            "run",
+            "--watch",
+            "--debounce",
+            "0s",
+            "--spec",
+            spec.to_str().unwrap(),
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(s.path().join("run.err")).unwrap())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = KillOnDrop(child);
+    let starts = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let err = || std::fs::read_to_string(s.path().join("run.err")).unwrap_or_default();
+    assert!(eventually(10, || starts().len() == 1), "{}", err());
+    // Another token of the kind, created and updated: not a change of this workload's file.
+    s.ok(
+        &["secret", "create", "HF_DEV", "-t", "huggingface"],
+        b"hf_dev1",
+    );
+    s.ok(&["secret", "update", "HF_DEV"], b"hf_dev2");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(starts().len(), 1, "{}", err());
+    // Its own secret rotated: a restart with it, although two of the kind are visible now.
+    s.ok(&["secret", "update", "HF_PROD"], b"hf_prod2");
+    assert!(eventually(10, || starts().len() == 2), "{}", err());
+    assert!(
+        starts()[1].ends_with(" hf_prod2"),
+        "{:?} {}",
+        starts(),
+        err()
+    );
+}

@@ -631,6 +631,61 @@ fn from_a_server_the_long_poll_restarts_the_workload_and_an_outage_keeps_it() {
 }
 
 #[test]
+fn a_revoked_token_keeps_the_running_workload_and_the_supervisor_says_why() {
+    use serde_json::json;
+    let s = Scratch::new();
+    let server = crate::support::Server::start(&s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = crate::support::Api::new(&server);
+    let alice = rt.block_on(api.user(&server.admin_token, "alice"));
+    rt.block_on(api.create(&alice, "A", "before-revocation", "private"));
+    let (_, w) = rt.block_on(api.mint(&alice, &["A"], json!({})));
+    let token = s.path().join("w.tok");
+    std::fs::write(&token, w["token"].as_str().unwrap()).unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let log = s.path().join("workload.log");
+    let args = [
+        "--url",
+        server.url.as_str(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "-s",
+        "A",
+        "--debounce",
+        "0s",
+    ];
+    let run = Run::start_from(&s, &args, &log, workload(&log));
+    // Revoked while the workload runs: the long-poll is refused; the workload keeps running on
+    // what it started with (nothing new can be fetched), and the supervisor says why, once.
+    let id = w["id"].as_str().unwrap();
+    let (status, _) =
+        rt.block_on(api.call("DELETE", &format!("/api/v1/tokens/{id}"), &alice, None));
+    assert!(status == 200 || status == 204, "{status}");
+    let (status, _) = rt.block_on(api.call(
+        "PATCH",
+        "/api/v1/workspaces/default/secrets/A",
+        &alice,
+        Some(json!({ "value": "after-revocation" })),
+    ));
+    assert_eq!(status, 200);
+    assert!(
+        eventually(10, || run.stderr().contains("revoked")),
+        "{}",
+        run.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(starts(&log).len(), 1, "{}", run.stderr());
+    assert_eq!(starts(&log)[0].1, "before-revocation");
+    assert_eq!(
+        run.stderr().matches("cannot follow").count(),
+        1,
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(run.stop(), Some(3));
+}
+
+#[test]
 fn a_signal_ignored_by_the_launchers_parent_stays_ignored_in_the_workload() {
     // As `nohup` starts it: SIGHUP ignored. exec would keep it so; a spawned workload too.
     let (s, dir, _) = setup(&[("A", "v1")]);
@@ -776,7 +831,7 @@ fn with_a_process_group_ctrl_z_stops_the_job_and_fg_continues_it() {
          os.set_blocking(fd, False)\n\
          if not until(lambda: os.path.exists({ready:?}) and open({ready:?}).read().strip()):\n    sys.exit('the workload never started')\n\
          work = int(open({ready:?}).read())\n\
-         time.sleep(0.2)\n\
+         if not until(lambda: os.tcgetpgrp(fd) == work):\n    sys.exit('the workload never got the terminal')\n\
          os.write(fd, b'\\x1a')\n\
          if not until(lambda: state(pid) == 'T' and state(work) == 'T'):\n    sys.exit(f'not stopped: supervisor {{state(pid)}}, workload {{state(work)}}')\n\
          os.killpg(pid, signal.SIGCONT)\n\
