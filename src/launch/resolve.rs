@@ -295,8 +295,11 @@ fn resolve_as(
     };
     let rendered = render_files(plan, listing.as_deref(), &names, &value_of, &mut problems);
 
-    let mut memfds = Vec::new();
-    let mut memfd_vars = Vec::new();
+    let mut files = MemoryFiles {
+        proc_dir,
+        fds: Vec::new(),
+        vars: Vec::new(),
+    };
     // Sized first, from what each variable will hold (a file variable's path is at most
     // `/proc/PID/fd/N` or the source's path plus the name), so the block never grows.
     let file_path_len = |n: &SecretName| match &plan.source {
@@ -344,19 +347,10 @@ fn resolve_as(
                     env.push(var.name.as_bytes(), file.as_os_str().as_bytes());
                 }
                 SourcePlan::Store { .. } | SourcePlan::Server { .. } => {
-                    match memory_file(n.as_str(), value_of(n), 0o400) {
-                        Ok(fd) => {
-                            // The workload's PID (exec keeps it), so the path names the same
-                            // file in every process of the workload, for as long as it runs:
-                            // /proc/self would be each opener's own table.
-                            let path = format!("/proc/{proc_dir}/fd/{}", fd.as_raw_fd());
-                            env.push(var.name.as_bytes(), path.as_bytes());
-                            memfds.push(fd);
-                            memfd_vars.push(OsString::from(&var.name));
-                        }
-                        Err(e) => problems.push(format!(
+                    if let Err(e) = files.add(&mut env, var, n.as_str(), value_of(n), 0o400) {
+                        problems.push(format!(
                             "cannot make an in-memory file for secret \"{n}\": {e}"
-                        )),
+                        ));
                     }
                 }
             },
@@ -371,16 +365,10 @@ fn resolve_as(
                     .find(|x| &x.name == f)
                     .and_then(|x| x.mode)
                     .unwrap_or(0o400);
-                match memory_file(f, bytes, mode) {
-                    Ok(fd) => {
-                        let path = format!("/proc/{proc_dir}/fd/{}", fd.as_raw_fd());
-                        env.push(var.name.as_bytes(), path.as_bytes());
-                        memfds.push(fd);
-                        memfd_vars.push(OsString::from(&var.name));
-                    }
-                    Err(e) => problems.push(format!(
+                if let Err(e) = files.add(&mut env, var, f, bytes, mode) {
+                    problems.push(format!(
                         "cannot make an in-memory file for the rendered file \"{f}\": {e}"
-                    )),
+                    ));
                 }
             }
         }
@@ -393,12 +381,41 @@ fn resolve_as(
         };
         Ok(Resolved {
             env,
-            memfds,
-            memfd_vars,
+            memfds: files.fds,
+            memfd_vars: files.vars,
             values,
         })
     } else {
         Err(problems)
+    }
+}
+
+/// The memory files made for a workload, and the variables that name them.
+struct MemoryFiles<'a> {
+    /// `/proc/<this>/fd/N`: the workload's PID, or `self` before the hand-over.
+    proc_dir: &'a str,
+    fds: Vec<OwnedFd>,
+    vars: Vec<OsString>,
+}
+
+impl MemoryFiles<'_> {
+    /// A memory file holding `bytes`, its path in `var`.
+    fn add(
+        &mut self,
+        env: &mut EnvBlock,
+        var: &super::plan::Var,
+        name: &str,
+        bytes: &[u8],
+        mode: u16,
+    ) -> nix::Result<()> {
+        let fd = memory_file(name, bytes, mode)?;
+        // The workload's PID (exec keeps it), so the path names the same file in every process
+        // of the workload, for as long as it runs: /proc/self would be each opener's own table.
+        let path = format!("/proc/{}/fd/{}", self.proc_dir, fd.as_raw_fd());
+        env.push(var.name.as_bytes(), path.as_bytes());
+        self.fds.push(fd);
+        self.vars.push(OsString::from(&var.name));
+        Ok(())
     }
 }
 

@@ -181,16 +181,21 @@ fn a_template_naming_an_unknown_secret_fails_closed_with_every_problem_and_its_l
     );
     let mnt = s.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let out = s.run(
-        &[
-            "mount",
-            mnt.to_str().unwrap(),
-            "--files",
-            spec.to_str().unwrap(),
-        ],
-        b"",
-    );
-    assert_ne!(out.code, 0);
+    // A mount with this files spec: it must not start; what it said.
+    let refused = |spec: &Path| {
+        let out = s.run(
+            &[
+                "mount",
+                mnt.to_str().unwrap(),
+                "--files",
+                spec.to_str().unwrap(),
+            ],
+            b"",
+        );
+        assert_ne!(out.code, 0, "{}", out.stdout);
+        out
+    };
+    let out = refused(&spec);
     // The collision first (before anything is rendered); then, without it, both references.
     assert!(
         out.stderr
@@ -199,16 +204,7 @@ fn a_template_naming_an_unknown_secret_fails_closed_with_every_problem_and_its_l
         out.stderr
     );
     let spec = files_spec(&s, "[files.\"a.conf\"]\ntemplate = \"a.tmpl\"\n", &[]);
-    let out = s.run(
-        &[
-            "mount",
-            mnt.to_str().unwrap(),
-            "--files",
-            spec.to_str().unwrap(),
-        ],
-        b"",
-    );
-    assert_ne!(out.code, 0);
+    let out = refused(&spec);
     for want in [
         "a.tmpl, line 2: secret \"NOPE\" not found",
         "a.tmpl, line 3: secret \"ALSO_NOPE\" not found",
@@ -227,16 +223,7 @@ fn a_template_naming_an_unknown_secret_fails_closed_with_every_problem_and_its_l
             "x {{ env \"HOME\" }}\ny {{ secret \"A\" | upper }}\n",
         )],
     );
-    let out = s.run(
-        &[
-            "mount",
-            mnt.to_str().unwrap(),
-            "--files",
-            spec.to_str().unwrap(),
-        ],
-        b"",
-    );
-    assert_ne!(out.code, 0);
+    let out = refused(&spec);
     assert!(out.stderr.contains("bad.tmpl, line 1"), "{}", out.stderr);
     assert!(
         out.stderr
@@ -248,16 +235,7 @@ fn a_template_naming_an_unknown_secret_fails_closed_with_every_problem_and_its_l
     std::os::unix::fs::symlink("/proc/self/environ", s.path().join("files/link.tmpl")).unwrap();
     for template in ["/proc/self/environ", "../store.db.key", "link.tmpl"] {
         let spec = files_spec(&s, &format!("[files.x]\ntemplate = {template:?}\n"), &[]);
-        let out = s.run(
-            &[
-                "mount",
-                mnt.to_str().unwrap(),
-                "--files",
-                spec.to_str().unwrap(),
-            ],
-            b"",
-        );
-        assert_ne!(out.code, 0, "{template}");
+        let out = refused(&spec);
         assert!(
             out.stderr.contains("the files spec's directory"),
             "{template}: {}",
@@ -270,16 +248,7 @@ fn a_template_naming_an_unknown_secret_fails_closed_with_every_problem_and_its_l
         "[files.x]\nbuiltin = \"git-credentials\"\nenv = \"X\"\n",
         &[],
     );
-    let out = s.run(
-        &[
-            "mount",
-            mnt.to_str().unwrap(),
-            "--files",
-            spec.to_str().unwrap(),
-        ],
-        b"",
-    );
-    assert_ne!(out.code, 0);
+    let out = refused(&spec);
     assert!(
         out.stderr.contains("env = is the launcher's"),
         "{}",
@@ -934,6 +903,69 @@ fn the_launcher_fails_closed_on_a_rendered_file_it_cannot_build() {
     );
 }
 
+/// `secretfs run --watch --debounce 0s --spec SPEC -- sh -c SCRIPT` from the scratch dir,
+/// killed if the test ends without stopping it (else it would outlive the test).
+struct Supervised {
+    child: Option<std::process::Child>,
+    err: PathBuf,
+}
+
+impl Supervised {
+    fn start(s: &Scratch, spec: &Path, script: &str) -> Supervised {
+        let err = s.path().join("run.err");
+        let child = s
+            .cmd(&[
+                "run",
+                "--watch",
+                "--debounce",
+                "0s",
+                "--spec",
+                spec.to_str().unwrap(),
+            ])
+            .args(["--", "sh", "-c", script])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        Supervised {
+            child: Some(child),
+            err,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// SIGTERM to the supervisor; its exit status.
+    fn stop(mut self) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        child.wait().unwrap().code()
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
 fn a_supervised_run_restarts_with_a_new_rendering_when_a_secret_inside_changes() {
     let s = Scratch::new();
@@ -952,39 +984,9 @@ fn a_supervised_run_restarts_with_a_new_rendering_when_a_secret_inside_changes()
          while true; do sleep 0.05; done",
         log.display()
     );
-    let mut child = s
-        .cmd(&[
-            "run",
-            "--watch",
-            "--debounce",
-            "0s",
-            "--spec",
-            spec.to_str().unwrap(),
-        ])
-        .args(["--", "sh", "-c", &script])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::fs::File::create(s.path().join("run.err")).unwrap())
-        .spawn()
-        .unwrap();
-    // Killed if the test fails before it stops the run (else the run outlives the test).
-    struct KillOnDrop(u32);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0 as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-    let _guard = KillOnDrop(child.id());
-    let starts = || -> Vec<String> {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    };
-    let err = || std::fs::read_to_string(s.path().join("run.err")).unwrap_or_default();
+    let run = Supervised::start(&s, &spec, &script);
+    let starts = || lines_of(&log);
+    let err = || run.stderr();
     assert!(eventually(10, || starts().len() == 1), "{}", err());
     assert!(starts()[0].ends_with(" password=pw-1 "), "{:?}", starts());
     s.ok(&["secret", "update", "UNUSED"], b"u-2");
@@ -1014,12 +1016,7 @@ fn a_supervised_run_restarts_with_a_new_rendering_when_a_secret_inside_changes()
         "the unrelated update restarted it: {}",
         err()
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(3));
+    assert_eq!(run.stop(), Some(3));
 }
 
 #[test]
@@ -1039,36 +1036,9 @@ fn a_supervised_one_secret_builtin_keeps_its_secret_and_ignores_others_of_its_ki
         "trap 'exit 3' TERM; echo \"$$ $(cat \"$HF_TOKEN_PATH\")\" >> {}; while true; do sleep 0.05; done",
         log.display()
     );
-    let child = s
-        .cmd(&[
-            "run",
-            "--watch",
-            "--debounce",
-            "0s",
-            "--spec",
-            spec.to_str().unwrap(),
-        ])
-        .args(["--", "sh", "-c", &script])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::fs::File::create(s.path().join("run.err")).unwrap())
-        .spawn()
-        .unwrap();
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = KillOnDrop(child);
-    let starts = || -> Vec<String> {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    };
-    let err = || std::fs::read_to_string(s.path().join("run.err")).unwrap_or_default();
+    let run = Supervised::start(&s, &spec, &script);
+    let starts = || lines_of(&log);
+    let err = || run.stderr();
     assert!(eventually(10, || starts().len() == 1), "{}", err());
     // Another token of the kind, created and updated: not a change of this workload's file.
     s.ok(

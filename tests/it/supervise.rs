@@ -552,39 +552,72 @@ fn from_the_local_store_a_rotation_restarts_once_with_fresh_memory_files_for_eac
     assert_eq!(run.stop(), Some(3));
 }
 
+/// A server with alice's private `secrets`, and a workload token for all of them in `w.tok`.
+struct WithServer {
+    server: crate::support::Server,
+    rt: tokio::runtime::Runtime,
+    api: crate::support::Api,
+    alice: String,
+    /// The mint's answer (its `id` revokes it).
+    minted: serde_json::Value,
+    token: PathBuf,
+}
+
+impl WithServer {
+    fn start(s: &Scratch, secrets: &[(&str, &str)]) -> WithServer {
+        let server = crate::support::Server::start(s);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let api = crate::support::Api::new(&server);
+        let alice = rt.block_on(api.user(&server.admin_token, "alice"));
+        for (name, value) in secrets {
+            rt.block_on(api.create(&alice, name, value, "private"));
+        }
+        let names: Vec<&str> = secrets.iter().map(|(n, _)| *n).collect();
+        let (_, minted) = rt.block_on(api.mint(&alice, &names, serde_json::json!({})));
+        let token = s.path().join("w.tok");
+        std::fs::write(&token, minted["token"].as_str().unwrap()).unwrap();
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        WithServer {
+            server,
+            rt,
+            api,
+            alice,
+            minted,
+            token,
+        }
+    }
+
+    /// The launcher's flags: this server, the token, the plan `-s A`, no debounce.
+    fn args(&self) -> Vec<&str> {
+        vec![
+            "--url",
+            self.server.url.as_str(),
+            "--token-file",
+            self.token.to_str().unwrap(),
+            "-s",
+            "A",
+            "--debounce",
+            "0s",
+        ]
+    }
+}
+
 #[test]
 fn from_a_server_the_long_poll_restarts_the_workload_and_an_outage_keeps_it() {
     use serde_json::json;
     let s = Scratch::new();
-    let mut server = crate::support::Server::start(&s);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let api = crate::support::Api::new(&server);
-    let alice = rt.block_on(api.user(&server.admin_token, "alice"));
     let canary = unique_canary("supervise-server");
-    rt.block_on(api.create(&alice, "A", &canary, "private"));
-    rt.block_on(api.create(&alice, "UNUSED", "u1", "private"));
-    let (_, w) = rt.block_on(api.mint(&alice, &["A", "UNUSED"], json!({})));
-    let token = s.path().join("w.tok");
-    std::fs::write(&token, w["token"].as_str().unwrap()).unwrap();
-    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut w = WithServer::start(&s, &[("A", &canary), ("UNUSED", "u1")]);
+    let (rt, api, alice) = (&w.rt, &w.api, &w.alice);
     let log = s.path().join("workload.log");
-    let args = [
-        "--url",
-        server.url.as_str(),
-        "--token-file",
-        token.to_str().unwrap(),
-        "-s",
-        "A",
-        "--debounce",
-        "0s",
-    ];
-    let run = Run::start_from(&s, &args, &log, workload(&log));
+    let run = Run::start_from(&s, &w.args(), &log, workload(&log));
     assert_eq!(starts(&log)[0].1, canary);
     let update = |name: &str, value: &str| {
         let (status, _) = rt.block_on(api.call(
             "PATCH",
             &format!("/api/v1/workspaces/default/secrets/{name}"),
-            &alice,
+            alice,
             Some(json!({ "value": value })),
         ));
         assert_eq!(status, 200);
@@ -605,14 +638,14 @@ fn from_a_server_the_long_poll_restarts_the_workload_and_an_outage_keeps_it() {
 
     // The server goes away: the workload keeps running, the supervisor says so once; back, a
     // rotation reaches the workload again.
-    server.kill(Signal::SIGKILL);
+    w.server.kill(Signal::SIGKILL);
     assert!(
         eventually(10, || run.stderr().contains("trying again")),
         "{}",
         run.stderr()
     );
     assert_eq!(starts(&log).len(), 3);
-    server.restart(&s);
+    w.server.restart(&s);
     assert!(
         eventually(10, || run.stderr().contains("answers again")),
         "{}",
@@ -634,37 +667,19 @@ fn from_a_server_the_long_poll_restarts_the_workload_and_an_outage_keeps_it() {
 fn a_revoked_token_keeps_the_running_workload_and_the_supervisor_says_why() {
     use serde_json::json;
     let s = Scratch::new();
-    let server = crate::support::Server::start(&s);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let api = crate::support::Api::new(&server);
-    let alice = rt.block_on(api.user(&server.admin_token, "alice"));
-    rt.block_on(api.create(&alice, "A", "before-revocation", "private"));
-    let (_, w) = rt.block_on(api.mint(&alice, &["A"], json!({})));
-    let token = s.path().join("w.tok");
-    std::fs::write(&token, w["token"].as_str().unwrap()).unwrap();
-    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let w = WithServer::start(&s, &[("A", "before-revocation")]);
+    let (rt, api, alice) = (&w.rt, &w.api, &w.alice);
     let log = s.path().join("workload.log");
-    let args = [
-        "--url",
-        server.url.as_str(),
-        "--token-file",
-        token.to_str().unwrap(),
-        "-s",
-        "A",
-        "--debounce",
-        "0s",
-    ];
-    let run = Run::start_from(&s, &args, &log, workload(&log));
+    let run = Run::start_from(&s, &w.args(), &log, workload(&log));
     // Revoked while the workload runs: the long-poll is refused; the workload keeps running on
     // what it started with (nothing new can be fetched), and the supervisor says why, once.
-    let id = w["id"].as_str().unwrap();
-    let (status, _) =
-        rt.block_on(api.call("DELETE", &format!("/api/v1/tokens/{id}"), &alice, None));
+    let id = w.minted["id"].as_str().unwrap();
+    let (status, _) = rt.block_on(api.call("DELETE", &format!("/api/v1/tokens/{id}"), alice, None));
     assert!(status == 200 || status == 204, "{status}");
     let (status, _) = rt.block_on(api.call(
         "PATCH",
         "/api/v1/workspaces/default/secrets/A",
-        &alice,
+        alice,
         Some(json!({ "value": "after-revocation" })),
     ));
     assert_eq!(status, 200);
