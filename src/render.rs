@@ -200,17 +200,12 @@ fn name_problem(name: &str) -> Option<&'static str> {
 }
 
 /// Read bits only, owner's included: the files are read-only, as every file of the mount.
+/// (The rule is the mount's own, `Ownership::new`.)
 pub fn parse_mode(s: &str) -> Result<u16, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     let mode = u32::from_str_radix(digits, 8)
         .map_err(|_| format!("mode {s:?} is not octal digits such as \"0400\""))?;
-    if mode & !0o444 != 0 || mode & 0o400 == 0 {
-        return Err(format!(
-            "mode {s:?} is not allowed: rendered files are read-only, so use read bits only, \
-             the owner's included (0400, 0440 or 0444)"
-        ));
-    }
-    Ok(mode as u16)
+    crate::fs::tree::Ownership::new(0, 0, mode).map(|o| o.mode)
 }
 
 /// Checks every entry and parses its template (read with `read`, given `base` joined with the
@@ -448,6 +443,14 @@ impl Out {
 fn trimmed(value: &[u8]) -> &[u8] {
     let v = value.strip_suffix(b"\n").unwrap_or(value);
     v.strip_suffix(b"\r").unwrap_or(v)
+}
+
+/// `value` percent-encoded (everything but RFC 3986's unreserved characters), in zeroized
+/// memory: the `url` filter's, and the form `--mask` looks for.
+pub fn percent_encoded(value: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut out = Out::default();
+    percent_encode(value, &mut out);
+    out.0
 }
 
 fn percent_encode(value: &[u8], out: &mut Out) {

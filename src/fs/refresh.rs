@@ -89,17 +89,12 @@ fn log_changes(changes: &Changes, tree: &SharedTree) {
         return;
     }
     let versions = tree.read().unwrap_or_else(|e| e.into_inner()).versions();
-    // Rendered files are not among the versions (the renderer logs them itself).
-    let version_of = |n: &str| versions.iter().find(|(v, _)| v == n).map(|v| v.1);
+    let version_of = |n: &str| versions.iter().find(|(v, _)| v == n).map_or(0, |v| v.1);
     for name in &changes.added {
-        if let Some(version) = version_of(name) {
-            tracing::info!(secret = %name, version, "secret added");
-        }
+        tracing::info!(secret = %name, version = version_of(name), "secret added");
     }
     for (name, _) in &changes.replaced {
-        if let Some(version) = version_of(name) {
-            tracing::info!(secret = %name, version, "secret rotated");
-        }
+        tracing::info!(secret = %name, version = version_of(name), "secret rotated");
     }
     for (name, _) in &changes.removed {
         tracing::info!(secret = %name, "secret removed");
@@ -127,17 +122,17 @@ pub(super) fn refresh(
     }
     let revision = fetched.revision.take();
     renderer.set_kinds(std::mem::take(&mut fetched.kinds));
-    let mut changes = apply(tree, fetched, only)?;
-    if !renderer.is_empty() {
-        // Not strict: a file that cannot be built keeps its last good rendering (logged there).
-        match renderer.refresh(tree, false) {
-            Ok(c) => changes.extend(c),
-            Err(e) => tracing::warn!(problem = %e.join("; "), "cannot render the files"),
-        }
-    }
+    let changes = apply(tree, fetched, only)?;
+    // Not strict: a file that cannot be built keeps its last good rendering (logged there, as
+    // is what it renders: these changes are told to the kernel, not logged as secrets').
+    let rendered = renderer.refresh(tree, false).unwrap_or_else(|e| {
+        tracing::warn!(problem = %e.join("; "), "cannot render the files");
+        Changes::default()
+    });
     // Logged first: the kernel may hold a notification until a pending request is answered.
     log_changes(&changes, tree);
     notify(notifier, &changes);
+    notify(notifier, &rendered);
     Ok(revision)
 }
 

@@ -42,10 +42,6 @@ impl Renderer {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
     pub fn names(&self) -> impl Iterator<Item = String> + '_ {
         self.files.iter().map(|f| f.name.clone())
     }

@@ -405,11 +405,25 @@ impl<V: AsRef<[u8]>> Tree<V> {
             .collect())
     }
 
-    /// Every value served: what a refresh need not fetch again.
+    /// Every value held: what a refresh need not fetch again (the secrets a rendered file's name
+    /// shadows included, so their values are not sent every round).
     pub fn held(&self) -> Vec<ValueStamp> {
+        let shadowed = self.shadowed.iter().map(|(name, stamp)| (name, *stamp));
+        Self::stamps(self.served_stamps().chain(shadowed))
+    }
+
+    /// The secrets served now (not rendered files, not the secrets they shadow).
+    pub fn served(&self) -> Vec<ValueStamp> {
+        Self::stamps(self.served_stamps())
+    }
+
+    fn served_stamps(&self) -> impl Iterator<Item = (&String, Stamp)> {
         self.secret_entries()
             .map(|(name, ino)| (name, self.nodes[ino].stamp))
-            .chain(self.shadowed.iter().map(|(name, stamp)| (name, *stamp)))
+    }
+
+    fn stamps<'a>(named: impl Iterator<Item = (&'a String, Stamp)>) -> Vec<ValueStamp> {
+        named
             .filter_map(|(name, stamp)| {
                 Some(ValueStamp {
                     name: SecretName::parse(name).ok()?,
@@ -417,15 +431,6 @@ impl<V: AsRef<[u8]>> Tree<V> {
                     updated_at: Timestamp::from_nanos(stamp.updated_ns),
                 })
             })
-            .collect()
-    }
-
-    /// The secrets served now (not rendered files, not shadowed secrets), as `held` lists them.
-    pub fn served(&self) -> Vec<ValueStamp> {
-        let shadowed = &self.shadowed;
-        self.held()
-            .into_iter()
-            .filter(|s| !shadowed.contains_key(s.name.as_str()))
             .collect()
     }
 

@@ -103,13 +103,20 @@ fn say(message: &str) {
     eprintln!("secretfs run: {message}");
 }
 
+/// What a supervised run uses of its source.
+#[derive(Debug, Clone, Default)]
+pub struct Followed {
+    /// The plan's secrets, sorted.
+    pub names: Vec<SecretName>,
+    /// Kinds whose every secret counts (a built-in rendered file of a set): a name of one
+    /// coming or going is a change.
+    pub kinds: Vec<SecretKind>,
+}
+
 /// What a follower thread keeps between looks: the stamps last seen, and whether the source is
 /// failing (said once when it starts, once when it ends).
 struct Looks {
-    names: Vec<SecretName>,
-    /// Kinds whose every secret counts (a built-in rendered file's): a name of one coming or
-    /// going is a change.
-    kinds: Vec<SecretKind>,
+    followed: Followed,
     stamps: Vec<ValueStamp>,
     failing: bool,
     described: String,
@@ -117,20 +124,21 @@ struct Looks {
 }
 
 impl Looks {
-    fn new(
+    /// The supervisor's end and the thread's, after the first look (`stamps`).
+    fn start(
         described: String,
-        (names, kinds): (Vec<SecretName>, Vec<SecretKind>),
+        followed: Followed,
         stamps: Vec<ValueStamp>,
-        tell: Tell,
-    ) -> Self {
-        Looks {
-            names,
-            kinds,
+    ) -> Result<(Follower, Looks), Vec<String>> {
+        let (follower, tell) = channel().map_err(|e| vec![e])?;
+        let looks = Looks {
+            followed,
             stamps,
             failing: false,
             described,
             tell,
-        }
+        };
+        Ok((follower, looks))
     }
 
     /// A look succeeded with `now`: tells the supervisor what moved. False once it is gone.
@@ -144,8 +152,8 @@ impl Looks {
         }
         // The sources list only secrets named or of a followed kind: with kinds, each listed
         // name counts.
-        let mut relevant = self.names.clone();
-        if !self.kinds.is_empty() {
+        let mut relevant = self.followed.names.clone();
+        if !self.followed.kinds.is_empty() {
             relevant.extend(self.stamps.iter().chain(&now).map(|s| s.name.clone()));
             relevant.sort();
             relevant.dedup();
@@ -168,21 +176,12 @@ impl Looks {
 
 /// Follows `names` on a server. The first look happens here, before the caller resolves, so
 /// a change in between is seen at the first long-poll.
-pub fn server(
-    source: ServerSource,
-    names: Vec<SecretName>,
-    kinds: Vec<SecretKind>,
-) -> Result<Follower, Vec<String>> {
+pub fn server(source: ServerSource, followed: Followed) -> Result<Follower, Vec<String>> {
     let (revision, stamps) = source
-        .stamps(&names, &kinds, None)
+        .stamps(&followed.names, &followed.kinds, None)
         .map_err(|e| vec![e.to_string()])?;
-    let (follower, tell) = channel().map_err(|e| vec![e])?;
-    let mut looks = Looks::new(
-        crate::source::Source::describe(&source),
-        (names, kinds),
-        stamps,
-        tell,
-    );
+    let (follower, mut looks) =
+        Looks::start(crate::source::Source::describe(&source), followed, stamps)?;
     std::thread::Builder::new()
         .name("follow-server".into())
         .spawn(move || {
@@ -191,7 +190,8 @@ pub fn server(
                 // After a failure, a plain read first: it says at once that the server is
                 // back, and brings what changed meanwhile.
                 let watch = (!looks.failing).then_some((revision.as_str(), LONG_POLL));
-                match source.stamps(&looks.names, &looks.kinds, watch) {
+                let f = &looks.followed;
+                match source.stamps(&f.names, &f.kinds, watch) {
                     Ok((r, now)) => {
                         revision = r;
                         if !looks.saw(now) {
@@ -233,22 +233,17 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 /// happens here, before the caller resolves.
 pub fn store(
     source: LocalSource,
-    (names, kinds): (Vec<SecretName>, Vec<SecretKind>),
+    followed: Followed,
     every: Duration,
 ) -> Result<Follower, Vec<String>> {
     let db = source.store_path().to_owned();
     let files = vec![sibling(&db, "-wal"), db];
     let mut seen = look(&files);
     let stamps = source
-        .stamps(&names, &kinds)
+        .stamps(&followed.names, &followed.kinds)
         .map_err(|e| vec![e.to_string()])?;
-    let (follower, tell) = channel().map_err(|e| vec![e])?;
-    let mut looks = Looks::new(
-        crate::source::Source::describe(&source),
-        (names, kinds),
-        stamps,
-        tell,
-    );
+    let (follower, mut looks) =
+        Looks::start(crate::source::Source::describe(&source), followed, stamps)?;
     std::thread::Builder::new()
         .name("follow-store".into())
         .spawn(move || {
@@ -264,7 +259,7 @@ pub fn store(
                     continue;
                 }
                 ticks = 0;
-                match source.stamps(&looks.names, &looks.kinds) {
+                match source.stamps(&looks.followed.names, &looks.followed.kinds) {
                     Ok(listed) => {
                         seen = now;
                         if !looks.saw(listed) {

@@ -157,15 +157,7 @@ fn forms(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     let mut out = plain.clone();
     for v in &plain {
         out.extend(base64_forms(v));
-        let mut percent = Zeroizing::new(Vec::with_capacity(v.len() * 3));
-        for &b in v.iter() {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                percent.push(b);
-            } else {
-                percent.extend_from_slice(format!("%{b:02X}").as_bytes());
-            }
-        }
-        out.push(percent);
+        out.push(crate::render::percent_encoded(v));
     }
     out.retain(|f| f.len() >= MIN_MASKED);
     out.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));

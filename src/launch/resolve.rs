@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
+use super::follow::Followed;
 use super::plan::{ExecPlan, SourcePlan, Value};
 use crate::auth::Token;
 use crate::render::{Listed, Recipe};
@@ -111,14 +112,12 @@ pub trait Fetch {
         source: &SourcePlan,
     ) -> Result<Option<Vec<(SecretName, SecretKind)>>, Vec<String>>;
 
-    /// Starts following `names` (sorted), and every secret of `kinds` (those of built-in
-    /// rendered files), in a store or server source for a supervised run, looking once before
-    /// it returns. (The supervisor checks a directory's files itself.)
+    /// Starts following what a supervised run uses in a store or server source, looking once
+    /// before it returns. (The supervisor checks a directory's files itself.)
     fn follow(
         &self,
         source: &SourcePlan,
-        names: &[SecretName],
-        kinds: &[SecretKind],
+        followed: &Followed,
         every: Duration,
     ) -> Result<super::follow::Follower, Vec<String>>;
 }
@@ -154,24 +153,20 @@ impl Fetch for AnySource {
     fn follow(
         &self,
         source: &SourcePlan,
-        names: &[SecretName],
-        kinds: &[SecretKind],
+        followed: &Followed,
         every: Duration,
     ) -> Result<super::follow::Follower, Vec<String>> {
         match source {
-            SourcePlan::Store { path, key_file } => super::follow::store(
-                open_store(path, key_file)?,
-                (names.to_vec(), kinds.to_vec()),
-                every,
-            ),
+            SourcePlan::Store { path, key_file } => {
+                super::follow::store(open_store(path, key_file)?, followed.clone(), every)
+            }
             SourcePlan::Server {
                 urls,
                 token_file,
                 ca_file,
             } => super::follow::server(
                 open_server(urls, token_file.as_deref(), ca_file.as_deref())?,
-                names.to_vec(),
-                kinds.to_vec(),
+                followed.clone(),
             ),
             SourcePlan::Dir { .. } => Err(vec![
                 "a directory source is followed by its files, not by a feed".into(),
@@ -209,8 +204,7 @@ impl Fetch for DirOnly {
     fn follow(
         &self,
         _source: &SourcePlan,
-        _names: &[SecretName],
-        _kinds: &[SecretKind],
+        _followed: &Followed,
         _every: Duration,
     ) -> Result<super::follow::Follower, Vec<String>> {
         Err(vec![

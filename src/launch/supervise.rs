@@ -247,6 +247,10 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
         .collect();
     kinds.sort_by_key(|k| k.as_str());
     kinds.dedup();
+    let followed = super::follow::Followed {
+        names: names.clone(),
+        kinds,
+    };
     // A store or a server is followed by threads, which must start with the signals blocked:
     // a process-directed signal goes to any thread that does not block it, and there SIGCHLD
     // would be dropped and SIGTERM would end the supervisor without its workload. A directory
@@ -268,7 +272,7 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
                 Ok(b) => blocked = Some(b),
                 Err(e) => return fail(&[e]),
             }
-            match fetcher.follow(other, &names, &kinds, watch.poll) {
+            match fetcher.follow(other, &followed, watch.poll) {
                 Ok(f) => Detector::Feed(f),
                 Err(problems) => return fail(&problems),
             }

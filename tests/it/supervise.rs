@@ -797,6 +797,20 @@ fn ctrl_c_on_a_terminal_reaches_the_workload_once() {
     assert_eq!(std::fs::read_to_string(&count).unwrap(), "1");
 }
 
+/// Runs a Python driver (it holds the pseudo-terminal); it must exit 0, else its stderr says why.
+fn drive(driver: &str) {
+    let out = Command::new(python())
+        .args(["-c", driver])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn with_a_process_group_a_workload_on_a_terminal_reads_it_as_its_foreground() {
     // In a group of its own, a workload reading the terminal would be stopped (SIGTTIN) unless
@@ -817,16 +831,7 @@ fn with_a_process_group_a_workload_on_a_terminal_reads_it_as_its_foreground() {
         dir = dir.to_str().unwrap(),
         got = got.display(),
     );
-    let out = Command::new(python())
-        .args(["-c", &driver])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    drive(&driver);
     assert_eq!(std::fs::read_to_string(&got).unwrap(), "typed\n");
 }
 
@@ -859,14 +864,5 @@ fn with_a_process_group_ctrl_z_stops_the_job_and_fg_continues_it() {
         dir = dir.to_str().unwrap(),
         ready = ready.to_str().unwrap(),
     );
-    let out = Command::new(python())
-        .args(["-c", &driver])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    drive(&driver);
 }
