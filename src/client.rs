@@ -14,9 +14,10 @@ use zeroize::Zeroizing;
 
 use crate::auth::Token;
 use crate::protocol::{
-    AuditLine, CreateSecret, ErrorBody, ImportSecrets, Imported, MintUser, MintWorkload, Minted,
-    NewMember, NewUser, NewWorkspace, NoArguments, Removed, Renewed, Resealed, TokenInfo,
-    UpdateSecret, UserInfo, WhoAmI, WorkloadRead, WorkloadReadRequest, Written,
+    AuditLine, BindingInfo, CreateSecret, ErrorBody, Exchanged, GRANT_TOKEN_EXCHANGE,
+    ImportSecrets, Imported, MintUser, MintWorkload, Minted, NewBinding, NewMember, NewUser,
+    NewWorkspace, NoArguments, Removed, Renewed, Resealed, TOKEN_TYPE_JWT, TokenInfo, UpdateSecret,
+    UserInfo, WhoAmI, WorkloadRead, WorkloadReadRequest, Written,
 };
 use crate::secret::{SecretMeta, SecretName};
 
@@ -112,7 +113,8 @@ pub fn install_crypto_provider() {
 pub struct Client {
     http: reqwest::Client,
     bases: Vec<String>,
-    auth: HeaderValue,
+    /// None: a client for the identity exchange, whose credential is in its body.
+    auth: Option<HeaderValue>,
     /// The replica that answered last: tried first next time, so a dead replica costs one
     /// failed connection, not one per request.
     preferred: std::sync::atomic::AtomicUsize,
@@ -130,6 +132,24 @@ impl Client {
     /// A client of `urls` (comma-separated replicas) with `token`; `ca_file` adds a private CA to
     /// the system roots.
     pub fn new(urls: &str, token: &Token, ca_file: Option<&Path>) -> Result<Client, ClientError> {
+        let mut auth =
+            HeaderValue::from_str(&format!("Bearer {}", token.expose_token())).map_err(|_| {
+                ClientError::Setup("the token contains characters a header cannot hold".into())
+            })?;
+        auth.set_sensitive(true);
+        Client::with_auth(urls, Some(auth), ca_file)
+    }
+
+    /// A client without a token: for `POST /api/v1/identity/exchange` only.
+    pub fn anonymous(urls: &str, ca_file: Option<&Path>) -> Result<Client, ClientError> {
+        Client::with_auth(urls, None, ca_file)
+    }
+
+    fn with_auth(
+        urls: &str,
+        auth: Option<HeaderValue>,
+        ca_file: Option<&Path>,
+    ) -> Result<Client, ClientError> {
         install_crypto_provider();
         let bases: Vec<String> = urls
             .split(',')
@@ -173,11 +193,6 @@ impl Client {
         let http = builder
             .build()
             .map_err(|e| ClientError::Setup(format!("cannot set up HTTP: {e}")))?;
-        let mut auth =
-            HeaderValue::from_str(&format!("Bearer {}", token.expose_token())).map_err(|_| {
-                ClientError::Setup("the token contains characters a header cannot hold".into())
-            })?;
-        auth.set_sensitive(true);
         Ok(Client {
             http,
             bases,
@@ -194,7 +209,7 @@ impl Client {
         method: Method,
         path: &str,
         query: &[(&str, String)],
-        body: Option<Bytes>,
+        body: Option<(&'static str, Bytes)>,
     ) -> Result<reqwest::Response, ClientError> {
         use std::sync::atomic::Ordering;
         let mut last = None;
@@ -203,14 +218,13 @@ impl Client {
             let index = (first + i) % self.bases.len();
             let base = &self.bases[index];
             let url = format!("{base}{path}");
-            let mut req = self
-                .http
-                .request(method.clone(), &url)
-                .header(AUTHORIZATION, self.auth.clone())
-                .query(query);
-            if let Some(b) = &body {
+            let mut req = self.http.request(method.clone(), &url).query(query);
+            if let Some(auth) = &self.auth {
+                req = req.header(AUTHORIZATION, auth.clone());
+            }
+            if let Some((kind, b)) = &body {
                 req = req
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .header(reqwest::header::CONTENT_TYPE, *kind)
                     .body(b.clone());
             }
             match req.send().await {
@@ -242,8 +256,17 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&impl Serialize>,
     ) -> Result<Answer<T>, ClientError> {
-        let body = body.map(json_body);
-        let resp = self.send(method, path, query, body).await?;
+        let body = body.map(|b| ("application/json", json_body(b)));
+        self.answer(path, self.send(method, path, query, body).await?)
+            .await
+    }
+
+    /// An answer read as `T` (or nothing, for 204), an error answer as its kind.
+    async fn answer<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        resp: reqwest::Response,
+    ) -> Result<Answer<T>, ClientError> {
         if !resp.status().is_success() {
             return Err(error_from(resp).await);
         }
@@ -439,6 +462,54 @@ impl Client {
     pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
         self.act(Method::DELETE, &format!("/api/v1/tokens/{id}"), None::<&()>)
             .await
+    }
+
+    /// Workload identity: a platform's signed token exchanged (RFC 8693) for a workload token.
+    /// The form body holds the token; it is wiped when the last attempt lets go of it.
+    pub async fn exchange(
+        &self,
+        identity_token: &str,
+        scope: Option<&str>,
+    ) -> Result<Exchanged, ClientError> {
+        // Room for the token percent-encoded at its longest, so the buffer never moves (and
+        // leaves no copy of the token behind in freed memory).
+        let room = identity_token.len() * 3 + scope.map_or(0, |s| s.len() * 3) + 256;
+        let mut form = form_urlencoded::Serializer::new(String::with_capacity(room));
+        form.append_pair("grant_type", GRANT_TOKEN_EXCHANGE)
+            .append_pair("subject_token_type", TOKEN_TYPE_JWT)
+            .append_pair("subject_token", identity_token);
+        if let Some(s) = scope {
+            form.append_pair("scope", s);
+        }
+        let body = Bytes::from_owner(Zeroizing::new(form.finish().into_bytes()));
+        let path = "/api/v1/identity/exchange";
+        let resp = self
+            .send(
+                Method::POST,
+                path,
+                &[],
+                Some(("application/x-www-form-urlencoded", body)),
+            )
+            .await?;
+        self.answer::<Exchanged>(path, resp).await?.body()
+    }
+
+    /// Workload-identity bindings (admins).
+    pub async fn bindings(&self) -> Result<Vec<BindingInfo>, ClientError> {
+        self.get("/api/v1/identity/bindings", &[]).await
+    }
+
+    pub async fn add_binding(&self, b: &NewBinding) -> Result<BindingInfo, ClientError> {
+        self.post("/api/v1/identity/bindings", b).await
+    }
+
+    pub async fn remove_binding(&self, name: &str) -> Result<(), ClientError> {
+        self.act(
+            Method::DELETE,
+            &format!("/api/v1/identity/bindings/{name}"),
+            None::<&()>,
+        )
+        .await
     }
 
     /// A workload token extends its own life.

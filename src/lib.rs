@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod fs;
 pub mod fuzz_targets;
 pub mod harden;
+pub mod identity;
 pub mod keyfile;
 pub mod launch;
 pub mod metrics;

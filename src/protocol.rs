@@ -298,6 +298,79 @@ pub struct Renewed {
     pub max_expires_at: Option<Timestamp>,
 }
 
+/// `POST /api/v1/identity/bindings`: trust tokens of `issuer` whose `aud`, `sub` and claims
+/// match, acting as `user` for exactly `secrets`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewBinding {
+    pub name: String,
+    #[serde(default = "default_workspace")]
+    pub workspace: String,
+    pub issuer: String,
+    pub audience: String,
+    pub subject: String,
+    /// `PATH=PATTERN` rules on further claims (`kubernetes.io.namespace=ws-*`).
+    #[serde(default)]
+    pub claims: Vec<String>,
+    pub user: String,
+    pub secrets: Vec<String>,
+    /// The longest life of a workload token an exchange mints ("1h").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// The longest life (exp - iat) of a presented token ("24h").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_lifetime: Option<String>,
+    /// The issuer's keys from this URL instead of OIDC discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// The issuer's keys as a JWKS document (an issuer the server cannot reach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
+}
+
+fn default_workspace() -> String {
+    "default".into()
+}
+
+/// A binding as listed (its rules; never a key or a token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindingInfo {
+    pub id: String,
+    pub name: String,
+    pub workspace: String,
+    pub issuer: String,
+    pub audience: String,
+    pub subject: String,
+    pub claims: Vec<String>,
+    pub user: String,
+    pub user_id: String,
+    pub secrets: Vec<String>,
+    pub secret_ids: Vec<String>,
+    pub ttl_secs: u64,
+    pub max_token_lifetime_secs: u64,
+    /// `discovery`, `url URL` or `inline` (N keys).
+    pub keys: String,
+    pub created_at: Timestamp,
+}
+
+/// `POST /api/v1/identity/exchange`'s answer (RFC 8693, 2.2.1).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Exchanged {
+    pub access_token: Token,
+    pub issued_token_type: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    /// The binding that admitted the token, and the workspace and secrets it grants.
+    pub binding: String,
+    pub workspace: String,
+    pub secrets: Vec<SecretName>,
+}
+
+/// RFC 8693's token types this server reads and issues.
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+
 /// `POST /api/v1/users`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

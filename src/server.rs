@@ -59,6 +59,8 @@ pub struct ServeOptions {
     pub audit_interval: Duration,
     /// Whether admins may mint tokens for other users (`--no-admin-impersonation`: not).
     pub admin_impersonation: bool,
+    /// Workload identity: the least time between refetches of an issuer's keys.
+    pub jwks_refetch: Duration,
     /// Where `/metrics` is served, apart from the API (none: not served).
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -118,6 +120,7 @@ pub async fn serve(
     raise_fd_limit();
     let options = crate::service::Options {
         admin_impersonation: opts.admin_impersonation,
+        jwks_refetch: opts.jwks_refetch,
     };
     let (service, default_token_path) = if is_postgres(&opts.database) {
         let key = opts.key_file.clone().ok_or_else(|| {

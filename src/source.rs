@@ -4,8 +4,8 @@
 //! The trait is blocking on purpose: the daemon's refresh thread and the launcher are plain
 //! threads, and an implementation that needs async IO keeps its own small runtime.
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::auth::Token;
@@ -82,12 +82,40 @@ pub trait Source: Send + Sync {
     ) -> Result<Fetched, SourceError>;
 }
 
+/// How a server source proves itself.
+pub enum Credential {
+    /// A workload token.
+    Token(Token),
+    /// Workload identity: a platform's signed token in a file (a Kubernetes projected
+    /// service-account token, a CI job's OIDC token), exchanged for a workload token, and
+    /// exchanged again, the file read anew (kubelet rewrites it before it expires), before
+    /// that token expires or when the server refuses it.
+    Identity {
+        file: PathBuf,
+        /// The binding to ask for, when several might admit the token.
+        binding: Option<String>,
+    },
+}
+
+/// The largest identity token file read (Kubernetes' tokens are about 1 KiB).
+const IDENTITY_FILE_MAX: u64 = 64 * 1024;
+
+struct Identity {
+    file: PathBuf,
+    binding: Option<String>,
+    /// A client without a token, for the exchange.
+    exchanger: Client,
+}
+
 /// A server, through a workload token: reads exactly the token's secrets, watches them with
-/// long-polls, and renews the token before it expires.
+/// long-polls, and renews the token (or, with workload identity, exchanges the platform's
+/// token again) before it expires.
 pub struct ServerSource {
     runtime: tokio::runtime::Runtime,
-    client: Client,
+    client: Mutex<Arc<Client>>,
     urls: String,
+    ca_file: Option<PathBuf>,
+    identity: Option<Identity>,
     /// When the token expires and how far a renewal extends it, if it expires.
     expiry: Mutex<Option<(Timestamp, Duration)>>,
 }
@@ -106,27 +134,103 @@ impl From<ClientError> for SourceError {
 }
 
 impl ServerSource {
-    /// Connects to `urls` with a workload token. Nothing is sent yet: the first read also tells
-    /// when the token expires.
-    pub fn connect(urls: &str, token: &Token, ca_file: Option<&Path>) -> Result<Self, SourceError> {
+    /// Connects to `urls`. With a workload token nothing is sent yet (the first read also
+    /// tells when it expires); with workload identity the token is exchanged now, so that a
+    /// refused identity fails here with the server's reason.
+    pub fn connect(
+        urls: &str,
+        credential: Credential,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, SourceError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| SourceError::Failed(e.to_string()))?;
-        let client =
-            Client::new(urls, token, ca_file).map_err(|e| SourceError::Failed(e.to_string()))?;
-        Ok(ServerSource {
+        let setup = |e: ClientError| SourceError::Failed(e.to_string());
+        let (client, identity) = match credential {
+            Credential::Token(token) => (Client::new(urls, &token, ca_file).map_err(setup)?, None),
+            Credential::Identity { file, binding } => {
+                let exchanger = Client::anonymous(urls, ca_file).map_err(setup)?;
+                // A placeholder until the first exchange below replaces it.
+                let placeholder = Client::anonymous(urls, ca_file).map_err(setup)?;
+                (
+                    placeholder,
+                    Some(Identity {
+                        file,
+                        binding,
+                        exchanger,
+                    }),
+                )
+            }
+        };
+        let source = ServerSource {
             runtime,
-            client,
+            client: Mutex::new(Arc::new(client)),
             urls: urls.to_owned(),
+            ca_file: ca_file.map(Path::to_owned),
+            identity,
             expiry: Mutex::new(None),
-        })
+        };
+        if source.identity.is_some() {
+            source.exchange()?;
+        }
+        Ok(source)
     }
 
-    /// One workload read; every answer says how long the token has left, which is kept.
+    fn client(&self) -> Arc<Client> {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Workload identity: reads the token file, exchanges it, and uses the workload token it
+    /// brings from now on.
+    fn exchange(&self) -> Result<(), SourceError> {
+        let Some(id) = &self.identity else {
+            return Ok(());
+        };
+        let shown = id.file.display();
+        let text = read_identity_file(&id.file)?;
+        let answer = self
+            .runtime
+            .block_on(id.exchanger.exchange(text.trim(), id.binding.as_deref()))
+            .map_err(|e| {
+                let why = format!("the server refused the identity token from {shown}: {e}");
+                if e.is_transient() {
+                    SourceError::Unavailable(why)
+                } else {
+                    SourceError::Failed(why)
+                }
+            })?;
+        let client = Client::new(&self.urls, &answer.access_token, self.ca_file.as_deref())
+            .map_err(|e| SourceError::Failed(e.to_string()))?;
+        let life = Duration::from_secs(answer.expires_in);
+        let until = Timestamp::from_system_time(std::time::SystemTime::now() + life);
+        *self.client.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
+        *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) = Some((until, life));
+        tracing::info!(
+            binding = %answer.binding,
+            expires_at = %until.rfc3339(),
+            secrets = answer.secrets.len(),
+            "identity token exchanged for a workload token"
+        );
+        Ok(())
+    }
+
+    /// One workload read; every answer says how long the token has left, which is kept. With
+    /// workload identity a refused token is exchanged again once (the platform's token may have
+    /// been rotated, or the binding removed: then the exchange says so).
     fn ask(&self, request: &WorkloadReadRequest) -> Result<WorkloadRead, SourceError> {
         self.renew_if_due()?;
-        let read = self.runtime.block_on(self.client.workload_read(request))?;
+        let read = match self.runtime.block_on(self.client().workload_read(request)) {
+            Err(ClientError::Unauthorized { .. }) if self.identity.is_some() => {
+                self.exchange()?;
+                self.runtime
+                    .block_on(self.client().workload_read(request))?
+            }
+            other => other?,
+        };
         if let Some(life) = read.token {
             *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) = life
                 .expires_at
@@ -159,22 +263,57 @@ impl ServerSource {
         })
     }
 
-    /// Renews the token once less than a third of its ttl is left.
+    /// Renews the token once less than a third of its ttl is left (workload identity: exchanges
+    /// the platform's token again, which a renewal could not extend).
     fn renew_if_due(&self) -> Result<(), SourceError> {
         let ttl = match *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) {
             None => return Ok(()),
             Some((_, ttl)) => ttl,
         };
-        if self.time_left().is_some_and(|left| left < ttl / 3) {
-            let renewed = self.runtime.block_on(self.client.renew())?;
-            tracing::info!(expires_at = %renewed.expires_at.rfc3339(), "workload token renewed");
-            let mut guard = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((e, _)) = guard.as_mut() {
-                *e = renewed.expires_at;
-            }
+        if self.time_left().is_none_or(|left| left >= ttl / 3) {
+            return Ok(());
+        }
+        if self.identity.is_some() {
+            return self.exchange();
+        }
+        let renewed = self.runtime.block_on(self.client().renew())?;
+        tracing::info!(expires_at = %renewed.expires_at.rfc3339(), "workload token renewed");
+        let mut guard = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((e, _)) = guard.as_mut() {
+            *e = renewed.expires_at;
         }
         Ok(())
     }
+}
+
+/// The identity token file's text (wiped after use), with what to do when it cannot be read.
+fn read_identity_file(path: &Path) -> Result<zeroize::Zeroizing<String>, SourceError> {
+    use std::io::Read;
+    let shown = path.display();
+    let fail = |why: String| {
+        SourceError::Failed(format!(
+            "cannot read the identity token file {shown}: {why} (kubelet projects it at \
+             /var/run/secrets/kubernetes.io/serviceaccount/token; see the README)"
+        ))
+    };
+    let f = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    // Sized up front so the buffer never moves, leaving no copy of the token behind.
+    let size = f
+        .metadata()
+        .map_or(4096, |m| m.len())
+        .min(IDENTITY_FILE_MAX)
+        + 1;
+    let mut text = zeroize::Zeroizing::new(String::with_capacity(size as usize));
+    f.take(IDENTITY_FILE_MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| fail(e.to_string()))?;
+    if text.len() as u64 > IDENTITY_FILE_MAX {
+        return Err(fail(format!("it is larger than {IDENTITY_FILE_MAX} bytes")));
+    }
+    if text.trim().is_empty() {
+        return Err(fail("it is empty".into()));
+    }
+    Ok(text)
 }
 
 impl ServerSource {

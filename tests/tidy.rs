@@ -26,6 +26,8 @@ const PURE_CORE: &[&str] = &[
     "src/launch/plan/",
     "src/render.rs",
     "src/render/",
+    "src/identity.rs",
+    "src/identity/",
 ];
 const IO_CRATES: &[&str] = &["fuser", "sqlx", "tokio", "axum", "reqwest"];
 

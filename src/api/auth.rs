@@ -60,6 +60,17 @@ fn client_ip(parts: &Parts) -> Option<SocketAddr> {
         .map(|c| c.0)
 }
 
+/// The client's address, where the listener recorded it (not in in-process tests).
+pub struct ClientAddr(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(client_ip(parts)))
+    }
+}
+
 impl FromRequestParts<Arc<AppState>> for Auth {
     type Rejection = ApiError;
 

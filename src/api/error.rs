@@ -122,6 +122,18 @@ impl From<ServiceError> for ApiError {
                 field,
                 ..ApiError::invalid(message)
             },
+            ServiceError::Refused {
+                message,
+                unavailable: false,
+            } => ApiError::new(StatusCode::BAD_REQUEST, "invalid_grant", message),
+            ServiceError::Refused {
+                message,
+                unavailable: true,
+            } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                message,
+            ),
             ServiceError::Store(e) => e.into(),
         }
     }
@@ -160,6 +172,10 @@ impl From<StoreError> for ApiError {
             StoreError::TokenNotFound(id) => {
                 ApiError::not_found(format!("token \"{id}\" not found"))
             }
+            StoreError::BindingExists(name) => {
+                ApiError::conflict(format!("identity binding \"{name}\" already exists")).on("name")
+            }
+            StoreError::BindingNotFound(_) => ApiError::not_found("identity binding not found"),
             StoreError::Invalid(msg) => ApiError::invalid(msg),
             StoreError::Unsupported(msg) => {
                 ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", msg)

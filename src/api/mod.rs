@@ -10,6 +10,7 @@ mod auth;
 mod body;
 pub mod error;
 mod health;
+mod identity;
 mod lepton;
 mod metrics;
 mod openapi;
@@ -112,6 +113,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/workload/secrets", get(workload::read))
         .route("/api/v1/workload/read", post(workload::read_per_name))
         .route("/api/v1/audit", get(admin::audit))
+        .route(
+            "/api/v1/identity/bindings",
+            get(identity::list).post(identity::add),
+        )
+        .route("/api/v1/identity/bindings/{name}", delete(identity::remove))
+        .route("/api/v1/identity/exchange", post(identity::exchange))
         .route("/api/v1/admin/rotate-key", post(admin::rotate_key))
         .route("/api/v1/admin/backup", get(admin::backup))
         // The Lepton-compatible route set over the same operations.

@@ -210,6 +210,16 @@ pub enum Command {
         #[command(subcommand)]
         cmd: remote::TokenCommand,
     },
+    /// Workload identity: trust platform-signed tokens (Kubernetes, Lepton, GitHub Actions)
+    /// in place of handing workloads a token (admin).
+    Identity {
+        #[command(flatten)]
+        server: ServerOpts,
+        #[command(flatten)]
+        workspace: WorkspaceOpt,
+        #[command(subcommand)]
+        cmd: remote::IdentityCommand,
+    },
     /// The server's audit log (admin).
     Audit(remote::AuditArgs),
     /// The master key that seals every value (in the local store, or on the server).
@@ -382,6 +392,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let g = g(None, Some(&server), Some(&workspace))?;
             runtime()?.block_on(remote::token(&g, cmd))
+        }
+        Command::Identity {
+            server,
+            workspace,
+            cmd,
+        } => {
+            let g = g(None, Some(&server), Some(&workspace))?;
+            runtime()?.block_on(remote::identity(&g, cmd))
         }
         Command::Audit(args) => {
             let g = g(None, Some(&args.server), None)?;

@@ -13,7 +13,7 @@ use crate::fs::mount::{self, MountConfig};
 use crate::fs::tree::Ownership;
 use crate::secret::SecretName;
 use crate::service::LocalPaths;
-use crate::source::{LocalSource, ServerSource, Source};
+use crate::source::{Credential, LocalSource, ServerSource, Source};
 
 #[derive(Debug, Args)]
 #[command(
@@ -56,6 +56,14 @@ pub struct MountArgs {
     /// file of [files."NAME"] tables; template paths are relative to it.
     #[arg(long, value_name = "FILES.toml")]
     pub files: Option<PathBuf>,
+    /// Workload identity, in place of a workload token: a file holding the platform's signed
+    /// token (Kubernetes and Lepton: /var/run/secrets/kubernetes.io/serviceaccount/token),
+    /// exchanged for a workload token, and again (the file re-read) before that expires.
+    #[arg(long, value_name = "PATH", env = "SECRETFS_IDENTITY_TOKEN_FILE")]
+    pub identity_token_file: Option<PathBuf>,
+    /// The identity binding to ask for, when several might admit the token.
+    #[arg(long, value_name = "NAME", requires = "identity_token_file")]
+    pub identity_binding: Option<String>,
 }
 
 /// Reads and checks a files spec: every problem at once.
@@ -174,9 +182,28 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> anyhow::Result<ExitCode> {
     // The server when one is named (and --store is not), else the local store.
     let source: Box<dyn Source> = match (&g.store, &g.url) {
         (None, Some(url)) => {
-            let token = super::config::workload_token(g)?;
-            Box::new(ServerSource::connect(url, &token, g.ca_file.as_deref())?)
+            let credential = match &a.identity_token_file {
+                Some(_) if g.token_file.is_some() => anyhow::bail!(
+                    "give the server one credential: a workload token (--token-file, \
+                     SECRETFS_TOKEN_FILE) or an identity token (--identity-token-file, \
+                     SECRETFS_IDENTITY_TOKEN_FILE), not both"
+                ),
+                Some(file) => Credential::Identity {
+                    file: file.clone(),
+                    binding: a.identity_binding.clone(),
+                },
+                None => Credential::Token(super::config::workload_token(g)?),
+            };
+            Box::new(ServerSource::connect(
+                url,
+                credential,
+                g.ca_file.as_deref(),
+            )?)
         }
+        _ if a.identity_token_file.is_some() => anyhow::bail!(
+            "--identity-token-file (SECRETFS_IDENTITY_TOKEN_FILE) is for a server: give --url \
+             (or SECRETFS_URL), not a local store"
+        ),
         _ => {
             let paths = LocalPaths::resolve(g.store.clone(), g.key_file.clone())?;
             Box::new(LocalSource::open(paths)?)

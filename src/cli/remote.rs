@@ -384,3 +384,133 @@ pub async fn audit(g: &GlobalArgs, a: AuditArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Trust tokens of an issuer whose audience, subject and claims match: each exchange acts
+    /// as --user for exactly the --secret names, under that user's visibility (admin).
+    Add(Box<IdentityAddArgs>),
+    /// The bindings (admin).
+    #[command(visible_alias = "ls")]
+    List {
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Remove a binding; the tokens its exchanges minted are revoked with it (admin).
+    #[command(visible_alias = "rm")]
+    Remove {
+        /// The binding's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct IdentityAddArgs {
+    /// The binding's name (used in the audit log and as the exchange's scope).
+    pub name: String,
+    /// The tokens' "iss", exactly (e.g. the cluster's OIDC provider URL).
+    #[arg(long, value_name = "URL")]
+    pub issuer: String,
+    /// The "aud" the tokens must carry.
+    #[arg(long, value_name = "AUD")]
+    pub audience: String,
+    /// The "sub" the tokens must have: '*' matches any run of characters, '?' one
+    /// (e.g. "system:serviceaccount:ws-*:default").
+    #[arg(long, value_name = "PATTERN")]
+    pub subject: String,
+    /// A further claim the tokens must have, PATH=PATTERN (repeatable; dots reach nested
+    /// claims: kubernetes.io.namespace=ws-abc).
+    #[arg(long = "claim", value_name = "PATH=PATTERN")]
+    pub claims: Vec<String>,
+    /// Whom an exchange acts as.
+    #[arg(long, value_name = "USER")]
+    pub user: String,
+    /// A secret the exchanged token may read (repeatable).
+    #[arg(long = "secret", short = 's', value_name = "NAME", required = true)]
+    pub secrets: Vec<String>,
+    /// The longest life of an exchanged workload token [default: 1h]; never past the
+    /// presented token's own expiry.
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// The longest life (exp - iat) a presented token may have [default: 24h].
+    #[arg(long, value_name = "DURATION")]
+    pub max_token_lifetime: Option<String>,
+    /// The issuer's keys from this JWKS URL instead of OIDC discovery.
+    #[arg(long, value_name = "URL", conflicts_with = "jwks_file")]
+    pub jwks_url: Option<String>,
+    /// The issuer's keys from this JWKS file (an issuer the server cannot reach:
+    /// `kubectl get --raw /openid/v1/jwks`).
+    #[arg(long, value_name = "PATH")]
+    pub jwks_file: Option<PathBuf>,
+}
+
+pub async fn identity(g: &GlobalArgs, cmd: IdentityCommand) -> anyhow::Result<ExitCode> {
+    let r = require_remote(g)?;
+    match cmd {
+        IdentityCommand::Add(a) => {
+            let jwks = match &a.jwks_file {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read the JWKS file {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let b = r
+                .client
+                .add_binding(&crate::protocol::NewBinding {
+                    name: a.name,
+                    workspace: r.workspace.clone(),
+                    issuer: a.issuer,
+                    audience: a.audience,
+                    subject: a.subject,
+                    claims: a.claims,
+                    user: a.user,
+                    secrets: a.secrets,
+                    ttl: a.ttl,
+                    max_token_lifetime: a.max_token_lifetime,
+                    jwks_url: a.jwks_url,
+                    jwks,
+                })
+                .await?;
+            eprintln!(
+                "added identity binding {} ({}): tokens of {} for {} with sub {} act as {} for {}",
+                b.name,
+                b.id,
+                b.issuer,
+                b.audience,
+                b.subject,
+                b.user,
+                b.secrets.join(",")
+            );
+        }
+        IdentityCommand::List { output } => {
+            let list = r.client.bindings().await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Output::Table => {
+                    println!(
+                        "{:<16} {:<10} {:<12} {:<40} {:<40} SECRETS",
+                        "NAME", "WORKSPACE", "USER", "ISSUER", "SUBJECT"
+                    );
+                    for b in list {
+                        println!(
+                            "{:<16} {:<10} {:<12} {:<40} {:<40} {}",
+                            b.name,
+                            b.workspace,
+                            b.user,
+                            b.issuer,
+                            b.subject,
+                            b.secrets.join(",")
+                        );
+                    }
+                }
+            }
+        }
+        IdentityCommand::Remove { name } => {
+            r.client.remove_binding(&name).await?;
+            eprintln!("removed identity binding {name}; the tokens it minted are revoked");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// their private secrets (user add still hands the new user a first token, once).
     #[arg(long)]
     pub no_admin_impersonation: bool,
+    /// Workload identity: the least time between two fetches of an issuer's keys prompted by a
+    /// token naming a key the cached set lacks (a flood of such tokens costs one fetch each).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwks_refetch_interval: Duration,
     /// How long workload-read audit records may wait to be written together.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub audit_interval: Duration,
@@ -68,6 +72,7 @@ pub fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         admin_token_file: a.admin_token_file,
         audit_interval: a.audit_interval,
         admin_impersonation: !a.no_admin_impersonation,
+        jwks_refetch: a.jwks_refetch_interval,
         metrics_listen: a.metrics_listen,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -23,6 +23,9 @@ pub struct RunArgs {
     pub key_file: Option<PathBuf>,
     pub url: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// `--identity-token-file`: workload identity in place of a token.
+    pub identity_token_file: Option<PathBuf>,
+    pub identity_binding: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub wait: Option<Duration>,
     pub inherit_env: Option<InheritEnv>,
@@ -66,8 +69,11 @@ options:
                           /run/secrets)
   --store PATH            source: the local store (with --key-file PATH)
   --url URL               source: a secretfs server, with a workload token from --token-file
-                          PATH (else $SECRETFS_TOKEN or $SECRETFS_TOKEN_FILE); --ca-file PEM
-                          trusts a private CA
+                          PATH (else $SECRETFS_TOKEN or $SECRETFS_TOKEN_FILE), or workload
+                          identity from --identity-token-file PATH (else
+                          $SECRETFS_IDENTITY_TOKEN_FILE: the platform's signed token, exchanged
+                          and exchanged again before expiry; --identity-binding NAME picks a
+                          binding); --ca-file PEM trusts a private CA
   --wait DURATION         wait up to DURATION for the directory to hold every secret (\"10s\")
   --inherit-env MODE      all (default), none, or NAME,NAME,... to pass through
                           (SECRETFS_TOKEN, SECRETFS_TOKEN_FILE and SECRETFS_IDENTITY_TOKEN_FILE,
@@ -165,6 +171,8 @@ pub fn parse(args: &[OsString]) -> Result<RunArgs, String> {
             "--key-file" => out.key_file = Some(value(flag)?.into()),
             "--url" => out.url = Some(value(flag)?),
             "--token-file" => out.token_file = Some(value(flag)?.into()),
+            "--identity-token-file" => out.identity_token_file = Some(value(flag)?.into()),
+            "--identity-binding" => out.identity_binding = Some(value(flag)?),
             "--ca-file" => out.ca_file = Some(value(flag)?.into()),
             "--wait" => out.wait = Some(parse_duration("--wait", &value(flag)?)?),
             "--inherit-env" => out.inherit_env = Some(InheritEnv::parse(&value(flag)?)?),

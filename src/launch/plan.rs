@@ -99,6 +99,10 @@ pub enum SourcePlan {
     Server {
         urls: String,
         token_file: Option<PathBuf>,
+        /// Workload identity: the platform's token file, exchanged for a workload token.
+        identity_file: Option<PathBuf>,
+        /// The binding to ask the exchange for.
+        identity_binding: Option<String>,
         ca_file: Option<PathBuf>,
     },
 }
@@ -170,7 +174,17 @@ impl ExecPlan {
             SourcePlan::Store { path, .. } => {
                 out.push_str(&format!("source: store {}\n", path.display()));
             }
-            SourcePlan::Server { urls, .. } => out.push_str(&format!("source: server {urls}\n")),
+            SourcePlan::Server {
+                urls,
+                identity_file,
+                ..
+            } => {
+                out.push_str(&format!("source: server {urls}"));
+                if let Some(f) = identity_file {
+                    out.push_str(&format!(" (workload identity from {})", f.display()));
+                }
+                out.push('\n');
+            }
         }
         let inherit = match &self.inherit {
             InheritEnv::All => "all".to_owned(),
@@ -526,6 +540,8 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         SourcePlan::Server {
             urls: url.clone(),
             token_file: args.token_file.as_ref().map(here),
+            identity_file: args.identity_token_file.as_ref().map(here),
+            identity_binding: args.identity_binding.clone(),
             ca_file: args.ca_file.as_ref().map(here),
         }
     } else if let Some(dir) = &spec.source.dir {
@@ -550,6 +566,15 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
                 .as_ref()
                 .map(here)
                 .or_else(|| spec.source.token_file.as_deref().map(rel)),
+            identity_file: args
+                .identity_token_file
+                .as_ref()
+                .map(here)
+                .or_else(|| spec.source.identity_token_file.as_deref().map(rel)),
+            identity_binding: args
+                .identity_binding
+                .clone()
+                .or_else(|| spec.source.identity_binding.clone()),
             ca_file: args
                 .ca_file
                 .as_ref()

@@ -17,7 +17,7 @@ use crate::auth::Token;
 use crate::render::{Listed, Recipe};
 use crate::secret::{SecretKind, SecretName, SecretValue, VALUE_MAX_LEN, ValueLimit};
 use crate::service::LocalPaths;
-use crate::source::{LocalSource, ServerSource, Source, SourceError};
+use crate::source::{Credential, LocalSource, ServerSource, Source, SourceError};
 
 /// The workload's environment, ready for `execve`, plus the memory files `[secret_files]` point
 /// at.
@@ -141,11 +141,7 @@ impl Fetch for AnySource {
         let listed = match source {
             SourcePlan::Dir { .. } => return Ok(None),
             SourcePlan::Store { path, key_file } => open_store(path, key_file)?.kinds(),
-            SourcePlan::Server {
-                urls,
-                token_file,
-                ca_file,
-            } => open_server(urls, token_file.as_deref(), ca_file.as_deref())?.kinds(),
+            server @ SourcePlan::Server { .. } => open_server(server)?.kinds(),
         };
         listed.map(Some).map_err(|e| vec![e.to_string()])
     }
@@ -160,14 +156,9 @@ impl Fetch for AnySource {
             SourcePlan::Store { path, key_file } => {
                 super::follow::store(open_store(path, key_file)?, followed.clone(), every)
             }
-            SourcePlan::Server {
-                urls,
-                token_file,
-                ca_file,
-            } => super::follow::server(
-                open_server(urls, token_file.as_deref(), ca_file.as_deref())?,
-                followed.clone(),
-            ),
+            server @ SourcePlan::Server { .. } => {
+                super::follow::server(open_server(server)?, followed.clone())
+            }
             SourcePlan::Dir { .. } => Err(vec![
                 "a directory source is followed by its files, not by a feed".into(),
             ]),
@@ -508,14 +499,7 @@ fn fetch(source: &SourcePlan, names: &[SecretName]) -> Result<Vec<SecretValue>, 
     match source {
         SourcePlan::Dir { path, wait } => fetch_dir(path, names, *wait),
         SourcePlan::Store { path, key_file } => fetch_source(&open_store(path, key_file)?, names),
-        SourcePlan::Server {
-            urls,
-            token_file,
-            ca_file,
-        } => fetch_source(
-            &open_server(urls, token_file.as_deref(), ca_file.as_deref())?,
-            names,
-        ),
+        server @ SourcePlan::Server { .. } => fetch_source(&open_server(server)?, names),
     }
 }
 
@@ -528,40 +512,78 @@ fn open_store(
     LocalSource::open(paths).map_err(|e| vec![e.to_string()])
 }
 
-fn open_server(
-    urls: &str,
-    token_file: Option<&Path>,
-    ca_file: Option<&Path>,
-) -> Result<ServerSource, Vec<String>> {
-    let token = server_token(token_file).map_err(|e| vec![e])?;
-    ServerSource::connect(urls, &token, ca_file).map_err(|e| vec![e.to_string()])
+/// A server source of the plan, with its credential.
+fn open_server(plan: &SourcePlan) -> Result<ServerSource, Vec<String>> {
+    let SourcePlan::Server {
+        urls,
+        token_file,
+        identity_file,
+        identity_binding,
+        ca_file,
+    } = plan
+    else {
+        unreachable!("open_server is given server sources only");
+    };
+    let credential = server_credential(
+        token_file.as_deref(),
+        identity_file.as_deref(),
+        identity_binding.clone(),
+    )
+    .map_err(|e| vec![e])?;
+    ServerSource::connect(urls, credential, ca_file.as_deref()).map_err(|e| vec![e.to_string()])
 }
 
-/// The workload token: the spec's or flag's token file, else `SECRETFS_TOKEN`, else the file
-/// `SECRETFS_TOKEN_FILE` names.
-fn server_token(file: Option<&Path>) -> Result<Token, String> {
-    let from_file = |p: &Path| -> Result<Token, String> {
+/// The launcher's credential: the spec's or a flag's token file or identity token file (not
+/// both), else `SECRETFS_TOKEN`, else the file `SECRETFS_TOKEN_FILE` names, else the identity
+/// token file `SECRETFS_IDENTITY_TOKEN_FILE` names.
+fn server_credential(
+    file: Option<&Path>,
+    identity: Option<&Path>,
+    binding: Option<String>,
+) -> Result<Credential, String> {
+    let from_file = |p: &Path| -> Result<Credential, String> {
         let file = crate::auth::read_token_file(p)?;
         if let Some(w) = file.warning {
             eprintln!("warning: {w}");
         }
-        Ok(file.token)
+        Ok(Credential::Token(file.token))
     };
-    if let Some(p) = file {
-        return from_file(p);
+    match (file, identity) {
+        (Some(_), Some(_)) => {
+            return Err(
+                "give the server one credential: token_file (--token-file) or \
+                        identity_token_file (--identity-token-file), not both"
+                    .into(),
+            );
+        }
+        (Some(p), None) => return from_file(p),
+        (None, Some(p)) => {
+            return Ok(Credential::Identity {
+                file: p.to_owned(),
+                binding,
+            });
+        }
+        (None, None) => {}
     }
     if let Some(t) = std::env::var("SECRETFS_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
     {
-        return Ok(Token::from_string(t.trim().to_owned()));
+        return Ok(Credential::Token(Token::from_string(t.trim().to_owned())));
     }
     if let Some(p) = std::env::var_os("SECRETFS_TOKEN_FILE").filter(|p| !p.is_empty()) {
         return from_file(Path::new(&p));
     }
+    if let Some(p) = std::env::var_os("SECRETFS_IDENTITY_TOKEN_FILE").filter(|p| !p.is_empty()) {
+        return Ok(Credential::Identity {
+            file: p.into(),
+            binding,
+        });
+    }
     Err(
-        "no workload token for the server: set token_file in [source], pass --token-file, or \
-         set SECRETFS_TOKEN_FILE"
+        "no credential for the server: set token_file or identity_token_file in [source], pass \
+         --token-file or --identity-token-file, or set SECRETFS_TOKEN_FILE or \
+         SECRETFS_IDENTITY_TOKEN_FILE"
             .into(),
     )
 }

@@ -53,6 +53,10 @@ pub struct SourceSpec {
     /// The workspace server (with `token_file`).
     pub url: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// Workload identity, in place of `token_file`: the platform's signed token file.
+    pub identity_token_file: Option<PathBuf>,
+    /// The identity binding to ask for, when several might admit the token.
+    pub identity_binding: Option<String>,
     /// CA certificates (PEM) to trust for the server, besides the system's.
     pub ca_file: Option<PathBuf>,
     /// Wait up to this long for the directory to hold every named secret ("10s").

@@ -14,6 +14,8 @@
 //! hold no rules of their own.
 
 mod accounts;
+mod identity;
+mod jwks;
 mod keys;
 mod secrets;
 mod tokens;
@@ -36,6 +38,7 @@ pub use crate::store::{
     valid_account_name,
 };
 pub use accounts::{FirstAdmin, UserRemoval};
+pub use identity::{Binding, Exchange, NewBinding};
 pub use secrets::{NewSecret, SecretUpdate, Written};
 pub use tokens::{MintUser, MintWorkload};
 pub use workload::{WorkloadAnswer, WorkloadQuery, WorkloadSecret};
@@ -173,6 +176,10 @@ pub enum ServiceError {
         message: String,
         field: Option<&'static str>,
     },
+    /// A workload-identity exchange refused (the reason names the check, never the token);
+    /// `unavailable`: the issuer's keys could not be had, so a retry may succeed.
+    #[error("{message}")]
+    Refused { message: String, unavailable: bool },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -203,12 +210,16 @@ pub struct Options {
     /// Whether an admin may mint tokens for another user (and so act as them, reading their
     /// private secrets through a workload token). `serve --no-admin-impersonation` turns it off.
     pub admin_impersonation: bool,
+    /// The least time between two fetches of an issuer's keys prompted by an unknown key id
+    /// (`serve --jwks-refetch-interval`).
+    pub jwks_refetch: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             admin_impersonation: true,
+            jwks_refetch: Duration::from_secs(30),
         }
     }
 }
@@ -263,10 +274,13 @@ pub struct Service {
     snapshot_loads: tokio::sync::Mutex<()>,
     reads: Mutex<ReadAudit>,
     metrics: Arc<crate::metrics::ServerMetrics>,
+    /// Issuers' keys for workload identity.
+    jwks: Box<jwks::Jwks>,
 }
 
 impl Service {
     pub fn new(vault: crate::store::Vault, options: Options, key_path: Option<PathBuf>) -> Self {
+        let jwks = Box::new(jwks::Jwks::new(options.jwks_refetch));
         Service {
             vault: Arc::new(vault),
             options,
@@ -278,6 +292,7 @@ impl Service {
             snapshot_loads: tokio::sync::Mutex::new(()),
             reads: Mutex::new(ReadAudit::Direct),
             metrics: Arc::default(),
+            jwks,
         }
     }
 
@@ -317,6 +332,7 @@ impl Service {
     }
 
     pub fn with_options(mut self, options: Options) -> Self {
+        self.jwks = Box::new(jwks::Jwks::new(options.jwks_refetch));
         self.options = options;
         self
     }

@@ -103,11 +103,17 @@ pub enum AuditAction {
     TokenRenew,
     TokenRevoke,
     Backup,
+    /// A workload-identity binding added or removed.
+    IdentityAdd,
+    IdentityRemove,
+    /// A platform token exchanged for a workload token, and one refused.
+    IdentityExchange,
+    IdentityExchangeRefused,
 }
 
 impl AuditAction {
     /// Every action, for parsing and for the test that each mutation has one.
-    pub const ALL: [AuditAction; 15] = [
+    pub const ALL: [AuditAction; 19] = [
         AuditAction::Create,
         AuditAction::Update,
         AuditAction::Visibility,
@@ -123,6 +129,10 @@ impl AuditAction {
         AuditAction::TokenRenew,
         AuditAction::TokenRevoke,
         AuditAction::Backup,
+        AuditAction::IdentityAdd,
+        AuditAction::IdentityRemove,
+        AuditAction::IdentityExchange,
+        AuditAction::IdentityExchangeRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -142,6 +152,10 @@ impl AuditAction {
             AuditAction::TokenRenew => "token-renew",
             AuditAction::TokenRevoke => "token-revoke",
             AuditAction::Backup => "backup",
+            AuditAction::IdentityAdd => "identity-add",
+            AuditAction::IdentityRemove => "identity-remove",
+            AuditAction::IdentityExchange => "identity-exchange",
+            AuditAction::IdentityExchangeRefused => "identity-exchange-refused",
         }
     }
 
@@ -164,6 +178,8 @@ pub enum TargetKind {
     Key,
     /// The whole store (a backup).
     Store,
+    /// A workload-identity binding.
+    Binding,
 }
 
 impl TargetKind {
@@ -176,6 +192,7 @@ impl TargetKind {
             TargetKind::Token => "token",
             TargetKind::Key => "key",
             TargetKind::Store => "store",
+            TargetKind::Binding => "binding",
         }
     }
 
@@ -188,6 +205,7 @@ impl TargetKind {
             TargetKind::Token,
             TargetKind::Key,
             TargetKind::Store,
+            TargetKind::Binding,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -266,8 +284,31 @@ pub struct TokenRecord {
     pub ttl_secs: Option<u64>,
     pub revoked_at: Option<Timestamp>,
     pub description: String,
-    /// The token that minted this one, if a token did (not `user add` or `serve --init`).
+    /// What minted this one: a token's id, `binding:ID` for a workload-identity exchange, or
+    /// nothing (`user add`, `serve --init`).
     pub minted_by: Option<String>,
+}
+
+/// A workload-identity binding as stored: the columns the store keys and joins on, and its
+/// rules as one JSON document only the service reads (`identity::Rules`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingRecord {
+    pub id: String,
+    pub name: String,
+    pub workspace: String,
+    pub user_id: String,
+    /// The user's name, read with the binding.
+    pub user: String,
+    pub issuer: String,
+    pub rules: String,
+    pub created_at: Timestamp,
+    /// The admin who added it (a user id).
+    pub created_by: String,
+}
+
+/// `minted_by` of the workload tokens a binding's exchanges mint.
+pub fn minted_by_binding(binding_id: &str) -> String {
+    format!("binding:{binding_id}")
 }
 
 /// A valid user or workspace name: 1 to 64 characters, letters, digits, '_', '.', '@', '-',
@@ -422,6 +463,19 @@ pub enum Op {
     DeleteTokensOf {
         user_id: String,
     },
+    /// A new binding; `BindingExists` if the name is taken, `UserNotFound` unless its user is
+    /// live, `WorkspaceNotFound`.
+    InsertBinding(BindingRecord),
+    /// A precondition: the binding still exists (locked until commit), else `BindingNotFound`.
+    ExpectBinding {
+        id: String,
+    },
+    /// Deletes a binding and revokes, at `at`, every token its exchanges minted;
+    /// `BindingNotFound` if there is no such binding.
+    DeleteBinding {
+        id: String,
+        at: Timestamp,
+    },
 }
 
 impl Op {
@@ -482,6 +536,10 @@ pub enum StoreError {
     NotAMember { user: String, workspace: String },
     #[error("token \"{0}\" not found")]
     TokenNotFound(String),
+    #[error("identity binding \"{0}\" already exists")]
+    BindingExists(String),
+    #[error("identity binding \"{0}\" not found")]
+    BindingNotFound(String),
     /// The user or token a batch acts for was deleted, revoked or expired before it committed.
     #[error("the caller's token or user is no longer valid")]
     ActorGone,
@@ -572,6 +630,8 @@ pub trait Store: Send + Sync + 'static {
     async fn users(&self) -> Result<Vec<User>, StoreError>;
     async fn workspaces(&self) -> Result<Vec<String>, StoreError>;
     async fn tokens(&self, filter: TokenFilter<'_>) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Every workload-identity binding, by name.
+    async fn bindings(&self) -> Result<Vec<BindingRecord>, StoreError>;
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
     /// The key-check blob sealed at initialisation, if the store has one.
     async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError>;

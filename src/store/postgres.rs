@@ -28,6 +28,7 @@ const CHANNEL: &str = "secretfs_changes";
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001.sql")),
     (2, include_str!("migrations/postgres/0002.sql")),
+    (3, include_str!("migrations/postgres/0003.sql")),
 ];
 
 /// The PostgreSQL store.

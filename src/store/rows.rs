@@ -5,7 +5,10 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 
-use super::{AuditAction, AuditRecord, StoreError, StoredSecret, TargetKind, TokenRecord, User};
+use super::{
+    AuditAction, AuditRecord, BindingRecord, StoreError, StoredSecret, TargetKind, TokenRecord,
+    User,
+};
 use crate::auth::TokenKind;
 use crate::secret::{SecretMeta, SecretName, Timestamp};
 
@@ -15,6 +18,9 @@ pub(super) const SECRET_COLUMNS: &str = "workspace, name, id, kind, visibility, 
 pub(super) const TOKEN_COLUMNS: &str = "id, hash, kind, user_id, workspace, created_at, \
                                         expires_at, max_expires_at, ttl_secs, revoked_at, \
                                         description, minted_by";
+/// In the order `INSERT INTO identity_bindings` binds them.
+pub(super) const BINDING_COLUMNS: &str =
+    "id, name, workspace, user_id, issuer, rules, created_at, created_by";
 /// In the order `sql::audit_fields` lists them.
 pub(super) const AUDIT_COLUMNS: &str = "at, workspace, actor, actor_id, action, target_kind, \
                                         target, target_id, version, detail, address";
@@ -122,6 +128,21 @@ pub(super) fn token_from_row(row: &dyn Columns) -> Result<TokenRecord, StoreErro
         revoked_at: ts("revoked_at")?,
         description: row.text("description")?,
         minted_by: row.opt_text("minted_by")?,
+    })
+}
+
+/// A binding from an `identity_bindings` row joined with its user's name.
+pub(super) fn binding_from_row(row: &dyn Columns) -> Result<BindingRecord, StoreError> {
+    Ok(BindingRecord {
+        id: row.text("id")?,
+        name: row.text("name")?,
+        workspace: row.text("workspace")?,
+        user_id: row.text("user_id")?,
+        user: row.text("user_name")?,
+        issuer: row.text("issuer")?,
+        rules: row.text("rules")?,
+        created_at: Timestamp::from_nanos(row.int("created_at")?),
+        created_by: row.text("created_by")?,
     })
 }
 

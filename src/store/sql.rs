@@ -8,12 +8,13 @@
 use async_trait::async_trait;
 
 use super::rows::{
-    AUDIT_COLUMNS, Columns, SECRET_COLUMNS, TOKEN_COLUMNS, audit_from_row, is_unique_violation,
-    secret_from_row, tags_json, token_from_row, user_from_row, version_i64,
+    AUDIT_COLUMNS, BINDING_COLUMNS, Columns, SECRET_COLUMNS, TOKEN_COLUMNS, audit_from_row,
+    binding_from_row, is_unique_violation, secret_from_row, tags_json, token_from_row,
+    user_from_row, version_i64,
 };
 use super::{
-    AuditQuery, AuditRecord, Batch, Op, SecretFilter, Store, StoreError, StoredSecret, TokenFilter,
-    TokenRecord, User, WriteFence,
+    AuditQuery, AuditRecord, Batch, BindingRecord, Op, SecretFilter, Store, StoreError,
+    StoredSecret, TokenFilter, TokenRecord, User, WriteFence,
 };
 use crate::secret::{SecretName, Timestamp, Visibility};
 
@@ -590,6 +591,60 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
             )
             .await?;
         }
+        Op::InsertBinding(b) => {
+            live_user(tx, &b.user_id, lock).await?;
+            workspace_exists(tx, &b.workspace).await?;
+            match tx
+                .run(
+                    &format!("INSERT INTO identity_bindings ({BINDING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
+                    &[
+                        Param::Text(&b.id),
+                        Param::Text(&b.name),
+                        Param::Text(&b.workspace),
+                        Param::Text(&b.user_id),
+                        Param::Text(&b.issuer),
+                        Param::Text(&b.rules),
+                        Param::Int(b.created_at.nanos()),
+                        Param::Text(&b.created_by),
+                    ],
+                )
+                .await
+            {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::BindingExists(b.name.clone()));
+                }
+                other => other?,
+            };
+        }
+        Op::ExpectBinding { id } => {
+            let rows = tx
+                .rows(
+                    &format!("SELECT id FROM identity_bindings WHERE id = $1 {lock}"),
+                    &[Param::Text(id)],
+                )
+                .await?;
+            if rows.is_empty() {
+                return Err(StoreError::BindingNotFound(id.clone()));
+            }
+        }
+        Op::DeleteBinding { id, at } => {
+            change_one(
+                tx,
+                "DELETE FROM identity_bindings WHERE id = $1",
+                &[Param::Text(id)],
+                || StoreError::BindingNotFound(id.clone()),
+            )
+            .await?;
+            // Its exchanges' tokens go with it: what they grant was the binding's to give.
+            tx.run(
+                "UPDATE tokens SET revoked_at = $1 WHERE minted_by = $2 AND revoked_at IS NULL",
+                &[
+                    Param::Int(at.nanos()),
+                    Param::Text(&super::minted_by_binding(id)),
+                ],
+            )
+            .await?;
+        }
         Op::DeleteTokensOf { user_id } => {
             tx.run(
                 "DELETE FROM grants WHERE token_id IN (SELECT id FROM tokens WHERE user_id = $1)",
@@ -758,6 +813,25 @@ impl<D: Dialect> Store for SqlStore<D> {
     async fn tokens(&self, filter: TokenFilter<'_>) -> Result<Vec<TokenRecord>, StoreError> {
         let mut c = self.dialect.conn().await?;
         tokens_with_grants(&mut c, filter).await
+    }
+
+    async fn bindings(&self) -> Result<Vec<BindingRecord>, StoreError> {
+        let mut c = self.dialect.conn().await?;
+        let columns = BINDING_COLUMNS
+            .split(", ")
+            .map(|c| format!("b.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = c
+            .rows(
+                &format!(
+                    "SELECT {columns}, u.name AS user_name FROM identity_bindings b
+                     JOIN users u ON u.id = b.user_id ORDER BY b.name"
+                ),
+                &[],
+            )
+            .await?;
+        rows_to(rows, binding_from_row)
     }
 
     async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {

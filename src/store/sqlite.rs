@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite/0001.sql")),
     (2, include_str!("migrations/sqlite/0002.sql")),
     (3, include_str!("migrations/sqlite/0003.sql")),
+    (4, include_str!("migrations/sqlite/0004.sql")),
 ];
 
 /// The SQLite store.

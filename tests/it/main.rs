@@ -28,3 +28,4 @@ mod store;
 mod supervise;
 mod support;
 mod web;
+mod workload_identity;

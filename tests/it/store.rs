@@ -11,7 +11,7 @@ use secretfs::auth::TokenKind;
 use secretfs::crypto::MasterKey;
 use secretfs::secret::{SecretKind, SecretName, SecretValue, Timestamp, ValueLimit, Visibility};
 use secretfs::service::{
-    AuditAction, Caller, DEFAULT_WORKSPACE, MintUser, MintWorkload, NewSecret, Options,
+    AuditAction, Caller, DEFAULT_WORKSPACE, MintUser, MintWorkload, NewBinding, NewSecret, Options,
     SecretUpdate, Service, ServiceError, WorkloadQuery,
 };
 use secretfs::store::postgres::PgStore;
@@ -638,6 +638,10 @@ async fn every_action_is_audited(service: &Arc<Service>, local: &Caller, store: 
                 | AuditAction::TokenRevoke
                 | AuditAction::Rekey
                 | AuditAction::Backup
+                | AuditAction::IdentityAdd
+                | AuditAction::IdentityRemove
+                | AuditAction::IdentityExchange
+                | AuditAction::IdentityExchangeRefused
         ) {
             continue;
         }
@@ -670,6 +674,7 @@ async fn every_action_is_audited(service: &Arc<Service>, local: &Caller, store: 
         .revoke_token(&frank, &workload.token().unwrap().id)
         .await
         .unwrap();
+    let exchanged = identity_chapter(service, local).await;
     let log = store
         .audit(&secretfs::store::AuditQuery {
             since: Timestamp::from_nanos(0),
@@ -701,8 +706,84 @@ async fn every_action_is_audited(service: &Arc<Service>, local: &Caller, store: 
             "{needle} in the audit log"
         );
     }
+    for t in &exchanged {
+        let signature = t.rsplit(['.', '_']).next().unwrap();
+        assert!(
+            !text.contains(signature),
+            "an identity token in the audit log"
+        );
+    }
     assert!(log.windows(2).all(|w| w[0].at <= w[1].at));
     service.delete_user(local, "frank", None).await.unwrap();
+}
+
+/// A test-only Ed25519 key (PKCS#8, base64 DER): the store story signs its own identity token
+/// (the independent issuer is `workload_identity.rs`'s; this chapter is about what the store
+/// keeps).
+const STORY_KEY: &str = "MC4CAQAwBQYDK2VwBCIEINHIzFEp0zNvx74UaSl7OQ3wv9zSHWYfL12KkMAypHtH";
+const STORY_JWKS: &str = r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "story", "alg": "EdDSA", "x": "J88FKwBqEAUlfnJ_WK3eo5q07vgf-snEjbL9-qmnxA0"}]}"#;
+
+/// A binding added, a token exchanged and one refused, the binding removed with the token it
+/// minted: every identity action, on this store. Returns the tokens involved (presented and
+/// minted), which the audit must not hold.
+async fn identity_chapter(service: &Arc<Service>, local: &Caller) -> Vec<String> {
+    use base64::Engine;
+    service
+        .add_binding(
+            local,
+            NewBinding {
+                name: "story".into(),
+                workspace: WS.into(),
+                issuer: "https://issuer.example".into(),
+                audience: "secretfs".into(),
+                subject: "job:*".into(),
+                user: "frank".into(),
+                secrets: vec![name("frank_s")],
+                jwks: Some(STORY_JWKS.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let now = Timestamp::now().nanos() / 1_000_000_000;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("story".into());
+    let presented = jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({"iss": "https://issuer.example", "aud": "secretfs", "sub": "job:1",
+                            "iat": now, "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_ed_der(
+            &base64::engine::general_purpose::STANDARD
+                .decode(STORY_KEY)
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+    let exchanged = service
+        .exchange("127.0.0.1", &presented, None)
+        .await
+        .unwrap();
+    let minted = exchanged.token.expose_token().to_owned();
+    let workload = service.authenticate(&minted, "").await.unwrap();
+    let grants = &workload.token().unwrap().grants;
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].name.as_str(), "frank_s");
+    let refused = service.exchange("127.0.0.1", "e30.e30.sig", None).await;
+    assert!(
+        matches!(refused, Err(ServiceError::Refused { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(service.bindings(local).await.unwrap().len(), 1);
+    service.remove_binding(local, "story").await.unwrap();
+    assert!(service.bindings(local).await.unwrap().is_empty());
+    assert!(
+        matches!(
+            service.authenticate(&minted, "").await,
+            Err(ServiceError::Unauthorized)
+        ),
+        "a removed binding's token still authenticates"
+    );
+    vec![presented, minted]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -816,7 +897,7 @@ async fn postgres_store_story() {
     // Two replicas starting at once on a new database: the migrations run once.
     let (a, b) = tokio::join!(PgStore::open(&db.url, 4), PgStore::open(&db.url, 4));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(db.query("SELECT count(*) FROM secretfs_migrations"), "2");
+    assert_eq!(db.query("SELECT count(*) FROM secretfs_migrations"), "3");
     drop(b);
     store_story(Arc::new(a)).await;
     // PostgreSQL holds ciphertext only.

@@ -42,12 +42,22 @@ enum To {
 impl Api {
     /// Requests to the server process `server`.
     pub fn new(server: &Server) -> Api {
+        Self::process(&server.url, server.log_path.clone())
+    }
+
+    /// Requests to another HTTP server of the tests (the identity tests' issuer), whose log
+    /// is its own.
+    pub fn at(url: &str) -> Api {
+        Self::process(url, PathBuf::new())
+    }
+
+    fn process(url: &str, log: PathBuf) -> Api {
         secretfs::client::install_crypto_provider();
         Api {
             to: To::Process {
                 http: reqwest::Client::new(),
-                url: server.url.clone(),
-                log: server.log_path.clone(),
+                url: url.to_owned(),
+                log,
             },
             bodies: Arc::default(),
         }

@@ -1,0 +1,575 @@
+//! Workload identity: bindings (admins add, list and remove them) and the exchange of a
+//! platform's signed token for a workload token of exactly one binding's secrets. Every
+//! exchange is audited, accepted (`identity-exchange`) or refused
+//! (`identity-exchange-refused`), with the binding, the issuer and the `sub`, never the token.
+//! The rules of verification are `crate::identity`'s; the issuers' keys `jwks.rs`'s.
+
+use std::time::Duration;
+
+use super::{Caller, Service, ServiceError, may_use};
+use crate::auth::{Token, TokenKind, mint};
+use crate::identity::{
+    ClaimRule, DEFAULT_MAX_LIFETIME, DEFAULT_TTL, Glob, GrantRule, KeySet, KeySource, Policy,
+    Refusal, Rules, Verified, fetchable, peek, shown, verify,
+};
+use crate::secret::{SecretName, Timestamp};
+use crate::store::{
+    AuditAction, AuditRecord, Batch, BindingRecord, Grant, Op, StoreError, TargetKind, TokenRecord,
+    minted_by_binding, valid_account_name,
+};
+
+/// A binding to add (the API's `NewBinding`, names parsed).
+#[derive(Debug, Clone, Default)]
+pub struct NewBinding {
+    pub name: String,
+    pub workspace: String,
+    pub issuer: String,
+    pub audience: String,
+    pub subject: String,
+    pub claims: Vec<String>,
+    pub user: String,
+    pub secrets: Vec<SecretName>,
+    pub ttl: Option<String>,
+    pub max_token_lifetime: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks: Option<String>,
+}
+
+/// A stored binding with its rules read.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub record: BindingRecord,
+    pub rules: Rules,
+}
+
+/// What an accepted exchange returns: the workload token (shown once) and what it grants.
+#[derive(Debug)]
+pub struct Exchange {
+    pub token: Token,
+    pub record: TokenRecord,
+    pub binding: String,
+}
+
+fn rules_of(record: &BindingRecord) -> Result<Rules, ServiceError> {
+    serde_json::from_str(&record.rules).map_err(|e| {
+        ServiceError::Store(StoreError::Internal(format!(
+            "identity binding {:?} has unreadable rules: {e}",
+            record.name
+        )))
+    })
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Service {
+    /// Adds a binding (admins only). Every problem of the request is reported at once. The
+    /// issuer's keys are fetched (or the inline set read) now, so that a binding that could
+    /// never verify a token is refused here with the reason rather than at its first exchange.
+    pub async fn add_binding(
+        &self,
+        caller: &Caller,
+        req: NewBinding,
+    ) -> Result<Binding, ServiceError> {
+        let me = caller.admin()?.clone();
+        let mut problems = Vec::new();
+        if !valid_account_name(&req.name) {
+            problems.push(format!(
+                "binding name {} must be 1 to 64 letters, digits, '_', '.', '@' or '-'",
+                shown(&req.name)
+            ));
+        }
+        if req.issuer.is_empty() {
+            problems.push("issuer must be the token's \"iss\", exactly".into());
+        }
+        if req.audience.is_empty() {
+            problems.push("audience must be the \"aud\" the tokens carry".into());
+        }
+        let subject = Glob::parse(&req.subject)
+            .map_err(|e| problems.push(format!("subject: {e}")))
+            .ok();
+        let mut claims = Vec::new();
+        for c in &req.claims {
+            match ClaimRule::parse(c) {
+                Ok(r) => claims.push(r),
+                Err(e) => problems.push(e),
+            }
+        }
+        let life = |field: &'static str, s: &Option<String>, default: Duration| {
+            super::tokens::parse_ttl(field, s.as_deref(), default)
+        };
+        let ttl = life("ttl", &req.ttl, DEFAULT_TTL)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
+        let max_lifetime = life(
+            "max_token_lifetime",
+            &req.max_token_lifetime,
+            DEFAULT_MAX_LIFETIME,
+        )
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
+        let keys = match (&req.jwks_url, &req.jwks) {
+            (Some(_), Some(_)) => {
+                problems.push("give the issuer's keys one way: jwks_url or jwks, not both".into());
+                None
+            }
+            (Some(url), None) => match fetchable(url) {
+                Ok(()) => Some(KeySource::Url { url: url.clone() }),
+                Err(e) => {
+                    problems.push(format!("jwks_url {e}"));
+                    None
+                }
+            },
+            (None, Some(doc)) => match KeySet::parse(doc.as_bytes()) {
+                Ok((set, _)) if !set.is_empty() => Some(KeySource::Inline { jwks: doc.clone() }),
+                Ok((_, skipped)) => {
+                    problems.push(format!(
+                        "the JWKS holds no key that can verify a signature ({})",
+                        skipped.join("; ")
+                    ));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("jwks: {e}"));
+                    None
+                }
+            },
+            (None, None) => match fetchable(&req.issuer) {
+                Ok(()) => Some(KeySource::Discovery),
+                Err(e) => {
+                    problems.push(format!(
+                        "issuer {e}, for OIDC discovery; or give jwks_url or jwks"
+                    ));
+                    None
+                }
+            },
+        };
+        if req.secrets.is_empty() {
+            problems.push("name at least one secret the binding grants".into());
+        }
+        let user = match self.live_user(&req.user).await {
+            Ok(u) => Some(u),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        };
+        if let Some(u) = &user {
+            // Binding another user's secrets is acting as them: the rule of minting their
+            // tokens (`--no-admin-impersonation` turns both off).
+            if u.id != me.id && !self.options.admin_impersonation {
+                return Err(ServiceError::Forbidden(
+                    "this server does not let admins act as other users \
+                     (--no-admin-impersonation): bind your own secrets"
+                        .into(),
+                ));
+            }
+            if !u.workspaces.contains(&req.workspace) {
+                problems.push(format!(
+                    "user \"{}\" is not a member of workspace \"{}\"",
+                    u.name, req.workspace
+                ));
+            }
+        }
+        let mut grants = Vec::new();
+        if let Some(u) = user
+            .as_ref()
+            .filter(|u| u.workspaces.contains(&req.workspace))
+        {
+            let snap = self.snapshot(&req.workspace).await?;
+            let mut missing = Vec::new();
+            for name in &req.secrets {
+                match snap.by_name.get(name).filter(|s| may_use(u, s)) {
+                    Some(s) if !grants.iter().any(|g: &GrantRule| g.secret_id == s.id) => grants
+                        .push(GrantRule {
+                            secret_id: s.id.clone(),
+                            name: name.to_string(),
+                        }),
+                    Some(_) => {}
+                    None => missing.push(format!("\"{name}\"")),
+                }
+            }
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "user \"{}\" has no secret{} {} in workspace \"{}\" (their own or public)",
+                    u.name,
+                    if missing.len() == 1 { "" } else { "s" },
+                    missing.join(", "),
+                    req.workspace
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ServiceError::invalid(problems.join("; ")));
+        }
+        let (Some(subject), Some(ttl), Some(max_lifetime), Some(keys), Some(user)) =
+            (subject, ttl, max_lifetime, keys, user)
+        else {
+            unreachable!("every missing part is a problem reported above");
+        };
+        if !matches!(keys, KeySource::Inline { .. }) {
+            self.jwks
+                .fetch(&req.issuer, &keys)
+                .await
+                .map_err(|e| ServiceError::invalid(format!("cannot use the issuer's keys: {e}")))?;
+        }
+        grants.sort_by(|a, b| a.name.cmp(&b.name));
+        let rules = Rules {
+            audience: req.audience,
+            subject,
+            claims,
+            ttl_secs: ttl.as_secs(),
+            max_lifetime_secs: max_lifetime.as_secs(),
+            keys,
+            grants,
+        };
+        let record = BindingRecord {
+            id: crate::store::new_id(),
+            name: req.name,
+            workspace: req.workspace,
+            user_id: user.id.clone(),
+            user: user.name.clone(),
+            issuer: req.issuer,
+            rules: serde_json::to_string(&rules).expect("rules serialize"),
+            created_at: Timestamp::now(),
+            created_by: me.id.clone(),
+        };
+        let names: Vec<&str> = rules.grants.iter().map(|g| g.name.as_str()).collect();
+        let audit = caller.audit(
+            &record.workspace,
+            AuditAction::IdentityAdd,
+            (TargetKind::Binding, &record.name, &record.id),
+            0,
+            format!(
+                "issuer {} sub {} as {} for {}",
+                record.issuer,
+                rules.subject.as_str(),
+                user.name,
+                names.join(",")
+            ),
+        );
+        self.commit(
+            caller,
+            Batch {
+                ops: vec![Op::InsertBinding(record.clone())],
+                audit: vec![audit],
+            },
+        )
+        .await?;
+        tracing::info!(binding = %record.name, issuer = %record.issuer, user = %user.name, "identity binding added");
+        Ok(Binding { record, rules })
+    }
+
+    /// Every binding (admins only).
+    pub async fn bindings(&self, caller: &Caller) -> Result<Vec<Binding>, ServiceError> {
+        caller.admin()?;
+        self.store()
+            .bindings()
+            .await?
+            .into_iter()
+            .map(|record| {
+                let rules = rules_of(&record)?;
+                Ok(Binding { record, rules })
+            })
+            .collect()
+    }
+
+    /// Removes a binding (admins only) and revokes every token its exchanges minted, in one
+    /// transaction: a mount or run holding one stops receiving values at its next request.
+    pub async fn remove_binding(&self, caller: &Caller, name: &str) -> Result<(), ServiceError> {
+        caller.admin()?;
+        let not_found = || ServiceError::NotFound(format!("identity binding \"{name}\" not found"));
+        let record = self
+            .store()
+            .bindings()
+            .await?
+            .into_iter()
+            .find(|b| b.name == name)
+            .ok_or_else(not_found)?;
+        let audit = caller.audit(
+            &record.workspace,
+            AuditAction::IdentityRemove,
+            (TargetKind::Binding, &record.name, &record.id),
+            0,
+            format!("issuer {}", record.issuer),
+        );
+        match self
+            .commit(
+                caller,
+                Batch {
+                    ops: vec![Op::DeleteBinding {
+                        id: record.id.clone(),
+                        at: Timestamp::now(),
+                    }],
+                    audit: vec![audit],
+                },
+            )
+            .await
+        {
+            Err(ServiceError::Store(StoreError::BindingNotFound(_))) => Err(not_found()),
+            other => other,
+        }?;
+        tracing::info!(binding = %name, "identity binding removed; its tokens revoked");
+        Ok(())
+    }
+
+    /// Exchanges a platform token for a workload token of the one binding that admits it
+    /// (`scope` names the binding when several might). Accepted or refused, it is audited.
+    pub async fn exchange(
+        &self,
+        address: &str,
+        subject_token: &str,
+        scope: Option<&str>,
+    ) -> Result<Exchange, ServiceError> {
+        let mut refused = Refused {
+            address,
+            issuer: String::new(),
+            sub: String::new(),
+            binding: None,
+            workspace: String::new(),
+        };
+        let peeked = match peek(subject_token) {
+            Ok(p) => p,
+            Err(r) => return Err(self.refuse(&refused, r.to_string(), false).await),
+        };
+        refused.issuer = peeked.iss.clone();
+        refused.sub = peeked.sub.clone().unwrap_or_default();
+        let candidates: Vec<BindingRecord> = self
+            .store()
+            .bindings()
+            .await?
+            .into_iter()
+            .filter(|b| b.issuer == peeked.iss && scope.is_none_or(|s| s == b.name))
+            .collect();
+        if candidates.is_empty() {
+            let why = match scope {
+                Some(s) => format!(
+                    "no identity binding named {} trusts the issuer {}",
+                    shown(s),
+                    shown(&peeked.iss)
+                ),
+                None => Refusal::UnknownIssuer(shown(&peeked.iss)).to_string(),
+            };
+            return Err(self.refuse(&refused, why, false).await);
+        }
+        let now = now_secs();
+        let mut admitted: Vec<(BindingRecord, Rules, Verified)> = Vec::new();
+        let mut reasons = Vec::new();
+        let mut unavailable = false;
+        for record in candidates {
+            let rules = rules_of(&record)?;
+            let outcome = async {
+                let keys = self
+                    .jwks
+                    .keys(&record.issuer, &rules.keys, peeked.kid.as_deref())
+                    .await?;
+                let key = keys.find(peeked.kid.as_deref()).ok_or_else(|| {
+                    Refusal::UnknownKey(match &peeked.kid {
+                        Some(k) => shown(k),
+                        None => "(the token names no kid and the issuer has several)".into(),
+                    })
+                })?;
+                let policy = Policy {
+                    issuer: &record.issuer,
+                    audience: &rules.audience,
+                    max_lifetime: Duration::from_secs(rules.max_lifetime_secs),
+                };
+                let verified = verify(subject_token, &peeked, key, policy, now)?;
+                // The leeway is for clocks, not for life: a workload token never outlives the
+                // token it was exchanged for.
+                if verified.exp <= now {
+                    return Err(Refusal::Expired);
+                }
+                rules.admits(&verified)?;
+                Ok(verified)
+            }
+            .await;
+            match outcome {
+                Ok(v) => admitted.push((record, rules, v)),
+                Err(r) => {
+                    unavailable |= matches!(r, Refusal::KeysUnavailable(_));
+                    reasons.push((
+                        record.name.clone(),
+                        record.id.clone(),
+                        record.workspace.clone(),
+                        r.to_string(),
+                    ));
+                }
+            }
+        }
+        if admitted.len() > 1 {
+            let names: Vec<String> = admitted.iter().map(|a| a.0.name.clone()).collect();
+            let why = format!(
+                "the token matches several identity bindings ({}); name one with scope=NAME",
+                names.join(", ")
+            );
+            return Err(self.refuse(&refused, why, false).await);
+        }
+        let Some((record, rules, verified)) = admitted.pop() else {
+            if let [(name, id, workspace, _)] = reasons.as_slice() {
+                refused.binding = Some((name.clone(), id.clone()));
+                refused.workspace = workspace.clone();
+            }
+            let why = reasons
+                .iter()
+                .map(|(name, _, _, why)| format!("binding {name}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(self.refuse(&refused, why, unavailable).await);
+        };
+        refused.binding = Some((record.name.clone(), record.id.clone()));
+        refused.workspace = record.workspace.clone();
+        refused.sub = verified.sub.clone();
+        let user = self
+            .store()
+            .users()
+            .await?
+            .into_iter()
+            .find(|u| u.id == record.user_id && u.live());
+        let Some(user) = user else {
+            let why = format!("binding {}: its user no longer exists", record.name);
+            return Err(self.refuse(&refused, why, false).await);
+        };
+        let ttl = Duration::from_secs(rules.ttl_secs);
+        let until =
+            Timestamp::from_system_time(std::time::UNIX_EPOCH + Duration::from_secs(verified.exp))
+                .min(Timestamp::from_system_time(
+                    std::time::SystemTime::now() + ttl,
+                ));
+        let (token, stored) = mint(TokenKind::Workload);
+        let grants = rules
+            .grants
+            .iter()
+            .filter_map(|g| {
+                Some(Grant {
+                    secret_id: g.secret_id.clone(),
+                    name: SecretName::parse(&g.name).ok()?,
+                })
+            })
+            .collect();
+        let description: String = format!("identity {} sub {}", record.name, verified.sub)
+            .chars()
+            .take(super::tokens::DESCRIPTION_MAX)
+            .collect();
+        let life =
+            u64::try_from(until.nanos() - Timestamp::now().nanos()).unwrap_or(0) / 1_000_000_000;
+        let token_record = TokenRecord {
+            id: stored.id,
+            hash: stored.hash,
+            kind: TokenKind::Workload,
+            user_id: user.id.clone(),
+            user: user.name.clone(),
+            workspace: Some(record.workspace.clone()),
+            grants,
+            created_at: Timestamp::now(),
+            expires_at: Some(until),
+            // Renewal cannot extend it: the next workload token comes from the next exchange.
+            max_expires_at: Some(until),
+            ttl_secs: Some(life.max(1)),
+            revoked_at: None,
+            description,
+            minted_by: Some(minted_by_binding(&record.id)),
+        };
+        let audit = AuditRecord {
+            at: Timestamp::now(),
+            workspace: record.workspace.clone(),
+            actor: format!("identity:{}", record.name),
+            actor_id: user.id.clone(),
+            action: AuditAction::IdentityExchange,
+            target_kind: TargetKind::Binding,
+            target: record.name.clone(),
+            target_id: record.id.clone(),
+            version: 0,
+            detail: format!(
+                "issuer {} sub {} as {}: token {} until {}",
+                record.issuer,
+                shown(&verified.sub),
+                user.name,
+                token_record.id,
+                until.rfc3339()
+            ),
+            address: address.to_owned(),
+        };
+        let batch = Batch {
+            ops: vec![
+                // Removed meanwhile: no token (its removal revokes only the tokens it sees).
+                Op::ExpectBinding {
+                    id: record.id.clone(),
+                },
+                Op::InsertToken(token_record.clone()),
+            ],
+            audit: vec![audit],
+        };
+        match self.commit_unchecked(batch).await {
+            Err(ServiceError::Store(StoreError::BindingNotFound(_))) => {
+                let why = format!("binding {} was removed", record.name);
+                return Err(self.refuse(&refused, why, false).await);
+            }
+            other => other?,
+        }
+        tracing::info!(binding = %record.name, token = %token_record.id, "identity exchanged");
+        Ok(Exchange {
+            token,
+            record: token_record,
+            binding: record.name,
+        })
+    }
+
+    /// Audits a refused exchange (on its own, without announcing a change: a flood of bad
+    /// tokens must not empty every cache) and builds its error.
+    async fn refuse(&self, r: &Refused<'_>, why: String, unavailable: bool) -> ServiceError {
+        let (binding, binding_id) = r.binding.clone().unwrap_or_default();
+        let record = AuditRecord {
+            at: Timestamp::now(),
+            workspace: r.workspace.clone(),
+            actor: "identity".into(),
+            actor_id: String::new(),
+            action: AuditAction::IdentityExchangeRefused,
+            target_kind: TargetKind::Binding,
+            target: binding,
+            target_id: binding_id,
+            version: 0,
+            detail: format!(
+                "issuer {} sub {}: {why}",
+                if r.issuer.is_empty() {
+                    "-".into()
+                } else {
+                    shown(&r.issuer)
+                },
+                if r.sub.is_empty() {
+                    "-".into()
+                } else {
+                    shown(&r.sub)
+                },
+            ),
+            address: r.address.to_owned(),
+        };
+        if let Err(e) = self
+            .store()
+            .record_reads(std::slice::from_ref(&record))
+            .await
+        {
+            tracing::error!(error = %e, "cannot write the audit record of a refused exchange");
+            return e.into();
+        }
+        tracing::info!(issuer = %shown(&r.issuer), reason = %why, "identity exchange refused");
+        ServiceError::Refused {
+            message: why,
+            unavailable,
+        }
+    }
+}
+
+/// What a refusal's audit record says of the attempt.
+struct Refused<'a> {
+    address: &'a str,
+    issuer: String,
+    sub: String,
+    binding: Option<(String, String)>,
+    /// The binding's workspace, once one is identified.
+    workspace: String,
+}

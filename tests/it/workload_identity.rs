@@ -1,0 +1,905 @@
+//! Workload identity against an independent issuer: `support/oidc_issuer.py` (PyJWT and
+//! `cryptography`) serves OIDC discovery and a JWKS on 127.0.0.1 and mints tokens shaped like
+//! Kubernetes' (and Lepton's `ws-<id>`/`default`) service-account tokens and GitHub Actions'.
+//! The server verifies them with its own code; nothing here signs with it.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Api, Daemon, Scratch, Server, eventually, fuse_available, tools_python};
+
+const K8S_AUD: &str = "https://kubernetes.default.svc";
+const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// A running issuer; killed when dropped.
+struct Issuer {
+    child: Child,
+    url: String,
+    api: Api,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Drop for Issuer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Issuer {
+    fn start(s: &Scratch, python: &Path, suffix: &str) -> Issuer {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port_file = s.path().join(format!("issuer-{n}.port"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/oidc_issuer.py");
+        let child = Command::new(python)
+            .arg(script)
+            .arg("--port-file")
+            .arg(&port_file)
+            .args(["--issuer-suffix", suffix])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the issuer");
+        assert!(
+            eventually(20, || port_file.exists()),
+            "the issuer did not start"
+        );
+        let port = std::fs::read_to_string(&port_file).unwrap();
+        let base = format!("http://127.0.0.1:{}", port.trim());
+        let url = format!("{base}{suffix}");
+        Issuer {
+            child,
+            api: Api::at(&url),
+            url,
+            rt: tokio::runtime::Runtime::new().unwrap(),
+        }
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        let (status, v) = self
+            .rt
+            .block_on(self.api.call("POST", path, "", Some(body)));
+        assert_eq!(status, 200, "issuer {path}: {v}");
+        v
+    }
+
+    /// A token of `claims` (over the issuer's `iss`, `iat`, `exp = iat + ttl`).
+    fn mint(&self, body: Value) -> String {
+        self.post("/mint", body)["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn jwks_fetches(&self) -> u64 {
+        let (_, v) = self.rt.block_on(self.api.call("GET", "/stats", "", None));
+        v["jwks_fetches"].as_u64().unwrap()
+    }
+}
+
+/// Claims shaped like a Kubernetes projected service-account token of pod `pod` in namespace
+/// `ns` (Lepton: `ws-<workspace id>`, service account `default`).
+fn k8s(ns: &str, sa: &str, pod: &str) -> Value {
+    json!({
+        "sub": format!("system:serviceaccount:{ns}:{sa}"),
+        "aud": [K8S_AUD],
+        "kubernetes.io": {
+            "namespace": ns,
+            "pod": {"name": pod, "uid": "5a1f0c3e-0000-4000-8000-000000000001"},
+            "serviceaccount": {"name": sa, "uid": "5a1f0c3e-0000-4000-8000-000000000002"},
+            "node": {"name": "node-1", "uid": "5a1f0c3e-0000-4000-8000-000000000003"},
+        },
+    })
+}
+
+/// Claims shaped like a GitHub Actions OIDC token.
+fn github(repo: &str, git_ref: &str) -> Value {
+    json!({
+        "sub": format!("repo:{repo}:ref:{git_ref}"),
+        "aud": "secretfs",
+        "repository": repo,
+        "repository_owner": repo.split('/').next().unwrap(),
+        "ref": git_ref,
+        "workflow": "ci",
+        "event_name": "push",
+        "runner_environment": "github-hosted",
+    })
+}
+
+/// `POST /api/v1/identity/exchange` with `token` (and a binding as the scope).
+fn exchange(
+    rt: &tokio::runtime::Runtime,
+    api: &Api,
+    token: &str,
+    scope: Option<&str>,
+) -> (u16, Value) {
+    let mut form = format!(
+        "grant_type={}&subject_token_type={}&subject_token={token}",
+        enc(GRANT),
+        enc(JWT)
+    );
+    if let Some(s) = scope {
+        form.push_str(&format!("&scope={}", enc(s)));
+    }
+    let (status, text, _) = rt.block_on(api.raw(
+        "POST",
+        "/api/v1/identity/exchange",
+        None,
+        Some(("application/x-www-form-urlencoded", form.into_bytes())),
+    ));
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The names a workload token reads.
+fn reads(rt: &tokio::runtime::Runtime, api: &Api, token: &str) -> Vec<String> {
+    let (status, v) = rt.block_on(api.workload(token, ""));
+    assert_eq!(status, 200, "{v}");
+    let mut names: Vec<String> = v["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `secretfs identity ARGS` as the admin.
+fn identity(s: &Scratch, server: &Server, args: &[&str]) -> crate::support::Out {
+    let mut all = vec!["identity", "--url", &server.url];
+    all.extend_from_slice(args);
+    let mut cmd = s.cmd(&all);
+    cmd.env("SECRETFS_TOKEN", &server.admin_token);
+    crate::support::run_with(cmd, b"")
+}
+
+/// A server with alice's secrets, her colleague bob's, and an issuer.
+struct World {
+    s: Scratch,
+    server: Server,
+    api: Api,
+    rt: tokio::runtime::Runtime,
+    issuer: Issuer,
+    alice: String,
+    _db: Option<crate::support::TempDatabase>,
+}
+
+fn world(test: &str, server_args: &[&str]) -> Option<World> {
+    world_on(test, None, |s| Server::start_with(s, server_args))
+}
+
+/// The same on a PostgreSQL store (a database of its own).
+fn world_on_postgres(test: &str) -> Option<World> {
+    let admin_url = crate::support::postgres_url(test)?;
+    let db = crate::support::TempDatabase::new(&admin_url);
+    let url = db.url.clone();
+    world_on(test, Some(db), |s| {
+        Server::start_pg(s, &url, &s.path().join("pg.key"), true)
+    })
+}
+
+fn world_on(
+    test: &str,
+    db: Option<crate::support::TempDatabase>,
+    start: impl FnOnce(&Scratch) -> Server,
+) -> Option<World> {
+    let python = tools_python(test, "jwt")?;
+    let s = Scratch::new();
+    let server = start(&s);
+    let api = Api::new(&server);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let alice = rt.block_on(api.user(&server.admin_token, "alice"));
+    let bob = rt.block_on(api.user(&server.admin_token, "bob"));
+    for (token, name, value, vis) in [
+        (&alice, "HF_TOKEN", "hf_identity_value", "private"),
+        (&alice, "OPENAI_API_KEY", "sk-identity-value", "private"),
+        (&alice, "NOT_BOUND", "not-bound-value", "private"),
+        (&bob, "BOBS_KEY", "bobs-value", "private"),
+        (&bob, "SHARED", "shared-value", "public"),
+    ] {
+        let (status, v) = rt.block_on(api.create(token, name, value, vis));
+        assert_eq!(status, 201, "{v}");
+    }
+    let issuer = Issuer::start(&s, &python, "");
+    Some(World {
+        s,
+        server,
+        api,
+        rt,
+        issuer,
+        alice,
+        _db: db,
+    })
+}
+
+impl World {
+    /// Binds Lepton-shaped tokens of namespace `ws-abc` to alice's HF_TOKEN and the public SHARED.
+    fn bind_lepton(&self, name: &str, extra: &[&str]) {
+        let mut args = vec![
+            "add",
+            name,
+            "--issuer",
+            &self.issuer.url,
+            "--audience",
+            K8S_AUD,
+            "--subject",
+            "system:serviceaccount:ws-*:default",
+            "--claim",
+            "kubernetes.io.namespace=ws-abc",
+            "--user",
+            "alice",
+            "-s",
+            "HF_TOKEN",
+            "-s",
+            "SHARED",
+        ];
+        args.extend_from_slice(extra);
+        let out = identity(&self.s, &self.server, &args);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        let (status, v) = self.rt.block_on(self.api.call(
+            "GET",
+            "/api/v1/audit?limit=1000",
+            &self.server.admin_token,
+            None,
+        ));
+        assert_eq!(status, 200, "{v}");
+        v.as_array().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_platform_token_reads_exactly_its_bindings_secrets_and_every_refusal_says_why() {
+    let Some(w) = world(
+        "a_platform_token_reads_exactly_its_bindings_secrets_and_every_refusal_says_why",
+        &[],
+    ) else {
+        return;
+    };
+    // A binding names secrets its user may use: bob's private key is refused, with the name.
+    let out = identity(
+        &w.s,
+        &w.server,
+        &[
+            "add",
+            "bad",
+            "--issuer",
+            &w.issuer.url,
+            "--audience",
+            K8S_AUD,
+            "--subject",
+            "*",
+            "--user",
+            "alice",
+            "-s",
+            "BOBS_KEY",
+            "--claim",
+            "nodots",
+        ],
+    );
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("\"BOBS_KEY\""), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no '='"),
+        "every problem at once: {}",
+        out.stderr
+    );
+    w.bind_lepton("lepton", &["--ttl", "10m"]);
+    let listed = identity(&w.s, &w.server, &["list", "-o", "json"]);
+    let listed: Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "lepton");
+    assert_eq!(listed[0]["secrets"], json!(["HF_TOKEN", "SHARED"]));
+    assert_eq!(listed[0]["keys"], "discovery");
+
+    // Accepted: a Lepton pod's token reads its binding's two secrets, nothing else.
+    let token = w
+        .issuer
+        .mint(json!({"claims": k8s("ws-abc", "default", "job-0"), "ttl": 600}));
+    let (status, x) = exchange(&w.rt, &w.api, &token, None);
+    assert_eq!(status, 200, "{x}");
+    assert_eq!(x["token_type"], "Bearer");
+    assert_eq!(
+        x["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(x["binding"], "lepton");
+    let life = x["expires_in"].as_u64().unwrap();
+    assert!((590..=600).contains(&life), "the binding's 10m ttl: {life}");
+    let access = x["access_token"].as_str().unwrap();
+    assert_eq!(reads(&w.rt, &w.api, access), ["HF_TOKEN", "SHARED"]);
+    let (status, _) = w.rt.block_on(w.api.workload(access, "?names=NOT_BOUND"));
+    assert_ne!(status, 200, "a secret outside the binding");
+    // The workload token expires with the presented token when that comes first.
+    let short = w
+        .issuer
+        .mint(json!({"claims": k8s("ws-abc", "default", "job-1"), "ttl": 120}));
+    let (_, x) = exchange(&w.rt, &w.api, &short, None);
+    assert!(x["expires_in"].as_u64().unwrap() <= 120, "{x}");
+
+    // Refused, each for its own reason.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut claims_aud = k8s("ws-abc", "default", "p");
+    claims_aud["aud"] = json!(["https://other.example"]);
+    let mut claims_nbf = k8s("ws-abc", "default", "p");
+    claims_nbf["nbf"] = json!(now + 600);
+    let mut claims_nosub = k8s("ws-abc", "default", "p");
+    claims_nosub["sub"] = Value::Null;
+    let other = Issuer::start(&w.s, &tools_python("", "jwt").unwrap(), "");
+    // A key the issuer signs with but does not publish (it becomes the current one: the other
+    // cases name k1).
+    w.issuer.post(
+        "/rotate",
+        json!({"alg": "RS256", "kid": "hidden", "publish": false}),
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("wrong audience", w.issuer.mint(json!({"claims": claims_aud, "kid": "k1"})), "audience does not include"),
+        ("wrong issuer", other.mint(json!({"claims": k8s("ws-abc", "default", "p")})), "no identity binding trusts the issuer"),
+        ("expired", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "iat_offset": -700, "ttl": 600, "kid": "k1"})), "expired"),
+        ("not yet valid", w.issuer.mint(json!({"claims": claims_nbf, "kid": "k1"})), "not valid yet"),
+        ("alg none", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "variant": "none", "kid": "k1"})), "unsigned"),
+        ("HS256 keyed with the public key", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "variant": "hs256-public", "kid": "k1"})), "symmetric algorithm \"HS256\""),
+        ("header alg other than the key's", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "variant": "wrong-alg-header", "kid": "k1"})), "is not its key's"),
+        ("unknown key", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "kid": "hidden"})), "publishes no key \"hidden\""),
+        ("tampered", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "variant": "tampered", "kid": "k1"})), "signature does not verify"),
+        ("subject", w.issuer.mint(json!({"claims": k8s("ws-abc", "builder", "p"), "kid": "k1"})), "does not match the binding's subject"),
+        ("claim", w.issuer.mint(json!({"claims": k8s("ws-xyz", "default", "p"), "kid": "k1"})), "claim kubernetes.io.namespace is \"ws-xyz\""),
+        ("no sub", w.issuer.mint(json!({"claims": claims_nosub, "kid": "k1"})), "no \"sub\" claim"),
+        ("too long a life", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "ttl": 3 * 86400, "kid": "k1"})), "longer than the binding's maximum"),
+    ];
+    for (what, token, says) in &cases {
+        let (status, v) = exchange(&w.rt, &w.api, token, None);
+        assert_eq!(status, 400, "{what}: {v}");
+        assert_eq!(v["error"], "invalid_grant", "{what}: {v}");
+        let message = v["error_description"].as_str().unwrap();
+        assert!(message.contains(says), "{what}: {message}");
+        assert!(
+            !message.contains(token.as_str()),
+            "{what}: the token in the answer"
+        );
+    }
+    // A malformed request is refused before any token is looked at, with every problem.
+    let (status, text, _) = w.rt.block_on(w.api.raw(
+        "POST",
+        "/api/v1/identity/exchange",
+        None,
+        Some((
+            "application/x-www-form-urlencoded",
+            b"grant_type=password".to_vec(),
+        )),
+    ));
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("grant_type must be") && text.contains("subject_token is missing"),
+        "{text}"
+    );
+
+    // Every exchange is audited, accepted or refused, with binding, issuer and sub.
+    let audit = w.audit();
+    let accepted: Vec<&Value> = audit
+        .iter()
+        .filter(|a| a["action"] == "identity-exchange")
+        .collect();
+    let refused: Vec<&Value> = audit
+        .iter()
+        .filter(|a| a["action"] == "identity-exchange-refused")
+        .collect();
+    assert_eq!(accepted.len(), 2, "{accepted:?}");
+    assert_eq!(refused.len(), cases.len(), "{refused:?}");
+    assert!(
+        accepted[0]["target"] == "lepton"
+            && accepted[0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("sub \"system:serviceaccount:ws-abc:default\""),
+        "{:?}",
+        accepted[0]
+    );
+    let subject_refusal = refused
+        .iter()
+        .find(|a| a["detail"].as_str().unwrap().contains("builder"))
+        .expect("the subject refusal");
+    assert_eq!(subject_refusal["target"], "lepton", "{subject_refusal}");
+    assert!(
+        subject_refusal["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&w.issuer.url)
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|a| a["action"] == "identity-add" && a["target"] == "lepton")
+    );
+    // No presented or minted token reaches the log or the audit.
+    let log = w.server.log();
+    let audit_text = serde_json::to_string(&audit).unwrap();
+    for (what, token, _) in &cases {
+        let signature = token.rsplit('.').next().unwrap();
+        if signature.len() > 8 {
+            assert!(
+                !log.contains(signature),
+                "{what}: the token in the server's log"
+            );
+            assert!(
+                !audit_text.contains(signature),
+                "{what}: the token in the audit"
+            );
+        }
+    }
+    assert!(!log.contains(access) && !audit_text.contains(access));
+}
+
+#[test]
+fn github_tokens_match_on_their_claims_and_bindings_can_be_named() {
+    if let Some(w) = world(
+        "github_tokens_match_on_their_claims_and_bindings_can_be_named",
+        &[],
+    ) {
+        github_bindings(&w);
+    }
+}
+
+#[test]
+fn bindings_on_postgres() {
+    if let Some(w) = world_on_postgres("bindings_on_postgres") {
+        github_bindings(&w);
+    }
+}
+
+/// Keys from a file; two bindings of one issuer told apart by claims and named by scope; a
+/// binding removed with the tokens it minted.
+fn github_bindings(w: &World) {
+    let python = tools_python("", "jwt").unwrap();
+    let gh = Issuer::start(&w.s, &python, "/gh");
+    gh.post(
+        "/rotate",
+        json!({"alg": "ES256", "kid": "ec1", "keep_old": false}),
+    );
+    let jwks = w.rt.block_on(gh.api.call("GET", "/jwks", "", None)).1;
+    let jwks_file = w.s.path().join("gh-jwks.json");
+    std::fs::write(&jwks_file, jwks.to_string()).unwrap();
+    // Keys from a file: an issuer the server need not reach.
+    for (name, r) in [("main", "refs/heads/main"), ("any-branch", "refs/heads/*")] {
+        let out = identity(
+            &w.s,
+            &w.server,
+            &[
+                "add",
+                name,
+                "--issuer",
+                &gh.url,
+                "--audience",
+                "secretfs",
+                "--subject",
+                &format!("repo:org/app:ref:{r}"),
+                "--claim",
+                "repository=org/app",
+                "--claim",
+                &format!("ref={r}"),
+                "--user",
+                "alice",
+                "-s",
+                "OPENAI_API_KEY",
+                "--jwks-file",
+                jwks_file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    let main = gh.mint(json!({"claims": github("org/app", "refs/heads/main")}));
+    let (status, v) = exchange(&w.rt, &w.api, &main, None);
+    assert_eq!(status, 400, "two bindings admit it: {v}");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("scope=NAME"),
+        "{v}"
+    );
+    let (status, v) = exchange(&w.rt, &w.api, &main, Some("main"));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["binding"], "main");
+    assert_eq!(
+        reads(&w.rt, &w.api, v["access_token"].as_str().unwrap()),
+        ["OPENAI_API_KEY"]
+    );
+    let branch = gh.mint(json!({"claims": github("org/app", "refs/heads/feature")}));
+    let (status, v) = exchange(&w.rt, &w.api, &branch, None);
+    assert_eq!(status, 200, "only any-branch admits a feature branch: {v}");
+    assert_eq!(v["binding"], "any-branch");
+    let fork = gh.mint(json!({"claims": github("evil/app", "refs/heads/main")}));
+    let (status, v) = exchange(&w.rt, &w.api, &fork, None);
+    assert_eq!(status, 400, "{v}");
+    let why = v["error_description"].as_str().unwrap();
+    assert!(
+        why.contains("binding main:") && why.contains("binding any-branch:"),
+        "{why}"
+    );
+
+    // Removing a binding revokes what its exchanges minted, at once.
+    let (_, v) = exchange(&w.rt, &w.api, &branch, None);
+    let access = v["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(reads(&w.rt, &w.api, &access), ["OPENAI_API_KEY"]);
+    let out = identity(&w.s, &w.server, &["remove", "any-branch"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (status, _) = w.rt.block_on(w.api.workload(&access, ""));
+    assert_eq!(status, 401, "the removed binding's token still reads");
+    let (status, v) = exchange(&w.rt, &w.api, &branch, None);
+    assert_eq!(status, 400, "{v}");
+    let out = identity(&w.s, &w.server, &["remove", "any-branch"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("not found"), "{}", out.stderr);
+}
+
+#[test]
+fn key_rotation_is_followed_and_a_flood_of_unknown_keys_costs_one_fetch() {
+    let Some(w) = world(
+        "key_rotation_is_followed_and_a_flood_of_unknown_keys_costs_one_fetch",
+        &["--jwks-refetch-interval", "3s"],
+    ) else {
+        return;
+    };
+    w.bind_lepton("lepton", &[]);
+    let first = w
+        .issuer
+        .mint(json!({"claims": k8s("ws-abc", "default", "a")}));
+    assert_eq!(exchange(&w.rt, &w.api, &first, None).0, 200);
+    let fetched_at = Instant::now();
+    let before = w.issuer.jwks_fetches();
+    // The issuer rotates to an EdDSA key: tokens of the new kid are refused until the refetch
+    // interval since the last fetch has passed, then followed.
+    w.issuer
+        .post("/rotate", json!({"alg": "EdDSA", "kid": "ed-2"}));
+    let rotated = w
+        .issuer
+        .mint(json!({"claims": k8s("ws-abc", "default", "b")}));
+    let flood_started = Instant::now();
+    let mut refused = 0;
+    for i in 0..40 {
+        let t = w
+            .issuer
+            .mint(json!({"claims": k8s("ws-abc", "default", "c"), "kid": "ed-2"}));
+        let _ = i;
+        if exchange(&w.rt, &w.api, &t, None).0 == 400 {
+            refused += 1;
+        }
+        if fetched_at.elapsed() > Duration::from_millis(2500) {
+            break;
+        }
+    }
+    assert!(
+        refused > 0,
+        "the unknown kid was accepted before any refetch"
+    );
+    assert!(
+        w.issuer.jwks_fetches() - before <= 1,
+        "{} fetches for {refused} tokens of an unknown kid within {:?}",
+        w.issuer.jwks_fetches() - before,
+        flood_started.elapsed()
+    );
+    std::thread::sleep(
+        Duration::from_secs(3).saturating_sub(fetched_at.elapsed()) + Duration::from_millis(300),
+    );
+    let (status, v) = exchange(&w.rt, &w.api, &rotated, None);
+    assert_eq!(
+        status, 200,
+        "the rotated key is followed after the interval: {v}"
+    );
+    // A key still published keeps working after the rotation.
+    let old = w
+        .issuer
+        .mint(json!({"claims": k8s("ws-abc", "default", "d"), "kid": "k1"}));
+    assert_eq!(exchange(&w.rt, &w.api, &old, None).0, 200);
+}
+
+/// With `--no-admin-impersonation` an admin binds their own secrets only.
+#[test]
+fn without_impersonation_an_admin_binds_only_their_own_secrets() {
+    let Some(w) = world(
+        "without_impersonation_an_admin_binds_only_their_own_secrets",
+        &["--no-admin-impersonation"],
+    ) else {
+        return;
+    };
+    let out = identity(
+        &w.s,
+        &w.server,
+        &[
+            "add",
+            "as-alice",
+            "--issuer",
+            &w.issuer.url,
+            "--audience",
+            K8S_AUD,
+            "--subject",
+            "*",
+            "--user",
+            "alice",
+            "-s",
+            "HF_TOKEN",
+        ],
+    );
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("--no-admin-impersonation"),
+        "{}",
+        out.stderr
+    );
+    // A user who is no admin may not bind at all, not even their own secrets.
+    let mut cmd = w.s.cmd(&[
+        "identity",
+        "--url",
+        &w.server.url,
+        "add",
+        "mine",
+        "--issuer",
+        &w.issuer.url,
+        "--audience",
+        K8S_AUD,
+        "--subject",
+        "*",
+        "--user",
+        "alice",
+        "-s",
+        "HF_TOKEN",
+    ]);
+    cmd.env("SECRETFS_TOKEN", &w.alice);
+    let out = crate::support::run_with(cmd, b"");
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("admin"), "{}", out.stderr);
+}
+
+#[test]
+fn an_unreachable_issuer_fails_closed_with_a_clear_error() {
+    let Some(w) = world(
+        "an_unreachable_issuer_fails_closed_with_a_clear_error",
+        &["--jwks-refetch-interval", "1s"],
+    ) else {
+        return;
+    };
+    // Discovery at add time: an issuer that does not answer is refused at once.
+    let out = identity(
+        &w.s,
+        &w.server,
+        &[
+            "add",
+            "gone",
+            "--issuer",
+            "http://127.0.0.1:9/none",
+            "--audience",
+            "a",
+            "--subject",
+            "*",
+            "--user",
+            "alice",
+            "-s",
+            "HF_TOKEN",
+        ],
+    );
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr
+            .contains("cannot reach http://127.0.0.1:9/none/.well-known/openid-configuration"),
+        "{}",
+        out.stderr
+    );
+    let out = identity(
+        &w.s,
+        &w.server,
+        &[
+            "add",
+            "plain",
+            "--issuer",
+            "http://issuer.example.com",
+            "--audience",
+            "a",
+            "--subject",
+            "*",
+            "--user",
+            "alice",
+            "-s",
+            "HF_TOKEN",
+        ],
+    );
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("must be an https:// URL"),
+        "{}",
+        out.stderr
+    );
+    // Bound while reachable; the issuer goes away; its keys, never fetched for an exchange,
+    // cannot be had: 503, said so, and audited.
+    w.bind_lepton("lepton", &[]);
+    let token = w
+        .issuer
+        .mint(json!({"claims": k8s("ws-abc", "default", "a")}));
+    let mut issuer = w.issuer;
+    let _ = issuer.child.kill();
+    let _ = issuer.child.wait();
+    let (status, v) = exchange(&w.rt, &w.api, &token, None);
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"], "temporarily_unavailable");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("cannot get the issuer's keys"),
+        "{v}"
+    );
+}
+
+/// The mount and the launcher with `--identity-token-file`: no workload token handed over; the
+/// file re-read before the exchanged token expires; a removed binding stops the values within a
+/// second.
+#[test]
+fn mounts_and_runs_exchange_the_platform_token_and_follow_its_rewrites() {
+    let test = "mounts_and_runs_exchange_the_platform_token_and_follow_its_rewrites";
+    if !fuse_available(test) {
+        return;
+    }
+    let Some(w) = world(test, &[]) else {
+        return;
+    };
+    // Workload tokens of 4 s: the client exchanges again after two thirds of that.
+    w.bind_lepton("lepton", &["--ttl", "4s"]);
+    let token_file = w.s.path().join("sa-token");
+    let write_token = |pod: &str| {
+        let t = w
+            .issuer
+            .mint(json!({"claims": k8s("ws-abc", "default", pod), "ttl": 600}));
+        // kubelet's way: a new file renamed over the old.
+        let tmp = w.s.path().join("sa-token.tmp");
+        std::fs::write(&tmp, t).unwrap();
+        std::fs::rename(&tmp, &token_file).unwrap();
+    };
+    write_token("pod-0");
+
+    // The launcher: the identity variable is its own, stripped from the workload.
+    let report = w.s.path().join("env.json");
+    let mut cmd = w.s.cmd(&[
+        "run",
+        "--url",
+        &w.server.url,
+        "-s",
+        "HF_TOKEN",
+        "--",
+        crate::support::python(),
+        "-c",
+        "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], 'w'))",
+        report.to_str().unwrap(),
+    ]);
+    cmd.env("SECRETFS_IDENTITY_TOKEN_FILE", &token_file);
+    let out = crate::support::run_with(cmd, b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let env: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(env["HF_TOKEN"], "hf_identity_value");
+    assert!(env.get("SECRETFS_IDENTITY_TOKEN_FILE").is_none(), "{env}");
+    // Fail closed: a secret outside the binding, or a token the binding does not admit.
+    let mut cmd = w.s.cmd(&[
+        "run",
+        "--url",
+        &w.server.url,
+        "--identity-token-file",
+        token_file.to_str().unwrap(),
+        "-s",
+        "NOT_BOUND",
+        "--",
+        "true",
+    ]);
+    cmd.env_remove("SECRETFS_IDENTITY_TOKEN_FILE");
+    let out = crate::support::run_with(cmd, b"");
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("NOT_BOUND"), "{}", out.stderr);
+
+    // The mount.
+    let mnt = w.s.path().join("mnt");
+    let url = w.server.url.clone();
+    let mut d = Daemon::start_with(
+        &w.s,
+        &mnt,
+        &[
+            "--identity-token-file",
+            token_file.to_str().unwrap(),
+            "--refresh",
+            "1s",
+        ],
+        |c| {
+            c.env("SECRETFS_URL", &url).env_remove("SECRETFS_STORE");
+        },
+    );
+    assert_eq!(
+        std::fs::read(mnt.join("HF_TOKEN")).unwrap(),
+        b"hf_identity_value"
+    );
+    assert!(!mnt.join("NOT_BOUND").exists());
+    // Past three lives of the first workload token: exchanged again, from rewritten files.
+    for pod in ["pod-1", "pod-2", "pod-3"] {
+        write_token(pod);
+        std::thread::sleep(Duration::from_secs(4));
+    }
+    let (status, _) = w.rt.block_on(w.api.call(
+        "PATCH",
+        "/api/v1/workspaces/default/secrets/HF_TOKEN",
+        &w.alice,
+        Some(json!({"value": "hf_rotated"})),
+    ));
+    assert_eq!(status, 200);
+    assert!(
+        eventually(5, || std::fs::read(mnt.join("HF_TOKEN")).ok().as_deref()
+            == Some(b"hf_rotated")),
+        "the mount stopped following after the first token's expiry: {}",
+        d.log()
+    );
+    let exchanges = w
+        .audit()
+        .iter()
+        .filter(|a| a["action"] == "identity-exchange")
+        .filter(|a| {
+            a["detail"]
+                .as_str()
+                .unwrap()
+                .contains("sub \"system:serviceaccount:ws-abc:default\"")
+        })
+        .count();
+    assert!(exchanges >= 4, "the mount exchanged {exchanges} times");
+
+    // The binding removed: no new values within a second, and the log says why.
+    let out = identity(&w.s, &w.server, &["remove", "lepton"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let removed = Instant::now();
+    w.rt.block_on(w.api.call(
+        "PATCH",
+        "/api/v1/workspaces/default/secrets/HF_TOKEN",
+        &w.alice,
+        Some(json!({"value": "hf_after_removal"})),
+    ));
+    assert!(
+        eventually(5, || d
+            .log()
+            .contains("no identity binding trusts the issuer")),
+        "{}",
+        d.log()
+    );
+    assert!(
+        removed.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        removed.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_ne!(
+        std::fs::read(mnt.join("HF_TOKEN")).ok().as_deref(),
+        Some(&b"hf_after_removal"[..]),
+        "a value written after the binding's removal reached the mount"
+    );
+    let log = d.log();
+    let presented = std::fs::read_to_string(&token_file).unwrap();
+    assert!(
+        !log.contains(presented.rsplit('.').next().unwrap()),
+        "the token in the mount's log"
+    );
+    d.stop(nix::sys::signal::Signal::SIGTERM);
+}
