@@ -168,6 +168,13 @@ impl Client {
         }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // The exchange's body is the platform's token: a redirect (307/308 re-send bodies,
+            // to any host) must not carry it elsewhere.
+            .redirect(if auth.is_none() {
+                reqwest::redirect::Policy::none()
+            } else {
+                reqwest::redirect::Policy::default()
+            })
             .timeout(Duration::from_secs(90))
             .user_agent(concat!("secretfs/", env!("CARGO_PKG_VERSION")));
         if ca_file.is_none() && bases.iter().all(|b| b.starts_with("http://")) {

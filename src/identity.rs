@@ -218,6 +218,36 @@ pub enum Refusal {
     KeysUnavailable(String),
 }
 
+impl Refusal {
+    /// What the caller is told: the check that failed and what the token held, never what a
+    /// binding expects (its audience, patterns, key URLs) nor why the issuer's keys could not be
+    /// had: an anonymous caller with a validly signed token of its own (any GitHub repository
+    /// can mint one) must not be able to map the bindings. The audit record and the log carry
+    /// the whole reason ([`std::fmt::Display`]).
+    pub fn public(&self) -> String {
+        match self {
+            Refusal::WrongIssuer(_) => "the token's issuer is not the binding's".into(),
+            Refusal::WrongAudience(_) => "the token's audience is not one a binding accepts".into(),
+            Refusal::SubjectMismatch(sub, _) => {
+                format!("the token's sub {sub} does not match a binding's subject pattern")
+            }
+            Refusal::ClaimMismatch(path, got, _) => {
+                format!(
+                    "the token's claim {path} is {got}, which a binding's pattern does not match"
+                )
+            }
+            Refusal::TooLong { lifetime_secs, .. } => {
+                format!("the token lives {lifetime_secs} s, longer than a binding accepts")
+            }
+            Refusal::KeysUnavailable(_) => {
+                "cannot get the issuer's keys now; try again later (the server's log says why)"
+                    .into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// A value read from an unverified token, for a message: cut to 80 characters and escaped.
 pub fn shown(s: &str) -> String {
     let cut: String = s.chars().take(80).collect();
@@ -415,12 +445,27 @@ impl KeySet {
         self.keys.is_empty()
     }
 
-    /// The key a token names; a token without `kid` only when the set has one key.
-    pub fn find(&self, kid: Option<&str>) -> Option<&VerifyKey> {
+    /// The key a token names: of its `kid`, the one of its algorithm if there is one (an
+    /// issuer may publish an RSA and an EC key under one id), else the first (which then
+    /// refuses the token's algorithm by name); a token without `kid` only when the set has one
+    /// key.
+    pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&VerifyKey> {
         match kid {
-            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
+            Some(kid) => {
+                let mut named = self.keys.iter().filter(|k| k.kid.as_deref() == Some(kid));
+                let first = named.clone().next();
+                named.find(|k| k.alg == alg).or(first)
+            }
             None if self.keys.len() == 1 => self.keys.first(),
             None => None,
+        }
+    }
+
+    /// Whether the set holds a key of this id.
+    pub fn has(&self, kid: Option<&str>) -> bool {
+        match kid {
+            Some(kid) => self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)),
+            None => self.keys.len() == 1,
         }
     }
 }
@@ -438,8 +483,22 @@ pub struct Policy<'a> {
 pub struct Verified {
     pub claims: Value,
     pub sub: String,
-    /// `exp`, seconds since the epoch.
+    /// When it stops being accepted, seconds since the epoch: `exp`, or Kubernetes'
+    /// `kubernetes.io.warnafter` when that is earlier (see [`effective_exp`]).
     pub exp: u64,
+}
+
+/// A token's end of life: `exp`, or earlier `kubernetes.io.warnafter`. Kubernetes extends the
+/// `exp` of projected tokens to a year for clients that cannot refresh
+/// (`--service-account-extend-token-expiration`, on by default) and records in `warnafter` when
+/// the token would have expired; kubelet rewrites the file on the unextended schedule, so a
+/// token past its `warnafter` is an old copy, not the pod's current one, and is not accepted.
+pub fn effective_exp(claims: &Value, exp: u64) -> u64 {
+    claims
+        .get("kubernetes.io")
+        .and_then(|k| k.get("warnafter"))
+        .and_then(Value::as_u64)
+        .map_or(exp, |w| w.min(exp))
 }
 
 /// Verifies `token` (already [`peek`]ed) with `key` under `policy` at `now` (seconds since the
@@ -497,6 +556,12 @@ pub fn verify(
     if iat.is_some_and(|iat| iat > now + LEEWAY_SECS) {
         return Err(Refusal::IssuedInFuture);
     }
+    let exp = effective_exp(&claims, exp);
+    // The leeway is for clocks, not for life: a workload token never outlives the token it was
+    // exchanged for (jsonwebtoken allowed `exp` up to the leeway ago).
+    if exp <= now {
+        return Err(Refusal::Expired);
+    }
     let lifetime = exp.saturating_sub(iat.unwrap_or(now));
     let max = policy.max_lifetime.as_secs();
     if lifetime > max + LEEWAY_SECS {
@@ -514,37 +579,40 @@ pub fn verify(
 }
 
 /// The values at a claim path, as text: a string, number or boolean is one value, an array of
-/// them several. A level's key may itself hold dots (`kubernetes.io`): the longest key that
-/// matches the path's next segments wins.
-pub fn claim_values(claims: &Value, path: &str) -> Vec<String> {
-    let segments: Vec<&str> = path.split('.').collect();
-    let mut at = claims;
-    let mut i = 0;
-    while i < segments.len() {
+/// them several. A level's key may itself hold dots (`kubernetes.io`), so a path can be read in
+/// several ways; it must resolve in exactly one (`None` otherwise), so that a claim named
+/// `kubernetes.io.namespace` at the top cannot stand in for the nested one, or the reverse.
+pub fn claim_values(claims: &Value, path: &str) -> Option<Vec<String>> {
+    fn resolve<'a>(at: &'a Value, segments: &[&str], found: &mut Vec<&'a Value>) {
+        if segments.is_empty() {
+            found.push(at);
+            return;
+        }
         let Some(obj) = at.as_object() else {
-            return Vec::new();
+            return;
         };
-        let found = (i + 1..=segments.len())
-            .rev()
-            .find_map(|end| obj.get(&segments[i..end].join(".")).map(|v| (v, end)));
-        match found {
-            Some((v, end)) => {
-                at = v;
-                i = end;
+        for end in 1..=segments.len() {
+            if let Some(v) = obj.get(&segments[..end].join(".")) {
+                resolve(v, &segments[end..], found);
             }
-            None => return Vec::new(),
         }
     }
+    let segments: Vec<&str> = path.split('.').collect();
+    let mut found = Vec::new();
+    resolve(claims, &segments, &mut found);
+    let [at] = found.as_slice() else {
+        return None;
+    };
     let scalar = |v: &Value| match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
     };
-    match at {
+    Some(match at {
         Value::Array(items) => items.iter().filter_map(scalar).collect(),
         other => scalar(other).into_iter().collect(),
-    }
+    })
 }
 
 impl Rules {
@@ -557,7 +625,13 @@ impl Rules {
             ));
         }
         for rule in &self.claims {
-            let values = claim_values(&v.claims, &rule.path);
+            let Some(values) = claim_values(&v.claims, &rule.path) else {
+                return Err(Refusal::ClaimMismatch(
+                    rule.path.clone(),
+                    "ambiguous (more than one claim reads as this path)".into(),
+                    rule.pattern.as_str().to_owned(),
+                ));
+            };
             if !values.iter().any(|x| rule.pattern.matches(x)) {
                 let got = match values.first() {
                     Some(x) => shown(x),

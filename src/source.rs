@@ -118,6 +118,9 @@ pub struct ServerSource {
     identity: Option<Identity>,
     /// When the token expires and how far a renewal extends it, if it expires.
     expiry: Mutex<Option<(Timestamp, Duration)>>,
+    /// Cleared once a renewal no longer extends the token (it reached its maximum life): then
+    /// long-polls are held to its expiry again rather than woken to renew it.
+    renewable: std::sync::atomic::AtomicBool,
 }
 
 impl From<ClientError> for SourceError {
@@ -150,6 +153,14 @@ impl ServerSource {
         let (client, identity) = match credential {
             Credential::Token(token) => (Client::new(urls, &token, ca_file).map_err(setup)?, None),
             Credential::Identity { file, binding } => {
+                // The platform's token must not travel in the clear (HTTP to loopback only).
+                for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                    crate::identity::fetchable(url).map_err(|e| {
+                        SourceError::Failed(format!(
+                            "the identity token would travel in the clear: the server URL {e}"
+                        ))
+                    })?;
+                }
                 let exchanger = Client::anonymous(urls, ca_file).map_err(setup)?;
                 // A placeholder until the first exchange below replaces it.
                 let placeholder = Client::anonymous(urls, ca_file).map_err(setup)?;
@@ -170,6 +181,7 @@ impl ServerSource {
             ca_file: ca_file.map(Path::to_owned),
             identity,
             expiry: Mutex::new(None),
+            renewable: std::sync::atomic::AtomicBool::new(true),
         };
         if source.identity.is_some() {
             source.exchange()?;
@@ -239,17 +251,21 @@ impl ServerSource {
         Ok(read)
     }
 
-    /// How long a long-poll may be held, in whole seconds: never past the token's expiry, so the
-    /// round after it expires is refused (and said so) instead of hanging on to a request
-    /// authorised before.
+    /// How long a long-poll may be held, in whole seconds: never past the moment the token is
+    /// due for renewal (a third of its ttl before expiry), so that the next round renews it (or,
+    /// with workload identity, exchanges again) while it is still valid, and never past its
+    /// expiry, so the round after it expires is refused (and said so) instead of hanging on to
+    /// a request authorised before.
     fn poll_secs(&self, timeout: Duration) -> u64 {
-        let timeout = match self.time_left() {
-            Some(left) => timeout
-                .min(left + Duration::from_millis(200))
-                .max(Duration::from_secs(1)),
-            None => timeout,
-        };
-        timeout.as_secs_f64().ceil() as u64
+        let due = *self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        let due = due.filter(|_| self.renewable.load(std::sync::atomic::Ordering::Relaxed));
+        match (self.time_left(), due) {
+            // Whole seconds, rounded down: woken early, the round renews in time.
+            (Some(left), Some((_, ttl))) if left.saturating_sub(ttl / 3) < timeout => {
+                left.saturating_sub(ttl / 3).as_secs().max(1)
+            }
+            _ => timeout.as_secs_f64().ceil() as u64,
+        }
     }
 
     /// How long the token has left, if it expires.
@@ -270,7 +286,9 @@ impl ServerSource {
             None => return Ok(()),
             Some((_, ttl)) => ttl,
         };
-        if self.time_left().is_none_or(|left| left >= ttl / 3) {
+        if self.time_left().is_none_or(|left| left >= ttl / 3)
+            || !self.renewable.load(std::sync::atomic::Ordering::Relaxed)
+        {
             return Ok(());
         }
         if self.identity.is_some() {
@@ -280,6 +298,11 @@ impl ServerSource {
         tracing::info!(expires_at = %renewed.expires_at.rfc3339(), "workload token renewed");
         let mut guard = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((e, _)) = guard.as_mut() {
+            if renewed.expires_at <= *e {
+                // At its maximum life: renewing again would change nothing (and audit each try).
+                self.renewable
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
             *e = renewed.expires_at;
         }
         Ok(())

@@ -53,18 +53,68 @@ fn claim_paths_reach_nested_claims_and_dotted_keys() {
         "ok": true,
         "repository": "org/app",
     });
-    assert_eq!(claim_values(&claims, "kubernetes.io.namespace"), ["ws-1"]);
-    assert_eq!(claim_values(&claims, "kubernetes.io.pod.name"), ["job-0"]);
-    assert_eq!(claim_values(&claims, "groups"), ["a", "b"]);
-    assert_eq!(claim_values(&claims, "n"), ["3"]);
-    assert_eq!(claim_values(&claims, "ok"), ["true"]);
-    assert_eq!(claim_values(&claims, "repository"), ["org/app"]);
-    assert!(
-        claim_values(&claims, "kubernetes.io").is_empty(),
-        "an object is no value"
+    let at = |p: &str| claim_values(&claims, p).unwrap_or_else(|| panic!("{p} is ambiguous"));
+    assert_eq!(at("kubernetes.io.namespace"), ["ws-1"]);
+    assert_eq!(at("kubernetes.io.pod.name"), ["job-0"]);
+    assert_eq!(at("groups"), ["a", "b"]);
+    assert_eq!(at("n"), ["3"]);
+    assert_eq!(at("ok"), ["true"]);
+    assert_eq!(at("repository"), ["org/app"]);
+    assert!(at("kubernetes.io").is_empty(), "an object is no value");
+    assert!(claim_values(&claims, "kubernetes.io.pod.name.x").is_none());
+    assert!(claim_values(&claims, "missing").is_none());
+}
+
+#[test]
+fn a_claim_path_read_two_ways_matches_nothing() {
+    // A top-level "kubernetes.io.namespace" beside the nested one: neither stands in for the
+    // other, whichever an issuer lets a user shape.
+    let claims = json!({
+        "kubernetes.io": {"namespace": "ws-1"},
+        "kubernetes.io.namespace": "ws-evil",
+    });
+    assert_eq!(claim_values(&claims, "kubernetes.io.namespace"), None);
+    let rules = Rules {
+        audience: "a".into(),
+        subject: Glob::parse("*").unwrap(),
+        claims: vec![ClaimRule::parse("kubernetes.io.namespace=ws-*").unwrap()],
+        ttl_secs: 60,
+        max_lifetime_secs: 60,
+        keys: KeySource::Discovery,
+        grants: Vec::new(),
+    };
+    let v = Verified {
+        claims,
+        sub: "s".into(),
+        exp: 0,
+    };
+    let e = rules.admits(&v).unwrap_err();
+    assert!(e.to_string().contains("ambiguous"), "{e}");
+}
+
+#[test]
+fn kubernetes_extended_tokens_end_at_their_warnafter() {
+    let claims = json!({"kubernetes.io": {"warnafter": 1_000}});
+    assert_eq!(effective_exp(&claims, 999_999), 1_000);
+    assert_eq!(effective_exp(&claims, 500), 500);
+    assert_eq!(effective_exp(&json!({}), 500), 500);
+}
+
+#[test]
+fn what_the_caller_is_told_leaves_out_what_a_binding_expects() {
+    let r = Refusal::SubjectMismatch("\"repo:x\"".into(), "repo:secret-org/*".into());
+    assert!(r.to_string().contains("secret-org"));
+    assert!(!r.public().contains("secret-org"), "{}", r.public());
+    let r = Refusal::WrongAudience("internal-audience".into());
+    assert!(!r.public().contains("internal-audience"));
+    let r = Refusal::KeysUnavailable("cannot reach https://10.0.0.5/jwks".into());
+    assert!(!r.public().contains("10.0.0.5"));
+    let r = Refusal::ClaimMismatch(
+        "ref".into(),
+        "\"refs/heads/x\"".into(),
+        "refs/tags/*".into(),
     );
-    assert!(claim_values(&claims, "kubernetes.io.pod.name.x").is_empty());
-    assert!(claim_values(&claims, "missing").is_empty());
+    assert!(!r.public().contains("refs/tags"));
 }
 
 #[test]
@@ -138,17 +188,22 @@ fn key_sets_take_the_algorithm_from_the_key_and_skip_what_cannot_sign() {
     let (set, skipped) = KeySet::parse(&serde_json::to_vec(&doc).unwrap()).unwrap();
     assert_eq!(set.len(), 1, "{skipped:?}");
     assert_eq!(skipped.len(), 4, "{skipped:?}");
-    let k = set.find(Some("r")).unwrap();
+    let k = set.find(Some("r"), Algorithm::RS256).unwrap();
     assert_eq!(
         k.alg,
         Algorithm::RS256,
         "an RSA key without alg verifies RS256 only"
     );
     assert!(
-        set.find(None).is_some(),
+        set.find(None, Algorithm::RS256).is_some(),
         "one key: a token without kid may use it"
     );
-    assert!(set.find(Some("enc")).is_none());
+    assert!(set.find(Some("enc"), Algorithm::RS256).is_none());
+    assert_eq!(
+        set.find(Some("r"), Algorithm::PS256).unwrap().alg,
+        Algorithm::RS256,
+        "a kid's only key is found for another algorithm, to be refused by name"
+    );
     assert!(KeySet::parse(b"[]").is_err());
 }
 

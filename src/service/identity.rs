@@ -59,6 +59,14 @@ fn rules_of(record: &BindingRecord) -> Result<Rules, ServiceError> {
     })
 }
 
+/// `created_by` of a binding added through the local store (its key holder may do anything).
+const LOCAL_CREATOR: &str = "local";
+
+/// What the caller is told when the binding that admitted its token cannot be used (the audit
+/// says why).
+const UNUSABLE: &str =
+    "the identity binding that admits the token cannot be used now; ask an admin";
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -92,6 +100,13 @@ impl Service {
         let subject = Glob::parse(&req.subject)
             .map_err(|e| problems.push(format!("subject: {e}")))
             .ok();
+        if req.subject.chars().all(|c| c == '*') && req.claims.is_empty() {
+            problems.push(
+                "subject '*' with no --claim admits every token of the issuer (every GitHub \
+                 repository, every pod of a cluster): narrow it with a subject pattern or a claim"
+                    .into(),
+            );
+        }
         let mut claims = Vec::new();
         for c in &req.claims {
             match ClaimRule::parse(c) {
@@ -236,7 +251,11 @@ impl Service {
             issuer: req.issuer,
             rules: serde_json::to_string(&rules).expect("rules serialize"),
             created_at: Timestamp::now(),
-            created_by: me.id.clone(),
+            created_by: if caller.local() {
+                LOCAL_CREATOR.to_owned()
+            } else {
+                me.id.clone()
+            },
         };
         let names: Vec<&str> = rules.grants.iter().map(|g| g.name.as_str()).collect();
         let audit = caller.audit(
@@ -334,7 +353,7 @@ impl Service {
         };
         let peeked = match peek(subject_token) {
             Ok(p) => p,
-            Err(r) => return Err(self.refuse(&refused, r.to_string(), false).await),
+            Err(r) => return Err(self.refuse(&refused, r.to_string(), None, false).await),
         };
         refused.issuer = peeked.iss.clone();
         refused.sub = peeked.sub.clone().unwrap_or_default();
@@ -354,7 +373,7 @@ impl Service {
                 ),
                 None => Refusal::UnknownIssuer(shown(&peeked.iss)).to_string(),
             };
-            return Err(self.refuse(&refused, why, false).await);
+            return Err(self.refuse(&refused, why, None, false).await);
         }
         let now = now_secs();
         let mut admitted: Vec<(BindingRecord, Rules, Verified)> = Vec::new();
@@ -367,23 +386,20 @@ impl Service {
                     .jwks
                     .keys(&record.issuer, &rules.keys, peeked.kid.as_deref())
                     .await?;
-                let key = keys.find(peeked.kid.as_deref()).ok_or_else(|| {
-                    Refusal::UnknownKey(match &peeked.kid {
-                        Some(k) => shown(k),
-                        None => "(the token names no kid and the issuer has several)".into(),
-                    })
-                })?;
+                let key = keys
+                    .find(peeked.kid.as_deref(), peeked.alg)
+                    .ok_or_else(|| {
+                        Refusal::UnknownKey(match &peeked.kid {
+                            Some(k) => shown(k),
+                            None => "(the token names no kid and the issuer has several)".into(),
+                        })
+                    })?;
                 let policy = Policy {
                     issuer: &record.issuer,
                     audience: &rules.audience,
                     max_lifetime: Duration::from_secs(rules.max_lifetime_secs),
                 };
                 let verified = verify(subject_token, &peeked, key, policy, now)?;
-                // The leeway is for clocks, not for life: a workload token never outlives the
-                // token it was exchanged for.
-                if verified.exp <= now {
-                    return Err(Refusal::Expired);
-                }
                 rules.admits(&verified)?;
                 Ok(verified)
             }
@@ -396,7 +412,7 @@ impl Service {
                         record.name.clone(),
                         record.id.clone(),
                         record.workspace.clone(),
-                        r.to_string(),
+                        r,
                     ));
                 }
             }
@@ -407,33 +423,63 @@ impl Service {
                 "the token matches several identity bindings ({}); name one with scope=NAME",
                 names.join(", ")
             );
-            return Err(self.refuse(&refused, why, false).await);
+            return Err(self.refuse(&refused, why, None, false).await);
         }
         let Some((record, rules, verified)) = admitted.pop() else {
             if let [(name, id, workspace, _)] = reasons.as_slice() {
                 refused.binding = Some((name.clone(), id.clone()));
                 refused.workspace = workspace.clone();
             }
-            let why = reasons
+            // The audit gets each binding's whole reason; the caller what its token failed,
+            // once per distinct reason, without the bindings' names or expectations.
+            let detail = reasons
                 .iter()
                 .map(|(name, _, _, why)| format!("binding {name}: {why}"))
                 .collect::<Vec<_>>()
                 .join("; ");
-            return Err(self.refuse(&refused, why, unavailable).await);
+            let mut public: Vec<String> =
+                reasons.iter().map(|(_, _, _, why)| why.public()).collect();
+            public.dedup();
+            let public = format!(
+                "no identity binding admits the token: {}",
+                public.join("; ")
+            );
+            return Err(self
+                .refuse(&refused, public, Some(detail), unavailable)
+                .await);
         };
         refused.binding = Some((record.name.clone(), record.id.clone()));
         refused.workspace = record.workspace.clone();
         refused.sub = verified.sub.clone();
-        let user = self
-            .store()
-            .users()
-            .await?
-            .into_iter()
-            .find(|u| u.id == record.user_id && u.live());
+        let users = self.store().users().await?;
+        let user = users
+            .iter()
+            .find(|u| u.id == record.user_id && u.live())
+            .cloned();
         let Some(user) = user else {
             let why = format!("binding {}: its user no longer exists", record.name);
-            return Err(self.refuse(&refused, why, false).await);
+            return Err(self
+                .refuse(&refused, UNUSABLE.into(), Some(why), false)
+                .await);
         };
+        // A binding acts with the authority of the admin who added it, as it would be judged
+        // now: still an admin, and (for another user's secrets) still allowed to act as them.
+        let creator = users.iter().find(|u| u.id == record.created_by && u.live());
+        let why = match creator {
+            None if record.created_by == LOCAL_CREATOR => None,
+            None => Some("the admin who added it no longer exists"),
+            Some(c) if !c.admin => Some("the user who added it is no longer an admin"),
+            Some(c) if c.id != user.id && !self.options.admin_impersonation => Some(
+                "it acts as another user than its creator, which --no-admin-impersonation forbids",
+            ),
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            let detail = format!("binding {}: {why}", record.name);
+            return Err(self
+                .refuse(&refused, UNUSABLE.into(), Some(detail), false)
+                .await);
+        }
         let ttl = Duration::from_secs(rules.ttl_secs);
         let until =
             Timestamp::from_system_time(std::time::UNIX_EPOCH + Duration::from_secs(verified.exp))
@@ -507,7 +553,9 @@ impl Service {
         match self.commit_unchecked(batch).await {
             Err(ServiceError::Store(StoreError::BindingNotFound(_))) => {
                 let why = format!("binding {} was removed", record.name);
-                return Err(self.refuse(&refused, why, false).await);
+                return Err(self
+                    .refuse(&refused, UNUSABLE.into(), Some(why), false)
+                    .await);
             }
             other => other?,
         }
@@ -520,8 +568,16 @@ impl Service {
     }
 
     /// Audits a refused exchange (on its own, without announcing a change: a flood of bad
-    /// tokens must not empty every cache) and builds its error.
-    async fn refuse(&self, r: &Refused<'_>, why: String, unavailable: bool) -> ServiceError {
+    /// tokens must not empty every cache) and builds its error: `public` for the caller,
+    /// `detail` (when it says more) for the audit and the log.
+    async fn refuse(
+        &self,
+        r: &Refused<'_>,
+        public: String,
+        detail: Option<String>,
+        unavailable: bool,
+    ) -> ServiceError {
+        let why = detail.as_deref().unwrap_or(&public);
         let (binding, binding_id) = r.binding.clone().unwrap_or_default();
         let record = AuditRecord {
             at: Timestamp::now(),
@@ -558,7 +614,7 @@ impl Service {
         }
         tracing::info!(issuer = %shown(&r.issuer), reason = %why, "identity exchange refused");
         ServiceError::Refused {
-            message: why,
+            message: public,
             unavailable,
         }
     }

@@ -94,7 +94,7 @@ impl Jwks {
         let mut e = entry.lock().await;
         let now = Instant::now();
         let fresh = e.keys.is_some() && now < e.fresh_until;
-        let has_kid = e.keys.as_ref().is_some_and(|k| k.find(kid).is_some());
+        let has_kid = e.keys.as_ref().is_some_and(|k| k.has(kid));
         let may_fetch = e
             .attempted
             .is_none_or(|t| now.duration_since(t) >= self.refetch);
@@ -153,6 +153,13 @@ impl Jwks {
                     ));
                 }
                 fetchable(&d.jwks_uri).map_err(|e| format!("its jwks_uri {e}"))?;
+                // Plain HTTP is for an issuer on this host; an issuer's document may not point
+                // the server at a port of its own loopback.
+                if d.jwks_uri.starts_with("http://") && !issuer.starts_with("http://") {
+                    return Err(format!(
+                        "the discovery document at {at} points at plain HTTP for its keys"
+                    ));
+                }
                 d.jwks_uri
             }
         };
@@ -189,14 +196,20 @@ impl Jwks {
                 .get(reqwest::header::CACHE_CONTROL)
                 .and_then(|v| v.to_str().ok()),
         );
-        let body = resp
-            .bytes()
+        // Read in chunks up to the cap: a chunked answer has no length to check first.
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| format!("cannot read {url}: {}", without_url(&e)))?;
-        if body.len() > MAX_DOCUMENT {
-            return Err(format!("{url} answered more than {MAX_DOCUMENT} bytes"));
+            .map_err(|e| format!("cannot read {url}: {}", without_url(&e)))?
+        {
+            if body.len() + chunk.len() > MAX_DOCUMENT {
+                return Err(format!("{url} answered more than {MAX_DOCUMENT} bytes"));
+            }
+            body.extend_from_slice(&chunk);
         }
-        Ok((body.to_vec(), life))
+        Ok((body, life))
     }
 }
 

@@ -32,6 +32,11 @@ impl Drop for Issuer {
 
 impl Issuer {
     fn start(s: &Scratch, python: &Path, suffix: &str) -> Issuer {
+        Self::start_caching(s, python, suffix, 300)
+    }
+
+    /// An issuer whose JWKS answers say `Cache-Control: max-age=MAX_AGE` (0: `no-store`).
+    fn start_caching(s: &Scratch, python: &Path, suffix: &str, max_age: u64) -> Issuer {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port_file = s.path().join(format!("issuer-{n}.port"));
@@ -41,6 +46,7 @@ impl Issuer {
             .arg("--port-file")
             .arg(&port_file)
             .args(["--issuer-suffix", suffix])
+            .args(["--max-age", &max_age.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -356,19 +362,21 @@ fn a_platform_token_reads_exactly_its_bindings_secrets_and_every_refusal_says_wh
         json!({"alg": "RS256", "kid": "hidden", "publish": false}),
     );
     let cases: Vec<(&str, String, &str)> = vec![
-        ("wrong audience", w.issuer.mint(json!({"claims": claims_aud, "kid": "k1"})), "audience does not include"),
+        ("wrong audience", w.issuer.mint(json!({"claims": claims_aud, "kid": "k1"})), "audience is not one a binding accepts"),
         ("wrong issuer", other.mint(json!({"claims": k8s("ws-abc", "default", "p")})), "no identity binding trusts the issuer"),
         ("expired", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "iat_offset": -700, "ttl": 600, "kid": "k1"})), "expired"),
+        ("issued in the future", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "iat_offset": 300, "kid": "k1"})), "issued in the future"),
+        ("expired within the clock skew", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "iat_offset": -610, "ttl": 600, "kid": "k1"})), "expired"),
         ("not yet valid", w.issuer.mint(json!({"claims": claims_nbf, "kid": "k1"})), "not valid yet"),
         ("alg none", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "variant": "none", "kid": "k1"})), "unsigned"),
         ("HS256 keyed with the public key", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "variant": "hs256-public", "kid": "k1"})), "symmetric algorithm \"HS256\""),
         ("header alg other than the key's", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "variant": "wrong-alg-header", "kid": "k1"})), "is not its key's"),
         ("unknown key", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "kid": "hidden"})), "publishes no key \"hidden\""),
         ("tampered", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "variant": "tampered", "kid": "k1"})), "signature does not verify"),
-        ("subject", w.issuer.mint(json!({"claims": k8s("ws-abc", "builder", "p"), "kid": "k1"})), "does not match the binding's subject"),
+        ("subject", w.issuer.mint(json!({"claims": k8s("ws-abc", "builder", "p"), "kid": "k1"})), "does not match a binding's subject pattern"),
         ("claim", w.issuer.mint(json!({"claims": k8s("ws-xyz", "default", "p"), "kid": "k1"})), "claim kubernetes.io.namespace is \"ws-xyz\""),
         ("no sub", w.issuer.mint(json!({"claims": claims_nosub, "kid": "k1"})), "no \"sub\" claim"),
-        ("too long a life", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "ttl": 3 * 86400, "kid": "k1"})), "longer than the binding's maximum"),
+        ("too long a life", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "ttl": 3 * 86400, "kid": "k1"})), "longer than a binding accepts"),
     ];
     for (what, token, says) in &cases {
         let (status, v) = exchange(&w.rt, &w.api, token, None);
@@ -380,6 +388,17 @@ fn a_platform_token_reads_exactly_its_bindings_secrets_and_every_refusal_says_wh
             !message.contains(token.as_str()),
             "{what}: the token in the answer"
         );
+        for expected in [
+            "system:serviceaccount:ws-*:default",
+            "=ws-abc",
+            "lepton",
+            K8S_AUD,
+        ] {
+            assert!(
+                !message.contains(expected),
+                "{what}: the binding's {expected} told: {message}"
+            );
+        }
     }
     // A malformed request is refused before any token is looked at, with every problem.
     let (status, text, _) = w.rt.block_on(w.api.raw(
@@ -536,8 +555,27 @@ fn github_bindings(w: &World) {
     assert_eq!(status, 400, "{v}");
     let why = v["error_description"].as_str().unwrap();
     assert!(
-        why.contains("binding main:") && why.contains("binding any-branch:"),
+        why.contains("does not match a binding's subject pattern"),
         "{why}"
+    );
+    assert!(
+        !why.contains("repo:org/app") && !why.contains("any-branch"),
+        "{why}"
+    );
+    let refusal = w
+        .audit()
+        .into_iter()
+        .rev()
+        .find(|a| a["action"] == "identity-exchange-refused")
+        .unwrap();
+    let detail = refusal["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("binding main:") && detail.contains("binding any-branch:"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("repo:org/app:ref:refs/heads/*"),
+        "the audit has the whole reason: {detail}"
     );
 
     // Removing a binding revokes what its exchanges minted, at once.
@@ -673,6 +711,47 @@ fn without_impersonation_an_admin_binds_only_their_own_secrets() {
     assert!(out.stderr.contains("admin"), "{}", out.stderr);
 }
 
+/// A binding acts with its creator's authority as it stands at each exchange: the server
+/// restarted with `--no-admin-impersonation`, an admin's binding of another user's secrets stops.
+#[test]
+fn a_binding_acts_with_its_creators_authority_as_it_stands() {
+    let Some(mut w) = world(
+        "a_binding_acts_with_its_creators_authority_as_it_stands",
+        &[],
+    ) else {
+        return;
+    };
+    w.bind_lepton("lepton", &[]);
+    let token = w
+        .issuer
+        .mint(json!({"claims": k8s("ws-abc", "default", "a")}));
+    assert_eq!(exchange(&w.rt, &w.api, &token, None).0, 200);
+    w.server.kill(nix::sys::signal::Signal::SIGTERM);
+    w.server.restart_with(&w.s, &["--no-admin-impersonation"]);
+    let (status, v) = exchange(&w.rt, &w.api, &token, None);
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be used now"),
+        "{v}"
+    );
+    let refusal = w
+        .audit()
+        .into_iter()
+        .rev()
+        .find(|a| a["action"] == "identity-exchange-refused")
+        .unwrap();
+    assert!(
+        refusal["detail"]
+            .as_str()
+            .unwrap()
+            .contains("--no-admin-impersonation"),
+        "{refusal}"
+    );
+}
+
 #[test]
 fn an_unreachable_issuer_fails_closed_with_a_clear_error() {
     let Some(w) = world(
@@ -693,7 +772,7 @@ fn an_unreachable_issuer_fails_closed_with_a_clear_error() {
             "--audience",
             "a",
             "--subject",
-            "*",
+            "job:*",
             "--user",
             "alice",
             "-s",
@@ -718,7 +797,7 @@ fn an_unreachable_issuer_fails_closed_with_a_clear_error() {
             "--audience",
             "a",
             "--subject",
-            "*",
+            "job:*",
             "--user",
             "alice",
             "-s",
@@ -731,24 +810,90 @@ fn an_unreachable_issuer_fails_closed_with_a_clear_error() {
         "{}",
         out.stderr
     );
+    // A binding must narrow the issuer's subjects.
+    let out = identity(
+        &w.s,
+        &w.server,
+        &[
+            "add",
+            "everyone",
+            "--issuer",
+            &w.issuer.url,
+            "--audience",
+            "a",
+            "--subject",
+            "*",
+            "--user",
+            "alice",
+            "-s",
+            "HF_TOKEN",
+        ],
+    );
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("admits every token of the issuer"),
+        "{}",
+        out.stderr
+    );
     // Bound while reachable; the issuer goes away; its keys, never fetched for an exchange,
     // cannot be had: 503, said so, and audited.
     w.bind_lepton("lepton", &[]);
     let token = w
         .issuer
         .mint(json!({"claims": k8s("ws-abc", "default", "a")}));
+    // A second issuer whose keys may not be kept (no-store): they are kept for the refetch
+    // interval (1 s here), used while fresh, then the issuer's absence fails closed.
+    let python = tools_python("", "jwt").unwrap();
+    let mut brief = Issuer::start_caching(&w.s, &python, "/brief", 0);
+    let out = identity(
+        &w.s,
+        &w.server,
+        &[
+            "add",
+            "brief",
+            "--issuer",
+            &brief.url,
+            "--audience",
+            "secretfs",
+            "--subject",
+            "job:*",
+            "--user",
+            "alice",
+            "-s",
+            "HF_TOKEN",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let job =
+        |n: u32| brief.mint(json!({"claims": {"sub": format!("job:{n}"), "aud": "secretfs"}}));
+    let (first, second, third) = (job(1), job(2), job(3));
+    assert_eq!(exchange(&w.rt, &w.api, &first, None).0, 200);
+    let _ = brief.child.kill();
+    let _ = brief.child.wait();
+    let fetched = Instant::now();
+    let (status, v) = exchange(&w.rt, &w.api, &second, None);
+    if fetched.elapsed() < Duration::from_millis(900) {
+        assert_eq!(status, 200, "keys still fresh: {v}");
+    }
+    std::thread::sleep(Duration::from_millis(1300));
+    let (status, v) = exchange(&w.rt, &w.api, &third, None);
+    assert_eq!(status, 503, "expired keys of an unreachable issuer: {v}");
     let mut issuer = w.issuer;
     let _ = issuer.child.kill();
     let _ = issuer.child.wait();
     let (status, v) = exchange(&w.rt, &w.api, &token, None);
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"], "temporarily_unavailable");
+    let why = v["error_description"].as_str().unwrap();
+    assert!(why.contains("cannot get the issuer's keys now"), "{v}");
     assert!(
-        v["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("cannot get the issuer's keys"),
-        "{v}"
+        !why.contains("127.0.0.1"),
+        "the caller is not told where the keys live: {why}"
+    );
+    let log = w.server.log();
+    assert!(
+        log.contains("cannot fetch the issuer's keys"),
+        "the log says why: {log}"
     );
 }
 
@@ -767,10 +912,12 @@ fn mounts_and_runs_exchange_the_platform_token_and_follow_its_rewrites() {
     // Workload tokens of 4 s: the client exchanges again after two thirds of that.
     w.bind_lepton("lepton", &["--ttl", "4s"]);
     let token_file = w.s.path().join("sa-token");
+    // Each platform token lives 8 s: a client that kept the first file's token would be refused
+    // from 8 s on.
     let write_token = |pod: &str| {
         let t = w
             .issuer
-            .mint(json!({"claims": k8s("ws-abc", "default", pod), "ttl": 600}));
+            .mint(json!({"claims": k8s("ws-abc", "default", pod), "ttl": 8}));
         // kubelet's way: a new file renamed over the old.
         let tmp = w.s.path().join("sa-token.tmp");
         std::fs::write(&tmp, t).unwrap();
@@ -868,6 +1015,7 @@ fn mounts_and_runs_exchange_the_platform_token_and_follow_its_rewrites() {
     assert!(exchanges >= 4, "the mount exchanged {exchanges} times");
 
     // The binding removed: no new values within a second, and the log says why.
+    write_token("pod-4");
     let out = identity(&w.s, &w.server, &["remove", "lepton"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let removed = Instant::now();

@@ -149,9 +149,15 @@ impl Server {
 
     /// Starts the same server again (same database, same port) after it was stopped.
     pub fn restart(&mut self, scratch: &Scratch) {
+        self.restart_with(scratch, &[]);
+    }
+
+    /// Like `restart`, with further arguments.
+    pub fn restart_with(&mut self, scratch: &Scratch, extra: &[&str]) {
         let port = self.url.rsplit(':').next().unwrap().to_owned();
         let mut args = self.args.clone();
         args.retain(|a| a != "--init");
+        args.extend(extra.iter().map(|a| a.to_string()));
         let admin = std::mem::take(&mut self.admin_token);
         let mut next = Self::spawn(
             scratch,
