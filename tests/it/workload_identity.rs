@@ -178,6 +178,30 @@ fn identity(s: &Scratch, server: &Server, args: &[&str]) -> crate::support::Out 
     crate::support::run_with(cmd, b"")
 }
 
+/// `identity add NAME --issuer ISSUER --audience AUDIENCE --subject SUBJECT REST...`.
+fn add(
+    s: &Scratch,
+    server: &Server,
+    name: &str,
+    issuer: &str,
+    audience: &str,
+    subject: &str,
+    rest: &[&str],
+) -> crate::support::Out {
+    let mut args = vec![
+        "add",
+        name,
+        "--issuer",
+        issuer,
+        "--audience",
+        audience,
+        "--subject",
+        subject,
+    ];
+    args.extend_from_slice(rest);
+    identity(s, server, &args)
+}
+
 /// A server with alice's secrets, her colleague bob's, and an issuer.
 struct World {
     s: Scratch,
@@ -240,15 +264,7 @@ fn world_on(
 impl World {
     /// Binds Lepton-shaped tokens of namespace `ws-abc` to alice's HF_TOKEN and the public SHARED.
     fn bind_lepton(&self, name: &str, extra: &[&str]) {
-        let mut args = vec![
-            "add",
-            name,
-            "--issuer",
-            &self.issuer.url,
-            "--audience",
-            K8S_AUD,
-            "--subject",
-            "system:serviceaccount:ws-*:default",
+        let mut rest = vec![
             "--claim",
             "kubernetes.io.namespace=ws-abc",
             "--user",
@@ -258,8 +274,17 @@ impl World {
             "-s",
             "SHARED",
         ];
-        args.extend_from_slice(extra);
-        let out = identity(&self.s, &self.server, &args);
+        rest.extend_from_slice(extra);
+        let subject = "system:serviceaccount:ws-*:default";
+        let out = add(
+            &self.s,
+            &self.server,
+            name,
+            &self.issuer.url,
+            K8S_AUD,
+            subject,
+            &rest,
+        );
         assert_eq!(out.code, 0, "{}", out.stderr);
     }
 
@@ -284,25 +309,14 @@ fn a_platform_token_reads_exactly_its_bindings_secrets_and_every_refusal_says_wh
         return;
     };
     // A binding names secrets its user may use: bob's private key is refused, with the name.
-    let out = identity(
+    let out = add(
         &w.s,
         &w.server,
-        &[
-            "add",
-            "bad",
-            "--issuer",
-            &w.issuer.url,
-            "--audience",
-            K8S_AUD,
-            "--subject",
-            "*",
-            "--user",
-            "alice",
-            "-s",
-            "BOBS_KEY",
-            "--claim",
-            "nodots",
-        ],
+        "bad",
+        &w.issuer.url,
+        K8S_AUD,
+        "*",
+        &["--user", "alice", "-s", "BOBS_KEY", "--claim", "nodots"],
     );
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("\"BOBS_KEY\""), "{}", out.stderr);
@@ -503,18 +517,14 @@ fn github_bindings(w: &World) {
     std::fs::write(&jwks_file, jwks.to_string()).unwrap();
     // Keys from a file: an issuer the server need not reach.
     for (name, r) in [("main", "refs/heads/main"), ("any-branch", "refs/heads/*")] {
-        let out = identity(
+        let out = add(
             &w.s,
             &w.server,
+            name,
+            &gh.url,
+            "secretfs",
+            &format!("repo:org/app:ref:{r}"),
             &[
-                "add",
-                name,
-                "--issuer",
-                &gh.url,
-                "--audience",
-                "secretfs",
-                "--subject",
-                &format!("repo:org/app:ref:{r}"),
                 "--claim",
                 "repository=org/app",
                 "--claim",
@@ -663,23 +673,14 @@ fn without_impersonation_an_admin_binds_only_their_own_secrets() {
     ) else {
         return;
     };
-    let out = identity(
+    let out = add(
         &w.s,
         &w.server,
-        &[
-            "add",
-            "as-alice",
-            "--issuer",
-            &w.issuer.url,
-            "--audience",
-            K8S_AUD,
-            "--subject",
-            "*",
-            "--user",
-            "alice",
-            "-s",
-            "HF_TOKEN",
-        ],
+        "as-alice",
+        &w.issuer.url,
+        K8S_AUD,
+        "*",
+        &["--user", "alice", "-s", "HF_TOKEN"],
     );
     assert_ne!(out.code, 0);
     assert!(
@@ -760,81 +761,34 @@ fn an_unreachable_issuer_fails_closed_with_a_clear_error() {
     ) else {
         return;
     };
-    // Discovery at add time: an issuer that does not answer is refused at once.
-    let out = identity(
-        &w.s,
-        &w.server,
-        &[
-            "add",
+    // Refused at add time, each with its reason: discovery at an issuer that does not answer,
+    // plain HTTP to another host, and a binding that does not narrow the issuer's subjects.
+    let issuer = w.issuer.url.clone();
+    for (name, iss, subject, says) in [
+        (
             "gone",
-            "--issuer",
             "http://127.0.0.1:9/none",
-            "--audience",
-            "a",
-            "--subject",
             "job:*",
-            "--user",
-            "alice",
-            "-s",
-            "HF_TOKEN",
-        ],
-    );
-    assert_ne!(out.code, 0);
-    assert!(
-        out.stderr
-            .contains("cannot reach http://127.0.0.1:9/none/.well-known/openid-configuration"),
-        "{}",
-        out.stderr
-    );
-    let out = identity(
-        &w.s,
-        &w.server,
-        &[
-            "add",
+            "cannot reach http://127.0.0.1:9/none/.well-known/openid-configuration",
+        ),
+        (
             "plain",
-            "--issuer",
             "http://issuer.example.com",
-            "--audience",
-            "a",
-            "--subject",
             "job:*",
-            "--user",
-            "alice",
-            "-s",
-            "HF_TOKEN",
-        ],
-    );
-    assert_ne!(out.code, 0);
-    assert!(
-        out.stderr.contains("must be an https:// URL"),
-        "{}",
-        out.stderr
-    );
-    // A binding must narrow the issuer's subjects.
-    let out = identity(
-        &w.s,
-        &w.server,
-        &[
-            "add",
+            "must be an https:// URL",
+        ),
+        (
             "everyone",
-            "--issuer",
-            &w.issuer.url,
-            "--audience",
-            "a",
-            "--subject",
+            issuer.as_str(),
             "*",
-            "--user",
-            "alice",
-            "-s",
-            "HF_TOKEN",
-        ],
-    );
-    assert_ne!(out.code, 0);
-    assert!(
-        out.stderr.contains("admits every token of the issuer"),
-        "{}",
-        out.stderr
-    );
+            "admits every token of the issuer",
+        ),
+    ] {
+        let rest = ["--user", "alice", "-s", "HF_TOKEN"];
+        let out = add(&w.s, &w.server, name, iss, "a", subject, &rest);
+        assert_ne!(out.code, 0, "{name}");
+        assert!(out.stderr.contains(says), "{name}: {}", out.stderr);
+    }
     // Bound while reachable; the issuer goes away; its keys, never fetched for an exchange,
     // cannot be had: 503, said so, and audited.
     w.bind_lepton("lepton", &[]);
@@ -845,23 +799,14 @@ fn an_unreachable_issuer_fails_closed_with_a_clear_error() {
     // interval (1 s here), used while fresh, then the issuer's absence fails closed.
     let python = tools_python("", "jwt").unwrap();
     let mut brief = Issuer::start_caching(&w.s, &python, "/brief", 0);
-    let out = identity(
+    let out = add(
         &w.s,
         &w.server,
-        &[
-            "add",
-            "brief",
-            "--issuer",
-            &brief.url,
-            "--audience",
-            "secretfs",
-            "--subject",
-            "job:*",
-            "--user",
-            "alice",
-            "-s",
-            "HF_TOKEN",
-        ],
+        "brief",
+        &brief.url,
+        "secretfs",
+        "job:*",
+        &["--user", "alice", "-s", "HF_TOKEN"],
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
     let job =
