@@ -109,6 +109,16 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// `Authorization: Bearer TOKEN`, marked sensitive (never logged by the HTTP stack).
+fn bearer(token: &Token) -> Result<HeaderValue, ClientError> {
+    let mut auth =
+        HeaderValue::from_str(&format!("Bearer {}", token.expose_token())).map_err(|_| {
+            ClientError::Setup("the token contains characters a header cannot hold".into())
+        })?;
+    auth.set_sensitive(true);
+    Ok(auth)
+}
+
 /// A client of one server (or of several replicas, tried in order).
 pub struct Client {
     http: reqwest::Client,
@@ -132,12 +142,20 @@ impl Client {
     /// A client of `urls` (comma-separated replicas) with `token`; `ca_file` adds a private CA to
     /// the system roots.
     pub fn new(urls: &str, token: &Token, ca_file: Option<&Path>) -> Result<Client, ClientError> {
-        let mut auth =
-            HeaderValue::from_str(&format!("Bearer {}", token.expose_token())).map_err(|_| {
-                ClientError::Setup("the token contains characters a header cannot hold".into())
-            })?;
-        auth.set_sensitive(true);
-        Client::with_auth(urls, Some(auth), ca_file)
+        Client::with_auth(urls, Some(bearer(token)?), ca_file)
+    }
+
+    /// The same servers, over the same connections, with `token`: what an identity exchange's
+    /// client reads with once it has a workload token (no second connection set up; measured in
+    /// BENCHMARKS.md, "Workload identity").
+    pub fn with_token(&self, token: &Token) -> Result<Client, ClientError> {
+        use std::sync::atomic::Ordering;
+        Ok(Client {
+            http: self.http.clone(),
+            bases: self.bases.clone(),
+            auth: Some(bearer(token)?),
+            preferred: std::sync::atomic::AtomicUsize::new(self.preferred.load(Ordering::Relaxed)),
+        })
     }
 
     /// A client without a token: for `POST /api/v1/identity/exchange` only.

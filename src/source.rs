@@ -103,8 +103,9 @@ const IDENTITY_FILE_MAX: u64 = 64 * 1024;
 struct Identity {
     file: PathBuf,
     binding: Option<String>,
-    /// A client without a token, for the exchange.
-    exchanger: Client,
+    /// A client without a token, for the exchange; the workload token's client shares its
+    /// connections.
+    exchanger: Arc<Client>,
 }
 
 /// A server, through a workload token: reads exactly the token's secrets, watches them with
@@ -114,7 +115,6 @@ pub struct ServerSource {
     runtime: tokio::runtime::Runtime,
     client: Mutex<Arc<Client>>,
     urls: String,
-    ca_file: Option<PathBuf>,
     identity: Option<Identity>,
     /// When the token expires and how far a renewal extends it, if it expires.
     expiry: Mutex<Option<(Timestamp, Duration)>>,
@@ -151,7 +151,10 @@ impl ServerSource {
             .map_err(|e| SourceError::Failed(e.to_string()))?;
         let setup = |e: ClientError| SourceError::Failed(e.to_string());
         let (client, identity) = match credential {
-            Credential::Token(token) => (Client::new(urls, &token, ca_file).map_err(setup)?, None),
+            Credential::Token(token) => (
+                Arc::new(Client::new(urls, &token, ca_file).map_err(setup)?),
+                None,
+            ),
             Credential::Identity { file, binding } => {
                 // The platform's token must not travel in the clear (HTTP to loopback only).
                 for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
@@ -161,11 +164,11 @@ impl ServerSource {
                         ))
                     })?;
                 }
-                let exchanger = Client::anonymous(urls, ca_file).map_err(setup)?;
-                // A placeholder until the first exchange below replaces it.
-                let placeholder = Client::anonymous(urls, ca_file).map_err(setup)?;
+                let exchanger = Arc::new(Client::anonymous(urls, ca_file).map_err(setup)?);
+                // Until the first exchange below replaces it with a client holding the
+                // workload token (over the same connections).
                 (
-                    placeholder,
+                    exchanger.clone(),
                     Some(Identity {
                         file,
                         binding,
@@ -176,9 +179,8 @@ impl ServerSource {
         };
         let source = ServerSource {
             runtime,
-            client: Mutex::new(Arc::new(client)),
+            client: Mutex::new(client),
             urls: urls.to_owned(),
-            ca_file: ca_file.map(Path::to_owned),
             identity,
             expiry: Mutex::new(None),
             renewable: std::sync::atomic::AtomicBool::new(true),
@@ -215,7 +217,9 @@ impl ServerSource {
                     SourceError::Failed(why)
                 }
             })?;
-        let client = Client::new(&self.urls, &answer.access_token, self.ca_file.as_deref())
+        let client = id
+            .exchanger
+            .with_token(&answer.access_token)
             .map_err(|e| SourceError::Failed(e.to_string()))?;
         let life = Duration::from_secs(answer.expires_in);
         let until = Timestamp::from_system_time(std::time::SystemTime::now() + life);

@@ -657,6 +657,31 @@ fn key_rotation_is_followed_and_a_flood_of_unknown_keys_costs_one_fetch() {
         status, 200,
         "the rotated key is followed after the interval: {v}"
     );
+    // A key the issuer does not publish, after the interval: fetched again once, still unknown,
+    // refused.
+    w.issuer.post(
+        "/rotate",
+        json!({"alg": "ES256", "kid": "unpublished", "publish": false}),
+    );
+    std::thread::sleep(Duration::from_millis(3300));
+    let before = w.issuer.jwks_fetches();
+    let t = w
+        .issuer
+        .mint(json!({"claims": k8s("ws-abc", "default", "e")}));
+    let (status, v) = exchange(&w.rt, &w.api, &t, None);
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("publishes no key \"unpublished\""),
+        "{v}"
+    );
+    assert_eq!(
+        w.issuer.jwks_fetches() - before,
+        1,
+        "the unknown key was looked for again"
+    );
     // A key still published keeps working after the rotation.
     let old = w
         .issuer
@@ -995,4 +1020,104 @@ fn mounts_and_runs_exchange_the_platform_token_and_follow_its_rewrites() {
         "the token in the mount's log"
     );
     d.stop(nix::sys::signal::Signal::SIGTERM);
+}
+
+/// A supervised run (`--watch`) with an identity: its follower exchanges on its own, a rotation
+/// restarts the workload with the new value, and once the binding is removed no new value
+/// reaches it and the supervisor says why.
+#[test]
+fn a_supervised_run_follows_through_an_identity_until_its_binding_goes() {
+    let test = "a_supervised_run_follows_through_an_identity_until_its_binding_goes";
+    let Some(w) = world(test, &[]) else {
+        return;
+    };
+    w.bind_lepton("lepton", &[]);
+    let token_file = w.s.path().join("sa-token");
+    let t = w
+        .issuer
+        .mint(json!({"claims": k8s("ws-abc", "default", "job-0"), "ttl": 600}));
+    std::fs::write(&token_file, t).unwrap();
+    let log = w.s.path().join("starts.log");
+    let err = w.s.path().join("run.err");
+    let script = format!(
+        "echo \"$$ $HF_TOKEN\" >> {}; while true; do sleep 0.05; done",
+        log.display()
+    );
+    let mut run = w.s.cmd(&[
+        "run",
+        "--watch",
+        "--debounce",
+        "0s",
+        "--url",
+        &w.server.url,
+        "--identity-token-file",
+        token_file.to_str().unwrap(),
+        "-s",
+        "HF_TOKEN",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let mut child = run
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let starts = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split_once(' ').map_or("", |(_, v)| v).to_owned())
+            .collect()
+    };
+    let stderr = || std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(eventually(10, || starts().len() == 1), "{}", stderr());
+    assert_eq!(starts()[0], "hf_identity_value");
+    let update = |value: &str| {
+        let (status, v) = w.rt.block_on(w.api.call(
+            "PATCH",
+            "/api/v1/workspaces/default/secrets/HF_TOKEN",
+            &w.alice,
+            Some(json!({ "value": value })),
+        ));
+        assert_eq!(status, 200, "{v}");
+    };
+    update("hf_second");
+    assert!(eventually(5, || starts().len() == 2), "{}", stderr());
+    assert_eq!(starts()[1], "hf_second");
+
+    let out = identity(&w.s, &w.server, &["remove", "lepton"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let removed = Instant::now();
+    update("hf_after_removal");
+    assert!(
+        eventually(5, || stderr()
+            .contains("no identity binding trusts the issuer")),
+        "{}",
+        stderr()
+    );
+    assert!(
+        removed.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        removed.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        starts().len(),
+        2,
+        "a value after the removal restarted it: {}",
+        stderr()
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    let presented = std::fs::read_to_string(&token_file).unwrap();
+    assert!(
+        !stderr().contains(presented.rsplit('.').next().unwrap()),
+        "the token in the log"
+    );
 }
