@@ -210,6 +210,7 @@ struct World {
     rt: tokio::runtime::Runtime,
     issuer: Issuer,
     alice: String,
+    bob: String,
     _db: Option<crate::support::TempDatabase>,
 }
 
@@ -257,6 +258,7 @@ fn world_on(
         rt,
         issuer,
         alice,
+        bob,
         _db: db,
     })
 }
@@ -983,6 +985,33 @@ fn mounts_and_runs_exchange_the_platform_token_and_follow_its_rewrites() {
         })
         .count();
     assert!(exchanges >= 4, "the mount exchanged {exchanges} times");
+
+    // A granted secret its user may no longer use (bob makes his public one private): gone from
+    // the mount within a second, and logged.
+    assert!(mnt.join("SHARED").exists());
+    let (status, _) = w.rt.block_on(w.api.call(
+        "PATCH",
+        "/api/v1/workspaces/default/secrets/SHARED",
+        &w.bob,
+        Some(json!({"visibility": "private"})),
+    ));
+    assert_eq!(status, 200);
+    let hidden = Instant::now();
+    assert!(
+        eventually(5, || !mnt.join("SHARED").exists()),
+        "{}",
+        d.log()
+    );
+    assert!(
+        hidden.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        hidden.elapsed()
+    );
+    assert!(
+        d.log().contains("secret removed secret=SHARED"),
+        "{}",
+        d.log()
+    );
 
     // The binding removed: no new values within a second, and the log says why.
     write_token("pod-4");
