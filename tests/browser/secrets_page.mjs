@@ -1,6 +1,6 @@
 // Drives the Secrets page end to end in headless Chromium. Run by tests/it/web.rs, which starts
 // the server, makes the users and checks what the page produced. Environment: SFS_URL,
-// ALICE_TOKEN, BOB_TOKEN, CANARY, SSH_KEY, OUT (a scratch directory), CHROMIUM, and optionally
+// ALICE_TOKEN, BOB_TOKEN, ADMIN_TOKEN, JWKS, CANARY, SSH_KEY, OUT (a scratch directory), CHROMIUM, and optionally
 // SCREENSHOTS (a directory outside the source tree).
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -223,6 +223,7 @@ assert.equal(
   false,
 );
 await noCanaryInPage("after minting");
+assert.equal(await page.isVisible("#identity"), false, "a user who is no admin sees no identity bindings");
 
 step("screenshots, wide and narrow");
 if (SHOTS) await page.screenshot({ path: path.join(SHOTS, "secrets-page.png"), fullPage: true });
@@ -252,6 +253,40 @@ assert.equal(
   `bob may not change alice's secret: ${await page.locator("#who-name").textContent()} ${await row("HF_TOKEN").innerHTML()}`,
 );
 await noCanaryInPage("as bob");
+
+step("an admin trusts a platform's tokens for selected secrets, and removes a binding");
+await page.click("#sign-out");
+await page.locator("#sign-in").waitFor({ state: "visible" });
+await signIn(env("ADMIN_TOKEN"));
+await page.locator("#identity").waitFor({ state: "visible" });
+assert.equal(await page.isVisible("#bindings-empty"), true);
+const bind = async (name, subject, claims) => {
+  await page.fill("#bind-name", name);
+  await page.fill("#bind-issuer", "https://oidc.example-cluster.test");
+  await page.fill("#bind-subject", subject);
+  await page.fill("#bind-claims", claims);
+  await page.fill("#bind-jwks", env("JWKS"));
+  await page.click("#bind");
+};
+await page.click("#bind");
+await page.locator("#bind-error").filter({ hasText: "select the secrets" }).waitFor();
+await row("HF_TOKEN").locator('input[type="checkbox"]').check();
+await bind("everyone", "*", "");
+await page.locator("#bind-error").filter({ hasText: "admits every token of the issuer" }).waitFor();
+await bind("lepton-jobs", "system:serviceaccount:ws-abc:default", "kubernetes.io.namespace=ws-abc\nkubernetes.io.pod.name=train-*");
+await notice().filter({ hasText: "Added the identity binding lepton-jobs" }).waitFor();
+const binding = page.locator('#binding-rows tr[data-binding="lepton-jobs"]');
+assert.match(await binding.textContent(), /system:serviceaccount:ws-abc:default · kubernetes\.io\.namespace=ws-abc · kubernetes\.io\.pod\.name=train-\*/);
+assert.match(await binding.textContent(), /HF_TOKEN/);
+assert.equal(await page.inputValue("#bind-jwks"), "", "the form is cleared after adding");
+await bind("short-lived", "system:serviceaccount:ws-abc:builder", "");
+await page.locator('#binding-rows tr[data-binding="short-lived"]').waitFor();
+await page.click('[data-unbind="short-lived"]');
+await page.locator("#unbind-dialog").waitFor({ state: "visible" });
+await page.click("#unbind-confirm");
+await notice().filter({ hasText: "Removed the identity binding short-lived" }).waitFor();
+assert.equal(await page.locator('#binding-rows tr[data-binding="short-lived"]').count(), 0);
+if (SHOTS) await page.screenshot({ path: path.join(SHOTS, "identity-bindings.png"), fullPage: true });
 
 step("nothing the page received holds the canary");
 await Promise.all(pending);

@@ -205,6 +205,10 @@ async fn the_page_is_served_with_strict_security_headers() {
     );
 }
 
+/// A JWKS of one RSA key for the page's identity binding (the page pastes it; nothing signs
+/// with it here).
+const PAGE_JWKS: &str = r#"{"keys": [{"kty": "RSA", "kid": "page", "alg": "RS256", "e": "AQAB", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw"}]}"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_secrets_page_in_headless_chromium() {
     if !browser_available("the_secrets_page_in_headless_chromium") {
@@ -226,6 +230,8 @@ async fn the_secrets_page_in_headless_chromium() {
         .env("SFS_URL", &server.url)
         .env("ALICE_TOKEN", &alice)
         .env("BOB_TOKEN", &bob)
+        .env("ADMIN_TOKEN", &server.admin_token)
+        .env("JWKS", PAGE_JWKS)
         .env("CANARY", &canary)
         .env("SSH_KEY", &ssh_key)
         .env("OUT", &out)
@@ -253,6 +259,35 @@ async fn the_secrets_page_in_headless_chromium() {
         server.log()
     );
     assert!(result.stdout.contains("ok:"), "{}", result.stdout);
+    // The binding the page added is the server's, as the page showed it; the one it removed is
+    // gone.
+    let listed = crate::support::Api::new(&server)
+        .call(
+            "GET",
+            "/api/v1/identity/bindings",
+            &server.admin_token,
+            None,
+        )
+        .await
+        .1;
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["lepton-jobs"], "{listed}");
+    assert_eq!(listed[0]["subject"], "system:serviceaccount:ws-abc:default");
+    assert_eq!(
+        listed[0]["claims"],
+        serde_json::json!([
+            "kubernetes.io.namespace=ws-abc",
+            "kubernetes.io.pod.name=train-*"
+        ])
+    );
+    assert_eq!(listed[0]["secrets"], serde_json::json!(["HF_TOKEN"]));
+    assert_eq!(listed[0]["user"], "admin");
+    assert_eq!(listed[0]["keys"], "inline (1 key)");
     assert!(!result.stdout.contains(&canary) && !result.stderr.contains(&canary));
     assert!(!server.log().contains(&canary));
 

@@ -150,6 +150,8 @@
     sessionStorage.removeItem(WORKSPACE_KEY);
     for (const d of document.querySelectorAll("dialog")) if (d.open) d.close();
     $("rows").replaceChildren();
+    $("binding-rows").replaceChildren();
+    $("identity").hidden = true;
     $("secrets").hidden = true;
     $("who").hidden = true;
     $("sign-in").hidden = false;
@@ -168,6 +170,7 @@
     const names = new Set(state.secrets.map((s) => s.name));
     for (const n of [...state.selected]) if (!names.has(n)) state.selected.delete(n);
     render();
+    await loadBindings();
   }
 
   function matches(s) {
@@ -407,6 +410,77 @@
     }
   }
 
+  // ---- workload identity (admins) -------------------------------------------------------
+
+  async function loadBindings() {
+    const session = state.session;
+    if (!state.me || !state.me.admin) { $("identity").hidden = true; return; }
+    const all = await api("GET", "/api/v1/identity/bindings");
+    if (session !== state.session) return;
+    const here = all.filter((b) => b.workspace === state.workspace);
+    const rows = here.map((b) => el("tr", { "data-binding": b.name },
+      el("th", { scope: "row", "data-label": "Name", class: "name", text: b.name }),
+      el("td", { "data-label": "Issuer", text: b.issuer }),
+      el("td", { "data-label": "Subject", text: [b.subject, ...b.claims].join(" · ") }),
+      el("td", { "data-label": "User", text: b.user }),
+      el("td", { "data-label": "Secrets", text: b.secrets.join(", ") }),
+      el("td", { class: "actions-cell" },
+        el("button", { type: "button", class: "danger", text: "Remove", "data-unbind": b.name, "aria-label": `Remove the binding ${b.name}` })),
+    ));
+    $("binding-rows").replaceChildren(...rows);
+    $("bindings-empty").hidden = rows.length > 0;
+    $("identity").hidden = false;
+  }
+
+  async function submitBind(ev) {
+    ev.preventDefault();
+    setError("bind-error", "");
+    const secrets = [...state.selected].sort();
+    if (!secrets.length) { setError("bind-error", "select the secrets the binding grants above"); return; }
+    const text = (id) => $(id).value.trim();
+    const body = {
+      name: text("bind-name"),
+      workspace: state.workspace,
+      issuer: text("bind-issuer"),
+      audience: text("bind-audience"),
+      subject: text("bind-subject"),
+      claims: text("bind-claims").split("\n").map((l) => l.trim()).filter(Boolean),
+      user: text("bind-user") || state.me.user,
+      secrets,
+    };
+    if (text("bind-ttl")) body.ttl = text("bind-ttl");
+    if (text("bind-jwks")) body.jwks = text("bind-jwks");
+    try {
+      const b = await api("POST", "/api/v1/identity/bindings", body);
+      for (const id of ["bind-name", "bind-subject", "bind-claims", "bind-jwks"]) $(id).value = "";
+      await loadBindings();
+      notice(`Added the identity binding ${b.name}: tokens of ${b.issuer} whose sub matches ${b.subject} read ${b.secrets.join(", ")} as ${b.user}.`);
+    } catch (e) {
+      setError("bind-error", e.message);
+    }
+  }
+
+  function openUnbind(name) {
+    state.target = name;
+    $("unbind-question").textContent = `Remove the identity binding "${name}"? Workloads using it can no longer exchange their tokens, and the tokens it minted are revoked.`;
+    $("unbind-confirm").textContent = `Remove ${name}`;
+    setError("unbind-error", "");
+    openDialog("unbind-dialog", "unbind-confirm");
+  }
+
+  async function submitUnbind(ev) {
+    ev.preventDefault();
+    const name = state.target;
+    try {
+      await api("DELETE", `/api/v1/identity/bindings/${encodeURIComponent(name)}`);
+      closeDialog("unbind-dialog");
+      await loadBindings();
+      notice(`Removed the identity binding ${name}; the tokens it minted are revoked.`);
+    } catch (e) {
+      setError("unbind-error", e.message);
+    }
+  }
+
   // ---- wiring ---------------------------------------------------------------------------
 
   function wire() {
@@ -442,6 +516,12 @@
     $("replace-form").addEventListener("submit", submitReplace);
     $("delete-form").addEventListener("submit", submitDelete);
     $("mint-form").addEventListener("submit", submitMint);
+    $("bind-form").addEventListener("submit", submitBind);
+    $("unbind-form").addEventListener("submit", submitUnbind);
+    $("binding-rows").addEventListener("click", (ev) => {
+      const t = ev.target;
+      if (t instanceof HTMLElement && t.dataset.unbind) openUnbind(t.dataset.unbind);
+    });
     $("token-copy").addEventListener("click", copyToken);
     // The token leaves the page when its dialog closes, however it closes ("close" comes a
     // task later; Done clears it at once).
