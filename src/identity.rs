@@ -537,9 +537,15 @@ pub fn verify(
                 token: format!("{:?}", peeked.alg),
                 key: format!("{:?}", key.alg),
             },
-            K::InvalidClaimFormat(c) => Refusal::Malformed(format!("its claim {c:?} is malformed")),
-            // Key-shape and encoding errors say nothing of the token's content.
-            other => Refusal::Malformed(format!("{other:?}")),
+            // Fixed words: jsonwebtoken's own messages may quote what the token held (serde's
+            // "invalid type: string ..."), which no caller, log or audit record should get back.
+            K::InvalidClaimFormat(_) => {
+                Refusal::Malformed("a claim of it has the wrong type".into())
+            }
+            K::Json(_) | K::Base64(_) | K::Utf8(_) | K::InvalidToken => {
+                Refusal::Malformed("its header or payload cannot be read".into())
+            }
+            _ => Refusal::Malformed("it cannot be verified with the issuer's key".into()),
         }
     })?;
     let claims = data.claims;
@@ -648,21 +654,22 @@ impl Rules {
     }
 }
 
+/// Whether a URL names this host (127.0.0.1, [::1], localhost), whatever its scheme.
+pub fn is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if !h.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    matches!(host, "127.0.0.1" | "[::1]" | "localhost")
+}
+
 /// Whether a URL the server fetches keys from is acceptable: HTTPS, or plain HTTP to loopback
 /// (tests, and an issuer proxied on the same host).
 pub fn fetchable(url: &str) -> Result<(), String> {
-    if url.starts_with("https://") {
+    if url.starts_with("https://") || (url.starts_with("http://") && is_loopback(url)) {
         return Ok(());
-    }
-    if let Some(rest) = url.strip_prefix("http://") {
-        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let host = match host.rsplit_once(':') {
-            Some((h, port)) if !h.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => host,
-        };
-        if matches!(host, "127.0.0.1" | "[::1]" | "localhost") {
-            return Ok(());
-        }
     }
     Err(format!(
         "{} must be an https:// URL (plain http:// only to 127.0.0.1, [::1] or localhost)",

@@ -100,9 +100,23 @@ pub enum Credential {
 /// The largest identity token file read (Kubernetes' tokens are about 1 KiB).
 const IDENTITY_FILE_MAX: u64 = 64 * 1024;
 
+/// The first wait after a refused exchange, and the longest: a workload whose binding was
+/// removed asks again at most this often (each refusal is an audit record), sooner when its
+/// token file changes.
+const REFUSED_FIRST: Duration = Duration::from_secs(5);
+const REFUSED_MAX: Duration = Duration::from_secs(300);
+
+/// A refused exchange: of which token (a digest of the file's text), and when to ask again.
+struct Refused {
+    digest: [u8; 32],
+    until: std::time::Instant,
+    wait: Duration,
+}
+
 struct Identity {
     file: PathBuf,
     binding: Option<String>,
+    refused: Mutex<Option<Refused>>,
     /// A client without a token, for the exchange; the workload token's client shares its
     /// connections.
     exchanger: Arc<Client>,
@@ -118,9 +132,14 @@ pub struct ServerSource {
     identity: Option<Identity>,
     /// When the token expires and how far a renewal extends it, if it expires.
     expiry: Mutex<Option<(Timestamp, Duration)>>,
-    /// Cleared once a renewal no longer extends the token (it reached its maximum life): then
-    /// long-polls are held to its expiry again rather than woken to renew it.
-    renewable: std::sync::atomic::AtomicBool,
+    /// Whether long-polls end when the token is due for renewal. Cleared when a renewal left
+    /// it still due (this host's clock ahead of the server's) or failed while the token still
+    /// works: then rounds keep their usual length and each renews (or exchanges) at its end,
+    /// instead of a round a second.
+    wake_early: std::sync::atomic::AtomicBool,
+    /// Set once a renewal no longer extends a workload token (its maximum life): no more
+    /// renewals (each would be audited for nothing).
+    exhausted: std::sync::atomic::AtomicBool,
 }
 
 impl From<ClientError> for SourceError {
@@ -172,6 +191,7 @@ impl ServerSource {
                     Some(Identity {
                         file,
                         binding,
+                        refused: Mutex::new(None),
                         exchanger,
                     }),
                 )
@@ -183,7 +203,8 @@ impl ServerSource {
             urls: urls.to_owned(),
             identity,
             expiry: Mutex::new(None),
-            renewable: std::sync::atomic::AtomicBool::new(true),
+            wake_early: std::sync::atomic::AtomicBool::new(true),
+            exhausted: std::sync::atomic::AtomicBool::new(false),
         };
         if source.identity.is_some() {
             source.exchange()?;
@@ -201,22 +222,48 @@ impl ServerSource {
     /// Workload identity: reads the token file, exchanges it, and uses the workload token it
     /// brings from now on.
     fn exchange(&self) -> Result<(), SourceError> {
+        use sha2::Digest;
         let Some(id) = &self.identity else {
             return Ok(());
         };
         let shown = id.file.display();
         let text = read_identity_file(&id.file)?;
-        let answer = self
+        let digest: [u8; 32] = sha2::Sha256::digest(text.trim().as_bytes()).into();
+        let mut refused = id.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = refused.as_ref().filter(|r| r.digest == digest) {
+            let left = r.until.saturating_duration_since(std::time::Instant::now());
+            if !left.is_zero() {
+                return Err(SourceError::Failed(format!(
+                    "the server refused the identity token from {shown}; asking again in {} s, \
+                     or when the file changes",
+                    left.as_secs().max(1)
+                )));
+            }
+        }
+        let answer = match self
             .runtime
             .block_on(id.exchanger.exchange(text.trim(), id.binding.as_deref()))
-            .map_err(|e| {
+        {
+            Ok(a) => a,
+            Err(e) => {
                 let why = format!("the server refused the identity token from {shown}: {e}");
                 if e.is_transient() {
-                    SourceError::Unavailable(why)
-                } else {
-                    SourceError::Failed(why)
+                    return Err(SourceError::Unavailable(why));
                 }
-            })?;
+                let wait = match refused.as_ref() {
+                    Some(r) if r.digest == digest => (r.wait * 2).min(REFUSED_MAX),
+                    _ => REFUSED_FIRST,
+                };
+                *refused = Some(Refused {
+                    digest,
+                    until: std::time::Instant::now() + wait,
+                    wait,
+                });
+                return Err(SourceError::Failed(why));
+            }
+        };
+        *refused = None;
+        drop(refused);
         let client = id
             .exchanger
             .with_token(&answer.access_token)
@@ -225,6 +272,8 @@ impl ServerSource {
         let until = Timestamp::from_system_time(std::time::SystemTime::now() + life);
         *self.client.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
         *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) = Some((until, life));
+        self.wake_early
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             binding = %answer.binding,
             expires_at = %until.rfc3339(),
@@ -262,7 +311,10 @@ impl ServerSource {
     /// a request authorised before.
     fn poll_secs(&self, timeout: Duration) -> u64 {
         let due = *self.expiry.lock().unwrap_or_else(|e| e.into_inner());
-        let due = due.filter(|_| self.renewable.load(std::sync::atomic::Ordering::Relaxed));
+        let due = due.filter(|_| {
+            self.wake_early.load(std::sync::atomic::Ordering::Relaxed)
+                && !self.exhausted.load(std::sync::atomic::Ordering::Relaxed)
+        });
         match (self.time_left(), due) {
             // Whole seconds, rounded down: woken early, the round renews in time.
             (Some(left), Some((_, ttl))) if left.saturating_sub(ttl / 3) < timeout => {
@@ -286,28 +338,46 @@ impl ServerSource {
     /// Renews the token once less than a third of its ttl is left (workload identity: exchanges
     /// the platform's token again, which a renewal could not extend).
     fn renew_if_due(&self) -> Result<(), SourceError> {
-        let ttl = match *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) {
-            None => return Ok(()),
-            Some((_, ttl)) => ttl,
+        use std::sync::atomic::Ordering;
+        let due = |this: &Self| {
+            let ttl = this
+                .expiry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map(|(_, ttl)| ttl);
+            ttl.is_some_and(|ttl| this.time_left().is_some_and(|left| left < ttl / 3))
         };
-        if self.time_left().is_none_or(|left| left >= ttl / 3)
-            || !self.renewable.load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if !due(self) || self.exhausted.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if self.identity.is_some() {
-            return self.exchange();
-        }
-        let renewed = self.runtime.block_on(self.client().renew())?;
-        tracing::info!(expires_at = %renewed.expires_at.rfc3339(), "workload token renewed");
-        let mut guard = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((e, _)) = guard.as_mut() {
-            if renewed.expires_at <= *e {
-                // At its maximum life: renewing again would change nothing (and audit each try).
-                self.renewable
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
+        let renewed = if self.identity.is_some() {
+            self.exchange()
+        } else {
+            self.runtime
+                .block_on(self.client().renew())
+                .map_err(SourceError::from)
+                .map(|renewed| {
+                    tracing::info!(expires_at = %renewed.expires_at.rfc3339(), "workload token renewed");
+                    let mut guard = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some((e, _)) = guard.as_mut() {
+                        if renewed.expires_at <= *e {
+                            self.exhausted.store(true, Ordering::Relaxed);
+                        }
+                        *e = renewed.expires_at;
+                    }
+                })
+        };
+        match renewed {
+            // Still due after renewing (this host's clock runs ahead of the server's): rounds
+            // keep their length, each renewing at its end, rather than one a second.
+            Ok(()) => self.wake_early.store(!due(self), Ordering::Relaxed),
+            // The token still works: use it until it expires (the read that finds it expired
+            // exchanges again or fails then).
+            Err(e) if self.time_left().is_some_and(|left| !left.is_zero()) => {
+                tracing::warn!(error = %e, "cannot renew the workload token; using it until it expires");
+                self.wake_early.store(false, Ordering::Relaxed);
             }
-            *e = renewed.expires_at;
+            Err(e) => return Err(e),
         }
         Ok(())
     }

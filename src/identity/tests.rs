@@ -216,4 +216,6 @@ fn only_https_or_loopback_http_is_fetched() {
     assert!(fetchable("http://example.com/jwks").is_err());
     assert!(fetchable("http://127.0.0.1.example.com/jwks").is_err());
     assert!(fetchable("file:///etc/passwd").is_err());
+    assert!(is_loopback("https://127.0.0.1:8443/jwks") && is_loopback("https://localhost/x"));
+    assert!(!is_loopback("https://localhost.example.com/x"));
 }

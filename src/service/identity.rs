@@ -100,19 +100,21 @@ impl Service {
         let subject = Glob::parse(&req.subject)
             .map_err(|e| problems.push(format!("subject: {e}")))
             .ok();
-        if req.subject.chars().all(|c| c == '*') && req.claims.is_empty() {
-            problems.push(
-                "subject '*' with no --claim admits every token of the issuer (every GitHub \
-                 repository, every pod of a cluster): narrow it with a subject pattern or a claim"
-                    .into(),
-            );
-        }
         let mut claims = Vec::new();
         for c in &req.claims {
             match ClaimRule::parse(c) {
                 Ok(r) => claims.push(r),
                 Err(e) => problems.push(e),
             }
+        }
+        let wild = |p: &str| p.chars().all(|c| c == '*' || c == '?');
+        if wild(&req.subject) && claims.iter().all(|c: &ClaimRule| wild(c.pattern.as_str())) {
+            problems.push(
+                "a subject of wildcards only, with no claim that is more, admits every token of \
+                 the issuer (every GitHub repository, every pod of a cluster): narrow the subject \
+                 or add a --claim with a value"
+                    .into(),
+            );
         }
         let life = |field: &'static str, s: &Option<String>, default: Duration| {
             super::tokens::parse_ttl(field, s.as_deref(), default)
@@ -365,15 +367,23 @@ impl Service {
             .filter(|b| b.issuer == peeked.iss && scope.is_none_or(|s| s == b.name))
             .collect();
         if candidates.is_empty() {
-            let why = match scope {
-                Some(s) => format!(
-                    "no identity binding named {} trusts the issuer {}",
-                    shown(s),
-                    shown(&peeked.iss)
-                ),
-                None => Refusal::UnknownIssuer(shown(&peeked.iss)).to_string(),
-            };
-            return Err(self.refuse(&refused, why, None, false).await);
+            // A scope that names no binding of this issuer gets the answer of a token no binding
+            // admits: the caller cannot probe binding names one guess at a time.
+            return Err(match scope {
+                Some(s) => {
+                    let detail = format!(
+                        "no identity binding named {} trusts the issuer {}",
+                        shown(s),
+                        shown(&peeked.iss)
+                    );
+                    let public = "no identity binding admits the token".to_owned();
+                    self.refuse(&refused, public, Some(detail), false).await
+                }
+                None => {
+                    let why = Refusal::UnknownIssuer(shown(&peeked.iss)).to_string();
+                    self.refuse(&refused, why, None, false).await
+                }
+            });
         }
         let now = now_secs();
         let mut admitted: Vec<(BindingRecord, Rules, Verified)> = Vec::new();

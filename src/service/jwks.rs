@@ -153,11 +153,14 @@ impl Jwks {
                     ));
                 }
                 fetchable(&d.jwks_uri).map_err(|e| format!("its jwks_uri {e}"))?;
-                // Plain HTTP is for an issuer on this host; an issuer's document may not point
-                // the server at a port of its own loopback.
-                if d.jwks_uri.starts_with("http://") && !issuer.starts_with("http://") {
+                // Only an issuer on this host may send the server's fetch to this host: a
+                // remote issuer's document must not turn the server into a probe of its own
+                // loopback ports (plain HTTP is loopback-only already).
+                if crate::identity::is_loopback(&d.jwks_uri)
+                    && !crate::identity::is_loopback(issuer)
+                {
                     return Err(format!(
-                        "the discovery document at {at} points at plain HTTP for its keys"
+                        "the discovery document at {at} points at this host for its keys"
                     ));
                 }
                 d.jwks_uri

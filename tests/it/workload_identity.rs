@@ -1132,13 +1132,21 @@ fn a_supervised_run_follows_through_an_identity_until_its_binding_goes() {
         "{:?}",
         removed.elapsed()
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(3000));
     assert_eq!(
         starts().len(),
         2,
         "a value after the removal restarted it: {}",
         stderr()
     );
+    // Its follower asks every second; refused once, it does not ask again for 5 s (each
+    // refusal is an audit record): one record, not one a second.
+    let refusals = w
+        .audit()
+        .iter()
+        .filter(|a| a["action"] == "identity-exchange-refused")
+        .count();
+    assert_eq!(refusals, 1, "{}", stderr());
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
