@@ -654,7 +654,7 @@ impl Rules {
     }
 }
 
-/// Whether a URL names this host (127.0.0.1, [::1], localhost), whatever its scheme.
+/// Whether a URL names this host (`127.0.0.1`, `[::1]`, `localhost`), whatever its scheme.
 pub fn is_loopback(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
