@@ -306,9 +306,9 @@ impl ServerSource {
 
     /// How long a long-poll may be held, in whole seconds: never past the moment the token is
     /// due for renewal (a third of its ttl before expiry), so that the next round renews it (or,
-    /// with workload identity, exchanges again) while it is still valid, and never past its
-    /// expiry, so the round after it expires is refused (and said so) instead of hanging on to
-    /// a request authorised before.
+    /// with workload identity, exchanges again) while it is still valid (unless waking early
+    /// is off: see `wake_early`), and never past its expiry, so the round after it expires is
+    /// refused (and said so) instead of hanging on to a request authorised before.
     fn poll_secs(&self, timeout: Duration) -> u64 {
         let due = *self.expiry.lock().unwrap_or_else(|e| e.into_inner());
         let due = due.filter(|_| {
@@ -320,7 +320,12 @@ impl ServerSource {
             (Some(left), Some((_, ttl))) if left.saturating_sub(ttl / 3) < timeout => {
                 left.saturating_sub(ttl / 3).as_secs().max(1)
             }
-            _ => timeout.as_secs_f64().ceil() as u64,
+            (Some(left), _) => timeout
+                .min(left + Duration::from_millis(200))
+                .max(Duration::from_secs(1))
+                .as_secs_f64()
+                .ceil() as u64,
+            (None, _) => timeout.as_secs_f64().ceil() as u64,
         }
     }
 

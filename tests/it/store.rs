@@ -723,26 +723,28 @@ async fn every_action_is_audited(service: &Arc<Service>, local: &Caller, store: 
 const STORY_KEY: &str = "MC4CAQAwBQYDK2VwBCIEINHIzFEp0zNvx74UaSl7OQ3wv9zSHWYfL12KkMAypHtH";
 const STORY_JWKS: &str = r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "story", "alg": "EdDSA", "x": "J88FKwBqEAUlfnJ_WK3eo5q07vgf-snEjbL9-qmnxA0"}]}"#;
 
+/// Frank's `frank_s` for tokens of `job:*` from the story's issuer, its keys inline.
+fn story_binding(binding: &str) -> NewBinding {
+    NewBinding {
+        name: binding.into(),
+        workspace: WS.into(),
+        issuer: "https://issuer.example".into(),
+        audience: "secretfs".into(),
+        subject: "job:*".into(),
+        user: "frank".into(),
+        secrets: vec![name("frank_s")],
+        jwks: Some(STORY_JWKS.into()),
+        ..Default::default()
+    }
+}
+
 /// A binding added, a token exchanged and one refused, the binding removed with the token it
 /// minted: every identity action, on this store. Returns the tokens involved (presented and
 /// minted), which the audit must not hold.
 async fn identity_chapter(service: &Arc<Service>, local: &Caller) -> Vec<String> {
     use base64::Engine;
     service
-        .add_binding(
-            local,
-            NewBinding {
-                name: "story".into(),
-                workspace: WS.into(),
-                issuer: "https://issuer.example".into(),
-                audience: "secretfs".into(),
-                subject: "job:*".into(),
-                user: "frank".into(),
-                secrets: vec![name("frank_s")],
-                jwks: Some(STORY_JWKS.into()),
-                ..Default::default()
-            },
-        )
+        .add_binding(local, story_binding("story"))
         .await
         .unwrap();
     let now = Timestamp::now().nanos() / 1_000_000_000;
@@ -786,20 +788,7 @@ async fn identity_chapter(service: &Arc<Service>, local: &Caller) -> Vec<String>
     // Exchanges racing the binding's removal: whichever commits first, no token an exchange
     // minted outlives the binding (its insert is guarded by the binding's row, locked).
     service
-        .add_binding(
-            local,
-            NewBinding {
-                name: "race".into(),
-                workspace: WS.into(),
-                issuer: "https://issuer.example".into(),
-                audience: "secretfs".into(),
-                subject: "job:*".into(),
-                user: "frank".into(),
-                secrets: vec![name("frank_s")],
-                jwks: Some(STORY_JWKS.into()),
-                ..Default::default()
-            },
-        )
+        .add_binding(local, story_binding("race"))
         .await
         .unwrap();
     let racers: Vec<_> = (0..24)
