@@ -656,7 +656,7 @@ async fn bounded_body_of(
     Ok(body)
 }
 
-fn reason(e: &reqwest::Error) -> String {
+pub(crate) fn reason(e: &reqwest::Error) -> String {
     // reqwest's Display names the URL; the source chain says what actually failed.
     let mut out = String::new();
     let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);

@@ -248,15 +248,9 @@ impl Refusal {
     }
 }
 
-/// A value read from an unverified token, for a message: cut to 80 characters and escaped.
-pub fn shown(s: &str) -> String {
-    let cut: String = s.chars().take(80).collect();
-    if cut.len() < s.len() {
-        format!("{cut:?}...")
-    } else {
-        format!("{cut:?}")
-    }
-}
+/// A value read from an unverified token, for a message: quoted, escaped and cut, as every
+/// user-supplied string in an error is.
+pub use crate::secret::quote_for_error as shown;
 
 /// What the exchange reads of a token before it knows which key verifies it: the header's
 /// algorithm and key id, the claimed issuer and subject. Nothing here is trusted.

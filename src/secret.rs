@@ -75,7 +75,7 @@ impl SecretName {
 
 /// Quotes a user-supplied string for an error message, shortened so a pasted blob cannot flood
 /// the terminal.
-pub(crate) fn quote_for_error(s: &str) -> String {
+pub fn quote_for_error(s: &str) -> String {
     const SHOWN: usize = 64;
     if s.chars().count() <= SHOWN {
         format!("{s:?}")

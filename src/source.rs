@@ -97,9 +97,6 @@ pub enum Credential {
     },
 }
 
-/// The largest identity token file read (Kubernetes' tokens are about 1 KiB).
-const IDENTITY_FILE_MAX: u64 = 64 * 1024;
-
 /// The first wait after a refused exchange, and the longest: a workload whose binding was
 /// removed asks again at most this often (each refusal is an audit record), sooner when its
 /// token file changes.
@@ -227,8 +224,16 @@ impl ServerSource {
             return Ok(());
         };
         let shown = id.file.display();
-        let text = read_identity_file(&id.file)?;
-        let digest: [u8; 32] = sha2::Sha256::digest(text.trim().as_bytes()).into();
+        // Read anew each time (kubelet rewrites it). Its mode is not warned about: a projected
+        // token is readable in the pod by design (SECURITY.md says what that means).
+        let read = crate::auth::read_token_file(&id.file).map_err(|e| {
+            SourceError::Failed(format!(
+                "{e} (for workload identity; kubelet projects the token at \
+                 /var/run/secrets/kubernetes.io/serviceaccount/token, see the README)"
+            ))
+        })?;
+        let text = read.token.expose_token();
+        let digest: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
         let mut refused = id.refused.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = refused.as_ref().filter(|r| r.digest == digest) {
             let left = r.until.saturating_duration_since(std::time::Instant::now());
@@ -242,7 +247,7 @@ impl ServerSource {
         }
         let answer = match self
             .runtime
-            .block_on(id.exchanger.exchange(text.trim(), id.binding.as_deref()))
+            .block_on(id.exchanger.exchange(text, id.binding.as_deref()))
         {
             Ok(a) => a,
             Err(e) => {
@@ -386,36 +391,6 @@ impl ServerSource {
         }
         Ok(())
     }
-}
-
-/// The identity token file's text (wiped after use), with what to do when it cannot be read.
-fn read_identity_file(path: &Path) -> Result<zeroize::Zeroizing<String>, SourceError> {
-    use std::io::Read;
-    let shown = path.display();
-    let fail = |why: String| {
-        SourceError::Failed(format!(
-            "cannot read the identity token file {shown}: {why} (kubelet projects it at \
-             /var/run/secrets/kubernetes.io/serviceaccount/token; see the README)"
-        ))
-    };
-    let f = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-    // Sized up front so the buffer never moves, leaving no copy of the token behind.
-    let size = f
-        .metadata()
-        .map_or(4096, |m| m.len())
-        .min(IDENTITY_FILE_MAX)
-        + 1;
-    let mut text = zeroize::Zeroizing::new(String::with_capacity(size as usize));
-    f.take(IDENTITY_FILE_MAX + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| fail(e.to_string()))?;
-    if text.len() as u64 > IDENTITY_FILE_MAX {
-        return Err(fail(format!("it is larger than {IDENTITY_FILE_MAX} bytes")));
-    }
-    if text.trim().is_empty() {
-        return Err(fail("it is empty".into()));
-    }
-    Ok(text)
 }
 
 impl ServerSource {

@@ -68,10 +68,7 @@ const UNUSABLE: &str =
     "the identity binding that admits the token cannot be used now; ask an admin";
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    u64::try_from(Timestamp::now().nanos() / 1_000_000_000).unwrap_or(0)
 }
 
 impl Service {
@@ -228,12 +225,11 @@ impl Service {
         else {
             unreachable!("every missing part is a problem reported above");
         };
-        if !matches!(keys, KeySource::Inline { .. }) {
-            self.jwks
-                .fetch(&req.issuer, &keys)
-                .await
-                .map_err(|e| ServiceError::invalid(format!("cannot use the issuer's keys: {e}")))?;
-        }
+        // Through the cache: the keys fetched here serve the first exchanges too.
+        self.jwks
+            .keys(&req.issuer, &keys, None)
+            .await
+            .map_err(|e| ServiceError::invalid(e.to_string()))?;
         grants.sort_by(|a, b| a.name.cmp(&b.name));
         let rules = Rules {
             audience: req.audience,
@@ -346,7 +342,7 @@ impl Service {
         subject_token: &str,
         scope: Option<&str>,
     ) -> Result<Exchange, ServiceError> {
-        let mut refused = Refused {
+        let mut attempt = Attempt {
             address,
             issuer: String::new(),
             sub: String::new(),
@@ -355,10 +351,10 @@ impl Service {
         };
         let peeked = match peek(subject_token) {
             Ok(p) => p,
-            Err(r) => return Err(self.refuse(&refused, r.to_string(), None, false).await),
+            Err(r) => return Err(self.refuse(&attempt, r.to_string(), None, false).await),
         };
-        refused.issuer = peeked.iss.clone();
-        refused.sub = peeked.sub.clone().unwrap_or_default();
+        attempt.issuer = peeked.iss.clone();
+        attempt.sub = peeked.sub.clone().unwrap_or_default();
         let candidates: Vec<BindingRecord> = self
             .store()
             .bindings()
@@ -377,11 +373,11 @@ impl Service {
                         shown(&peeked.iss)
                     );
                     let public = "no identity binding admits the token".to_owned();
-                    self.refuse(&refused, public, Some(detail), false).await
+                    self.refuse(&attempt, public, Some(detail), false).await
                 }
                 None => {
                     let why = Refusal::UnknownIssuer(shown(&peeked.iss)).to_string();
-                    self.refuse(&refused, why, None, false).await
+                    self.refuse(&attempt, why, None, false).await
                 }
             });
         }
@@ -433,12 +429,12 @@ impl Service {
                 "the token matches several identity bindings ({}); name one with scope=NAME",
                 names.join(", ")
             );
-            return Err(self.refuse(&refused, why, None, false).await);
+            return Err(self.refuse(&attempt, why, None, false).await);
         }
         let Some((record, rules, verified)) = admitted.pop() else {
             if let [(name, id, workspace, _)] = reasons.as_slice() {
-                refused.binding = Some((name.clone(), id.clone()));
-                refused.workspace = workspace.clone();
+                attempt.binding = Some((name.clone(), id.clone()));
+                attempt.workspace = workspace.clone();
             }
             // The audit gets each binding's whole reason; the caller what its token failed,
             // once per distinct reason, without the bindings' names or expectations.
@@ -455,12 +451,12 @@ impl Service {
                 public.join("; ")
             );
             return Err(self
-                .refuse(&refused, public, Some(detail), unavailable)
+                .refuse(&attempt, public, Some(detail), unavailable)
                 .await);
         };
-        refused.binding = Some((record.name.clone(), record.id.clone()));
-        refused.workspace = record.workspace.clone();
-        refused.sub = verified.sub.clone();
+        attempt.binding = Some((record.name.clone(), record.id.clone()));
+        attempt.workspace = record.workspace.clone();
+        attempt.sub = verified.sub.clone();
         let users = self.store().users().await?;
         let user = users
             .iter()
@@ -469,7 +465,7 @@ impl Service {
         let Some(user) = user else {
             let why = format!("binding {}: its user no longer exists", record.name);
             return Err(self
-                .refuse(&refused, UNUSABLE.into(), Some(why), false)
+                .refuse(&attempt, UNUSABLE.into(), Some(why), false)
                 .await);
         };
         // A binding acts with the authority of the admin who added it, as it would be judged
@@ -487,15 +483,13 @@ impl Service {
         if let Some(why) = why {
             let detail = format!("binding {}: {why}", record.name);
             return Err(self
-                .refuse(&refused, UNUSABLE.into(), Some(detail), false)
+                .refuse(&attempt, UNUSABLE.into(), Some(detail), false)
                 .await);
         }
         let ttl = Duration::from_secs(rules.ttl_secs);
-        let until =
-            Timestamp::from_system_time(std::time::UNIX_EPOCH + Duration::from_secs(verified.exp))
-                .min(Timestamp::from_system_time(
-                    std::time::SystemTime::now() + ttl,
-                ));
+        let ends = i64::try_from(verified.exp).unwrap_or(i64::MAX);
+        let until = Timestamp::from_nanos(ends.saturating_mul(1_000_000_000))
+            .min(super::tokens::after(ttl));
         let (token, stored) = mint(TokenKind::Workload);
         let grants = rules
             .grants
@@ -530,17 +524,11 @@ impl Service {
             description,
             minted_by: Some(minted_by_binding(&record.id)),
         };
-        let audit = AuditRecord {
-            at: Timestamp::now(),
-            workspace: record.workspace.clone(),
-            actor: format!("identity:{}", record.name),
-            actor_id: user.id.clone(),
-            action: AuditAction::IdentityExchange,
-            target_kind: TargetKind::Binding,
-            target: record.name.clone(),
-            target_id: record.id.clone(),
-            version: 0,
-            detail: format!(
+        let audit = attempt.record(
+            AuditAction::IdentityExchange,
+            format!("identity:{}", record.name),
+            user.id.clone(),
+            format!(
                 "issuer {} sub {} as {}: token {} until {}",
                 record.issuer,
                 shown(&verified.sub),
@@ -548,8 +536,7 @@ impl Service {
                 token_record.id,
                 until.rfc3339()
             ),
-            address: address.to_owned(),
-        };
+        );
         let batch = Batch {
             ops: vec![
                 // Removed meanwhile: no token (its removal revokes only the tokens it sees).
@@ -564,7 +551,7 @@ impl Service {
             Err(ServiceError::Store(StoreError::BindingNotFound(_))) => {
                 let why = format!("binding {} was removed", record.name);
                 return Err(self
-                    .refuse(&refused, UNUSABLE.into(), Some(why), false)
+                    .refuse(&attempt, UNUSABLE.into(), Some(why), false)
                     .await);
             }
             other => other?,
@@ -582,38 +569,23 @@ impl Service {
     /// `detail` (when it says more) for the audit and the log.
     async fn refuse(
         &self,
-        r: &Refused<'_>,
+        r: &Attempt<'_>,
         public: String,
         detail: Option<String>,
         unavailable: bool,
     ) -> ServiceError {
         let why = detail.as_deref().unwrap_or(&public);
-        let (binding, binding_id) = r.binding.clone().unwrap_or_default();
-        let record = AuditRecord {
-            at: Timestamp::now(),
-            workspace: r.workspace.clone(),
-            actor: "identity".into(),
-            actor_id: String::new(),
-            action: AuditAction::IdentityExchangeRefused,
-            target_kind: TargetKind::Binding,
-            target: binding,
-            target_id: binding_id,
-            version: 0,
-            detail: format!(
+        let shown_or_dash = |s: &str| if s.is_empty() { "-".into() } else { shown(s) };
+        let record = r.record(
+            AuditAction::IdentityExchangeRefused,
+            "identity".into(),
+            String::new(),
+            format!(
                 "issuer {} sub {}: {why}",
-                if r.issuer.is_empty() {
-                    "-".into()
-                } else {
-                    shown(&r.issuer)
-                },
-                if r.sub.is_empty() {
-                    "-".into()
-                } else {
-                    shown(&r.sub)
-                },
+                shown_or_dash(&r.issuer),
+                shown_or_dash(&r.sub)
             ),
-            address: r.address.to_owned(),
-        };
+        );
         if let Err(e) = self
             .store()
             .record_reads(std::slice::from_ref(&record))
@@ -630,12 +602,38 @@ impl Service {
     }
 }
 
-/// What a refusal's audit record says of the attempt.
-struct Refused<'a> {
+/// What an exchange's audit record says of the attempt, accepted or refused.
+struct Attempt<'a> {
     address: &'a str,
     issuer: String,
     sub: String,
     binding: Option<(String, String)>,
     /// The binding's workspace, once one is identified.
     workspace: String,
+}
+
+impl Attempt<'_> {
+    /// The attempt's audit record: about its binding, once one is identified.
+    fn record(
+        &self,
+        action: AuditAction,
+        actor: String,
+        actor_id: String,
+        detail: String,
+    ) -> AuditRecord {
+        let (target, target_id) = self.binding.clone().unwrap_or_default();
+        AuditRecord {
+            at: Timestamp::now(),
+            workspace: self.workspace.clone(),
+            actor,
+            actor_id,
+            action,
+            target_kind: TargetKind::Binding,
+            target,
+            target_id,
+            version: 0,
+            detail,
+            address: self.address.to_owned(),
+        }
+    }
 }

@@ -123,11 +123,7 @@ impl Jwks {
     }
 
     /// Fetches a key set (through discovery if the source says so) and how long to keep it.
-    pub async fn fetch(
-        &self,
-        issuer: &str,
-        source: &KeySource,
-    ) -> Result<(KeySet, Duration), String> {
+    async fn fetch(&self, issuer: &str, source: &KeySource) -> Result<(KeySet, Duration), String> {
         let url = match source {
             KeySource::Inline { .. } => unreachable!("inline keys are never fetched"),
             KeySource::Url { url } => url.clone(),
@@ -187,7 +183,7 @@ impl Jwks {
             .header("accept", "application/json")
             .send()
             .await
-            .map_err(|e| format!("cannot reach {url}: {}", without_url(&e)))?;
+            .map_err(|e| format!("cannot reach {url}: {}", crate::client::reason(&e)))?;
         if !resp.status().is_success() {
             return Err(format!("{url} answered {}", resp.status()));
         }
@@ -205,7 +201,7 @@ impl Jwks {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| format!("cannot read {url}: {}", without_url(&e)))?
+            .map_err(|e| format!("cannot read {url}: {}", crate::client::reason(&e)))?
         {
             if body.len() + chunk.len() > MAX_DOCUMENT {
                 return Err(format!("{url} answered more than {MAX_DOCUMENT} bytes"));
@@ -214,18 +210,6 @@ impl Jwks {
         }
         Ok((body, life))
     }
-}
-
-/// reqwest's error text without the URL it already repeats.
-fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(u) = e.url() {
-        s = s.replace(&format!(" ({u})"), "").replace(u.as_str(), "");
-    }
-    if let Some(source) = std::error::Error::source(e) {
-        s = format!("{s}: {source}");
-    }
-    s
 }
 
 /// How long a response may be kept: its `max-age` (`no-store`/`no-cache`: not at all, which

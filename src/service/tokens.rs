@@ -64,7 +64,8 @@ pub fn parse_ttl(
     Ok(d)
 }
 
-fn after(d: Duration) -> Timestamp {
+/// The moment `d` from now.
+pub(super) fn after(d: Duration) -> Timestamp {
     Timestamp::from_system_time(std::time::SystemTime::now() + d)
 }
 

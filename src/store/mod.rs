@@ -640,7 +640,8 @@ pub trait Store: Send + Sync + 'static {
     /// other processes sharing the store that something changed. A batch with sealed writes
     /// first checks the write fence in the same transaction.
     async fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
-    /// Appends audit records on their own, in one transaction: workload reads, in bulk.
+    /// Appends audit records that go with no change, in one transaction, announcing nothing:
+    /// workload reads in bulk, and refused identity exchanges (which must not empty caches).
     async fn record_reads(&self, audits: &[AuditRecord]) -> Result<(), StoreError>;
     /// The key check this process's seals belong to: a batch carrying a sealed value is refused
     /// with `KeyRotated`, in its own transaction, when the stored key check is no longer this

@@ -674,7 +674,7 @@ async fn every_action_is_audited(service: &Arc<Service>, local: &Caller, store: 
         .revoke_token(&frank, &workload.token().unwrap().id)
         .await
         .unwrap();
-    let exchanged = identity_chapter(service, local).await;
+    let exchanged = identity_chapter(service, local, &frank).await;
     let log = store
         .audit(&secretfs::store::AuditQuery {
             since: Timestamp::from_nanos(0),
@@ -715,6 +715,29 @@ async fn every_action_is_audited(service: &Arc<Service>, local: &Caller, store: 
     }
     assert!(log.windows(2).all(|w| w[0].at <= w[1].at));
     service.delete_user(local, "frank", None).await.unwrap();
+    // A binding whose user is gone: refused, and audited as refused.
+    let refused = service
+        .exchange("127.0.0.1", &exchanged[0], Some("kept"))
+        .await;
+    assert!(
+        matches!(&refused, Err(ServiceError::Refused { message, .. }) if message.contains("cannot be used now")),
+        "{refused:?}"
+    );
+    let last = store
+        .audit(&secretfs::store::AuditQuery {
+            since: Timestamp::from_nanos(0),
+            workspace: None,
+            limit: 1,
+            newest: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(last[0].action, AuditAction::IdentityExchangeRefused);
+    assert!(
+        last[0].detail.contains("its user no longer exists"),
+        "{:?}",
+        last[0]
+    );
 }
 
 /// A test-only Ed25519 key (PKCS#8, base64 DER): the store story signs its own identity token
@@ -741,7 +764,7 @@ fn story_binding(binding: &str) -> NewBinding {
 /// A binding added, a token exchanged and one refused, the binding removed with the token it
 /// minted: every identity action, on this store. Returns the tokens involved (presented and
 /// minted), which the audit must not hold.
-async fn identity_chapter(service: &Arc<Service>, local: &Caller) -> Vec<String> {
+async fn identity_chapter(service: &Arc<Service>, local: &Caller, frank: &Caller) -> Vec<String> {
     use base64::Engine;
     service
         .add_binding(local, story_binding("story"))
@@ -770,6 +793,32 @@ async fn identity_chapter(service: &Arc<Service>, local: &Caller) -> Vec<String>
     let grants = &workload.token().unwrap().grants;
     assert_eq!(grants.len(), 1);
     assert_eq!(grants[0].name.as_str(), "frank_s");
+    assert_eq!(
+        workload_values(service, &minted).await.unwrap(),
+        [("frank_s".to_owned(), "f".to_owned())]
+    );
+    // Deleted and created again under its name: a new secret, which the binding (granting by
+    // id) does not give, to the token already minted nor to a new exchange.
+    service
+        .delete_secret(frank, WS, &name("frank_s"))
+        .await
+        .unwrap();
+    service
+        .create_secrets(frank, WS, vec![new("frank_s", "f2", Visibility::Public)])
+        .await
+        .unwrap();
+    assert!(workload_values(service, &minted).await.unwrap().is_empty());
+    let again = service
+        .exchange("127.0.0.1", &presented, None)
+        .await
+        .unwrap();
+    assert!(
+        workload_values(service, again.token.expose_token())
+            .await
+            .unwrap()
+            .is_empty(),
+        "a re-created name reached an old binding"
+    );
     let refused = service.exchange("127.0.0.1", "e30.e30.sig", None).await;
     assert!(
         matches!(refused, Err(ServiceError::Refused { .. })),
@@ -819,6 +868,11 @@ async fn identity_chapter(service: &Arc<Service>, local: &Caller) -> Vec<String>
         }
     }
     eprintln!("identity race: {minted_in_race} of 24 exchanges minted before the removal");
+    // Kept past frank's deletion (at the end of the story): then it mints nothing.
+    service
+        .add_binding(local, story_binding("kept"))
+        .await
+        .unwrap();
     vec![presented, minted]
 }
 

@@ -782,7 +782,7 @@ fn a_binding_acts_with_its_creators_authority_as_it_stands() {
 
 #[test]
 fn an_unreachable_issuer_fails_closed_with_a_clear_error() {
-    let Some(w) = world(
+    let Some(mut w) = world(
         "an_unreachable_issuer_fails_closed_with_a_clear_error",
         &["--jwks-refetch-interval", "1s"],
     ) else {
@@ -816,15 +816,17 @@ fn an_unreachable_issuer_fails_closed_with_a_clear_error() {
         assert_ne!(out.code, 0, "{name}");
         assert!(out.stderr.contains(says), "{name}: {}", out.stderr);
     }
-    // Bound while reachable; the issuer goes away; its keys, never fetched for an exchange,
-    // cannot be had: 503, said so, and audited.
+    // Bound while reachable, to an issuer whose keys may not be kept (no-store: kept for the
+    // refetch interval, 1 s, from the fetch at `identity add`); the issuer goes away; once its
+    // keys have expired they cannot be had: 503, said so, and audited.
+    let python = tools_python("", "jwt").unwrap();
+    w.issuer = Issuer::start_caching(&w.s, &python, "", 0);
     w.bind_lepton("lepton", &[]);
     let token = w
         .issuer
         .mint(json!({"claims": k8s("ws-abc", "default", "a")}));
     // A second issuer whose keys may not be kept (no-store): they are kept for the refetch
     // interval (1 s here), used while fresh, then the issuer's absence fails closed.
-    let python = tools_python("", "jwt").unwrap();
     let mut brief = Issuer::start_caching(&w.s, &python, "/brief", 0);
     let out = add(
         &w.s,
