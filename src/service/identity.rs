@@ -468,6 +468,16 @@ impl Service {
                 .refuse(&attempt, UNUSABLE.into(), Some(why), false)
                 .await);
         };
+        // Its user left the workspace: a token would read nothing; say so instead.
+        if !user.workspaces.contains(&record.workspace) {
+            let detail = format!(
+                "binding {}: its user {} is no longer a member of workspace {}",
+                record.name, user.name, record.workspace
+            );
+            return Err(self
+                .refuse(&attempt, UNUSABLE.into(), Some(detail), false)
+                .await);
+        }
         // A binding acts with the authority of the admin who added it, as it would be judged
         // now: still an admin, and (for another user's secrets) still allowed to act as them.
         let creator = users.iter().find(|u| u.id == record.created_by && u.live());

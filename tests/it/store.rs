@@ -714,8 +714,34 @@ async fn every_action_is_audited(service: &Arc<Service>, local: &Caller, store: 
         );
     }
     assert!(log.windows(2).all(|w| w[0].at <= w[1].at));
+    // A binding whose user left its workspace, then whose user is gone: refused, and audited
+    // as refused, each with its reason.
+    let newest = || async {
+        store
+            .audit(&secretfs::store::AuditQuery {
+                since: Timestamp::from_nanos(0),
+                workspace: None,
+                limit: 1,
+                newest: true,
+            })
+            .await
+            .unwrap()
+            .remove(0)
+    };
+    service.remove_member(local, WS, "frank").await.unwrap();
+    let refused = service
+        .exchange("127.0.0.1", &exchanged[0], Some("kept"))
+        .await;
+    assert!(
+        matches!(&refused, Err(ServiceError::Refused { .. })),
+        "{refused:?}"
+    );
+    let last = newest().await;
+    assert!(
+        last.detail.contains("no longer a member of workspace"),
+        "{last:?}"
+    );
     service.delete_user(local, "frank", None).await.unwrap();
-    // A binding whose user is gone: refused, and audited as refused.
     let refused = service
         .exchange("127.0.0.1", &exchanged[0], Some("kept"))
         .await;
@@ -723,20 +749,11 @@ async fn every_action_is_audited(service: &Arc<Service>, local: &Caller, store: 
         matches!(&refused, Err(ServiceError::Refused { message, .. }) if message.contains("cannot be used now")),
         "{refused:?}"
     );
-    let last = store
-        .audit(&secretfs::store::AuditQuery {
-            since: Timestamp::from_nanos(0),
-            workspace: None,
-            limit: 1,
-            newest: true,
-        })
-        .await
-        .unwrap();
-    assert_eq!(last[0].action, AuditAction::IdentityExchangeRefused);
+    let last = newest().await;
+    assert_eq!(last.action, AuditAction::IdentityExchangeRefused);
     assert!(
-        last[0].detail.contains("its user no longer exists"),
-        "{:?}",
-        last[0]
+        last.detail.contains("its user no longer exists"),
+        "{last:?}"
     );
 }
 
