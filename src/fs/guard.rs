@@ -14,8 +14,9 @@
 //! stderr) before it mounts, so the guard can never hold the FUSE device open. Once mounted, it
 //! writes the mount's identity (`ID MAJOR:MINOR`, from mountinfo). When the pipe ends (the daemon
 //! exited, however it died), the guard unmounts the mount point if, and only if, that very mount
-//! is still there: a daemon that unmounted itself leaves nothing to do, and a successor's new
-//! mount at the same place has another identity.
+//! is still there and does not answer: a daemon that unmounted itself leaves nothing to do, and a
+//! successor's new mount at the same place answers (it may carry the same identity: the kernel
+//! reuses mount ids and device numbers).
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use super::mountinfo::{self, MountEntry};
+use super::probe::{self, Probe};
 
 /// The hidden first argument that makes `secretfs` run as a guard (dispatched in `main`).
 pub const ARG: &str = "__mount-guard";
@@ -92,11 +94,22 @@ pub fn main(args: &[OsString]) -> ExitCode {
         return ExitCode::SUCCESS;
     };
     let wanted = dir.to_string_lossy();
-    let still_there = mountinfo::read()
+    let Some(entry) = mountinfo::read()
         .into_iter()
-        .any(|e| e.id == id && e.dev == dev && e.point == wanted);
-    if !still_there {
+        .find(|e| e.id == id && e.dev == dev && e.point == wanted)
+    else {
         return ExitCode::SUCCESS;
+    };
+    // The kernel reuses mount ids and device numbers: a successor's mount at the same place can
+    // carry this one's identity once this one is gone. The daemon is dead, so its mount cannot
+    // answer; a mount that answers is a successor's, and stays.
+    match probe::probe(&dir, probe::LIMIT) {
+        Probe::Answered => return ExitCode::SUCCESS,
+        Probe::Disconnected => {}
+        Probe::Silent => {
+            // Held open by another process: abort it, so nothing waits on it for good.
+            probe::abort_connection(&entry);
+        }
     }
     match super::mount::unmount(&dir) {
         Ok(()) => {

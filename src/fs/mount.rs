@@ -11,6 +11,7 @@ use fuser::{Config, MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 
 use super::fuse::{SecretFs, SharedTree};
+use super::probe::{self, Probe};
 use super::refresh::{Mounted, apply, check_only, fetch_with_retry, keep_fresh};
 use super::rendered::Renderer;
 use super::status::MountStatus;
@@ -120,17 +121,32 @@ pub fn block_shutdown_signals() {
 }
 
 /// Checks the mount point: it must exist and be a directory, and not be a live secretfs mount.
-/// A stale mount (its daemon died) is detached so it can be mounted over.
+/// A stale mount (its daemon died) is detached so it can be mounted over, and so is a mount whose
+/// daemon does not answer (its connection is aborted first, where the kernel lets us).
 pub fn prepare_mount_point(dir: &Path) -> Result<PathBuf, MountError> {
+    // Before anything touches the path: a stat of a dead mount whose connection is still held
+    // open waits forever, so a secretfs mount there is asked through a bounded probe instead.
+    if let Some(at) = lexical_mount_point(dir)
+        && let Some(entry) = super::mountinfo::secretfs_at(&super::mountinfo::read(), &at)
+    {
+        match probe::probe(&at, probe::LIMIT) {
+            Probe::Answered => return Err(MountError::AlreadyMounted(dir.to_owned())),
+            Probe::Disconnected => {}
+            Probe::Silent => {
+                let aborted = probe::abort_connection(&entry);
+                tracing::warn!(
+                    dir = %dir.display(),
+                    connection_aborted = aborted,
+                    "recovering a mount whose daemon does not answer (its connection is held open by another process)"
+                );
+                detach(dir)?;
+            }
+        }
+    }
     match std::fs::metadata(dir) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             tracing::warn!(dir = %dir.display(), "recovering a stale mount (its daemon is gone)");
-            nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).map_err(|source| {
-                MountError::Stale {
-                    path: dir.to_owned(),
-                    source,
-                }
-            })?;
+            detach(dir)?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(MountError::NoMountPoint(dir.to_owned()));
@@ -158,6 +174,25 @@ pub fn prepare_mount_point(dir: &Path) -> Result<PathBuf, MountError> {
         return Err(MountError::AlreadyMounted(dir.to_owned()));
     }
     Ok(canonical)
+}
+
+/// Takes the mount at `dir` out of the tree without a word to its daemon (`MNT_DETACH`).
+fn detach(dir: &Path) -> Result<(), MountError> {
+    nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).map_err(|source| MountError::Stale {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// `dir` as mountinfo names it, found without touching `dir` itself: its parent resolved (the
+/// parent is not the mount), its own name joined on. `None` for a path with no final name.
+fn lexical_mount_point(dir: &Path) -> Option<PathBuf> {
+    let name = dir.file_name()?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.canonicalize().ok()?,
+        _ => std::env::current_dir().ok()?,
+    };
+    Some(parent.join(name))
 }
 
 /// Whether a secretfs filesystem is mounted at `dir` (per /proc/self/mountinfo).

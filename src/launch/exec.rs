@@ -161,28 +161,47 @@ pub fn spawn(
 /// -- COMMAND...`.
 pub const HANDOVER_ARG: &str = "__secretfs-handover";
 
-/// The command a supervisor spawns so that a workload's memory files are named by the
-/// workload's own PID: posix_spawn gives the PID only once the child runs, so the child is
-/// this binary again, which knows its PID, rewrites `/proc/self/` in `vars` to it and execs
-/// the workload (exec keeps the PID). One more exec, only when there are memory files; the
-/// alternative, fork and patching the environment in the child, is unsafe code this crate keeps
-/// out of the launcher.
-pub fn handover_command(vars: &[OsString], command: &[OsString]) -> Vec<OsString> {
-    let mut argv: Vec<OsString> = vec!["/proc/self/exe".into(), HANDOVER_ARG.into()];
+/// The command a supervisor spawns for each start of its workload: this binary again, which
+/// ties the workload's life to the supervisor's (`PR_SET_PDEATHSIG`: a supervisor killed with
+/// SIGKILL takes its workload with it), rewrites `/proc/self/` in `vars` to its own PID, so the
+/// workload's memory files are named by the workload's PID, and execs the workload (exec keeps
+/// the PID and the death signal). posix_spawn can do neither (it sets no death signal and gives
+/// the PID only once the child runs); fork and doing both in the child is unsafe code this crate
+/// keeps out of the launcher. The cost is one more exec per start.
+pub fn handover_command(supervisor: u32, vars: &[OsString], command: &[OsString]) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = vec![
+        "/proc/self/exe".into(),
+        HANDOVER_ARG.into(),
+        supervisor.to_string().into(),
+    ];
     argv.extend(vars.iter().cloned());
     argv.push("--".into());
     argv.extend(command.iter().cloned());
     argv
 }
 
-/// The hand-over's own run (see [`handover_command`]). Its environment holds the workload's
-/// values: the copies it makes on the way are gone with its address space at exec, and it
-/// exits at once when exec fails.
+/// The hand-over's own run (see [`handover_command`]): `SUPERVISOR_PID VAR... -- COMMAND...`.
+/// Its environment holds the workload's values: the copies it makes on the way are gone with its
+/// address space at exec, and it exits at once when exec fails.
 pub fn handover(raw: &[OsString]) -> std::process::ExitCode {
-    let Some(split) = raw.iter().position(|a| a == "--") else {
-        eprintln!("error: {HANDOVER_ARG} is secretfs run's own; it needs VAR... -- COMMAND");
-        return std::process::ExitCode::from(125);
+    let usage = || {
+        eprintln!("error: {HANDOVER_ARG} is secretfs run's own; it needs PID VAR... -- COMMAND");
+        std::process::ExitCode::from(125)
     };
+    let Some((supervisor, raw)) = raw.split_first() else {
+        return usage();
+    };
+    let Some(split) = raw.iter().position(|a| a == "--") else {
+        return usage();
+    };
+    // Set before the check: a supervisor that dies after the check is caught by the signal, one
+    // that died before it by the check (this process was re-parented by then).
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+        || supervisor.to_str() != Some(&nix::unistd::getppid().to_string())
+    {
+        eprintln!("error: the supervisor ended before the workload started");
+        return std::process::ExitCode::from(125);
+    }
     let (vars, command) = (&raw[..split], &raw[split + 1..]);
     let own = format!("/proc/{}/", std::process::id());
     let inherited: Vec<(OsString, OsString)> = std::env::vars_os().collect();

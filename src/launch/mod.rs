@@ -68,6 +68,10 @@ pub fn main(raw: &[OsString]) -> ExitCode {
 /// The lean launcher (`secretfs-run`): directory sources in-process; for the store or a server
 /// it execs `secretfs run` with the same arguments (the `secretfs` next to it, else on PATH).
 pub fn lean_main(raw: &[OsString]) -> ExitCode {
+    // A workload's start under its supervisor (exec::handover_command names /proc/self/exe).
+    if raw.first().is_some_and(|a| a == exec::HANDOVER_ARG) {
+        return exec::handover(&raw[1..]);
+    }
     launch(raw, &resolve::DirOnly, Some(delegate))
 }
 

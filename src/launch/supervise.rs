@@ -367,6 +367,11 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
         }
     }
     let status = s.supervise(&names);
+    if s.watch.process_group {
+        // The workload's group ends with its leader, as at a restart: a helper it left behind
+        // (one that ignores the stop signal, say) must not outlive the supervisor.
+        let _ = killpg(s.child, Signal::SIGKILL);
+    }
     s.end(status)
 }
 
@@ -442,8 +447,9 @@ enum Act {
 }
 
 impl<F: Fetch> Supervisor<'_, F> {
-    /// Starts the workload with `resolved`, through the hand-over when it has memory files;
-    /// the values then live in the workload only (this process's copies are dropped here).
+    /// Starts the workload with `resolved`, through the hand-over (which ties its life to this
+    /// process's and names its memory files); the values then live in the workload only (this
+    /// process's copies are dropped here).
     fn start(&mut self, resolved: Resolved) -> Result<Pid, ExecFailure> {
         if let Some(m) = &mut self.mask {
             m.learn(&resolved);
@@ -454,15 +460,13 @@ impl<F: Fetch> Supervisor<'_, F> {
             .flat_map(|m| m.relays.child_ends.iter())
             .map(|(n, fd)| (*n, std::os::fd::AsFd::as_fd(fd)))
             .collect();
-        let handover;
-        let command = if resolved.memfd_vars.is_empty() {
-            &self.plan.command
-        } else {
-            handover = super::exec::handover_command(&resolved.memfd_vars, &self.plan.command);
-            &handover
-        };
+        let command = super::exec::handover_command(
+            std::process::id(),
+            &resolved.memfd_vars,
+            &self.plan.command,
+        );
         let pid = super::exec::spawn(
-            command,
+            &command,
             &resolved.env,
             resolve::child_path(&resolved.env).as_deref(),
             &self.child_mask,

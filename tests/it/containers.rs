@@ -7,9 +7,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{Scratch, eventually, fuse_available, open_up, run_with};
+use crate::support::{Running, Scratch, eventually, fuse_available, open_up, run_with};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -56,18 +56,20 @@ fn the_launcher_as_pid_1_sees_its_secrets_and_passes_on_signals_and_exit_codes()
 
     // As the image runs it: ENTRYPOINT ["secretfs", "run"], the command appended, the spec
     // named by SECRETFS_SPEC.
-    let mut child = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc"])
-        .arg(crate::support::bin())
-        .args(["run", crate::support::python(), "app.py"])
-        .current_dir(s.path())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("SECRETFS_SPEC", "job.toml")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("unshare (util-linux)");
+    // --kill-child: the namespace ends with unshare, should the test end it early.
+    let mut child = Running::spawn(
+        "unshare (util-linux) with the launcher",
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+            .arg(crate::support::bin())
+            .args(["run", crate::support::python(), "app.py"])
+            .current_dir(s.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SECRETFS_SPEC", "job.toml")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     assert!(
         eventually(20, || s.path().join("ready").exists()),
         "the workload did not start"
@@ -87,14 +89,7 @@ fn the_launcher_as_pid_1_sees_its_secrets_and_passes_on_signals_and_exit_codes()
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "PID 1 did not exit on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = child.wait_within(Duration::from_secs(20));
     // The workload's exit code is the container's.
     assert_eq!(status.code(), Some(42));
     let report: serde_json::Value =
@@ -127,7 +122,6 @@ fn the_launcher_as_pid_1_sees_its_secrets_and_passes_on_signals_and_exit_codes()
     let out = run_with(cmd, b"");
     assert_eq!(out.code, 125);
     assert!(out.stderr.contains("missing.toml"), "{}", out.stderr);
-    let _ = child.wait();
 }
 
 /// The sidecar pattern, with namespaces instead of containers. An outer mount namespace keeps

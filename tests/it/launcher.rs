@@ -7,7 +7,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::support::{
-    CANARY, Daemon, Out, Scratch, assert_no_canary, eventually, fuse_available, run_with,
+    CANARY, Daemon, FS_LIMIT, Out, Running, Scratch, assert_no_canary, eventually, fuse_available,
+    run_with,
 };
 
 /// A Python workload that writes what it received to `report.json` in its working directory
@@ -403,13 +404,13 @@ fn exec_not_fork_same_pid_and_signals_reach_the_workload() {
          open({ready:?}, 'w').write(str(os.getpid()))\n\
          time.sleep(30)\n"
     );
-    let mut child = s
-        .cmd(&[
+    let mut child = Running::spawn(
+        "secretfs run",
+        s.cmd(&[
             "run", "--dir", "secrets", "-s", "A", "--", "python3", "-c", &script,
         ])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stdin(Stdio::null()),
+    );
     assert!(eventually(10, || std::fs::read_to_string(&ready)
         .is_ok_and(|p| !p.is_empty())));
     let pid: u32 = std::fs::read_to_string(&ready).unwrap().parse().unwrap();
@@ -419,7 +420,7 @@ fn exec_not_fork_same_pid_and_signals_reach_the_workload() {
         "the workload is not the launcher's process"
     );
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
-    let status = child.wait().unwrap();
+    let status = child.wait_within(FS_LIMIT);
     assert_eq!(status.code(), Some(0));
     assert_eq!(std::fs::read_to_string(&got).unwrap(), "TERM");
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::support::{Scratch, bin, eventually, python, unique_canary};
+use crate::support::{FS_LIMIT, Running, Scratch, bin, eventually, python, unique_canary};
 
 fn dir_with(s: &Scratch, secrets: &[(&str, &str)]) -> PathBuf {
     let dir = s.path().join("secrets");
@@ -156,15 +156,16 @@ fn with_watch_a_restarted_workload_is_masked_for_its_new_value_and_the_old_one()
          while true; do sleep 0.05; done",
         log = log.display()
     );
-    let mut child = Command::new(bin())
-        .args(["run", "--watch", "--mask", "--debounce", "0s", "--dir"])
-        .arg(&dir)
-        .args(["-s", "TOK", "--", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Running::spawn(
+        "secretfs run --watch --mask",
+        Command::new(bin())
+            .args(["run", "--watch", "--mask", "--debounce", "0s", "--dir"])
+            .arg(&dir)
+            .args(["-s", "TOK", "--", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(Stdio::null()),
+    );
     let starts = |p: &Path| {
         std::fs::read_to_string(p)
             .unwrap_or_default()
@@ -181,12 +182,8 @@ fn with_watch_a_restarted_workload_is_masked_for_its_new_value_and_the_old_one()
         .lines()
         .count()
         == 2));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let status = child.signal_and_wait(nix::sys::signal::Signal::SIGTERM, FS_LIMIT);
+    assert_eq!(status.code(), Some(0));
     let out = std::fs::read_to_string(&out_path).unwrap();
     assert_eq!(
         out,

@@ -8,8 +8,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::support::{
-    CANARY, Daemon, NO_PTRACE, Scratch, assert_hardened, assert_no_canary, eventually,
-    fuse_available, is_mounted, open_up,
+    CANARY, Daemon, FS_LIMIT, NO_PTRACE, Running, Scratch, assert_hardened, assert_no_canary,
+    eventually, fuse_available, is_mounted, list_within, open_up, read_within, stat_within,
+    try_within, within,
 };
 
 /// A scratch store holding `secrets`, plus a mount point inside it.
@@ -485,7 +486,7 @@ fn a_killed_daemon_leaves_no_mount_in_any_order() {
             eventually(5, || !is_mounted(&mnt)),
             "a daemon killed {order} left its mount behind"
         );
-        assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0, "{order}");
+        assert_eq!(list_within(&mnt).unwrap().len(), 0, "{order}");
         if order != "nothing" {
             // fusermount3's helper cannot tell this daemon died; the guard did the work (and
             // says so just after the unmount, which the check above may see first).
@@ -531,14 +532,12 @@ fn a_killed_daemon_leaves_no_mount_in_any_order() {
     for r in readers {
         r.join().unwrap();
     }
-    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
+    assert_eq!(list_within(&mnt).unwrap().len(), 0);
 }
 
 #[test]
-fn a_clean_stop_leaves_the_guard_nothing_to_do_and_a_successor_is_not_unmounted() {
-    if !fuse_available(
-        "a_clean_stop_leaves_the_guard_nothing_to_do_and_a_successor_is_not_unmounted",
-    ) {
+fn a_clean_stop_leaves_the_guard_nothing_to_do() {
+    if !fuse_available("a_clean_stop_leaves_the_guard_nothing_to_do") {
         return;
     }
     let s = store_with(&[("A", b"x")]);
@@ -554,31 +553,120 @@ fn a_clean_stop_leaves_the_guard_nothing_to_do_and_a_successor_is_not_unmounted(
         || std::fs::read_to_string(format!("/proc/{guard}/stat"))
             .is_ok_and(|s| s.contains(") Z "))));
     assert!(!d.log().contains("the mount daemon is gone"), "{}", d.log());
+}
 
-    // A guard whose daemon died after a successor mounted at the same place (here: the guard
-    // is held up by SIGSTOP while the daemon is killed and a new one recovers the mount) leaves
-    // the successor's mount alone: it unmounts only the mount it was told about.
+/// Holds copies of process PID's descriptors FD... (pidfd_getfd, as root), says so, then stops
+/// itself: a stopped helper that keeps a daemon's FUSE connection open after the daemon dies (so
+/// the kernel does not abort it, and nobody answers it: fusermount3 caught between handing the
+/// descriptor over and closing its own, as CI once saw), and, here, the daemon's end of its
+/// guard's pipe (so the guard learns of the death only when this helper goes).
+const HOLD_FDS: &str = r#"
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_pidfd_getfd = 438
+pidfd = os.pidfd_open(int(sys.argv[1]))
+for n in sys.argv[2:]:
+    if libc.syscall(SYS_pidfd_getfd, pidfd, int(n), 0) < 0:
+        sys.exit("pidfd_getfd: " + os.strerror(ctypes.get_errno()))
+print("holding", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+signal.pause()
+"#;
+
+/// The descriptor of process `pid` whose link reads `target`.
+fn fd_linked_to(pid: i32, target: &Path) -> i32 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == target))
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("process {pid} holds no {}", target.display()))
+}
+
+/// A daemon killed while another process holds its FUSE connection open leaves a mount that
+/// never answers: a new daemon takes it over within 5 s (its probe gets no answer; it aborts
+/// the connection and mounts over it). The first daemon's guard and fusermount3's helper, held
+/// up meanwhile, then leave the successor's mount alone: each unmounts only the mount it was
+/// told about.
+#[test]
+fn a_new_daemon_takes_over_a_dead_mount_whose_connection_a_stopped_helper_holds() {
+    if !fuse_available(
+        "a_new_daemon_takes_over_a_dead_mount_whose_connection_a_stopped_helper_holds",
+    ) {
+        return;
+    }
+    let s = store_with(&[("A", b"x")]);
+    let mnt = s.path().join("mnt");
     let mut first = Daemon::start(&s, &mnt, &[]);
     let guard = guard_of(&first);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard), Signal::SIGSTOP).unwrap();
-    // fusermount3's own helper would unmount the dead mount too; stop it the same way.
-    for c in children(first.pid()) {
-        if c != guard {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c), Signal::SIGSTOP);
-        }
+    // fusermount3's helper is in a session of its own: stopped, it stays stopped.
+    let helpers: Vec<i32> = children(first.pid())
+        .into_iter()
+        .filter(|c| *c != guard)
+        .collect();
+    for h in &helpers {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*h), Signal::SIGSTOP).unwrap();
     }
-    let helpers: Vec<i32> = children(first.pid());
+    let guard_pipe = std::fs::read_link(format!("/proc/{guard}/fd/0")).unwrap();
+    let mut holder = Running::spawn(
+        "the descriptor holder",
+        Command::new(crate::support::python())
+            .args(["-c", HOLD_FDS, &first.pid().to_string()])
+            .arg(fd_linked_to(first.pid(), Path::new("/dev/fuse")).to_string())
+            .arg(fd_linked_to(first.pid(), &guard_pipe).to_string())
+            .stdout(std::process::Stdio::piped()),
+    );
+    let stdout = holder.stdout.take().unwrap();
+    let said = within("the holder's word", FS_LIMIT, move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+    })
+    .unwrap();
+    assert_eq!(said, "holding\n");
     first.stop(Signal::SIGKILL);
+
+    // The mount is dead but not disconnected: a lookup waits for an answer that never comes.
+    let probe = mnt.join("never-looked-up");
+    assert!(
+        try_within(Duration::from_secs(1), move || std::fs::symlink_metadata(
+            probe
+        ))
+        .is_none(),
+        "the dead mount answered; the test did not make the mount it means to"
+    );
+    let started = std::time::Instant::now();
     let second = Daemon::start(&s, &mnt, &[]);
-    for h in helpers {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(h), Signal::SIGCONT);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "the takeover took {took:?}");
+    assert!(
+        second
+            .log()
+            .contains("recovering a mount whose daemon does not answer"),
+        "{}",
+        second.log()
+    );
+    assert_eq!(read_within(&mnt.join("A")).unwrap(), b"x");
+
+    // The first daemon's guard (its pipe ends with the holder) and fusermount3's helper wake up
+    // to a successor's mount, and leave it.
+    for h in &helpers {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*h), Signal::SIGCONT);
     }
+    drop(holder);
+    assert!(
+        eventually(5, || !Path::new(&format!("/proc/{guard}/cmdline")).exists()
+            || std::fs::read_to_string(format!("/proc/{guard}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))),
+        "the first daemon's guard did not end with its pipe"
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         is_mounted(&mnt),
-        "the first daemon's guard unmounted its successor"
+        "the first daemon's guard or helper unmounted its successor: {}",
+        first.log()
     );
-    assert_eq!(std::fs::read(mnt.join("A")).unwrap(), b"x");
+    assert!(!first.log().contains("unmounted"), "{}", first.log());
+    assert_eq!(read_within(&mnt.join("A")).unwrap(), b"x");
     drop(second);
     assert!(!is_mounted(&mnt));
 }
@@ -608,8 +696,15 @@ fn sigkill_leaves_no_mount_and_a_stale_mount_is_recovered() {
     d.stop(Signal::SIGKILL);
     std::thread::sleep(Duration::from_millis(200));
     assert!(is_mounted(&mnt));
+    assert_eq!(
+        stat_within(&mnt, FS_LIMIT)
+            .map_err(|e| e.raw_os_error())
+            .err(),
+        Some(Some(libc::ENOTCONN)),
+        "the mount of a daemon killed with nothing left to clean up is stale"
+    );
     let d = Daemon::start(&s, &mnt, &[]);
-    assert_eq!(std::fs::read(mnt.join("A")).unwrap(), b"x");
+    assert_eq!(read_within(&mnt.join("A")).unwrap(), b"x");
     assert!(d.log().contains("recovering a stale mount"), "{}", d.log());
     drop(d);
     assert!(!is_mounted(&mnt));

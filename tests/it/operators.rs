@@ -9,8 +9,8 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Daemon, Http, NotifySocket, Scratch, Server, assert_no_canary, bin, fuse_available,
-    tools_python, unique_canary,
+    Daemon, FS_LIMIT, Http, NotifySocket, Running, Scratch, Server, assert_no_canary, bin,
+    fuse_available, tools_python, unique_canary,
 };
 
 fn repo() -> &'static Path {
@@ -18,14 +18,10 @@ fn repo() -> &'static Path {
 }
 
 /// SIGTERM: the process says STOPPING=1, then exits 0.
-fn stopped_and_said_so(mut child: std::process::Child, notify: &NotifySocket) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        Signal::SIGTERM,
-    )
-    .unwrap();
+fn stopped_and_said_so(mut child: Running, notify: &NotifySocket) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.pid()), Signal::SIGTERM).unwrap();
     notify.until("STOPPING=1", 10);
-    assert!(child.wait().unwrap().success());
+    assert!(child.wait_within(FS_LIMIT).success());
 }
 
 fn get_text(url: &str) -> (u16, String, String) {
@@ -116,16 +112,17 @@ fn the_server_is_ready_only_when_it_answers_and_says_stopping_on_sigterm() {
     let s = Scratch::new();
     let notify = NotifySocket::at_path(&s.path().join("notify"));
     let db = s.path().join("svc.db");
-    let child = Command::new(bin())
-        .args(["serve", "--init", "--listen", "127.0.0.1:0", "--database"])
-        .arg(format!("sqlite://{}", db.display()))
-        .env("NOTIFY_SOCKET", &notify.address)
-        // Half of it is the ping interval: 0.2 s.
-        .env("WATCHDOG_USEC", "400000")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(s.path().join("serve.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let child = Running::spawn(
+        "secretfs serve",
+        Command::new(bin())
+            .args(["serve", "--init", "--listen", "127.0.0.1:0", "--database"])
+            .arg(format!("sqlite://{}", db.display()))
+            .env("NOTIFY_SOCKET", &notify.address)
+            // Half of it is the ping interval: 0.2 s.
+            .env("WATCHDOG_USEC", "400000")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(s.path().join("serve.log")).unwrap()),
+    );
     let ready = notify.next(20).expect("READY=1 from the server");
     assert!(
         ready.starts_with("READY=1\nSTATUS=serving the workspace API on http://127.0.0.1:"),
@@ -524,13 +521,14 @@ fn the_server_unit_runs_as_written() {
         .collect();
     assert_eq!(words[0], "/usr/local/bin/secretfs");
     let notify = NotifySocket::at_path(&s.path().join("notify"));
-    let mut child = Command::new(bin())
-        .args(&words[1..])
-        .env("NOTIFY_SOCKET", &notify.address)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(s.path().join("unit.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Running::spawn(
+        "the unit's secretfs serve",
+        Command::new(bin())
+            .args(&words[1..])
+            .env("NOTIFY_SOCKET", &notify.address)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(s.path().join("unit.log")).unwrap()),
+    );
     let ready = notify.next(20).unwrap_or_else(|| {
         panic!(
             "{}",

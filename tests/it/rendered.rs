@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{
-    Daemon, Scratch, eventually, fuse_available, open_up, tools_python, unique_canary,
+    Daemon, FS_LIMIT, Running, Scratch, eventually, fuse_available, open_up, tools_python,
+    unique_canary,
 };
 
 fn run(cmd: &mut Command) -> (i32, String, String) {
@@ -582,20 +583,13 @@ fn sshd_accepts_the_keys_of_the_mount_and_follows_their_deletion_and_addition() 
     .unwrap();
     std::fs::create_dir_all("/run/sshd").unwrap();
     let log = s.path().join("sshd.log");
-    let server = Command::new(sshd)
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let server = Kill(server);
+    let server = Running::spawn(
+        "sshd",
+        Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
     assert!(
         eventually(10, || std::net::TcpStream::connect(("127.0.0.1", port))
             .is_ok()),
@@ -904,31 +898,28 @@ fn the_launcher_fails_closed_on_a_rendered_file_it_cannot_build() {
 }
 
 /// `secretfs run --watch --debounce 0s --spec SPEC -- sh -c SCRIPT` from the scratch dir,
-/// killed if the test ends without stopping it (else it would outlive the test).
+/// stopped (with its workload) however the test ends.
 struct Supervised {
-    child: Option<std::process::Child>,
+    child: Running,
     err: PathBuf,
 }
 
 impl Supervised {
     fn start(s: &Scratch, spec: &Path, script: &str) -> Supervised {
         let err = s.path().join("run.err");
-        let child = s
-            .cmd(&[
-                "run",
-                "--watch",
-                "--debounce",
-                "0s",
-                "--spec",
-                spec.to_str().unwrap(),
-            ])
-            .args(["--", "sh", "-c", script])
+        let mut cmd = s.cmd(&[
+            "run",
+            "--watch",
+            "--debounce",
+            "0s",
+            "--spec",
+            spec.to_str().unwrap(),
+        ]);
+        cmd.args(["--", "sh", "-c", script])
             .stdin(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(std::fs::File::create(&err).unwrap());
         Supervised {
-            child: Some(child),
+            child: Running::spawn("secretfs run --watch", &mut cmd),
             err,
         }
     }
@@ -939,22 +930,9 @@ impl Supervised {
 
     /// SIGTERM to the supervisor; its exit status.
     fn stop(mut self) -> Option<i32> {
-        let mut child = self.child.take().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        child.wait().unwrap().code()
-    }
-}
-
-impl Drop for Supervised {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child
+            .signal_and_wait(nix::sys::signal::Signal::SIGTERM, FS_LIMIT)
+            .code()
     }
 }
 

@@ -3,12 +3,12 @@
 //! Kubernetes volume make them (a new file renamed over the old, a `..data` symlink swap).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::support::{Scratch, bin, eventually, python, unique_canary};
+use crate::support::{FS_LIMIT, Running, Scratch, bin, eventually, python, unique_canary};
 
 /// A shell workload that appends "PID VALUE" to `log` when it starts, "hup PID" on SIGHUP and
 /// "term PID" on SIGTERM (then exits 3). The traps come first: a test that signals it as soon
@@ -48,8 +48,9 @@ fn starts(log: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A supervisor, stopped (with its workload) however the test ends.
 struct Run {
-    child: Child,
+    child: Running,
     err: PathBuf,
 }
 
@@ -73,16 +74,17 @@ impl Run {
     /// `secretfs run --watch ARGS -- COMMAND`, once the workload has logged its start.
     fn start_from(s: &Scratch, args: &[&str], log: &Path, command: Vec<String>) -> Run {
         let err = s.path().join(format!("run-{}.err", std::process::id()));
-        let child = Command::new(bin())
-            .args(["run", "--watch"])
-            .args(args)
-            .arg("--")
-            .args(command)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
+        let child = Running::spawn(
+            "secretfs run --watch",
+            Command::new(bin())
+                .args(["run", "--watch"])
+                .args(args)
+                .arg("--")
+                .args(command)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&err).unwrap()),
+        );
         assert!(
             eventually(10, || !starts(log).is_empty()),
             "the workload did not start"
@@ -96,12 +98,7 @@ impl Run {
 
     /// SIGTERM to the supervisor; its exit status.
     fn stop(mut self) -> Option<i32> {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            Signal::SIGTERM,
-        )
-        .unwrap();
-        self.child.wait().unwrap().code()
+        self.child.signal_and_wait(Signal::SIGTERM, FS_LIMIT).code()
     }
 }
 
@@ -251,7 +248,7 @@ fn exit_on_change_stops_the_workload_and_ends_with_the_code() {
     let (s, dir, log) = setup(&[("A", "v1")]);
     let mut run = Run::start(&s, &dir, &log, &["--on-change", "exit", "--debounce", "0s"]);
     rotate(&dir, "A", "v2");
-    let status = run.child.wait().unwrap();
+    let status = run.child.wait_within(FS_LIMIT);
     assert_eq!(status.code(), Some(75), "{}", run.stderr());
     assert!(lines(&log).contains(&format!("term {}", starts(&log)[0].0)));
     assert_eq!(starts(&log).len(), 1);
@@ -447,12 +444,29 @@ fn with_a_process_group_a_restart_takes_the_whole_group() {
         .count()
         == 2));
     assert!(
-        eventually(5, || !Path::new(&format!("/proc/{helper}")).exists()
-            || std::fs::read_to_string(format!("/proc/{helper}/stat"))
-                .is_ok_and(|st| st.contains(") Z "))),
+        eventually(5, || gone(&helper)),
         "the old workload's helper {helper} outlived the restart"
     );
+    // The supervisor's own stop takes the group too: the new workload's helper ignores the
+    // stop signal, and goes with its leader.
+    assert!(eventually(5, || lines(&log)
+        .iter()
+        .filter(|l| l.starts_with("bg "))
+        .count()
+        == 2));
     run.stop();
+    for helper in lines(&log).iter().filter_map(|l| l.strip_prefix("bg ")) {
+        assert!(
+            eventually(5, || gone(helper)),
+            "the workload's helper {helper} outlived the supervisor's stop"
+        );
+    }
+}
+
+/// Whether process `pid` has ended (it is gone, or a zombie its parent has not reaped yet).
+fn gone(pid: &str) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| st.contains(") Z "))
 }
 
 /// A workload that logs "PID $A" at its start and, to `files`, "PID PATH CONTENT" of its
@@ -865,4 +879,21 @@ fn with_a_process_group_ctrl_z_stops_the_job_and_fg_continues_it() {
         ready = ready.to_str().unwrap(),
     );
     drive(&driver);
+}
+
+/// A supervisor killed with SIGKILL (it can do nothing about it) takes its workload with it: the
+/// workload does not run on, unsupervised, with the values it had. Also in its own process group
+/// and behind --mask's relays.
+#[test]
+fn a_workload_ends_with_its_supervisor_killed_with_sigkill() {
+    for flags in [&[][..], &["--process-group"], &["--mask"]] {
+        let (s, dir, log) = setup(&[("A", "v1")]);
+        let mut run = Run::start(&s, &dir, &log, flags);
+        let workload = starts(&log)[0].0.clone();
+        run.child.signal_and_wait(Signal::SIGKILL, FS_LIMIT);
+        assert!(
+            eventually(5, || gone(&workload)),
+            "{flags:?}: the workload {workload} outlived its supervisor's SIGKILL"
+        );
+    }
 }

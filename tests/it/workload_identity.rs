@@ -4,30 +4,25 @@
 //! The server verifies them with its own code; nothing here signs with it.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Api, Daemon, Scratch, Server, eventually, fuse_available, tools_python};
+use crate::support::{
+    Api, Daemon, FS_LIMIT, Running, Scratch, Server, eventually, fuse_available, tools_python,
+};
 
 const K8S_AUD: &str = "https://kubernetes.default.svc";
 const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 
-/// A running issuer; killed when dropped.
+/// A running issuer; stopped when dropped.
 struct Issuer {
-    child: Child,
+    child: Running,
     url: String,
     api: Api,
     rt: tokio::runtime::Runtime,
-}
-
-impl Drop for Issuer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Issuer {
@@ -41,16 +36,17 @@ impl Issuer {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port_file = s.path().join(format!("issuer-{n}.port"));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/oidc_issuer.py");
-        let child = Command::new(python)
-            .arg(script)
-            .arg("--port-file")
-            .arg(&port_file)
-            .args(["--issuer-suffix", suffix])
-            .args(["--max-age", &max_age.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the issuer");
+        let child = Running::spawn(
+            "the issuer",
+            Command::new(python)
+                .arg(script)
+                .arg("--port-file")
+                .arg(&port_file)
+                .args(["--issuer-suffix", suffix])
+                .args(["--max-age", &max_age.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+        );
         assert!(
             eventually(20, || port_file.exists()),
             "the issuer did not start"
@@ -842,8 +838,9 @@ fn an_unreachable_issuer_fails_closed_with_a_clear_error() {
         |n: u32| brief.mint(json!({"claims": {"sub": format!("job:{n}"), "aud": "secretfs"}}));
     let (first, second, third) = (job(1), job(2), job(3));
     assert_eq!(exchange(&w.rt, &w.api, &first, None).0, 200);
-    let _ = brief.child.kill();
-    let _ = brief.child.wait();
+    brief
+        .child
+        .signal_and_wait(nix::sys::signal::Signal::SIGKILL, FS_LIMIT);
     let fetched = Instant::now();
     let (status, v) = exchange(&w.rt, &w.api, &second, None);
     if fetched.elapsed() < Duration::from_millis(900) {
@@ -853,8 +850,9 @@ fn an_unreachable_issuer_fails_closed_with_a_clear_error() {
     let (status, v) = exchange(&w.rt, &w.api, &third, None);
     assert_eq!(status, 503, "expired keys of an unreachable issuer: {v}");
     let mut issuer = w.issuer;
-    let _ = issuer.child.kill();
-    let _ = issuer.child.wait();
+    issuer
+        .child
+        .signal_and_wait(nix::sys::signal::Signal::SIGKILL, FS_LIMIT);
     let (status, v) = exchange(&w.rt, &w.api, &token, None);
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"], "temporarily_unavailable");
@@ -1090,12 +1088,12 @@ fn a_supervised_run_follows_through_an_identity_until_its_binding_goes() {
         "-c",
         &script,
     ]);
-    let mut child = run
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Running::spawn(
+        "secretfs run --watch",
+        run.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap()),
+    );
     let starts = || -> Vec<String> {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -1149,11 +1147,7 @@ fn a_supervised_run_follows_through_an_identity_until_its_binding_goes() {
         .filter(|a| a["action"] == "identity-exchange-refused")
         .count();
     assert_eq!(refusals, 1, "{}", stderr());
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = child.wait();
+    child.signal_and_wait(nix::sys::signal::Signal::SIGTERM, FS_LIMIT);
     let presented = std::fs::read_to_string(&token_file).unwrap();
     assert!(
         !stderr().contains(presented.rsplit('.').next().unwrap()),

@@ -59,8 +59,12 @@ impl Daemon {
         wrapper: &[&str],
         adjust: impl FnOnce(&mut Command),
     ) -> Daemon {
-        // A stale mount point cannot be stat'ed; it exists, and the daemon must cope with it.
-        let _ = std::fs::create_dir_all(dir);
+        // Whatever is mounted there is not touched: a stale mount cannot be stat'ed, and a dead
+        // one whose connection another process holds would never answer. It exists, and the
+        // daemon must cope with it.
+        if !is_mounted(dir) {
+            let _ = std::fs::create_dir_all(dir);
+        }
         let stderr_path = scratch.path().join(format!(
             "daemon-{}.log",
             dir.file_name().unwrap().to_string_lossy()
@@ -140,18 +144,23 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.stop(nix::sys::signal::Signal::SIGTERM);
-        }
+        // Not `stop`, which fails the test: this may run while a failed test unwinds.
+        super::stop(&mut self.child);
         if is_mounted(&self.dir) {
             let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         }
     }
 }
 
-/// Whether anything is mounted at `dir` (per /proc/self/mountinfo).
+/// Whether anything is mounted at `dir` (per /proc/self/mountinfo). Only `dir`'s parent is
+/// resolved: resolving `dir` itself would ask the mount, which may never answer.
 pub fn is_mounted(dir: &Path) -> bool {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let dir = match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map_or_else(|_| dir.to_owned(), |p| p.join(name)),
+        _ => dir.to_owned(),
+    };
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let wanted = dir.to_string_lossy();
     info.lines().any(|l| {

@@ -39,11 +39,10 @@ pub fn may_inspect(pid: u32, what: &str, other_uid: bool) -> bool {
 /// started the same way can; another uid can read neither its memory nor its environment nor
 /// attach; no core files.
 pub fn assert_hardened(pid: u32, name: &str) {
-    let mut control = Command::new("setpriv")
-        .args(NO_PTRACE)
-        .args(["sleep", "5"])
-        .spawn()
-        .unwrap();
+    let mut control = super::Running::spawn(
+        "the control process",
+        Command::new("setpriv").args(NO_PTRACE).args(["sleep", "5"]),
+    );
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(
         may_inspect(control.id(), "mem", false),

@@ -175,9 +175,9 @@ impl Server {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Sends `sig` and reaps the server (SIGKILL after a grace period if `sig` did not end it).
     pub fn kill(&mut self, sig: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
-        let _ = self.child.wait();
+        super::process::end_with(&mut self.child, sig);
     }
 
     /// A server on PostgreSQL `db_url` with the key file `key` (shared by replicas); `init`
