@@ -194,6 +194,9 @@ impl Client {
                 reqwest::redirect::Policy::default()
             })
             .timeout(Duration::from_secs(90))
+            // Below the server's 10 s for an idle connection (server::HEADER_READ_TIMEOUT): a
+            // connection is not reused just as the server closes it.
+            .pool_idle_timeout(Duration::from_secs(5))
             .user_agent(concat!("secretfs/", env!("CARGO_PKG_VERSION")));
         if ca_file.is_none() && bases.iter().all(|b| b.starts_with("http://")) {
             // Plain HTTP only: no trust store to load. Reading the system's (about 150 files

@@ -218,7 +218,28 @@ pub enum Refusal {
     KeysUnavailable(String),
 }
 
+/// What every refusal decided before the token's signature verified is told, word for word:
+/// an unknown issuer, a scope that names no binding, a key the issuer does not publish, a
+/// signature that does not verify. A forged token learns nothing of which issuers are trusted or
+/// which bindings exist.
+pub const UNADMITTED: &str = "no identity binding admits the token";
+
 impl Refusal {
+    /// Whether this refusal depends on the server's bindings and was decided before the token's
+    /// signature verified against a trusted key: then the caller gets [`UNADMITTED`] and nothing
+    /// else. (A token that is not a signed JWT at all, or names no issuer, is told so: that says
+    /// nothing of the server.)
+    pub fn before_signature(&self) -> bool {
+        matches!(
+            self,
+            Refusal::UnknownIssuer(_)
+                | Refusal::UnknownKey(_)
+                | Refusal::AlgorithmMismatch { .. }
+                | Refusal::BadSignature
+                | Refusal::KeysUnavailable(_)
+        )
+    }
+
     /// What the caller is told: the check that failed and what the token held, never what a
     /// binding expects (its audience, patterns, key URLs) nor why the issuer's keys could not be
     /// had: an anonymous caller with a validly signed token of its own (any GitHub repository
@@ -648,25 +669,52 @@ impl Rules {
     }
 }
 
-/// Whether a URL names this host (`127.0.0.1`, `[::1]`, `localhost`), whatever its scheme.
-pub fn is_loopback(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if !h.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
+/// Whether `ip` is this host by its kind, whatever host this is: loopback (all of 127.0.0.0/8,
+/// `::1`), unspecified and "this network" (0.0.0.0/8, `::`: a connection to them reaches this
+/// host), link-local (169.254.0.0/16, fe80::/10), in IPv4-mapped and IPv4-compatible IPv6 forms
+/// too. (The host's own interface addresses are checked where the fetch is made:
+/// `service::jwks`.)
+pub fn is_local_ip(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.octets()[0] == 0 || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_unicast_link_local()
+                || v6.to_ipv4().is_some_and(|v4| is_local_ip(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// Whether `url` names this host outright: `localhost` (or a name under it), or an address
+/// [`is_local_ip`] accepts however it is spelled (`127.1`, `2130706433`, `0x7f.1`,
+/// `[::ffff:127.0.0.1]`), read as the URL standard reads it, which is how the HTTP client will
+/// read it. A name that only resolves to this host is not "outright": it is refused where the
+/// fetch resolves it.
+pub fn names_this_host(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
     };
-    matches!(host, "127.0.0.1" | "[::1]" | "localhost")
+    match parsed.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(v4)) => is_local_ip(v4.into()),
+        Some(url::Host::Ipv6(v6)) => is_local_ip(v6.into()),
+        None => false,
+    }
 }
 
 /// Whether a URL the server fetches keys from is acceptable: HTTPS, or plain HTTP to loopback
 /// (tests, and an issuer proxied on the same host).
 pub fn fetchable(url: &str) -> Result<(), String> {
-    if url.starts_with("https://") || (url.starts_with("http://") && is_loopback(url)) {
+    if url.starts_with("https://") || (url.starts_with("http://") && names_this_host(url)) {
         return Ok(());
     }
     Err(format!(
-        "{} must be an https:// URL (plain http:// only to 127.0.0.1, [::1] or localhost)",
+        "{} must be an https:// URL (plain http:// only to this host: 127.0.0.1, [::1] or localhost)",
         shown(url)
     ))
 }

@@ -61,6 +61,8 @@ pub struct ServeOptions {
     pub admin_impersonation: bool,
     /// Workload identity: the least time between refetches of an issuer's keys.
     pub jwks_refetch: Duration,
+    /// Failures a client address may have answered at once before they are slowed down.
+    pub failure_burst: u32,
     /// Where `/metrics` is served, apart from the API (none: not served).
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -121,6 +123,7 @@ pub async fn serve(
     let options = crate::service::Options {
         admin_impersonation: opts.admin_impersonation,
         jwks_refetch: opts.jwks_refetch,
+        failure_burst: opts.failure_burst,
     };
     let (service, default_token_path) = if is_postgres(&opts.database) {
         let key = opts.key_file.clone().ok_or_else(|| {
@@ -255,9 +258,14 @@ pub async fn serve(
                         key.display()
                     )
                 })?;
-            let server = axum_server::from_tcp_rustls(listener, config)
+            let mut server = axum_server::from_tcp_rustls(listener, config)
                 .doing(|| format!("cannot serve TLS on {addr}"))?
-                .handle(handle);
+                .handle(handle)
+                .http1_only();
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             on_ready(&ready);
             server
                 .serve(make_service)
@@ -265,9 +273,14 @@ pub async fn serve(
                 .doing(|| format!("serving on {addr}"))?;
         }
         None => {
-            let server = axum_server::from_tcp(listener)
+            let mut server = axum_server::from_tcp(listener)
                 .doing(|| format!("cannot serve on {addr}"))?
-                .handle(handle);
+                .handle(handle)
+                .http1_only();
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             on_ready(&ready);
             server
                 .serve(make_service)
@@ -401,3 +414,10 @@ async fn wait_for_signal() {
         _ = int.recv() => {}
     }
 }
+
+/// How long a client has to send a request's headers: from the connection's start, and again
+/// from the end of each answer on a kept-alive connection, so an idle connection closes then too.
+/// A request being answered (a long-poll held for minutes) is not reading headers: its own
+/// limits apply. HTTP/1.1 only (every client of this API speaks it): one protocol, one set of
+/// limits to hold.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

@@ -17,6 +17,8 @@ pub struct ApiError {
     /// The request field the error is about (`name`, `value`, ...), so a form can show the
     /// message next to it.
     pub field: Option<&'static str>,
+    /// Seconds a client should wait before asking again (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -26,7 +28,14 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
+    }
+
+    /// This error, with `Retry-After` (whole seconds, at least one).
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after.as_secs().max(1));
+        self
     }
 
     /// This error, about the request field `field`.
@@ -98,6 +107,9 @@ impl IntoResponse for ApiError {
             // answer, and saying so keeps a client from sending its next request on it (and
             // seeing that request fail as the connection goes).
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(

@@ -129,6 +129,10 @@ fn oauth_error(e: ApiError) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if let Some(secs) = e.retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
@@ -142,6 +146,7 @@ pub async fn exchange(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let arrived = std::time::Instant::now();
     let address = connect.map(|c| c.ip().to_string()).unwrap_or_default();
     // The buffer holds the subject token: parse from a copy wiped afterwards.
     let buf = Zeroizing::new(Vec::from(body));
@@ -173,9 +178,16 @@ pub async fn exchange(
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
         }
-        // Refusals are not slowed down like failed logins: a signed token cannot be guessed,
-        // and what a flood of bad tokens could hurt, the issuer, is behind the refetch limit.
-        Err(e) => oauth_error(e.into()),
+        // A refusal is slowed down per source (an admitted exchange never is: a node agent
+        // exchanges for every pod of its node from one address), so bindings cannot be probed
+        // at loopback speed; the answer is the same, only later.
+        Err(e) => {
+            let ip = connect.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.ip());
+            match state.exchange_guard.hold(ip, arrived).await {
+                Ok(()) => oauth_error(e.into()),
+                Err(after) => oauth_error(super::auth::too_many_failures(after)),
+            }
+        }
     }
 }
 

@@ -34,14 +34,20 @@ pub use error::ApiError;
 /// concern of slowing down token guessing.
 pub struct AppState {
     pub service: Arc<Service>,
+    /// Failed authentication, slowed down per source.
     guard: FailureGuard,
+    /// Refused identity exchanges, slowed down per source (apart from failed authentication: a
+    /// node agent exchanging for every pod of its node must not be slowed by an unrelated 401).
+    exchange_guard: FailureGuard,
 }
 
 impl AppState {
     pub fn new(service: Arc<Service>) -> Arc<Self> {
+        let burst = service.options().failure_burst;
         Arc::new(AppState {
             service,
-            guard: FailureGuard::default(),
+            guard: FailureGuard::with_burst(burst),
+            exchange_guard: FailureGuard::with_burst(burst),
         })
     }
 }

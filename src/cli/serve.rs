@@ -43,6 +43,11 @@ pub struct ServeArgs {
     /// token naming a key the cached set lacks (a flood of such tokens costs one fetch each).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub jwks_refetch_interval: Duration,
+    /// Failed authentications (and refused identity exchanges) a client address may have
+    /// answered at once, refilled at one per 6 s; past them, each is answered later than the
+    /// last (50 ms doubling to 2 s). Raise it behind a proxy that makes all clients one address.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub failure_burst: u32,
     /// How long workload-read audit records may wait to be written together.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub audit_interval: Duration,
@@ -73,6 +78,7 @@ pub fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         audit_interval: a.audit_interval,
         admin_impersonation: !a.no_admin_impersonation,
         jwks_refetch: a.jwks_refetch_interval,
+        failure_burst: a.failure_burst,
         metrics_listen: a.metrics_listen,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

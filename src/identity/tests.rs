@@ -216,6 +216,45 @@ fn only_https_or_loopback_http_is_fetched() {
     assert!(fetchable("http://example.com/jwks").is_err());
     assert!(fetchable("http://127.0.0.1.example.com/jwks").is_err());
     assert!(fetchable("file:///etc/passwd").is_err());
-    assert!(is_loopback("https://127.0.0.1:8443/jwks") && is_loopback("https://localhost/x"));
-    assert!(!is_loopback("https://localhost.example.com/x"));
+    assert!(
+        names_this_host("https://127.0.0.1:8443/jwks") && names_this_host("https://localhost/x")
+    );
+    assert!(!names_this_host("https://localhost.example.com/x"));
+}
+
+/// Every spelling of this host a URL can hold, as the HTTP client reads it: the forms an
+/// attacker's discovery document used to reach a local listener.
+#[test]
+fn this_host_is_named_in_every_spelling() {
+    for url in [
+        "https://127.0.0.1/k",
+        "https://127.1/k",
+        "https://127.0.0.3:9/k",
+        "https://0.0.0.0/k",
+        "https://0/k",
+        "https://2130706433/k",
+        "https://0x7f.1/k",
+        "https://0177.0.0.1/k",
+        "https://[::1]/k",
+        "https://[::]/k",
+        "https://[::ffff:127.0.0.1]/k",
+        "https://[::ffff:7f00:1]/k",
+        "https://[::127.0.0.1]/k",
+        "https://169.254.169.254/latest",
+        "https://[fe80::1]/k",
+        "https://LOCALHOST./k",
+        "https://api.localhost/k",
+    ] {
+        assert!(names_this_host(url), "{url}");
+    }
+    for url in [
+        "https://128.0.0.1/k",
+        "https://10.0.0.1/k",
+        "https://[2001:db8::1]/k",
+        "https://oidc.example.com/k",
+        "https://localhost.example.com/k",
+        "not a url",
+    ] {
+        assert!(!names_this_host(url), "{url}");
+    }
 }

@@ -1,5 +1,6 @@
 //! `--mask`: the workload's stdout and stderr pass through the launcher, and every value it
-//! holds, and the base64 and URL-encoded forms of each, come out as `[secretfs: NAME]`.
+//! holds, and the base64 and URL-encoded forms of each, come out as `[secretfs: NAME]`. The
+//! output is matched as `unfold` reads it: wrapped base64 joined, percent-escapes decoded.
 //!
 //! The matching is the `aho-corasick` crate's (leftmost-longest over every form of every value
 //! at once). What this file adds is the streaming: a write of the workload can end inside a
@@ -157,12 +158,21 @@ fn forms(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     let mut out = plain.clone();
     for v in &plain {
         out.extend(base64_forms(v));
-        out.push(crate::render::percent_encoded(v));
     }
-    out.retain(|f| f.len() >= MIN_MASKED);
-    out.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));
-    out.dedup_by(|a, b| a.as_slice() == b.as_slice());
-    out
+    // As the matcher reads output (super::unfold): percent-escapes decoded (so the value's
+    // percent-encodings, in every flavour, are the value again) and line breaks inside long
+    // base64 runs dropped. A value of several lines unfolds by what precedes it in the output
+    // (a long base64 run before its first line break, or not): both ways are looked for.
+    let mut unfolded: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+    for f in &out {
+        for run in [0, super::unfold::MIN_RUN] {
+            unfolded.push(super::unfold::View::unfold_pattern(f, run));
+        }
+    }
+    unfolded.retain(|f| f.len() >= MIN_MASKED);
+    unfolded.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));
+    unfolded.dedup_by(|a, b| a.as_slice() == b.as_slice());
+    unfolded
 }
 
 /// The characters of `value`'s base64 that depend on it alone, for each alignment (0, 1 or 2
@@ -260,10 +270,12 @@ impl Masker {
     }
 }
 
-/// One output stream's state: the bytes held back.
+/// One output stream's state: the bytes held back, and how many base64 characters ran at the
+/// end of what went out (a line break at the start of the next chunk may continue that run).
 #[derive(Default)]
 pub struct Stream {
     held: Zeroizing<Vec<u8>>,
+    run: usize,
 }
 
 impl Stream {
@@ -289,25 +301,38 @@ impl Stream {
             joined = j;
             &joined
         };
+        // Matched in the unfolded view (wrapped base64 joined, percent-escapes decoded), written
+        // from the text itself; positions map between the two.
+        let view = super::unfold::View::of(text, false, self.run);
+        let seen = view.bytes(text);
         // Where a value may begin that this chunk does not complete: a match from there on may
         // be part of a longer one (a value inside another, or one that is a prefix of
         // another), so it waits with what is held back; one before it is final.
-        let open = masker.hold_from(text, 0);
-        let mut last = 0;
-        matcher.each(&masker.patterns, text, |start, end, pattern| {
+        let open = masker.hold_from(seen, 0);
+        let (mut last, mut last_text) = (0, 0);
+        matcher.each(&masker.patterns, seen, |start, end, pattern| {
             if start >= open || start < last {
                 return;
             }
-            out(&text[last..start]);
+            out(&text[last_text..view.text_start(start)]);
             out(&masker.labels[pattern]);
             last = end;
+            last_text = view.text_end(end);
         });
         let hold = if last <= open {
             open
         } else {
-            masker.hold_from(text, last)
+            masker.hold_from(seen, last)
         };
-        out(&text[last..hold]);
+        // An escape or a line break the next chunk may complete waits too.
+        let hold = view
+            .hold_from(hold, seen.len())
+            .min(text.len())
+            .max(last_text);
+        let released = &text[last_text..hold];
+        out(released);
+        let before = if last_text == 0 { self.run } else { 0 };
+        self.run = super::unfold::run_before(released, before).min(super::unfold::MIN_RUN);
         let mut held = Zeroizing::new(text[hold..].to_vec());
         std::mem::swap(&mut self.held, &mut held);
     }
@@ -316,6 +341,7 @@ impl Stream {
     pub fn finish(&mut self, out: &mut impl FnMut(&[u8])) {
         out(&self.held);
         self.held.clear();
+        self.run = 0;
     }
 }
 
@@ -660,6 +686,50 @@ mod tests {
         }
         // A key file printed on a pseudo-terminal: CRLF line ends.
         assert_eq!(out(&key.replace('\n', "\r\n")), "[secretfs: KEY]");
+    }
+
+    /// Base64 wrapped at 76 and 64 columns, with `\n` and a terminal's `\r\n` line ends, and
+    /// percent-encoding in lower-case hex or keeping `/`: masked across every split point.
+    #[test]
+    fn wrapped_base64_and_every_percent_flavour_are_masked_across_any_split() {
+        use base64::engine::general_purpose::STANDARD;
+        let key =
+            "sk-proj-0123456789abcdefghijABCDEFGHIJ/0123456789abcdefghijABCDEFGHIJ+0123456789";
+        let (m, _) = masker(&[("KEY", key)]);
+        let encoded = STANDARD.encode(format!("user:{key}"));
+        let wrap = |width: usize, end: &str| -> String {
+            encoded
+                .as_bytes()
+                .chunks(width)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect::<Vec<_>>()
+                .join(end)
+        };
+        let lower = key.replace('/', "%2f").replace('+', "%2b");
+        let quoted = key.replace('+', "%2B");
+        for text in [
+            wrap(76, "\n"),
+            wrap(64, "\r\n"),
+            wrap(76, "\r\r\n"),
+            format!("x={lower}&y"),
+            format!("GET /{quoted} HTTP"),
+        ] {
+            let text = format!("{text}\n");
+            let check = |shown: &str, how: &str| {
+                let joined = shown.replace(['\n', '\r'], "");
+                assert!(shown.contains("[secretfs: KEY]"), "{how}: {shown}");
+                for needle in [&encoded[12..40], "0123456789abcdefghij", &lower[20..40]] {
+                    assert!(!joined.contains(needle), "{how}: {needle} in {shown}");
+                }
+            };
+            for cut in 0..text.len() {
+                let (a, b) = text.as_bytes().split_at(cut);
+                check(&through(&m, &[a, b]), &format!("cut at {cut}"));
+            }
+        }
+        // Ordinary lines, long or short, pass as they are.
+        let plain = "a_long_identifier_of_many_letters\nnext line 100%\n";
+        assert_eq!(through(&m, &[plain.as_bytes()]), plain);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod resolve;
 pub mod spec;
 pub mod supervise;
+mod unfold;
 pub mod watch;
 
 use std::ffi::OsString;

@@ -277,10 +277,42 @@ pub const UNSAFE_ENV: &[(&str, &str)] = &[
     ("PYTHONPATH", "Python imports modules from it"),
     ("PYTHONHOME", "Python loads its standard library from it"),
     ("PYTHONSTARTUP", "Python runs the file it names"),
+    (
+        "PYTHONWARNINGS",
+        "Python prints a filter it cannot parse, value and all",
+    ),
+    (
+        "PYTHONIOENCODING",
+        "Python prints an encoding it does not know, value and all",
+    ),
+    (
+        "PYTHONPLATLIBDIR",
+        "Python prints the paths it builds from it when they hold no library",
+    ),
+    (
+        "PYTHONPYCACHEPREFIX",
+        "Python writes its bytecode cache under the directory it names (a path on disk)",
+    ),
+    (
+        "PYTHONBREAKPOINT",
+        "Python imports and calls what it names (code)",
+    ),
+    (
+        "LC_*",
+        "bash and perl print a locale they cannot set, value and all",
+    ),
+    ("LANG", "perl prints a locale it cannot set, value and all"),
+    (
+        "BASH_XTRACEFD",
+        "bash prints a value that is not a file descriptor",
+    ),
+    ("OPTIND", "sh prints a value that is not a number"),
     ("PERL5OPT", "perl reads it as command-line options (code)"),
     ("PERL5LIB", "perl loads modules from it"),
     ("PERLLIB", "perl loads modules from it"),
     ("PERL5DB", "perl runs it as code"),
+    ("PERL_SIGNALS", "perl prints a value it does not know"),
+    ("PERL_PERTURB_KEYS", "perl prints a value it does not know"),
     ("RUBYOPT", "ruby reads it as command-line options (code)"),
     ("RUBYLIB", "ruby loads libraries from it"),
     (
@@ -288,6 +320,14 @@ pub const UNSAFE_ENV: &[(&str, &str)] = &[
         "node reads it as options (--require runs code)",
     ),
     ("NODE_PATH", "node loads modules from it"),
+    (
+        "NODE_V8_COVERAGE",
+        "node writes coverage files under the directory it names (a path on disk)",
+    ),
+    (
+        "NODE_REDIRECT_WARNINGS",
+        "node writes its warnings to the file it names (a path on disk)",
+    ),
     (
         "JAVA_TOOL_OPTIONS",
         "the JVM reads it as options (-javaagent runs code)",

@@ -10,7 +10,7 @@ use super::{Caller, Service, ServiceError, may_use};
 use crate::auth::{Token, TokenKind, mint};
 use crate::identity::{
     ClaimRule, DEFAULT_MAX_LIFETIME, DEFAULT_TTL, Glob, GrantRule, KeySet, KeySource, Policy,
-    Refusal, Rules, Verified, fetchable, peek, shown, verify,
+    Refusal, Rules, UNADMITTED, Verified, fetchable, peek, shown, verify,
 };
 use crate::secret::{SecretName, Timestamp};
 use crate::store::{
@@ -363,23 +363,19 @@ impl Service {
             .filter(|b| b.issuer == peeked.iss && scope.is_none_or(|s| s == b.name))
             .collect();
         if candidates.is_empty() {
-            // A scope that names no binding of this issuer gets the answer of a token no binding
-            // admits: the caller cannot probe binding names one guess at a time.
-            return Err(match scope {
-                Some(s) => {
-                    let detail = format!(
-                        "no identity binding named {} trusts the issuer {}",
-                        shown(s),
-                        shown(&peeked.iss)
-                    );
-                    let public = "no identity binding admits the token".to_owned();
-                    self.refuse(&attempt, public, Some(detail), false).await
-                }
-                None => {
-                    let why = Refusal::UnknownIssuer(shown(&peeked.iss)).to_string();
-                    self.refuse(&attempt, why, None, false).await
-                }
-            });
+            // An issuer no binding trusts, or a scope that names no binding of it: the answer of
+            // every refusal before a signature verifies, so neither can be probed.
+            let detail = match scope {
+                Some(s) => format!(
+                    "no identity binding named {} trusts the issuer {}",
+                    shown(s),
+                    shown(&peeked.iss)
+                ),
+                None => Refusal::UnknownIssuer(shown(&peeked.iss)).to_string(),
+            };
+            return Err(self
+                .refuse(&attempt, UNADMITTED.into(), Some(detail), false)
+                .await);
         }
         let now = now_secs();
         let mut admitted: Vec<(BindingRecord, Rules, Verified)> = Vec::new();
@@ -436,20 +432,31 @@ impl Service {
                 attempt.binding = Some((name.clone(), id.clone()));
                 attempt.workspace = workspace.clone();
             }
-            // The audit gets each binding's whole reason; the caller what its token failed,
-            // once per distinct reason, without the bindings' names or expectations.
+            // The audit gets each binding's whole reason. The caller learns what its token
+            // failed only once it verified against a trusted key, and only when it named no
+            // binding (a validly signed token, which anyone can mint at some issuers, must not
+            // tell a real binding name from a guessed one): once per distinct reason, without
+            // the bindings' names or expectations. Otherwise the one answer of every refusal.
             let detail = reasons
                 .iter()
                 .map(|(name, _, _, why)| format!("binding {name}: {why}"))
                 .collect::<Vec<_>>()
                 .join("; ");
-            let mut public: Vec<String> =
-                reasons.iter().map(|(_, _, _, why)| why.public()).collect();
-            public.dedup();
-            let public = format!(
-                "no identity binding admits the token: {}",
-                public.join("; ")
-            );
+            let mut verified: Vec<String> = reasons
+                .iter()
+                .filter(|(_, _, _, why)| !why.before_signature())
+                .map(|(_, _, _, why)| why.public())
+                .collect();
+            verified.dedup();
+            let (public, unavailable) = match scope {
+                None if !verified.is_empty() => {
+                    (format!("{UNADMITTED}: {}", verified.join("; ")), false)
+                }
+                // Unreachable keys are a 503 (try again soon) only without a scope: it tells
+                // that the issuer is trusted, and only while its keys cannot be had.
+                None if unavailable => (Refusal::KeysUnavailable(String::new()).public(), true),
+                _ => (UNADMITTED.to_owned(), false),
+            };
             return Err(self
                 .refuse(&attempt, public, Some(detail), unavailable)
                 .await);

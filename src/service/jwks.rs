@@ -32,7 +32,10 @@ struct Entry {
 /// The key cache of one server.
 pub struct Jwks {
     refetch: Duration,
+    /// For URLs that name this host outright (`localhost`, `127.0.0.1`): an admin's choice.
     http: std::sync::OnceLock<reqwest::Client>,
+    /// For every other URL: its name may not resolve to this host (see [`NotThisHost`]).
+    remote: std::sync::OnceLock<reqwest::Client>,
     entries: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Entry>>>>,
 }
 
@@ -41,23 +44,31 @@ impl Jwks {
         Jwks {
             refetch,
             http: std::sync::OnceLock::new(),
+            remote: std::sync::OnceLock::new(),
             entries: Mutex::new(HashMap::new()),
         }
     }
 
-    fn http(&self) -> Result<&reqwest::Client, Refusal> {
-        if let Some(c) = self.http.get() {
+    /// The client for `url`: one that may reach this host only when the URL names it outright.
+    fn http(&self, url: &str) -> Result<&reqwest::Client, Refusal> {
+        let local = crate::identity::names_this_host(url);
+        let cell = if local { &self.http } else { &self.remote };
+        if let Some(c) = cell.get() {
             return Ok(c);
         }
         crate::client::install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
-            // A redirect could leave HTTPS or loopback; the URL given is the one fetched.
+            // A redirect could leave HTTPS or this host's rule; the URL given is the one fetched.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("secretfs/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("secretfs/", env!("CARGO_PKG_VERSION")));
+        if !local {
+            builder = builder.dns_resolver(NotThisHost);
+        }
+        let client = builder
             .build()
             .map_err(|e| Refusal::KeysUnavailable(format!("cannot set up HTTP: {e}")))?;
-        Ok(self.http.get_or_init(|| client))
+        Ok(cell.get_or_init(|| client))
     }
 
     /// The keys of `source` for tokens of `issuer` that name `kid`: cached while fresh and
@@ -151,9 +162,10 @@ impl Jwks {
                 fetchable(&d.jwks_uri).map_err(|e| format!("its jwks_uri {e}"))?;
                 // Only an issuer on this host may send the server's fetch to this host: a
                 // remote issuer's document must not turn the server into a probe of its own
-                // loopback ports (plain HTTP is loopback-only already).
-                if crate::identity::is_loopback(&d.jwks_uri)
-                    && !crate::identity::is_loopback(issuer)
+                // ports. Here the spellings (`127.1`, `[::ffff:127.0.0.1]`, ...); a name that
+                // resolves to this host is refused by the remote client's resolver.
+                if crate::identity::names_this_host(&d.jwks_uri)
+                    && !crate::identity::names_this_host(issuer)
                 {
                     return Err(format!(
                         "the discovery document at {at} points at this host for its keys"
@@ -176,8 +188,19 @@ impl Jwks {
     /// GETs a small JSON document; its lifetime from `Cache-Control`.
     async fn get(&self, url: &str) -> Result<(Vec<u8>, Duration), String> {
         fetchable(url)?;
+        // An address written in the URL is not resolved, so the resolver's check of this host's
+        // own interface addresses is made here.
+        if !crate::identity::names_this_host(url)
+            && let Some(ip) = literal_address(url)
+            && own_addresses().contains(&ip)
+        {
+            return Err(format!(
+                "{} is an address of this host, which a remote issuer's keys may not be fetched from",
+                shown(url)
+            ));
+        }
         let resp = self
-            .http()
+            .http(url)
             .map_err(|e| e.to_string())?
             .get(url)
             .header("accept", "application/json")
@@ -210,6 +233,62 @@ impl Jwks {
         }
         Ok((body, life))
     }
+}
+
+/// The resolver of fetches for URLs that do not name this host: every address a name resolves
+/// to is checked, at each connection (so a name that resolves elsewhere at one moment and here
+/// at the next is caught too), and this host's addresses are dropped: loopback, unspecified and
+/// link-local ones ([`crate::identity::is_local_ip`]) and the addresses of its own interfaces. A
+/// name left with none fails the fetch, saying so.
+struct NotThisHost;
+
+impl reqwest::dns::Resolve for NotThisHost {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let own = own_addresses();
+            let allowed: Vec<std::net::SocketAddr> = found
+                .into_iter()
+                .filter(|a| !crate::identity::is_local_ip(a.ip()) && !own.contains(&a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                return Err(format!(
+                    "{} resolves only to this host, which a remote issuer's keys may not be                      fetched from",
+                    shown(&host)
+                )
+                .into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The address a URL names, when it names one rather than a host name.
+fn literal_address(url: &str) -> Option<std::net::IpAddr> {
+    match url::Url::parse(url).ok()?.host()? {
+        url::Host::Ipv4(v4) => Some(v4.into()),
+        url::Host::Ipv6(v6) => Some(v6.into()),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// The addresses of this host's interfaces, as they are now.
+fn own_addresses() -> Vec<std::net::IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|a| {
+            let sa = a.address?;
+            if let Some(v4) = sa.as_sockaddr_in() {
+                Some(std::net::IpAddr::V4(v4.ip()))
+            } else {
+                sa.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
 }
 
 /// How long a response may be kept: its `max-age` (`no-store`/`no-cache`: not at all, which
@@ -249,5 +328,18 @@ mod tests {
         assert_eq!(cache_life(Some("no-store")), Duration::ZERO);
         assert_eq!(cache_life(Some("private")), DEFAULT_LIFE);
         assert_eq!(cache_life(None), DEFAULT_LIFE);
+    }
+
+    /// A name that resolves only to this host is refused at resolution, whatever resolves it.
+    #[tokio::test]
+    async fn a_name_of_this_host_resolves_to_nothing_a_fetch_may_use() {
+        use reqwest::dns::Resolve;
+        for name in ["localhost", "127.0.0.1", "::1"] {
+            let resolved = NotThisHost.resolve(name.parse().unwrap()).await;
+            let Err(e) = resolved else {
+                panic!("{name} resolved to addresses a remote fetch may use");
+            };
+            assert!(e.to_string().contains("resolves only to this host"), "{e}");
+        }
     }
 }

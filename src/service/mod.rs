@@ -213,6 +213,9 @@ pub struct Options {
     /// The least time between two fetches of an issuer's keys prompted by an unknown key id
     /// (`serve --jwks-refetch-interval`).
     pub jwks_refetch: Duration,
+    /// Failures (authentication, identity exchanges) a client address may have answered at
+    /// once before they are slowed down (`serve --failure-burst`).
+    pub failure_burst: u32,
 }
 
 impl Default for Options {
@@ -220,6 +223,7 @@ impl Default for Options {
         Options {
             admin_impersonation: true,
             jwks_refetch: Duration::from_secs(30),
+            failure_burst: 10,
         }
     }
 }
@@ -329,6 +333,10 @@ impl Service {
             Options::default(),
             Some(key.to_owned()),
         ))
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
     }
 
     pub fn with_options(mut self, options: Options) -> Self {

@@ -103,6 +103,25 @@ fn new_record(kind: TokenKind, user: &User, caller: Option<&Caller>) -> (Token, 
     (token, record)
 }
 
+/// The live (unrevoked) tokens minted by `minter`, and by those, to the last generation.
+fn live_descendants<'a>(all: &'a [TokenRecord], minter: &str) -> Vec<&'a TokenRecord> {
+    let mut found: Vec<&TokenRecord> = Vec::new();
+    let mut frontier = vec![minter.to_owned()];
+    while let Some(parent) = frontier.pop() {
+        for t in all {
+            if t.minted_by.as_deref() == Some(parent.as_str())
+                && !found.iter().any(|f| f.id == t.id)
+            {
+                frontier.push(t.id.clone());
+                if t.revoked_at.is_none() {
+                    found.push(t);
+                }
+            }
+        }
+    }
+    found
+}
+
 /// The earlier of two optional deadlines (`None`: never).
 fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
     match (a, b) {
@@ -277,13 +296,24 @@ impl Service {
         } else {
             format!("token of {} revoked by admin {}", token.user, user.name)
         };
-        let audit = caller.audit(
+        let mut audit = vec![caller.audit(
             token.workspace.as_deref().unwrap_or(""),
             AuditAction::TokenRevoke,
             (TargetKind::Token, id, id),
             0,
             detail,
-        );
+        )];
+        // The tokens it minted, and theirs, are revoked with it in the same transaction (the
+        // store follows `minted_by`); each is audited, as the audit sees them now.
+        for child in live_descendants(&self.store().tokens(TokenFilter::All).await?, id) {
+            audit.push(caller.audit(
+                child.workspace.as_deref().unwrap_or(""),
+                AuditAction::TokenRevoke,
+                (TargetKind::Token, &child.id, &child.id),
+                0,
+                format!("revoked with token {id}, which minted it or its minter"),
+            ));
+        }
         match self
             .commit(
                 caller,
@@ -292,7 +322,7 @@ impl Service {
                         id: id.to_owned(),
                         at: Timestamp::now(),
                     }],
-                    audit: vec![audit],
+                    audit,
                 },
             )
             .await

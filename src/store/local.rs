@@ -161,7 +161,53 @@ pub async fn bind_key(
             other => other,
         })?;
     vault.follow_key_file(key);
+    if !ring.previous.is_empty() {
+        finish_rotation(&vault, key, &ring.current).await;
+    }
     Ok(vault)
+}
+
+/// A key file that still holds previous keys belongs to a rotation that did not finish (its
+/// process was killed between writing the new key and dropping the old ones; nothing was lost:
+/// the ring opens every value). Finishes it: every value still sealed under an old key is
+/// re-sealed under the current one, then the old keys leave the file, so an old key file opens
+/// nothing current again. A failure leaves things as they were (and says so): the next start,
+/// or the next `key rotate`, tries again.
+async fn finish_rotation(vault: &Vault, key: &Path, current: &MasterKey) {
+    let audit = AuditRecord {
+        at: crate::secret::Timestamp::now(),
+        workspace: String::new(),
+        actor: "secretfs".into(),
+        actor_id: String::new(),
+        action: super::AuditAction::Rekey,
+        target_kind: super::TargetKind::Key,
+        target: "master key".into(),
+        target_id: String::new(),
+        version: 0,
+        detail: format!(
+            "an unfinished key rotation completed at start: values re-sealed under the current              key, the old keys removed from key file {}",
+            key.display()
+        ),
+        address: String::new(),
+    };
+    let finished = match vault.reseal_all(audit).await {
+        Ok(moved) => keyfile::replace(key, &[current])
+            .map(|()| moved)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match finished {
+        Ok(moved) => tracing::warn!(
+            key_file = %key.display(),
+            resealed = moved,
+            "finished a key rotation that had not completed; the old keys left the key file"
+        ),
+        Err(e) => tracing::warn!(
+            key_file = %key.display(),
+            error = %e,
+            "the key file holds old keys of an unfinished rotation, and finishing it failed;              every value still opens (run \"secretfs key rotate\" to finish)"
+        ),
+    }
 }
 
 /// Rotates the master key of `vault`, whose key file is `key`: a new key becomes current (the

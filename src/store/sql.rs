@@ -218,6 +218,25 @@ async fn conflict_or_gone(
     })
 }
 
+/// Revokes every live token minted by `minter` (a token id, or `binding:ID`) and, through
+/// `minted_by`, every token minted by those, in this transaction: a revoked token leaves no
+/// descendant alive.
+async fn revoke_minted_by(
+    tx: &mut dyn Exec,
+    minter: &str,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    tx.run(
+        "WITH RECURSIVE minted(id) AS ( \
+             SELECT id FROM tokens WHERE minted_by = $2 \
+             UNION SELECT t.id FROM tokens t JOIN minted m ON t.minted_by = m.id) \
+         UPDATE tokens SET revoked_at = $1 WHERE id IN (SELECT id FROM minted) AND revoked_at IS NULL",
+        &[Param::Int(at.nanos()), Param::Text(minter)],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Runs a statement that must change a row; `missing` is the error when it changed none.
 async fn change_one(
     tx: &mut dyn Exec,
@@ -590,6 +609,8 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                 || StoreError::TokenNotFound(id.clone()),
             )
             .await?;
+            // What it minted goes with it, and what those minted, to the last generation.
+            revoke_minted_by(tx, id, *at).await?;
         }
         Op::InsertBinding(b) => {
             live_user(tx, &b.user_id, lock).await?;
@@ -635,15 +656,9 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                 || StoreError::BindingNotFound(id.clone()),
             )
             .await?;
-            // Its exchanges' tokens go with it: what they grant was the binding's to give.
-            tx.run(
-                "UPDATE tokens SET revoked_at = $1 WHERE minted_by = $2 AND revoked_at IS NULL",
-                &[
-                    Param::Int(at.nanos()),
-                    Param::Text(&super::minted_by_binding(id)),
-                ],
-            )
-            .await?;
+            // Its exchanges' tokens go with it (what they grant was the binding's to give), and
+            // every token minted with one of them.
+            revoke_minted_by(tx, &super::minted_by_binding(id), *at).await?;
         }
         Op::DeleteTokensOf { user_id } => {
             tx.run(

@@ -293,6 +293,63 @@ fn derived_tokens_do_not_outlive_their_parent(h: &Http, admin: &str) {
     assert_eq!(h.call("DELETE", "/api/v1/users/fay", admin, None).0, 200);
 }
 
+/// 4b. Revoking a token revokes what was minted with it, to the last generation, in the same
+///     transaction: a user token minted with a user token, and a workload token minted with
+///     that one, stop working with the first; a sibling minted with another token does not. Each
+///     revocation is audited.
+fn revocation_reaches_what_a_token_minted(h: &Http, admin: &str) {
+    let gil = h.user(admin, "gil");
+    let mint_user = |with: &str| {
+        let (status, v) = h.call("POST", "/api/v1/users/gil/tokens", with, Some(json!({})));
+        assert_eq!(status, 201, "{v}");
+        (
+            v["token"].as_str().unwrap().to_owned(),
+            v["id"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (parent, parent_id) = mint_user(&gil);
+    let (child, child_id) = mint_user(&parent);
+    create(h, &child, "gil_s", "v", "private");
+    let grandchild = workload_token(h, &child, &["gil_s"]);
+    let sibling = workload_token(h, &gil, &["gil_s"]);
+    assert!(read(h, &grandchild).is_ok());
+    assert_eq!(
+        h.call("DELETE", &format!("/api/v1/tokens/{parent_id}"), &gil, None)
+            .0,
+        204
+    );
+    assert_eq!(
+        h.call("GET", "/api/v1/whoami", &child, None).0,
+        401,
+        "the child lives on"
+    );
+    assert_eq!(read(h, &grandchild), Err(401), "the grandchild lives on");
+    assert_eq!(
+        read(h, &sibling).map(|v| v.len()),
+        Ok(1),
+        "a sibling went too"
+    );
+    let (_, audit) = h.call("GET", "/api/v1/audit?limit=1000", admin, None);
+    let revoked: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "token-revoke")
+        .map(|a| a["target"].as_str().unwrap())
+        .collect();
+    let grandchild_id = grandchild.split('_').nth(2).unwrap();
+    let sibling_id = sibling.split('_').nth(2).unwrap();
+    for id in [parent_id.as_str(), child_id.as_str(), grandchild_id] {
+        assert_eq!(
+            revoked.iter().filter(|r| **r == id).count(),
+            1,
+            "{id} is audited once: {revoked:?}"
+        );
+    }
+    assert!(!revoked.contains(&sibling_id), "{revoked:?}");
+    assert_eq!(h.call("DELETE", "/api/v1/users/gil", admin, None).0, 200);
+}
+
 /// 5. Every account action is in the audit log, with both names when an admin acts for
 ///    another user, and no token.
 fn account_actions_are_audited(h: &Http, admin: &str) {
@@ -369,6 +426,7 @@ fn scenarios(h: &Http, admin: &str) {
     a_deleted_user_leaves_nothing_private_behind(h, admin);
     held_long_polls_end_with_their_principal(h, admin);
     derived_tokens_do_not_outlive_their_parent(h, admin);
+    revocation_reaches_what_a_token_minted(h, admin);
     account_actions_are_audited(h, admin);
 }
 

@@ -115,6 +115,75 @@ fn local_rotation_reseals_every_value_and_retires_the_old_key() {
     );
 }
 
+/// A rotation killed with `kill -9` after it wrote the new key beside the old one (the key file
+/// holds both; the store's values are still sealed under the old key): no value is lost, and the
+/// next start finishes the rotation, so the old key leaves the key file and opens nothing
+/// current again. Audited.
+#[test]
+fn an_unfinished_rotation_is_finished_at_the_next_start() {
+    let s = Scratch::new();
+    for (n, v) in [("A", "alpha"), ("B", "bravo")] {
+        s.ok(&["secret", "create", n], v.as_bytes());
+    }
+    let old = key_lines(&s.key());
+    let old_copy = s.path().join("old.key");
+    std::fs::copy(s.key(), &old_copy).unwrap();
+    // What `key rotate` writes first: the new key, then the old one.
+    let new_key: String = {
+        let mut b = [0u8; 32];
+        getrandom::fill(&mut b).unwrap();
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    };
+    std::fs::write(s.key(), format!("{new_key}\n{}\n", old[0])).unwrap();
+
+    // The next start (any command that opens the store) finishes it.
+    let out = s.run(&["secret", "list"], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("finished a key rotation that had not completed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(key_lines(&s.key()), [new_key], "only the new key is left");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(s.key()).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        launched_values(&s, &["A", "B"]),
+        json!({"A": "alpha", "B": "bravo"})
+    );
+    let out = s.run(
+        &["--key-file", old_copy.to_str().unwrap(), "secret", "list"],
+        b"",
+    );
+    assert_ne!(out.code, 0, "the old key still opens the store");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let audit = rt.block_on(async {
+        let paths = LocalPaths::resolve(Some(s.store()), None).unwrap();
+        let service = Service::open_local(&paths, OpenMode::Existing, 1)
+            .await
+            .unwrap();
+        let caller = service.local_caller(false).await.unwrap();
+        service
+            .audit_log(&caller, secretfs::secret::Timestamp::from_nanos(0), 1000)
+            .await
+            .unwrap()
+    });
+    assert!(
+        audit.iter().any(|a| a.actor == "secretfs"
+            && a.detail
+                .contains("an unfinished key rotation completed at start")),
+        "{:?}",
+        audit.iter().map(|a| &a.detail).collect::<Vec<_>>()
+    );
+    // Nothing left to do at the start after.
+    let out = s.run(&["secret", "list"], b"");
+    assert!(!out.stderr.contains("key rotation"), "{}", out.stderr);
+}
+
 /// Another process's vault (a second replica, a CLI) rotates the key under `stale`: writes of
 /// the stale vault re-read the key file and land under the new key; a vault that cannot re-read
 /// it is refused, and nothing it sealed lands.

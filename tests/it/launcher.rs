@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 
 use crate::support::{
     CANARY, Daemon, FS_LIMIT, Out, Running, Scratch, assert_no_canary, eventually, fuse_available,
-    run_with,
+    run_with, unique_canary,
 };
 
 /// A Python workload that writes what it received to `report.json` in its working directory
@@ -823,6 +823,86 @@ fn secrets_aimed_at_loader_and_shell_variables_are_refused() {
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(marker.exists());
+}
+
+/// Variables a runtime prints back when it cannot use their value, or turns into a path on disk:
+/// each shown doing it (run through the explicit `--allow-unsafe-env` way, the canary comes out
+/// or lands on disk) and each refused without it, naming the variable, before anything starts.
+#[test]
+fn interpreter_variables_that_print_or_store_their_value_are_refused() {
+    let s = Scratch::new();
+    let canary = unique_canary("runtime-env");
+    s.ok(&["secret", "create", "lib"], canary.as_bytes());
+    let store = s.store();
+    let store = store.to_str().unwrap();
+    let python = crate::support::python();
+    // (variable, the workload that shows what the runtime does with it)
+    let cases: &[(&str, &[&str])] = &[
+        ("PYTHONWARNINGS", &[python, "-c", "pass"]),
+        ("PYTHONIOENCODING", &[python, "-c", "pass"]),
+        ("PYTHONPLATLIBDIR", &[python, "-c", "pass"]),
+        ("PYTHONPYCACHEPREFIX", &[python, "-c", "import json"]),
+        ("PYTHONBREAKPOINT", &[python, "-c", "breakpoint()"]),
+        ("LC_ALL", &["bash", "-c", "true"]),
+        ("LC_CTYPE", &["perl", "-e", "1"]),
+        ("LC_MESSAGES", &["perl", "-e", "1"]),
+        ("LANG", &["perl", "-e", "1"]),
+        ("BASH_XTRACEFD", &["bash", "-c", "true"]),
+        ("OPTIND", &["sh", "-c", "true"]),
+        ("PERL_SIGNALS", &["perl", "-e", "1"]),
+        ("PERL_PERTURB_KEYS", &["perl", "-e", "1"]),
+        ("NODE_V8_COVERAGE", &["node", "-e", "1"]),
+        (
+            "NODE_REDIRECT_WARNINGS",
+            &["node", "-e", "process.emitWarning('w')"],
+        ),
+    ];
+    for (var, workload) in cases {
+        let mapped = format!("{var}=lib");
+        let mut allowed = vec![
+            "run",
+            "--store",
+            store,
+            "-s",
+            &mapped,
+            "--allow-unsafe-env",
+            var,
+            "--",
+        ];
+        allowed.extend_from_slice(workload);
+        let out = s.run(&allowed, b"");
+        let printed = out.stdout.contains(&canary) || out.stderr.contains(&canary);
+        let on_disk = std::fs::read_dir(s.path())
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().contains(&canary));
+        assert!(
+            printed || on_disk,
+            "{var}: {workload:?} neither printed nor stored the value; the rule is not needed: {}",
+            out.stderr
+        );
+        for e in std::fs::read_dir(s.path()).unwrap() {
+            let e = e.unwrap();
+            if e.file_name().to_string_lossy().contains(&canary) {
+                let _ = std::fs::remove_dir_all(e.path());
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+
+        let mut refused = vec!["run", "--store", store, "-s", &mapped, "--"];
+        refused.extend_from_slice(workload);
+        let out = s.run(&refused, b"");
+        assert_eq!(out.code, 125, "{var}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains(&format!("refusing to put secret \"lib\" in {var}")),
+            "{var}: {}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains(&canary),
+            "{var}: the refusal holds the value"
+        );
+    }
 }
 
 /// The launcher's own token does not reach the workload (a renewable token for the whole set),

@@ -317,6 +317,30 @@ fn the_canary_never_leaks_anywhere() {
         None,
     );
     call("GET", "/api/v1/workspaces/default/secrets", &alice, None);
+    // The canary as a bearer token, past the burst the failure guard answers at once, and as a
+    // platform token to exchange: refusals, answered as they are answered, without it.
+    for _ in 0..12 {
+        call("GET", "/api/v1/whoami", &canary, None);
+    }
+    let exchange = rt.block_on(async {
+        let r = http
+            .post(format!("{}/api/v1/identity/exchange", server.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange\
+                 &subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt\
+                 &subject_token={canary}.{canary}.{canary}&scope={canary}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(exchange.0, 400, "{}", exchange.1);
+    bodies
+        .lock()
+        .unwrap()
+        .push(("POST /api/v1/identity/exchange".into(), exchange.1));
     // A workload token: its read is the one answer that carries values.
     let (_, minted) = call(
         "POST",

@@ -223,3 +223,65 @@ fn the_spec_turns_masking_on_and_dry_run_says_so() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A 168-byte key through the encoders people pipe keys through: GNU `base64` (wrapped at 76
+/// columns, and `-w0`), `openssl base64` (wrapped at 64), Python's `quote()` (which keeps `/`),
+/// full percent-encoding in upper- and lower-case hex. No run of the key's encodings comes out;
+/// each line that carried one shows the label.
+#[test]
+fn a_long_key_is_masked_through_wrapped_base64_and_every_percent_encoding() {
+    use base64::Engine;
+    let s = Scratch::new();
+    let body: String = unique_canary("longkey").chars().cycle().take(155).collect();
+    let key = format!("sk-proj-{body}/+=ab");
+    assert_eq!(key.len(), 168);
+    let dir = dir_with(&s, &[("KEY", &key)]);
+    let script = format!(
+        "printf '%s' \"$KEY\" | base64; echo \"$KEY\" | base64; printf '%s' \"$KEY\" | base64 -w0; echo; \
+         printf '%s' \"$KEY\" | openssl base64; \
+         {python} -c 'import os, re, urllib.parse as u; k = os.environ[\"KEY\"]; \
+         print(u.quote(k)); print(u.quote(k, safe=\"\")); \
+         print(re.sub(\"%[0-9A-F]{{2}}\", lambda m: m.group(0).lower(), u.quote(k, safe=\"\"))); \
+         print(u.quote_plus(k))'",
+        python = python()
+    );
+    let out = Command::new(bin())
+        .args(["run", "--mask", "--dir"])
+        .arg(&dir)
+        .args(["-s", "KEY", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every encoding, computed here, as it would be printed (line breaks aside).
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let encodings = [
+        b64.encode(&key),
+        b64.encode(format!("{key}\n")),
+        key.replace('/', "%2F")
+            .replace('+', "%2B")
+            .replace('=', "%3D"),
+        key.replace('/', "%2f")
+            .replace('+', "%2b")
+            .replace('=', "%3d"),
+        key.replace('+', "%2B").replace('=', "%3D"),
+    ];
+    let joined = stdout.replace(['\n', '\r'], "");
+    for e in &encodings {
+        // The first and last few characters mix in bytes around the value; the rest must not
+        // appear, not even in part.
+        let inner = &e.as_bytes()[4..e.len() - 4];
+        for window in inner.windows(16) {
+            let w = std::str::from_utf8(window).unwrap();
+            assert!(!joined.contains(w), "{w:?} of {e} came out:\n{stdout}");
+        }
+    }
+    assert!(!stdout.contains(&body[..20]), "{stdout}");
+    assert!(stdout.matches("[secretfs: KEY]").count() >= 8, "{stdout}");
+}

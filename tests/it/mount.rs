@@ -637,7 +637,11 @@ fn a_new_daemon_takes_over_a_dead_mount_whose_connection_a_stopped_helper_holds(
     let started = std::time::Instant::now();
     let second = Daemon::start(&s, &mnt, &[]);
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(5), "the takeover took {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the takeover took {took:?}: {}",
+        second.log()
+    );
     assert!(
         second
             .log()

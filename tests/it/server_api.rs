@@ -304,42 +304,73 @@ async fn names_collide_invisibly_and_bad_input_gets_its_status() {
     assert_no_canary("server log", server.log().as_bytes());
 }
 
+/// Failed authentication from one source: a burst of 10 is answered at once, then failures
+/// queue, each answered later than the last, also when they arrive in parallel (16 at once: the
+/// last waits 50 + 100 + ... + 1,600 ms); a valid request meanwhile is not held up and resets
+/// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_authentication_is_slowed_down() {
+async fn failed_authentication_is_slowed_down_per_source_in_parallel_too() {
     let s = Scratch::new();
     let (api, admin) = Api::in_process(&s).await;
-    let mut times = Vec::new();
-    for _ in 0..5 {
-        let started = std::time::Instant::now();
-        assert_eq!(
-            api.raw(
-                "GET",
-                "/api/v1/whoami",
-                Some("sfs_u_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
-                None
-            )
-            .await
-            .0,
-            401
-        );
-        times.push(started.elapsed());
-    }
-    // 50, 100, 200, 400, 800 ms: each failure doubles the next delay.
-    assert!(times[4] >= Duration::from_millis(700), "{times:?}");
-    assert!(times[4] > times[1] * 3, "{times:?}");
-    // A success resets it.
+    let api = std::sync::Arc::new(api);
+    let started = std::time::Instant::now();
+    let attempts: Vec<_> = (0..16)
+        .map(|_| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                let status = api
+                    .raw(
+                        "GET",
+                        "/api/v1/whoami",
+                        Some("sfs_u_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+                        None,
+                    )
+                    .await
+                    .0;
+                (status, started.elapsed())
+            })
+        })
+        .collect();
+    // A valid token while the failures queue: answered at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let valid = std::time::Instant::now();
     assert_eq!(
         api.raw("GET", "/api/v1/whoami", Some(&admin), None).await.0,
         200
     );
-    let started = std::time::Instant::now();
+    assert!(
+        valid.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        valid.elapsed()
+    );
+    let mut times = Vec::new();
+    for a in attempts {
+        let (status, took) = a.await.unwrap();
+        assert_eq!(status, 401);
+        times.push(took);
+    }
+    times.sort();
+    assert!(
+        times[9] < Duration::from_millis(1000),
+        "the burst: {times:?}"
+    );
+    assert!(
+        times[15] >= Duration::from_millis(3000),
+        "queued: {times:?}"
+    );
+    // The valid request reset nothing: the next failure still waits its turn.
+    let next = std::time::Instant::now();
     assert_eq!(
         api.raw("GET", "/api/v1/whoami", Some("garbage"), None)
             .await
             .0,
         401
     );
-    assert!(started.elapsed() < Duration::from_millis(400));
+    assert!(
+        next.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        next.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

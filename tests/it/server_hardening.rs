@@ -1,7 +1,9 @@
 //! The server process holds the master key and passes values on every workload read: it is not
 //! dumpable, not traceable, and writes no core files.
 
-use crate::support::{NO_PTRACE, Running, Scratch, assert_hardened};
+use std::time::{Duration, Instant};
+
+use crate::support::{Api, NO_PTRACE, Running, Scratch, Server, assert_hardened};
 
 #[test]
 fn the_server_process_is_hardened() {
@@ -28,4 +30,88 @@ fn the_server_process_is_hardened() {
     .unwrap();
     assert!(line.contains("serving"), "{line}");
     assert_hardened(child.id(), "server");
+}
+
+/// Slow and idle clients cannot hold the server's connections: 400 connections that send half a
+/// request are closed once the 10 s for headers have passed, and so is a kept-alive connection
+/// left idle after its answer; a long-poll held past those 10 s is answered as usual.
+#[test]
+fn half_sent_requests_and_idle_connections_are_closed_and_long_polls_are_not() {
+    use std::io::{Read, Write};
+    let s = Scratch::new();
+    let server = Server::start(&s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    let (status, v) = rt.block_on(api.create(&admin, "A", "a-value", "private"));
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = rt.block_on(api.mint(&admin, &["A"], serde_json::json!({})));
+    assert_eq!(status, 201, "{v}");
+    let workload = v["token"].as_str().unwrap().to_owned();
+    let (_, now) = rt.block_on(api.workload(&workload, ""));
+    let revision = now["revision"].as_str().unwrap().to_owned();
+
+    let addr = server.url.strip_prefix("http://").unwrap().to_owned();
+    // A long-poll that the 10 s must not cut: held 13 s, answered with no change.
+    let poll = {
+        let url = server.url.clone();
+        let token = workload.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let (status, _) = tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(Api::at(&url).workload(&token, &format!("?wait=13s&since={revision}")));
+            (status, started.elapsed())
+        })
+    };
+    let started = Instant::now();
+    let mut half: Vec<std::net::TcpStream> = (0..400)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            c.write_all(b"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bear")
+                .unwrap();
+            c
+        })
+        .collect();
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 512];
+    let n = idle.read(&mut answer).unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    // Each is closed by the server (end of file, or a reset), within the limit and a margin.
+    let closed = |c: &mut std::net::TcpStream| {
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = [0u8; 256];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    };
+    assert!(
+        closed(&mut idle),
+        "an idle kept-alive connection stayed open"
+    );
+    for (i, c) in half.iter_mut().enumerate() {
+        assert!(closed(c), "half-sent request {i} stayed open");
+    }
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(14)).contains(&took),
+        "closed after {took:?}"
+    );
+    let (status, held) = poll.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        held >= Duration::from_secs(12),
+        "the long-poll was cut after {held:?}"
+    );
 }

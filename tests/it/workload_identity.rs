@@ -16,6 +16,8 @@ use crate::support::{
 const K8S_AUD: &str = "https://kubernetes.default.svc";
 const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// The answer of every refusal before a token's signature verifies.
+const UNADMITTED: &str = "no identity binding admits the token";
 
 /// A running issuer; stopped when dropped.
 struct Issuer {
@@ -375,16 +377,16 @@ fn a_platform_token_reads_exactly_its_bindings_secrets_and_every_refusal_says_wh
     );
     let cases: Vec<(&str, String, &str)> = vec![
         ("wrong audience", w.issuer.mint(json!({"claims": claims_aud, "kid": "k1"})), "audience is not one a binding accepts"),
-        ("wrong issuer", other.mint(json!({"claims": k8s("ws-abc", "default", "p")})), "no identity binding trusts the issuer"),
+        ("wrong issuer", other.mint(json!({"claims": k8s("ws-abc", "default", "p")})), UNADMITTED),
         ("expired", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "iat_offset": -700, "ttl": 600, "kid": "k1"})), "expired"),
         ("issued in the future", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "iat_offset": 300, "kid": "k1"})), "issued in the future"),
         ("expired within the clock skew", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "iat_offset": -610, "ttl": 600, "kid": "k1"})), "expired"),
         ("not yet valid", w.issuer.mint(json!({"claims": claims_nbf, "kid": "k1"})), "not valid yet"),
         ("alg none", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "variant": "none", "kid": "k1"})), "unsigned"),
         ("HS256 keyed with the public key", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "variant": "hs256-public", "kid": "k1"})), "symmetric algorithm \"HS256\""),
-        ("header alg other than the key's", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "variant": "wrong-alg-header", "kid": "k1"})), "is not its key's"),
-        ("unknown key", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "kid": "hidden"})), "publishes no key \"hidden\""),
-        ("tampered", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "variant": "tampered", "kid": "k1"})), "signature does not verify"),
+        ("header alg other than the key's", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "variant": "wrong-alg-header", "kid": "k1"})), UNADMITTED),
+        ("unknown key", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "kid": "hidden"})), UNADMITTED),
+        ("tampered", w.issuer.mint(json!({"claims": k8s("ws-abc", "default", "p"), "variant": "tampered", "kid": "k1"})), UNADMITTED),
         ("subject", w.issuer.mint(json!({"claims": k8s("ws-abc", "builder", "p"), "kid": "k1"})), "does not match a binding's subject pattern"),
         ("claim", w.issuer.mint(json!({"claims": k8s("ws-xyz", "default", "p"), "kid": "k1"})), "claim kubernetes.io.namespace is \"ws-xyz\""),
         ("no sub", w.issuer.mint(json!({"claims": claims_nosub, "kid": "k1"})), "no \"sub\" claim"),
@@ -396,6 +398,11 @@ fn a_platform_token_reads_exactly_its_bindings_secrets_and_every_refusal_says_wh
         assert_eq!(v["error"], "invalid_grant", "{what}: {v}");
         let message = v["error_description"].as_str().unwrap();
         assert!(message.contains(says), "{what}: {message}");
+        // Before the signature verifies (an issuer, a key, a signature), one answer, word for
+        // word; after it, what the token failed.
+        if *says == UNADMITTED {
+            assert_eq!(message, UNADMITTED, "{what}");
+        }
         assert!(
             !message.contains(token.as_str()),
             "{what}: the token in the answer"
@@ -449,6 +456,20 @@ fn a_platform_token_reads_exactly_its_bindings_secrets_and_every_refusal_says_wh
         "{:?}",
         accepted[0]
     );
+    // The audit keeps what the answer does not say.
+    for reason in [
+        "no identity binding trusts the issuer",
+        "publishes no key \"hidden\"",
+        "signature does not verify",
+        "is not its key's",
+    ] {
+        assert!(
+            refused
+                .iter()
+                .any(|a| a["detail"].as_str().unwrap().contains(reason)),
+            "{reason}: {refused:?}"
+        );
+    }
     let subject_refusal = refused
         .iter()
         .find(|a| a["detail"].as_str().unwrap().contains("builder"))
@@ -482,6 +503,219 @@ fn a_platform_token_reads_exactly_its_bindings_secrets_and_every_refusal_says_wh
         }
     }
     assert!(!log.contains(access) && !audit_text.contains(access));
+}
+
+/// An attacker without a trusted issuer's key learns nothing from refusals: a forged token
+/// carrying a trusted `iss`, with a real binding's name as `scope`, a guessed one, or none, and a
+/// token of an issuer nobody trusts all get the same status and the same body, byte for byte.
+/// A genuinely signed token that a binding refuses gets that same answer whenever it names a
+/// scope (so binding names cannot be probed with a token anyone can mint at some issuers). And
+/// the refusals come slower and slower from one address, the same answer later, while an
+/// admitted exchange from that address is never held up.
+#[test]
+fn a_forged_token_learns_nothing_of_bindings_or_issuers() {
+    let Some(w) = world("a_forged_token_learns_nothing_of_bindings_or_issuers", &[]) else {
+        return;
+    };
+    w.bind_lepton("lepton", &[]);
+    let attacker = Issuer::start(&w.s, &tools_python("", "jwt").unwrap(), "/attacker");
+    let mut forged_claims = k8s("ws-abc", "default", "job-0");
+    forged_claims["iss"] = json!(w.issuer.url);
+    let forged = attacker.mint(json!({"claims": forged_claims}));
+    let untrusted = attacker.mint(json!({"claims": k8s("ws-abc", "default", "job-0")}));
+    let mut wrong_aud = k8s("ws-abc", "default", "job-0");
+    wrong_aud["aud"] = json!(["https://other.example"]);
+    let genuine_refused = w.issuer.mint(json!({"claims": wrong_aud}));
+    let raw = |token: &str, scope: Option<&str>| {
+        let mut form = format!(
+            "grant_type={}&subject_token_type={}&subject_token={token}",
+            enc(GRANT),
+            enc(JWT)
+        );
+        if let Some(s) = scope {
+            form.push_str(&format!("&scope={}", enc(s)));
+        }
+        let (status, text, _) = w.rt.block_on(w.api.raw(
+            "POST",
+            "/api/v1/identity/exchange",
+            None,
+            Some(("application/x-www-form-urlencoded", form.into_bytes())),
+        ));
+        (status, text)
+    };
+    let probes = [
+        ("forged, real scope", raw(&forged, Some("lepton"))),
+        ("forged, guessed scope", raw(&forged, Some("lepton-prod"))),
+        ("forged, no scope", raw(&forged, None)),
+        (
+            "untrusted issuer, real scope",
+            raw(&untrusted, Some("lepton")),
+        ),
+        ("untrusted issuer, no scope", raw(&untrusted, None)),
+        (
+            "genuine but refused, real scope",
+            raw(&genuine_refused, Some("lepton")),
+        ),
+        (
+            "genuine but refused, guessed scope",
+            raw(&genuine_refused, Some("lepton-prod")),
+        ),
+    ];
+    let (first_status, first_body) = &probes[0].1;
+    assert_eq!(*first_status, 400, "{first_body}");
+    assert!(first_body.contains(UNADMITTED), "{first_body}");
+    for (what, (status, body)) in &probes {
+        assert_eq!((status, body), (first_status, first_body), "{what}");
+    }
+    // Without a scope, a genuinely signed token is told what it failed.
+    let (status, told) = raw(&genuine_refused, None);
+    assert_eq!(status, 400);
+    assert!(told.contains("audience"), "{told}");
+    assert_ne!(&told, first_body);
+
+    // Past the burst, each refusal from this address comes later than the last, the same answer;
+    // an admitted exchange in between is not held up.
+    let mut delays = Vec::new();
+    for _ in 0..6 {
+        let started = Instant::now();
+        let (status, body) = raw(&forged, Some("lepton"));
+        assert_eq!((status, &body), (400, first_body));
+        delays.push(started.elapsed());
+    }
+    assert!(
+        delays[5] >= Duration::from_millis(300) && delays[5] > delays[0],
+        "{delays:?}"
+    );
+    let good = w
+        .issuer
+        .mint(json!({"claims": k8s("ws-abc", "default", "job-1")}));
+    let started = Instant::now();
+    let (status, v) = exchange(&w.rt, &w.api, &good, None);
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "an admitted exchange was held up: {:?}",
+        started.elapsed()
+    );
+}
+
+/// Serves, over TLS on the other host, a discovery document per path `/sN` whose `jwks_uri` is
+/// the N-th line of `uris` (argv: port, cert, key, the issuer base URL, the uris file).
+const DISCOVERY: &str = r#"
+import json, ssl, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+port, cert, key, base, uris = sys.argv[1:6]
+targets = open(uris).read().split()
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if not self.path.startswith("/s"):
+            self.send_response(404)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        n = int(self.path.split("/")[1][1:])
+        body = json.dumps({"issuer": f"{base}/s{n}", "jwks_uri": targets[n]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv = ThreadingHTTPServer(("0.0.0.0", int(port)), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+open(uris + ".ready", "w").close()
+srv.serve_forever()
+"#;
+
+/// An issuer on another host cannot aim the server's key fetch at this host, however it spells
+/// it: its discovery document naming this host's listener through each loopback, unspecified,
+/// mapped or own-interface spelling is refused (the binding is not added, and says why), and the
+/// listener sees not one connection. A document naming a host elsewhere is fetched from.
+#[test]
+fn a_remote_issuer_cannot_aim_the_key_fetch_at_this_host() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var("CI").is_ok_and(|v| v != "true") || std::env::var("CI").is_err(),
+            "CI=true needs root for the other host"
+        );
+        eprintln!("skipping: another host needs root (a network namespace)");
+        return;
+    }
+    let s = Scratch::new();
+    let other = crate::support::OtherHost::new();
+    let (ca, cert, key) = crate::support::private_ca(s.path(), &format!("IP:{}", other.there));
+    // A listener on every address of this host: any connection the server makes to it counts.
+    let listener = std::net::TcpListener::bind("[::]:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let reached = |l: &std::net::TcpListener| {
+        let mut n = 0;
+        while l.accept().is_ok() {
+            n += 1;
+        }
+        n
+    };
+    let spellings = [
+        format!("https://127.1:{port}/jwks"),
+        format!("https://127.0.0.3:{port}/jwks"),
+        format!("https://0.0.0.0:{port}/jwks"),
+        format!("https://2130706433:{port}/jwks"),
+        format!("https://0x7f.1:{port}/jwks"),
+        format!("https://[::1]:{port}/jwks"),
+        format!("https://[::ffff:127.0.0.1]:{port}/jwks"),
+        format!("https://localhost:{port}/jwks"),
+        format!("https://{}:{port}/jwks", other.here),
+        // Elsewhere (the other host itself): fetched, and found to hold no key.
+        format!("https://{}:8443/nothing", other.there),
+    ];
+    let uris = s.path().join("uris");
+    std::fs::write(&uris, spellings.join("\n")).unwrap();
+    let base = format!("https://{}:8443", other.there);
+    let _discovery = crate::support::Running::spawn(
+        "the other host's discovery server",
+        other
+            .command(crate::support::python())
+            .args(["-c", DISCOVERY, "8443"])
+            .args([&cert, &key])
+            .arg(&base)
+            .arg(&uris),
+    );
+    assert!(
+        eventually(10, || s.path().join("uris.ready").exists()),
+        "the discovery server did not start"
+    );
+    let server = Server::start_env(&s, &[], &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, v) =
+        rt.block_on(Api::new(&server).create(&server.admin_token, "S", "v", "private"));
+    assert_eq!(status, 201, "{v}");
+    for (n, uri) in spellings.iter().enumerate() {
+        let issuer = format!("{base}/s{n}");
+        let out = add(
+            &s,
+            &server,
+            &format!("b{n}"),
+            &issuer,
+            K8S_AUD,
+            "system:serviceaccount:ns:sa",
+            &["--user", "admin", "-s", "S"],
+        );
+        assert_ne!(out.code, 0, "{uri}: {}", out.stdout);
+        let said = out.stderr.to_lowercase();
+        if n + 1 < spellings.len() {
+            assert!(said.contains("this host"), "{uri}: {}", out.stderr);
+        } else {
+            assert!(said.contains("answered 404"), "{uri}: {}", out.stderr);
+        }
+    }
+    assert_eq!(
+        reached(&listener),
+        0,
+        "the server's fetch reached this host"
+    );
 }
 
 #[test]
@@ -668,12 +902,15 @@ fn key_rotation_is_followed_and_a_flood_of_unknown_keys_costs_one_fetch() {
         .mint(json!({"claims": k8s("ws-abc", "default", "e")}));
     let (status, v) = exchange(&w.rt, &w.api, &t, None);
     assert_eq!(status, 400, "{v}");
+    // The caller gets the answer of every refusal before a signature verifies; the audit says
+    // which key was missing.
+    assert_eq!(v["error_description"], UNADMITTED, "{v}");
     assert!(
-        v["error_description"]
+        w.audit().iter().any(|a| a["detail"]
             .as_str()
             .unwrap()
-            .contains("publishes no key \"unpublished\""),
-        "{v}"
+            .contains("publishes no key \"unpublished\"")),
+        "the audit names the key"
     );
     assert_eq!(
         w.issuer.jwks_fetches() - before,
@@ -1025,9 +1262,7 @@ fn mounts_and_runs_exchange_the_platform_token_and_follow_its_rewrites() {
         Some(json!({"value": "hf_after_removal"})),
     ));
     assert!(
-        eventually(5, || d
-            .log()
-            .contains("no identity binding trusts the issuer")),
+        eventually(5, || d.log().contains(UNADMITTED)),
         "{}",
         d.log()
     );
@@ -1122,8 +1357,7 @@ fn a_supervised_run_follows_through_an_identity_until_its_binding_goes() {
     let removed = Instant::now();
     update("hf_after_removal");
     assert!(
-        eventually(5, || stderr()
-            .contains("no identity binding trusts the issuer")),
+        eventually(5, || stderr().contains(UNADMITTED)),
         "{}",
         stderr()
     );

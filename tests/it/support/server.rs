@@ -25,6 +25,11 @@ impl Server {
     }
 
     pub fn start_with(scratch: &Scratch, extra: &[&str]) -> Server {
+        Self::start_env(scratch, extra, &[])
+    }
+
+    /// Like `start_with`, with environment variables `env` set for the server.
+    pub fn start_env(scratch: &Scratch, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let db = scratch.path().join("server.db");
         let mut args: Vec<String> = vec![
             "serve".into(),
@@ -37,7 +42,7 @@ impl Server {
             "100ms".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut s = Self::spawn(scratch, &db, args, None);
+        let mut s = Self::spawn_env(scratch, &db, args, None, env);
         s.admin_token = std::fs::read_to_string(scratch.path().join("server.db.admin-token"))
             .expect("admin token file")
             .trim()
