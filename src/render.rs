@@ -200,12 +200,12 @@ fn name_problem(name: &str) -> Option<&'static str> {
 }
 
 /// Read bits only, owner's included: the files are read-only, as every file of the mount.
-/// (The rule is the mount's own, `Ownership::new`.)
+/// (The rule is the mount's own, `secret::file_mode`.)
 pub fn parse_mode(s: &str) -> Result<u16, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     let mode = u32::from_str_radix(digits, 8)
         .map_err(|_| format!("mode {s:?} is not octal digits such as \"0400\""))?;
-    crate::fs::tree::Ownership::new(0, 0, mode).map(|o| o.mode)
+    crate::secret::file_mode(mode)
 }
 
 /// Checks every entry and parses its template (read with `read`, given `base` joined with the

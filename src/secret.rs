@@ -639,5 +639,18 @@ pub struct SecretMeta {
     pub updated_at: Timestamp,
 }
 
+/// The mode of a file that holds a secret (a mounted one, a rendered one): read bits only, the
+/// owner's included. Write and execute make no sense on a read-only file of secrets, and
+/// setuid or sticky bits even less.
+pub fn file_mode(mode: u32) -> Result<u16, String> {
+    if mode & !0o444 != 0 || mode & 0o400 == 0 {
+        return Err(format!(
+            "mode {mode:04o} is not allowed: secret files are read-only, so use read bits \
+             only, owner included (0400, 0440 or 0444)"
+        ));
+    }
+    Ok(mode as u16)
+}
+
 #[cfg(test)]
 mod tests;

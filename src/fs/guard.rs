@@ -81,7 +81,7 @@ pub fn main(args: &[OsString]) -> ExitCode {
     // The signals that would end it are held, not delivered: a `kill` or a terminal's Ctrl-C
     // aimed at the daemon's whole group must not end the guard before it has done its work.
     // It ends by itself as soon as the daemon has.
-    let _ = super::mount::shutdown_signals().thread_block();
+    let _ = super::signals::shutdown_signals().thread_block();
     let Some(dir) = args.first().map(PathBuf::from) else {
         eprintln!("secretfs: {ARG} is started by secretfs mount, not by hand");
         return ExitCode::from(2);
@@ -111,7 +111,7 @@ pub fn main(args: &[OsString]) -> ExitCode {
             probe::abort_connection(&entry);
         }
     }
-    match super::mount::unmount(&dir) {
+    match probe::unmount(&dir) {
         Ok(()) => {
             eprintln!(
                 "secretfs: the mount daemon is gone; unmounted {} (mount {id})",

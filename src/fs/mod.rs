@@ -7,6 +7,7 @@
 //! daemon.
 
 pub mod doctor;
+mod error;
 pub mod fuse;
 pub mod guard;
 pub mod memory;
@@ -15,5 +16,6 @@ pub mod mountinfo;
 pub mod probe;
 mod refresh;
 mod rendered;
+mod signals;
 pub mod status;
 pub mod tree;

@@ -8,17 +8,20 @@ use std::thread;
 use std::time::{Duration, SystemTime};
 
 use fuser::{Config, MountOption, SessionACL};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 
+pub use super::error::MountError;
 use super::fuse::{SecretFs, SharedTree};
+pub use super::probe::unmount;
 use super::probe::{self, Probe};
 use super::refresh::{Mounted, apply, check_only, fetch_with_retry, keep_fresh};
 use super::rendered::Renderer;
+pub use super::signals::{block_shutdown_signals, shutdown_signals};
 use super::status::MountStatus;
 use super::tree::{Ownership, Tree};
 use crate::notify::Notifier;
 use crate::secret::SecretName;
-use crate::source::{Source, SourceError};
+use crate::source::Source;
 
 /// What to mount and how.
 #[derive(Debug, Clone)]
@@ -36,88 +39,6 @@ pub struct MountConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Files rendered from the secrets (`--files`).
     pub files: Vec<crate::render::RenderedFile>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum MountError {
-    #[error("mount point \"{}\" does not exist; create it first (mkdir -p {})", .0.display(), .0.display())]
-    NoMountPoint(PathBuf),
-    #[error("mount point \"{}\" is not a directory", .0.display())]
-    NotADirectory(PathBuf),
-    #[error(
-        "\"{}\" is already a live secretfs mount; unmount it first (umount {}) or choose another \
-         directory",
-        .0.display(), .0.display()
-    )]
-    AlreadyMounted(PathBuf),
-    #[error("cannot recover the stale mount at \"{}\": {source}", .path.display())]
-    Stale { path: PathBuf, source: nix::Error },
-    #[error("cannot inspect mount point \"{}\": {source}", .path.display())]
-    Inspect {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}", missing_message(.0))]
-    Missing(Vec<SecretName>),
-    #[error("cannot read secrets from the source: {0}")]
-    Source(#[from] SourceError),
-    #[error(
-        "the source was still unavailable after {waited}: {last}; is it running and reachable?"
-    )]
-    StartTimeout { waited: String, last: String },
-    #[error("cannot hold secrets in memory: {0}")]
-    Memory(std::io::Error),
-    #[error("cannot mount at \"{}\": {source}{}", .dir.display(), diagnosis(.problems))]
-    Mount {
-        dir: PathBuf,
-        source: std::io::Error,
-        problems: Vec<String>,
-    },
-    #[error("cannot start a thread: {0}")]
-    Thread(std::io::Error),
-    #[error("metrics: {0} (choose another --metrics-listen address)")]
-    Metrics(String),
-    #[error("cannot render the files of --files:\n  {}", .0.join("\n  "))]
-    Render(Vec<String>),
-}
-
-fn missing_message(names: &[SecretName]) -> String {
-    let list: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-    format!(
-        "{} not found in the source: {}; check the names with \"secretfs secret list\"",
-        if names.len() == 1 {
-            "secret"
-        } else {
-            "secrets"
-        },
-        list.join(", ")
-    )
-}
-
-fn diagnosis(problems: &[String]) -> String {
-    if problems.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", problems.join("; "))
-    }
-}
-
-/// The signals that end the daemon. They are blocked in every thread (a thread that did not
-/// block them could be picked to receive one and die with its default action) and taken with
-/// `sigwait` by one thread.
-pub fn shutdown_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGHUP);
-    set
-}
-
-/// Blocks the shutdown signals in the calling thread, and so in every thread it spawns after.
-/// Call first thing, before any thread exists.
-pub fn block_shutdown_signals() {
-    // Blocking signals cannot fail for a valid set.
-    let _ = shutdown_signals().thread_block();
 }
 
 /// Checks the mount point: it must exist and be a directory, and not be a live secretfs mount.
@@ -198,31 +119,6 @@ fn lexical_mount_point(dir: &Path) -> Option<PathBuf> {
 /// Whether a secretfs filesystem is mounted at `dir` (per /proc/self/mountinfo).
 pub fn is_secretfs_mount(dir: &Path) -> bool {
     super::mountinfo::secretfs_at(&super::mountinfo::read(), dir).is_some()
-}
-
-/// Unmounts `dir`: a plain unmount, lazily if it is busy (a process has a file or its working
-/// directory there), through `fusermount3 -u` when this process may not unmount itself.
-pub fn unmount(dir: &Path) -> std::io::Result<()> {
-    use nix::mount::{MntFlags, umount2};
-    match umount2(dir, MntFlags::empty()) {
-        Ok(()) => Ok(()),
-        Err(nix::Error::EBUSY) => umount2(dir, MntFlags::MNT_DETACH).map_err(Into::into),
-        Err(nix::Error::EPERM) => {
-            let status = std::process::Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(dir)
-                .status()?;
-            if status.success() {
-                Ok(())
-            } else {
-                Err(std::io::Error::other(format!(
-                    "fusermount3 -u failed: {status}"
-                )))
-            }
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// What the daemon tells its caller once the mount is ready.

@@ -1,4 +1,5 @@
-//! Whether the daemon behind a mount answers, asked without ever waiting for good.
+//! A mount seen from outside its daemon: whether the daemon answers (asked without ever waiting
+//! for good), aborting a connection nobody reads, and taking the mount away.
 //!
 //! A FUSE mount whose daemon died is normally disconnected: the kernel answers every request
 //! with `ENOTCONN`. But when another process still holds the daemon's `/dev/fuse` descriptor (a
@@ -78,4 +79,29 @@ pub fn abort_connection(entry: &MountEntry) -> bool {
         );
     }
     std::fs::write(&abort, b"1").is_ok()
+}
+
+/// Unmounts `dir`: a plain unmount, lazily if it is busy (a process has a file or its working
+/// directory there), through `fusermount3 -u` when this process may not unmount itself.
+pub fn unmount(dir: &Path) -> std::io::Result<()> {
+    use nix::mount::{MntFlags, umount2};
+    match umount2(dir, MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(nix::Error::EBUSY) => umount2(dir, MntFlags::MNT_DETACH).map_err(Into::into),
+        Err(nix::Error::EPERM) => {
+            let status = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(dir)
+                .status()?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!(
+                    "fusermount3 -u failed: {status}"
+                )))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }

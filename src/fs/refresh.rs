@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{INodeNo, Notifier};
 
+use super::error::MountError;
 use super::fuse::SharedTree;
 use super::memory::LockedPool;
-use super::mount::MountError;
 use super::rendered::Renderer;
 use super::status::MountStatus;
 use super::tree::{Changes, ROOT};

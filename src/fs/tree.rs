@@ -42,16 +42,10 @@ impl Ownership {
     /// Checks `mode` holds only read bits (write and execute make no sense on a read-only file of
     /// secrets, and setuid/sticky bits even less).
     pub fn new(uid: u32, gid: u32, mode: u32) -> Result<Self, String> {
-        if mode & !0o444 != 0 || mode & 0o400 == 0 {
-            return Err(format!(
-                "mode {mode:04o} is not allowed: secret files are read-only, so use read bits \
-                 only, owner included (0400, 0440 or 0444)"
-            ));
-        }
         Ok(Ownership {
             uid,
             gid,
-            mode: mode as u16,
+            mode: crate::secret::file_mode(mode)?,
         })
     }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::spec::InheritEnv;
+use super::watch::{WatchArgs, parse_duration};
 
 /// Everything given on the command line of `secretfs run`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,14 +42,6 @@ pub struct RunArgs {
     pub help: bool,
     /// The workload's argv (after `--`, or from the first argument that is not a flag).
     pub command: Vec<OsString>,
-}
-
-/// `--watch` and the watch options as given: the same fields as the spec's `[watch]`, so flags
-/// lie over the spec field by field (`watch::plan` parses the values, every problem at once).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WatchArgs {
-    pub enabled: bool,
-    pub given: super::watch::WatchSpec,
 }
 
 pub const USAGE: &str = "\
@@ -113,12 +106,6 @@ fn pair(flag: &str, v: &str, bare_allowed: bool) -> Result<(String, String), Str
             if bare_allowed { " or NAME" } else { "" }
         )),
     }
-}
-
-/// Parses a duration such as `10s`, `500ms` or `2m`.
-pub fn parse_duration(what: &str, s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{what} {s:?} is not a duration ({e}); use e.g. 10s, 500ms or 2m"))
 }
 
 /// Parses the arguments after `run`.

@@ -161,11 +161,11 @@ fn forms(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     }
     // As the matcher reads output (super::unfold): percent-escapes decoded (so the value's
     // percent-encodings, in every flavour, are the value again) and line breaks inside long
-    // base64 runs dropped. A value of several lines unfolds by what precedes it in the output
-    // (a long base64 run before its first line break, or not): both ways are looked for.
+    // base64 lines dropped. A value of several lines unfolds by what precedes it on its first
+    // line in the output (nothing, base64, or other text): each way is looked for.
     let mut unfolded: Vec<Zeroizing<Vec<u8>>> = Vec::new();
     for f in &out {
-        for run in [0, super::unfold::MIN_RUN] {
+        for run in [0, super::unfold::MIN_RUN, super::unfold::IMPURE] {
             unfolded.push(super::unfold::View::unfold_pattern(f, run));
         }
     }
@@ -331,8 +331,13 @@ impl Stream {
             .max(last_text);
         let released = &text[last_text..hold];
         out(released);
-        let before = if last_text == 0 { self.run } else { 0 };
-        self.run = super::unfold::run_before(released, before).min(super::unfold::MIN_RUN);
+        // A label ends the line's base64, if it had any.
+        let before = if last_text == 0 {
+            self.run
+        } else {
+            super::unfold::IMPURE
+        };
+        self.run = super::unfold::run_before(released, before);
         let mut held = Zeroizing::new(text[hold..].to_vec());
         std::mem::swap(&mut self.held, &mut held);
     }

@@ -12,8 +12,9 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::args::{RunArgs, parse_duration};
+use super::args::RunArgs;
 use super::spec::{InheritEnv, LeptonJob, Spec};
+use super::watch::parse_duration;
 use crate::render::{Recipe, RenderedFile};
 use crate::secret::SecretName;
 
@@ -225,7 +226,7 @@ impl ExecPlan {
             out.push_str(&format!(
                 "mask: stdout and stderr through the launcher, each value of {} bytes or more \
                  (and its base64 and URL forms) shown as [secretfs: NAME]\n",
-                super::mask::MIN_MASKED
+                MIN_MASKED
             ));
         }
         for note in &self.notes {
@@ -234,6 +235,10 @@ impl ExecPlan {
         out
     }
 }
+
+/// Below this many bytes a value is not masked by `--mask` (masking `1` or `true` would mangle
+/// ordinary output); the launcher says which are.
+pub const MIN_MASKED: usize = 6;
 
 /// Variables that the dynamic loader, libc, a shell or an interpreter reads as a path or as
 /// code, with the reason. A secret in one of them can end up in an error message (ld.so prints
@@ -686,7 +691,7 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         .cloned()
         .collect();
 
-    let watch = match super::watch::plan(args, spec.watch.as_ref()) {
+    let watch = match super::watch::plan(&args.watch, spec.watch.as_ref()) {
         Ok(w) => w,
         Err(more) => {
             problems.extend(more);

@@ -3,9 +3,10 @@
 //!
 //! - **Line breaks inside base64.** `base64` wraps at 76 columns and `openssl base64` at 64, so
 //!   a value of 57 bytes or more comes out over several lines, the breaks wherever the columns
-//!   fall. A break (`\n`, or `\r\n`, `\r\r\n` as terminals write it) is dropped when at least
-//!   [`MIN_RUN`] base64 characters run before it and another follows it: a wrapped line is a full
-//!   run of them, while ordinary text rarely runs so long without a space or a dot.
+//!   fall. A break (`\n`, or `\r\n`, `\r\r\n` as terminals write it) is dropped when the line
+//!   before it is all base64 characters, at least [`MIN_RUN`] of them, and a base64 character
+//!   follows it: a wrapped line is exactly that, while ordinary output has spaces, `=` or dots on
+//!   its lines (a training log's `loss=0.1234567890123456` is not a base64 line).
 //! - **Percent-escapes.** `%HH` (either case) is read as the byte it stands for, so every flavour
 //!   of URL encoding (all reserved bytes escaped or `/` kept, as Python's `quote()` does; upper-
 //!   or lower-case hex) comes back to the value itself.
@@ -19,8 +20,11 @@
 
 use zeroize::Zeroizing;
 
-/// Base64 characters that must run before a line break for the break to be dropped.
+/// Base64 characters a line must hold (and nothing else) for its break to be dropped.
 pub const MIN_RUN: usize = 16;
+
+/// The line so far holds something other than base64 characters: its break stays.
+pub const IMPURE: usize = usize::MAX;
 
 /// The most `\r` a terminal's line break carries before its `\n`.
 const MAX_CR: usize = 2;
@@ -72,8 +76,8 @@ enum Step {
     Pending,
 }
 
-/// Reads `text` at `i`; `run` is how many base64 characters run up to `i`, `complete` whether
-/// nothing follows the text.
+/// Reads `text` at `i`; `run` is how many base64 characters the line holds up to `i` ([`IMPURE`]
+/// when it holds anything else), `complete` whether nothing follows the text.
 fn step(text: &[u8], i: usize, run: usize, complete: bool) -> Step {
     match text[i] {
         b'%' => match (text.get(i + 1).copied(), text.get(i + 2).copied()) {
@@ -85,7 +89,7 @@ fn step(text: &[u8], i: usize, run: usize, complete: bool) -> Step {
             (None, _) if !complete => Step::Pending,
             _ => Step::Byte,
         },
-        b'\r' | b'\n' if run >= MIN_RUN => {
+        b'\r' | b'\n' if run >= MIN_RUN && run != IMPURE => {
             let crs = text[i..].iter().take_while(|&&b| b == b'\r').count();
             let after = i + crs;
             match text.get(after) {
@@ -104,8 +108,8 @@ fn step(text: &[u8], i: usize, run: usize, complete: bool) -> Step {
 
 impl View {
     /// The view of `text`. `complete`: nothing follows it (a pattern, or the end of a stream),
-    /// so an unfinished escape or break at its end is text like any other. `run`: how many
-    /// base64 characters run just before it.
+    /// so an unfinished escape or break at its end is text like any other. `run`: the line's
+    /// base64 characters just before it ([`IMPURE`]: the line holds other characters).
     pub fn of(text: &[u8], complete: bool, run: usize) -> View {
         // Most output has nothing to unfold: find out without copying.
         let first = first_fold(text, complete, run);
@@ -128,7 +132,7 @@ impl View {
             match step(text, i, run, complete) {
                 Step::Byte => {
                     let b = text[i];
-                    run = if is_base64(b) { run + 1 } else { 0 };
+                    run = line_after(run, b);
                     out.push(b);
                     i += 1;
                 }
@@ -150,7 +154,7 @@ impl View {
                         t: i,
                         escape: false,
                     });
-                    run = 0;
+                    run = IMPURE;
                 }
                 Step::Break(len) => {
                     i += len;
@@ -176,7 +180,8 @@ impl View {
         }
     }
 
-    /// A pattern unfolded as output would be: complete, with `run` base64 characters before it.
+    /// A pattern unfolded as output would be: complete, after a line that holds `run` base64
+    /// characters ([`IMPURE`]: other characters) before it.
     pub fn unfold_pattern(pattern: &[u8], run: usize) -> Zeroizing<Vec<u8>> {
         let view = View::of(pattern, true, run);
         Zeroizing::new(view.bytes(pattern).to_vec())
@@ -232,35 +237,71 @@ impl View {
     }
 }
 
-/// How many base64 characters run at the end of `text`, `before` of them running before it.
+/// The line's state after byte `b`, from `run` before it.
+fn line_after(run: usize, b: u8) -> usize {
+    if b == b'\n' {
+        0
+    } else if is_base64(b) && run != IMPURE {
+        run + 1
+    } else {
+        IMPURE
+    }
+}
+
+/// The line's state at the end of `text`, `before` being its state before the text.
 pub fn run_before(text: &[u8], before: usize) -> usize {
     run_at(text, text.len(), before)
 }
 
-/// How many base64 characters run up to `at` in `text` (`before` of them before the text).
+/// The line's state at `at` in `text` (`before`: its state before the text): how many base64
+/// characters it holds since its start, or [`IMPURE`].
 fn run_at(text: &[u8], at: usize, before: usize) -> usize {
-    let within = text[..at]
+    let line = text[..at]
         .iter()
-        .rev()
-        .take_while(|&&b| is_base64(b))
-        .count();
-    if within == at {
-        within + before
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let body = &text[line..at];
+    if !body.iter().all(|&b| is_base64(b)) {
+        IMPURE
+    } else if line == 0 {
+        if before == IMPURE {
+            IMPURE
+        } else {
+            before + body.len()
+        }
     } else {
-        within
+        body.len()
     }
 }
 
-/// The first position where the unfolding changes `text`, if any.
+/// The first position where the unfolding changes `text`, if any. One pass of `memchr` over the
+/// text; at each line break only the line's end is looked at (a non-base64 character there,
+/// which ordinary output has within a few bytes, settles it), so output with nothing to unfold
+/// costs little more than the search itself.
 fn first_fold(text: &[u8], complete: bool, before: usize) -> Option<usize> {
+    let mut line_start = 0;
     for i in memchr::memchr3_iter(b'%', b'\n', b'\r', text) {
         let run = if text[i] == b'%' {
-            0
+            IMPURE
         } else {
-            run_at(text, i, before)
+            let body = &text[line_start..i];
+            if !body.iter().rev().all(|&b| is_base64(b)) {
+                IMPURE
+            } else if line_start == 0 {
+                if before == IMPURE {
+                    IMPURE
+                } else {
+                    before + body.len()
+                }
+            } else {
+                body.len()
+            }
         };
         if !matches!(step(text, i, run, complete), Step::Byte) {
             return Some(i);
+        }
+        if text[i] == b'\n' {
+            line_start = i + 1;
         }
     }
     None
@@ -288,6 +329,8 @@ mod tests {
             "short\nline",
             &format!("{line}\n.next"),
             "a b c d e f g h i j\nk",
+            &format!("key={line}\n{line}"),
+            "loss=0.1234567890123456789\nstep",
         ] {
             assert_eq!(unfolded(kept, true).0, kept);
         }

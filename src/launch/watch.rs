@@ -6,7 +6,19 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
-use super::args::{RunArgs, parse_duration};
+/// `--watch` and the watch options as given: the same fields as the spec's `[watch]`, so flags
+/// lie over the spec field by field (`plan` parses the values, every problem at once).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchArgs {
+    pub enabled: bool,
+    pub given: WatchSpec,
+}
+
+/// Parses a duration such as `10s`, `500ms` or `2m`.
+pub fn parse_duration(what: &str, s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{what} {s:?} is not a duration ({e}); use e.g. 10s, 500ms or 2m"))
+}
 
 /// `[watch]` in a job spec; the table's presence turns supervision on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -90,11 +102,8 @@ impl WatchPlan {
     /// signals go to the workload.
     pub fn unwatched() -> WatchPlan {
         // The defaults of `--watch` with no option given: one place says what they are.
-        let on = RunArgs {
-            watch: super::args::WatchArgs {
-                enabled: true,
-                ..Default::default()
-            },
+        let on = WatchArgs {
+            enabled: true,
             ..Default::default()
         };
         let defaults = plan(&on, None)
@@ -177,16 +186,16 @@ pub fn parse_budget(what: &str, s: &str) -> Result<Budget, String> {
 
 /// The policy from the flags over the spec; `None` when neither asks for `--watch`. Every
 /// problem at once.
-pub fn plan(args: &RunArgs, spec: Option<&WatchSpec>) -> Result<Option<WatchPlan>, Vec<String>> {
-    if !args.watch.enabled && spec.is_none() {
-        return match args.watch.given.first_flag() {
+pub fn plan(args: &WatchArgs, spec: Option<&WatchSpec>) -> Result<Option<WatchPlan>, Vec<String>> {
+    if !args.enabled && spec.is_none() {
+        return match args.given.first_flag() {
             Some(flag) => Err(vec![format!(
                 "{flag} applies only with --watch (or [watch] in the spec)"
             )]),
             None => Ok(None),
         };
     }
-    let w = args.watch.given.over(spec.unwrap_or(&WatchSpec::default()));
+    let w = args.given.over(spec.unwrap_or(&WatchSpec::default()));
     let mut problems = Vec::new();
     let mut duration = |name: &str, given: &Option<String>, default: Duration| match given {
         None => default,
@@ -259,13 +268,9 @@ pub fn plan(args: &RunArgs, spec: Option<&WatchSpec>) -> Result<Option<WatchPlan
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launch::args::WatchArgs;
 
-    fn args(watch: WatchArgs) -> RunArgs {
-        RunArgs {
-            watch,
-            ..Default::default()
-        }
+    fn args(watch: WatchArgs) -> WatchArgs {
+        watch
     }
 
     #[test]
@@ -343,7 +348,7 @@ mod tests {
             plan(&args(stray), None).unwrap_err()[0]
                 .contains("--debounce applies only with --watch")
         );
-        assert_eq!(plan(&RunArgs::default(), None), Ok(None));
+        assert_eq!(plan(&WatchArgs::default(), None), Ok(None));
         let exit = WatchArgs {
             enabled: true,
             given: WatchSpec {
