@@ -23,3 +23,4 @@ pub mod server;
 pub mod service;
 pub mod source;
 pub mod store;
+pub mod token_file;

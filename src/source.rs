@@ -226,7 +226,7 @@ impl ServerSource {
         let shown = id.file.display();
         // Read anew each time (kubelet rewrites it). Its mode is not warned about: a projected
         // token is readable in the pod by design (SECURITY.md says what that means).
-        let read = crate::auth::read_token_file(&id.file).map_err(|e| {
+        let read = crate::token_file::read_token_file(&id.file).map_err(|e| {
             SourceError::Failed(format!(
                 "{e} (for workload identity; kubelet projects the token at \
                  /var/run/secrets/kubernetes.io/serviceaccount/token, see the README)"

@@ -50,6 +50,27 @@ const UNSAFE_ALLOWED: &[&str] = &["src/fs/memory.rs", "src/launch/exec.rs"];
 /// (`src/lib.rs` declares `pub mod store`; a declaration is not a use, so it needs no entry.)
 const STORE_ALLOWED: &[&str] = &["src/store/", "src/service/"];
 
+/// The store's types shared on purpose, through the service's re-exports: the rows its callers
+/// show (audit records, tokens, users, grants), its error, and the local store's paths. The rest
+/// of the store (the `Store` trait, `Batch`, `Op`, `Vault`, `StoredSecret`, the SQL) stays behind
+/// the service; a re-export of anything else is a violation where it is written.
+const STORE_SHARED: &[&str] = &[
+    "AuditAction",
+    "AuditRecord",
+    "DEFAULT_WORKSPACE",
+    "Grant",
+    "StoreError",
+    "TargetKind",
+    "TokenRecord",
+    "User",
+    "valid_account_name",
+    "local",
+    "LocalError",
+    "LocalPaths",
+    "OpenMode",
+    "local_user",
+];
+
 /// The client side speaks typed structs, never untyped JSON.
 const TYPED_JSON: &[&str] = &["src/client.rs", "src/cli/", "src/source.rs"];
 
@@ -329,6 +350,35 @@ impl Code {
         self.in_use[i].is_some() && self.prev(i) != Some(&ident("as"))
     }
 
+    /// Whether the `use` declaration holding token `i` is a `pub use` (a re-export).
+    fn in_pub_use(&self, i: usize) -> bool {
+        self.in_use[i].is_some_and(|start| {
+            start >= 1
+                && (self.word(start - 1) == Some("pub") || self.prev(start) == Some(&punct(')')))
+        })
+    }
+
+    /// The names a `use` declaration brings in after token `i` (`store`): the last segment of
+    /// each path, or the new name after `as`; `self` counts as the module itself.
+    fn use_names_after(&self, i: usize) -> Vec<String> {
+        let Some(start) = self.in_use[i] else {
+            return Vec::new();
+        };
+        let mut names = Vec::new();
+        let mut k = i + 1;
+        while k < self.toks.len() && self.in_use[k] == Some(start) {
+            if let Some(w) = self.word(k).filter(|w| *w != "as") {
+                let last = !self.is(k + 1, &punct(':')) && self.word(k + 1) != Some("as");
+                if last && self.prev(k) != Some(&ident("as")) || self.prev(k) == Some(&ident("as"))
+                {
+                    names.push(w.to_owned());
+                }
+            }
+            k += 1;
+        }
+        names
+    }
+
     /// Every index of identifier `w`.
     fn find<'a>(&'a self, w: &'a str) -> impl Iterator<Item = usize> + 'a {
         (0..self.toks.len()).filter(move |&i| self.word(i) == Some(w))
@@ -373,6 +423,30 @@ fn check_file(path: &str, src: &str) -> Vec<Violation> {
                         format!("`{krate}`"),
                     );
                 }
+            }
+        }
+    }
+
+    if in_scope(path, PURE_CORE) {
+        // The standard library's IO: files, processes and the environment at all; of `io` and
+        // `net`, what reads, writes or connects (their error and address types are plain data:
+        // a reader passed in may fail with an `io::Error`).
+        for i in code.find("std") {
+            let module = code.word(i + 3).unwrap_or_default();
+            let item = code.word(i + 6).unwrap_or_default();
+            let io = match module {
+                "fs" | "process" | "env" => true,
+                "io" => !matches!(item, "Result" | "Error" | "ErrorKind"),
+                "net" => !item.starts_with("Ip") && !item.starts_with("SocketAddr"),
+                _ => false,
+            };
+            if code.path_segment(i) && io {
+                report(
+                    i,
+                    "rule 1b (the pure core does no IO: no std::fs, process or env, no reading, \
+                     writing or connecting through std::io or std::net)",
+                    format!("`std::{module}`"),
+                );
             }
         }
     }
@@ -438,6 +512,25 @@ fn check_file(path: &str, src: &str) -> Vec<Violation> {
                     "rule 4 (unsafe only in src/fs/memory.rs and src/launch/exec.rs)",
                     format!("`{level}(unsafe_code)`"),
                 );
+            }
+        }
+    }
+
+    // A re-export of the store outside it (the service's `pub use crate::store::{...}`) names only
+    // the shared rows: the rule follows what is re-exported, not only the text `store::`.
+    if !path.starts_with("src/store/") {
+        for i in code.find("store") {
+            if code.imported(i) && code.in_pub_use(i) {
+                for name in code.use_names_after(i) {
+                    if !STORE_SHARED.contains(&name.as_str()) {
+                        report(
+                            i,
+                            "rule 5b (the service re-exports only the store rows ARCHITECTURE.md \
+                             lists as shared)",
+                            format!("`{name}`"),
+                        );
+                    }
+                }
             }
         }
     }
@@ -757,4 +850,130 @@ fn a_rule_word_is_a_violation_in_code_only() {
         found("src/source.rs", "serde_json::from_slice::<Answer>(b)"),
         none
     );
+}
+
+/// The `.rs` paths the codemap of ARCHITECTURE.md names, resolved: a bullet that opens with a
+/// directory (`` - `fs/`: ``) names its files relative to it (`tree.rs` is `src/fs/tree.rs`); a
+/// name with a `/` in it (`api/metrics.rs`, `bin/secretfs-run.rs`), or in a bullet that opens with
+/// none, is relative to `src/`. Bullets about what is outside `src/` (`tests/`, `scripts/`, ...)
+/// are skipped.
+fn codemap_paths(architecture: &str) -> Vec<String> {
+    let start = architecture
+        .find("## Codemap")
+        .expect("ARCHITECTURE.md has a Codemap section");
+    let section = &architecture[start..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |e| e + 3);
+    let mut paths = Vec::new();
+    let mut dir: Option<String> = None;
+    // Until the first bullet: the section's prose, which names no file of the map.
+    let mut outside = true;
+    for line in section[..end].lines() {
+        let spans: Vec<&str> = line.split('`').skip(1).step_by(2).collect();
+        if let Some(rest) = line.strip_prefix("- ") {
+            let opening = rest
+                .strip_prefix('`')
+                .and_then(|r| r.split_once('`'))
+                .map(|(first, after)| (first, after.starts_with(':')));
+            dir = None;
+            outside = false;
+            if let Some((first, true)) = opening
+                && first.ends_with('/')
+            {
+                outside =
+                    !["api/", "cli/", "fs/", "launch/", "service/", "store/"].contains(&first);
+                dir = Some(first.to_owned());
+            } else if let Some((first, _)) = opening {
+                outside = ["tests/", ".config/", "scripts/", "fuzz/", "examples/"]
+                    .iter()
+                    .any(|o| first.starts_with(o));
+            }
+        }
+        if outside {
+            continue;
+        }
+        for span in spans {
+            if !span.ends_with(".rs") || span.contains(' ') {
+                continue;
+            }
+            let path = match &dir {
+                Some(d) if !span.contains('/') => format!("src/{d}{span}"),
+                _ => format!("src/{span}"),
+            };
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// ARCHITECTURE.md's codemap stays the map: every file it names exists, and every `src/` file
+/// (unit-test files beside the code aside) is named in it.
+#[test]
+fn the_codemap_names_every_source_file_and_only_those() {
+    let text = fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let named = codemap_paths(&text);
+    let files: Vec<String> = sources()
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| !p.ends_with("/tests.rs"))
+        .collect();
+    let gone: Vec<&String> = named.iter().filter(|p| !files.contains(p)).collect();
+    let unnamed: Vec<&String> = files.iter().filter(|p| !named.contains(p)).collect();
+    assert!(
+        gone.is_empty() && unnamed.is_empty(),
+        "ARCHITECTURE.md's codemap names files that do not exist: {gone:?}; and leaves out: \
+         {unnamed:?}"
+    );
+}
+
+#[test]
+fn codemap_paths_resolve_by_the_bullets_directory() {
+    let map = "## Codemap\n\n- `main.rs`: x, `bin/secretfs-run.rs`.\n- `fs/`: `tree.rs` (`Tree`),\n  \
+               `mount.rs`, and `api/metrics.rs`.\n- `tests/it/` (`support/deadline.rs`)\n\n## Next\n- `a.rs`\n";
+    assert_eq!(
+        codemap_paths(map),
+        [
+            "src/api/metrics.rs",
+            "src/bin/secretfs-run.rs",
+            "src/fs/mount.rs",
+            "src/fs/tree.rs",
+            "src/main.rs"
+        ]
+    );
+}
+
+#[test]
+fn the_pure_core_may_name_io_types_but_not_do_io() {
+    let flagged = |src: &str| !check_file("src/secret.rs", src).is_empty();
+    assert!(flagged("fn f() { let _ = std::fs::read(\"x\"); }"));
+    assert!(flagged("use std::io::Read;"));
+    assert!(flagged("fn f() { std::process::exit(1) }"));
+    assert!(flagged(
+        "fn f() -> Option<String> { std::env::var(\"X\").ok() }"
+    ));
+    assert!(flagged(
+        "fn f() { let _ = std::net::TcpStream::connect(\"a:1\"); }"
+    ));
+    assert!(!flagged("fn f(r: impl Fn() -> std::io::Result<String>) {}"));
+    assert!(!flagged("fn f(ip: std::net::IpAddr) {}"));
+    // Outside the core, the same code is fine.
+    assert!(check_file("src/source.rs", "use std::io::Read;").is_empty());
+}
+
+#[test]
+fn a_re_export_of_the_store_names_only_shared_rows() {
+    let rule = |src: &str| -> Vec<String> {
+        check_file("src/service/mod.rs", src)
+            .into_iter()
+            .filter(|v| v.rule.starts_with("rule 5b"))
+            .map(|v| v.found)
+            .collect()
+    };
+    assert!(rule("pub use crate::store::{AuditRecord, StoreError};").is_empty());
+    assert!(rule("pub use crate::store::local::{LocalPaths, OpenMode};").is_empty());
+    assert_eq!(rule("pub use crate::store::{Batch, User};"), ["`Batch`"]);
+    assert_eq!(rule("pub use crate::store::Vault as V;"), ["`V`"]);
+    // Not a re-export: the service's own use of the store is its business.
+    assert!(rule("use crate::store::{Batch, Op};").is_empty());
 }

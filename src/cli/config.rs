@@ -89,7 +89,7 @@ pub(super) fn save_config(cfg: &Config) -> anyhow::Result<PathBuf> {
 
 /// Reads a token from a file (first line, trimmed), warning when others may read the file.
 pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<Token> {
-    let file = crate::auth::read_token_file(path).map_err(anyhow::Error::msg)?;
+    let file = crate::token_file::read_token_file(path).map_err(anyhow::Error::msg)?;
     if let Some(w) = file.warning {
         tracing::warn!("{w}");
     }

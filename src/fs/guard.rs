@@ -102,10 +102,10 @@ pub fn main(args: &[OsString]) -> ExitCode {
     };
     // The kernel reuses mount ids and device numbers: a successor's mount at the same place can
     // carry this one's identity once this one is gone. The daemon is dead, so its mount cannot
-    // answer; a mount that answers is a successor's, and stays.
+    // answer; a mount that answers is a successor's, and stays. Anything else is this one.
     match probe::probe(&dir, probe::LIMIT) {
         Probe::Answered => return ExitCode::SUCCESS,
-        Probe::Disconnected => {}
+        Probe::Disconnected | Probe::Unknown(_) => {}
         Probe::Silent => {
             // Held open by another process: abort it, so nothing waits on it for good.
             probe::abort_connection(&entry);

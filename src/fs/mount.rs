@@ -51,7 +51,10 @@ pub fn prepare_mount_point(dir: &Path) -> Result<PathBuf, MountError> {
         && let Some(entry) = super::mountinfo::secretfs_at(&super::mountinfo::read(), &at)
     {
         match probe::probe(&at, probe::LIMIT) {
-            Probe::Answered => return Err(MountError::AlreadyMounted(dir.to_owned())),
+            // A mount that may be alive is not taken over.
+            Probe::Answered | Probe::Unknown(_) => {
+                return Err(MountError::AlreadyMounted(dir.to_owned()));
+            }
             Probe::Disconnected => {}
             Probe::Silent => {
                 let aborted = probe::abort_connection(&entry);

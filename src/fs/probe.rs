@@ -22,12 +22,16 @@ pub const LIMIT: Duration = Duration::from_secs(2);
 /// What the daemon of a mount said to a lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
-    /// It answered: a daemon serves the mount.
+    /// It answered (the name exists, or `ENOENT`, which only a daemon says of a name nobody
+    /// made): a daemon serves the mount.
     Answered,
     /// The kernel answered for it: the connection is gone (`ENOTCONN`, `ECONNABORTED`).
     Disconnected,
     /// Nothing within the limit: nobody reads the connection.
     Silent,
+    /// Another error (`EACCES` from the kernel's own permission check, say): the daemon was not
+    /// asked, so nothing is known of it.
+    Unknown(i32),
 }
 
 /// Looks up, under `dir`, a name nobody has asked for before (so no cached entry answers), for at
@@ -50,10 +54,12 @@ pub fn probe(dir: &Path, limit: Duration) -> Probe {
         return Probe::Answered;
     }
     match rx.recv_timeout(limit) {
-        Ok(Err(e)) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
-            Probe::Disconnected
-        }
-        Ok(_) => Probe::Answered,
+        Ok(Ok(())) => Probe::Answered,
+        Ok(Err(e)) => match e.raw_os_error() {
+            Some(libc::ENOENT) => Probe::Answered,
+            Some(libc::ENOTCONN | libc::ECONNABORTED) => Probe::Disconnected,
+            other => Probe::Unknown(other.unwrap_or(0)),
+        },
         Err(_) => Probe::Silent,
     }
 }

@@ -542,7 +542,7 @@ fn server_credential(
     binding: Option<String>,
 ) -> Result<Credential, String> {
     let from_file = |p: &Path| -> Result<Credential, String> {
-        let file = crate::auth::read_token_file(p)?;
+        let file = crate::token_file::read_token_file(p)?;
         if let Some(w) = file.warning {
             eprintln!("warning: {w}");
         }

@@ -478,7 +478,10 @@ fn a_killed_daemon_leaves_no_mount_in_any_order() {
             assert!(eventually(5, || std::fs::read(m.join("A")).unwrap() == b"alpha"));
         }),
     ];
+    // Where the time went, should this fail (printed with the failure).
+    let started = std::time::Instant::now();
     for (order, before) in orders {
+        eprintln!("{:?}: a daemon killed {order}", started.elapsed());
         let mut d = Daemon::start(&s, &mnt, &["--refresh", "100ms"]);
         before(&mnt);
         d.stop(Signal::SIGKILL);
@@ -501,6 +504,7 @@ fn a_killed_daemon_leaves_no_mount_in_any_order() {
     }
 
     // Under 1,000 readers, each opening and reading a file in a loop until the mount goes.
+    eprintln!("{:?}: under 1,000 readers", started.elapsed());
     let mut d = Daemon::start(&s, &mnt, &[]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -523,10 +527,16 @@ fn a_killed_daemon_leaves_no_mount_in_any_order() {
     assert!(eventually(10, || reads
         .load(std::sync::atomic::Ordering::Relaxed)
         > 10_000));
+    eprintln!(
+        "{:?}: {} reads; killing the daemon",
+        started.elapsed(),
+        reads.load(std::sync::atomic::Ordering::Relaxed)
+    );
     d.stop(Signal::SIGKILL);
     assert!(
         eventually(5, || !is_mounted(&mnt)),
-        "a daemon killed under 1,000 readers left its mount behind"
+        "a daemon killed under 1,000 readers left its mount behind: {}",
+        d.log()
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for r in readers {
