@@ -66,6 +66,23 @@ impl Token {
     }
 }
 
+/// A copy lives as long as the original would: in zeroized memory, gone with the launch or the
+/// request that needed it.
+impl Clone for Token {
+    fn clone(&self) -> Self {
+        Token(self.0.clone())
+    }
+}
+
+/// Compared in constant time, as every token comparison is.
+impl PartialEq for Token {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for Token {}
+
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Token([REDACTED])")

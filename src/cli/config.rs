@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use super::{GlobalArgs, Hinted};
 use crate::auth::Token;
 use crate::client::Client;
+use crate::source::choose::{self, CredentialSpec, Fallback, Given, Named, SourceSpec};
 
 /// What `secretfs login` saves (mode 0600): the server and a user token. Its `Debug` leaves the
 /// token out.
@@ -96,33 +97,30 @@ pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<Token> {
     Ok(file.token)
 }
 
-/// The token from the environment: `SECRETFS_TOKEN`, else the file `SECRETFS_TOKEN_FILE` names.
-pub fn token_from_env() -> anyhow::Result<Option<Token>> {
-    if let Some(t) = std::env::var_os("SECRETFS_TOKEN").filter(|t| !t.is_empty()) {
-        let t = t
-            .into_string()
-            .map_err(|_| anyhow::anyhow!("SECRETFS_TOKEN is not valid UTF-8"))?;
-        return Ok(Some(Token::from_string(t.trim().to_owned())));
-    }
-    if let Some(p) = std::env::var_os("SECRETFS_TOKEN_FILE").filter(|p| !p.is_empty()) {
-        return read_token_file(std::path::Path::new(&p)).map(Some);
-    }
-    Ok(None)
+/// The environment as `source::choose` reads it (`SECRETFS_STORE`, `SECRETFS_URL`, the token
+/// variables; `SECRETFS_DIR` is the launcher's alone).
+pub fn environment_level() -> Given {
+    let env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os().collect();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    choose::from_environment(&env, &cwd, false)
 }
 
-/// The workload token for a mount or a launch: `--token-file`/`SECRETFS_TOKEN_FILE`, else
-/// `SECRETFS_TOKEN`. (Never the saved login: that is a user token, which cannot read values.)
-pub fn workload_token(g: &GlobalArgs) -> anyhow::Result<Token> {
-    if let Some(p) = &g.token_file {
-        return read_token_file(p);
+/// What `secretfs login` saved, as the last level of `source::choose`.
+fn login_level(cfg: &Config) -> Given {
+    Given {
+        url: cfg.url.clone().map(|u| Named::new(u, "the login file")),
+        token: cfg
+            .token
+            .clone()
+            .map(|t| Named::new(Token::from_string(t), "the login file")),
+        ca_file: cfg.ca_file.clone(),
+        ..Given::default()
     }
-    token_from_env()?.ok_or_else(|| {
-        Hinted {
-            error: anyhow::anyhow!("no workload token for the server"),
-            hint: "pass --token-file PATH or set SECRETFS_TOKEN_FILE (mint one with \"secretfs token create --workload --secret NAME\")".into(),
-        }
-        .into()
-    })
+}
+
+/// Every problem of a choice, as one error.
+pub fn chosen(result: Result<SourceSpec, Vec<String>>) -> anyhow::Result<SourceSpec> {
+    result.map_err(|problems| anyhow::anyhow!("{}", problems.join("; ")))
 }
 
 /// A configured server: URL, token, workspace.
@@ -131,30 +129,32 @@ pub struct Remote {
     pub workspace: String,
 }
 
-/// The server the CLI talks to, if one is configured: `--url`/`SECRETFS_URL`, else `login`'s.
+/// The server the management CLI talks to, when the rule of every command (`source::choose`:
+/// flags, then the environment, then `login`'s file) chooses one; `None` when it chooses the
+/// local store.
 pub fn remote(g: &GlobalArgs) -> anyhow::Result<Option<Remote>> {
     let cfg = load_config()?;
-    let Some(url) = g.url.clone().or(cfg.url.clone()) else {
+    let env = environment_level();
+    let login = login_level(&cfg);
+    let spec = chosen(choose::choose(&[&g.flags, &env, &login], Fallback::Store))?;
+    let SourceSpec::Server {
+        urls,
+        credential,
+        ca_file,
+    } = spec
+    else {
         return Ok(None);
     };
-    let token = match &g.token_file {
-        Some(p) => read_token_file(p)?,
-        None => match token_from_env()? {
-            Some(t) => t,
-            None => match cfg.token.clone() {
-                Some(t) => Token::from_string(t),
-                None => {
-                    return Err(Hinted {
-                        error: anyhow::anyhow!("no token for {url}"),
-                        hint: "run \"secretfs login URL\", or set SECRETFS_TOKEN_FILE".into(),
-                    }
-                    .into());
-                }
-            },
-        },
+    let token = match credential {
+        CredentialSpec::Token(t) => t,
+        CredentialSpec::TokenFile(p) => read_token_file(&p)?,
+        CredentialSpec::Identity { .. } => anyhow::bail!(
+            "an identity token file (SECRETFS_IDENTITY_TOKEN_FILE) is a workload's credential, \
+             for mount and run; the management commands need a user token (--token-file, \
+             SECRETFS_TOKEN_FILE, or secretfs login)"
+        ),
     };
-    let ca = g.ca_file.clone().or(cfg.ca_file.clone());
-    let client = Client::new(&url, &token, ca.as_deref())?;
+    let client = Client::new(&urls, &token, ca_file.as_deref())?;
     let workspace = g
         .workspace
         .clone()
@@ -164,11 +164,25 @@ pub fn remote(g: &GlobalArgs) -> anyhow::Result<Option<Remote>> {
 }
 
 pub(super) fn require_remote(g: &GlobalArgs) -> anyhow::Result<Remote> {
-    remote(g)?.ok_or_else(|| {
-        Hinted {
+    if let Some(r) = remote(g)? {
+        return Ok(r);
+    }
+    // The local store was chosen: by name, or because no server is configured.
+    let store = g
+        .flags
+        .store
+        .as_ref()
+        .or(environment_level().store.as_ref())
+        .map(|s| s.by.clone());
+    Err(match store {
+        Some(by) => anyhow::anyhow!(
+            "this command needs a server, but {by} names the local store; unset it, or pass \
+             --url URL"
+        ),
+        None => Hinted {
             error: anyhow::anyhow!("no server configured"),
             hint: "run \"secretfs login URL\" or pass --url URL (or set SECRETFS_URL)".into(),
         }
-        .into()
+        .into(),
     })
 }

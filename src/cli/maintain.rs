@@ -36,9 +36,7 @@ pub struct BackupArgs {
 pub async fn key(g: &GlobalArgs, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         KeyCommand::Rotate => {
-            if g.store.is_none()
-                && let Some(r) = configured_remote(g)?
-            {
+            if let Some(r) = configured_remote(g)? {
                 let moved = r.client.rotate_key().await?.resealed;
                 eprintln!("master key rotated on the server; {moved} values re-sealed");
                 return Ok(ExitCode::SUCCESS);
@@ -71,9 +69,7 @@ pub async fn backup(g: &GlobalArgs, a: BackupArgs) -> anyhow::Result<ExitCode> {
     partial.push(".partial");
     let partial = PathBuf::from(partial);
     let _ = std::fs::remove_file(&partial);
-    if g.store.is_none()
-        && let Some(r) = configured_remote(g)?
-    {
+    if let Some(r) = configured_remote(g)? {
         let bytes = r.client.backup().await?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)

@@ -106,6 +106,9 @@ pub struct GlobalArgs {
     pub workspace: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub verbose: u8,
+    /// What the flags gave (the command's own, else those before it): the first level of
+    /// `source::choose`, which decides the source and credential of every command alike.
+    pub flags: crate::source::choose::Given,
 }
 
 fn env_var(name: &str) -> Option<std::ffi::OsString> {
@@ -160,6 +163,30 @@ impl GlobalArgs {
                 .or_else(|| early.ca_file.clone())
                 .or_else(|| env_var("SECRETFS_CA_FILE").map(PathBuf::from)),
             verbose,
+            flags: {
+                use crate::source::choose::{Given, Named};
+                let flag_store = store
+                    .and_then(|s| s.store.clone())
+                    .or_else(|| early.store.clone());
+                let flag_url = server
+                    .and_then(|s| s.url.clone())
+                    .or_else(|| early.url.clone());
+                let flag_token_file = server
+                    .and_then(|s| s.token_file.clone())
+                    .or_else(|| early.token_file.clone());
+                Given {
+                    store: flag_store.map(|p| Named::new(p, "--store")),
+                    url: flag_url.map(|u| Named::new(u, "--url")),
+                    key_file: store
+                        .and_then(|s| s.key_file.clone())
+                        .or_else(|| early.key_file.clone()),
+                    ca_file: server
+                        .and_then(|s| s.ca_file.clone())
+                        .or_else(|| early.ca_file.clone()),
+                    token_file: flag_token_file.map(|p| Named::new(p, "--token-file")),
+                    ..Given::default()
+                }
+            },
         })
     }
 }

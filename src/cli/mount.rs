@@ -13,12 +13,13 @@ use crate::fs::mount::{self, MountConfig};
 use crate::fs::tree::Ownership;
 use crate::secret::SecretName;
 use crate::service::LocalPaths;
+use crate::source::choose::{Fallback, Named, SourceSpec, choose};
 use crate::source::{Credential, LocalSource, ServerSource, Source};
 
 #[derive(Debug, Args)]
 #[command(
     mut_arg("url", |a| a.help("The server to mount from (comma-separated replicas) [env: SECRETFS_URL]; without it, the local store")),
-    mut_arg("token_file", |a| a.help("A file holding the workload token [env: SECRETFS_TOKEN_FILE] (else SECRETFS_TOKEN)")),
+    mut_arg("token_file", |a| a.help("A file holding the workload token [env: SECRETFS_TOKEN_FILE, or the token itself in SECRETFS_TOKEN]; a flag wins over the environment, and two credentials at one level are refused")),
 )]
 pub struct MountArgs {
     /// The directory to mount the secrets on (must exist).
@@ -59,10 +60,11 @@ pub struct MountArgs {
     /// Workload identity, in place of a workload token: a file holding the platform's signed
     /// token (Kubernetes and Lepton: /var/run/secrets/kubernetes.io/serviceaccount/token),
     /// exchanged for a workload token, and again (the file re-read) before that expires.
-    #[arg(long, value_name = "PATH", env = "SECRETFS_IDENTITY_TOKEN_FILE")]
+    /// [env: SECRETFS_IDENTITY_TOKEN_FILE]
+    #[arg(long, value_name = "PATH")]
     pub identity_token_file: Option<PathBuf>,
     /// The identity binding to ask for, when several might admit the token.
-    #[arg(long, value_name = "NAME", requires = "identity_token_file")]
+    #[arg(long, value_name = "NAME")]
     pub identity_binding: Option<String>,
 }
 
@@ -179,35 +181,38 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|s| SecretName::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
-    // The server when one is named (and --store is not), else the local store.
-    let source: Box<dyn Source> = match (&g.store, &g.url) {
-        (None, Some(url)) => {
-            let credential = match &a.identity_token_file {
-                Some(_) if g.token_file.is_some() => anyhow::bail!(
-                    "give the server one credential: a workload token (--token-file, \
-                     SECRETFS_TOKEN_FILE) or an identity token (--identity-token-file, \
-                     SECRETFS_IDENTITY_TOKEN_FILE), not both"
-                ),
-                Some(file) => Credential::Identity {
-                    file: file.clone(),
-                    binding: a.identity_binding.clone(),
-                },
-                None => Credential::Token(super::config::workload_token(g)?),
-            };
+    // The source and its credential by the rule of every consumer (`source::choose`): flags,
+    // then the environment, else the local store.
+    let mut flags = g.flags.clone();
+    flags.identity_file = a
+        .identity_token_file
+        .clone()
+        .map(|f| Named::new(f, "--identity-token-file"));
+    flags.identity_binding = a.identity_binding.clone();
+    let env = super::config::environment_level();
+    let spec = super::config::chosen(choose(&[&flags, &env], Fallback::Store))?;
+    let source: Box<dyn Source> = match spec {
+        SourceSpec::Server {
+            urls,
+            credential,
+            ca_file,
+        } => {
+            let credential = Credential::open(&credential).map_err(anyhow::Error::msg)?;
             Box::new(ServerSource::connect(
-                url,
+                &urls,
                 credential,
-                g.ca_file.as_deref(),
+                ca_file.as_deref(),
             )?)
         }
-        _ if a.identity_token_file.is_some() => anyhow::bail!(
-            "--identity-token-file (SECRETFS_IDENTITY_TOKEN_FILE) is for a server: give --url \
-             (or SECRETFS_URL), not a local store"
-        ),
-        _ => {
-            let paths = LocalPaths::resolve(g.store.clone(), g.key_file.clone())?;
+        SourceSpec::Store { path, key_file } => {
+            let paths = LocalPaths::resolve(path, key_file)?;
             Box::new(LocalSource::open(paths)?)
         }
+        SourceSpec::Dir { path, .. } => anyhow::bail!(
+            "{} is a directory of files already; mount serves the local store (--store) or a \
+             server (--url)",
+            path.display()
+        ),
     };
     let cfg = MountConfig {
         dir: a.dir,

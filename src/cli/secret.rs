@@ -163,12 +163,10 @@ fn wire_secret(new: &NewSecret) -> CreateSecret {
 }
 
 impl Target {
-    /// The server if one is configured and `--store` was not given; else the local store
-    /// (`None` when it does not exist and `mode` does not create it).
+    /// The server when the rule of every command chooses one (`source::choose`), else the
+    /// local store (`None` when it does not exist and `mode` does not create it).
     async fn open(g: &GlobalArgs, mode: OpenMode) -> anyhow::Result<Option<Target>> {
-        if g.store.is_none()
-            && let Some(r) = configured_remote(g)?
-        {
+        if let Some(r) = configured_remote(g)? {
             return Ok(Some(Target::Remote(r)));
         }
         match open_local(g, mode).await {

@@ -234,7 +234,13 @@ pub(super) fn keep_fresh(
                 let text = e.to_string();
                 status.failed(&text);
                 if failing.as_deref() != Some(text.as_str()) {
-                    tracing::warn!(error = %text, "source unavailable; serving the last known good values");
+                    // An outage is said as one; a refusal (a revoked token, a refused identity)
+                    // or a bad answer is not.
+                    if matches!(e, MountError::Source(SourceError::Unavailable(_))) {
+                        tracing::warn!(error = %text, "source unavailable; serving the last known good values");
+                    } else {
+                        tracing::warn!(error = %text, "cannot refresh from the source; serving the last known good values");
+                    }
                     failing = Some(text);
                 }
                 // A watch fails fast while the source is down: wait before the next try, and

@@ -203,13 +203,18 @@ fn launch(
     let resolved = match resolve::resolve(&plan, fetcher) {
         Ok(r) => r,
         Err(problems) => {
+            // A hint about names only when names are what went wrong (not a refused token).
+            let missing = problems.iter().all(|p| p.contains("not found"));
             let hint = match &plan.source {
-                plan::SourcePlan::Dir { .. } => {
-                    "check the names (ls the directory), or pass --wait if a mount is still starting"
+                plan::SourcePlan::Dir { .. } => Some(
+                    "check the names (ls the directory), or pass --wait if a mount is still starting",
+                ),
+                _ if missing => {
+                    Some("run \"secretfs secret list\" to see the secrets this source holds")
                 }
-                _ => "run \"secretfs secret list\" to see the secrets this source holds",
+                _ => None,
             };
-            return failed(&problems, Some(hint));
+            return failed(&problems, hint);
         }
     };
     tracing::info!(

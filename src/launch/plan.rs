@@ -10,13 +10,13 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::args::RunArgs;
 use super::spec::{InheritEnv, LeptonJob, Spec};
 use super::watch::parse_duration;
 use crate::render::{Recipe, RenderedFile};
 use crate::secret::SecretName;
+use crate::source::choose::{Fallback, Given, Named, choose};
 
 /// Where a variable's value comes from, for the plan's report and for precedence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,27 +86,8 @@ pub struct Var {
     pub origin: Origin,
 }
 
-/// Where the secrets come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourcePlan {
-    Dir {
-        path: PathBuf,
-        wait: Option<Duration>,
-    },
-    Store {
-        path: PathBuf,
-        key_file: Option<PathBuf>,
-    },
-    Server {
-        urls: String,
-        token_file: Option<PathBuf>,
-        /// Workload identity: the platform's token file, exchanged for a workload token.
-        identity_file: Option<PathBuf>,
-        /// The binding to ask the exchange for.
-        identity_binding: Option<String>,
-        ca_file: Option<PathBuf>,
-    },
-}
+/// Where the secrets come from: the one `SourceSpec` every consumer chooses the same way.
+pub use crate::source::choose::SourceSpec as SourcePlan;
 
 /// Everything the launcher will do, decided before any secret is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,16 +154,17 @@ impl ExecPlan {
                 out.push('\n');
             }
             SourcePlan::Store { path, .. } => {
-                out.push_str(&format!("source: store {}\n", path.display()));
+                let shown = path
+                    .as_ref()
+                    .map_or("(the default)".into(), |p| p.display().to_string());
+                out.push_str(&format!("source: store {shown}\n"));
             }
             SourcePlan::Server {
-                urls,
-                identity_file,
-                ..
+                urls, credential, ..
             } => {
                 out.push_str(&format!("source: server {urls}"));
-                if let Some(f) = identity_file {
-                    out.push_str(&format!(" (workload identity from {})", f.display()));
+                if let crate::source::choose::CredentialSpec::Identity { file, .. } = credential {
+                    out.push_str(&format!(" (workload identity from {})", file.display()));
                 }
                 out.push('\n');
             }
@@ -541,21 +523,8 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         }
     }
 
-    // The source: a flag replaces the spec's choice entirely.
-    let flag_sources = [args.dir.is_some(), args.store.is_some(), args.url.is_some()];
-    let spec_sources = [
-        spec.source.dir.is_some(),
-        spec.source.store.is_some(),
-        spec.source.url.is_some(),
-    ];
-    let count = |s: &[bool]| s.iter().filter(|b| **b).count();
-    if count(&flag_sources) > 1 {
-        problems.push("give only one of --dir, --store and --url".into());
-    }
-    if count(&flag_sources) == 0 && count(&spec_sources) > 1 {
-        problems
-            .push("the spec's [source] sets more than one of dir, store and url; keep one".into());
-    }
+    // The source and its credential: flags, then the spec's [source], then the environment,
+    // then the directory /run/secrets (`source::choose`, the rule of every consumer).
     let wait = match (args.wait, &spec.source.wait) {
         (Some(w), _) => Some(w),
         (None, Some(text)) => match parse_duration("[source] wait", text) {
@@ -567,69 +536,60 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         },
         (None, None) => None,
     };
-    let env_dir = base_env
-        .iter()
-        .find(|(k, _)| k == "SECRETFS_DIR")
-        .map(|(_, v)| PathBuf::from(v));
-    let source = if let Some(dir) = &args.dir {
-        SourcePlan::Dir {
-            path: here(dir),
-            wait,
-        }
-    } else if let Some(store) = &args.store {
-        SourcePlan::Store {
-            path: here(store),
-            key_file: args.key_file.as_ref().map(here),
-        }
-    } else if let Some(url) = &args.url {
-        SourcePlan::Server {
-            urls: url.clone(),
-            token_file: args.token_file.as_ref().map(here),
-            identity_file: args.identity_token_file.as_ref().map(here),
-            identity_binding: args.identity_binding.clone(),
-            ca_file: args.ca_file.as_ref().map(here),
-        }
-    } else if let Some(dir) = &spec.source.dir {
-        SourcePlan::Dir {
-            path: rel(dir),
-            wait,
-        }
-    } else if let Some(store) = &spec.source.store {
-        SourcePlan::Store {
-            path: rel(store),
-            key_file: args
-                .key_file
-                .as_ref()
-                .map(here)
-                .or_else(|| spec.source.key_file.as_deref().map(rel)),
-        }
-    } else if let Some(url) = &spec.source.url {
-        SourcePlan::Server {
-            urls: url.clone(),
-            token_file: args
-                .token_file
-                .as_ref()
-                .map(here)
-                .or_else(|| spec.source.token_file.as_deref().map(rel)),
-            identity_file: args
-                .identity_token_file
-                .as_ref()
-                .map(here)
-                .or_else(|| spec.source.identity_token_file.as_deref().map(rel)),
-            identity_binding: args
-                .identity_binding
-                .clone()
-                .or_else(|| spec.source.identity_binding.clone()),
-            ca_file: args
-                .ca_file
-                .as_ref()
-                .map(here)
-                .or_else(|| spec.source.ca_file.as_deref().map(rel)),
-        }
-    } else {
-        SourcePlan::Dir {
-            path: cwd.join(env_dir.unwrap_or_else(|| PathBuf::from("/run/secrets"))),
-            wait,
+    let flags = Given {
+        dir: args.dir.as_ref().map(|d| Named::new(here(d), "--dir")),
+        store: args.store.as_ref().map(|d| Named::new(here(d), "--store")),
+        url: args.url.as_ref().map(|u| Named::new(u.clone(), "--url")),
+        key_file: args.key_file.as_ref().map(here),
+        ca_file: args.ca_file.as_ref().map(here),
+        token: None,
+        token_file: args
+            .token_file
+            .as_ref()
+            .map(|f| Named::new(here(f), "--token-file")),
+        identity_file: args
+            .identity_token_file
+            .as_ref()
+            .map(|f| Named::new(here(f), "--identity-token-file")),
+        identity_binding: args.identity_binding.clone(),
+    };
+    let s = &spec.source;
+    let from_spec = Given {
+        dir: s.dir.as_deref().map(|d| Named::new(rel(d), "[source] dir")),
+        store: s
+            .store
+            .as_deref()
+            .map(|d| Named::new(rel(d), "[source] store")),
+        url: s
+            .url
+            .as_ref()
+            .map(|u| Named::new(u.clone(), "[source] url")),
+        key_file: s.key_file.as_deref().map(rel),
+        ca_file: s.ca_file.as_deref().map(rel),
+        token: None,
+        token_file: s
+            .token_file
+            .as_deref()
+            .map(|f| Named::new(rel(f), "[source] token_file")),
+        identity_file: s
+            .identity_token_file
+            .as_deref()
+            .map(|f| Named::new(rel(f), "[source] identity_token_file")),
+        identity_binding: s.identity_binding.clone(),
+    };
+    let from_env = crate::source::choose::from_environment(base_env, cwd, true);
+    let source = match choose(
+        &[&flags, &from_spec, &from_env],
+        Fallback::Dir(PathBuf::from("/run/secrets")),
+    ) {
+        Ok(SourcePlan::Dir { path, .. }) => SourcePlan::Dir { path, wait },
+        Ok(other) => other,
+        Err(more) => {
+            problems.extend(more);
+            SourcePlan::Dir {
+                path: PathBuf::from("/run/secrets"),
+                wait: None,
+            }
         }
     };
     if wait.is_some() && !matches!(source, SourcePlan::Dir { .. }) {

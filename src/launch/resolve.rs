@@ -13,7 +13,6 @@ use zeroize::Zeroizing;
 
 use super::follow::Followed;
 use super::plan::{ExecPlan, SourcePlan, Value};
-use crate::auth::Token;
 use crate::render::{Listed, Recipe};
 use crate::secret::{SecretKind, SecretName, SecretValue, VALUE_MAX_LEN, ValueLimit};
 use crate::service::LocalPaths;
@@ -504,11 +503,11 @@ fn fetch(source: &SourcePlan, names: &[SecretName]) -> Result<Vec<SecretValue>, 
 }
 
 fn open_store(
-    path: &Path,
+    path: &Option<std::path::PathBuf>,
     key_file: &Option<std::path::PathBuf>,
 ) -> Result<LocalSource, Vec<String>> {
-    let paths = LocalPaths::resolve(Some(path.to_owned()), key_file.clone())
-        .map_err(|e| vec![e.to_string()])?;
+    let paths =
+        LocalPaths::resolve(path.clone(), key_file.clone()).map_err(|e| vec![e.to_string()])?;
     LocalSource::open(paths).map_err(|e| vec![e.to_string()])
 }
 
@@ -516,76 +515,14 @@ fn open_store(
 fn open_server(plan: &SourcePlan) -> Result<ServerSource, Vec<String>> {
     let SourcePlan::Server {
         urls,
-        token_file,
-        identity_file,
-        identity_binding,
+        credential,
         ca_file,
     } = plan
     else {
         unreachable!("open_server is given server sources only");
     };
-    let credential = server_credential(
-        token_file.as_deref(),
-        identity_file.as_deref(),
-        identity_binding.clone(),
-    )
-    .map_err(|e| vec![e])?;
+    let credential = Credential::open(credential).map_err(|e| vec![e])?;
     ServerSource::connect(urls, credential, ca_file.as_deref()).map_err(|e| vec![e.to_string()])
-}
-
-/// The launcher's credential: the spec's or a flag's token file or identity token file (not
-/// both), else `SECRETFS_TOKEN`, else the file `SECRETFS_TOKEN_FILE` names, else the identity
-/// token file `SECRETFS_IDENTITY_TOKEN_FILE` names.
-fn server_credential(
-    file: Option<&Path>,
-    identity: Option<&Path>,
-    binding: Option<String>,
-) -> Result<Credential, String> {
-    let from_file = |p: &Path| -> Result<Credential, String> {
-        let file = crate::token_file::read_token_file(p)?;
-        if let Some(w) = file.warning {
-            eprintln!("warning: {w}");
-        }
-        Ok(Credential::Token(file.token))
-    };
-    match (file, identity) {
-        (Some(_), Some(_)) => {
-            return Err(
-                "give the server one credential: token_file (--token-file) or \
-                        identity_token_file (--identity-token-file), not both"
-                    .into(),
-            );
-        }
-        (Some(p), None) => return from_file(p),
-        (None, Some(p)) => {
-            return Ok(Credential::Identity {
-                file: p.to_owned(),
-                binding,
-            });
-        }
-        (None, None) => {}
-    }
-    if let Some(t) = std::env::var("SECRETFS_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-    {
-        return Ok(Credential::Token(Token::from_string(t.trim().to_owned())));
-    }
-    if let Some(p) = std::env::var_os("SECRETFS_TOKEN_FILE").filter(|p| !p.is_empty()) {
-        return from_file(Path::new(&p));
-    }
-    if let Some(p) = std::env::var_os("SECRETFS_IDENTITY_TOKEN_FILE").filter(|p| !p.is_empty()) {
-        return Ok(Credential::Identity {
-            file: p.into(),
-            binding,
-        });
-    }
-    Err(
-        "no credential for the server: set token_file or identity_token_file in [source], pass \
-         --token-file or --identity-token-file, or set SECRETFS_TOKEN_FILE or \
-         SECRETFS_IDENTITY_TOKEN_FILE"
-            .into(),
-    )
 }
 
 fn fetch_source(

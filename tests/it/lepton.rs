@@ -63,7 +63,8 @@ fn sdk(venv: &Path, s: &Scratch, script: &str, env: &[(&str, &str)]) -> Out {
 fn add_user(s: &Scratch, server: &Server, name: &str) -> String {
     let mut cmd = s.cmd(&["user", "add", name]);
     cmd.env("SECRETFS_URL", &server.url)
-        .env("SECRETFS_TOKEN", &server.admin_token);
+        .env("SECRETFS_TOKEN", &server.admin_token)
+        .env_remove("SECRETFS_STORE");
     let out = run_with(cmd, b"");
     assert_eq!(out.code, 0, "{}", out.stderr);
     out.stdout.trim().to_owned()

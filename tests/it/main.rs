@@ -5,6 +5,7 @@
 mod access;
 mod access_model;
 mod cli_secret;
+mod consumers;
 mod containers;
 mod faults;
 mod fuzz_corpora;

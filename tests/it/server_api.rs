@@ -626,7 +626,8 @@ async fn the_audit_log_records_who_did_what_without_values() {
     // The CLI shows the same log.
     let mut cmd = s.cmd(&["audit", "-o", "json"]);
     cmd.env("SECRETFS_URL", &server.url)
-        .env("SECRETFS_TOKEN", &server.admin_token);
+        .env("SECRETFS_TOKEN", &server.admin_token)
+        .env_remove("SECRETFS_STORE");
     let out = crate::support::run_with(cmd, b"");
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("\"action\": \"read\""));

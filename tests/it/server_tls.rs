@@ -27,7 +27,8 @@ fn tls_with_a_private_ca() {
         let mut cmd = s.cmd(&["workspace", "list"]);
         cmd.args(extra)
             .env("SECRETFS_URL", &server.url)
-            .env("SECRETFS_TOKEN_FILE", &admin_file);
+            .env("SECRETFS_TOKEN_FILE", &admin_file)
+            .env_remove("SECRETFS_STORE");
         crate::support::run_with(cmd, b"")
     };
     let out = whoami(&["--ca-file", ca.to_str().unwrap()]);

@@ -382,7 +382,8 @@ fn dry_run_shows_the_policy_and_watch_options_need_watch() {
         "{}",
         out.stderr
     );
-    let server = ["--url", "http://127.0.0.1:1"];
+    // (The token file is read when the source opens, which a dry run never does.)
+    let server = ["--url", "http://127.0.0.1:1", "--token-file", "job.token"];
     let out = s.run(
         &[
             &["run", "--dry-run", "--watch"],

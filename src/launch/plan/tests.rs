@@ -133,6 +133,57 @@ fn default_source_is_secretfs_dir_then_run_secrets() {
     );
 }
 
+/// The launcher chooses its source as every consumer does: flags, then the spec, then the
+/// environment (`SECRETFS_URL`, `SECRETFS_STORE` too, not only `SECRETFS_DIR`), two at one
+/// level refused; a credential from the first level that gives one.
+#[test]
+fn the_environment_names_a_source_after_flags_and_spec_and_two_are_refused() {
+    check(
+        "",
+        &["true"],
+        &[
+            ("SECRETFS_URL", "https://s.example"),
+            ("SECRETFS_TOKEN_FILE", "/t"),
+        ],
+        // (SECRETFS_URL is inherited; the token file, the launcher's credential, is not.)
+        Ok("command: true\nsource: server https://s.example\ninherit: all (1 variables)\n"),
+    );
+    check(
+        "",
+        &["true"],
+        &[("SECRETFS_STORE", "/s.db")],
+        Ok("command: true\nsource: store /s.db\ninherit: all (1 variables)\n"),
+    );
+    check(
+        "",
+        &["true"],
+        &[
+            ("SECRETFS_STORE", "/s.db"),
+            ("SECRETFS_URL", "https://s.example"),
+        ],
+        Err("SECRETFS_STORE and SECRETFS_URL each name a source"),
+    );
+    // A flag settles it.
+    check(
+        "",
+        &["--store", "/mine.db", "true"],
+        &[
+            ("SECRETFS_STORE", "/s.db"),
+            ("SECRETFS_URL", "https://s.example"),
+        ],
+        Ok("command: true\nsource: store /mine.db\ninherit: all (2 variables)\n"),
+    );
+    check(
+        "",
+        &["--url", "https://s.example", "true"],
+        &[
+            ("SECRETFS_TOKEN", "sfs_w_x_y"),
+            ("SECRETFS_TOKEN_FILE", "/t"),
+        ],
+        Err("SECRETFS_TOKEN and SECRETFS_TOKEN_FILE are two credentials for the server"),
+    );
+}
+
 #[test]
 fn problems() {
     check("", &[], &[], Err("no command to run"));
@@ -158,13 +209,13 @@ fn problems() {
         "",
         &["--dir", "/d", "--store", "s", "t"],
         &[],
-        Err("only one of --dir, --store and --url"),
+        Err("--dir and --store each name a source"),
     );
     check(
         "[source]\ndir = \"/d\"\nstore = \"s\"",
         &["t"],
         &[],
-        Err("more than one of dir, store and url"),
+        Err("[source] dir and [source] store each name a source"),
     );
     check(
         "[source]\nstore = \"s\"\nwait = \"1s\"",

@@ -4,6 +4,8 @@
 //! The trait is blocking on purpose: the daemon's refresh thread and the launcher are plain
 //! threads, and an implementation that needs async IO keeps its own small runtime.
 
+pub mod choose;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -97,6 +99,27 @@ pub enum Credential {
     },
 }
 
+impl Credential {
+    /// The credential `spec` gives: a token file is read now (its warning, when others may
+    /// read it, printed); an identity token file is read at each exchange.
+    pub fn open(spec: &choose::CredentialSpec) -> Result<Credential, String> {
+        Ok(match spec {
+            choose::CredentialSpec::Token(t) => Credential::Token(t.clone()),
+            choose::CredentialSpec::TokenFile(path) => {
+                let file = crate::token_file::read_token_file(path)?;
+                if let Some(w) = file.warning {
+                    eprintln!("warning: {w}");
+                }
+                Credential::Token(file.token)
+            }
+            choose::CredentialSpec::Identity { file, binding } => Credential::Identity {
+                file: file.clone(),
+                binding: binding.clone(),
+            },
+        })
+    }
+}
+
 /// The first wait after a refused exchange, and the longest: a workload whose binding was
 /// removed asks again at most this often (each refusal is an audit record), sooner when its
 /// token file changes.
@@ -143,10 +166,11 @@ impl From<ClientError> for SourceError {
     fn from(e: ClientError) -> Self {
         match &e {
             _ if e.is_transient() => SourceError::Unavailable(e.to_string()),
-            ClientError::Unauthorized { .. } => SourceError::Failed(format!(
-                "the server refused the token ({e}); it may have expired or been revoked: mint a \
-                 new one with \"secretfs token create --workload\""
-            )),
+            ClientError::Unauthorized { .. } => SourceError::Failed(
+                "the server refused the token: it is unknown, expired or revoked (HTTP 401); mint \
+                 a new one with \"secretfs token create --workload\""
+                    .into(),
+            ),
             _ => SourceError::Failed(e.to_string()),
         }
     }
