@@ -4,12 +4,12 @@
 
 mod access;
 mod access_model;
+mod access_timelines;
 mod cli_secret;
 mod consumers;
 mod containers;
 mod faults;
 mod fuzz_corpora;
-mod identity;
 mod keys;
 mod launcher;
 mod leaks;
