@@ -344,7 +344,7 @@ async fn create(g: &GlobalArgs, a: CreateArgs) -> anyhow::Result<ExitCode> {
         a.from_file.as_deref(),
         &name,
         Default::default(),
-        newline(a.trim_newline),
+        newline(a.trim_newline, a.kind),
     )?;
     for w in a.kind.check(&value)? {
         eprintln!("warning: {w}");
@@ -411,7 +411,7 @@ async fn update(g: &GlobalArgs, a: UpdateArgs) -> anyhow::Result<ExitCode> {
             a.from_file.as_deref(),
             &name,
             target.value_limit(),
-            newline(a.trim_newline),
+            newline(a.trim_newline, current.kind),
         )?;
         for w in current.kind.check(&value)? {
             eprintln!("warning: {w}");
@@ -441,8 +441,10 @@ async fn delete(g: &GlobalArgs, a: DeleteArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn newline(trim: bool) -> TrailingNewline {
-    if trim {
+/// What to do with one trailing newline: drop it when asked, and always for an SSH public key,
+/// whose format ends every line with one (every `.pub` file does): the key is the line.
+fn newline(trim: bool, kind: SecretKind) -> TrailingNewline {
+    if trim || kind == SecretKind::SshPublicKey {
         TrailingNewline::Trim
     } else {
         TrailingNewline::Keep
@@ -463,7 +465,7 @@ async fn import(g: &GlobalArgs, a: ImportArgs) -> anyhow::Result<ExitCode> {
     let (source, candidates) = match (&a.dir, &a.dotenv) {
         (Some(dir), _) => (
             dir.display().to_string(),
-            import_dir(dir, newline(a.trim_newline), &mut problems)?,
+            import_dir(dir, newline(a.trim_newline, SecretKind::Custom), &mut problems)?,
         ),
         (None, Some(file)) => (
             file.display().to_string(),

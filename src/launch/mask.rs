@@ -424,6 +424,13 @@ impl Relays {
             let (ours, theirs) = if tty {
                 let pty = nix::pty::openpty(winsize_of(&target).as_ref(), None)
                     .map_err(|e| format!("cannot open a pseudo-terminal: {}", e.desc()))?;
+                // The terminal the relay writes to turns each newline into CR LF; the
+                // workload's must not do it first, or every line ends in CR CR LF.
+                use nix::sys::termios::{OutputFlags, SetArg, tcgetattr, tcsetattr};
+                if let Ok(mut t) = tcgetattr(&pty.slave) {
+                    t.output_flags.remove(OutputFlags::ONLCR);
+                    let _ = tcsetattr(&pty.slave, SetArg::TCSANOW, &t);
+                }
                 let master = pty.master.try_clone().map_err(|e| e.to_string())?;
                 relays.masters.push((master, out));
                 (pty.master, pty.slave)

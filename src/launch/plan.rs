@@ -623,6 +623,29 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
     if command.is_empty() {
         problems.push("no command to run: give it after \"--\" or set command in the spec".into());
     }
+    // sshd closes the descriptors it inherits at start, and refuses a key file whose path it
+    // cannot resolve (/proc/PID/fd/N) under StrictModes: a memory file cannot reach it.
+    let sshd = command.first().is_some_and(|c| {
+        Path::new(c)
+            .file_name()
+            .is_some_and(|n| n == "sshd")
+    });
+    for f in files {
+        if sshd
+            && let Recipe::Builtin {
+                which: crate::render::Builtin::AuthorizedKeys,
+                ..
+            } = &f.recipe
+        {
+            notes.push(format!(
+                "[files.{:?}]: sshd cannot use a memory file (it closes inherited descriptors and \
+                 refuses /proc/PID/fd paths under StrictModes): mount the secrets with \
+                 \"secretfs mount DIR --files FILES.toml\" and point AuthorizedKeysFile at \
+                 DIR/{}",
+                f.name, f.name
+            ));
+        }
+    }
 
     // Programs find secret files the way they already know.
     if let SourcePlan::Dir { path, .. } = &source {

@@ -719,10 +719,33 @@ fn a_trailing_newline_is_kept_with_a_warning_or_trimmed_when_asked() {
         "{}",
         out.stderr
     );
-    let values = stored_values(&s, &["KEPT", "TRIMMED", "CLEAN"]);
+    // An SSH public key, as ssh-keygen writes the .pub file (ending in its newline): the newline
+    // is the format's, dropped without a word, on create and on update.
+    let pubfile = s.path().join("id_ed25519");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&pubfile)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let pubfile = s.path().join("id_ed25519.pub");
+    let line = std::fs::read_to_string(&pubfile).unwrap();
+    assert!(line.ends_with('\n'));
+    for args in [
+        &["secret", "create", "DEPLOY_KEY", "--type", "ssh-public-key", "--from-file"][..],
+        &["secret", "update", "DEPLOY_KEY", "--from-file"],
+    ] {
+        let mut args = args.to_vec();
+        args.push(pubfile.to_str().unwrap());
+        let out = s.run(&args, b"");
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(!out.stderr.contains("newline"), "{args:?}: {}", out.stderr);
+    }
+    let values = stored_values(&s, &["KEPT", "TRIMMED", "CLEAN", "DEPLOY_KEY"]);
     assert_eq!(values["KEPT"], "tok-123\n");
     assert_eq!(values["TRIMMED"], "tok-123");
     assert_eq!(values["CLEAN"], "from-file\n");
+    assert_eq!(values["DEPLOY_KEY"], line.trim_end_matches('\n'));
 }
 
 /// Help as a newcomer meets it: `help run` is the launcher's own text, a variable set in the

@@ -103,6 +103,9 @@ fn under_a_terminal_the_workload_keeps_its_tty_its_window_size_and_is_masked() {
     );
     assert_eq!(code, Some(7), "{text}");
     assert!(text.contains("tty True"), "{text}");
+    // Each line ends as a terminal ends it, once: CR LF, not CR CR LF.
+    assert!(text.contains("tty True\r\n"), "{text:?}");
+    assert!(!text.contains("\r\r\n"), "{text:?}");
     assert!(text.contains("split [secretfs: TOK] end"), "{text}");
     assert!(text.contains("err [secretfs: TOK]"), "{text}");
     assert!(!text.contains(&canary), "{text}");

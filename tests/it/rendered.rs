@@ -1036,3 +1036,30 @@ fn a_supervised_one_secret_builtin_keeps_its_secret_and_ignores_others_of_its_ki
         err()
     );
 }
+
+/// sshd cannot read a launcher's memory file (it closes inherited descriptors, and StrictModes
+/// refuses a /proc/PID/fd path): the launcher says so at start, and where to go instead.
+#[test]
+fn the_launcher_warns_that_sshd_cannot_read_a_memory_authorized_keys() {
+    let s = Scratch::new();
+    s.ok(&["secret", "create", "OTHER"], b"value");
+    let spec = job_spec(
+        &s,
+        "[files.authorized_keys]\nbuiltin = \"authorized_keys\"\nenv = \"KEYS\"\n",
+        &[],
+    );
+    for (command, warned) in [("/usr/sbin/sshd", true), ("/usr/bin/true", false)] {
+        let out = s.run(
+            &["run", "--spec", spec.to_str().unwrap(), "--dry-run", "--", command, "-D"],
+            b"",
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(
+            out.stderr.contains("sshd cannot use a memory file")
+                && out.stderr.contains("secretfs mount DIR --files"),
+            warned,
+            "{command}: {}",
+            out.stderr
+        );
+    }
+}
