@@ -465,7 +465,11 @@ async fn import(g: &GlobalArgs, a: ImportArgs) -> anyhow::Result<ExitCode> {
     let (source, candidates) = match (&a.dir, &a.dotenv) {
         (Some(dir), _) => (
             dir.display().to_string(),
-            import_dir(dir, newline(a.trim_newline, SecretKind::Custom), &mut problems)?,
+            import_dir(
+                dir,
+                newline(a.trim_newline, SecretKind::Custom),
+                &mut problems,
+            )?,
         ),
         (None, Some(file)) => (
             file.display().to_string(),

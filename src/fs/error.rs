@@ -18,27 +18,29 @@ pub enum MountError {
         .0.display(), .0.display()
     )]
     AlreadyMounted(PathBuf),
-    #[error("cannot recover the stale mount at \"{}\": {source}", .path.display())]
-    Stale { path: PathBuf, source: nix::Error },
-    #[error("cannot inspect mount point \"{}\": {source}", .path.display())]
+    // The causes are in the messages, and not `source()`s as well: a chain printed with its
+    // causes would say each twice.
+    #[error("cannot recover the stale mount at \"{}\": {cause}", .path.display())]
+    Stale { path: PathBuf, cause: nix::Error },
+    #[error("cannot inspect mount point \"{}\": {cause}", .path.display())]
     Inspect {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}", missing_message(.0))]
     Missing(Vec<SecretName>),
     #[error("cannot read secrets from the source: {0}")]
-    Source(#[from] SourceError),
+    Source(SourceError),
     #[error(
         "the source was still unavailable after {waited}: {last}; is it running and reachable?"
     )]
     StartTimeout { waited: String, last: String },
     #[error("cannot hold secrets in memory: {0}")]
     Memory(std::io::Error),
-    #[error("cannot mount at \"{}\": {source}{}", .dir.display(), diagnosis(.problems))]
+    #[error("cannot mount at \"{}\": {}{}", .dir.display(), .cause.to_string().trim_end(), diagnosis(.problems))]
     Mount {
         dir: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
         problems: Vec<String>,
     },
     #[error("cannot start a thread: {0}")]
@@ -67,5 +69,11 @@ fn diagnosis(problems: &[String]) -> String {
         String::new()
     } else {
         format!(" ({})", problems.join("; "))
+    }
+}
+
+impl From<SourceError> for MountError {
+    fn from(e: SourceError) -> Self {
+        MountError::Source(e)
     }
 }

@@ -75,24 +75,24 @@ pub fn prepare_mount_point(dir: &Path) -> Result<PathBuf, MountError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(MountError::NoMountPoint(dir.to_owned()));
         }
-        Err(source) => {
+        Err(cause) => {
             return Err(MountError::Inspect {
                 path: dir.to_owned(),
-                source,
+                cause,
             });
         }
         Ok(_) => {}
     }
-    let meta = std::fs::metadata(dir).map_err(|source| MountError::Inspect {
+    let meta = std::fs::metadata(dir).map_err(|cause| MountError::Inspect {
         path: dir.to_owned(),
-        source,
+        cause,
     })?;
     if !meta.is_dir() {
         return Err(MountError::NotADirectory(dir.to_owned()));
     }
-    let canonical = dir.canonicalize().map_err(|source| MountError::Inspect {
+    let canonical = dir.canonicalize().map_err(|cause| MountError::Inspect {
         path: dir.to_owned(),
-        source,
+        cause,
     })?;
     if is_secretfs_mount(&canonical) {
         return Err(MountError::AlreadyMounted(dir.to_owned()));
@@ -102,9 +102,9 @@ pub fn prepare_mount_point(dir: &Path) -> Result<PathBuf, MountError> {
 
 /// Takes the mount at `dir` out of the tree without a word to its daemon (`MNT_DETACH`).
 fn detach(dir: &Path) -> Result<(), MountError> {
-    nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).map_err(|source| MountError::Stale {
+    nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).map_err(|cause| MountError::Stale {
         path: dir.to_owned(),
-        source,
+        cause,
     })
 }
 
@@ -212,9 +212,9 @@ pub fn run(
     let config = session_config(auto_unmount, cfg.audit);
     let fs = SecretFs::new(tree.clone(), cfg.audit);
     let mut session =
-        fuser::Session::new(fs, &dir, &config).map_err(|source| MountError::Mount {
+        fuser::Session::new(fs, &dir, &config).map_err(|cause| MountError::Mount {
             dir: cfg.dir.clone(),
-            source,
+            cause,
             problems: super::doctor::problems(),
         })?;
     // Arm the guard with this mount's identity; from here on a killed daemon is cleaned up.

@@ -58,15 +58,17 @@ options:
   -s, --secret ENV=SECRET a variable holding a secret's value; -s SECRET means SECRET=SECRET
   --secret-file ENV=SECRET
                           a variable holding the path of a file with the secret's value
-  --dir DIR               source: a directory of secret files (default $SECRETFS_DIR, else
-                          /run/secrets)
+  --dir DIR               source: a directory of secret files
   --store PATH            source: the local store (with --key-file PATH)
   --url URL               source: a secretfs server, with a workload token from --token-file
-                          PATH (else $SECRETFS_TOKEN or $SECRETFS_TOKEN_FILE), or workload
-                          identity from --identity-token-file PATH (else
-                          $SECRETFS_IDENTITY_TOKEN_FILE: the platform's signed token, exchanged
-                          and exchanged again before expiry; --identity-binding NAME picks a
-                          binding); --ca-file PEM trusts a private CA
+                          PATH, or workload identity from --identity-token-file PATH (the
+                          platform's signed token, exchanged and exchanged again before
+                          expiry; --identity-binding NAME picks a binding); --ca-file PEM
+                          trusts a private CA
+                          Which source: these flags, else the spec's [source], else
+                          $SECRETFS_DIR, $SECRETFS_STORE or $SECRETFS_URL, else /run/secrets;
+                          the credential likewise (else $SECRETFS_TOKEN, $SECRETFS_TOKEN_FILE
+                          or $SECRETFS_IDENTITY_TOKEN_FILE). Two at one level are refused.
   --wait DURATION         wait up to DURATION for the directory to hold every secret (\"10s\")
   --inherit-env MODE      all (default), none, or NAME,NAME,... to pass through
                           (SECRETFS_TOKEN, SECRETFS_TOKEN_FILE and SECRETFS_IDENTITY_TOKEN_FILE,
@@ -85,6 +87,9 @@ options:
     --exit-code N         the exit status of --on-change exit (75)
     --process-group       COMMAND in its own process group, signals sent to the group
     --poll DURATION       how often a directory's or the store's files are checked (250ms)
+  files                   the spec's [files.\"NAME\"] tables render files from the secrets
+                          (builtin = \"authorized_keys\", \"git-credentials\", ...; or template =
+                          FILE) into memory files whose paths go in env = \"VAR\"
   --mask                  pass COMMAND's stdout and stderr through, every value (and its
                           base64 and URL forms) replaced by [secretfs: NAME]; a terminal stays
                           a terminal (spec: mask = true)

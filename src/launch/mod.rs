@@ -205,7 +205,16 @@ fn launch(
         Err(problems) => {
             // A hint about names only when names are what went wrong (not a refused token).
             let missing = problems.iter().all(|p| p.contains("not found"));
+            let no_dir = problems.iter().any(|p| p.contains("does not exist"));
             let hint = match &plan.source {
+                // No directory at all: most often no source was named, and the default is not
+                // there; say how to name one.
+                plan::SourcePlan::Dir { .. } if no_dir => Some(
+                    "name the source: --dir DIR (a secretfs mount or a secret volume), --store \
+                     PATH or --url URL, or [source] in the spec, or SECRETFS_DIR, \
+                     SECRETFS_STORE or SECRETFS_URL; with none, the launcher reads /run/secrets \
+                     (--wait waits for a mount still starting)",
+                ),
                 plan::SourcePlan::Dir { .. } => Some(
                     "check the names (ls the directory), or pass --wait if a mount is still starting",
                 ),

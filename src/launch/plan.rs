@@ -625,11 +625,9 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
     }
     // sshd closes the descriptors it inherits at start, and refuses a key file whose path it
     // cannot resolve (/proc/PID/fd/N) under StrictModes: a memory file cannot reach it.
-    let sshd = command.first().is_some_and(|c| {
-        Path::new(c)
-            .file_name()
-            .is_some_and(|n| n == "sshd")
-    });
+    let sshd = command
+        .first()
+        .is_some_and(|c| Path::new(c).file_name().is_some_and(|n| n == "sshd"));
     for f in files {
         if sshd
             && let Recipe::Builtin {

@@ -732,7 +732,14 @@ fn a_trailing_newline_is_kept_with_a_warning_or_trimmed_when_asked() {
     let line = std::fs::read_to_string(&pubfile).unwrap();
     assert!(line.ends_with('\n'));
     for args in [
-        &["secret", "create", "DEPLOY_KEY", "--type", "ssh-public-key", "--from-file"][..],
+        &[
+            "secret",
+            "create",
+            "DEPLOY_KEY",
+            "--type",
+            "ssh-public-key",
+            "--from-file",
+        ][..],
         &["secret", "update", "DEPLOY_KEY", "--from-file"],
     ] {
         let mut args = args.to_vec();

@@ -971,3 +971,56 @@ fn owner_and_group_may_be_given_by_name() {
         out.stderr
     );
 }
+
+/// A mount that cannot be made (here: a user the FUSE device refuses) says why once, with what
+/// to do: fusermount3's own line is not repeated by the error's cause chain.
+#[test]
+fn a_refused_mount_says_why_once() {
+    if !fuse_available("a_refused_mount_says_why_once") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    // Where others may open the device (many distributions make it 0666), nobody's mount would
+    // succeed and run: this refusal cannot be made there.
+    if std::fs::metadata("/dev/fuse").is_ok_and(|m| m.permissions().mode() & 0o006 != 0) {
+        eprintln!("skipping: /dev/fuse is open to every user here");
+        return;
+    }
+    let s = Scratch::new();
+    let shared = s.path().join("shared");
+    let mnt = shared.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    open_up(&mnt);
+    for d in [&shared, &mnt] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let as_nobody = |args: &[&str], stdin: &[u8]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            crate::support::bin(),
+        ])
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &shared)
+        .env("SECRETFS_STORE", shared.join("s.db"))
+        .current_dir("/");
+        crate::support::run_with(cmd, stdin)
+    };
+    let out = as_nobody(&["secret", "create", "A"], b"value");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = as_nobody(&["mount", mnt.to_str().unwrap()], b"");
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    let err = out.stderr;
+    assert!(err.contains("cannot mount at"), "{err}");
+    assert_eq!(err.matches("fusermount3: failed").count(), 1, "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "one error, on one line: {err}"
+    );
+    assert!(!is_mounted(&mnt));
+}

@@ -1050,7 +1050,15 @@ fn the_launcher_warns_that_sshd_cannot_read_a_memory_authorized_keys() {
     );
     for (command, warned) in [("/usr/sbin/sshd", true), ("/usr/bin/true", false)] {
         let out = s.run(
-            &["run", "--spec", spec.to_str().unwrap(), "--dry-run", "--", command, "-D"],
+            &[
+                "run",
+                "--spec",
+                spec.to_str().unwrap(),
+                "--dry-run",
+                "--",
+                command,
+                "-D",
+            ],
             b"",
         );
         assert_eq!(out.code, 0, "{}", out.stderr);
