@@ -208,6 +208,26 @@ pub fn parse_mode(s: &str) -> Result<u16, String> {
     crate::secret::file_mode(mode)
 }
 
+/// Like [`load`], each entry on its own: the files that load, and every problem of the others,
+/// so that a caller can report them with problems only it can find (a file named like a
+/// secret, a template naming a missing one), all at once.
+pub fn load_each(
+    entries: &BTreeMap<String, FileEntry>,
+    base: &Path,
+    read: impl Fn(&Path) -> std::io::Result<String>,
+) -> (Vec<RenderedFile>, Vec<String>) {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for (name, entry) in entries {
+        let one = BTreeMap::from([(name.clone(), entry.clone())]);
+        match load(&one, base, &read) {
+            Ok(loaded) => files.extend(loaded),
+            Err(more) => problems.extend(more),
+        }
+    }
+    (files, problems)
+}
+
 /// Checks every entry and parses its template (read with `read`, given `base` joined with the
 /// entry's relative path: it must stay inside `base`, see `launch::resolve::read_template`);
 /// every problem at once, each naming its file.

@@ -68,8 +68,12 @@ pub struct MountArgs {
     pub identity_binding: Option<String>,
 }
 
-/// Reads and checks a files spec: every problem at once.
-pub fn load_files(path: &std::path::Path) -> anyhow::Result<Vec<crate::render::RenderedFile>> {
+/// Reads and checks a files spec: the files that load, and every problem of the others (a
+/// missing template, an `env =`), which the mount reports together with what only the source
+/// can show. A spec that cannot be read or parsed at all is an error at once.
+pub fn load_files(
+    path: &std::path::Path,
+) -> anyhow::Result<(Vec<crate::render::RenderedFile>, Vec<String>)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the files spec {}", path.display()))?;
     let spec: crate::render::FilesSpec = toml::from_str(&text)
@@ -80,33 +84,23 @@ pub fn load_files(path: &std::path::Path) -> anyhow::Result<Vec<crate::render::R
     } else {
         base
     };
-    crate::render::load(&spec.files, base, |p| {
+    let (files, mut problems) = crate::render::load_each(&spec.files, base, |p| {
         crate::launch::resolve::read_template(base, p)
-    })
-    .map_err(|problems| {
-        anyhow::anyhow!(
-            "the files spec {} has problems:\n  {}",
-            path.display(),
-            problems.join("\n  ")
-        )
-    })
-    .and_then(|files| {
-        let with_env: Vec<&str> = files
-            .iter()
-            .filter(|f| f.env.is_some())
-            .map(|f| f.name.as_str())
-            .collect();
-        if with_env.is_empty() {
-            Ok(files)
-        } else {
-            anyhow::bail!(
-                "the files spec {}: env = is the launcher's (the variable that gets a memory \
-                 file's path); a mount serves each file at DIR/NAME: remove env from {}",
-                path.display(),
-                with_env.join(", ")
-            )
+    });
+    for f in &files {
+        if f.env.is_some() {
+            problems.push(format!(
+                "[files.{:?}]: env = is the launcher's (the variable that gets a memory file's \
+                 path); a mount serves each file at DIR/NAME: remove it",
+                f.name
+            ));
         }
-    })
+    }
+    let problems = problems
+        .into_iter()
+        .map(|p| format!("{}: {p}", path.display()))
+        .collect();
+    Ok((files, problems))
 }
 
 /// A user name (looked up in the system's user database, as `chown` does) or a numeric uid.
@@ -172,9 +166,9 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> anyhow::Result<ExitCode> {
         a.mode,
     )
     .map_err(anyhow::Error::msg)?;
-    let files = match &a.files {
+    let (files, file_problems) = match &a.files {
         Some(p) => load_files(p)?,
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
     let only = a
         .secrets
@@ -223,6 +217,7 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> anyhow::Result<ExitCode> {
         start_timeout: a.start_timeout,
         metrics_listen: a.metrics_listen,
         files,
+        file_problems,
     };
     mount::run(source, cfg, |ready| {
         let mut out = std::io::stdout().lock();

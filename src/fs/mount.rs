@@ -39,6 +39,10 @@ pub struct MountConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Files rendered from the secrets (`--files`).
     pub files: Vec<crate::render::RenderedFile>,
+    /// What was wrong with the files spec before the source was read (a missing template, say):
+    /// reported with what the source shows (names taken by secrets, a template naming a missing
+    /// secret), every problem at once.
+    pub file_problems: Vec<String>,
 }
 
 /// Checks the mount point: it must exist and be a directory, and not be a live secretfs mount.
@@ -182,16 +186,19 @@ pub fn run(
     let revision = first.revision.take();
     let mut renderer = Renderer::new(cfg.files.clone());
     let listed: Vec<SecretName> = first.secrets.iter().map(|(m, _)| m.name.clone()).collect();
-    let collisions = renderer.collisions(&listed);
-    if !collisions.is_empty() {
-        return Err(MountError::Render(collisions));
-    }
+    let mut file_problems = cfg.file_problems.clone();
+    file_problems.extend(renderer.collisions(&listed));
     let mut tree = Tree::new(cfg.owner, SystemTime::now());
     tree.reserve_rendered(renderer.names());
     let tree: SharedTree = Arc::new(RwLock::new(tree));
     renderer.set_kinds(std::mem::take(&mut first.kinds));
     apply(&tree, first, &cfg.only)?;
-    renderer.refresh(&tree, true).map_err(MountError::Render)?;
+    if let Err(more) = renderer.refresh(&tree, true) {
+        file_problems.extend(more);
+    }
+    if !file_problems.is_empty() {
+        return Err(MountError::Render(file_problems));
+    }
     let count = tree.read().unwrap_or_else(|e| e.into_inner()).len();
 
     // The guard first, while this process holds no FUSE descriptor it could inherit.

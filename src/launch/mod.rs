@@ -165,26 +165,28 @@ fn launch(
         Err(e) => return failed(&[format!("cannot read the working directory: {e}")], None),
     };
     // The spec's rendered files: templates read (relative to the spec) and parsed before
-    // anything else, every problem at once.
-    let files = match spec.as_ref().filter(|s| !s.files.is_empty()) {
-        Some(s) => match crate::render::load(&s.files, &cwd.join(spec_dir), |p| {
+    // anything else; their problems are reported with the plan's, every problem at once.
+    let (files, file_problems) = match spec.as_ref().filter(|s| !s.files.is_empty()) {
+        Some(s) => crate::render::load_each(&s.files, &cwd.join(spec_dir), |p| {
             resolve::read_template(&cwd.join(spec_dir), p)
-        }) {
-            Ok(f) => f,
-            Err(problems) => return failed(&problems, None),
-        },
-        None => Vec::new(),
+        }),
+        None => (Vec::new(), Vec::new()),
     };
-    let plan = match plan::plan(plan::Inputs {
+    let planned = plan::plan(plan::Inputs {
         files: &files,
         args: &args,
         spec: spec.as_ref().map(|s| (s, spec_dir)),
         lepton: lepton.as_ref(),
         base_env: &base_env,
         cwd: &cwd,
-    }) {
-        Ok(p) => p,
-        Err(problems) => return failed(&problems, None),
+    });
+    let plan = match planned {
+        Ok(p) if file_problems.is_empty() => p,
+        Ok(_) => return failed(&file_problems, None),
+        Err(problems) => {
+            let all: Vec<String> = file_problems.into_iter().chain(problems).collect();
+            return failed(&all, None);
+        }
     };
     if let Some(delegate) = delegate
         && !matches!(plan.source, plan::SourcePlan::Dir { .. })

@@ -197,21 +197,37 @@ fn a_template_naming_an_unknown_secret_fails_closed_with_every_problem_and_its_l
         out
     };
     let out = refused(&spec);
-    // The collision first (before anything is rendered); then, without it, both references.
-    assert!(
-        out.stderr
-            .contains("the rendered file \"A\" has the name of the secret \"A\""),
-        "{}",
-        out.stderr
-    );
-    let spec = files_spec(&s, "[files.\"a.conf\"]\ntemplate = \"a.tmpl\"\n", &[]);
-    let out = refused(&spec);
+    // Every problem in one start: the collision and both references.
     for want in [
+        "the rendered file \"A\" has the name of the secret \"A\"",
         "a.tmpl, line 2: secret \"NOPE\" not found",
         "a.tmpl, line 3: secret \"ALSO_NOPE\" not found",
     ] {
         assert!(out.stderr.contains(want), "{want}: {}", out.stderr);
     }
+    // And a template file that is missing, with the two others: three kinds of problem, one
+    // start, one error (no need to start it three times to learn them one by one).
+    let spec = files_spec(
+        &s,
+        r#"
+        [files."a.conf"]
+        template = "a.tmpl"
+        [files."A"]
+        builtin = "git-credentials"
+        [files."gone.conf"]
+        template = "gone.tmpl"
+        "#,
+        &[],
+    );
+    let out = refused(&spec);
+    for want in [
+        "gone.tmpl",
+        "the rendered file \"A\" has the name of the secret \"A\"",
+        "a.tmpl, line 2: secret \"NOPE\" not found",
+    ] {
+        assert!(out.stderr.contains(want), "{want}: {}", out.stderr);
+    }
+    assert_eq!(out.stderr.matches("error:").count(), 1, "{}", out.stderr);
     assert!(!out.stderr.contains("value-a"));
     assert!(!crate::support::is_mounted(&mnt));
 
@@ -1069,5 +1085,26 @@ fn the_launcher_warns_that_sshd_cannot_read_a_memory_authorized_keys() {
             "{command}: {}",
             out.stderr
         );
+    }
+}
+
+/// The launcher's `[files]` problems come with the rest of the plan's, in one refusal: a missing
+/// template and a bad secret name, together.
+#[test]
+fn the_launcher_reports_files_and_plan_problems_at_once() {
+    let s = Scratch::new();
+    s.ok(&["secret", "create", "A"], b"value");
+    let spec = job_spec(
+        &s,
+        "[secrets]\nX = \"1BAD\"\n[files.conf]\ntemplate = \"gone.tmpl\"\nenv = \"CONF\"\n",
+        &[],
+    );
+    let out = s.run(
+        &["run", "--spec", spec.to_str().unwrap(), "--", "true"],
+        b"",
+    );
+    assert_eq!(out.code, 125, "{}", out.stderr);
+    for want in ["gone.tmpl", "1BAD"] {
+        assert!(out.stderr.contains(want), "{want}: {}", out.stderr);
     }
 }
