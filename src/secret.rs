@@ -639,6 +639,30 @@ pub struct SecretMeta {
     pub updated_at: Timestamp,
 }
 
+/// The name among `known` closest to `wanted`, when one is close enough to be a typo of it (a
+/// letter or two off, or the same name in another case): for "did you mean". Only names the
+/// asker may see go in `known`.
+pub fn closest<'a>(wanted: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (wanted.chars().count() / 4).clamp(1, 3);
+    known
+        .into_iter()
+        .filter(|k| *k != wanted)
+        .map(|k| {
+            let exact_but_case = k.eq_ignore_ascii_case(wanted);
+            let d =
+                strsim::damerau_levenshtein(&wanted.to_ascii_lowercase(), &k.to_ascii_lowercase());
+            (if exact_but_case { 0 } else { d.max(1) }, k)
+        })
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// ` (did you mean "NAME"?)`, or nothing.
+pub fn did_you_mean<'a>(wanted: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    closest(wanted, known).map_or(String::new(), |k| format!("; did you mean \"{k}\"?"))
+}
+
 /// The mode of a file that holds a secret (a mounted one, a rendered one): read bits only, the
 /// owner's included. Write and execute make no sense on a read-only file of secrets, and
 /// setuid or sticky bits even less.

@@ -349,8 +349,14 @@ pub(crate) fn name_taken_hint(
 }
 
 /// A secret that is not there: the message both stores give, with its hint.
-pub(crate) fn no_such_secret(name: &crate::secret::SecretName) -> anyhow::Error {
-    not_found_hint(anyhow::anyhow!("secret \"{name}\" not found"))
+/// `known`: the names the caller may see, for a "did you mean".
+pub(crate) fn no_such_secret(
+    name: &crate::secret::SecretName,
+    known: &[crate::secret::SecretMeta],
+) -> anyhow::Error {
+    let suggestion =
+        crate::secret::did_you_mean(name.as_str(), known.iter().map(|m| m.name.as_str()));
+    not_found_hint(anyhow::anyhow!("secret \"{name}\" not found{suggestion}"))
 }
 
 /// A name that is taken: the message both stores give, with its hint.
@@ -478,6 +484,13 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
     }
     // Help and version are successes clap reports through the error path.
     let _ = e.print();
+    // The machine-readable output is an --output format, not a flag of its own.
+    if e.kind() == ErrorKind::UnknownArgument
+        && e.get(clap::error::ContextKind::InvalidArg)
+            .is_some_and(|a| matches!(a.to_string().as_str(), "--json" | "--yaml"))
+    {
+        eprintln!("hint: output formats are chosen with -o: \"-o json\"");
+    }
     ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
 }
 

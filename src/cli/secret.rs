@@ -400,10 +400,10 @@ async fn update(g: &GlobalArgs, a: UpdateArgs) -> anyhow::Result<ExitCode> {
     let metadata_only = a.from_file.is_none() && (visibility.is_some() || tags.is_some());
     let target = Target::open(g, OpenMode::Existing).await?.expect("opened");
     // Look the secret up first: an unknown name is reported before the user types a value.
-    let current = target
-        .meta(&name)
-        .await?
-        .ok_or_else(|| no_such_secret(&name))?;
+    let current = match target.meta(&name).await? {
+        Some(m) => m,
+        None => return Err(no_such_secret(&name, &target.list().await?)),
+    };
     let value = if metadata_only {
         None
     } else {

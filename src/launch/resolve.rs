@@ -497,8 +497,13 @@ fn fetch(source: &SourcePlan, names: &[SecretName]) -> Result<Vec<SecretValue>, 
     }
     match source {
         SourcePlan::Dir { path, wait } => fetch_dir(path, names, *wait),
-        SourcePlan::Store { path, key_file } => fetch_source(&open_store(path, key_file)?, names),
-        server @ SourcePlan::Server { .. } => fetch_source(&open_server(server)?, names),
+        SourcePlan::Store { path, key_file } => {
+            let store = open_store(path, key_file)?;
+            fetch_source(&store, names, || known_names(store.kinds()))
+        }
+        // A server's read answers found and missing in one request; listing for a "did you
+        // mean" would be a second (and the launcher reads in one).
+        server @ SourcePlan::Server { .. } => fetch_source(&open_server(server)?, names, Vec::new),
     }
 }
 
@@ -525,20 +530,41 @@ fn open_server(plan: &SourcePlan) -> Result<ServerSource, Vec<String>> {
     ServerSource::connect(urls, credential, ca_file.as_deref()).map_err(|e| vec![e.to_string()])
 }
 
+/// The names a source may serve, for a "did you mean" (none when it cannot say).
+fn known_names(
+    listed: Result<Vec<(SecretName, crate::secret::SecretKind)>, SourceError>,
+) -> Vec<String> {
+    listed
+        .map(|l| l.into_iter().map(|(n, _)| n.as_str().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// The values of `names` from `source`, or every problem; a name not found gets the closest
+/// one `known` lists (asked only then).
 fn fetch_source(
     source: &dyn Source,
     names: &[SecretName],
+    known: impl FnOnce() -> Vec<String>,
 ) -> Result<Vec<SecretValue>, Vec<String>> {
     let results = source.read(names).map_err(|e| vec![e.to_string()])?;
     let mut values = Vec::with_capacity(names.len());
     let mut problems = Vec::new();
+    let mut known = Some(known);
+    let mut listed: Vec<String> = Vec::new();
     for (name, result) in names.iter().zip(results) {
         match result {
             Ok(value) => values.push(value),
-            Err(SourceError::NotFound(_)) => problems.push(format!(
-                "secret \"{name}\" not found in {}",
-                source.describe()
-            )),
+            Err(SourceError::NotFound(_)) => {
+                if let Some(k) = known.take() {
+                    listed = k();
+                }
+                let suggestion =
+                    crate::secret::did_you_mean(name.as_str(), listed.iter().map(String::as_str));
+                problems.push(format!(
+                    "secret \"{name}\" not found in {}{suggestion}",
+                    source.describe()
+                ));
+            }
             Err(e) => problems.push(format!("secret \"{name}\": {e}")),
         }
     }
@@ -563,8 +589,18 @@ fn read_secret_file(dir: &Path, name: &SecretName) -> Result<SecretValue, Missin
     let file = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => {
+            let names: Vec<String> = std::fs::read_dir(dir)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| !n.starts_with('.'))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let suggestion =
+                crate::secret::did_you_mean(name.as_str(), names.iter().map(String::as_str));
             return Err(Missing::Absent(format!(
-                "secret \"{name}\" not found: no file {shown}"
+                "secret \"{name}\" not found: no file {shown}{suggestion}"
             )));
         }
         Err(e) if e.kind() == ErrorKind::PermissionDenied => {

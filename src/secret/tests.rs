@@ -265,3 +265,22 @@ fn reserving_moves_a_full_buffer_once_and_keeps_its_bytes() {
     reserve_zeroized(&mut buf, 3);
     assert_eq!(buf.as_ptr(), before, "room was there: no move");
 }
+
+#[test]
+fn a_typo_gets_the_closest_name_and_a_stranger_gets_none() {
+    let known = ["db-password", "HF_TOKEN", "OPENAI_API_KEY"];
+    assert_eq!(closest("db-pasword", known), Some("db-password"));
+    assert_eq!(closest("hf_token", known), Some("HF_TOKEN"));
+    assert_eq!(closest("OPENAI_APIKEY", known), Some("OPENAI_API_KEY"));
+    assert_eq!(closest("github", known), None);
+    assert_eq!(
+        closest("db-password", known),
+        None,
+        "the name itself is no suggestion"
+    );
+    assert_eq!(
+        did_you_mean("db-pasword", known),
+        "; did you mean \"db-password\"?"
+    );
+    assert_eq!(did_you_mean("x", known), "");
+}

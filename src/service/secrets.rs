@@ -85,11 +85,26 @@ impl Service {
         caller.manager()?;
         self.member(caller, workspace)?;
         let snap = self.snapshot(workspace).await?;
-        snap.by_name
+        match snap
+            .by_name
             .get(name)
             .filter(|s| Self::visible_to(caller, s))
-            .cloned()
-            .ok_or_else(|| ServiceError::secret_not_found(name))
+        {
+            Some(row) => Ok(row.clone()),
+            None => Err(Self::not_found_among(&snap, caller, name)),
+        }
+    }
+
+    /// A name the caller cannot see: not found, with the closest name it may see (a "did you
+    /// mean" that names only what the caller could list anyway).
+    fn not_found_among(snap: &super::Snapshot, caller: &Caller, name: &SecretName) -> ServiceError {
+        let visible = snap
+            .by_name
+            .values()
+            .filter(|s| Self::visible_to(caller, s))
+            .map(|s| s.meta.name.as_str());
+        let suggestion = crate::secret::did_you_mean(name.as_str(), visible);
+        ServiceError::NotFound(format!("secret \"{name}\" not found{suggestion}"))
     }
 
     /// Like [`Service::visible_row`], read from the store itself (not the snapshot, which may
@@ -102,12 +117,20 @@ impl Service {
     ) -> Result<StoredSecret, ServiceError> {
         caller.manager()?;
         self.member(caller, workspace)?;
-        self.store()
+        let row = self
+            .store()
             .secrets(SecretFilter::Named(workspace, std::slice::from_ref(name)))
             .await?
             .pop()
-            .filter(|s| Self::visible_to(caller, s))
-            .ok_or_else(|| ServiceError::secret_not_found(name))
+            .filter(|s| Self::visible_to(caller, s));
+        match row {
+            Some(row) => Ok(row),
+            None => Err(Self::not_found_among(
+                &*self.snapshot(workspace).await?,
+                caller,
+                name,
+            )),
+        }
     }
 
     /// The metadata of the secrets the caller may see in `workspace`.

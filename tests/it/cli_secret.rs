@@ -840,3 +840,65 @@ fn import_to_a_server_is_all_or_nothing() {
     assert_eq!(names_of(&listed), ["A", "B"]);
     assert_no_canary("stderr", out.stderr.as_bytes());
 }
+
+/// A mistyped name gets the closest name the asker may see: in the CLI, in the launcher's list
+/// of missing secrets (from the store and from a directory), and a `--json` gets pointed to
+/// `-o json`.
+#[test]
+fn a_mistyped_name_gets_a_suggestion_and_a_json_flag_a_pointer() {
+    let s = Scratch::new();
+    s.ok(&["secret", "create", "db-password"], b"pw");
+    let out = s.run(&["secret", "update", "db-pasword"], b"x");
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr
+            .contains("secret \"db-pasword\" not found; did you mean \"db-password\"?"),
+        "{}",
+        out.stderr
+    );
+    let out = s.run(&["secret", "delete", "nothing-like-it"], b"");
+    assert!(!out.stderr.contains("did you mean"), "{}", out.stderr);
+    let store = s.store();
+    let out = s.run(
+        &[
+            "run",
+            "--store",
+            store.to_str().unwrap(),
+            "-s",
+            "DB=db-pasword",
+            "--",
+            "true",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 125);
+    assert!(
+        out.stderr.contains("did you mean \"db-password\"?"),
+        "{}",
+        out.stderr
+    );
+    let dir = s.path().join("secrets");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("HF_TOKEN"), "hf").unwrap();
+    let out = s.run(
+        &[
+            "run",
+            "--dir",
+            dir.to_str().unwrap(),
+            "-s",
+            "HF_TOKN",
+            "--",
+            "true",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 125);
+    assert!(
+        out.stderr.contains("did you mean \"HF_TOKEN\"?"),
+        "{}",
+        out.stderr
+    );
+    let out = s.run(&["secret", "list", "--json"], b"");
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("\"-o json\""), "{}", out.stderr);
+}

@@ -43,10 +43,22 @@ async fn the_visibility_matrix() {
     // get: a private secret of another user does not exist for the caller.
     assert_eq!(api.call("GET", &path("A_PRIV"), &alice, None).await.0, 200);
     assert_eq!(api.call("GET", &path("A_PUB"), &alice, None).await.0, 200);
+    // (The "did you mean" comes from bob's own names, the same for a name that never existed.)
     let (status, v) = api.call("GET", &path("A_PRIV"), &bob, None).await;
     assert_eq!(
         (status, v["message"].as_str()),
-        (404, Some("secret \"A_PRIV\" not found"))
+        (
+            404,
+            Some("secret \"A_PRIV\" not found; did you mean \"B_PRIV\"?")
+        )
+    );
+    let (status, v) = api.call("GET", &path("C_PRIV"), &bob, None).await;
+    assert_eq!(
+        (status, v["message"].as_str()),
+        (
+            404,
+            Some("secret \"C_PRIV\" not found; did you mean \"B_PRIV\"?")
+        )
     );
     assert_eq!(api.call("GET", &path("A_PUB"), &bob, None).await.0, 200);
     assert_eq!(api.call("GET", &path("NOPE"), &bob, None).await.0, 404);
@@ -170,6 +182,23 @@ async fn names_collide_invisibly_and_bad_input_gets_its_status() {
     assert_eq!(
         (status, v["message"].as_str()),
         (409, Some("name \"TAKEN\" already in use in this workspace"))
+    );
+    // A mistyped name: "did you mean" names only what the caller may see. Alice is told of her
+    // own private secret; bob, for whom it does not exist, gets the plain 404 (until he has a
+    // name of his own close to it).
+    let path = "/api/v1/workspaces/default/secrets/TAKNE";
+    let (status, v) = api.call("DELETE", path, &alice, None).await;
+    assert_eq!(
+        (status, v["message"].as_str()),
+        (
+            404,
+            Some("secret \"TAKNE\" not found; did you mean \"TAKEN\"?")
+        )
+    );
+    let (status, v) = api.call("DELETE", path, &bob, None).await;
+    assert_eq!(
+        (status, v["message"].as_str()),
+        (404, Some("secret \"TAKNE\" not found"))
     );
 
     let post = "/api/v1/workspaces/default/secrets";
