@@ -3,6 +3,7 @@
 
 mod config;
 mod dotenv;
+mod git;
 mod input;
 mod maintain;
 mod mount;
@@ -208,6 +209,9 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Check whether FUSE mounts can work here, and say what is missing.
     Doctor,
+    /// A read-only git credential helper over a credential file (a mount's git-credentials):
+    /// git config credential.helper "!secretfs git-credential --file DIR/git-credentials".
+    GitCredential(git::GitCredentialArgs),
     /// Run the workspace API server.
     Serve(serve::ServeArgs),
     /// Save a server URL and your token (read from stdin or --token-file) for later commands.
@@ -404,6 +408,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mount::mount(&g, args)
         }
         Command::Doctor => mount::doctor(),
+        Command::GitCredential(args) => git::git_credential(args),
         Command::Serve(args) => serve::serve(&g(None, None, None)?, args),
         Command::Login(args) => runtime()?.block_on(remote::login(&g(None, None, None)?, args)),
         Command::Workspace { server, cmd } => {

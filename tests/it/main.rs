@@ -10,6 +10,7 @@ mod consumers;
 mod containers;
 mod faults;
 mod fuzz_corpora;
+mod git;
 mod keys;
 mod launcher;
 mod leaks;
