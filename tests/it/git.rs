@@ -186,7 +186,16 @@ fn git_clones_and_fetches_through_the_mounts_credentials_with_no_fatal_and_acros
     let (ok, _) = git(
         home,
         s.path(),
-        &["-c", "credential.helper=", "-c", &cainfo, "clone", "-q", &url, "refused"],
+        &[
+            "-c",
+            "credential.helper=",
+            "-c",
+            &cainfo,
+            "clone",
+            "-q",
+            &url,
+            "refused",
+        ],
     );
     assert!(!ok, "the server let git in without a credential");
     let (ok, err) = with_helper(s.path(), &["clone", "-q", &url, "work"]);
