@@ -9,8 +9,9 @@ use tracing_subscriber::EnvFilter;
 fn init_logging(verbose: u8, daemon: bool) {
     let default = match verbose {
         // A long-running daemon reports what it does (rotations, outages, audit lines); a
-        // one-shot command only what went wrong.
-        0 if daemon => "info",
+        // one-shot command only what went wrong. fuser's own info lines ("Mounting DIR") only
+        // repeat the mount's ready line.
+        0 if daemon => "info,fuser=warn",
         0 => "warn",
         1 => "info",
         2 => "debug",

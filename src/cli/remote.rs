@@ -19,9 +19,32 @@ use crate::secret::{SecretName, Timestamp};
 /// Prints a freshly minted token alone on stdout (messages go to stderr), once.
 fn print_token(token: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
+    private_if_a_file(&out);
     writeln!(out, "{token}")?;
     out.flush()?;
     Ok(())
+}
+
+/// `secretfs token create ... > job.token` makes the file with the shell's umask (0644 as a
+/// rule), and every consumer of the file then warns that others may read it. A token written
+/// to a regular file gets that file's group and other bits cleared first (the file is ours: the
+/// shell opened it for us), and a file we cannot tighten is named in a warning.
+fn private_if_a_file(out: &impl std::os::fd::AsFd) {
+    use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat};
+    let Ok(FileStat { st_mode, .. }) = fstat(out.as_fd()) else {
+        return;
+    };
+    let mode = st_mode & 0o7777;
+    if SFlag::from_bits_truncate(st_mode) & SFlag::S_IFMT != SFlag::S_IFREG || mode & 0o077 == 0 {
+        return;
+    }
+    let private = Mode::from_bits_truncate(mode & 0o700);
+    if let Err(e) = fchmod(out.as_fd(), private) {
+        eprintln!(
+            "warning: the token goes to a file group or others may read (mode {mode:04o}), \
+             whose mode cannot be changed ({e}): chmod 600 it"
+        );
+    }
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +100,10 @@ pub async fn login(g: &GlobalArgs, a: LoginArgs) -> anyhow::Result<ExitCode> {
         me.workspaces.join(", "),
         path.display()
     );
+    for said in crate::source::choose::shadowing_login(&super::config::environment_level(), &a.url)
+    {
+        eprintln!("warning: {said}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

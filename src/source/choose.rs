@@ -290,5 +290,31 @@ pub fn credential(levels: &[&Given]) -> Result<CredentialSpec, String> {
     )
 }
 
+/// What in `env` (the environment's level) the management commands take before a saved login
+/// to `url`, one sentence each: a login made while `SECRETFS_STORE` is set is not used until it
+/// is unset, and a reader who followed a walk-through that exported it cannot tell.
+pub fn shadowing_login(env: &Given, url: &str) -> Vec<String> {
+    let mut said = Vec::new();
+    if let Some(s) = &env.store {
+        said.push(format!(
+            "{} is set: commands use the local store {} rather than this login until it is unset",
+            s.by,
+            s.value.display()
+        ));
+    }
+    if let Some(u) = env.url.as_ref().filter(|u| u.value != url) {
+        said.push(format!(
+            "{} is set: commands use the server {} rather than this login until it is unset",
+            u.by, u.value
+        ));
+    }
+    for by in env.credentials() {
+        said.push(format!(
+            "{by} is set: commands present it rather than this login's token until it is unset"
+        ));
+    }
+    said
+}
+
 #[cfg(test)]
 mod tests;

@@ -707,7 +707,7 @@ fn memory_files_are_private_and_reachable_from_subprocesses() {
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f"])
         .arg(&key)
         .status()
-        .expect("ssh-keygen is installed by scripts/prereqs");
+        .expect("ssh-keygen is installed by scripts/test-prereqs");
     assert!(status.success());
     let private = std::fs::read(&key).unwrap();
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();

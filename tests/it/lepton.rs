@@ -12,7 +12,7 @@ use crate::support::{
     CANARY, Daemon, Out, Scratch, Server, assert_no_canary, fuse_available, run_with,
 };
 
-fn venv(test: &str) -> Option<PathBuf> {
+pub(crate) fn venv(test: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("SECRETFS_TEST_LEPTON_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/lepton-venv"));

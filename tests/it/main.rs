@@ -19,6 +19,7 @@ mod mask;
 mod mount;
 mod operators;
 mod protocol;
+mod readme;
 mod rendered;
 mod replicas;
 mod server_api;

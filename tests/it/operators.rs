@@ -443,7 +443,7 @@ fn verify(units: &[PathBuf]) -> (bool, String) {
         .arg("verify")
         .args(units)
         .output()
-        .unwrap_or_else(|e| panic!("systemd-analyze (scripts/prereqs installs systemd): {e}"));
+        .unwrap_or_else(|e| panic!("systemd-analyze (scripts/test-prereqs installs systemd): {e}"));
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -534,7 +534,7 @@ fn sshd_accepts_the_keys_of_the_mount_and_follows_their_deletion_and_addition() 
     if !sshd.exists() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "sshd is missing (scripts/prereqs installs openssh-server)"
+            "sshd is missing (scripts/test-prereqs installs openssh-server)"
         );
         eprintln!("skipping: no sshd");
         return;

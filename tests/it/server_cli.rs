@@ -124,3 +124,67 @@ fn the_cli_drives_a_server() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_no_canary("cli stderr", out.stderr.as_bytes());
 }
+
+/// `secretfs token create ... > job.token` as a walk-through writes it: the shell makes the file
+/// 0644, the token goes in and the file is 0600 (no consumer then warns about it); and a login
+/// made while `SECRETFS_STORE` is set says that the store comes first until it is unset.
+#[test]
+fn a_token_sent_to_a_file_is_private_and_a_shadowed_login_says_so() {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let s = Scratch::new();
+    let server = Server::start(&s);
+    let admin_file = s.path().join("server.db.admin-token");
+    let job = s.path().join("job.token");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&job)
+        .unwrap();
+    let mut cmd = s.cmd(&["user", "add", "alice"]);
+    cmd.env("SECRETFS_URL", &server.url)
+        .env("SECRETFS_TOKEN_FILE", &admin_file)
+        .env_remove("SECRETFS_STORE")
+        .stdout(file);
+    let status = cmd.status().unwrap();
+    assert!(status.success());
+    let mode = std::fs::metadata(&job).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let token = std::fs::read_to_string(&job).unwrap();
+    assert!(token.starts_with("sfs_u_"), "the token is in the file");
+
+    // A terminal or a pipe is left alone: only a regular file is a file others may read later.
+    let out = crate::support::run_with(
+        {
+            let mut c = s.cmd(&["token", "list"]);
+            c.env("SECRETFS_URL", &server.url)
+                .env("SECRETFS_TOKEN_FILE", &job)
+                .env_remove("SECRETFS_STORE");
+            c
+        },
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+
+    // Scratch::cmd sets SECRETFS_STORE, as a walk-through's `export` would.
+    let out = crate::support::run_with(
+        s.cmd(&["login", &server.url, "--token-file", job.to_str().unwrap()]),
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "warning: SECRETFS_STORE is set: commands use the local store {} rather than this \
+             login until it is unset",
+            s.store().display()
+        )),
+        "{}",
+        out.stderr
+    );
+    let mut plain = s.cmd(&["login", &server.url, "--token-file", job.to_str().unwrap()]);
+    plain.env_remove("SECRETFS_STORE");
+    let out = crate::support::run_with(plain, b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+}

@@ -125,3 +125,28 @@ fn a_credential_given_outright_for_a_source_that_takes_none_is_named() {
     };
     assert!(choose(&[&Given::default(), &env], Fallback::Store).is_ok());
 }
+
+#[test]
+fn a_login_is_told_what_in_the_environment_comes_before_it() {
+    let url = "https://secrets.example.com";
+    assert!(shadowing_login(&Given::default(), url).is_empty());
+    let same_server = Given {
+        url: named(url.into(), "SECRETFS_URL"),
+        ..Default::default()
+    };
+    assert!(shadowing_login(&same_server, url).is_empty());
+    let env = Given {
+        store: named("/root/dev-store.db".into(), "SECRETFS_STORE"),
+        url: named("https://other.example.com".into(), "SECRETFS_URL"),
+        token_file: named("/t".into(), "SECRETFS_TOKEN_FILE"),
+        ..Default::default()
+    };
+    let said = shadowing_login(&env, url);
+    assert_eq!(said.len(), 3, "{said:?}");
+    assert!(
+        said[0]
+            .starts_with("SECRETFS_STORE is set: commands use the local store /root/dev-store.db")
+    );
+    assert!(said[1].contains("the server https://other.example.com"));
+    assert!(said[2].starts_with("SECRETFS_TOKEN_FILE is set"));
+}
