@@ -978,3 +978,64 @@ fn a_re_export_of_the_store_names_only_shared_rows() {
     // Not a re-export: the service's own use of the store is its business.
     assert!(rule("use crate::store::{Batch, Op};").is_empty());
 }
+
+/// Every `FILE.rs::TEST` a document names (`tests/it/` unless the path starts with `src/` or
+/// `tests/`), as (document, reference).
+fn test_references() -> Vec<(&'static str, String)> {
+    let mut refs = Vec::new();
+    for doc in [
+        "SECURITY.md",
+        "ARCHITECTURE.md",
+        "README.md",
+        "BENCHMARKS.md",
+    ] {
+        let text = fs::read_to_string(root().join(doc)).unwrap();
+        for (at, _) in text.match_indices(".rs::") {
+            let start = text[..at]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '/'))
+                .map_or(0, |i| i + 1);
+            let end = text[at + 5..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(text.len(), |i| at + 5 + i);
+            let r = &text[start..end];
+            // The placeholder of the convention itself (`tests/it/FILE.rs::TEST`).
+            if !r.ends_with("::TEST") {
+                refs.push((doc, r.to_owned()));
+            }
+        }
+    }
+    refs
+}
+
+/// A claim that points at a test is only as good as the pointer: every test the documents name
+/// exists, by that name, in that file, so a renamed or moved test makes this fail until the
+/// document follows it.
+#[test]
+fn every_test_a_document_names_exists() {
+    let refs = test_references();
+    assert!(
+        refs.len() >= 60,
+        "SECURITY.md names its tests; found only {} references",
+        refs.len()
+    );
+    let mut missing = Vec::new();
+    for (doc, r) in &refs {
+        let (file, test) = r.split_once(".rs::").unwrap();
+        let path = if file.starts_with("src/") || file.starts_with("tests/") {
+            root().join(format!("{file}.rs"))
+        } else {
+            root().join(format!("tests/it/{file}.rs"))
+        };
+        let found = fs::read_to_string(&path).is_ok_and(|text| {
+            text.contains(&format!("fn {test}()")) || text.contains(&format!("fn {test}<"))
+        });
+        if !found {
+            missing.push(format!("{doc}: {r} (looked in {})", path.display()));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "tests named in the documents that do not exist:\n{}",
+        missing.join("\n")
+    );
+}

@@ -14,7 +14,7 @@ use crate::fs::tree::Ownership;
 use crate::secret::SecretName;
 use crate::service::LocalPaths;
 use crate::source::choose::{Fallback, Named, SourceSpec, choose};
-use crate::source::{Credential, LocalSource, ServerSource, Source};
+use crate::source::{Credential, Feed, LocalSource, ServerSource};
 
 #[derive(Debug, Args)]
 #[command(
@@ -185,7 +185,7 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> anyhow::Result<ExitCode> {
     flags.identity_binding = a.identity_binding.clone();
     let env = super::config::environment_level();
     let spec = super::config::chosen(choose(&[&flags, &env], Fallback::Store))?;
-    let source: Box<dyn Source> = match spec {
+    let source: Box<dyn Feed> = match spec {
         SourceSpec::Server {
             urls,
             credential,

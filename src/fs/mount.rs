@@ -21,7 +21,7 @@ use super::status::MountStatus;
 use super::tree::{Ownership, Tree};
 use crate::notify::Notifier;
 use crate::secret::SecretName;
-use crate::source::Source;
+use crate::source::Feed;
 
 /// What to mount and how.
 #[derive(Debug, Clone)]
@@ -151,7 +151,7 @@ enum Event {
 /// unmount). `on_ready` runs once the mount is live. The caller must have called
 /// [`block_shutdown_signals`] before starting any thread.
 pub fn run(
-    source: Box<dyn Source>,
+    source: Box<dyn Feed>,
     cfg: MountConfig,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), MountError> {

@@ -15,7 +15,8 @@ use super::rendered::Renderer;
 use super::status::MountStatus;
 use super::tree::{Changes, ROOT};
 use crate::secret::{SecretName, SecretValue, ValueStamp};
-use crate::source::{Fetched, Source, SourceError};
+use crate::source::follow::{Pace, Report, Step, follow};
+use crate::source::{Feed, Fetched, SourceError};
 
 /// Fails closed at start: every name of `only` must be there.
 pub(super) fn check_only(fetched: &Fetched, only: &[SecretName]) -> Result<(), MountError> {
@@ -108,7 +109,7 @@ fn log_changes(changes: &Changes, tree: &SharedTree) {
 /// returns the source's revision. Errors keep the last known good state and are logged by the
 /// caller.
 pub(super) fn refresh(
-    source: &dyn Source,
+    source: &dyn Feed,
     tree: &SharedTree,
     notifier: &Notifier,
     only: &[SecretName],
@@ -138,7 +139,7 @@ pub(super) fn refresh(
 
 /// The first round, retried with backoff while the source is unavailable, up to `timeout`.
 pub(super) fn fetch_with_retry(
-    source: &dyn Source,
+    source: &dyn Feed,
     only: &[SecretName],
     timeout: Duration,
 ) -> Result<Fetched, MountError> {
@@ -172,16 +173,16 @@ pub(super) struct Mounted<'a> {
     pub status: &'a MountStatus,
 }
 
-/// Keeps the tree in step with the source until `stop` is dropped: long-polls a source that
-/// watches (each round one [`Source::fetch`], which returns what changed), polls every
-/// `interval` one that does not. Failures keep the last known good values; the outage and the
-/// recovery are logged once each.
+/// Keeps the tree in step with the source until `stop` is dropped, through the one follow loop
+/// (`source::follow`): long-polls a source that watches (each round one [`Feed::fetch`], which
+/// returns what changed), polls every `interval` one that does not. Failures keep the last
+/// known good values; the outage and the recovery are logged once each.
 pub(super) fn keep_fresh(
-    source: &dyn Source,
+    source: &dyn Feed,
     mounted: Mounted<'_>,
     only: &[SecretName],
     interval: Option<Duration>,
-    mut revision: Option<String>,
+    revision: Option<String>,
     stop: &mpsc::Receiver<()>,
     renderer: &mut Renderer,
 ) {
@@ -196,61 +197,55 @@ pub(super) fn keep_fresh(
             Err(mpsc::RecvTimeoutError::Timeout)
         )
     };
-    let mut failing: Option<String> = None;
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        if source.watches() {
-            if stopped(Duration::ZERO) {
-                return;
-            }
-        } else {
-            match interval {
-                Some(i) if !stopped(i) => {}
-                _ => return,
-            }
-        }
-        let watch = match (&revision, source.watches()) {
-            (Some(r), true) => Some((r.as_str(), Duration::from_secs(30))),
-            _ => None,
-        };
+    let pace = Pace {
+        long_poll: Duration::from_secs(30),
+        every: interval,
+        marks: Vec::new(),
+        full_every: Duration::ZERO,
+    };
+    let mut round = |watch: Option<(&str, Duration)>| -> Result<Step, MountError> {
         let started = std::time::Instant::now();
-        // A round that waited for a change measures the wait, not the source.
-        let waited = watch.is_some();
         match refresh(source, tree, notifier, only, watch, renderer) {
-            Ok(r) => {
-                revision = r;
-                let latency = (!waited).then(|| started.elapsed());
+            Ok(revision) => {
+                // A round that waited for a change measures the wait, not the source.
+                let latency = watch.is_none().then(|| started.elapsed());
                 status.round(
                     tree.read().unwrap_or_else(|e| e.into_inner()).len(),
                     latency,
                 );
-                if failing.take().is_some() {
-                    tracing::info!("source reachable again; updates flow");
-                }
-                backoff = Duration::from_millis(200);
+                Ok(Step::Continue(revision))
             }
             Err(e) => {
-                // Logged when the outage starts and whenever its cause changes, not per retry.
-                let text = e.to_string();
-                status.failed(&text);
-                if failing.as_deref() != Some(text.as_str()) {
-                    // An outage is said as one; a refusal (a revoked token, a refused identity)
-                    // or a bad answer is not.
-                    if matches!(e, MountError::Source(SourceError::Unavailable(_))) {
-                        tracing::warn!(error = %text, "source unavailable; serving the last known good values");
-                    } else {
-                        tracing::warn!(error = %text, "cannot refresh from the source; serving the last known good values");
-                    }
-                    failing = Some(text);
-                }
-                // A watch fails fast while the source is down: wait before the next try, and
-                // start over with a full round.
-                revision = None;
-                if stopped(backoff) {
-                    return;
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                status.failed(&e.to_string());
+                Err(e)
             }
         }
+    };
+    follow(
+        source.watches(),
+        &pace,
+        revision,
+        &stopped,
+        &mut round,
+        &mut Logged,
+    );
+}
+
+/// The daemon's health, in its log.
+struct Logged;
+
+impl Report<MountError> for Logged {
+    fn failing(&mut self, e: &MountError) {
+        // An outage is said as one; a refusal (a revoked token, a refused identity) or a bad
+        // answer is not.
+        if matches!(e, MountError::Source(SourceError::Unavailable(_))) {
+            tracing::warn!(error = %e, "source unavailable; serving the last known good values");
+        } else {
+            tracing::warn!(error = %e, "cannot refresh from the source; serving the last known good values");
+        }
+    }
+
+    fn recovered(&mut self) {
+        tracing::info!("source reachable again; updates flow");
     }
 }

@@ -9,7 +9,6 @@
 
 pub mod args;
 pub mod exec;
-pub mod follow;
 pub mod mask;
 pub mod plan;
 pub mod resolve;

@@ -378,7 +378,8 @@ pub struct Inputs<'a> {
     pub files: &'a [RenderedFile],
 }
 
-/// Plans the launch, or lists every problem found.
+/// Plans the launch, or lists every problem found. Each step below does one job and adds what
+/// it finds wrong to `problems`, so the user sees every problem at once.
 pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
     let Inputs {
         args,
@@ -389,13 +390,85 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         files,
     } = inputs;
     let mut problems = Vec::new();
+    let mut notes = Vec::new();
     let empty = Spec::default();
     let (spec, spec_dir) = spec.unwrap_or((&empty, Path::new(".")));
-    let spec_dir = cwd.join(spec_dir);
-    let rel = |p: &Path| spec_dir.join(p);
-    let here = |p: &PathBuf| cwd.join(p);
+    let paths = Paths {
+        cwd,
+        spec_dir: cwd.join(spec_dir),
+    };
 
-    let mut wanted: Vec<(String, Value, Origin)> = Vec::new();
+    let wanted = wanted(args, spec, lepton, files, &mut problems);
+    let mut vars = merge(wanted, &mut problems, &mut notes);
+    refuse_unsafe(&vars, args, spec, &mut problems);
+    let source = plan_source(args, spec, &paths, base_env, files, &mut problems);
+    let command = command(args, spec, lepton, files, &mut problems, &mut notes);
+
+    // Programs find secret files the way they already know.
+    if let SourcePlan::Dir { path, .. } = &source {
+        for name in ["SECRETFS_DIR", "CREDENTIALS_DIRECTORY"] {
+            vars.entry(name.to_owned()).or_insert_with(|| Var {
+                name: name.to_owned(),
+                value: Value::Plain(path.clone().into_os_string()),
+                origin: Origin::Launcher,
+            });
+        }
+    }
+
+    let inherit = args
+        .inherit_env
+        .clone()
+        .or_else(|| spec.inherit_env.clone())
+        .unwrap_or_default();
+    let inherited = inherited(base_env, &inherit, &vars);
+    let watch = plan_watch(args, spec, &source, files, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(ExecPlan {
+        command,
+        workdir: args
+            .workdir
+            .as_ref()
+            .map(|p| paths.here(p))
+            .or_else(|| spec.workdir.as_deref().map(|p| paths.rel(p))),
+        source,
+        inherited,
+        inherit,
+        vars: vars.into_values().collect(),
+        notes,
+        watch,
+        mask: args.mask || spec.mask,
+        files: files.to_vec(),
+    })
+}
+
+/// Where relative paths are relative to: a flag's to the launcher's working directory, the
+/// spec's to the spec's directory; both made absolute (the workload may run elsewhere).
+struct Paths<'a> {
+    cwd: &'a Path,
+    spec_dir: PathBuf,
+}
+
+impl Paths<'_> {
+    fn here(&self, p: &Path) -> PathBuf {
+        self.cwd.join(p)
+    }
+
+    fn rel(&self, p: &Path) -> PathBuf {
+        self.spec_dir.join(p)
+    }
+}
+
+/// Every variable some layer sets, lowest layer first, with where it came from.
+fn wanted(
+    args: &RunArgs,
+    spec: &Spec,
+    lepton: Option<&LeptonJob>,
+    files: &[RenderedFile],
+    problems: &mut Vec<String>,
+) -> Vec<(String, Value, Origin)> {
+    let mut wanted = Vec::new();
     let secret = |name: &str, origin: Origin, problems: &mut Vec<String>| {
         SecretName::parse(name)
             .map_err(|e| problems.push(format!("{}: {e}", origin.label())))
@@ -404,13 +477,11 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
     for (k, v) in &spec.env {
         wanted.push((k.clone(), Value::Plain(v.into()), Origin::SpecEnv));
     }
-    if let Some(job) = lepton {
-        for (k, v) in &job.env {
-            wanted.push((k.clone(), Value::Plain(v.into()), Origin::LeptonEnv));
-        }
+    for (k, v) in lepton.iter().flat_map(|j| &j.env) {
+        wanted.push((k.clone(), Value::Plain(v.into()), Origin::LeptonEnv));
     }
     for (k, s) in &spec.secret_files {
-        if let Some(n) = secret(s, Origin::SpecSecretFile, &mut problems) {
+        if let Some(n) = secret(s, Origin::SpecSecretFile, problems) {
             wanted.push((k.clone(), Value::SecretFile(n), Origin::SpecSecretFile));
         }
     }
@@ -429,33 +500,39 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         }
     }
     for (k, s) in &spec.secrets {
-        if let Some(n) = secret(s, Origin::SpecSecret, &mut problems) {
+        if let Some(n) = secret(s, Origin::SpecSecret, problems) {
             wanted.push((k.clone(), Value::Secret(n), Origin::SpecSecret));
         }
     }
-    if let Some(job) = lepton {
-        for (k, s) in &job.secrets {
-            if let Some(n) = secret(s, Origin::LeptonSecret, &mut problems) {
-                wanted.push((k.clone(), Value::Secret(n), Origin::LeptonSecret));
-            }
+    for (k, s) in lepton.iter().flat_map(|j| &j.secrets) {
+        if let Some(n) = secret(s, Origin::LeptonSecret, problems) {
+            wanted.push((k.clone(), Value::Secret(n), Origin::LeptonSecret));
         }
     }
     for (k, v) in &args.env {
         wanted.push((k.clone(), Value::Plain(v.into()), Origin::FlagEnv));
     }
     for (k, s) in &args.secret_files {
-        if let Some(n) = secret(s, Origin::FlagSecretFile, &mut problems) {
+        if let Some(n) = secret(s, Origin::FlagSecretFile, problems) {
             wanted.push((k.clone(), Value::SecretFile(n), Origin::FlagSecretFile));
         }
     }
     for (k, s) in &args.secrets {
-        if let Some(n) = secret(s, Origin::FlagSecret, &mut problems) {
+        if let Some(n) = secret(s, Origin::FlagSecret, problems) {
             wanted.push((k.clone(), Value::Secret(n), Origin::FlagSecret));
         }
     }
+    wanted
+}
 
+/// One variable per name: the higher origin wins, a later one of equal rank wins; every
+/// override of an explicitly set variable is noted by name.
+fn merge(
+    wanted: Vec<(String, Value, Origin)>,
+    problems: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> BTreeMap<String, Var> {
     let mut vars: BTreeMap<String, Var> = BTreeMap::new();
-    let mut notes = Vec::new();
     for (name, value, origin) in wanted {
         if !valid_env_name(&name) {
             problems.push(format!(
@@ -464,36 +541,38 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
             ));
             continue;
         }
-        match vars.get(&name) {
-            Some(prev) if prev.origin.rank() > origin.rank() => {
-                notes.push(format!(
-                    "{name} is set by {} and by {}; {} wins",
-                    prev.origin.label(),
-                    origin.label(),
-                    prev.origin.label()
-                ));
-            }
-            prev => {
-                if let Some(prev) = prev {
-                    notes.push(format!(
-                        "{name} is set by {} and by {}; {} wins",
-                        prev.origin.label(),
-                        origin.label(),
-                        origin.label()
-                    ));
-                }
-                vars.insert(
-                    name.clone(),
-                    Var {
-                        name,
-                        value,
-                        origin,
-                    },
-                );
+        if let Some(prev) = vars.get(&name) {
+            let keep = prev.origin.rank() > origin.rank();
+            let winner = if keep { prev.origin } else { origin };
+            notes.push(format!(
+                "{name} is set by {} and by {}; {} wins",
+                prev.origin.label(),
+                origin.label(),
+                winner.label()
+            ));
+            if keep {
+                continue;
             }
         }
+        vars.insert(
+            name.clone(),
+            Var {
+                name,
+                value,
+                origin,
+            },
+        );
     }
+    vars
+}
 
+/// A secret in a variable that a program runs as code or prints is refused unless allowed.
+fn refuse_unsafe(
+    vars: &BTreeMap<String, Var>,
+    args: &RunArgs,
+    spec: &Spec,
+    problems: &mut Vec<String>,
+) {
     let allowed: Vec<&str> = args
         .allow_unsafe_env
         .iter()
@@ -507,7 +586,6 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
             Value::Rendered(f) => (f.as_str(), "the rendered file"),
             Value::Plain(_) => continue,
         };
-        let n = n.to_owned();
         if let Some(why) = unsafe_env_reason(&var.name)
             && !allowed.contains(&var.name.as_str())
         {
@@ -522,9 +600,18 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
             ));
         }
     }
+}
 
-    // The source and its credential: flags, then the spec's [source], then the environment,
-    // then the directory /run/secrets (`source::choose`, the rule of every consumer).
+/// The source and its credential: flags, then the spec's [source], then the environment, then
+/// the directory /run/secrets (`source::choose`, the rule of every consumer).
+fn plan_source(
+    args: &RunArgs,
+    spec: &Spec,
+    paths: &Paths<'_>,
+    base_env: &[(OsString, OsString)],
+    files: &[RenderedFile],
+    problems: &mut Vec<String>,
+) -> SourcePlan {
     let wait = match (args.wait, &spec.source.wait) {
         (Some(w), _) => Some(w),
         (None, Some(text)) => match parse_duration("[source] wait", text) {
@@ -536,6 +623,7 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         },
         (None, None) => None,
     };
+    let here = |p: &PathBuf| paths.here(p);
     let flags = Given {
         dir: args.dir.as_ref().map(|d| Named::new(here(d), "--dir")),
         store: args.store.as_ref().map(|d| Named::new(here(d), "--store")),
@@ -554,6 +642,7 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         identity_binding: args.identity_binding.clone(),
     };
     let s = &spec.source;
+    let rel = |p: &Path| paths.rel(p);
     let from_spec = Given {
         dir: s.dir.as_deref().map(|d| Named::new(rel(d), "[source] dir")),
         store: s
@@ -577,7 +666,7 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
             .map(|f| Named::new(rel(f), "[source] identity_token_file")),
         identity_binding: s.identity_binding.clone(),
     };
-    let from_env = crate::source::choose::from_environment(base_env, cwd, true);
+    let from_env = crate::source::choose::from_environment(base_env, paths.cwd, true);
     let source = match choose(
         &[&flags, &from_spec, &from_env],
         Fallback::Dir(PathBuf::from("/run/secrets")),
@@ -608,7 +697,18 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
             }
         }
     }
+    source
+}
 
+/// The workload's argv: after "--", else the spec's, else the Lepton job's.
+fn command(
+    args: &RunArgs,
+    spec: &Spec,
+    lepton: Option<&LeptonJob>,
+    files: &[RenderedFile],
+    problems: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> Vec<OsString> {
     let command: Vec<OsString> = if !args.command.is_empty() {
         args.command.clone()
     } else if let Some(c) = spec
@@ -644,34 +744,36 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
             ));
         }
     }
+    command
+}
 
-    // Programs find secret files the way they already know.
-    if let SourcePlan::Dir { path, .. } = &source {
-        for name in ["SECRETFS_DIR", "CREDENTIALS_DIRECTORY"] {
-            vars.entry(name.to_owned()).or_insert_with(|| Var {
-                name: name.to_owned(),
-                value: Value::Plain(path.clone().into_os_string()),
-                origin: Origin::Launcher,
-            });
-        }
-    }
-
-    let inherit = args
-        .inherit_env
-        .clone()
-        .or_else(|| spec.inherit_env.clone())
-        .unwrap_or_default();
-    let inherited = base_env
+/// What the workload inherits of the launcher's environment: never the launcher's own
+/// credentials unless named, never a variable the plan sets.
+fn inherited(
+    base_env: &[(OsString, OsString)],
+    inherit: &InheritEnv,
+    vars: &BTreeMap<String, Var>,
+) -> Vec<(OsString, OsString)> {
+    base_env
         .iter()
-        .filter(|(k, _)| match &inherit {
+        .filter(|(k, _)| match inherit {
             InheritEnv::All => !LAUNCHER_CREDENTIALS.iter().any(|c| k == c),
             InheritEnv::None => false,
             InheritEnv::Only(names) => names.iter().any(|n| k == n.as_str()),
         })
         .filter(|(k, _)| k.to_str().is_none_or(|k| !vars.contains_key(k)))
         .cloned()
-        .collect();
+        .collect()
+}
 
+/// The watch, refused where its signal could not reach what changed.
+fn plan_watch(
+    args: &RunArgs,
+    spec: &Spec,
+    source: &SourcePlan,
+    files: &[RenderedFile],
+    problems: &mut Vec<String>,
+) -> Option<super::watch::WatchPlan> {
     let watch = match super::watch::plan(&args.watch, spec.watch.as_ref()) {
         Ok(w) => w,
         Err(more) => {
@@ -681,46 +783,25 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
     };
     if let Some(w) = &watch
         && let super::watch::OnChange::Signal(sig) = w.on_change
-        && !matches!(source, SourcePlan::Dir { .. })
     {
-        problems.push(format!(
-            "--on-change signal:{} tells a running workload to read its files again, and only a \
-             directory source changes them under it (the variables and memory files from the \
-             store or a server keep the values they were started with): use --on-change restart \
-             or exit, or mount the secrets and pass --dir",
-            sig.as_str().trim_start_matches("SIG")
-        ));
+        let sig = sig.as_str().trim_start_matches("SIG");
+        if !matches!(source, SourcePlan::Dir { .. }) {
+            problems.push(format!(
+                "--on-change signal:{sig} tells a running workload to read its files again, and \
+                 only a directory source changes them under it (the variables and memory files \
+                 from the store or a server keep the values they were started with): use \
+                 --on-change restart or exit, or mount the secrets and pass --dir"
+            ));
+        }
+        if !files.is_empty() {
+            problems.push(format!(
+                "--on-change signal:{sig} cannot update rendered files: the launcher's are \
+                 memory files that keep the rendering they started with; use --on-change \
+                 restart, or mount the secrets with --files and pass --dir"
+            ));
+        }
     }
-    if let Some(w) = &watch
-        && let super::watch::OnChange::Signal(sig) = w.on_change
-        && !files.is_empty()
-    {
-        problems.push(format!(
-            "--on-change signal:{} cannot update rendered files: the launcher's are memory files \
-             that keep the rendering they started with; use --on-change restart, or mount the \
-             secrets with --files and pass --dir",
-            sig.as_str().trim_start_matches("SIG")
-        ));
-    }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    Ok(ExecPlan {
-        command,
-        workdir: args
-            .workdir
-            .as_ref()
-            .map(here)
-            .or_else(|| spec.workdir.as_deref().map(rel)),
-        source,
-        inherited,
-        inherit,
-        vars: vars.into_values().collect(),
-        notes,
-        watch,
-        mask: args.mask || spec.mask,
-        files: files.to_vec(),
-    })
+    watch
 }
 
 #[cfg(test)]

@@ -2,20 +2,19 @@
 //! Every problem is collected, so a failed launch names everything that is missing at once.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use super::follow::Followed;
 use super::plan::{ExecPlan, SourcePlan, Value};
 use crate::render::{Listed, Recipe};
-use crate::secret::{SecretKind, SecretName, SecretValue, VALUE_MAX_LEN, ValueLimit};
+use crate::secret::{SecretKind, SecretName, SecretValue};
 use crate::service::LocalPaths;
+use crate::source::dir::DirSource;
+use crate::source::follow::{FirstLook, Followed};
 use crate::source::{Credential, LocalSource, ServerSource, Source, SourceError};
 
 /// The workload's environment, ready for `execve`, plus the memory files `[secret_files]` point
@@ -93,9 +92,6 @@ impl EnvBlock {
     }
 }
 
-/// How often a waited-for directory is looked at again.
-const WAIT_POLL: Duration = Duration::from_millis(25);
-
 /// Reads the values of `names` (sorted) from a source, one per name, or every problem.
 pub trait Fetch {
     fn fetch(
@@ -111,18 +107,26 @@ pub trait Fetch {
         source: &SourcePlan,
     ) -> Result<Option<Vec<(SecretName, SecretKind)>>, Vec<String>>;
 
-    /// Starts following what a supervised run uses in a store or server source, looking once
-    /// before it returns. (The supervisor checks a directory's files itself.)
-    fn follow(
+    /// Looks once at what a supervised run uses, for `source::follow` to follow from there.
+    fn first_look(
         &self,
         source: &SourcePlan,
         followed: &Followed,
-        every: Duration,
-    ) -> Result<super::follow::Follower, Vec<String>>;
+    ) -> Result<FirstLook, Vec<String>>;
 }
 
 /// Every source: directories, the local store, servers.
 pub struct AnySource;
+
+impl AnySource {
+    fn open(source: &SourcePlan) -> Result<Box<dyn Source>, Vec<String>> {
+        Ok(match source {
+            SourcePlan::Dir { path, .. } => Box::new(DirSource::new(path)),
+            SourcePlan::Store { path, key_file } => Box::new(open_store(path, key_file)?),
+            server @ SourcePlan::Server { .. } => Box::new(open_server(server)?),
+        })
+    }
+}
 
 impl Fetch for AnySource {
     fn fetch(
@@ -137,31 +141,18 @@ impl Fetch for AnySource {
         &self,
         source: &SourcePlan,
     ) -> Result<Option<Vec<(SecretName, SecretKind)>>, Vec<String>> {
-        let listed = match source {
-            SourcePlan::Dir { .. } => return Ok(None),
-            SourcePlan::Store { path, key_file } => open_store(path, key_file)?.kinds(),
-            server @ SourcePlan::Server { .. } => open_server(server)?.kinds(),
-        };
-        listed.map(Some).map_err(|e| vec![e.to_string()])
+        match source {
+            SourcePlan::Dir { .. } => Ok(None),
+            other => Self::open(other)?.kinds().map_err(|e| vec![e.to_string()]),
+        }
     }
 
-    fn follow(
+    fn first_look(
         &self,
         source: &SourcePlan,
         followed: &Followed,
-        every: Duration,
-    ) -> Result<super::follow::Follower, Vec<String>> {
-        match source {
-            SourcePlan::Store { path, key_file } => {
-                super::follow::store(open_store(path, key_file)?, followed.clone(), every)
-            }
-            server @ SourcePlan::Server { .. } => {
-                super::follow::server(open_server(server)?, followed.clone())
-            }
-            SourcePlan::Dir { .. } => Err(vec![
-                "a directory source is followed by its files, not by a feed".into(),
-            ]),
-        }
+    ) -> Result<FirstLook, Vec<String>> {
+        FirstLook::take(Self::open(source)?, followed.clone()).map_err(|e| vec![e.to_string()])
     }
 }
 
@@ -176,7 +167,9 @@ impl Fetch for DirOnly {
         names: &[SecretName],
     ) -> Result<Vec<SecretValue>, Vec<String>> {
         match source {
-            SourcePlan::Dir { path, wait } if !names.is_empty() => fetch_dir(path, names, *wait),
+            SourcePlan::Dir { path, wait } if !names.is_empty() => {
+                DirSource::new(path).read_waiting(names, *wait)
+            }
             SourcePlan::Dir { .. } => Ok(Vec::new()),
             _ => Err(vec![
                 "this launcher reads directory sources only; use secretfs run".into(),
@@ -191,15 +184,20 @@ impl Fetch for DirOnly {
         Ok(None)
     }
 
-    fn follow(
+    fn first_look(
         &self,
-        _source: &SourcePlan,
-        _followed: &Followed,
-        _every: Duration,
-    ) -> Result<super::follow::Follower, Vec<String>> {
-        Err(vec![
-            "this launcher follows directory sources only; use secretfs run".into(),
-        ])
+        source: &SourcePlan,
+        followed: &Followed,
+    ) -> Result<FirstLook, Vec<String>> {
+        match source {
+            SourcePlan::Dir { path, .. } => {
+                FirstLook::take(Box::new(DirSource::new(path)), followed.clone())
+                    .map_err(|e| vec![e.to_string()])
+            }
+            _ => Err(vec![
+                "this launcher follows directory sources only; use secretfs run".into(),
+            ]),
+        }
     }
 }
 
@@ -496,10 +494,12 @@ fn fetch(source: &SourcePlan, names: &[SecretName]) -> Result<Vec<SecretValue>, 
         return Ok(Vec::new());
     }
     match source {
-        SourcePlan::Dir { path, wait } => fetch_dir(path, names, *wait),
+        SourcePlan::Dir { path, wait } => DirSource::new(path).read_waiting(names, *wait),
         SourcePlan::Store { path, key_file } => {
             let store = open_store(path, key_file)?;
-            fetch_source(&store, names, || known_names(store.kinds()))
+            fetch_source(&store, names, || {
+                known_names(store.kinds().map(Option::unwrap_or_default))
+            })
         }
         // A server's read answers found and missing in one request; listing for a "did you
         // mean" would be a second (and the launcher reads in one).
@@ -575,161 +575,6 @@ fn fetch_source(
     }
 }
 
-/// Why one file of a directory source cannot be used yet.
-enum Missing {
-    /// Not there (or empty): worth waiting for.
-    Absent(String),
-    /// There but unusable: waiting will not help.
-    Broken(String),
-}
-
-fn read_secret_file(dir: &Path, name: &SecretName) -> Result<SecretValue, Missing> {
-    let path = dir.join(name.as_str());
-    let shown = path.display();
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            let names: Vec<String> = std::fs::read_dir(dir)
-                .map(|d| {
-                    d.filter_map(Result::ok)
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|n| !n.starts_with('.'))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let suggestion =
-                crate::secret::did_you_mean(name.as_str(), names.iter().map(String::as_str));
-            return Err(Missing::Absent(format!(
-                "secret \"{name}\" not found: no file {shown}{suggestion}"
-            )));
-        }
-        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
-            return Err(Missing::Broken(format!(
-                "secret \"{name}\": {shown} is not readable by uid {} (permission denied)",
-                nix::unistd::getuid()
-            )));
-        }
-        Err(e) => {
-            return Err(Missing::Broken(format!(
-                "secret \"{name}\": cannot open {shown}: {e}"
-            )));
-        }
-    };
-    match read_zeroized(file, VALUE_MAX_LEN + 1) {
-        Ok(buf) if buf.len() > VALUE_MAX_LEN => Err(Missing::Broken(format!(
-            "secret \"{name}\": {shown} is larger than the 1 MiB limit"
-        ))),
-        Ok(buf) if buf.is_empty() => Err(Missing::Absent(format!(
-            "secret \"{name}\": {shown} is empty"
-        ))),
-        Ok(buf) => SecretValue::new(buf, ValueLimit::default())
-            .map_err(|e| Missing::Broken(format!("secret \"{name}\": {shown}: {e}"))),
-        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Err(Missing::Broken(format!(
-            "secret \"{name}\": {shown} is a directory, not a secret file"
-        ))),
-        Err(e) => Err(Missing::Broken(format!(
-            "secret \"{name}\": cannot read {shown}: {e}"
-        ))),
-    }
-}
-
-/// Reads up to `limit` bytes into zeroized memory that never moves while it holds a partial
-/// value: a plain `read_to_end` grows its `Vec` by reallocation and leaves the old bytes in
-/// freed memory. Values are small, so a page first (no `fstat` on the launcher's path); a
-/// larger file moves once into a buffer one byte past its size, the old one wiped as it drops.
-fn read_zeroized(mut file: File, limit: usize) -> std::io::Result<Zeroizing<Vec<u8>>> {
-    const FIRST: usize = 4096;
-    let mut buf = Zeroizing::new(vec![0u8; FIRST.min(limit)]);
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            if len == limit {
-                break;
-            }
-            // One byte past the file's size, so the end is seen inside this buffer and the value
-            // moves only once.
-            let size = file.metadata().map_or(0, |m| m.len() as usize);
-            let want = if size >= len { size + 1 } else { len * 2 };
-            let mut bigger = Zeroizing::new(vec![0u8; want.min(limit).max(len + 1)]);
-            bigger[..len].copy_from_slice(&buf[..len]);
-            buf = bigger;
-        }
-        match file.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    // Shrinking never reallocates; the bytes past `len` are zeros.
-    buf.truncate(len);
-    Ok(buf)
-}
-
-fn fetch_dir(
-    dir: &Path,
-    names: &[SecretName],
-    wait: Option<Duration>,
-) -> Result<Vec<SecretValue>, Vec<String>> {
-    let deadline = wait.map(|w| Instant::now() + w);
-    loop {
-        let mut values = Vec::with_capacity(names.len());
-        let mut problems = Vec::new();
-        let mut only_absent = true;
-        // The directory itself first: one clear problem instead of "no file" per name.
-        match std::fs::metadata(dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(vec![format!(
-                    "the source {} is not a directory; give --dir the directory that holds \
-                     the secret files",
-                    dir.display()
-                )]);
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => problems.push(format!(
-                "the source directory {} does not exist (is the secretfs mount or the secret \
-                 volume there yet? --wait waits for it)",
-                dir.display()
-            )),
-            Err(e) => {
-                return Err(vec![format!(
-                    "cannot use the source directory {}: {e}",
-                    dir.display()
-                )]);
-            }
-        }
-        let dir_missing = !problems.is_empty();
-        for name in names.iter().filter(|_| !dir_missing) {
-            match read_secret_file(dir, name) {
-                Ok(v) => values.push(v),
-                Err(Missing::Absent(p)) => problems.push(p),
-                Err(Missing::Broken(p)) => {
-                    only_absent = false;
-                    problems.push(p);
-                }
-            }
-        }
-        if problems.is_empty() {
-            return Ok(values);
-        }
-        match deadline {
-            Some(d) if only_absent && Instant::now() < d => {
-                drop(values);
-                std::thread::sleep(WAIT_POLL);
-            }
-            Some(_) if only_absent => {
-                let waited = humantime::format_duration(wait.unwrap_or_default());
-                problems.push(format!(
-                    "gave up after waiting {waited} for {} to hold every secret",
-                    dir.display()
-                ));
-                return Err(problems);
-            }
-            _ => return Err(problems),
-        }
-    }
-}
-
 /// The `PATH` the workload will have, to find its command the way a shell would.
 pub fn child_path(env: &EnvBlock) -> Option<OsString> {
     env.entries().find_map(|e| {
@@ -741,21 +586,6 @@ pub fn child_path(env: &EnvBlock) -> Option<OsString> {
 #[cfg(test)]
 mod tests {
     use super::EnvBlock;
-
-    #[test]
-    fn files_are_read_whole_small_or_large_and_stop_past_the_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        for len in [1usize, 4095, 4096, 4097, 100_000] {
-            let path = dir.path().join(format!("f{len}"));
-            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            std::fs::write(&path, &bytes).unwrap();
-            let got = super::read_zeroized(std::fs::File::open(&path).unwrap(), 1 << 20).unwrap();
-            assert_eq!(&got[..], &bytes[..], "{len} bytes");
-            // Past the limit: exactly limit bytes, so the caller can tell it is too large.
-            let cut = super::read_zeroized(std::fs::File::open(&path).unwrap(), 3000).unwrap();
-            assert_eq!(cut.len(), len.min(3000));
-        }
-    }
 
     #[test]
     fn a_sized_block_never_moves_and_a_grown_one_keeps_every_entry() {

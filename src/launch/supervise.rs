@@ -2,19 +2,18 @@
 //! rotations of the secrets it uses: in a directory (a secretfs mount, a Kubernetes or Docker
 //! secret volume), the local store or on a server.
 //!
-//! One thread, no runtime: the signals it handles are blocked and read from a `signalfd`, which
-//! `poll` waits on with the directory check's interval as its timeout. For a directory, a change
-//! is a change of a used file as `stat` sees it through symlinks (device, inode, size, mtime),
-//! so a secretfs rotation (a new inode) and a Kubernetes `..data` swap (new targets) are both
-//! seen, and an unrelated file is never looked at; for the store and a server, a [`Follower`]
-//! thread compares stamps and wakes the same `poll` through a pipe. Changes are debounced; a
+//! One thread of its own, no runtime: the signals it handles are blocked and read from a
+//! `signalfd`, which `poll` waits on beside a [`Follower`]'s pipe: `source::follow`'s loop, on a
+//! thread, compares the used secrets' stamps and tells what changed. For a directory a stamp is
+//! a used file as `stat` sees it through symlinks (device, inode, size, mtime), so a secretfs
+//! rotation (a new inode) and a Kubernetes `..data` swap (new targets) are both seen, an
+//! unrelated file is never looked at, and a hung mount holds up that thread, never the signals.
+//! Changes are debounced; a
 //! restart re-resolves everything first and never starts a workload whose secrets cannot all
 //! be resolved; restarts are budgeted. Every signal it is sent goes on to the workload; it reaps
 //! whatever it inherits as PID 1, and ends with the workload's status.
 
 use std::collections::VecDeque;
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -25,11 +24,11 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::exec::ExecFailure;
-use super::follow::Follower;
 use super::plan::{ExecPlan, SourcePlan};
 use super::resolve::{self, Fetch, Resolved};
 use super::watch::{OnChange, WatchPlan};
 use crate::secret::SecretName;
+use crate::source::follow::{Followed, Follower};
 
 /// What the supervisor passes on to the workload.
 const FORWARDED: [Signal; 7] = [
@@ -42,37 +41,9 @@ const FORWARDED: [Signal; 7] = [
     Signal::SIGWINCH,
 ];
 
-/// One file as the cheap check sees it; `None` when it is missing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Seen {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-}
-
-fn look(paths: &[PathBuf]) -> Vec<Option<Seen>> {
-    paths
-        .iter()
-        .map(|p| {
-            std::fs::metadata(p).ok().map(|m| Seen {
-                dev: m.dev(),
-                ino: m.ino(),
-                size: m.size(),
-                mtime: (m.mtime(), m.mtime_nsec()),
-            })
-        })
-        .collect()
-}
-
 /// How changes are seen.
 enum Detector {
-    /// A directory's used files, looked at on every tick.
-    Files {
-        paths: Vec<PathBuf>,
-        seen: Vec<Option<Seen>>,
-    },
-    /// The store's or a server's, from a thread.
+    /// From a `source::follow` thread.
     Feed(Follower),
     /// Nothing: supervised only to mask the output.
     Nothing,
@@ -82,20 +53,8 @@ impl Detector {
     /// The names of what changed since the last call (`fed`: what the feed brought meanwhile;
     /// the feed tells only of used secrets: the plan's names and, for built-in rendered files,
     /// any secret of their kinds).
-    fn changed(&mut self, names: &[SecretName], fed: &mut Vec<SecretName>) -> Vec<SecretName> {
+    fn changed(&mut self, fed: &mut Vec<SecretName>) -> Vec<SecretName> {
         match self {
-            Detector::Files { paths, seen } => {
-                let now = look(paths);
-                if now == *seen {
-                    return Vec::new();
-                }
-                let changed = (0..paths.len())
-                    .filter(|&i| now[i] != seen[i])
-                    .map(|i| names[i].clone())
-                    .collect();
-                *seen = now;
-                changed
-            }
             Detector::Feed(f) => {
                 fed.extend(f.take());
                 std::mem::take(fed)
@@ -247,33 +206,32 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
         .collect();
     kinds.sort_by_key(|k| k.as_str());
     kinds.dedup();
-    let followed = super::follow::Followed {
+    let followed = Followed {
         names: names.clone(),
         kinds,
     };
-    // A store or a server is followed by threads, which must start with the signals blocked:
-    // a process-directed signal goes to any thread that does not block it, and there SIGCHLD
-    // would be dropped and SIGTERM would end the supervisor without its workload. A directory
-    // starts none: its signals are blocked only after the first resolve, so a TERM during
-    // `--wait` ends the launcher with nothing started.
+    // Changes are followed by a thread, which must start with the signals blocked: a
+    // process-directed signal goes to any thread that does not block it, and there SIGCHLD
+    // would be dropped and SIGTERM would end the supervisor without its workload. Opening a
+    // store or a server may start threads too (a resolver's), so for them the signals are
+    // blocked first. A directory's first look is a `stat` per file and starts none: its signals
+    // are blocked only after the first resolve, so a TERM during `--wait` ends the launcher
+    // with nothing started. Either way the first look comes before the values are read: a
+    // change in between is seen by the first round.
     let mut blocked = None;
-    // Looked at before the values are read: a change in between is seen at the first check.
-    let detector = match &plan.source {
-        _ if plan.watch.is_none() => Detector::Nothing,
-        SourcePlan::Dir { path: dir, .. } => {
-            let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(n.as_str())).collect();
-            Detector::Files {
-                seen: look(&paths),
-                paths,
-            }
-        }
+    let first_look = match &plan.source {
+        _ if plan.watch.is_none() => None,
+        dir @ SourcePlan::Dir { .. } => match fetcher.first_look(dir, &followed) {
+            Ok(first) => Some(first),
+            Err(problems) => return fail(&problems),
+        },
         other => {
             match block_signals() {
                 Ok(b) => blocked = Some(b),
                 Err(e) => return fail(&[e]),
             }
-            match fetcher.follow(other, &followed, watch.poll) {
-                Ok(f) => Detector::Feed(f),
+            match fetcher.first_look(other, &followed) {
+                Ok(first) => Some(first),
                 Err(problems) => return fail(&problems),
             }
         }
@@ -296,6 +254,11 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
     let (child_mask, signals) = match blocked.map_or_else(block_signals, Ok) {
         Ok(b) => b,
         Err(e) => return fail(&[e]),
+    };
+    let detector = match first_look.map(|first| first.spawn(watch.poll, say)) {
+        Some(Ok(follower)) => Detector::Feed(follower),
+        Some(Err(e)) => return fail(&[e]),
+        None => Detector::Nothing,
     };
     // Told to stop while the secrets were read (signals already blocked): nothing is started.
     while let Ok(Some(info)) = signals.read_signal() {
@@ -366,7 +329,7 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
             return s.end(f.code);
         }
     }
-    let status = s.supervise(&names);
+    let status = s.supervise();
     if s.watch.process_group {
         // The workload's group ends with its leader, as at a restart: a helper it left behind
         // (one that ignores the stop signal, say) must not outlive the supervisor.
@@ -388,7 +351,7 @@ impl<F: Fetch> Supervisor<'_, F> {
     }
 
     /// Follows changes and signals until the workload's end; its status.
-    fn supervise(&mut self, names: &[SecretName]) -> u8 {
+    fn supervise(&mut self) -> u8 {
         let s = self;
         let watch = s.watch;
 
@@ -410,7 +373,7 @@ impl<F: Fetch> Supervisor<'_, F> {
                 pending = None;
                 continue;
             }
-            let changed = s.detector.changed(names, &mut s.fed);
+            let changed = s.detector.changed(&mut s.fed);
             if !changed.is_empty() {
                 let at = Instant::now();
                 let (mut all, first) = match pending.take() {

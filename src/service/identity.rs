@@ -9,13 +9,13 @@ use std::time::Duration;
 use super::{Caller, Service, ServiceError, may_use};
 use crate::auth::{Token, TokenKind, mint};
 use crate::identity::{
-    ClaimRule, DEFAULT_MAX_LIFETIME, DEFAULT_TTL, Glob, GrantRule, KeySet, KeySource, Policy,
+    ClaimRule, DEFAULT_MAX_LIFETIME, DEFAULT_TTL, Glob, GrantRule, KeySet, KeySource, Peek, Policy,
     Refusal, Rules, UNADMITTED, Verified, fetchable, peek, shown, verify,
 };
 use crate::secret::{SecretName, Timestamp};
 use crate::store::{
     AuditAction, AuditRecord, Batch, BindingRecord, Grant, Op, StoreError, TargetKind, TokenRecord,
-    minted_by_binding, valid_account_name,
+    User, minted_by_binding, valid_account_name,
 };
 
 /// A binding to add (the API's `NewBinding`, names parsed).
@@ -71,6 +71,222 @@ fn now_secs() -> u64 {
     u64::try_from(Timestamp::now().nanos() / 1_000_000_000).unwrap_or(0)
 }
 
+/// The rules of a binding request, checked without IO; each part `None` where a problem was
+/// reported.
+struct Checked {
+    subject: Option<Glob>,
+    claims: Vec<ClaimRule>,
+    ttl: Option<Duration>,
+    max_lifetime: Option<Duration>,
+    keys: Option<KeySource>,
+}
+
+/// Checks a binding request's own fields, every problem at once.
+fn check_binding(req: &NewBinding, problems: &mut Vec<String>) -> Checked {
+    if !valid_account_name(&req.name) {
+        problems.push(format!(
+            "binding name {} must be 1 to 64 letters, digits, '_', '.', '@' or '-'",
+            shown(&req.name)
+        ));
+    }
+    if req.issuer.is_empty() {
+        problems.push("issuer must be the token's \"iss\", exactly".into());
+    }
+    if req.audience.is_empty() {
+        problems.push("audience must be the \"aud\" the tokens carry".into());
+    }
+    let subject = Glob::parse(&req.subject)
+        .map_err(|e| problems.push(format!("subject: {e}")))
+        .ok();
+    let mut claims = Vec::new();
+    for c in &req.claims {
+        match ClaimRule::parse(c) {
+            Ok(r) => claims.push(r),
+            Err(e) => problems.push(e),
+        }
+    }
+    let wild = |p: &str| p.chars().all(|c| c == '*' || c == '?');
+    if wild(&req.subject) && claims.iter().all(|c: &ClaimRule| wild(c.pattern.as_str())) {
+        problems.push(
+            "a subject of wildcards only, with no claim that is more, admits every token of \
+             the issuer (every GitHub repository, every pod of a cluster): narrow the subject \
+             or add a --claim with a value"
+                .into(),
+        );
+    }
+    let mut life = |field: &'static str, s: &Option<String>, default: Duration| {
+        super::tokens::parse_ttl(field, s.as_deref(), default)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok()
+    };
+    let ttl = life("ttl", &req.ttl, DEFAULT_TTL);
+    let max_lifetime = life(
+        "max_token_lifetime",
+        &req.max_token_lifetime,
+        DEFAULT_MAX_LIFETIME,
+    );
+    let keys = key_source(req, problems);
+    if req.secrets.is_empty() {
+        problems.push("name at least one secret the binding grants".into());
+    }
+    Checked {
+        subject,
+        claims,
+        ttl,
+        max_lifetime,
+        keys,
+    }
+}
+
+/// Where the issuer's keys come from: a JWKS URL, an inline JWKS, or OIDC discovery.
+fn key_source(req: &NewBinding, problems: &mut Vec<String>) -> Option<KeySource> {
+    let checked = match (&req.jwks_url, &req.jwks) {
+        (Some(_), Some(_)) => {
+            Err("give the issuer's keys one way: jwks_url or jwks, not both".to_owned())
+        }
+        (Some(url), None) => fetchable(url)
+            .map(|()| KeySource::Url { url: url.clone() })
+            .map_err(|e| format!("jwks_url {e}")),
+        (None, Some(doc)) => match KeySet::parse(doc.as_bytes()) {
+            Ok((set, _)) if !set.is_empty() => Ok(KeySource::Inline { jwks: doc.clone() }),
+            Ok((_, skipped)) => Err(format!(
+                "the JWKS holds no key that can verify a signature ({})",
+                skipped.join("; ")
+            )),
+            Err(e) => Err(format!("jwks: {e}")),
+        },
+        (None, None) => fetchable(&req.issuer)
+            .map(|()| KeySource::Discovery)
+            .map_err(|e| format!("issuer {e}, for OIDC discovery; or give jwks_url or jwks")),
+    };
+    checked.map_err(|e| problems.push(e)).ok()
+}
+
+/// One binding's verdict on a token: admitted with what it verified, or refused and why.
+type Verdict = Result<Verified, Refusal>;
+
+/// A refusing binding: its name, id, workspace and reason.
+struct Refuser {
+    name: String,
+    id: String,
+    workspace: String,
+    why: Refusal,
+}
+
+/// Whether a binding may still act: `Err` says (for the audit) why it cannot.
+fn acting_user(
+    record: &BindingRecord,
+    users: &[User],
+    admin_impersonation: bool,
+) -> Result<User, String> {
+    let name = &record.name;
+    let Some(user) = users.iter().find(|u| u.id == record.user_id && u.live()) else {
+        return Err(format!("binding {name}: its user no longer exists"));
+    };
+    // Its user left the workspace: a token would read nothing; say so instead.
+    if !user.workspaces.contains(&record.workspace) {
+        return Err(format!(
+            "binding {name}: its user {} is no longer a member of workspace {}",
+            user.name, record.workspace
+        ));
+    }
+    // A binding acts with the authority of the admin who added it, as it would be judged now:
+    // still an admin, and (for another user's secrets) still allowed to act as them.
+    let creator = users.iter().find(|u| u.id == record.created_by && u.live());
+    let why = match creator {
+        None if record.created_by == LOCAL_CREATOR => None,
+        None => Some("the admin who added it no longer exists"),
+        Some(c) if !c.admin => Some("the user who added it is no longer an admin"),
+        Some(c) if c.id != user.id && !admin_impersonation => {
+            Some("it acts as another user than its creator, which --no-admin-impersonation forbids")
+        }
+        Some(_) => None,
+    };
+    match why {
+        Some(why) => Err(format!("binding {name}: {why}")),
+        None => Ok(user.clone()),
+    }
+}
+
+/// The workload token an accepted exchange mints: the binding's grants, until the platform
+/// token's own expiry or the binding's ttl, whichever comes first, never renewed past it.
+fn workload_token(
+    record: &BindingRecord,
+    rules: &Rules,
+    verified: &Verified,
+    user: &User,
+) -> (Token, TokenRecord) {
+    let ttl = Duration::from_secs(rules.ttl_secs);
+    let ends = i64::try_from(verified.exp).unwrap_or(i64::MAX);
+    let until =
+        Timestamp::from_nanos(ends.saturating_mul(1_000_000_000)).min(super::tokens::after(ttl));
+    let (token, stored) = mint(TokenKind::Workload);
+    let grants = rules
+        .grants
+        .iter()
+        .filter_map(|g| {
+            Some(Grant {
+                secret_id: g.secret_id.clone(),
+                name: SecretName::parse(&g.name).ok()?,
+            })
+        })
+        .collect();
+    let description: String = format!("identity {} sub {}", record.name, verified.sub)
+        .chars()
+        .take(super::tokens::DESCRIPTION_MAX)
+        .collect();
+    let life = u64::try_from(until.nanos() - Timestamp::now().nanos()).unwrap_or(0) / 1_000_000_000;
+    let record = TokenRecord {
+        id: stored.id,
+        hash: stored.hash,
+        kind: TokenKind::Workload,
+        user_id: user.id.clone(),
+        user: user.name.clone(),
+        workspace: Some(record.workspace.clone()),
+        grants,
+        created_at: Timestamp::now(),
+        expires_at: Some(until),
+        // Renewal cannot extend it: the next workload token comes from the next exchange.
+        max_expires_at: Some(until),
+        ttl_secs: Some(life.max(1)),
+        revoked_at: None,
+        description,
+        minted_by: Some(minted_by_binding(&record.id)),
+    };
+    (token, record)
+}
+
+/// What a caller no binding admitted is told, and what the audit gets (each binding's whole
+/// reason). The caller learns what its token failed only once it verified against a trusted
+/// key, and only when it named no binding (a validly signed token, which anyone can mint at some
+/// issuers, must not tell a real binding name from a guessed one): once per distinct reason,
+/// without the bindings' names or expectations. Otherwise the one answer of every refusal.
+/// Returns (public, detail, unavailable).
+fn unadmitted(refusers: &[Refuser], scope: Option<&str>) -> (String, String, bool) {
+    let detail = refusers
+        .iter()
+        .map(|r| format!("binding {}: {}", r.name, r.why))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut verified: Vec<String> = refusers
+        .iter()
+        .filter(|r| !r.why.before_signature())
+        .map(|r| r.why.public())
+        .collect();
+    verified.dedup();
+    let unavailable = refusers
+        .iter()
+        .any(|r| matches!(r.why, Refusal::KeysUnavailable(_)));
+    let (public, unavailable) = match scope {
+        None if !verified.is_empty() => (format!("{UNADMITTED}: {}", verified.join("; ")), false),
+        // Unreachable keys are a 503 (try again soon) only without a scope: it tells that the
+        // issuer is trusted, and only while its keys cannot be had.
+        None if unavailable => (Refusal::KeysUnavailable(String::new()).public(), true),
+        _ => (UNADMITTED.to_owned(), false),
+    };
+    (public, detail, unavailable)
+}
+
 impl Service {
     /// Adds a binding (admins only). Every problem of the request is reported at once. The
     /// issuer's keys are fetched (or the inline set read) now, so that a binding that could
@@ -82,89 +298,7 @@ impl Service {
     ) -> Result<Binding, ServiceError> {
         let me = caller.admin()?.clone();
         let mut problems = Vec::new();
-        if !valid_account_name(&req.name) {
-            problems.push(format!(
-                "binding name {} must be 1 to 64 letters, digits, '_', '.', '@' or '-'",
-                shown(&req.name)
-            ));
-        }
-        if req.issuer.is_empty() {
-            problems.push("issuer must be the token's \"iss\", exactly".into());
-        }
-        if req.audience.is_empty() {
-            problems.push("audience must be the \"aud\" the tokens carry".into());
-        }
-        let subject = Glob::parse(&req.subject)
-            .map_err(|e| problems.push(format!("subject: {e}")))
-            .ok();
-        let mut claims = Vec::new();
-        for c in &req.claims {
-            match ClaimRule::parse(c) {
-                Ok(r) => claims.push(r),
-                Err(e) => problems.push(e),
-            }
-        }
-        let wild = |p: &str| p.chars().all(|c| c == '*' || c == '?');
-        if wild(&req.subject) && claims.iter().all(|c: &ClaimRule| wild(c.pattern.as_str())) {
-            problems.push(
-                "a subject of wildcards only, with no claim that is more, admits every token of \
-                 the issuer (every GitHub repository, every pod of a cluster): narrow the subject \
-                 or add a --claim with a value"
-                    .into(),
-            );
-        }
-        let life = |field: &'static str, s: &Option<String>, default: Duration| {
-            super::tokens::parse_ttl(field, s.as_deref(), default)
-        };
-        let ttl = life("ttl", &req.ttl, DEFAULT_TTL)
-            .map_err(|e| problems.push(e.to_string()))
-            .ok();
-        let max_lifetime = life(
-            "max_token_lifetime",
-            &req.max_token_lifetime,
-            DEFAULT_MAX_LIFETIME,
-        )
-        .map_err(|e| problems.push(e.to_string()))
-        .ok();
-        let keys = match (&req.jwks_url, &req.jwks) {
-            (Some(_), Some(_)) => {
-                problems.push("give the issuer's keys one way: jwks_url or jwks, not both".into());
-                None
-            }
-            (Some(url), None) => match fetchable(url) {
-                Ok(()) => Some(KeySource::Url { url: url.clone() }),
-                Err(e) => {
-                    problems.push(format!("jwks_url {e}"));
-                    None
-                }
-            },
-            (None, Some(doc)) => match KeySet::parse(doc.as_bytes()) {
-                Ok((set, _)) if !set.is_empty() => Some(KeySource::Inline { jwks: doc.clone() }),
-                Ok((_, skipped)) => {
-                    problems.push(format!(
-                        "the JWKS holds no key that can verify a signature ({})",
-                        skipped.join("; ")
-                    ));
-                    None
-                }
-                Err(e) => {
-                    problems.push(format!("jwks: {e}"));
-                    None
-                }
-            },
-            (None, None) => match fetchable(&req.issuer) {
-                Ok(()) => Some(KeySource::Discovery),
-                Err(e) => {
-                    problems.push(format!(
-                        "issuer {e}, for OIDC discovery; or give jwks_url or jwks"
-                    ));
-                    None
-                }
-            },
-        };
-        if req.secrets.is_empty() {
-            problems.push("name at least one secret the binding grants".into());
-        }
+        let checked = check_binding(&req, &mut problems);
         let user = match self.live_user(&req.user).await {
             Ok(u) => Some(u),
             Err(e) => {
@@ -189,40 +323,23 @@ impl Service {
                 ));
             }
         }
-        let mut grants = Vec::new();
-        if let Some(u) = user
+        let mut grants = match user
             .as_ref()
             .filter(|u| u.workspaces.contains(&req.workspace))
         {
-            let snap = self.snapshot(&req.workspace).await?;
-            let mut missing = Vec::new();
-            for name in &req.secrets {
-                match snap.by_name.get(name).filter(|s| may_use(u, s)) {
-                    Some(s) if !grants.iter().any(|g: &GrantRule| g.secret_id == s.id) => grants
-                        .push(GrantRule {
-                            secret_id: s.id.clone(),
-                            name: name.to_string(),
-                        }),
-                    Some(_) => {}
-                    None => missing.push(format!("\"{name}\"")),
-                }
-            }
-            if !missing.is_empty() {
-                problems.push(format!(
-                    "user \"{}\" has no secret{} {} in workspace \"{}\" (their own or public)",
-                    u.name,
-                    if missing.len() == 1 { "" } else { "s" },
-                    missing.join(", "),
-                    req.workspace
-                ));
-            }
-        }
+            Some(u) => self.grant_rules(u, &req, &mut problems).await?,
+            None => Vec::new(),
+        };
         if !problems.is_empty() {
             return Err(ServiceError::invalid(problems.join("; ")));
         }
-        let (Some(subject), Some(ttl), Some(max_lifetime), Some(keys), Some(user)) =
-            (subject, ttl, max_lifetime, keys, user)
-        else {
+        let (Some(subject), Some(ttl), Some(max_lifetime), Some(keys), Some(user)) = (
+            checked.subject,
+            checked.ttl,
+            checked.max_lifetime,
+            checked.keys,
+            user,
+        ) else {
             unreachable!("every missing part is a problem reported above");
         };
         // Through the cache: the keys fetched here serve the first exchanges too.
@@ -234,7 +351,7 @@ impl Service {
         let rules = Rules {
             audience: req.audience,
             subject,
-            claims,
+            claims: checked.claims,
             ttl_secs: ttl.as_secs(),
             max_lifetime_secs: max_lifetime.as_secs(),
             keys,
@@ -279,6 +396,39 @@ impl Service {
         .await?;
         tracing::info!(binding = %record.name, issuer = %record.issuer, user = %user.name, "identity binding added");
         Ok(Binding { record, rules })
+    }
+
+    /// The grants of a binding: each named secret the user may use in the workspace, by id
+    /// (a missing one is a problem, named).
+    async fn grant_rules(
+        &self,
+        user: &User,
+        req: &NewBinding,
+        problems: &mut Vec<String>,
+    ) -> Result<Vec<GrantRule>, ServiceError> {
+        let snap = self.snapshot(&req.workspace).await?;
+        let mut grants: Vec<GrantRule> = Vec::new();
+        let mut missing = Vec::new();
+        for name in &req.secrets {
+            match snap.by_name.get(name).filter(|s| may_use(user, s)) {
+                Some(s) if !grants.iter().any(|g| g.secret_id == s.id) => grants.push(GrantRule {
+                    secret_id: s.id.clone(),
+                    name: name.to_string(),
+                }),
+                Some(_) => {}
+                None => missing.push(format!("\"{name}\"")),
+            }
+        }
+        if !missing.is_empty() {
+            problems.push(format!(
+                "user \"{}\" has no secret{} {} in workspace \"{}\" (their own or public)",
+                user.name,
+                if missing.len() == 1 { "" } else { "s" },
+                missing.join(", "),
+                req.workspace
+            ));
+        }
+        Ok(grants)
     }
 
     /// Every binding (admins only).
@@ -379,44 +529,20 @@ impl Service {
         }
         let now = now_secs();
         let mut admitted: Vec<(BindingRecord, Rules, Verified)> = Vec::new();
-        let mut reasons = Vec::new();
-        let mut unavailable = false;
+        let mut refusers = Vec::new();
         for record in candidates {
             let rules = rules_of(&record)?;
-            let outcome = async {
-                let keys = self
-                    .jwks
-                    .keys(&record.issuer, &rules.keys, peeked.kid.as_deref())
-                    .await?;
-                let key = keys
-                    .find(peeked.kid.as_deref(), peeked.alg)
-                    .ok_or_else(|| {
-                        Refusal::UnknownKey(match &peeked.kid {
-                            Some(k) => shown(k),
-                            None => "(the token names no kid and the issuer has several)".into(),
-                        })
-                    })?;
-                let policy = Policy {
-                    issuer: &record.issuer,
-                    audience: &rules.audience,
-                    max_lifetime: Duration::from_secs(rules.max_lifetime_secs),
-                };
-                let verified = verify(subject_token, &peeked, key, policy, now)?;
-                rules.admits(&verified)?;
-                Ok(verified)
-            }
-            .await;
-            match outcome {
+            match self
+                .judge(&record, &rules, subject_token, &peeked, now)
+                .await
+            {
                 Ok(v) => admitted.push((record, rules, v)),
-                Err(r) => {
-                    unavailable |= matches!(r, Refusal::KeysUnavailable(_));
-                    reasons.push((
-                        record.name.clone(),
-                        record.id.clone(),
-                        record.workspace.clone(),
-                        r,
-                    ));
-                }
+                Err(why) => refusers.push(Refuser {
+                    name: record.name,
+                    id: record.id,
+                    workspace: record.workspace,
+                    why,
+                }),
             }
         }
         if admitted.len() > 1 {
@@ -428,35 +554,11 @@ impl Service {
             return Err(self.refuse(&attempt, why, None, false).await);
         }
         let Some((record, rules, verified)) = admitted.pop() else {
-            if let [(name, id, workspace, _)] = reasons.as_slice() {
-                attempt.binding = Some((name.clone(), id.clone()));
-                attempt.workspace = workspace.clone();
+            if let [only] = refusers.as_slice() {
+                attempt.binding = Some((only.name.clone(), only.id.clone()));
+                attempt.workspace = only.workspace.clone();
             }
-            // The audit gets each binding's whole reason. The caller learns what its token
-            // failed only once it verified against a trusted key, and only when it named no
-            // binding (a validly signed token, which anyone can mint at some issuers, must not
-            // tell a real binding name from a guessed one): once per distinct reason, without
-            // the bindings' names or expectations. Otherwise the one answer of every refusal.
-            let detail = reasons
-                .iter()
-                .map(|(name, _, _, why)| format!("binding {name}: {why}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            let mut verified: Vec<String> = reasons
-                .iter()
-                .filter(|(_, _, _, why)| !why.before_signature())
-                .map(|(_, _, _, why)| why.public())
-                .collect();
-            verified.dedup();
-            let (public, unavailable) = match scope {
-                None if !verified.is_empty() => {
-                    (format!("{UNADMITTED}: {}", verified.join("; ")), false)
-                }
-                // Unreachable keys are a 503 (try again soon) only without a scope: it tells
-                // that the issuer is trusted, and only while its keys cannot be had.
-                None if unavailable => (Refusal::KeysUnavailable(String::new()).public(), true),
-                _ => (UNADMITTED.to_owned(), false),
-            };
+            let (public, detail, unavailable) = unadmitted(&refusers, scope);
             return Err(self
                 .refuse(&attempt, public, Some(detail), unavailable)
                 .await);
@@ -465,82 +567,15 @@ impl Service {
         attempt.workspace = record.workspace.clone();
         attempt.sub = verified.sub.clone();
         let users = self.store().users().await?;
-        let user = users
-            .iter()
-            .find(|u| u.id == record.user_id && u.live())
-            .cloned();
-        let Some(user) = user else {
-            let why = format!("binding {}: its user no longer exists", record.name);
-            return Err(self
-                .refuse(&attempt, UNUSABLE.into(), Some(why), false)
-                .await);
+        let user = match acting_user(&record, &users, self.options.admin_impersonation) {
+            Ok(u) => u,
+            Err(why) => {
+                return Err(self
+                    .refuse(&attempt, UNUSABLE.into(), Some(why), false)
+                    .await);
+            }
         };
-        // Its user left the workspace: a token would read nothing; say so instead.
-        if !user.workspaces.contains(&record.workspace) {
-            let detail = format!(
-                "binding {}: its user {} is no longer a member of workspace {}",
-                record.name, user.name, record.workspace
-            );
-            return Err(self
-                .refuse(&attempt, UNUSABLE.into(), Some(detail), false)
-                .await);
-        }
-        // A binding acts with the authority of the admin who added it, as it would be judged
-        // now: still an admin, and (for another user's secrets) still allowed to act as them.
-        let creator = users.iter().find(|u| u.id == record.created_by && u.live());
-        let why = match creator {
-            None if record.created_by == LOCAL_CREATOR => None,
-            None => Some("the admin who added it no longer exists"),
-            Some(c) if !c.admin => Some("the user who added it is no longer an admin"),
-            Some(c) if c.id != user.id && !self.options.admin_impersonation => Some(
-                "it acts as another user than its creator, which --no-admin-impersonation forbids",
-            ),
-            Some(_) => None,
-        };
-        if let Some(why) = why {
-            let detail = format!("binding {}: {why}", record.name);
-            return Err(self
-                .refuse(&attempt, UNUSABLE.into(), Some(detail), false)
-                .await);
-        }
-        let ttl = Duration::from_secs(rules.ttl_secs);
-        let ends = i64::try_from(verified.exp).unwrap_or(i64::MAX);
-        let until = Timestamp::from_nanos(ends.saturating_mul(1_000_000_000))
-            .min(super::tokens::after(ttl));
-        let (token, stored) = mint(TokenKind::Workload);
-        let grants = rules
-            .grants
-            .iter()
-            .filter_map(|g| {
-                Some(Grant {
-                    secret_id: g.secret_id.clone(),
-                    name: SecretName::parse(&g.name).ok()?,
-                })
-            })
-            .collect();
-        let description: String = format!("identity {} sub {}", record.name, verified.sub)
-            .chars()
-            .take(super::tokens::DESCRIPTION_MAX)
-            .collect();
-        let life =
-            u64::try_from(until.nanos() - Timestamp::now().nanos()).unwrap_or(0) / 1_000_000_000;
-        let token_record = TokenRecord {
-            id: stored.id,
-            hash: stored.hash,
-            kind: TokenKind::Workload,
-            user_id: user.id.clone(),
-            user: user.name.clone(),
-            workspace: Some(record.workspace.clone()),
-            grants,
-            created_at: Timestamp::now(),
-            expires_at: Some(until),
-            // Renewal cannot extend it: the next workload token comes from the next exchange.
-            max_expires_at: Some(until),
-            ttl_secs: Some(life.max(1)),
-            revoked_at: None,
-            description,
-            minted_by: Some(minted_by_binding(&record.id)),
-        };
+        let (token, token_record) = workload_token(&record, &rules, &verified, &user);
         let audit = attempt.record(
             AuditAction::IdentityExchange,
             format!("identity:{}", record.name),
@@ -551,7 +586,10 @@ impl Service {
                 shown(&verified.sub),
                 user.name,
                 token_record.id,
-                until.rfc3339()
+                token_record
+                    .expires_at
+                    .map(Timestamp::rfc3339)
+                    .unwrap_or_default()
             ),
         );
         let batch = Batch {
@@ -579,6 +617,38 @@ impl Service {
             record: token_record,
             binding: record.name,
         })
+    }
+
+    /// One binding's verdict on a token: its issuer's key, the signature and the standard
+    /// claims (`crate::identity::verify`), then the binding's own rules.
+    async fn judge(
+        &self,
+        record: &BindingRecord,
+        rules: &Rules,
+        subject_token: &str,
+        peeked: &Peek,
+        now: u64,
+    ) -> Verdict {
+        let keys = self
+            .jwks
+            .keys(&record.issuer, &rules.keys, peeked.kid.as_deref())
+            .await?;
+        let key = keys
+            .find(peeked.kid.as_deref(), peeked.alg)
+            .ok_or_else(|| {
+                Refusal::UnknownKey(match &peeked.kid {
+                    Some(k) => shown(k),
+                    None => "(the token names no kid and the issuer has several)".into(),
+                })
+            })?;
+        let policy = Policy {
+            issuer: &record.issuer,
+            audience: &rules.audience,
+            max_lifetime: Duration::from_secs(rules.max_lifetime_secs),
+        };
+        let verified = verify(subject_token, peeked, key, policy, now)?;
+        rules.admits(&verified)?;
+        Ok(verified)
     }
 
     /// Audits a refused exchange (on its own, without announcing a change: a flood of bad

@@ -5,6 +5,8 @@
 //! threads, and an implementation that needs async IO keeps its own small runtime.
 
 pub mod choose;
+pub mod dir;
+pub mod follow;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -66,12 +68,39 @@ pub trait Source: Send + Sync {
     /// The values of `names`, each with its own result so every missing name can be reported.
     fn read(&self, names: &[SecretName]) -> Result<Values, SourceError>;
 
-    /// Whether [`Source::fetch`] is told about changes (a server's long-poll) rather than
-    /// polled on an interval.
+    /// Whether the source can be waited on for a change (a server's long-poll) rather than
+    /// looked at again and again.
     fn watches(&self) -> bool {
         false
     }
 
+    /// The source's revision (a server's; `None` for the others) and the stamps of `only` (a
+    /// name without one is not there), no value read: what a follower compares to see whether
+    /// a secret it uses changed. With `watch` (a revision and a timeout, for a source that
+    /// [`watches`](Source::watches)), first waits for a change since it. With `kinds`, every
+    /// secret of those kinds counts too, found or gone (what a built-in rendered file holds).
+    fn stamps(
+        &self,
+        only: &[SecretName],
+        kinds: &[SecretKind],
+        watch: Option<(&str, Duration)>,
+    ) -> Result<(Option<String>, Vec<ValueStamp>), SourceError>;
+
+    /// The name and kind of every secret the source lets this identity use (no value read):
+    /// what built-in rendered files are made from. `None`: the source has files, not kinds (a
+    /// directory).
+    fn kinds(&self) -> Result<Option<Vec<(SecretName, SecretKind)>>, SourceError>;
+
+    /// Files whose change, as `stat` sees it, may mean that `only` changed: the cheap look a
+    /// follower of a source that does not watch takes between asking it. Empty: ask each time.
+    fn marks(&self, _only: &[SecretName]) -> Vec<PathBuf> {
+        Vec::new()
+    }
+}
+
+/// A source a mount serves whole: it lists everything the identity may use and brings the
+/// values in rounds.
+pub trait Feed: Source {
     /// One round of a mount: with `watch` (a revision and a timeout, given only to a source that
     /// [`watches`](Source::watches)), first waits for a change since it; then everything the
     /// caller may use (of `only`, when it names any), with the values of those the caller does
@@ -417,52 +446,6 @@ impl ServerSource {
     }
 }
 
-impl ServerSource {
-    /// The revision and the stamps of `only` (every name has one, or is missing), without a
-    /// value: what a supervised run compares to see whether a secret it uses changed. With
-    /// `watch`, a long-poll: answers once the revision is no longer `since`, or at the timeout.
-    /// With `kinds`, every secret of those kinds (what a built-in rendered file holds) counts
-    /// too, found or gone.
-    pub fn stamps(
-        &self,
-        only: &[SecretName],
-        kinds: &[SecretKind],
-        watch: Option<(&str, Duration)>,
-    ) -> Result<(String, Vec<ValueStamp>), SourceError> {
-        let read = self.ask(&WorkloadReadRequest {
-            // The whole set when kinds count: which names they cover is what may change.
-            names: kinds
-                .is_empty()
-                .then(|| only.iter().map(|n| n.as_str().to_owned()).collect()),
-            values: false,
-            since: watch.map(|(since, _)| since.to_owned()),
-            wait_secs: watch.map(|(_, timeout)| self.poll_secs(timeout)),
-            ..Default::default()
-        })?;
-        let stamps = read
-            .secrets
-            .into_iter()
-            .filter(|s| only.contains(&s.name) || kinds.contains(&s.kind))
-            .map(|s| ValueStamp {
-                name: s.name,
-                version: s.version,
-                updated_at: s.updated_at,
-            })
-            .collect();
-        Ok((read.revision, stamps))
-    }
-
-    /// The name and kind of every secret of the token's set it may read now (no value sent):
-    /// what built-in rendered files are made from.
-    pub fn kinds(&self) -> Result<Vec<(SecretName, SecretKind)>, SourceError> {
-        let read = self.ask(&WorkloadReadRequest {
-            values: false,
-            ..Default::default()
-        })?;
-        Ok(read.secrets.into_iter().map(|s| (s.name, s.kind)).collect())
-    }
-}
-
 impl Source for ServerSource {
     fn describe(&self) -> String {
         format!("server {}", self.urls)
@@ -496,6 +479,50 @@ impl Source for ServerSource {
         true
     }
 
+    /// Asks for stamps only: no value crosses the wire for the check. The revision covers the
+    /// token's whole set, so an answer may bring nothing of `only`.
+    fn stamps(
+        &self,
+        only: &[SecretName],
+        kinds: &[SecretKind],
+        watch: Option<(&str, Duration)>,
+    ) -> Result<(Option<String>, Vec<ValueStamp>), SourceError> {
+        let read = self.ask(&WorkloadReadRequest {
+            // The whole set when kinds count: which names they cover is what may change.
+            names: kinds
+                .is_empty()
+                .then(|| only.iter().map(|n| n.as_str().to_owned()).collect()),
+            values: false,
+            since: watch.map(|(since, _)| since.to_owned()),
+            wait_secs: watch.map(|(_, timeout)| self.poll_secs(timeout)),
+            ..Default::default()
+        })?;
+        let stamps = read
+            .secrets
+            .into_iter()
+            .filter(|s| only.contains(&s.name) || kinds.contains(&s.kind))
+            .map(|s| ValueStamp {
+                name: s.name,
+                version: s.version,
+                updated_at: s.updated_at,
+            })
+            .collect();
+        Ok((Some(read.revision), stamps))
+    }
+
+    /// The token's whole set as it may read it now.
+    fn kinds(&self) -> Result<Option<Vec<(SecretName, SecretKind)>>, SourceError> {
+        let read = self.ask(&WorkloadReadRequest {
+            values: false,
+            ..Default::default()
+        })?;
+        Ok(Some(
+            read.secrets.into_iter().map(|s| (s.name, s.kind)).collect(),
+        ))
+    }
+}
+
+impl Feed for ServerSource {
     /// The whole round in one request: the long-poll answers with what changed, the values of
     /// what the caller holds left out.
     fn fetch(
@@ -571,39 +598,11 @@ impl LocalSource {
             paths,
         })
     }
-}
 
-impl LocalSource {
     /// The store's database file: every commit changes it or its write-ahead log, which is how
     /// a supervised run notices that it should look again.
     pub fn store_path(&self) -> &Path {
         &self.paths.store
-    }
-
-    /// The name and kind of every secret (a listing: no value read).
-    pub fn kinds(&self) -> Result<Vec<(SecretName, SecretKind)>, SourceError> {
-        let listed = self
-            .runtime
-            .block_on(self.service.local_list(&self.caller, DEFAULT_WORKSPACE))?;
-        Ok(listed.into_iter().map(|m| (m.name, m.kind)).collect())
-    }
-
-    /// The stamps of `only` as the store has them now (a listing: no value is read, nothing
-    /// is audited).
-    /// (With `kinds`, every secret of those kinds too.)
-    pub fn stamps(
-        &self,
-        only: &[SecretName],
-        kinds: &[SecretKind],
-    ) -> Result<Vec<ValueStamp>, SourceError> {
-        let listed = self
-            .runtime
-            .block_on(self.service.local_list(&self.caller, DEFAULT_WORKSPACE))?;
-        Ok(listed
-            .iter()
-            .filter(|m| only.contains(&m.name) || kinds.contains(&m.kind))
-            .map(SecretMeta::stamp)
-            .collect())
     }
 }
 
@@ -638,8 +637,43 @@ impl Source for LocalSource {
             .collect())
     }
 
-    /// No change feed to wait on, so no `watch`: lists, then reads what is not held, in two
-    /// queries of the one connection.
+    /// A listing: no value is read, nothing is audited. No change feed to wait on, so no
+    /// `watch`.
+    fn stamps(
+        &self,
+        only: &[SecretName],
+        kinds: &[SecretKind],
+        _watch: Option<(&str, Duration)>,
+    ) -> Result<(Option<String>, Vec<ValueStamp>), SourceError> {
+        let listed = self
+            .runtime
+            .block_on(self.service.local_list(&self.caller, DEFAULT_WORKSPACE))?;
+        let stamps = listed
+            .iter()
+            .filter(|m| only.contains(&m.name) || kinds.contains(&m.kind))
+            .map(SecretMeta::stamp)
+            .collect();
+        Ok((None, stamps))
+    }
+
+    fn kinds(&self) -> Result<Option<Vec<(SecretName, SecretKind)>>, SourceError> {
+        let listed = self
+            .runtime
+            .block_on(self.service.local_list(&self.caller, DEFAULT_WORKSPACE))?;
+        Ok(Some(listed.into_iter().map(|m| (m.name, m.kind)).collect()))
+    }
+
+    /// One writer process at a time and no notification between processes: every commit
+    /// changes the database file or its write-ahead log, which `stat` sees.
+    fn marks(&self, _only: &[SecretName]) -> Vec<PathBuf> {
+        let mut wal = self.paths.store.as_os_str().to_owned();
+        wal.push("-wal");
+        vec![PathBuf::from(wal), self.paths.store.clone()]
+    }
+}
+
+impl Feed for LocalSource {
+    /// Lists, then reads what is not held, in two queries of the one connection.
     fn fetch(
         &self,
         only: &[SecretName],

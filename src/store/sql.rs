@@ -13,8 +13,8 @@ use super::rows::{
     user_from_row, version_i64,
 };
 use super::{
-    AuditQuery, AuditRecord, Batch, BindingRecord, Op, SecretFilter, Store, StoreError,
-    StoredSecret, TokenFilter, TokenRecord, User, WriteFence,
+    AuditQuery, AuditRecord, Batch, BindingRecord, Change, Expected, Op, SecretFilter, Store,
+    StoreError, StoredSecret, TokenFilter, TokenRecord, User, WriteFence,
 };
 use crate::secret::{SecretName, Timestamp, Visibility};
 
@@ -277,20 +277,18 @@ async fn workspace_exists(tx: &mut dyn Exec, name: &str) -> Result<(), StoreErro
     Ok(())
 }
 
-/// One op, inside the batch's transaction.
+/// One op, inside the batch's transaction: each op is one job, done by the function it names
+/// (what a row must be before it changes, then the change), so this is only the table of them.
 async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreError> {
     match op {
         Op::InitKeyCheck(sealed) => {
-            match tx
-                .run(
-                    "INSERT INTO settings (key, value) VALUES ('key_check', $1)",
-                    &[Param::Blob(sealed)],
-                )
-                .await
-            {
-                Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict),
-                other => other?,
-            };
+            insert_unique(
+                tx,
+                "INSERT INTO settings (key, value) VALUES ('key_check', $1)",
+                &[Param::Blob(sealed)],
+                || StoreError::Conflict,
+            )
+            .await
         }
         Op::ReplaceKeyCheck(sealed) => {
             tx.run(
@@ -299,39 +297,9 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                 &[Param::Blob(sealed)],
             )
             .await?;
+            Ok(())
         }
-        Op::InsertSecret(s) => {
-            workspace_exists(tx, &s.workspace).await?;
-            live_user(tx, &s.owner_id, lock).await?;
-            let m = &s.meta;
-            let inserted = tx
-                .run(
-                    "INSERT INTO secrets (workspace, name, id, kind, visibility, owner, owner_id,
-                                          tags, version, sealed, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                    &[
-                        Param::Text(&s.workspace),
-                        Param::Text(m.name.as_str()),
-                        Param::Text(&s.id),
-                        Param::Text(m.kind.as_str()),
-                        Param::Text(m.visibility.as_str()),
-                        Param::Text(&m.owner),
-                        Param::Text(&s.owner_id),
-                        Param::Text(&tags_json(&m.tags)),
-                        Param::Int(version_i64(m.version)?),
-                        Param::Blob(&s.sealed),
-                        Param::Int(m.created_at.nanos()),
-                        Param::Int(m.updated_at.nanos()),
-                    ],
-                )
-                .await;
-            match inserted {
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::AlreadyExists(m.name.clone()));
-                }
-                other => other?,
-            };
-        }
+        Op::InsertSecret(s) => insert_secret(tx, s, lock).await,
         Op::UpdateSecret {
             id,
             name,
@@ -339,38 +307,7 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
             expected,
             change,
             at,
-        } => {
-            let new_version = expected_version + u64::from(change.sealed.is_some());
-            // One statement with what was checked in its WHERE clause: a concurrent writer makes
-            // it match no row, and the service retries from a fresh read.
-            let done = tx
-                .run(
-                    "UPDATE secrets SET
-                        sealed = coalesce($1, sealed),
-                        version = $2,
-                        updated_at = CASE WHEN $1 IS NULL THEN updated_at ELSE $3 END,
-                        visibility = coalesce($4, visibility),
-                        tags = coalesce($5, tags),
-                        kind = coalesce($6, kind)
-                     WHERE id = $7 AND version = $8 AND owner_id = $9 AND visibility = $10",
-                    &[
-                        Param::OptBlob(change.sealed.as_deref()),
-                        Param::Int(version_i64(new_version)?),
-                        Param::Int(at.nanos()),
-                        Param::OptText(change.visibility.map(|v| v.as_str())),
-                        Param::OptText(change.tags.as_deref().map(tags_json).as_deref()),
-                        Param::OptText(change.kind.map(|k| k.as_str())),
-                        Param::Text(id),
-                        Param::Int(version_i64(*expected_version)?),
-                        Param::Text(&expected.owner_id),
-                        Param::Text(expected.visibility.as_str()),
-                    ],
-                )
-                .await?;
-            if done == 0 {
-                return Err(conflict_or_gone(tx, id, name).await?);
-            }
-        }
+        } => update_secret(tx, (id, name), *expected_version, expected, change, *at).await,
         Op::Reseal {
             id,
             name,
@@ -387,51 +324,10 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                 ],
                 || StoreError::VersionConflict(name.clone()),
             )
-            .await?;
+            .await
         }
-        Op::DeleteSecret { id, name, expected } => {
-            let done = tx
-                .run(
-                    "DELETE FROM secrets WHERE id = $1 AND owner_id = $2 AND visibility = $3",
-                    &[
-                        Param::Text(id),
-                        Param::Text(&expected.owner_id),
-                        Param::Text(expected.visibility.as_str()),
-                    ],
-                )
-                .await?;
-            if done == 0 {
-                return Err(conflict_or_gone(tx, id, name).await?);
-            }
-        }
-        Op::ExpectOwned { owner_id, expected } => {
-            let rows = tx
-                .rows(
-                    &format!(
-                        "SELECT id, visibility FROM secrets WHERE owner_id = $1 ORDER BY id {lock}"
-                    ),
-                    &[Param::Text(owner_id)],
-                )
-                .await?;
-            let found = rows
-                .iter()
-                .map(|r| {
-                    let v = r.text("visibility")?;
-                    let v: Visibility = v.parse().map_err(|_| {
-                        StoreError::Internal("stored row has an invalid visibility".into())
-                    })?;
-                    Ok((r.text("id")?, v))
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            // Compared sorted here, not by the engine's collation.
-            let mut found = found;
-            found.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut expected = expected.clone();
-            expected.sort_by(|a, b| a.0.cmp(&b.0));
-            if found != expected {
-                return Err(StoreError::Conflict);
-            }
-        }
+        Op::DeleteSecret { id, name, expected } => delete_secret(tx, id, name, expected).await,
+        Op::ExpectOwned { owner_id, expected } => expect_owned(tx, owner_id, expected, lock).await,
         Op::ExpectTokens { user_id, expected } => {
             expect_set(
                 tx,
@@ -439,7 +335,7 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                 user_id,
                 expected,
             )
-            .await?;
+            .await
         }
         Op::ExpectMemberships { user_id, expected } => {
             expect_set(
@@ -448,37 +344,13 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                 user_id,
                 expected,
             )
-            .await?;
+            .await
         }
         Op::ExpectActor {
             user_id,
             token_id,
             now,
-        } => {
-            let user = tx
-                .rows(
-                    &format!("SELECT id FROM users WHERE id = $1 AND deleted_at IS NULL {lock}"),
-                    &[Param::Text(user_id)],
-                )
-                .await?;
-            if user.is_empty() {
-                return Err(StoreError::ActorGone);
-            }
-            if let Some(token) = token_id {
-                let valid = tx
-                    .rows(
-                        &format!(
-                            "SELECT id FROM tokens WHERE id = $1 AND revoked_at IS NULL
-                             AND (expires_at IS NULL OR expires_at > $2) {lock}"
-                        ),
-                        &[Param::Text(token), Param::Int(now.nanos())],
-                    )
-                    .await?;
-                if valid.is_empty() {
-                    return Err(StoreError::ActorGone);
-                }
-            }
-        }
+        } => expect_actor(tx, user_id, token_id.as_deref(), *now, lock).await,
         Op::TransferSecrets { from, to, to_name } => {
             live_user(tx, to, lock).await?;
             tx.run(
@@ -486,39 +358,30 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                 &[Param::Text(to), Param::Text(to_name), Param::Text(from)],
             )
             .await?;
+            Ok(())
         }
         Op::CreateWorkspace { name, at } => {
-            match tx
-                .run(
-                    "INSERT INTO workspaces (name, created_at) VALUES ($1, $2)",
-                    &[Param::Text(name), Param::Int(at.nanos())],
-                )
-                .await
-            {
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::WorkspaceExists(name.clone()));
-                }
-                other => other?,
-            };
+            insert_unique(
+                tx,
+                "INSERT INTO workspaces (name, created_at) VALUES ($1, $2)",
+                &[Param::Text(name), Param::Int(at.nanos())],
+                || StoreError::WorkspaceExists(name.clone()),
+            )
+            .await
         }
         Op::InsertUser(u) => {
-            match tx
-                .run(
-                    "INSERT INTO users (id, name, admin, created_at) VALUES ($1, $2, $3, $4)",
-                    &[
-                        Param::Text(&u.id),
-                        Param::Text(&u.name),
-                        Param::Int(i64::from(u.admin)),
-                        Param::Int(u.created_at.nanos()),
-                    ],
-                )
-                .await
-            {
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::UserExists(u.name.clone()));
-                }
-                other => other?,
-            };
+            insert_unique(
+                tx,
+                "INSERT INTO users (id, name, admin, created_at) VALUES ($1, $2, $3, $4)",
+                &[
+                    Param::Text(&u.id),
+                    Param::Text(&u.name),
+                    Param::Int(i64::from(u.admin)),
+                    Param::Int(u.created_at.nanos()),
+                ],
+                || StoreError::UserExists(u.name.clone()),
+            )
+            .await
         }
         Op::TombstoneUser { id, at } => {
             change_one(
@@ -527,7 +390,7 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                 &[Param::Int(at.nanos()), Param::Text(id)],
                 || StoreError::UserNotFound(id.clone()),
             )
-            .await?;
+            .await
         }
         Op::AddMember { user_id, workspace } => {
             workspace_exists(tx, workspace).await?;
@@ -537,6 +400,7 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                 &[Param::Text(user_id), Param::Text(workspace)],
             )
             .await?;
+            Ok(())
         }
         Op::RemoveMember { user_id, workspace } => {
             change_one(
@@ -548,7 +412,7 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                     workspace: workspace.clone(),
                 },
             )
-            .await?;
+            .await
         }
         Op::RemoveMemberships { user_id } => {
             tx.run(
@@ -556,42 +420,9 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                 &[Param::Text(user_id)],
             )
             .await?;
+            Ok(())
         }
-        Op::InsertToken(t) => {
-            live_user(tx, &t.user_id, lock).await?;
-            tx.run(
-                &format!(
-                    "INSERT INTO tokens ({TOKEN_COLUMNS})
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-                ),
-                &[
-                    Param::Text(&t.id),
-                    Param::Blob(&t.hash),
-                    Param::Text(t.kind.as_str()),
-                    Param::Text(&t.user_id),
-                    Param::OptText(t.workspace.as_deref()),
-                    Param::Int(t.created_at.nanos()),
-                    Param::OptInt(t.expires_at.map(Timestamp::nanos)),
-                    Param::OptInt(t.max_expires_at.map(Timestamp::nanos)),
-                    Param::OptInt(t.ttl_secs.map(|v| i64::try_from(v).unwrap_or(i64::MAX))),
-                    Param::OptInt(t.revoked_at.map(Timestamp::nanos)),
-                    Param::Text(&t.description),
-                    Param::OptText(t.minted_by.as_deref()),
-                ],
-            )
-            .await?;
-            for g in &t.grants {
-                tx.run(
-                    "INSERT INTO grants (token_id, secret_id, name) VALUES ($1, $2, $3)",
-                    &[
-                        Param::Text(&t.id),
-                        Param::Text(&g.secret_id),
-                        Param::Text(g.name.as_str()),
-                    ],
-                )
-                .await?;
-            }
-        }
+        Op::InsertToken(t) => insert_token(tx, t, lock).await,
         Op::SetTokenExpiry { id, expires_at } => {
             change_one(
                 tx,
@@ -599,7 +430,7 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                 &[Param::Int(expires_at.nanos()), Param::Text(id)],
                 || StoreError::TokenNotFound(id.clone()),
             )
-            .await?;
+            .await
         }
         Op::RevokeToken { id, at } => {
             change_one(
@@ -610,55 +441,7 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
             )
             .await?;
             // What it minted goes with it, and what those minted, to the last generation.
-            revoke_minted_by(tx, id, *at).await?;
-        }
-        Op::InsertBinding(b) => {
-            live_user(tx, &b.user_id, lock).await?;
-            workspace_exists(tx, &b.workspace).await?;
-            match tx
-                .run(
-                    &format!("INSERT INTO identity_bindings ({BINDING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
-                    &[
-                        Param::Text(&b.id),
-                        Param::Text(&b.name),
-                        Param::Text(&b.workspace),
-                        Param::Text(&b.user_id),
-                        Param::Text(&b.issuer),
-                        Param::Text(&b.rules),
-                        Param::Int(b.created_at.nanos()),
-                        Param::Text(&b.created_by),
-                    ],
-                )
-                .await
-            {
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::BindingExists(b.name.clone()));
-                }
-                other => other?,
-            };
-        }
-        Op::ExpectBinding { id } => {
-            let rows = tx
-                .rows(
-                    &format!("SELECT id FROM identity_bindings WHERE id = $1 {lock}"),
-                    &[Param::Text(id)],
-                )
-                .await?;
-            if rows.is_empty() {
-                return Err(StoreError::BindingNotFound(id.clone()));
-            }
-        }
-        Op::DeleteBinding { id, at } => {
-            change_one(
-                tx,
-                "DELETE FROM identity_bindings WHERE id = $1",
-                &[Param::Text(id)],
-                || StoreError::BindingNotFound(id.clone()),
-            )
-            .await?;
-            // Its exchanges' tokens go with it (what they grant was the binding's to give), and
-            // every token minted with one of them.
-            revoke_minted_by(tx, &super::minted_by_binding(id), *at).await?;
+            revoke_minted_by(tx, id, *at).await
         }
         Op::DeleteTokensOf { user_id } => {
             tx.run(
@@ -671,9 +454,273 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                 &[Param::Text(user_id)],
             )
             .await?;
+            Ok(())
+        }
+        Op::InsertBinding(b) => insert_binding(tx, b, lock).await,
+        Op::ExpectBinding { id } => {
+            let rows = tx
+                .rows(
+                    &format!("SELECT id FROM identity_bindings WHERE id = $1 {lock}"),
+                    &[Param::Text(id)],
+                )
+                .await?;
+            if rows.is_empty() {
+                return Err(StoreError::BindingNotFound(id.clone()));
+            }
+            Ok(())
+        }
+        Op::DeleteBinding { id, at } => {
+            change_one(
+                tx,
+                "DELETE FROM identity_bindings WHERE id = $1",
+                &[Param::Text(id)],
+                || StoreError::BindingNotFound(id.clone()),
+            )
+            .await?;
+            // Its exchanges' tokens go with it (what they grant was the binding's to give), and
+            // every token minted with one of them.
+            revoke_minted_by(tx, &super::minted_by_binding(id), *at).await
+        }
+    }
+}
+
+/// Runs an INSERT; `taken` is the error when a unique key already holds the row's.
+async fn insert_unique(
+    tx: &mut dyn Exec,
+    sql: &str,
+    params: &[Param<'_>],
+    taken: impl FnOnce() -> StoreError,
+) -> Result<(), StoreError> {
+    match tx.run(sql, params).await {
+        Err(e) if is_unique_violation(&e) => Err(taken()),
+        other => {
+            other?;
+            Ok(())
+        }
+    }
+}
+
+async fn insert_secret(tx: &mut dyn Exec, s: &StoredSecret, lock: &str) -> Result<(), StoreError> {
+    workspace_exists(tx, &s.workspace).await?;
+    live_user(tx, &s.owner_id, lock).await?;
+    let m = &s.meta;
+    insert_unique(
+        tx,
+        "INSERT INTO secrets (workspace, name, id, kind, visibility, owner, owner_id,
+                              tags, version, sealed, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &[
+            Param::Text(&s.workspace),
+            Param::Text(m.name.as_str()),
+            Param::Text(&s.id),
+            Param::Text(m.kind.as_str()),
+            Param::Text(m.visibility.as_str()),
+            Param::Text(&m.owner),
+            Param::Text(&s.owner_id),
+            Param::Text(&tags_json(&m.tags)),
+            Param::Int(version_i64(m.version)?),
+            Param::Blob(&s.sealed),
+            Param::Int(m.created_at.nanos()),
+            Param::Int(m.updated_at.nanos()),
+        ],
+        || StoreError::AlreadyExists(m.name.clone()),
+    )
+    .await
+}
+
+/// `UpdateSecret`: one statement with what was checked in its WHERE clause, so a concurrent
+/// writer makes it match no row and the service retries from a fresh read.
+async fn update_secret(
+    tx: &mut dyn Exec,
+    (id, name): (&str, &SecretName),
+    expected_version: u64,
+    expected: &Expected,
+    change: &Change,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    let new_version = expected_version + u64::from(change.sealed.is_some());
+    let done = tx
+        .run(
+            "UPDATE secrets SET
+                sealed = coalesce($1, sealed),
+                version = $2,
+                updated_at = CASE WHEN $1 IS NULL THEN updated_at ELSE $3 END,
+                visibility = coalesce($4, visibility),
+                tags = coalesce($5, tags),
+                kind = coalesce($6, kind)
+             WHERE id = $7 AND version = $8 AND owner_id = $9 AND visibility = $10",
+            &[
+                Param::OptBlob(change.sealed.as_deref()),
+                Param::Int(version_i64(new_version)?),
+                Param::Int(at.nanos()),
+                Param::OptText(change.visibility.map(|v| v.as_str())),
+                Param::OptText(change.tags.as_deref().map(tags_json).as_deref()),
+                Param::OptText(change.kind.map(|k| k.as_str())),
+                Param::Text(id),
+                Param::Int(version_i64(expected_version)?),
+                Param::Text(&expected.owner_id),
+                Param::Text(expected.visibility.as_str()),
+            ],
+        )
+        .await?;
+    if done == 0 {
+        return Err(conflict_or_gone(tx, id, name).await?);
+    }
+    Ok(())
+}
+
+async fn delete_secret(
+    tx: &mut dyn Exec,
+    id: &str,
+    name: &SecretName,
+    expected: &Expected,
+) -> Result<(), StoreError> {
+    let done = tx
+        .run(
+            "DELETE FROM secrets WHERE id = $1 AND owner_id = $2 AND visibility = $3",
+            &[
+                Param::Text(id),
+                Param::Text(&expected.owner_id),
+                Param::Text(expected.visibility.as_str()),
+            ],
+        )
+        .await?;
+    if done == 0 {
+        return Err(conflict_or_gone(tx, id, name).await?);
+    }
+    Ok(())
+}
+
+/// `ExpectOwned`: the owner's secrets, locked, are exactly `expected` (compared sorted here,
+/// not by the engine's collation).
+async fn expect_owned(
+    tx: &mut dyn Exec,
+    owner_id: &str,
+    expected: &[(String, Visibility)],
+    lock: &str,
+) -> Result<(), StoreError> {
+    let rows = tx
+        .rows(
+            &format!("SELECT id, visibility FROM secrets WHERE owner_id = $1 ORDER BY id {lock}"),
+            &[Param::Text(owner_id)],
+        )
+        .await?;
+    let mut found =
+        rows.iter()
+            .map(|r| {
+                let v: Visibility = r.text("visibility")?.parse().map_err(|_| {
+                    StoreError::Internal("stored row has an invalid visibility".into())
+                })?;
+                Ok((r.text("id")?, v))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut expected = expected.to_vec();
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    if found != expected {
+        return Err(StoreError::Conflict);
+    }
+    Ok(())
+}
+
+/// `ExpectActor`: the user is live and the token, if any, neither revoked nor expired at `now`;
+/// both rows locked until commit.
+async fn expect_actor(
+    tx: &mut dyn Exec,
+    user_id: &str,
+    token_id: Option<&str>,
+    now: Timestamp,
+    lock: &str,
+) -> Result<(), StoreError> {
+    let user = tx
+        .rows(
+            &format!("SELECT id FROM users WHERE id = $1 AND deleted_at IS NULL {lock}"),
+            &[Param::Text(user_id)],
+        )
+        .await?;
+    if user.is_empty() {
+        return Err(StoreError::ActorGone);
+    }
+    if let Some(token) = token_id {
+        let valid = tx
+            .rows(
+                &format!(
+                    "SELECT id FROM tokens WHERE id = $1 AND revoked_at IS NULL
+                     AND (expires_at IS NULL OR expires_at > $2) {lock}"
+                ),
+                &[Param::Text(token), Param::Int(now.nanos())],
+            )
+            .await?;
+        if valid.is_empty() {
+            return Err(StoreError::ActorGone);
         }
     }
     Ok(())
+}
+
+async fn insert_token(tx: &mut dyn Exec, t: &TokenRecord, lock: &str) -> Result<(), StoreError> {
+    live_user(tx, &t.user_id, lock).await?;
+    tx.run(
+        &format!(
+            "INSERT INTO tokens ({TOKEN_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ),
+        &[
+            Param::Text(&t.id),
+            Param::Blob(&t.hash),
+            Param::Text(t.kind.as_str()),
+            Param::Text(&t.user_id),
+            Param::OptText(t.workspace.as_deref()),
+            Param::Int(t.created_at.nanos()),
+            Param::OptInt(t.expires_at.map(Timestamp::nanos)),
+            Param::OptInt(t.max_expires_at.map(Timestamp::nanos)),
+            Param::OptInt(t.ttl_secs.map(|v| i64::try_from(v).unwrap_or(i64::MAX))),
+            Param::OptInt(t.revoked_at.map(Timestamp::nanos)),
+            Param::Text(&t.description),
+            Param::OptText(t.minted_by.as_deref()),
+        ],
+    )
+    .await?;
+    for g in &t.grants {
+        tx.run(
+            "INSERT INTO grants (token_id, secret_id, name) VALUES ($1, $2, $3)",
+            &[
+                Param::Text(&t.id),
+                Param::Text(&g.secret_id),
+                Param::Text(g.name.as_str()),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn insert_binding(
+    tx: &mut dyn Exec,
+    b: &BindingRecord,
+    lock: &str,
+) -> Result<(), StoreError> {
+    live_user(tx, &b.user_id, lock).await?;
+    workspace_exists(tx, &b.workspace).await?;
+    insert_unique(
+        tx,
+        &format!(
+            "INSERT INTO identity_bindings ({BINDING_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ),
+        &[
+            Param::Text(&b.id),
+            Param::Text(&b.name),
+            Param::Text(&b.workspace),
+            Param::Text(&b.user_id),
+            Param::Text(&b.issuer),
+            Param::Text(&b.rules),
+            Param::Int(b.created_at.nanos()),
+            Param::Text(&b.created_by),
+        ],
+        || StoreError::BindingExists(b.name.clone()),
+    )
+    .await
 }
 
 fn rows_to<T>(

@@ -28,6 +28,7 @@ mod server_hardening;
 mod server_mount;
 mod server_tls;
 mod store;
+mod store_migrations;
 mod supervise;
 mod support;
 mod web;

@@ -102,6 +102,15 @@ impl Run {
     }
 }
 
+/// Continues a stopped process when dropped.
+struct Resume(nix::unistd::Pid);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, Signal::SIGCONT);
+    }
+}
+
 fn setup(values: &[(&str, &str)]) -> (Scratch, PathBuf, PathBuf) {
     let s = Scratch::new();
     let dir = s.path().join("secrets");
@@ -897,4 +906,55 @@ fn a_workload_ends_with_its_supervisor_killed_with_sigkill() {
             "{flags:?}: the workload {workload} outlived its supervisor's SIGKILL"
         );
     }
+}
+
+/// A supervised run from a secretfs mount whose daemon hangs (stopped: every request to the
+/// mount waits): the changes are looked for on a thread of their own, so the supervisor still
+/// hears its signals, stops its workload and ends with its status, while the look at the hung
+/// mount waits on.
+#[test]
+fn a_hung_mount_never_deafens_the_supervisor() {
+    if !crate::support::fuse_available("a_hung_mount_never_deafens_the_supervisor") {
+        return;
+    }
+    let s = Scratch::new();
+    s.ok(&["secret", "create", "A"], b"from-the-mount");
+    let mnt = s.path().join("mnt");
+    let mut daemon = crate::support::Daemon::start(&s, &mnt, &[]);
+    let log = s.path().join("workload.log");
+    let mut run = Run::start(&s, &mnt, &log, &["--poll", "50ms"]);
+    assert_eq!(starts(&log)[0].1, "from-the-mount");
+    let daemon_pid = nix::unistd::Pid::from_raw(daemon.pid());
+    nix::sys::signal::kill(daemon_pid, Signal::SIGSTOP).unwrap();
+    // However the test ends, the daemon continues before it is stopped (a stopped daemon
+    // never answers the unmount).
+    let _resume = Resume(daemon_pid);
+    // The kernel keeps a mount's entries for a day: without them (dropped, as memory pressure
+    // drops them) a look at the file is a request the stopped daemon never answers.
+    std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    let hung = crate::support::try_within(Duration::from_millis(500), {
+        let file = mnt.join("A");
+        move || std::fs::metadata(file).is_ok()
+    });
+    assert!(hung.is_none(), "a stat of the stopped mount answered");
+    // Long enough for the follower's next look to be held too.
+    std::thread::sleep(Duration::from_millis(300));
+    let supervisor = nix::unistd::Pid::from_raw(run.child.pid());
+    nix::sys::signal::kill(supervisor, Signal::SIGTERM).unwrap();
+    // The supervisor hears it and tells the workload while the mount still hangs. (It can end
+    // only once the daemon answers: a thread held in a request the daemon has read waits for
+    // the answer, uninterruptibly, even to die.)
+    assert!(
+        eventually(10, || lines(&log).iter().any(|l| l.starts_with("term "))),
+        "the workload never got the TERM the supervisor was sent: {:?}",
+        lines(&log)
+    );
+    nix::sys::signal::kill(daemon_pid, Signal::SIGCONT).unwrap();
+    let status = run.child.wait_within(FS_LIMIT).code();
+    assert_eq!(
+        status,
+        Some(3),
+        "the workload's own status after its TERM trap"
+    );
+    daemon.stop(Signal::SIGTERM);
 }
