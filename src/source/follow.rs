@@ -15,7 +15,7 @@
 //!   between tries. The outage is reported when it starts and when its cause changes, never
 //!   per retry; the recovery once.
 //!
-//! [`spawn`] runs the loop on a thread for a consumer that wants only the names that changed,
+//! [`FirstLook::spawn`] runs the loop on a thread for a consumer that wants only the names that changed,
 //! told through a pipe it can `poll` beside its other descriptors (the supervisor's signals).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -46,7 +46,7 @@ impl From<ServiceError> for SourceError {
 /// One answer per requested name, in order.
 pub type Values = Vec<Result<SecretValue, SourceError>>;
 
-/// What one round of [`Source::fetch`] brought.
+/// What one round of [`Feed::fetch`] brought.
 #[derive(Debug, Default)]
 pub struct Fetched {
     /// The source's revision after the round, if it has one (a server's).
