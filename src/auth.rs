@@ -14,7 +14,9 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenKind {
     /// Manages secrets; never reads a value.
@@ -50,6 +52,17 @@ impl TokenKind {
 /// A bearer token in the clear: exists only between minting and the one response that shows
 /// it, and between reading a token file and sending a request. `Debug` is redacted.
 pub struct Token(Zeroizing<String>);
+
+impl utoipa::PartialSchema for Token {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("sfs_u_... (user) or sfs_w_... (workload): shown once"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Token {}
 
 impl Token {
     /// The token's text, for an `Authorization` header or the one answer that shows it.

@@ -13,6 +13,7 @@ use base64::Engine as _;
 use serde::de::{self, Deserializer, Visitor};
 use serde::ser::{SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
 use crate::auth::{Token, TokenKind};
@@ -21,7 +22,7 @@ use crate::secret::{
 };
 
 /// Every error answer: `{"code": ..., "message": ..., "field": ...}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `invalid`,
     /// `too_large`, `unsupported_media_type`, `out_of_space`, `unavailable`, `internal`,
@@ -31,6 +32,153 @@ pub struct ErrorBody {
     /// The request field the error is about (`name`, `value`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// String rules the server enforces, as the OpenAPI document states them (the fields stay
+// `String`: the handlers parse them and say what is wrong with a value in their own words).
+
+/// A user, workspace or binding name: `store::valid_account_name`.
+pub struct AccountName;
+
+/// The rule of [`AccountName`] as a pattern (ECMA-262), checked against the function by a test.
+pub const ACCOUNT_NAME_PATTERN: &str = "^[A-Za-z0-9_@][A-Za-z0-9_.@-]*$";
+
+impl utoipa::PartialSchema for AccountName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_rule(
+            ACCOUNT_NAME_PATTERN,
+            64,
+            "1 to 64 letters, digits, '_', '.', '@' or '-', not starting with '.' or '-'",
+        )
+    }
+}
+
+impl ToSchema for AccountName {}
+
+/// A tag: `secret::validate_tags`.
+pub struct Tag;
+
+/// The rule of [`Tag`] as a pattern: no whitespace, control character or ','.
+pub const TAG_PATTERN: &str = "^[^\\s,\\u0000-\\u001f\\u007f-\\u009f]*$";
+
+impl utoipa::PartialSchema for Tag {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_rule(
+            TAG_PATTERN,
+            crate::secret::TAG_MAX_LEN,
+            "1 to 64 characters without whitespace, control characters or ','",
+        )
+    }
+}
+
+impl ToSchema for Tag {}
+
+/// A duration: the document states its canonical form (one number and a unit, always between 1s
+/// and 366d); the server also reads `humantime`'s other forms ("1h 30m", "2weeks").
+pub struct Duration;
+
+/// The canonical forms of [`Duration`]: up to 9999 seconds or minutes, 999 hours, 366 days.
+pub const DURATION_PATTERN: &str =
+    "^([1-9][0-9]{0,3}[sm]|[1-9][0-9]{0,2}h|([1-9]|[1-9][0-9]|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d)$";
+
+impl utoipa::PartialSchema for Duration {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_rule(
+            DURATION_PATTERN,
+            6,
+            "a duration between 1s and 366d: \"90s\", \"15m\", \"1h\", \"30d\" (the server \
+             also reads forms like \"1h 30m\")",
+        )
+    }
+}
+
+impl ToSchema for Duration {}
+
+/// A moment of the audit log: an RFC 3339 UTC time, or a duration ago.
+pub struct Since;
+
+/// The canonical forms of [`Since`]: a [`DURATION_PATTERN`] or a UTC time to the second (days
+/// to the 28th, so that every string of the pattern is a date).
+pub const SINCE_PATTERN: &str = "^([1-9][0-9]{0,3}[sm]|[1-9][0-9]{0,2}h|([1-9]|[1-9][0-9]|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d|20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z)$";
+
+impl utoipa::PartialSchema for Since {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_rule(
+            SINCE_PATTERN,
+            20,
+            "an RFC 3339 UTC time (\"2026-01-31T12:00:00Z\") or a duration ago (\"1h\")",
+        )
+    }
+}
+
+impl ToSchema for Since {}
+
+/// A moment a client sends back (`Held::updated_at`): RFC 3339 in UTC, as the server writes it.
+pub struct UtcTime;
+
+impl utoipa::PartialSchema for UtcTime {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_rule(
+            "^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?Z$",
+            30,
+            "RFC 3339 in UTC (\"2026-01-31T12:00:00.5Z\"), as the server's answers have it",
+        )
+    }
+}
+
+impl ToSchema for UtcTime {}
+
+/// The longest a long-poll is held (`wait_secs`' maximum; `service::MAX_WAIT`).
+pub const WAIT_SECS_MAX: u64 = 60;
+
+/// How long a long-poll may hold: a number and a unit (`ms`, `s`, `m`); held at most 60s.
+pub struct Wait;
+
+/// The rule of [`Wait`].
+pub const WAIT_PATTERN: &str = "^[0-9]{1,4}(ms|s|m)$";
+
+impl utoipa::PartialSchema for Wait {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_rule(
+            WAIT_PATTERN,
+            6,
+            "a number and a unit, ms, s or m (\"30s\"); the server holds at most 60s",
+        )
+    }
+}
+
+impl ToSchema for Wait {}
+
+/// Secret names, comma-separated (a query string's list).
+pub struct NameList;
+
+impl utoipa::PartialSchema for NameList {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(
+                "^([A-Za-z_][A-Za-z0-9._-]*(,[A-Za-z_][A-Za-z0-9._-]*)*)?$",
+            ))
+            .description(Some("secret names, comma-separated"))
+            .into()
+    }
+}
+
+impl ToSchema for NameList {}
+
+fn string_rule(
+    pattern: &str,
+    max: usize,
+    rule: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(pattern))
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .description(Some(rule))
+        .into()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -161,52 +309,109 @@ pub fn value_of(
         .map_err(|e: ValueError| ValueProblem(e.to_string()))
 }
 
+/// An optional field that, when given, holds a value: `null` is refused like any other wrong
+/// type (the document types these fields without `null`, and so does the server).
+pub(crate) fn no_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Secrets, as users manage them.
 
 /// `POST /api/v1/workspaces/{ws}/secrets`, and each entry of an import.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(no_recursion)]
 pub struct CreateSecret {
+    #[schema(value_type = SecretName)]
     pub name: String,
-    /// The value as text...
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The value as text (exactly one of `value` and `value_base64`)...
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, min_length = 1, max_length = 1048576)]
     pub value: Option<TextValue>,
     /// ...or as base64, for bytes that are not UTF-8.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, format = Byte, min_length = 4)]
     pub value_base64: Option<Base64Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The template the secret follows (default `custom`).
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = SecretKind)]
     pub kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Default `private`.
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Visibility)]
     pub visibility: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Vec<Tag>, max_items = 32)]
     pub tags: Vec<String>,
 }
 
 /// `PATCH /api/v1/workspaces/{ws}/secrets/{name}`: what is given changes.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSecret {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A new value as text (at most one of `value` and `value_base64`): a new version.
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, min_length = 1, max_length = 1048576)]
     pub value: Option<TextValue>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, format = Byte, min_length = 4)]
     pub value_base64: Option<Base64Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Visibility)]
     pub visibility: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Vec<Tag>, max_items = 32)]
     pub tags: Option<Vec<String>>,
 }
 
 /// `POST /api/v1/workspaces/{ws}/secrets:import`: all or none.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportSecrets {
+    #[schema(min_items = 1)]
     pub secrets: Vec<CreateSecret>,
 }
 
 /// A created or updated secret's metadata, with what its template noticed about the value (a
 /// token that does not look like its provider's): stored anyway, but worth showing.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Written {
     #[serde(flatten)]
     pub meta: SecretMeta,
@@ -215,7 +420,7 @@ pub struct Written {
 }
 
 /// The answer to an import.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Imported {
     pub secrets: Vec<Written>,
 }
@@ -224,7 +429,7 @@ pub struct Imported {
 // Accounts and tokens.
 
 /// `GET /api/v1/whoami`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WhoAmI {
     pub user: String,
     pub user_id: String,
@@ -234,7 +439,7 @@ pub struct WhoAmI {
 }
 
 /// A token as listed: everything but the token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenInfo {
     pub id: String,
     pub masked: String,
@@ -258,7 +463,7 @@ pub struct TokenInfo {
 }
 
 /// A minted token: the one answer that holds a token in the clear.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Minted {
     pub token: Token,
     #[serde(flatten)]
@@ -266,32 +471,48 @@ pub struct Minted {
 }
 
 /// `POST /api/v1/workspaces/{ws}/tokens`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintWorkload {
+    #[schema(value_type = Vec<SecretName>, min_items = 1)]
     pub secrets: Vec<String>,
     /// How long it is valid, and how far each renewal extends it ("1h").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Duration)]
     pub ttl: Option<String>,
     /// The longest it may live, renewals included ("30d").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Duration)]
     pub max_ttl: Option<String>,
     #[serde(default)]
     pub description: String,
 }
 
 /// `POST /api/v1/users/{name}/tokens`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintUser {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Duration)]
     pub ttl: Option<String>,
     #[serde(default)]
     pub description: String,
 }
 
 /// `POST /api/v1/tokens/renew`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Renewed {
     pub id: String,
     pub expires_at: Timestamp,
@@ -300,9 +521,10 @@ pub struct Renewed {
 
 /// `POST /api/v1/identity/bindings`: trust tokens of `issuer` whose `aud`, `sub` and claims
 /// match, acting as `user` for exactly `secrets`.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBinding {
+    #[schema(value_type = AccountName)]
     pub name: String,
     #[serde(default = "default_workspace")]
     pub workspace: String,
@@ -313,12 +535,23 @@ pub struct NewBinding {
     #[serde(default)]
     pub claims: Vec<String>,
     pub user: String,
+    #[schema(value_type = Vec<SecretName>, min_items = 1)]
     pub secrets: Vec<String>,
     /// The longest life of a workload token an exchange mints ("1h").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Duration)]
     pub ttl: Option<String>,
     /// The longest life (exp - iat) of a presented token ("24h").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Duration)]
     pub max_token_lifetime: Option<String>,
     /// The issuer's keys from this URL instead of OIDC discovery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -333,7 +566,7 @@ fn default_workspace() -> String {
 }
 
 /// A binding as listed (its rules; never a key or a token).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BindingInfo {
     pub id: String,
     pub name: String,
@@ -354,7 +587,7 @@ pub struct BindingInfo {
 }
 
 /// `POST /api/v1/identity/exchange`'s answer (RFC 8693, 2.2.1).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Exchanged {
     pub access_token: Token,
     pub issued_token_type: String,
@@ -372,19 +605,25 @@ pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// `POST /api/v1/users`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    #[schema(value_type = AccountName)]
     pub name: String,
     #[serde(default)]
     pub admin: bool,
     /// Workspaces to join (default: `default`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Vec<AccountName>)]
     pub workspaces: Option<Vec<String>>,
 }
 
 /// A user as `GET /api/v1/users` lists them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UserInfo {
     pub id: String,
     pub name: String,
@@ -395,7 +634,7 @@ pub struct UserInfo {
 }
 
 /// What `DELETE /api/v1/users/{name}` did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Removed {
     pub user: String,
     pub tokens: usize,
@@ -405,29 +644,33 @@ pub struct Removed {
 }
 
 /// `POST /api/v1/workspaces`, and its answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWorkspace {
+    #[schema(value_type = AccountName)]
     pub name: String,
 }
 
 /// `POST /api/v1/workspaces/{ws}/members`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMember {
+    #[schema(value_type = AccountName)]
     pub user: String,
 }
 
 /// One record of `GET /api/v1/audit`: who did what to what, by name and by id.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditLine {
     pub at: Timestamp,
     pub workspace: String,
     pub actor: String,
     pub actor_id: String,
-    /// `create`, `read`, `user-delete`, ... (see the README's list).
+    /// `create`, `read`, `user-delete`, ... (see the README's list; the document's enum is the
+    /// store's `AuditAction`, set by `api/openapi.rs`).
     pub action: String,
-    /// `secret`, `user`, `workspace`, `member`, `token`, `key`, `store`.
+    /// `secret`, `user`, `workspace`, `member`, `token`, `key`, `store`, `binding` (the store's
+    /// `TargetKind`).
     pub target_kind: String,
     pub target: String,
     pub target_id: String,
@@ -440,7 +683,7 @@ pub struct AuditLine {
 }
 
 /// `POST /api/v1/admin/rotate-key`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Resealed {
     pub resealed: usize,
 }
@@ -449,12 +692,57 @@ pub struct Resealed {
 // The workload read: the one answer that carries values.
 
 /// A value a reader already holds: answered without its value when it is still current.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Held {
+    #[schema(value_type = SecretName)]
     pub name: String,
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(minimum = 0, maximum = 9007199254740991_u64)]
     pub version: u64,
+    #[schema(value_type = UtcTime)]
     pub updated_at: Timestamp,
+}
+
+/// A version as JSON may carry it: `3` or `3.0` (JSON has one number type, and a client that
+/// keeps numbers as floats sends the second; the schema's `integer` admits both).
+/// An optional whole number that, when given, is one (`null` refused, as by [`no_null`]).
+fn some_whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    whole_number(d).map(Some)
+}
+
+/// The largest version a client may send back: the largest whole number every JSON reader keeps
+/// exactly (2^53 - 1); a store reaches it after that many replacements of one value.
+const VERSION_MAX: u64 = (1 << 53) - 1;
+
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Whole;
+    impl Visitor<'_> for Whole {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a whole number from 0")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            (v <= VERSION_MAX)
+                .then_some(v)
+                .ok_or_else(|| E::custom("a whole number from 0 to 2^53 - 1"))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v)
+                .map_err(|_| E::custom("a whole number from 0"))
+                .and_then(|v| self.visit_u64(v))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            // Exactly representable whole numbers only (below 2^53).
+            if v.fract() == 0.0 && (0.0..=VERSION_MAX as f64).contains(&v) {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                Ok(v as u64)
+            } else {
+                Err(E::custom("a whole number from 0"))
+            }
+        }
+    }
+    d.deserialize_any(Whole)
 }
 
 impl Held {
@@ -469,17 +757,22 @@ impl Held {
 
 /// The body of an action that takes no arguments (`POST /api/v1/tokens/renew`,
 /// `POST /api/v1/admin/rotate-key`): `{}`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoArguments {}
 
 /// `POST /api/v1/workload/read`: one request per resolve or refresh round.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadReadRequest {
     /// Only these, answered per name (found in `secrets`, else in `missing`); without it, every
     /// secret of the token's set it may read now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Vec<SecretName>)]
     pub names: Option<Vec<String>>,
     /// `false`: names, versions and the revision only.
     #[serde(default = "yes")]
@@ -491,7 +784,12 @@ pub struct WorkloadReadRequest {
     /// `since`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "some_whole_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = u64, minimum = 0, maximum = 60)]
     pub wait_secs: Option<u64>,
 }
 
@@ -543,24 +841,47 @@ impl Serialize for WorkloadSecret {
     }
 }
 
+/// A [`WorkloadSecret`] as sent: what it deserializes from, and its schema in the document.
+/// The value lands in zeroized memory and becomes a [`SecretValue`] without another copy.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WorkloadSecret)]
+struct SentSecret {
+    name: SecretName,
+    version: u64,
+    kind: SecretKind,
+    visibility: Visibility,
+    owner: String,
+    updated_at: Timestamp,
+    /// The value as UTF-8 text when it is text (absent when not asked for, or held)...
+    #[serde(default)]
+    #[schema(value_type = Option<String>, nullable = false)]
+    value: Option<TextValue>,
+    /// ...else as base64.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, nullable = false, format = Byte)]
+    value_base64: Option<Base64Value>,
+}
+
+impl utoipa::PartialSchema for WorkloadSecret {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <SentSecret as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl ToSchema for WorkloadSecret {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <SentSecret as ToSchema>::schemas(schemas);
+    }
+}
+
 impl<'de> Deserialize<'de> for WorkloadSecret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        /// The fields as sent; the value lands in zeroized memory and becomes a
-        /// [`SecretValue`] without another copy.
-        #[derive(Deserialize)]
-        struct Sent {
-            name: SecretName,
-            version: u64,
-            kind: SecretKind,
-            visibility: Visibility,
-            owner: String,
-            updated_at: Timestamp,
-            #[serde(default)]
-            value: Option<TextValue>,
-            #[serde(default)]
-            value_base64: Option<Base64Value>,
-        }
-        let sent = Sent::deserialize(d)?;
+        let sent = SentSecret::deserialize(d)?;
         let value = value_of(sent.value, sent.value_base64, ValueLimit::default())
             .map_err(|p| de::Error::custom(p.0))?;
         Ok(WorkloadSecret {
@@ -577,14 +898,14 @@ impl<'de> Deserialize<'de> for WorkloadSecret {
 
 /// When the reading token expires and how far a renewal extends it, so a reader knows when to
 /// renew without asking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenLife {
     pub expires_at: Option<Timestamp>,
     pub ttl_secs: Option<u64>,
 }
 
 /// The workload read's answer (`GET /api/v1/workload/secrets` and `POST /api/v1/workload/read`).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct WorkloadRead {
     /// Changes whenever a secret of the set changes or becomes (un)readable.
     pub revision: String,

@@ -8,6 +8,9 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use zeroize::Zeroizing;
 
 /// The longest secret name accepted: the DNS-name limit, long enough for any env var name and
@@ -98,6 +101,23 @@ impl TryFrom<String> for SecretName {
         SecretName::parse(&s)
     }
 }
+
+/// The name rule as the OpenAPI document states it (ECMA-262), checked against `parse` by a test.
+pub const NAME_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9._-]*$";
+
+impl utoipa::PartialSchema for SecretName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(NAME_PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(NAME_MAX_LEN))
+            .description(Some(NAME_RULE))
+            .into()
+    }
+}
+
+impl ToSchema for SecretName {}
 
 impl<'de> Deserialize<'de> for SecretName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -225,7 +245,7 @@ impl fmt::Debug for SecretValue {
 }
 
 /// Visibility of a secret inside its workspace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Visibility {
     /// Only the owner may use it (the default).
@@ -265,7 +285,7 @@ impl FromStr for Visibility {
 }
 
 /// The template a secret was created from. It suggests a name and checks the value's shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SecretKind {
     #[default]
@@ -540,6 +560,18 @@ impl Timestamp {
     }
 }
 
+impl utoipa::PartialSchema for Timestamp {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .description(Some("RFC 3339, UTC"))
+            .into()
+    }
+}
+
+impl ToSchema for Timestamp {}
+
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -593,8 +625,15 @@ pub const TAG_MAX_LEN: usize = 64;
 pub const TAGS_MAX: usize = 32;
 
 /// Checks a list of tags: each 1 to 64 printable characters without whitespace or ','; at most
-/// 32; duplicates removed, order kept.
+/// 32 given; duplicates removed, order kept.
 pub fn validate_tags(tags: &[String]) -> Result<Vec<String>, String> {
+    // Counted as given, before duplicates go: the rule the API document states (`maxItems`).
+    if tags.len() > TAGS_MAX {
+        return Err(format!(
+            "{} tags given; a secret carries at most {TAGS_MAX}",
+            tags.len()
+        ));
+    }
     let mut out: Vec<String> = Vec::with_capacity(tags.len());
     for tag in tags {
         if tag.is_empty() || tag.chars().count() > TAG_MAX_LEN {
@@ -626,7 +665,7 @@ pub fn validate_tags(tags: &[String]) -> Result<Vec<String>, String> {
 }
 
 /// Everything about a secret except its value: what lists, APIs and audit records show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SecretMeta {
     pub name: SecretName,
     pub kind: SecretKind,

@@ -17,6 +17,12 @@ use crate::protocol::{
 use crate::secret::Timestamp;
 use crate::service::{AuditRecord, DEFAULT_WORKSPACE, Service, User};
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/whoami",
+    summary = "The caller: user, admin flag, workspaces, token",
+    responses((status = 200, body = crate::protocol::WhoAmI))
+)]
 pub async fn whoami(Auth(caller): Auth) -> Result<Response, ApiError> {
     let user = caller.user();
     let token = caller.token().ok_or_else(ApiError::internal)?;
@@ -30,6 +36,12 @@ pub async fn whoami(Auth(caller): Auth) -> Result<Response, ApiError> {
     .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/workspaces",
+    summary = "The caller's workspaces",
+    responses((status = 200, body = Vec<String>))
+)]
 pub async fn list_workspaces(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -38,6 +50,13 @@ pub async fn list_workspaces(
 }
 
 /// An admin creates a workspace and becomes its first member.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workspaces",
+    summary = "Create a workspace (admin)",
+    request_body = crate::protocol::NewWorkspace,
+    responses((status = 201, body = crate::protocol::NewWorkspace))
+)]
 pub async fn create_workspace(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -51,6 +70,14 @@ pub async fn create_workspace(
         .into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/workspaces/{ws}/members",
+    summary = "Add a user to a workspace (admin)",
+    params(("ws" = String, Path, description = "the workspace")),
+    request_body = crate::protocol::NewMember,
+    responses((status = 204, description = "the user is a member"))
+)]
 pub async fn add_member(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -61,6 +88,13 @@ pub async fn add_member(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/workspaces/{ws}/members/{user}",
+    summary = "Remove a user from a workspace (admin): they see nothing of it from then on, and their workload tokens for its secrets read nothing",
+    params(("ws" = String, Path, description = "the workspace"), ("user" = crate::protocol::AccountName, Path, description = "the user")),
+    responses((status = 204, description = "the user is no longer a member"))
+)]
 pub async fn remove_member(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -70,6 +104,12 @@ pub async fn remove_member(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    summary = "Users and their workspaces (admin)",
+    responses((status = 200, body = Vec<crate::protocol::UserInfo>))
+)]
 pub async fn list_users(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -91,6 +131,13 @@ pub async fn list_users(
 }
 
 /// An admin creates a user with a first user token, shown once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    summary = "Create a user with a first user token, shown once (admin)",
+    request_body = crate::protocol::NewUser,
+    responses((status = 201, body = crate::protocol::Minted))
+)]
 pub async fn create_user(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -106,13 +153,21 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, axum::Json(minted(token, &record))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteUserQuery {
     /// Hand the user's secrets to this user instead of deleting the private ones.
     transfer_to: Option<String>,
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{name}",
+    summary = "Remove a user (admin): their tokens and memberships go, their private secrets are deleted (or, with transfer_to, every secret of theirs is handed to that user), their public secrets stay, owned by the deleted user",
+    params(("name" = crate::protocol::AccountName, Path, description = "the user"), DeleteUserQuery),
+    responses((status = 200, body = crate::protocol::Removed))
+)]
 pub async fn delete_user(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -133,15 +188,26 @@ pub async fn delete_user(
     .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// RFC 3339 time or a duration ago ("1h").
+    #[param(value_type = Option<crate::protocol::Since>)]
     since: Option<String>,
+    /// At most this many records (the server reads at most 100,000).
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 4294967295_u64)]
     limit: Option<u32>,
 }
 
 /// `GET /api/v1/audit`: admins read the log of every workspace.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    summary = "The audit log (admin)",
+    params(AuditQuery),
+    responses((status = 200, body = Vec<crate::protocol::AuditLine>))
+)]
 pub async fn audit(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -185,13 +251,39 @@ pub fn parse_since(s: &str) -> Option<Timestamp> {
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
         return Some(Timestamp::from_system_time(t));
     }
-    let d = humantime::parse_duration(s).ok()?;
+    let d = canonical_duration(s)?;
     Some(Timestamp::from_system_time(
         std::time::SystemTime::now().checked_sub(d)?,
     ))
 }
 
+/// A duration in `protocol::DURATION_PATTERN`'s form, exactly: a number without a leading zero
+/// and one unit (up to 9999 seconds or minutes, 999 hours, 366 days). Checked by hand: the rule
+/// is one number and one letter.
+fn canonical_duration(s: &str) -> Option<std::time::Duration> {
+    let unit = s.get(s.len().checked_sub(1)?..)?;
+    let digits = &s[..s.len() - 1];
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let secs = match unit {
+        "s" if digits.len() <= 4 => n,
+        "m" if digits.len() <= 4 => n * 60,
+        "h" if digits.len() <= 3 => n * 3600,
+        "d" if n <= 366 => n * 86_400,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(secs))
+}
+
 /// `POST /api/v1/admin/rotate-key`: a new master key; every value re-sealed while serving.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/rotate-key",
+    summary = "Rotate the master key (admin): a new key is written to the server's key file and every value is re-sealed under it while the server keeps serving",
+    responses((status = 200, body = crate::protocol::Resealed), (status = 409, description = "a rotation is already running, or the key file cannot be replaced", body = crate::protocol::ErrorBody))
+)]
 pub async fn rotate_key(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -201,6 +293,12 @@ pub async fn rotate_key(
 }
 
 /// `GET /api/v1/admin/backup`: a consistent copy of the store (ciphertext only), streamed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/backup",
+    summary = "A consistent snapshot of the store (admin). Values stay sealed: restoring needs the key file, which is backed up separately",
+    responses((status = 200, description = "a SQLite file of the store, values sealed", content_type = "application/vnd.sqlite3", body = Vec<u8>), (status = 501, description = "the store is not SQLite", body = crate::protocol::ErrorBody))
+)]
 pub async fn backup(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,

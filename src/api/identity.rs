@@ -56,6 +56,13 @@ pub fn binding_info(b: &Binding) -> BindingInfo {
 }
 
 /// `POST /api/v1/identity/bindings` (admins).
+#[utoipa::path(
+    post,
+    path = "/api/v1/identity/bindings",
+    summary = "Trust tokens of an issuer whose aud, sub and claims match: exchanges act as the user for exactly these secrets (admins)",
+    request_body = crate::protocol::NewBinding,
+    responses((status = 201, body = crate::protocol::BindingInfo))
+)]
 pub async fn add(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -90,6 +97,12 @@ pub async fn add(
 }
 
 /// `GET /api/v1/identity/bindings` (admins).
+#[utoipa::path(
+    get,
+    path = "/api/v1/identity/bindings",
+    summary = "Workload-identity bindings (admins)",
+    responses((status = 200, body = Vec<crate::protocol::BindingInfo>))
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -105,6 +118,13 @@ pub async fn list(
 }
 
 /// `DELETE /api/v1/identity/bindings/{name}` (admins): its tokens are revoked with it.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/identity/bindings/{name}",
+    summary = "Remove a binding; the tokens its exchanges minted are revoked with it (admins)",
+    params(("name" = crate::protocol::AccountName, Path, description = "the binding")),
+    responses((status = 204, description = "removed, and its tokens revoked"))
+)]
 pub async fn remove(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -117,12 +137,12 @@ pub async fn remove(
 /// An error of the token endpoint: RFC 6749's `error`/`error_description` beside this API's
 /// `code`/`message`, so OAuth clients and secretfs's own read it alike.
 fn oauth_error(e: ApiError) -> Response {
-    let body = serde_json::to_vec(&serde_json::json!({
-        "error": e.code,
-        "error_description": e.message,
-        "code": e.code,
-        "message": e.message,
-    }))
+    let body = serde_json::to_vec(&OAuthError {
+        error: e.code.to_string(),
+        error_description: e.message.clone(),
+        code: e.code.to_string(),
+        message: e.message.clone(),
+    })
     .expect("an error body serializes");
     let mut r = (e.status, body).into_response();
     r.headers_mut().insert(
@@ -140,6 +160,13 @@ fn oauth_error(e: ApiError) -> Response {
 
 /// `POST /api/v1/identity/exchange`: RFC 8693 token exchange, form-encoded. Refusals are 400 `invalid_grant` (503 `temporarily_unavailable` when the
 /// issuer's keys cannot be had).
+#[utoipa::path(
+    post,
+    path = "/api/v1/identity/exchange",
+    summary = "OAuth 2.0 Token Exchange (RFC 8693): a platform's signed JWT for a workload token of the one binding that admits it; no bearer token",
+    request_body(content = ExchangeForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = crate::protocol::Exchanged), (status = 400, description = "RFC 8693 error: invalid_request, invalid_grant, unsupported_grant_type", body = OAuthError), (status = 413, description = "the body is too large", body = OAuthError), (status = 415, description = "not a form", body = OAuthError), (status = 429, description = "too many refused exchanges from this address", body = OAuthError), (status = 503, description = "the issuer's keys or the store cannot be had now", body = OAuthError))
+)]
 pub async fn exchange(
     State(state): State<Arc<AppState>>,
     ClientAddr(connect): ClientAddr,
@@ -189,6 +216,35 @@ pub async fn exchange(
             }
         }
     }
+}
+
+/// The token endpoint's error answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct OAuthError {
+    /// RFC 6749's error code: `invalid_request`, `invalid_grant`, `temporarily_unavailable`...
+    error: String,
+    error_description: String,
+    /// The same, in this API's words.
+    code: String,
+    message: String,
+}
+
+/// The exchange's form fields (RFC 8693, 2.1), as the document states them; `read_form` reads
+/// them by hand so that the subject token lands only in zeroized memory.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ExchangeForm {
+    #[schema(pattern = "^urn:ietf:params:oauth:grant-type:token-exchange$")]
+    grant_type: String,
+    /// The platform's signed JWT.
+    #[schema(min_length = 1)]
+    subject_token: String,
+    #[schema(pattern = "^urn:ietf:params:oauth:token-type:jwt$")]
+    subject_token_type: String,
+    #[schema(pattern = "^urn:ietf:params:oauth:token-type:access_token$")]
+    requested_token_type: Option<String>,
+    /// The binding's name, when several might admit the token.
+    scope: Option<String>,
 }
 
 struct Form {

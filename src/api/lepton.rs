@@ -31,7 +31,7 @@ pub const RESERVED: [&str; 5] = [
 ];
 
 /// A secret as `lep secret list` shows it: never a value.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct LeptonSecret {
     name: String,
     owner: String,
@@ -40,15 +40,43 @@ pub struct LeptonSecret {
 }
 
 /// One item of a `POST /usersecrets` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct LeptonItem {
+    #[schema(value_type = crate::secret::SecretName)]
     name: String,
+    #[serde(default, deserialize_with = "crate::protocol::no_null")]
+    #[schema(value_type = String, min_length = 1, max_length = 1048576)]
     value: Option<TextValue>,
     /// Not sent by `lep`; accepted as the native API does, but never together with `value`.
+    #[serde(default, deserialize_with = "crate::protocol::no_null")]
+    #[schema(value_type = String, format = Byte, min_length = 4)]
     value_base64: Option<Base64Value>,
+    #[serde(default, deserialize_with = "crate::protocol::no_null")]
+    #[schema(value_type = Visibility)]
     visibility: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::protocol::no_null")]
+    #[schema(value_type = Vec<crate::protocol::Tag>, max_items = 32)]
     tags: Option<Vec<String>>,
+}
+
+/// `GET /api/v2/workspaces/{ws}`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DisplayName {
+    display_name: String,
+}
+
+/// One token of `GET /api/v2/workspaces/{ws}/tokens`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LeptonToken {
+    masked_value: String,
+    /// Epoch milliseconds.
+    expires_at: Option<i64>,
+}
+
+/// `DELETE /api/v2/workspaces/{ws}/usersecrets/{name}`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    deleted: String,
 }
 
 /// Checks a create request's items and turns them into new secrets (no store access).
@@ -111,6 +139,13 @@ fn member(state: &AppState, caller: &Caller, workspace: &str) -> Result<(), ApiE
 }
 
 /// `GET /api/v2/workspaces/{ws}/usersecrets`: a bare array of what the caller may see.
+#[utoipa::path(
+    get,
+    path = "/api/v2/workspaces/{ws}/usersecrets",
+    summary = "Lepton: the secrets the caller may see, as a bare array, never values",
+    params(("ws" = String, Path, description = "the workspace")),
+    responses((status = 200, body = Vec<LeptonSecret>))
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -130,6 +165,14 @@ pub async fn list(
 }
 
 /// `POST /api/v2/workspaces/{ws}/usersecrets`: a JSON array, created all or none.
+#[utoipa::path(
+    post,
+    path = "/api/v2/workspaces/{ws}/usersecrets",
+    summary = "Lepton: create secrets from a JSON array, all or none; Lepton's reserved names are refused",
+    params(("ws" = String, Path, description = "the workspace")),
+    request_body = Vec<LeptonItem>,
+    responses((status = 201, body = Vec<LeptonSecret>))
+)]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -159,6 +202,13 @@ pub async fn create(
 }
 
 /// `DELETE /api/v2/workspaces/{ws}/usersecrets/{name}`.
+#[utoipa::path(
+    delete,
+    path = "/api/v2/workspaces/{ws}/usersecrets/{name}",
+    summary = "Lepton: delete a secret (owner or admin)",
+    params(("ws" = String, Path, description = "the workspace"), ("name" = crate::secret::SecretName, Path, description = "the secret")),
+    responses((status = 200, body = Deleted))
+)]
 pub async fn remove(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -166,7 +216,10 @@ pub async fn remove(
 ) -> Result<Response, ApiError> {
     let name = parse_name(&name)?;
     state.service.delete_secret(&caller, &ws, &name).await?;
-    Ok(axum::Json(serde_json::json!({ "deleted": name.as_str() })).into_response())
+    Ok(axum::Json(Deleted {
+        deleted: name.as_str().to_owned(),
+    })
+    .into_response())
 }
 
 #[derive(Serialize)]
@@ -177,6 +230,13 @@ struct Usage {
 }
 
 /// `GET /api/v2/workspaces/{ws}/workspace`: the `WorkspaceInfo` `lep login` requires.
+#[utoipa::path(
+    get,
+    path = "/api/v2/workspaces/{ws}/workspace",
+    summary = "Lepton: WorkspaceInfo (what lep login requires; num_secrets counts what the caller may see)",
+    params(("ws" = String, Path, description = "the workspace")),
+    responses((status = 200, body = serde_json::Value, description = "Lepton's WorkspaceInfo"))
+)]
 pub async fn workspace(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -209,17 +269,31 @@ pub async fn workspace(
 }
 
 /// `GET /api/v2/workspaces/{ws}`: the display name `lep login` shows.
+#[utoipa::path(
+    get,
+    path = "/api/v2/workspaces/{ws}",
+    summary = "Lepton: the workspace's display name",
+    params(("ws" = String, Path, description = "the workspace")),
+    responses((status = 200, body = DisplayName))
+)]
 pub async fn base(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
     Path(ws): Path<String>,
 ) -> Result<Response, ApiError> {
     member(&state, &caller, &ws)?;
-    Ok(axum::Json(serde_json::json!({ "display_name": ws })).into_response())
+    Ok(axum::Json(DisplayName { display_name: ws }).into_response())
 }
 
 /// `GET /api/v2/workspaces/{ws}/tokens`: the caller's token, masked, with its expiry (epoch
 /// milliseconds), which `lep` matches against its own token to warn before it expires.
+#[utoipa::path(
+    get,
+    path = "/api/v2/workspaces/{ws}/tokens",
+    summary = "Lepton: the caller's token, masked, with its expiry in epoch milliseconds",
+    params(("ws" = String, Path, description = "the workspace")),
+    responses((status = 200, body = Vec<LeptonToken>))
+)]
 pub async fn tokens(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -228,9 +302,9 @@ pub async fn tokens(
     member(&state, &caller, &ws)?;
     let token = caller.token().ok_or_else(ApiError::internal)?;
     let expires_ms = token.expires_at.map(|t| t.nanos() / 1_000_000);
-    Ok(axum::Json(serde_json::json!([{
-        "masked_value": masked(&token.id, token.kind),
-        "expires_at": expires_ms,
-    }]))
+    Ok(axum::Json([LeptonToken {
+        masked_value: masked(&token.id, token.kind),
+        expires_at: expires_ms,
+    }])
     .into_response())
 }

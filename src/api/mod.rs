@@ -24,7 +24,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::service::Service;
 pub use auth::{Auth, FailureGuard, UserAuth};
@@ -69,76 +71,54 @@ pub fn fuzz_bodies(data: &[u8]) {
     }
 }
 
+/// The routes and the document, from the same annotated handlers: a route cannot be served
+/// without being documented (axum's own `route` is never called here; a test holds it).
+pub(crate) fn parts() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
+    let (router, mut api) = OpenApiRouter::with_openapi(openapi::Fixed::openapi())
+        .routes(routes!(web::index))
+        .routes(routes!(web::script))
+        .routes(routes!(web::style))
+        .routes(routes!(web::templates))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(openapi::document))
+        .routes(routes!(admin::whoami))
+        .routes(routes!(admin::list_workspaces, admin::create_workspace))
+        .routes(routes!(admin::add_member))
+        .routes(routes!(admin::remove_member))
+        .routes(routes!(secrets::list, secrets::create))
+        .routes(routes!(secrets::import))
+        .routes(routes!(secrets::get_one, secrets::update, secrets::remove))
+        .routes(routes!(tokens::mint_workload))
+        .routes(routes!(tokens::list))
+        .routes(routes!(tokens::renew))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(admin::list_users, admin::create_user))
+        .routes(routes!(admin::delete_user))
+        .routes(routes!(tokens::mint_user))
+        .routes(routes!(workload::read))
+        .routes(routes!(workload::read_per_name))
+        .routes(routes!(admin::audit))
+        .routes(routes!(identity::list, identity::add))
+        .routes(routes!(identity::remove))
+        .routes(routes!(identity::exchange))
+        .routes(routes!(admin::rotate_key))
+        .routes(routes!(admin::backup))
+        // The Lepton-compatible route set over the same operations.
+        .routes(routes!(lepton::base))
+        .routes(routes!(lepton::workspace))
+        .routes(routes!(lepton::tokens))
+        .routes(routes!(lepton::list, lepton::create))
+        .routes(routes!(lepton::remove))
+        .split_for_parts();
+    openapi::add_shared_answers(&mut api);
+    (router, api)
+}
+
 /// The router of the whole API.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/", get(web::index))
-        .route("/app.js", get(web::script))
-        .route("/app.css", get(web::style))
-        .route("/api/v1/templates", get(web::templates))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(openapi::document))
-        .route("/api/v1/whoami", get(admin::whoami))
-        .route(
-            "/api/v1/workspaces",
-            get(admin::list_workspaces).post(admin::create_workspace),
-        )
-        .route("/api/v1/workspaces/{ws}/members", post(admin::add_member))
-        .route(
-            "/api/v1/workspaces/{ws}/members/{user}",
-            delete(admin::remove_member),
-        )
-        .route(
-            "/api/v1/workspaces/{ws}/secrets",
-            get(secrets::list).post(secrets::create),
-        )
-        .route(
-            "/api/v1/workspaces/{ws}/secrets:import",
-            post(secrets::import),
-        )
-        .route(
-            "/api/v1/workspaces/{ws}/secrets/{name}",
-            get(secrets::get_one)
-                .patch(secrets::update)
-                .delete(secrets::remove),
-        )
-        .route(
-            "/api/v1/workspaces/{ws}/tokens",
-            post(tokens::mint_workload),
-        )
-        .route("/api/v1/tokens", get(tokens::list))
-        .route("/api/v1/tokens/renew", post(tokens::renew))
-        .route("/api/v1/tokens/{id}", delete(tokens::revoke))
-        .route(
-            "/api/v1/users",
-            get(admin::list_users).post(admin::create_user),
-        )
-        .route("/api/v1/users/{name}", delete(admin::delete_user))
-        .route("/api/v1/users/{name}/tokens", post(tokens::mint_user))
-        .route("/api/v1/workload/secrets", get(workload::read))
-        .route("/api/v1/workload/read", post(workload::read_per_name))
-        .route("/api/v1/audit", get(admin::audit))
-        .route(
-            "/api/v1/identity/bindings",
-            get(identity::list).post(identity::add),
-        )
-        .route("/api/v1/identity/bindings/{name}", delete(identity::remove))
-        .route("/api/v1/identity/exchange", post(identity::exchange))
-        .route("/api/v1/admin/rotate-key", post(admin::rotate_key))
-        .route("/api/v1/admin/backup", get(admin::backup))
-        // The Lepton-compatible route set over the same operations.
-        .route("/api/v2/workspaces/{ws}", get(lepton::base))
-        .route("/api/v2/workspaces/{ws}/workspace", get(lepton::workspace))
-        .route("/api/v2/workspaces/{ws}/tokens", get(lepton::tokens))
-        .route(
-            "/api/v2/workspaces/{ws}/usersecrets",
-            get(lepton::list).post(lepton::create),
-        )
-        .route(
-            "/api/v2/workspaces/{ws}/usersecrets/{name}",
-            delete(lepton::remove),
-        )
+    parts()
+        .0
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

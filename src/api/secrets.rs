@@ -19,9 +19,32 @@ pub fn parse_name(s: &str) -> Result<SecretName, ApiError> {
     SecretName::parse(s).map_err(|e| ApiError::invalid(e.to_string()).on("name"))
 }
 
+/// The API takes the canonical spelling only (what the document's enum lists); the CLI's
+/// aliases and case-insensitivity are the CLI's, which sends the canonical form.
 fn parse_visibility(s: &str) -> Result<Visibility, ApiError> {
-    s.parse()
-        .map_err(|e: String| ApiError::invalid(e).on("visibility"))
+    match s.parse::<Visibility>() {
+        Ok(v) if v.as_str() == s => Ok(v),
+        _ => Err(ApiError::invalid(format!(
+            "unknown visibility {}; use \"private\" or \"public\"",
+            crate::secret::quote_for_error(s)
+        ))
+        .on("visibility")),
+    }
+}
+
+fn parse_kind(s: &str) -> Result<SecretKind, ApiError> {
+    match SecretKind::ALL.into_iter().find(|k| k.as_str() == s) {
+        Some(k) => Ok(k),
+        None => {
+            let names: Vec<&str> = SecretKind::ALL.iter().map(|k| k.as_str()).collect();
+            Err(ApiError::invalid(format!(
+                "unknown secret type {}; use one of {}",
+                crate::secret::quote_for_error(s),
+                names.join(", ")
+            ))
+            .on("kind"))
+        }
+    }
 }
 
 /// The value of a body: at most one of `value` and `value_base64`, checked against `limit`.
@@ -38,9 +61,7 @@ pub fn body_value(
 pub fn new_secret(body: CreateSecret, limit: ValueLimit) -> Result<NewSecret, ApiError> {
     let name = parse_name(&body.name)?;
     let kind = match &body.kind {
-        Some(k) => k
-            .parse::<SecretKind>()
-            .map_err(|e| ApiError::invalid(e).on("kind"))?,
+        Some(k) => parse_kind(k)?,
         None => SecretKind::Custom,
     };
     let visibility = match &body.visibility {
@@ -63,6 +84,13 @@ pub fn new_secret(body: CreateSecret, limit: ValueLimit) -> Result<NewSecret, Ap
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/workspaces/{ws}/secrets",
+    summary = "Secrets the caller may use: metadata only, never values",
+    params(("ws" = String, Path, description = "the workspace")),
+    responses((status = 200, body = Vec<crate::secret::SecretMeta>))
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -72,6 +100,13 @@ pub async fn list(
     Ok(axum::Json(metas).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/workspaces/{ws}/secrets/{name}",
+    summary = "One secret's metadata (404 if the caller may not see it)",
+    params(("ws" = String, Path, description = "the workspace"), ("name" = crate::secret::SecretName, Path, description = "the secret")),
+    responses((status = 200, body = crate::secret::SecretMeta))
+)]
 pub async fn get_one(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -82,6 +117,14 @@ pub async fn get_one(
     Ok(axum::Json(meta).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/workspaces/{ws}/secrets",
+    summary = "Create a secret owned by the caller",
+    params(("ws" = String, Path, description = "the workspace")),
+    request_body = crate::protocol::CreateSecret,
+    responses((status = 201, body = crate::protocol::Written))
+)]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -100,6 +143,14 @@ pub async fn create(
 
 /// `POST /api/v1/workspaces/{ws}/secrets:import`: every secret is checked, then all are created
 /// in one transaction, or none.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workspaces/{ws}/secrets:import",
+    summary = "Create several secrets owned by the caller, all or none (secretfs secret import)",
+    params(("ws" = String, Path, description = "the workspace")),
+    request_body = crate::protocol::ImportSecrets,
+    responses((status = 201, body = crate::protocol::Imported))
+)]
 pub async fn import(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -129,6 +180,14 @@ fn written_body(w: crate::service::Written) -> Written {
     }
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/v1/workspaces/{ws}/secrets/{name}",
+    summary = "Replace the value (a new version) and/or change visibility or tags (owner or admin)",
+    params(("ws" = String, Path, description = "the workspace"), ("name" = crate::secret::SecretName, Path, description = "the secret")),
+    request_body = crate::protocol::UpdateSecret,
+    responses((status = 200, body = crate::protocol::Written))
+)]
 pub async fn update(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -158,6 +217,13 @@ pub async fn update(
     Ok(axum::Json(written_body(written)).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/workspaces/{ws}/secrets/{name}",
+    summary = "Delete a secret (owner or admin)",
+    params(("ws" = String, Path, description = "the workspace"), ("name" = crate::secret::SecretName, Path, description = "the secret")),
+    responses((status = 204, description = "deleted"))
+)]
 pub async fn remove(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,

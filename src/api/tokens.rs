@@ -47,6 +47,14 @@ pub fn minted(token: Token, record: &TokenRecord) -> Minted {
 }
 
 /// `POST /api/v1/workspaces/{ws}/tokens`: a workload token for secrets the caller may use.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workspaces/{ws}/tokens",
+    summary = "Mint a workload token for secrets the caller may use; the token is shown once",
+    params(("ws" = String, Path, description = "the workspace")),
+    request_body = crate::protocol::MintWorkload,
+    responses((status = 201, body = crate::protocol::Minted))
+)]
 pub async fn mint_workload(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -76,6 +84,14 @@ pub async fn mint_workload(
 
 /// `POST /api/v1/users/{name}/tokens`: another user token (an admin for anyone, a user for
 /// themselves).
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{name}/tokens",
+    summary = "Mint another user token (admin, or the user)",
+    params(("name" = crate::protocol::AccountName, Path, description = "the user")),
+    request_body = crate::protocol::MintUser,
+    responses((status = 201, body = crate::protocol::Minted))
+)]
 pub async fn mint_user(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -96,7 +112,8 @@ pub async fn mint_user(
     Ok((StatusCode::CREATED, axum::Json(minted(token, &record))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     #[serde(default)]
@@ -104,6 +121,13 @@ pub struct ListQuery {
 }
 
 /// `GET /api/v1/tokens`: the caller's tokens (`?all=true`: everyone's, for admins).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    summary = "The caller's tokens (?all=true: everyone's, admin); never the token",
+    params(ListQuery),
+    responses((status = 200, body = Vec<crate::protocol::TokenInfo>))
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -115,6 +139,13 @@ pub async fn list(
 }
 
 /// `DELETE /api/v1/tokens/{id}`: revokes one of the caller's tokens (an admin: anyone's).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    summary = "Revoke a token (its user, or an admin)",
+    params(("id" = String, Path, description = "the token's id")),
+    responses((status = 204, description = "revoked"))
+)]
 pub async fn revoke(
     State(state): State<Arc<AppState>>,
     UserAuth(caller): UserAuth,
@@ -126,6 +157,12 @@ pub async fn revoke(
 
 /// `POST /api/v1/tokens/renew`: a workload token extends its own life by its ttl, never past
 /// the maximum fixed when it was minted.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens/renew",
+    summary = "A workload token extends its own life, up to its maximum",
+    responses((status = 200, body = crate::protocol::Renewed))
+)]
 pub async fn renew(State(state): State<Arc<AppState>>, auth: Auth) -> Result<Response, ApiError> {
     let renewed = state.service.renew(&auth.0).await?;
     Ok(axum::Json(Renewed {

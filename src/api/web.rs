@@ -36,20 +36,38 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/",
+    summary = "The Secrets page (HTML; signs in with a user token)",
+    responses((status = 200, description = "the page", content_type = "text/html", body = String))
+)]
 pub async fn index() -> Response {
     asset("text/html; charset=utf-8", INDEX)
 }
 
+#[utoipa::path(
+    get,
+    path = "/app.js",
+    summary = "The Secrets page's script",
+    responses((status = 200, description = "the script", content_type = "text/javascript", body = String))
+)]
 pub async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/app.css",
+    summary = "The Secrets page's stylesheet",
+    responses((status = 200, description = "the stylesheet", content_type = "text/css", body = String))
+)]
 pub async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }
 
-#[derive(Serialize)]
-struct Template {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Template {
     kind: &'static str,
     label: &'static str,
     name: Option<&'static str>,
@@ -57,6 +75,12 @@ struct Template {
 }
 
 /// `GET /api/v1/templates`: the secret templates (no authentication: it is the same for all).
+#[utoipa::path(
+    get,
+    path = "/api/v1/templates",
+    summary = "The secret templates: kind, label, suggested name, expected value format (no authentication)",
+    responses((status = 200, body = Vec<Template>))
+)]
 pub async fn templates() -> Response {
     let list: Vec<Template> = SecretKind::ALL
         .iter()

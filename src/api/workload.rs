@@ -21,17 +21,37 @@ use crate::protocol::{TokenLife, WorkloadRead, WorkloadReadRequest, WorkloadSecr
 use crate::secret::{SecretName, ValueStamp};
 use crate::service::{WorkloadAnswer, WorkloadQuery};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReadQuery {
     /// Comma-separated names; all of them must be readable (else 404 naming the missing ones).
     /// Without it: every secret of the token's set that is readable now.
+    #[param(value_type = Option<crate::protocol::NameList>)]
     names: Option<String>,
     /// `false`: names, versions and the revision only (the watch).
     values: Option<bool>,
-    /// Hold the request up to this long ("30s") while the revision equals `since`.
+    /// Hold the request up to this long ("30s"; at most 60s) while the revision equals `since`.
+    #[param(value_type = Option<crate::protocol::Wait>)]
     wait: Option<String>,
     since: Option<String>,
+}
+
+/// `wait`: `protocol::WAIT_PATTERN`, exactly (a hand-written check of a 7-character rule; the
+/// long-poll clamps what it holds to `MAX_WAIT`).
+fn parse_wait(w: &str) -> Option<Duration> {
+    let unit = w.trim_start_matches(|c: char| c.is_ascii_digit());
+    let digits = &w[..w.len() - unit.len()];
+    if digits.is_empty() || digits.len() > 4 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        _ => None,
+    }
 }
 
 fn names_of<'a>(
@@ -44,6 +64,16 @@ fn names_of<'a>(
 }
 
 /// `GET /api/v1/workload/secrets`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workload/secrets",
+    summary = "Values of the workload token's secrets; long-polls with wait and since (version 1: a missing name fails the read with 404; prefer POST /api/v1/workload/read)",
+    params(ReadQuery),
+    responses(
+        (status = 200, body = crate::protocol::WorkloadRead),
+        (status = 404, description = "a name asked for cannot be read now (the whole read fails)", body = crate::protocol::ErrorBody)
+    )
+)]
 pub async fn read(
     State(state): State<Arc<AppState>>,
     Auth(caller): Auth,
@@ -54,8 +84,12 @@ pub async fn read(
         None => None,
     };
     let wait = match &q.wait {
-        Some(w) => humantime::parse_duration(w.trim()).map_err(|e| {
-            ApiError::invalid(format!("wait {w:?} is not a duration ({e})")).on("wait")
+        Some(w) => parse_wait(w).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "wait {} is not a wait: a number and a unit, ms, s or m (\"30s\")",
+                crate::secret::quote_for_error(w)
+            ))
+            .on("wait")
         })?,
         None => Duration::ZERO,
     };
@@ -77,15 +111,39 @@ pub async fn read(
 }
 
 /// `POST /api/v1/workload/read`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workload/read",
+    summary = "The workload read, one request per round: the secrets found with their values, the names missing, the revision; long-polls with since and wait_secs, answering with what changed",
+    request_body = crate::protocol::WorkloadReadRequest,
+    responses((status = 200, body = crate::protocol::WorkloadRead))
+)]
 pub async fn read_per_name(
     State(state): State<Arc<AppState>>,
     Auth(caller): Auth,
     Json(body): Json<WorkloadReadRequest>,
 ) -> Result<Response, ApiError> {
+    // Each name as given (the query string's list skips empty items; a JSON list has none).
     let names = match &body.names {
-        Some(list) => Some(names_of(list.iter().map(String::as_str), "names")?),
+        Some(list) => Some(
+            list.iter()
+                .map(|n| parse_name(n).map_err(|e| e.on("names")))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
         None => None,
     };
+    // The document's maximum: a long-poll holds at most `MAX_WAIT`, and asking for more is a
+    // mistake worth saying rather than a wait silently shortened.
+    if body
+        .wait_secs
+        .is_some_and(|w| w > crate::protocol::WAIT_SECS_MAX)
+    {
+        return Err(ApiError::invalid(format!(
+            "wait_secs is at most {}",
+            crate::protocol::WAIT_SECS_MAX
+        ))
+        .on("wait_secs"));
+    }
     let held = body
         .held
         .iter()

@@ -371,7 +371,9 @@ impl Service {
                         .collect();
                 }
             }
-            for t in &tokens {
+            // Tokens already revoked were recorded when they were; the user's removal deletes
+            // them without another record.
+            for t in tokens.iter().filter(|t| t.revoked_at.is_none()) {
                 batch.audit.push(caller.audit(
                     t.workspace.as_deref().unwrap_or(""),
                     AuditAction::TokenRevoke,

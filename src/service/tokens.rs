@@ -291,6 +291,11 @@ impl Service {
         if token.user_id != user.id && !user.admin {
             return Err(not_found());
         }
+        // Revoking is idempotent, and so is its record: what it minted went with it the first
+        // time (a revoked token mints nothing), so a repeat changes nothing and writes nothing.
+        if token.revoked_at.is_some() {
+            return Ok(());
+        }
         let detail = if token.user_id == user.id {
             String::new()
         } else {

@@ -12,7 +12,7 @@ use crate::secret::{SecretMeta, SecretName, SecretValue, Timestamp, ValueStamp};
 use crate::store::{AuditAction, StoredSecret, TargetKind};
 
 /// The longest a long-poll is held.
-pub const MAX_WAIT: Duration = Duration::from_secs(60);
+pub const MAX_WAIT: Duration = Duration::from_secs(crate::protocol::WAIT_SECS_MAX);
 
 /// What a workload asks for.
 #[derive(Debug, Clone, Default)]

@@ -368,6 +368,12 @@ impl ServerSource {
     /// is off: see `wake_early`), and never past its expiry, so the round after it expires is
     /// refused (and said so) instead of hanging on to a request authorised before.
     fn poll_secs(&self, timeout: Duration) -> u64 {
+        // The server holds a long-poll at most this long, and refuses to be asked for more.
+        self.poll_secs_unbounded(timeout)
+            .min(crate::protocol::WAIT_SECS_MAX)
+    }
+
+    fn poll_secs_unbounded(&self, timeout: Duration) -> u64 {
         let due = *self.expiry.lock().unwrap_or_else(|e| e.into_inner());
         let due = due.filter(|_| {
             self.wake_early.load(std::sync::atomic::Ordering::Relaxed)

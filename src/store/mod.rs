@@ -80,7 +80,7 @@ pub struct Change {
 }
 
 /// What happened. Recorded for every change (in its transaction) and every workload read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuditAction {
     /// A secret created.
@@ -165,7 +165,7 @@ impl AuditAction {
 }
 
 /// What an audit record is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
     Secret,

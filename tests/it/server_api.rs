@@ -664,27 +664,11 @@ async fn the_audit_log_records_who_did_what_without_values() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_readiness_and_the_openapi_document() {
+async fn health_and_readiness() {
     let s = Scratch::new();
     let (api, _) = Api::in_process(&s).await;
     assert_eq!(api.raw("GET", "/healthz", None, None).await.0, 200);
     assert_eq!(api.raw("GET", "/readyz", None, None).await.0, 200);
-    let (status, text, _) = api.raw("GET", "/openapi.json", None, None).await;
-    assert_eq!(status, 200);
-    let doc: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(doc["openapi"], "3.0.3");
-    // Every route the server answers is described.
-    let routes = include_str!("../../src/api/mod.rs");
-    let mut described = 0;
-    for (i, _) in routes.match_indices(".route(") {
-        let path = routes[i..].split('"').nth(1).unwrap();
-        assert!(
-            doc["paths"].get(path).is_some(),
-            "{path} is not in openapi.json"
-        );
-        described += 1;
-    }
-    assert!(described >= 15, "{described}");
 }
 
 /// `secrets:import` (what `secret import` sends) creates all of a batch or none of it.
