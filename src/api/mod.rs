@@ -117,8 +117,9 @@ pub(crate) fn parts() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
 
 /// The router of the whole API.
 pub fn router(state: Arc<AppState>) -> Router {
-    parts()
-        .0
+    let (routes, api) = parts();
+    openapi::keep(api);
+    routes
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -154,15 +154,24 @@ fn shared_answers(path: &str, op: &mut Operation, public: bool, writes: bool) {
     }
 }
 
-/// The document as served: made once, from the router's parts (`super::parts`).
+static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The document as served, made once from the router's own parts (`super::router` hands them
+/// over when it builds the router, so the handlers' paths are collected once per process).
 pub fn json() -> &'static str {
-    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        let (_, api) = super::parts();
-        let mut doc = serde_json::to_value(&api).expect("the OpenAPI document serializes");
-        value_rules(&mut doc);
-        serde_json::to_string(&doc).expect("the OpenAPI document serializes")
-    })
+    DOCUMENT.get_or_init(|| finish(super::parts().1))
+}
+
+/// Keeps the document of the parts a router was just built from, if none is kept yet.
+pub fn keep(api: OpenApi) {
+    DOCUMENT.get_or_init(|| finish(api));
+}
+
+fn finish(api: OpenApi) -> String {
+    let mut doc = serde_json::to_value(&api).expect("the OpenAPI document serializes");
+    drop(api);
+    value_rules(&mut doc);
+    serde_json::to_string(&doc).expect("the OpenAPI document serializes")
 }
 
 /// What a derive cannot say about a body's value (`protocol::value_of`): a new secret has
