@@ -539,9 +539,10 @@ async fn update_secret(
     at: Timestamp,
 ) -> Result<(), StoreError> {
     let new_version = expected_version + u64::from(change.sealed.is_some());
-    let done = tx
-        .run(
-            "UPDATE secrets SET
+    change_secret(
+        tx,
+        (id, name),
+        "UPDATE secrets SET
                 sealed = coalesce($1, sealed),
                 version = $2,
                 updated_at = CASE WHEN $1 IS NULL THEN updated_at ELSE $3 END,
@@ -549,24 +550,20 @@ async fn update_secret(
                 tags = coalesce($5, tags),
                 kind = coalesce($6, kind)
              WHERE id = $7 AND version = $8 AND owner_id = $9 AND visibility = $10",
-            &[
-                Param::OptBlob(change.sealed.as_deref()),
-                Param::Int(version_i64(new_version)?),
-                Param::Int(at.nanos()),
-                Param::OptText(change.visibility.map(|v| v.as_str())),
-                Param::OptText(change.tags.as_deref().map(tags_json).as_deref()),
-                Param::OptText(change.kind.map(|k| k.as_str())),
-                Param::Text(id),
-                Param::Int(version_i64(expected_version)?),
-                Param::Text(&expected.owner_id),
-                Param::Text(expected.visibility.as_str()),
-            ],
-        )
-        .await?;
-    if done == 0 {
-        return Err(conflict_or_gone(tx, id, name).await?);
-    }
-    Ok(())
+        &[
+            Param::OptBlob(change.sealed.as_deref()),
+            Param::Int(version_i64(new_version)?),
+            Param::Int(at.nanos()),
+            Param::OptText(change.visibility.map(|v| v.as_str())),
+            Param::OptText(change.tags.as_deref().map(tags_json).as_deref()),
+            Param::OptText(change.kind.map(|k| k.as_str())),
+            Param::Text(id),
+            Param::Int(version_i64(expected_version)?),
+            Param::Text(&expected.owner_id),
+            Param::Text(expected.visibility.as_str()),
+        ],
+    )
+    .await
 }
 
 async fn delete_secret(
@@ -575,17 +572,29 @@ async fn delete_secret(
     name: &SecretName,
     expected: &Expected,
 ) -> Result<(), StoreError> {
-    let done = tx
-        .run(
-            "DELETE FROM secrets WHERE id = $1 AND owner_id = $2 AND visibility = $3",
-            &[
-                Param::Text(id),
-                Param::Text(&expected.owner_id),
-                Param::Text(expected.visibility.as_str()),
-            ],
-        )
-        .await?;
-    if done == 0 {
+    change_secret(
+        tx,
+        (id, name),
+        "DELETE FROM secrets WHERE id = $1 AND owner_id = $2 AND visibility = $3",
+        &[
+            Param::Text(id),
+            Param::Text(&expected.owner_id),
+            Param::Text(expected.visibility.as_str()),
+        ],
+    )
+    .await
+}
+
+/// Runs a statement whose WHERE clause holds what the caller decided on about secret `id`: no
+/// row changed means it moved on meanwhile (`VersionConflict`, the service retries from a fresh
+/// read) or is gone (`NotFound`).
+async fn change_secret(
+    tx: &mut dyn Exec,
+    (id, name): (&str, &SecretName),
+    sql: &str,
+    params: &[Param<'_>],
+) -> Result<(), StoreError> {
+    if tx.run(sql, params).await? == 0 {
         return Err(conflict_or_gone(tx, id, name).await?);
     }
     Ok(())
