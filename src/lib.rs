@@ -15,6 +15,7 @@ pub mod identity;
 pub mod keyfile;
 pub mod launch;
 pub mod metrics;
+pub mod node;
 pub mod notify;
 pub mod protocol;
 pub mod render;

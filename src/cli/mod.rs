@@ -7,6 +7,7 @@ mod git;
 mod input;
 mod maintain;
 mod mount;
+mod node;
 mod remote;
 mod secret;
 mod serve;
@@ -214,6 +215,8 @@ pub enum Command {
     GitCredential(git::GitCredentialArgs),
     /// Run the workspace API server.
     Serve(serve::ServeArgs),
+    /// The node agent: a CSI node plugin for the pods of this node (Kubernetes DaemonSet).
+    Node(node::NodeArgs),
     /// Save a server URL and your token (read from stdin or --token-file) for later commands.
     Login(remote::LoginArgs),
     /// Workspaces on the server.
@@ -280,7 +283,10 @@ pub enum Command {
 impl Command {
     /// Whether this command runs as a long-lived service (and logs at info by default).
     pub fn is_daemon(&self) -> bool {
-        matches!(self, Command::Mount(_) | Command::Serve(_))
+        matches!(
+            self,
+            Command::Mount(_) | Command::Serve(_) | Command::Node(_)
+        )
     }
 }
 
@@ -410,6 +416,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor => mount::doctor(),
         Command::GitCredential(args) => git::git_credential(args),
         Command::Serve(args) => serve::serve(&g(None, None, None)?, args),
+        Command::Node(args) => node::node(args),
         Command::Login(args) => runtime()?.block_on(remote::login(&g(None, None, None)?, args)),
         Command::Workspace { server, cmd } => {
             let g = g(None, Some(&server), None)?;

@@ -18,6 +18,7 @@ mod leaks;
 mod lepton;
 mod mask;
 mod mount;
+mod node;
 mod openapi;
 mod operators;
 mod protocol;

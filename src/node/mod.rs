@@ -1,0 +1,75 @@
+//! `secretfs node`: the node agent, a CSI node plugin serving the pods of one node from one
+//! process. This is its first part: the plugin's gRPC surface on a root-only unix socket (the
+//! Identity service, and the Node service's info and capabilities). Publishing a volume is
+//! refused with a status that says so until the agent can hold many mounts in one process.
+
+pub mod csi;
+mod plugin;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+pub use plugin::{DRIVER_NAME, Plugin};
+
+/// Why the agent cannot start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(
+        "cannot use {path} as the CSI socket: {cause}; give --csi-socket a path in a directory \
+         root owns (the kubelet's plugins directory, /var/lib/kubelet/plugins/<driver>/csi.sock)"
+    )]
+    Socket {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("the CSI socket {path} is served by another process (a running agent); stop it first")]
+    InUse { path: PathBuf },
+    #[error("the gRPC server stopped: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Binds the plugin's socket: a stale socket a killed agent left is replaced, a live one (another
+/// agent answers on it) refused; the socket is then made root-only (0600) before anything is
+/// served, so no other user of the node can call the plugin.
+pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, NodeError> {
+    let socket_error = |cause| NodeError::Socket {
+        path: path.to_owned(),
+        cause,
+    };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(NodeError::InUse {
+                path: path.to_owned(),
+            });
+        }
+        std::fs::remove_file(path).map_err(socket_error)?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(socket_error)?;
+    }
+    // Bound under a umask that leaves it root-only from the first moment, then set exactly.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(socket_error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(socket_error)?;
+    listener.set_nonblocking(true).map_err(socket_error)?;
+    tokio::net::UnixListener::from_std(listener).map_err(socket_error)
+}
+
+/// Serves the plugin on `listener` until `shutdown` completes; the socket file is removed then.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+    plugin: Plugin,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let served = tonic::transport::Server::builder()
+        .add_service(csi::identity_server::IdentityServer::new(plugin.clone()))
+        .add_service(csi::node_server::NodeServer::new(plugin))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    let _ = std::fs::remove_file(&path);
+    Ok(served?)
+}

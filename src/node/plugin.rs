@@ -1,0 +1,130 @@
+//! The CSI services the agent answers.
+
+use tonic::{Request, Response, Status};
+
+use super::csi;
+use super::csi::identity_server::Identity;
+use super::csi::node_server::Node;
+
+/// The driver's name: what a `CSIDriver` object and a pod's `csi:` volume name.
+pub const DRIVER_NAME: &str = "secrets.secretfs.dev";
+
+/// What publishing a volume answers until the agent serves volumes.
+const NOT_YET: &str = "this secretfs node agent answers the CSI Identity service and the Node \
+                       service's info and capabilities, and does not publish volumes yet: mount \
+                       the secrets in the pod with `secretfs mount` (examples/kubernetes)";
+
+/// The plugin: this node's id, answered to the kubelet.
+#[derive(Clone)]
+pub struct Plugin {
+    node_id: String,
+}
+
+impl Plugin {
+    pub fn new(node_id: String) -> Plugin {
+        Plugin { node_id }
+    }
+}
+
+#[tonic::async_trait]
+impl Identity for Plugin {
+    async fn get_plugin_info(
+        &self,
+        _: Request<csi::GetPluginInfoRequest>,
+    ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
+        Ok(Response::new(csi::GetPluginInfoResponse {
+            name: DRIVER_NAME.into(),
+            vendor_version: env!("CARGO_PKG_VERSION").into(),
+            manifest: Default::default(),
+        }))
+    }
+
+    /// A node plugin only: no controller service, no volume topology.
+    async fn get_plugin_capabilities(
+        &self,
+        _: Request<csi::GetPluginCapabilitiesRequest>,
+    ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
+        Ok(Response::new(csi::GetPluginCapabilitiesResponse {
+            capabilities: Vec::new(),
+        }))
+    }
+
+    async fn probe(
+        &self,
+        _: Request<csi::ProbeRequest>,
+    ) -> Result<Response<csi::ProbeResponse>, Status> {
+        Ok(Response::new(csi::ProbeResponse { ready: Some(true) }))
+    }
+}
+
+#[tonic::async_trait]
+impl Node for Plugin {
+    async fn node_get_info(
+        &self,
+        _: Request<csi::NodeGetInfoRequest>,
+    ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: self.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+
+    /// Ephemeral inline volumes need no staging: no capability is claimed.
+    async fn node_get_capabilities(
+        &self,
+        _: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+            capabilities: Vec::new(),
+        }))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        _: Request<csi::NodePublishVolumeRequest>,
+    ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        Err(Status::unimplemented(NOT_YET))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        _: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        Err(Status::unimplemented(NOT_YET))
+    }
+
+    async fn node_stage_volume(
+        &self,
+        _: Request<csi::NodeStageVolumeRequest>,
+    ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "no staging: the plugin claims no STAGE_UNSTAGE_VOLUME",
+        ))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        _: Request<csi::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "no staging: the plugin claims no STAGE_UNSTAGE_VOLUME",
+        ))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        _: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        Err(Status::unimplemented(
+            "no volume stats: the plugin claims no GET_VOLUME_STATS",
+        ))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        _: Request<csi::NodeExpandVolumeRequest>,
+    ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
+        Err(Status::unimplemented("secret volumes do not expand"))
+    }
+}

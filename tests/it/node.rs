@@ -1,0 +1,139 @@
+//! `secretfs node`, the node agent's CSI surface, driven by an independent kubelet stand-in: a
+//! Python `grpcio` client whose stubs `grpcio-tools` generates, in the test, from the same
+//! `proto/csi.proto` the agent is built from (`node_csi.py`).
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::support::{Running, Scratch, bin, eventually, tools_python};
+
+fn agent(s: &Scratch, socket: &Path) -> (Running, std::path::PathBuf) {
+    let log = s.path().join("node.log");
+    let child = Running::spawn(
+        "secretfs node",
+        Command::new(bin())
+            .args(["node", "--node-id", "node-7", "--csi-socket"])
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::inherit()),
+    );
+    // Ready once it says so (a stale socket may be there before it binds its own).
+    assert!(
+        eventually(10, || std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("serving CSI on"))),
+        "the agent did not bind {}",
+        socket.display()
+    );
+    (child, log)
+}
+
+#[test]
+fn a_kubelet_stand_in_registers_the_plugin_over_its_root_only_socket() {
+    let Some(python) = tools_python(
+        "a_kubelet_stand_in_registers_the_plugin_over_its_root_only_socket",
+        "grpc_tools",
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The stubs, generated from the vendored proto (its google/protobuf imports are
+    // grpcio-tools' own).
+    let stubs = s.path().join("stubs");
+    std::fs::create_dir(&stubs).unwrap();
+    let out = Command::new(&python)
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(root.join("proto"))
+        .arg(format!("--python_out={}", stubs.display()))
+        .arg(format!("--grpc_python_out={}", stubs.display()))
+        .arg("csi.proto")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let socket = s.path().join("plugins/secrets.secretfs.dev/csi.sock");
+    // A stale socket a killed agent left is replaced.
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let (mut child, log) = agent(&s, &socket);
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "root-only");
+
+    let stand_in = Command::new(&python)
+        .arg(root.join("tests/it/node_csi.py"))
+        .arg(&socket)
+        .arg(&stubs)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        stand_in.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stand_in.stderr)
+    );
+    let got: Value = serde_json::from_slice(&stand_in.stdout).unwrap();
+    assert_eq!(got["name"], "secrets.secretfs.dev");
+    assert_eq!(got["vendor_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(got["ready"], true);
+    assert_eq!(got["node_id"], "node-7");
+    assert_eq!(got["plugin_capabilities"], 0, "a node plugin only");
+    assert_eq!(got["node_capabilities"], 0, "no staging for inline volumes");
+    // Publishing is not served yet, and says so instead of mounting nothing.
+    assert_eq!(got["publish"], "UNIMPLEMENTED", "{got}");
+    assert!(
+        got["publish_message"]
+            .as_str()
+            .unwrap()
+            .contains("does not publish volumes yet"),
+        "{got}"
+    );
+
+    // Another user of the node cannot reach it (the socket's mode, checked by the kernel).
+    let other = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&python)
+        .args([
+            "-c",
+            "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])",
+        ])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(!other.status.success());
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+
+    // A second agent on the same socket is refused while the first serves it.
+    let second = Command::new(bin())
+        .args(["node", "--csi-socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("served by another process"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    // SIGTERM (a DaemonSet rollout): the agent ends and takes its socket with it.
+    let status = child.signal_and_wait(Signal::SIGTERM, std::time::Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(!socket.exists(), "the socket outlived the agent");
+    let printed = std::fs::read_to_string(log).unwrap();
+    assert!(printed.contains("serving CSI on"), "{printed}");
+}
