@@ -16,6 +16,16 @@ pub struct NodeArgs {
         default_value = "/var/lib/kubelet/plugins/secrets.secretfs.dev/csi.sock"
     )]
     pub csi_socket: PathBuf,
+    /// The secretfs server the pods' tokens are exchanged at.
+    #[arg(long, value_name = "URL", env = "SECRETFS_URL")]
+    pub url: String,
+    /// The audience of the pod tokens the kubelet hands over (the CSIDriver's
+    /// spec.tokenRequests; default: the server URL).
+    #[arg(long, value_name = "AUD")]
+    pub audience: Option<String>,
+    /// The kubelet's directory: volumes are published under it and nowhere else.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/kubelet")]
+    pub kubelet_dir: PathBuf,
     /// This node's id, as the kubelet knows it (default: the host name).
     #[arg(
         long,
@@ -27,6 +37,25 @@ pub struct NodeArgs {
 }
 
 pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let url = reqwest::Url::parse(&args.url).map_err(|e| {
+        anyhow::anyhow!(
+            "--url {:?} is not a URL ({e}); give the server's, e.g. https://secrets.example.com",
+            args.url
+        )
+    })?;
+    if !matches!(url.scheme(), "https" | "http") {
+        anyhow::bail!(
+            "--url {:?} must be an https:// URL of a secretfs server",
+            args.url
+        );
+    }
+    if !args.kubelet_dir.is_absolute() {
+        anyhow::bail!(
+            "--kubelet-dir {} must be an absolute path (the kubelet's, /var/lib/kubelet)",
+            args.kubelet_dir.display()
+        );
+    }
+    let audience = args.audience.clone().unwrap_or_else(|| args.url.clone());
     let node_id = match args.node_id {
         Some(id) => id,
         None => nix::unistd::gethostname()?
@@ -50,7 +79,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         crate::node::serve(
             listener,
             args.csi_socket.clone(),
-            crate::node::Plugin::new(node_id),
+            crate::node::Plugin::new(node_id, args.kubelet_dir.clone(), audience),
             shutdown(),
         )
         .await?;

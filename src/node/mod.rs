@@ -5,6 +5,7 @@
 
 pub mod csi;
 mod plugin;
+pub mod publish;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -1,10 +1,12 @@
 //! The CSI services the agent answers.
 
+use std::path::PathBuf;
+
 use tonic::{Request, Response, Status};
 
-use super::csi;
 use super::csi::identity_server::Identity;
 use super::csi::node_server::Node;
+use super::{csi, publish};
 
 /// The driver's name: what a `CSIDriver` object and a pod's `csi:` volume name.
 pub const DRIVER_NAME: &str = "secrets.secretfs.dev";
@@ -14,15 +16,22 @@ const NOT_YET: &str = "this secretfs node agent answers the CSI Identity service
                        service's info and capabilities, and does not publish volumes yet: mount \
                        the secrets in the pod with `secretfs mount` (examples/kubernetes)";
 
-/// The plugin: this node's id, answered to the kubelet.
+/// The plugin: this node's id, answered to the kubelet; where volumes may be published; the
+/// audience of the pod tokens it takes.
 #[derive(Clone)]
 pub struct Plugin {
     node_id: String,
+    kubelet_dir: PathBuf,
+    audience: String,
 }
 
 impl Plugin {
-    pub fn new(node_id: String) -> Plugin {
-        Plugin { node_id }
+    pub fn new(node_id: String, kubelet_dir: PathBuf, audience: String) -> Plugin {
+        Plugin {
+            node_id,
+            kubelet_dir,
+            audience,
+        }
     }
 }
 
@@ -80,18 +89,38 @@ impl Node for Plugin {
         }))
     }
 
+    /// The request is checked whole first (what `kubectl describe pod` shows when it is
+    /// wrong); a right one is refused as not served yet.
     async fn node_publish_volume(
         &self,
-        _: Request<csi::NodePublishVolumeRequest>,
+        request: Request<csi::NodePublishVolumeRequest>,
     ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
-        Err(Status::unimplemented(NOT_YET))
+        let r = request.into_inner();
+        match publish::check(
+            &r.volume_id,
+            &r.target_path,
+            &r.volume_context,
+            &self.kubelet_dir,
+            &self.audience,
+        ) {
+            Err(problems) => Err(Status::invalid_argument(problems.join("; "))),
+            Ok(_) => Err(Status::unimplemented(NOT_YET)),
+        }
     }
 
+    /// Nothing is published yet, so nothing is at any target path: the spec's answer for a
+    /// volume the plugin does not hold is OK (unpublish is idempotent).
     async fn node_unpublish_volume(
         &self,
-        _: Request<csi::NodeUnpublishVolumeRequest>,
+        request: Request<csi::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
-        Err(Status::unimplemented(NOT_YET))
+        let r = request.into_inner();
+        if r.volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume_id is empty"));
+        }
+        publish::target_under(&r.target_path, &self.kubelet_dir)
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
     }
 
     async fn node_stage_volume(

@@ -9,14 +9,26 @@ use std::process::{Command, Stdio};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::support::{Running, Scratch, bin, eventually, tools_python};
+use crate::support::{Running, Scratch, bin, eventually, tools_python, unique_canary};
+
+/// The server URL the agent is given, and so the audience of the pod tokens it takes.
+const AUDIENCE: &str = "https://secrets.example.com";
 
 fn agent(s: &Scratch, socket: &Path) -> (Running, std::path::PathBuf) {
     let log = s.path().join("node.log");
     let child = Running::spawn(
         "secretfs node",
         Command::new(bin())
-            .args(["node", "--node-id", "node-7", "--csi-socket"])
+            .args([
+                "node",
+                "--node-id",
+                "node-7",
+                "--url",
+                AUDIENCE,
+                "--kubelet-dir",
+            ])
+            .arg(s.path().join("kubelet"))
+            .arg("--csi-socket")
             .arg(socket)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
@@ -70,10 +82,14 @@ fn a_kubelet_stand_in_registers_the_plugin_over_its_root_only_socket() {
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600, "root-only");
 
+    let canary = unique_canary("pod-token");
     let stand_in = Command::new(&python)
         .arg(root.join("tests/it/node_csi.py"))
         .arg(&socket)
         .arg(&stubs)
+        .arg(s.path().join("kubelet"))
+        .arg(AUDIENCE)
+        .arg(&canary)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .unwrap();
@@ -89,14 +105,28 @@ fn a_kubelet_stand_in_registers_the_plugin_over_its_root_only_socket() {
     assert_eq!(got["node_id"], "node-7");
     assert_eq!(got["plugin_capabilities"], 0, "a node plugin only");
     assert_eq!(got["node_capabilities"], 0, "no staging for inline volumes");
-    // Publishing is not served yet, and says so instead of mounting nothing.
-    assert_eq!(got["publish"], "UNIMPLEMENTED", "{got}");
+    // A right request is not served yet, and says so instead of mounting nothing.
+    assert_eq!(got["publish"]["code"], "UNIMPLEMENTED", "{got}");
     assert!(
-        got["publish_message"]
+        got["publish"]["message"]
             .as_str()
             .unwrap()
             .contains("does not publish volumes yet"),
         "{got}"
+    );
+    // A wrong one is refused with every problem named, for `kubectl describe pod`.
+    assert_eq!(got["bad_publish"]["code"], "INVALID_ARGUMENT", "{got}");
+    let problems = got["bad_publish"]["message"].as_str().unwrap();
+    for word in ["not under the kubelet directory", "9bad", "mode"] {
+        assert!(problems.contains(word), "{word}: {problems}");
+    }
+    // Unpublishing what is not published is OK (idempotent, as the spec has it); a path outside
+    // the kubelet's directory is refused.
+    assert_eq!(got["unpublish"]["code"], "OK", "{got}");
+    assert_eq!(got["bad_unpublish"]["code"], "INVALID_ARGUMENT", "{got}");
+    assert!(
+        !got.to_string().contains(&canary),
+        "the pod's token reached an answer: {got}"
     );
 
     // Another user of the node cannot reach it (the socket's mode, checked by the kernel).
@@ -119,7 +149,7 @@ fn a_kubelet_stand_in_registers_the_plugin_over_its_root_only_socket() {
 
     // A second agent on the same socket is refused while the first serves it.
     let second = Command::new(bin())
-        .args(["node", "--csi-socket"])
+        .args(["node", "--url", AUDIENCE, "--csi-socket"])
         .arg(&socket)
         .output()
         .unwrap();
@@ -136,4 +166,5 @@ fn a_kubelet_stand_in_registers_the_plugin_over_its_root_only_socket() {
     assert!(!socket.exists(), "the socket outlived the agent");
     let printed = std::fs::read_to_string(log).unwrap();
     assert!(printed.contains("serving CSI on"), "{printed}");
+    assert!(!printed.contains(&canary), "{printed}");
 }

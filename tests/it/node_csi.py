@@ -30,16 +30,36 @@ with grpc.insecure_channel(f"unix://{socket}", options=options) as channel:
     out["node_id"] = node.NodeGetInfo(csi_pb2.NodeGetInfoRequest(), timeout=5).node_id
     node_caps = node.NodeGetCapabilities(csi_pb2.NodeGetCapabilitiesRequest(), timeout=5)
     out["node_capabilities"] = len(node_caps.capabilities)
-    try:
-        node.NodePublishVolume(
-            csi_pb2.NodePublishVolumeRequest(
-                volume_id="csi-0123", target_path="/var/lib/kubelet/pods/p/volumes/v/mount",
-                readonly=True, volume_context={"secrets": "A"},
-            ),
-            timeout=5,
-        )
-        out["publish"] = "ok"
-    except grpc.RpcError as e:
-        out["publish"] = e.code().name
-        out["publish_message"] = e.details()
+    kubelet = sys.argv[3]
+    target = f"{kubelet}/pods/9f1c/volumes/kubernetes.io~csi/secrets/mount"
+    pod = {
+        "csi.storage.k8s.io/pod.name": "trainer-0",
+        "csi.storage.k8s.io/pod.namespace": "ml",
+        "csi.storage.k8s.io/ephemeral": "true",
+        "csi.storage.k8s.io/serviceAccount.tokens": json.dumps(
+            {sys.argv[4]: {"token": sys.argv[5], "expirationTimestamp": "2026-12-07T12:00:00Z"}}
+        ),
+    }
+
+    def call(method, request):
+        try:
+            method(request, timeout=5)
+            return {"code": "OK"}
+        except grpc.RpcError as e:
+            return {"code": e.code().name, "message": e.details()}
+
+    out["publish"] = call(node.NodePublishVolume, csi_pb2.NodePublishVolumeRequest(
+        volume_id="csi-0123", target_path=target, readonly=True,
+        volume_context={**pod, "secrets": "HF_TOKEN,OPENAI_API_KEY", "uid": "1000", "mode": "0440"},
+    ))
+    out["bad_publish"] = call(node.NodePublishVolume, csi_pb2.NodePublishVolumeRequest(
+        volume_id="csi-0124", target_path="/etc/cron.d", readonly=True,
+        volume_context={**pod, "secrets": "9bad", "mode": "0666"},
+    ))
+    out["unpublish"] = call(node.NodeUnpublishVolume, csi_pb2.NodeUnpublishVolumeRequest(
+        volume_id="csi-0123", target_path=target,
+    ))
+    out["bad_unpublish"] = call(node.NodeUnpublishVolume, csi_pb2.NodeUnpublishVolumeRequest(
+        volume_id="csi-0123", target_path=f"{kubelet}/../../etc",
+    ))
 print(json.dumps(out))
