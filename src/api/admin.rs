@@ -261,12 +261,10 @@ pub fn parse_since(s: &str) -> Option<Timestamp> {
 /// and one unit (up to 9999 seconds or minutes, 999 hours, 366 days). Checked by hand: the rule
 /// is one number and one letter.
 fn canonical_duration(s: &str) -> Option<std::time::Duration> {
-    let unit = s.get(s.len().checked_sub(1)?..)?;
-    let digits = &s[..s.len() - 1];
-    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let (digits, n, unit) = super::query::number_and_unit(s)?;
+    if digits.starts_with('0') {
         return None;
     }
-    let n: u64 = digits.parse().ok()?;
     let secs = match unit {
         "s" if digits.len() <= 4 => n,
         "m" if digits.len() <= 4 => n * 60,

@@ -34,7 +34,8 @@ pub trait Body: DeserializeOwned {
     const SHAPE: Shape = Shape::Object(&[]);
 }
 
-const ITEMS: Shape = Shape::ArrayOf(&Shape::Object(&[]));
+/// An array of objects: a list of items, each a body of its own.
+pub const ITEMS: Shape = Shape::ArrayOf(&Shape::Object(&[]));
 
 impl Body for crate::protocol::CreateSecret {}
 impl Body for crate::protocol::UpdateSecret {}
@@ -49,9 +50,6 @@ impl Body for crate::protocol::NewWorkspace {}
 impl Body for crate::protocol::NewMember {}
 impl Body for crate::protocol::WorkloadReadRequest {
     const SHAPE: Shape = Shape::Object(&[("held", ITEMS)]);
-}
-impl Body for Vec<super::lepton::LeptonItem> {
-    const SHAPE: Shape = ITEMS;
 }
 
 impl<'de> DeserializeSeed<'de> for &Shape {

@@ -59,6 +59,11 @@ pub struct LeptonItem {
     tags: Option<Vec<String>>,
 }
 
+/// The create's body: a bare array of items, each an object.
+impl super::body::Body for Vec<LeptonItem> {
+    const SHAPE: super::body::Shape = super::body::ITEMS;
+}
+
 /// `GET /api/v2/workspaces/{ws}`'s answer.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct DisplayName {

@@ -26,3 +26,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
         }
     }
 }
+
+/// A query parameter of the form digits-then-unit ("30s", "15m"): the digits as written, their
+/// value and the unit, for the callers' own rules (`wait`, a duration ago). By hand: the forms
+/// are a number and one or two letters, which `humantime` reads more loosely than the document
+/// states them.
+pub fn number_and_unit(s: &str) -> Option<(&str, u64, &str)> {
+    let unit = s.trim_start_matches(|c: char| c.is_ascii_digit());
+    let digits = &s[..s.len() - unit.len()];
+    let n = digits.parse().ok()?;
+    Some((digits, n, unit))
+}

@@ -40,12 +40,10 @@ pub struct ReadQuery {
 /// `wait`: `protocol::WAIT_PATTERN`, exactly (a hand-written check of a 7-character rule; the
 /// long-poll clamps what it holds to `MAX_WAIT`).
 fn parse_wait(w: &str) -> Option<Duration> {
-    let unit = w.trim_start_matches(|c: char| c.is_ascii_digit());
-    let digits = &w[..w.len() - unit.len()];
-    if digits.is_empty() || digits.len() > 4 {
+    let (digits, n, unit) = super::query::number_and_unit(w)?;
+    if digits.len() > 4 {
         return None;
     }
-    let n: u64 = digits.parse().ok()?;
     match unit {
         "ms" => Some(Duration::from_millis(n)),
         "s" => Some(Duration::from_secs(n)),

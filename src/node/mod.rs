@@ -30,14 +30,22 @@ pub enum NodeError {
 }
 
 /// Binds the plugin's socket: a stale socket a killed agent left is replaced, a live one (another
-/// agent answers on it) refused; the socket is then made root-only (0600) before anything is
+/// agent answers on it) refused, anything else at the path left alone and refused; the socket is then made root-only (0600) before anything is
 /// served, so no other user of the node can call the plugin.
 pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, NodeError> {
     let socket_error = |cause| NodeError::Socket {
         path: path.to_owned(),
         cause,
     };
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // Only a socket is ever removed: a path naming anything else (a typo, a file the
+        // agent must not touch as root) is refused as it is.
+        if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+            return Err(socket_error(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "it exists and is not a socket",
+            )));
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(NodeError::InUse {
                 path: path.to_owned(),

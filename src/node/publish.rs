@@ -88,33 +88,21 @@ pub fn check(
             }
         }
     }
-    let mut number = |key: &str, radix: u32| -> Option<u32> {
+    let mut id = |key: &str| -> Option<u32> {
         let text = attributes.get(key)?;
-        let digits = if radix == 8 {
-            text.trim_start_matches("0o")
-        } else {
-            text
-        };
-        u32::from_str_radix(digits, radix)
-            .map_err(|_| {
-                problems.push(format!(
-                    "volumeAttributes.{key} {text:?} is not a{} number",
-                    if radix == 8 { "n octal" } else { "" }
-                ))
-            })
+        text.parse()
+            .map_err(|_| problems.push(format!("volumeAttributes.{key} {text:?} is not a number")))
             .ok()
     };
-    let uid = number("uid", 10);
-    let gid = number("gid", 10);
-    let mode = number("mode", 8);
-    if let Some(m) = mode
-        && (m & !0o777 != 0 || m & 0o022 != 0)
-    {
-        problems.push(format!(
-            "volumeAttributes.mode {m:o} may not give write access or go past 0777: use 0400, \
-             0440 or 0444"
-        ));
-    }
+    let uid = id("uid");
+    let gid = id("gid");
+    // The mount's own rule (read bits only, owner's included), as `mount --files` reads modes.
+    let mode = attributes.get("mode").and_then(|text| {
+        crate::render::parse_mode(text)
+            .map(u32::from)
+            .map_err(|e| problems.push(format!("volumeAttributes.mode: {e}")))
+            .ok()
+    });
     let binding = attributes.get("binding").cloned();
     let token = pod_token(attributes, audience)
         .map_err(|e| problems.push(e))

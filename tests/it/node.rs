@@ -160,6 +160,23 @@ fn a_kubelet_stand_in_registers_the_plugin_over_its_root_only_socket() {
         String::from_utf8_lossy(&second.stderr)
     );
 
+    // A path that holds anything but a socket is left alone: the agent runs as root, and a
+    // mistyped --csi-socket must not delete a file.
+    let file = s.path().join("not-a-socket");
+    std::fs::write(&file, b"keep me").unwrap();
+    let refused = Command::new(bin())
+        .args(["node", "--url", AUDIENCE, "--csi-socket"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is not a socket"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
     // SIGTERM (a DaemonSet rollout): the agent ends and takes its socket with it.
     let status = child.signal_and_wait(Signal::SIGTERM, std::time::Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
