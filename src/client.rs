@@ -502,14 +502,17 @@ impl Client {
         // Room for the token percent-encoded at its longest, so the buffer never moves (and
         // leaves no copy of the token behind in freed memory).
         let room = identity_token.len() * 3 + scope.map_or(0, |s| s.len() * 3) + 256;
-        let mut form = form_urlencoded::Serializer::new(String::with_capacity(room));
-        form.append_pair("grant_type", GRANT_TOKEN_EXCHANGE)
-            .append_pair("subject_token_type", TOKEN_TYPE_JWT)
-            .append_pair("subject_token", identity_token);
-        if let Some(s) = scope {
-            form.append_pair("scope", s);
-        }
-        let body = Bytes::from_owner(Zeroizing::new(form.finish().into_bytes()));
+        // Built in a block: the serializer is not `Send`, and must not live across an await.
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::with_capacity(room));
+            form.append_pair("grant_type", GRANT_TOKEN_EXCHANGE)
+                .append_pair("subject_token_type", TOKEN_TYPE_JWT)
+                .append_pair("subject_token", identity_token);
+            if let Some(s) = scope {
+                form.append_pair("scope", s);
+            }
+            Bytes::from_owner(Zeroizing::new(form.finish().into_bytes()))
+        };
         let path = "/api/v1/identity/exchange";
         let resp = self
             .send(

@@ -19,6 +19,9 @@ pub struct NodeArgs {
     /// The secretfs server the pods' tokens are exchanged at.
     #[arg(long, value_name = "URL", env = "SECRETFS_URL")]
     pub url: String,
+    /// A PEM file of CA certificates to trust for the server (a private CA).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// The audience of the pod tokens the kubelet hands over (the CSIDriver's
     /// spec.tokenRequests; default: the server URL).
     #[arg(long, value_name = "AUD")]
@@ -62,6 +65,12 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             .into_string()
             .map_err(|_| anyhow::anyhow!("the host name is not UTF-8; give --node-id"))?,
     };
+    crate::fs::memory::limit_malloc_arenas();
+    crate::harden::harden_process();
+    let agent = std::sync::Arc::new(
+        crate::node::Agent::new(&args.url, args.ca_file.as_deref())
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -79,10 +88,12 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         crate::node::serve(
             listener,
             args.csi_socket.clone(),
-            crate::node::Plugin::new(node_id, args.kubelet_dir.clone(), audience),
+            crate::node::Plugin::new(node_id, args.kubelet_dir.clone(), audience, agent.clone()),
             shutdown(),
         )
         .await?;
+        // Stopped (a rollout): the pods' volumes are taken away, not left disconnected.
+        tokio::task::spawn_blocking(move || agent.unmount_all()).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

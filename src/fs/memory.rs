@@ -93,11 +93,11 @@ impl LockedPool {
             unsafe {
                 std::ptr::copy_nonoverlapping(v.as_ptr(), pool.ptr.as_ptr().add(offset), v.len());
             }
-            slots.push(LockedSlot {
+            slots.push(LockedSlot(Arc::new(Range {
                 pool: pool.clone(),
                 offset,
                 len: v.len(),
-            });
+            })));
             offset += v.len();
         }
         Ok(slots)
@@ -122,8 +122,13 @@ impl Drop for LockedPool {
     }
 }
 
-/// One value inside a [`LockedPool`].
-pub struct LockedSlot {
+/// One value inside a [`LockedPool`]. Clones share the value (the node agent's volumes of one
+/// identity hold one copy of each); its range is zeroed when the last clone goes.
+#[derive(Clone)]
+pub struct LockedSlot(Arc<Range>);
+
+/// A value's bytes in its pool.
+struct Range {
     pool: Arc<LockedPool>,
     offset: usize,
     len: usize,
@@ -131,13 +136,14 @@ pub struct LockedSlot {
 
 impl LockedSlot {
     pub fn bytes(&self) -> &[u8] {
+        let r = &*self.0;
         // SAFETY: the range lies inside the pool's mapping, was fully written before the slot
-        // was created, and is only written again in this slot's `Drop`.
-        unsafe { std::slice::from_raw_parts(self.pool.ptr.as_ptr().add(self.offset), self.len) }
+        // was created, and is only written again in its `Drop`, once no clone is left.
+        unsafe { std::slice::from_raw_parts(r.pool.ptr.as_ptr().add(r.offset), r.len) }
     }
 
     pub fn is_locked(&self) -> bool {
-        self.pool.locked
+        self.0.pool.locked
     }
 }
 
@@ -153,10 +159,10 @@ impl std::fmt::Debug for LockedSlot {
     }
 }
 
-impl Drop for LockedSlot {
+impl Drop for Range {
     fn drop(&mut self) {
-        // SAFETY: this slot's range belongs to it alone, and `&mut self` proves no reader holds
-        // a borrow of it; other slots' ranges are disjoint and untouched.
+        // SAFETY: this range belongs to its slot alone, and the last clone of the slot is gone,
+        // so no reader holds a borrow of it; other ranges are disjoint and untouched.
         unsafe { zero(self.pool.ptr.as_ptr().add(self.offset), self.len) }
     }
 }
@@ -194,9 +200,13 @@ mod tests {
     #[test]
     fn dropping_a_slot_zeroes_only_its_range() {
         let mut slots = LockedPool::store([&b"first"[..], b"second"]).unwrap();
-        let pool = slots[0].pool.clone();
+        let pool = slots[0].0.pool.clone();
         let first = slots.remove(0);
+        let clone = first.clone();
         drop(first);
+        // A clone keeps the value.
+        assert_eq!(clone.bytes(), b"first");
+        drop(clone);
         // SAFETY: reading the pool's first bytes, which the dropped slot owned, in a test.
         let wiped = unsafe { std::slice::from_raw_parts(pool.ptr.as_ptr(), 5) };
         assert_eq!(wiped, [0; 5]);

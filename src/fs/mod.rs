@@ -19,3 +19,4 @@ mod rendered;
 mod signals;
 pub mod status;
 pub mod tree;
+pub mod volume;

@@ -374,7 +374,7 @@ fn watchdog(tree: SharedTree, status: Arc<MountStatus>, every: Duration) -> Resu
 /// The FUSE session's options: read-only, no devices, setuid or exec; the kernel decides access
 /// from owner and mode (default_permissions), and allow_other lets the workload's uid reach the
 /// files at all.
-fn session_config(auto_unmount: bool, audit: bool) -> Config {
+pub(super) fn session_config(auto_unmount: bool, audit: bool) -> Config {
     let mut options = vec![
         MountOption::FSName("secretfs".into()),
         MountOption::Subtype("secretfs".into()),

@@ -65,7 +65,7 @@ pub(super) fn apply(
 
 /// Tells the kernel what changed. Called after the tree's lock is released: the kernel may need
 /// the daemon to answer a pending request before it can process the notification.
-fn notify(notifier: &Notifier, changes: &Changes) {
+pub(super) fn notify(notifier: &Notifier, changes: &Changes) {
     for (name, ino) in changes.replaced.iter().chain(&changes.removed) {
         // Drops the name's dentry and unlinks the old inode in the kernel, so the next open
         // looks the name up again and the old inode is forgotten once no one holds it open.

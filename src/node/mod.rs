@@ -1,8 +1,9 @@
 //! `secretfs node`: the node agent, a CSI node plugin serving the pods of one node from one
-//! process. This is its first part: the plugin's gRPC surface on a root-only unix socket (the
-//! Identity service, and the Node service's info and capabilities). Publishing a volume is
-//! refused with a status that says so until the agent can hold many mounts in one process.
+//! process: the plugin's gRPC surface on a root-only unix socket (`plugin`), each request
+//! checked whole (`publish`), and the volumes and identities it serves (`agent`): a FUSE mount
+//! per volume, one cache and one long-poll per identity.
 
+mod agent;
 pub mod csi;
 mod plugin;
 pub mod publish;
@@ -10,6 +11,7 @@ pub mod publish;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+pub use agent::Agent;
 pub use plugin::{DRIVER_NAME, Plugin};
 
 /// Why the agent cannot start or stopped.

@@ -1,9 +1,11 @@
 //! The CSI services the agent answers.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::agent::Agent;
 use super::csi::identity_server::Identity;
 use super::csi::node_server::Node;
 use super::{csi, publish};
@@ -11,26 +13,28 @@ use super::{csi, publish};
 /// The driver's name: what a `CSIDriver` object and a pod's `csi:` volume name.
 pub const DRIVER_NAME: &str = "secrets.secretfs.dev";
 
-/// What publishing a volume answers until the agent serves volumes.
-const NOT_YET: &str = "this secretfs node agent answers the CSI Identity service and the Node \
-                       service's info and capabilities, and does not publish volumes yet: mount \
-                       the secrets in the pod with `secretfs mount` (examples/kubernetes)";
-
 /// The plugin: this node's id, answered to the kubelet; where volumes may be published; the
-/// audience of the pod tokens it takes.
+/// audience of the pod tokens it takes; the volumes it serves.
 #[derive(Clone)]
 pub struct Plugin {
     node_id: String,
     kubelet_dir: PathBuf,
     audience: String,
+    agent: Arc<Agent>,
 }
 
 impl Plugin {
-    pub fn new(node_id: String, kubelet_dir: PathBuf, audience: String) -> Plugin {
+    pub fn new(
+        node_id: String,
+        kubelet_dir: PathBuf,
+        audience: String,
+        agent: Arc<Agent>,
+    ) -> Plugin {
         Plugin {
             node_id,
             kubelet_dir,
             audience,
+            agent,
         }
     }
 }
@@ -90,7 +94,8 @@ impl Node for Plugin {
     }
 
     /// The request is checked whole first (what `kubectl describe pod` shows when it is
-    /// wrong); a right one is refused as not served yet.
+    /// wrong), then published: the pod's token exchanged, the volume mounted or, republished,
+    /// brought up to date.
     async fn node_publish_volume(
         &self,
         request: Request<csi::NodePublishVolumeRequest>,
@@ -104,12 +109,15 @@ impl Node for Plugin {
             &self.audience,
         ) {
             Err(problems) => Err(Status::invalid_argument(problems.join("; "))),
-            Ok(_) => Err(Status::unimplemented(NOT_YET)),
+            Ok(p) => {
+                self.agent.publish(p).await?;
+                Ok(Response::new(csi::NodePublishVolumeResponse {}))
+            }
         }
     }
 
-    /// Nothing is published yet, so nothing is at any target path: the spec's answer for a
-    /// volume the plugin does not hold is OK (unpublish is idempotent).
+    /// Unmounts and wipes; the spec's answer for a volume the plugin does not hold is OK
+    /// (unpublish is idempotent).
     async fn node_unpublish_volume(
         &self,
         request: Request<csi::NodeUnpublishVolumeRequest>,
@@ -118,8 +126,9 @@ impl Node for Plugin {
         if r.volume_id.is_empty() {
             return Err(Status::invalid_argument("volume_id is empty"));
         }
-        publish::target_under(&r.target_path, &self.kubelet_dir)
+        let target = publish::target_under(&r.target_path, &self.kubelet_dir)
             .map_err(Status::invalid_argument)?;
+        self.agent.unpublish(&r.volume_id, &target).await?;
         Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
     }
 

@@ -20,6 +20,9 @@ pub struct Publish {
     pub gid: Option<u32>,
     pub mode: Option<u32>,
     pub binding: Option<String>,
+    /// The pod whose volume this is: its uid, as the target path, the kubelet's pod info and
+    /// the token's claims all say.
+    pub pod: String,
     /// The pod's token for the agent's audience.
     pub token: Zeroizing<String>,
 }
@@ -107,8 +110,14 @@ pub fn check(
     let token = pod_token(attributes, audience)
         .map_err(|e| problems.push(e))
         .ok();
-    match (target, token) {
-        (Some(target), Some(token)) if problems.is_empty() => Ok(Publish {
+    let pod = match (&target, &token) {
+        (Some(target), Some(token)) => pod_of(target, kubelet_dir, attributes, token)
+            .map_err(|e| problems.push(e))
+            .ok(),
+        _ => None,
+    };
+    match (target, token, pod) {
+        (Some(target), Some(token), Some(pod)) if problems.is_empty() => Ok(Publish {
             volume_id: volume_id.to_owned(),
             target,
             secrets,
@@ -116,9 +125,73 @@ pub fn check(
             gid,
             mode,
             binding,
+            pod,
             token,
         }),
         _ => Err(problems),
+    }
+}
+
+/// The kubelet's pod info attribute (`podInfoOnMount`) naming the pod's uid.
+pub const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
+
+/// The pod a volume belongs to, where every witness agrees: the target path
+/// (`<kubelet>/pods/<uid>/volumes/...`), the kubelet's pod info, and the pod token's own claim
+/// (`kubernetes.io.pod.uid`, which the server's exchange verifies with the signature). A token
+/// of pod A presented for pod B's path is refused here, before any exchange.
+fn pod_of(
+    target: &Path,
+    kubelet_dir: &Path,
+    attributes: &std::collections::HashMap<String, String>,
+    token: &str,
+) -> Result<String, String> {
+    let rest = target.strip_prefix(kubelet_dir).unwrap_or(target);
+    let parts: Vec<&str> = rest.iter().filter_map(|c| c.to_str()).collect();
+    let path_pod = match parts.as_slice() {
+        ["pods", uid, "volumes", _, _, ..] => *uid,
+        _ => {
+            return Err(format!(
+                "target_path {} is not a pod volume's path ({}/pods/<pod uid>/volumes/...)",
+                target.display(),
+                kubelet_dir.display()
+            ));
+        }
+    };
+    if let Some(said) = attributes.get(POD_UID)
+        && said != path_pod
+    {
+        return Err(format!(
+            "the kubelet's pod info names pod {said:?}, and target_path is pod {path_pod:?}'s"
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        #[serde(rename = "kubernetes.io")]
+        kubernetes: Option<Kubernetes>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Kubernetes {
+        pod: Option<Pod>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Pod {
+        uid: String,
+    }
+    // Read without verifying: the server verifies the signature at the exchange, and refuses a
+    // forged token there; this only ties a genuine token to its own pod's path.
+    let claimed = jsonwebtoken::dangerous::insecure_decode_claims::<Claims>(token)
+        .ok()
+        .and_then(|c| c.kubernetes?.pod)
+        .map(|p| p.uid);
+    match claimed {
+        Some(uid) if uid == path_pod => Ok(uid),
+        Some(uid) => Err(format!(
+            "the pod's token is pod {uid:?}'s, and target_path is pod {path_pod:?}'s: a token              opens only its own pod's volumes"
+        )),
+        None => Err(
+            "the pod's token names no pod (no kubernetes.io.pod.uid claim): the kubelet's              service-account token for the CSIDriver's tokenRequests is bound to its pod"
+                .to_owned(),
+        ),
     }
 }
 
@@ -169,7 +242,23 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    const CANARY: &str = "eyJ.canary-pod-token.sig";
+    const CANARY: &str = "canary-pod-token-signature";
+
+    /// A JWT-shaped pod token of pod `uid` (unsigned: only its claims are read here).
+    fn pod_token(uid: &str) -> String {
+        use base64::Engine;
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.{CANARY}",
+            b64(serde_json::json!({"alg": "RS256", "typ": "JWT"})),
+            b64(
+                serde_json::json!({"sub": "system:serviceaccount:ml:trainer",
+                "kubernetes.io": {"namespace": "ml", "pod": {"name": "p", "uid": uid}}})
+            ),
+        )
+    }
 
     fn attrs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -179,7 +268,11 @@ mod tests {
     }
 
     fn tokens(audience: &str) -> String {
-        serde_json::json!({ audience: { "token": CANARY, "expirationTimestamp": "2026-12-07T11:00:00Z" } })
+        tokens_of(audience, "u")
+    }
+
+    fn tokens_of(audience: &str, pod: &str) -> String {
+        serde_json::json!({ audience: { "token": pod_token(pod), "expirationTimestamp": "2026-12-07T11:00:00Z" } })
             .to_string()
     }
 
@@ -202,7 +295,8 @@ mod tests {
         .unwrap();
         assert_eq!(p.secrets.len(), 2);
         assert_eq!((p.uid, p.gid, p.mode), (Some(1000), None, Some(0o440)));
-        assert_eq!(p.token.as_str(), CANARY);
+        assert_eq!(p.pod, "u");
+        assert!(p.token.ends_with(CANARY));
         assert!(!format!("{p:?}").contains("canary"));
     }
 
@@ -235,6 +329,71 @@ mod tests {
         }
         assert_eq!(problems.len(), 6, "{all}");
         assert!(!all.contains("canary"), "{all}");
+    }
+
+    #[test]
+    fn a_token_opens_only_its_own_pods_volumes() {
+        let k = Path::new("/var/lib/kubelet");
+        let aud = "https://secrets.example.com";
+        let of_a = tokens_of(aud, "pod-a");
+        let path_of =
+            |pod: &str| format!("/var/lib/kubelet/pods/{pod}/volumes/kubernetes.io~csi/s/mount");
+        let ok = check(
+            "v",
+            &path_of("pod-a"),
+            &attrs(&[("secrets", "A"), (TOKENS, &of_a), (POD_UID, "pod-a")]),
+            k,
+            aud,
+        );
+        assert_eq!(ok.unwrap().pod, "pod-a");
+        // Pod A's token at pod B's path, with or without the kubelet's pod info.
+        for extra in [None, Some("pod-b")] {
+            let mut a = attrs(&[("secrets", "A"), (TOKENS, &of_a)]);
+            if let Some(uid) = extra {
+                a.insert(POD_UID.into(), uid.into());
+            }
+            let problems = check("v", &path_of("pod-b"), &a, k, aud)
+                .unwrap_err()
+                .join("\n");
+            assert!(problems.contains("its own pod's volumes"), "{problems}");
+            assert!(!problems.contains(CANARY), "{problems}");
+        }
+        // Pod info that disagrees with the path.
+        let problems = check(
+            "v",
+            &path_of("pod-a"),
+            &attrs(&[("secrets", "A"), (TOKENS, &of_a), (POD_UID, "pod-b")]),
+            k,
+            aud,
+        )
+        .unwrap_err();
+        assert!(problems[0].contains("pod info"), "{problems:?}");
+        // A path that is not a pod's volume, a token without a pod.
+        let problems = check(
+            "v",
+            "/var/lib/kubelet/plugins/x",
+            &attrs(&[("secrets", "A"), (TOKENS, &of_a)]),
+            k,
+            aud,
+        )
+        .unwrap_err();
+        assert!(
+            problems[0].contains("not a pod volume's path"),
+            "{problems:?}"
+        );
+        let bare = serde_json::json!({ aud: { "token": format!("a.b.{CANARY}") } }).to_string();
+        let problems = check(
+            "v",
+            &path_of("pod-a"),
+            &attrs(&[("secrets", "A"), (TOKENS, &bare)]),
+            k,
+            aud,
+        )
+        .unwrap_err();
+        assert!(
+            problems[0].contains("names no pod") && !problems[0].contains(CANARY),
+            "{problems:?}"
+        );
     }
 
     #[test]

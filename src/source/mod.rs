@@ -30,6 +30,9 @@ pub enum SourceError {
     Unavailable(String),
     #[error("{0}")]
     Failed(String),
+    /// The server refused the credential (HTTP 401: unknown, expired or revoked).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<ServiceError> for SourceError {
@@ -195,7 +198,7 @@ impl From<ClientError> for SourceError {
     fn from(e: ClientError) -> Self {
         match &e {
             _ if e.is_transient() => SourceError::Unavailable(e.to_string()),
-            ClientError::Unauthorized { .. } => SourceError::Failed(
+            ClientError::Unauthorized { .. } => SourceError::Refused(
                 "the server refused the token: it is unknown, expired or revoked (HTTP 401); mint \
                  a new one with \"secretfs token create --workload\""
                     .into(),
@@ -260,6 +263,56 @@ impl ServerSource {
             source.exchange()?;
         }
         Ok(source)
+    }
+
+    /// A server, through a workload token exchanged elsewhere (the node agent exchanges a pod's
+    /// token at each publish) and replaced through [`adopt`](Self::adopt). It is never renewed
+    /// (an exchanged token's life ends with the platform token's): a long-poll ends when it
+    /// expires, and the round after it is [`SourceError::Refused`] until a fresh one is adopted.
+    pub fn exchanged(
+        urls: &str,
+        token: &Token,
+        expires_in: Duration,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, SourceError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SourceError::Failed(e.to_string()))?;
+        let client =
+            Client::new(urls, token, ca_file).map_err(|e| SourceError::Failed(e.to_string()))?;
+        let source = ServerSource {
+            runtime,
+            client: Mutex::new(Arc::new(client)),
+            urls: urls.to_owned(),
+            identity: None,
+            expiry: Mutex::new(None),
+            wake_early: std::sync::atomic::AtomicBool::new(false),
+            exhausted: std::sync::atomic::AtomicBool::new(true),
+        };
+        source.set_expiry(expires_in);
+        Ok(source)
+    }
+
+    /// Uses `token` from now on (a later exchange's); its connections are the old client's.
+    pub fn adopt(&self, token: &Token, expires_in: Duration) -> Result<(), SourceError> {
+        let client = self
+            .client()
+            .with_token(token)
+            .map_err(|e| SourceError::Failed(e.to_string()))?;
+        *self.client.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
+        self.set_expiry(expires_in);
+        Ok(())
+    }
+
+    /// How long the token in use has left (`None`: it does not expire).
+    pub fn token_left(&self) -> Option<Duration> {
+        self.time_left()
+    }
+
+    fn set_expiry(&self, life: Duration) {
+        let until = Timestamp::from_system_time(std::time::SystemTime::now() + life);
+        *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) = Some((until, life));
     }
 
     fn client(&self) -> Arc<Client> {

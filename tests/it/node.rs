@@ -44,21 +44,15 @@ fn agent(s: &Scratch, socket: &Path) -> (Running, std::path::PathBuf) {
     (child, log)
 }
 
-#[test]
-fn a_kubelet_stand_in_registers_the_plugin_over_its_root_only_socket() {
-    let Some(python) = tools_python(
-        "a_kubelet_stand_in_registers_the_plugin_over_its_root_only_socket",
-        "grpc_tools",
-    ) else {
-        return;
-    };
-    let s = Scratch::new();
+mod publish;
+
+/// The stubs, generated from the vendored proto into `dir/stubs` (its google/protobuf imports are
+/// grpcio-tools' own).
+pub(crate) fn stubs(python: &Path, dir: &Path) -> std::path::PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // The stubs, generated from the vendored proto (its google/protobuf imports are
-    // grpcio-tools' own).
-    let stubs = s.path().join("stubs");
+    let stubs = dir.join("stubs");
     std::fs::create_dir(&stubs).unwrap();
-    let out = Command::new(&python)
+    let out = Command::new(python)
         .args(["-m", "grpc_tools.protoc", "-I"])
         .arg(root.join("proto"))
         .arg(format!("--python_out={}", stubs.display()))
@@ -72,6 +66,20 @@ fn a_kubelet_stand_in_registers_the_plugin_over_its_root_only_socket() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stubs
+}
+
+#[test]
+fn a_kubelet_stand_in_registers_the_plugin_over_its_root_only_socket() {
+    let Some(python) = tools_python(
+        "a_kubelet_stand_in_registers_the_plugin_over_its_root_only_socket",
+        "grpc_tools",
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let stubs = stubs(&python, s.path());
 
     let socket = s.path().join("plugins/secrets.secretfs.dev/csi.sock");
     // A stale socket a killed agent left is replaced.
@@ -105,13 +113,14 @@ fn a_kubelet_stand_in_registers_the_plugin_over_its_root_only_socket() {
     assert_eq!(got["node_id"], "node-7");
     assert_eq!(got["plugin_capabilities"], 0, "a node plugin only");
     assert_eq!(got["node_capabilities"], 0, "no staging for inline volumes");
-    // A right request is not served yet, and says so instead of mounting nothing.
-    assert_eq!(got["publish"]["code"], "UNIMPLEMENTED", "{got}");
+    // A token that is not a pod's (no pod claim to tie it to the target path) is refused
+    // before any exchange.
+    assert_eq!(got["publish"]["code"], "INVALID_ARGUMENT", "{got}");
     assert!(
         got["publish"]["message"]
             .as_str()
             .unwrap()
-            .contains("does not publish volumes yet"),
+            .contains("names no pod"),
         "{got}"
     );
     // A wrong one is refused with every problem named, for `kubectl describe pod`.

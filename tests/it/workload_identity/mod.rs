@@ -13,16 +13,16 @@ use crate::support::{
     Api, Daemon, FS_LIMIT, Running, Scratch, Server, eventually, fuse_available, tools_python,
 };
 
-const K8S_AUD: &str = "https://kubernetes.default.svc";
+pub(crate) const K8S_AUD: &str = "https://kubernetes.default.svc";
 const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// The answer of every refusal before a token's signature verifies.
 const UNADMITTED: &str = "no identity binding admits the token";
 
 /// A running issuer; stopped when dropped.
-struct Issuer {
+pub(crate) struct Issuer {
     child: Running,
-    url: String,
+    pub(crate) url: String,
     api: Api,
     rt: tokio::runtime::Runtime,
 }
@@ -73,7 +73,7 @@ impl Issuer {
     }
 
     /// A token of `claims` (over the issuer's `iss`, `iat`, `exp = iat + ttl`).
-    fn mint(&self, body: Value) -> String {
+    pub(crate) fn mint(&self, body: Value) -> String {
         self.post("/mint", body)["token"]
             .as_str()
             .unwrap()
@@ -168,7 +168,7 @@ fn reads(rt: &tokio::runtime::Runtime, api: &Api, token: &str) -> Vec<String> {
 }
 
 /// `secretfs identity ARGS` as the admin.
-fn identity(s: &Scratch, server: &Server, args: &[&str]) -> crate::support::Out {
+pub(crate) fn identity(s: &Scratch, server: &Server, args: &[&str]) -> crate::support::Out {
     let mut all = vec!["identity", "--url", &server.url];
     all.extend_from_slice(args);
     let mut cmd = s.cmd(&all);
@@ -177,7 +177,7 @@ fn identity(s: &Scratch, server: &Server, args: &[&str]) -> crate::support::Out 
 }
 
 /// `identity add NAME --issuer ISSUER --audience AUDIENCE --subject SUBJECT REST...`.
-fn add(
+pub(crate) fn add(
     s: &Scratch,
     server: &Server,
     name: &str,
@@ -201,18 +201,18 @@ fn add(
 }
 
 /// A server with alice's secrets, her colleague bob's, and an issuer.
-struct World {
-    s: Scratch,
-    server: Server,
-    api: Api,
-    rt: tokio::runtime::Runtime,
-    issuer: Issuer,
-    alice: String,
-    bob: String,
+pub(crate) struct World {
+    pub(crate) s: Scratch,
+    pub(crate) server: Server,
+    pub(crate) api: Api,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) issuer: Issuer,
+    pub(crate) alice: String,
+    pub(crate) bob: String,
     _db: Option<crate::support::TempDatabase>,
 }
 
-fn world(test: &str, server_args: &[&str]) -> Option<World> {
+pub(crate) fn world(test: &str, server_args: &[&str]) -> Option<World> {
     world_on(test, None, |s| Server::start_with(s, server_args))
 }
 
@@ -288,7 +288,7 @@ impl World {
         assert_eq!(out.code, 0, "{}", out.stderr);
     }
 
-    fn audit(&self) -> Vec<Value> {
+    pub(crate) fn audit(&self) -> Vec<Value> {
         let (status, v) = self.rt.block_on(self.api.call(
             "GET",
             "/api/v1/audit?limit=1000",

@@ -1,0 +1,753 @@
+//! The agent's volumes and identities: a pod's token exchanged at each publish, a FUSE mount per
+//! volume, and one shared cache and one long-poll per identity (the volumes whose tokens resolve
+//! to the same binding and grants), so N pods of K identities cost N exchanges, K value reads
+//! and K held long-polls, and one rotation reaches every volume of its identity.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::time::Duration;
+
+use sha2::Digest;
+use tonic::Status;
+
+use super::publish::Publish;
+use crate::auth::Token;
+use crate::client::Client;
+use crate::fs::memory::LockedPool;
+use crate::fs::tree::Ownership;
+use crate::fs::volume::{Listing, Volume};
+use crate::secret::{SecretName, ValueStamp};
+use crate::source::follow::{Pace, Report, Step, follow};
+use crate::source::{Feed, Fetched, ServerSource, SourceError};
+
+/// Who an exchange said the pod is: volumes with the same key share a cache and a long-poll.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    workspace: String,
+    binding: String,
+    /// The grants, sorted.
+    secrets: Vec<SecretName>,
+}
+
+/// One identity's shared cache and its watch.
+struct Group {
+    key: Key,
+    /// Always `Some` until dropped (see `Drop`).
+    source: Option<ServerSource>,
+    listing: RwLock<Listing>,
+    /// The volumes it feeds; `None` once the last left (the group is done).
+    volumes: Mutex<Option<Vec<Arc<Volume>>>>,
+    /// The server refused the token in use (the binding removed, or the token expired): its
+    /// volumes serve nothing until a publish brings a token the server admits.
+    refused: AtomicBool,
+    /// Dropped to stop the watch.
+    stop: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+impl Group {
+    /// The first read of the identity's secrets, then its watch on a thread of its own.
+    fn start(
+        key: Key,
+        urls: &str,
+        ca_file: Option<&Path>,
+        token: &Token,
+        life: Duration,
+    ) -> Result<Arc<Group>, SourceError> {
+        let source = ServerSource::exchanged(urls, token, life, ca_file)?;
+        let mut listing = Listing::default();
+        let first = source.fetch(&[], &[], None)?;
+        let revision = merge(&mut listing, first)
+            .map_err(|e| SourceError::Failed(format!("cannot hold secrets in memory: {e}")))?;
+        let (stop, stopped) = mpsc::channel();
+        let group = Arc::new(Group {
+            key,
+            source: Some(source),
+            listing: RwLock::new(listing),
+            volumes: Mutex::new(Some(Vec::new())),
+            refused: AtomicBool::new(false),
+            stop: Mutex::new(Some(stop)),
+        });
+        let watched = group.clone();
+        std::thread::Builder::new()
+            .name("identity".into())
+            .spawn(move || watched.watch(revision, &stopped))
+            .map_err(|e| SourceError::Failed(format!("cannot start a thread: {e}")))?;
+        Ok(group)
+    }
+
+    /// Keeps the cache and every volume in step through the one follow loop.
+    fn watch(&self, revision: Option<String>, stopped: &mpsc::Receiver<()>) {
+        let stop = |wait: Duration| {
+            !matches!(
+                stopped.recv_timeout(wait),
+                Err(mpsc::RecvTimeoutError::Timeout)
+            )
+        };
+        let pace = Pace {
+            long_poll: Duration::from_secs(30),
+            every: None,
+            marks: Vec::new(),
+            full_every: Duration::ZERO,
+        };
+        let mut round = |watch: Option<(&str, Duration)>| -> Result<Step, SourceError> {
+            if self.refused.load(Ordering::Acquire) {
+                // Nothing is asked with a token the server refused (each ask an audited
+                // refusal): a publish that brings an admitted one wakes this within a second.
+                return Ok(if stop(Duration::from_secs(1)) {
+                    Step::Stop
+                } else {
+                    Step::Continue(None)
+                });
+            }
+            let held = self.held();
+            match self.source().fetch(&[], &held, watch) {
+                Ok(fetched) => {
+                    let revision = self.apply(fetched)?;
+                    Ok(Step::Continue(revision))
+                }
+                Err(SourceError::Refused(_)) => {
+                    self.refuse();
+                    Ok(Step::Continue(None))
+                }
+                Err(e) => Err(e),
+            }
+        };
+        follow(
+            true,
+            &pace,
+            revision,
+            &stop,
+            &mut round,
+            &mut Logged(&self.key),
+        );
+    }
+
+    fn source(&self) -> &ServerSource {
+        self.source.as_ref().expect("a group's source lives as long as the group")
+    }
+
+    fn held(&self) -> Vec<ValueStamp> {
+        let listing = self.listing.read().unwrap_or_else(|e| e.into_inner());
+        listing.values.values().map(|(s, _)| s.clone()).collect()
+    }
+
+    /// A round's answer into the cache, then into every volume.
+    fn apply(&self, fetched: Fetched) -> Result<Option<String>, SourceError> {
+        let mut listing = self.listing.write().unwrap_or_else(|e| e.into_inner());
+        let revision = merge(&mut listing, fetched)
+            .map_err(|e| SourceError::Failed(format!("cannot hold secrets in memory: {e}")))?;
+        for v in self.volumes().iter() {
+            v.update(&listing);
+        }
+        Ok(revision)
+    }
+
+    /// The server refused the token: every volume of the identity stops serving at once.
+    fn refuse(&self) {
+        if !self.refused.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                binding = %self.key.binding,
+                "the server refused this identity's token (its binding was removed, or the token \
+                 expired): its volumes serve nothing until the kubelet's next republish brings a \
+                 token the server admits"
+            );
+        }
+        *self.listing.write().unwrap_or_else(|e| e.into_inner()) = Listing::default();
+        for v in self.volumes().iter() {
+            v.clear();
+        }
+    }
+
+    /// A fresh exchange's token: used when the one in use was refused or expires sooner.
+    fn adopt(&self, token: &Token, life: Duration) -> Result<(), SourceError> {
+        let refused = self.refused.load(Ordering::Acquire);
+        if !refused && self.source().token_left().is_some_and(|left| left >= life) {
+            return Ok(());
+        }
+        self.source().adopt(token, life)?;
+        if refused {
+            // Read again now, so the volume this publish is for serves at once.
+            let fetched = self.source().fetch(&[], &[], None)?;
+            self.apply(fetched)?;
+            self.refused.store(false, Ordering::Release);
+            tracing::info!(binding = %self.key.binding, "the identity's token is admitted again; its volumes serve");
+        }
+        Ok(())
+    }
+
+    fn volumes(&self) -> Vec<Arc<Volume>> {
+        self.volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    /// Adds a volume; `false` if the group is done (its last volume left meanwhile).
+    fn attach(&self, v: Arc<Volume>) -> bool {
+        match self
+            .volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            Some(all) => {
+                all.push(v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a volume; with the last one gone the group is done and its watch stops.
+    fn detach(&self, v: &Arc<Volume>) -> bool {
+        let mut volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(all) = volumes.as_mut() else {
+            return true;
+        };
+        all.retain(|x| !Arc::ptr_eq(x, v));
+        if all.is_empty() {
+            *volumes = None;
+            self.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
+            return true;
+        }
+        false
+    }
+
+    /// Done if no volume ever joined (a publish that failed after starting it).
+    fn close_if_empty(&self) -> bool {
+        let mut volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+        if volumes.as_ref().is_some_and(Vec::is_empty) {
+            *volumes = None;
+            self.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+        volumes.is_none()
+    }
+}
+
+impl Drop for Group {
+    /// The source owns a runtime, which must not be dropped on an async worker (the last holder
+    /// of a group may be a gRPC handler): it goes on a thread of its own then.
+    fn drop(&mut self) {
+        let source = self.source.take();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::Builder::new()
+                .name("drop".into())
+                .spawn(move || drop(source));
+        }
+    }
+}
+
+/// A round's answer into the cache: the stamps of everything listed, new values in one locked
+/// mapping, the values of secrets no longer listed dropped (wiped once no volume serves them).
+fn merge(listing: &mut Listing, fetched: Fetched) -> std::io::Result<Option<String>> {
+    for e in &fetched.errors {
+        tracing::warn!(error = %e, "cannot fetch a changed secret; serving its last known good value");
+    }
+    let stamps: Vec<ValueStamp> = fetched.secrets.iter().map(|(s, _)| s.clone()).collect();
+    let fresh: Vec<(ValueStamp, crate::secret::SecretValue)> = fetched
+        .secrets
+        .into_iter()
+        .filter_map(|(s, v)| Some((s, v?)))
+        .collect();
+    let slots = LockedPool::store(fresh.iter().map(|(_, v)| v.expose_secret()))?;
+    listing
+        .values
+        .retain(|name, _| stamps.iter().any(|s| &s.name == name));
+    for ((stamp, _), slot) in fresh.into_iter().zip(slots) {
+        listing.values.insert(stamp.name.clone(), (stamp, slot));
+    }
+    listing.stamps = stamps;
+    listing.kinds = fetched.kinds;
+    Ok(fetched.revision)
+}
+
+/// An identity's health, in the agent's log.
+struct Logged<'a>(&'a Key);
+
+impl Report<SourceError> for Logged<'_> {
+    fn failing(&mut self, e: &SourceError) {
+        tracing::warn!(binding = %self.0.binding, error = %e, "cannot refresh an identity's secrets; its volumes serve the last known good values");
+    }
+
+    fn recovered(&mut self) {
+        tracing::info!(binding = %self.0.binding, "the server answers again; updates flow");
+    }
+}
+
+/// A volume the agent serves.
+struct Published {
+    volume_id: String,
+    volume: Arc<Volume>,
+    group: Arc<Group>,
+    /// A digest of the pod token last exchanged: a republish with the same token and an
+    /// identity still admitted exchanges nothing.
+    token: [u8; 32],
+    /// What the volume was published as: a republish that asks for something else is refused.
+    asked: Asked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Asked {
+    secrets: Vec<SecretName>,
+    owner: Ownership,
+    binding: Option<String>,
+}
+
+/// The node's volumes and identities.
+pub struct Agent {
+    urls: String,
+    ca_file: Option<PathBuf>,
+    exchanger: Client,
+    volumes: Mutex<HashMap<PathBuf, Published>>,
+    groups: Mutex<HashMap<Key, Arc<tokio::sync::OnceCell<Arc<Group>>>>>,
+    /// One publish or unpublish at a time per target path (the kubelet retries while one runs).
+    busy: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The owner and group of files whose volume names none: root's, readable by the pod through
+/// the mode's group and other bits only if the volume says so.
+const DEFAULT_MODE: u32 = 0o440;
+
+impl Agent {
+    pub fn new(urls: &str, ca_file: Option<&Path>) -> Result<Agent, String> {
+        Ok(Agent {
+            urls: urls.to_owned(),
+            ca_file: ca_file.map(Path::to_owned),
+            exchanger: Client::anonymous(urls, ca_file).map_err(|e| e.to_string())?,
+            volumes: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock_target(&self, target: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(target.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// `NodePublishVolume`, checked: a first publish exchanges the pod's token and mounts; a
+    /// republish exchanges again only when the token changed or the identity was refused, and
+    /// never remounts.
+    pub async fn publish(self: &Arc<Self>, p: Publish) -> Result<(), Status> {
+        let owner = Ownership::new(
+            p.uid.unwrap_or(0),
+            p.gid.unwrap_or(0),
+            p.mode.unwrap_or(DEFAULT_MODE),
+        )
+        .map_err(Status::invalid_argument)?;
+        let asked = Asked {
+            secrets: p.secrets.clone(),
+            owner,
+            binding: p.binding.clone(),
+        };
+        let digest: [u8; 32] = sha2::Sha256::digest(p.token.as_bytes()).into();
+        let lock = self.lock_target(&p.target);
+        let _held = lock.lock().await;
+        let known = {
+            let volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+            volumes.get(&p.target).map(|v| {
+                (
+                    v.volume_id.clone(),
+                    v.asked.clone(),
+                    v.token,
+                    v.group.clone(),
+                    v.volume.clone(),
+                )
+            })
+        };
+        if let Some((volume_id, was, token, group, volume)) = known {
+            if volume_id != p.volume_id || was != asked {
+                return Err(Status::already_exists(format!(
+                    "{} is published already as volume {volume_id:?} with other attributes; unpublish it first",
+                    p.target.display()
+                )));
+            }
+            let refused = group.refused.load(Ordering::Acquire);
+            let due = group
+                .source()
+                .token_left()
+                .is_none_or(|left| left < Duration::from_secs(120));
+            if token == digest && !refused && !due {
+                return Ok(());
+            }
+            return self.republish(p, digest, group, volume).await;
+        }
+        let (key, token, life) = self.exchange(&p).await?;
+        let group = self.group(key, token, life).await?;
+        let mounted = {
+            let (target, secrets, group) = (p.target.clone(), p.secrets.clone(), group.clone());
+            tokio::task::spawn_blocking(move || {
+                let listing = group.listing.read().unwrap_or_else(|e| e.into_inner());
+                Volume::mount(&target, owner, secrets, Vec::new(), &listing)
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+        };
+        let volume = match mounted {
+            Ok(v) => Arc::new(v),
+            Err(e) => {
+                self.forget_if_done(&group);
+                return Err(mount_status(e, &group.key));
+            }
+        };
+        if !group.attach(volume.clone()) {
+            // The identity's last volume left while this one mounted: serve from a new group.
+            let v = volume.clone();
+            tokio::task::spawn_blocking(move || v.unmount()).await.ok();
+            return Err(Status::aborted(
+                "the identity's cache closed while mounting; the kubelet retries",
+            ));
+        }
+        // Values that changed between the mount's read and joining the group.
+        volume.update(&group.listing.read().unwrap_or_else(|e| e.into_inner()));
+        tracing::info!(volume = %p.volume_id, target = %p.target.display(), binding = %group.key.binding, secrets = volume.len(), "volume published");
+        self.volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                p.target.clone(),
+                Published {
+                    volume_id: p.volume_id,
+                    volume,
+                    group,
+                    token: digest,
+                    asked,
+                },
+            );
+        Ok(())
+    }
+
+    /// A republish that must exchange: the same identity adopts the newer token; another one
+    /// (the binding's grants changed) moves the volume to its cache; a refusal stops it serving.
+    async fn republish(
+        &self,
+        p: Publish,
+        digest: [u8; 32],
+        group: Arc<Group>,
+        volume: Arc<Volume>,
+    ) -> Result<(), Status> {
+        let (key, token, life) = match self.exchange(&p).await {
+            Ok(x) => x,
+            Err(status) => {
+                if status.code() == tonic::Code::PermissionDenied {
+                    volume.clear();
+                }
+                return Err(status);
+            }
+        };
+        let target = if key == group.key {
+            group.clone()
+        } else {
+            self.group(key, token.clone(), life).await?
+        };
+        {
+            let (target, token) = (target.clone(), token.clone());
+            tokio::task::spawn_blocking(move || target.adopt(&token, life))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| source_status(e, &group.key))?;
+        }
+        if !Arc::ptr_eq(&target, &group) {
+            let missing = target
+                .listing
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .missing(volume.only());
+            if !missing.is_empty() {
+                volume.clear();
+                self.forget_if_done(&target);
+                return Err(mount_status(
+                    crate::fs::mount::MountError::Missing(missing),
+                    &target.key,
+                ));
+            }
+            if !target.attach(volume.clone()) {
+                return Err(Status::aborted(
+                    "the identity's cache closed meanwhile; the kubelet retries",
+                ));
+            }
+            if group.detach(&volume) {
+                self.forget(&group);
+            }
+            volume.update(&target.listing.read().unwrap_or_else(|e| e.into_inner()));
+        }
+        let mut volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = volumes.get_mut(&p.target) {
+            v.token = digest;
+            v.group = target;
+        }
+        Ok(())
+    }
+
+    /// The pod's token exchanged for a workload token: who it is, the token and its life.
+    async fn exchange(&self, p: &Publish) -> Result<(Key, Token, Duration), Status> {
+        let answer = self
+            .exchanger
+            .exchange(&p.token, p.binding.as_deref())
+            .await
+            .map_err(|e| {
+                if e.is_transient() {
+                    Status::unavailable(format!(
+                        "cannot reach the secretfs server to exchange the pod's token: {e}"
+                    ))
+                } else {
+                    Status::permission_denied(format!(
+                        "the secretfs server refused the pod's token: {e}"
+                    ))
+                }
+            })?;
+        let mut secrets = answer.secrets;
+        secrets.sort();
+        Ok((
+            Key {
+                workspace: answer.workspace,
+                binding: answer.binding,
+                secrets,
+            },
+            answer.access_token,
+            Duration::from_secs(answer.expires_in.max(1)),
+        ))
+    }
+
+    /// The identity's group, started (its first read) by the first publish that needs it; a
+    /// later publish's token is adopted if it lives longer.
+    async fn group(&self, key: Key, token: Token, life: Duration) -> Result<Arc<Group>, Status> {
+        loop {
+            let cell = self
+                .groups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key.clone())
+                .or_default()
+                .clone();
+            let (urls, ca, k, t) = (
+                self.urls.clone(),
+                self.ca_file.clone(),
+                key.clone(),
+                token.clone(),
+            );
+            let shown = key.clone();
+            let group = cell
+                .get_or_try_init(|| async move {
+                    tokio::task::spawn_blocking(move || {
+                        Group::start(k, &urls, ca.as_deref(), &t, life)
+                    })
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| source_status(e, &shown))
+                })
+                .await?
+                .clone();
+            if group
+                .volumes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+            {
+                // Done meanwhile: start another.
+                self.forget(&group);
+                continue;
+            }
+            return Ok(group);
+        }
+    }
+
+    fn forget_if_done(&self, group: &Arc<Group>) {
+        if group.close_if_empty() {
+            self.forget(group);
+        }
+    }
+
+    /// Takes a done group out of the map (if it is still the one there).
+    fn forget(&self, group: &Arc<Group>) {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if groups
+            .get(&group.key)
+            .and_then(|c| c.get())
+            .is_some_and(|g| Arc::ptr_eq(g, group))
+        {
+            groups.remove(&group.key);
+        }
+    }
+
+    /// `NodeUnpublishVolume`: unmounts, wipes, removes the directory it made; OK for a volume it
+    /// does not hold (the spec's idempotence), after taking away a stale secretfs mount there.
+    pub async fn unpublish(&self, volume_id: &str, target: &Path) -> Result<(), Status> {
+        let lock = self.lock_target(target);
+        let _held = lock.lock().await;
+        let published = {
+            let mut volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+            match volumes.get(target) {
+                Some(v) if v.volume_id != volume_id => {
+                    return Err(Status::invalid_argument(format!(
+                        "{} holds volume {:?}, not {volume_id:?}",
+                        target.display(),
+                        v.volume_id
+                    )));
+                }
+                Some(_) => volumes.remove(target),
+                None => None,
+            }
+        };
+        let target = target.to_owned();
+        let removed = tokio::task::spawn_blocking(move || {
+            if let Some(p) = published {
+                if p.group.detach(&p.volume) {
+                    p.volume.unmount();
+                    return (Some(p.group), remove_dir(&target));
+                }
+                p.volume.unmount();
+            } else if crate::fs::mount::is_secretfs_mount(&target) {
+                let _ = crate::fs::mount::unmount(&target);
+            }
+            (None, remove_dir(&target))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        if let Some(group) = removed.0 {
+            self.forget(&group);
+        }
+        removed.1.map_err(|e| Status::internal(e))?;
+        tracing::info!(volume = %volume_id, "volume unpublished");
+        Ok(())
+    }
+
+    /// Every volume unmounted (the agent stopping).
+    pub fn unmount_all(&self) {
+        let all: Vec<Published> = self
+            .volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, v)| v)
+            .collect();
+        for p in all {
+            p.group.detach(&p.volume);
+            p.volume.unmount();
+        }
+    }
+
+    /// How many volumes and identities it holds (for tests and metrics).
+    pub fn counts(&self) -> (usize, usize) {
+        let volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner()).len();
+        (volumes, groups)
+    }
+}
+
+/// Removes the target directory the publish made; gone already is fine.
+fn remove_dir(target: &Path) -> Result<(), String> {
+    match std::fs::remove_dir(target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot remove {}: {e}", target.display())),
+    }
+}
+
+fn source_status(e: SourceError, key: &Key) -> Status {
+    match e {
+        SourceError::Unavailable(m) => Status::unavailable(format!(
+            "cannot read the secrets of binding {:?}: {m}",
+            key.binding
+        )),
+        SourceError::Refused(m) => Status::permission_denied(format!(
+            "the server refused binding {:?}'s token: {m}",
+            key.binding
+        )),
+        other => Status::internal(format!(
+            "cannot read the secrets of binding {:?}: {other}",
+            key.binding
+        )),
+    }
+}
+
+fn mount_status(e: crate::fs::mount::MountError, key: &Key) -> Status {
+    use crate::fs::mount::MountError;
+    match e {
+        MountError::Missing(names) => {
+            let list: Vec<String> = names.iter().map(|n| format!("{:?}", n.as_str())).collect();
+            Status::failed_precondition(format!(
+                "{} {} missing or not granted to binding {:?}: grant {} to the binding (secretfs identity add --secret), or fix the volume's secrets attribute",
+                if names.len() == 1 {
+                    "secret"
+                } else {
+                    "secrets"
+                },
+                list.join(", "),
+                key.binding,
+                if names.len() == 1 { "it" } else { "them" },
+            ))
+        }
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_merge_keeps_held_values_and_drops_what_is_no_longer_listed() {
+        let stamp = |n: &str, v: u64| ValueStamp {
+            name: SecretName::parse(n).unwrap(),
+            version: v,
+            updated_at: crate::secret::Timestamp::from_nanos(v as i64),
+        };
+        let value = |s: &str| crate::secret::SecretValue::from_slice(s.as_bytes(), Default::default()).ok();
+        let mut listing = Listing::default();
+        merge(
+            &mut listing,
+            Fetched {
+                secrets: vec![(stamp("A", 1), value("a1")), (stamp("B", 1), value("b1"))],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(listing.values.len(), 2);
+        // B rotated (its value sent), A held (no value sent), C new but failed (no value).
+        merge(
+            &mut listing,
+            Fetched {
+                secrets: vec![
+                    (stamp("A", 1), None),
+                    (stamp("B", 2), value("b2")),
+                    (stamp("C", 1), None),
+                ],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            listing.values[&SecretName::parse("A").unwrap()].1.bytes(),
+            b"a1"
+        );
+        assert_eq!(
+            listing.values[&SecretName::parse("B").unwrap()].1.bytes(),
+            b"b2"
+        );
+        assert!(
+            !listing
+                .values
+                .contains_key(&SecretName::parse("C").unwrap())
+        );
+        assert_eq!(listing.stamps.len(), 3);
+        // A gone.
+        merge(
+            &mut listing,
+            Fetched {
+                secrets: vec![(stamp("B", 2), None)],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(listing.values.len(), 1);
+        assert!(listing.missing(&[SecretName::parse("A").unwrap()]).len() == 1);
+    }
+}

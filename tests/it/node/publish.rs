@@ -1,0 +1,501 @@
+//! The node agent publishing volumes for pods: a real `secretfs serve`, the PyJWT issuer of the
+//! identity tests minting projected-style pod tokens, the agent on its socket, and the kubelet
+//! stand-in (`kubelet.py`, stubs from the same `proto/csi.proto`) calling it. A pod's container
+//! is a non-root process in a mount namespace of its own reading the target path as its uid.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use crate::support::{Running, assert_no_canary, bin, eventually, fuse_available, unique_canary};
+use crate::workload_identity::{World, add, identity, world};
+
+/// The agent, its kubelet stand-in and the world it serves.
+struct Node {
+    w: World,
+    python: PathBuf,
+    stubs: PathBuf,
+    socket: PathBuf,
+    kubelet: PathBuf,
+    agent: Running,
+    log: PathBuf,
+}
+
+impl Node {
+    fn start(test: &str) -> Option<Node> {
+        if !fuse_available(test) {
+            return None;
+        }
+        let w = world(test, &[])?;
+        let python = crate::support::tools_python(test, "grpc_tools")?;
+        let stubs = super::stubs(&python, w.s.path());
+        let kubelet = w.s.path().join("kubelet");
+        std::fs::create_dir_all(kubelet.join("pods")).unwrap();
+        let socket = kubelet.join("plugins/secrets.secretfs.dev/csi.sock");
+        let log = w.s.path().join("node.log");
+        let agent = Running::spawn(
+            "secretfs node",
+            Command::new(bin())
+                .args(["node", "--node-id", "node-1", "--url", &w.server.url])
+                .arg("--kubelet-dir")
+                .arg(&kubelet)
+                .arg("--csi-socket")
+                .arg(&socket)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(std::fs::File::create(w.s.path().join("node.err")).unwrap()),
+        );
+        assert!(
+            eventually(10, || std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.contains("serving CSI on"))),
+            "the agent did not start"
+        );
+        Some(Node {
+            w,
+            python,
+            stubs,
+            socket,
+            kubelet,
+            agent,
+            log,
+        })
+    }
+
+    /// Binds pods of service account `sa` in namespace `ns` to alice's `secrets`.
+    fn bind(&self, name: &str, ns: &str, sa: &str, secrets: &[&str]) {
+        let subject = format!("system:serviceaccount:{ns}:{sa}");
+        let mut rest = vec!["--user", "alice"];
+        for s in secrets {
+            rest.extend(["-s", s]);
+        }
+        let out = add(
+            &self.w.s,
+            &self.w.server,
+            name,
+            &self.w.issuer.url,
+            &self.w.server.url,
+            &subject,
+            &rest,
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+
+    /// A projected service-account token of pod `uid`, for the agent's audience (the server URL).
+    fn pod_token(&self, ns: &str, sa: &str, uid: &str) -> String {
+        self.w.issuer.mint(json!({
+            "ttl": 600,
+            "claims": {
+                "sub": format!("system:serviceaccount:{ns}:{sa}"),
+                "aud": [self.w.server.url],
+                "kubernetes.io": {
+                    "namespace": ns,
+                    "pod": {"name": format!("pod-{uid}"), "uid": uid},
+                    "serviceaccount": {"name": sa, "uid": "5a1f0c3e-0000-4000-8000-000000000002"},
+                },
+            },
+        }))
+    }
+
+    fn target(&self, pod: &str) -> PathBuf {
+        self.kubelet
+            .join("pods")
+            .join(pod)
+            .join("volumes/kubernetes.io~csi/secrets/mount")
+    }
+
+    /// The volume attributes the kubelet sends for pod `uid` with `token`.
+    fn context(&self, uid: &str, token: &str, attrs: &[(&str, &str)]) -> Value {
+        let mut c = json!({
+            "csi.storage.k8s.io/pod.name": format!("pod-{uid}"),
+            "csi.storage.k8s.io/pod.namespace": "ml",
+            "csi.storage.k8s.io/pod.uid": uid,
+            "csi.storage.k8s.io/ephemeral": "true",
+            "csi.storage.k8s.io/serviceAccount.tokens":
+                json!({ &self.w.server.url: {"token": token, "expirationTimestamp": "2026-12-07T13:00:00Z"} }).to_string(),
+        });
+        for (k, v) in attrs {
+            c[*k] = json!(v);
+        }
+        c
+    }
+
+    fn publish(&self, volume: &str, target: &Path, context: Value) -> Value {
+        json!({"op": "publish", "volume_id": volume, "target_path": target, "volume_context": context})
+    }
+
+    fn unpublish(&self, volume: &str, target: &Path) -> Value {
+        json!({"op": "unpublish", "volume_id": volume, "target_path": target})
+    }
+
+    /// Runs `calls` through the kubelet stand-in; one result per call.
+    fn kubelet(&self, concurrent: bool, calls: Vec<Value>) -> Vec<Value> {
+        let mut child = Command::new(&self.python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/node/kubelet.py"))
+            .arg(&self.socket)
+            .arg(&self.stubs)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = json!({"concurrent": concurrent, "calls": calls}).to_string();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+    }
+
+    /// What the agent printed.
+    fn logs(&self) -> String {
+        let mut printed = std::fs::read_to_string(&self.log).unwrap();
+        printed.push_str(&std::fs::read_to_string(self.w.s.path().join("node.err")).unwrap());
+        printed
+    }
+
+    fn one(&self, call: Value) -> Value {
+        self.kubelet(false, vec![call]).remove(0)
+    }
+
+    fn exchanges(&self) -> usize {
+        self.w
+            .audit()
+            .iter()
+            .filter(|a| a["action"] == "identity-exchange")
+            .count()
+    }
+}
+
+/// What a pod's container sees: `cmd` run as `uid` in a mount namespace of its own.
+fn as_pod(uid: u32, cmd: &[&str]) -> Result<String, String> {
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "slave", "setpriv"])
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .args(cmd)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn listing(uid: u32, dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = as_pod(uid, &["ls", "-A", dir.to_str().unwrap()])
+        .unwrap_or_else(|e| panic!("ls {}: {e}", dir.display()))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names
+}
+
+/// The id of the mount at `dir` (mountinfo's first field), if one is there.
+fn mount_id(dir: &Path) -> Option<String> {
+    let dir = dir.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(dir))
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+}
+
+fn ok(r: &Value) {
+    assert_eq!(r["code"], "OK", "{r}");
+}
+
+fn refused(r: &Value, code: &str, words: &[&str]) {
+    assert_eq!(r["code"], code, "{r}");
+    let message = r["message"].as_str().unwrap();
+    for w in words {
+        assert!(message.contains(w), "{w:?} not in {message:?}");
+    }
+}
+
+#[test]
+fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
+    let Some(n) =
+        Node::start("pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each")
+    else {
+        return;
+    };
+    n.bind("trainers", "ml", "trainer", &["HF_TOKEN", "SHARED"]);
+    n.bind("frontends", "web", "frontend", &["OPENAI_API_KEY"]);
+    let (a, b, c) = (n.target("pod-a"), n.target("pod-b"), n.target("pod-c"));
+    let token_a = n.pod_token("ml", "trainer", "pod-a");
+    let token_b = n.pod_token("web", "frontend", "pod-b");
+    let token_c = n.pod_token("ml", "trainer", "pod-c");
+    let results = n.kubelet(
+        true,
+        vec![
+            n.publish(
+                "vol-a",
+                &a,
+                n.context(
+                    "pod-a",
+                    &token_a,
+                    &[
+                        ("secrets", "HF_TOKEN,SHARED"),
+                        ("uid", "1000"),
+                        ("mode", "0400"),
+                    ],
+                ),
+            ),
+            n.publish(
+                "vol-b",
+                &b,
+                n.context(
+                    "pod-b",
+                    &token_b,
+                    &[
+                        ("secrets", "OPENAI_API_KEY"),
+                        ("uid", "1001"),
+                        ("mode", "0400"),
+                    ],
+                ),
+            ),
+            n.publish(
+                "vol-c",
+                &c,
+                n.context(
+                    "pod-c",
+                    &token_c,
+                    &[
+                        ("secrets", "HF_TOKEN"),
+                        ("uid", "1002"),
+                        ("gid", "1002"),
+                        ("mode", "0440"),
+                    ],
+                ),
+            ),
+        ],
+    );
+    results.iter().for_each(ok);
+
+    // Each pod sees exactly its volume's secrets, as its own uid; another uid is kept out by the
+    // kernel (owner and mode).
+    assert_eq!(listing(1000, &a), ["HF_TOKEN", "SHARED"]);
+    assert_eq!(
+        as_pod(1000, &["cat", a.join("HF_TOKEN").to_str().unwrap()]).unwrap(),
+        "hf_identity_value"
+    );
+    assert_eq!(listing(1001, &b), ["OPENAI_API_KEY"]);
+    assert_eq!(listing(1002, &c), ["HF_TOKEN"]);
+    let other = as_pod(1001, &["cat", a.join("HF_TOKEN").to_str().unwrap()]).unwrap_err();
+    assert!(other.contains("Permission denied"), "{other}");
+    let write = as_pod(
+        1000,
+        &["sh", "-c", &format!("echo x > {}/NEW", a.display())],
+    )
+    .unwrap_err();
+    assert!(
+        write.contains("Read-only file system") || write.contains("Permission denied"),
+        "{write}"
+    );
+
+    // Refusals, each named for `kubectl describe pod`, and nothing mounted for any.
+    let d = n.target("pod-d");
+    let token_d = n.pod_token("web", "frontend", "pod-d");
+    let stranger = n.pod_token("other", "nobody", "pod-e");
+    let outside =
+        n.w.s
+            .path()
+            .join("elsewhere/pods/pod-a/volumes/kubernetes.io~csi/s/mount");
+    let results = n.kubelet(
+        false,
+        vec![
+            // Not granted to the pod's binding.
+            n.publish(
+                "vol-d",
+                &d,
+                n.context("pod-d", &token_d, &[("secrets", "HF_TOKEN")]),
+            ),
+            // Pod A's token for pod B's volume.
+            n.publish(
+                "vol-x",
+                &n.target("pod-b2"),
+                n.context("pod-b2", &token_a, &[("secrets", "HF_TOKEN")]),
+            ),
+            // A token no binding admits.
+            n.publish(
+                "vol-e",
+                &n.target("pod-e"),
+                n.context("pod-e", &stranger, &[("secrets", "HF_TOKEN")]),
+            ),
+            // A target outside the kubelet's directory.
+            n.publish(
+                "vol-o",
+                &outside,
+                n.context("pod-a", &token_a, &[("secrets", "HF_TOKEN")]),
+            ),
+        ],
+    );
+    refused(
+        &results[0],
+        "FAILED_PRECONDITION",
+        &["\"HF_TOKEN\"", "not granted", "frontends"],
+    );
+    refused(&results[1], "INVALID_ARGUMENT", &["its own pod's volumes"]);
+    refused(
+        &results[2],
+        "PERMISSION_DENIED",
+        &["refused the pod's token"],
+    );
+    refused(
+        &results[3],
+        "INVALID_ARGUMENT",
+        &["not under the kubelet directory"],
+    );
+    for t in [&d, &n.target("pod-b2"), &n.target("pod-e"), &outside] {
+        assert!(mount_id(t).is_none(), "{} was mounted", t.display());
+    }
+
+    // A rotation reaches both volumes of the identity.
+    let rotated = unique_canary("node-rotated");
+    let (status, _) = n.w.rt.block_on(n.w.api.call(
+        "PATCH",
+        "/api/v1/workspaces/default/secrets/HF_TOKEN",
+        &n.w.alice,
+        Some(json!({"value": rotated})),
+    ));
+    assert_eq!(status, 200);
+    for (uid, dir) in [(1000, &a), (1002, &c)] {
+        let file = dir.join("HF_TOKEN");
+        assert!(
+            eventually(5, || as_pod(uid, &["cat", file.to_str().unwrap()])
+                .as_deref()
+                == Ok(rotated.as_str())),
+            "{} did not rotate",
+            file.display()
+        );
+    }
+
+    // A republish with the same token exchanges nothing; with a fresh one it exchanges again
+    // and keeps the same mount.
+    let exchanged = n.exchanges();
+    let mount_a = mount_id(&a).unwrap();
+    ok(&n.one(n.publish(
+        "vol-a",
+        &a,
+        n.context(
+            "pod-a",
+            &token_a,
+            &[
+                ("secrets", "HF_TOKEN,SHARED"),
+                ("uid", "1000"),
+                ("mode", "0400"),
+            ],
+        ),
+    )));
+    assert_eq!(
+        n.exchanges(),
+        exchanged,
+        "a republish with the same token exchanged"
+    );
+    let fresh_a = n.pod_token("ml", "trainer", "pod-a");
+    ok(&n.one(n.publish(
+        "vol-a",
+        &a,
+        n.context(
+            "pod-a",
+            &fresh_a,
+            &[
+                ("secrets", "HF_TOKEN,SHARED"),
+                ("uid", "1000"),
+                ("mode", "0400"),
+            ],
+        ),
+    )));
+    assert_eq!(n.exchanges(), exchanged + 1);
+    assert_eq!(mount_id(&a).as_deref(), Some(mount_a.as_str()), "remounted");
+    // The same target asked for other secrets is refused, not silently changed.
+    refused(
+        &n.one(n.publish(
+            "vol-a",
+            &a,
+            n.context("pod-a", &fresh_a, &[("secrets", "SHARED")]),
+        )),
+        "ALREADY_EXISTS",
+        &["other attributes"],
+    );
+
+    // The binding removed: its volumes stop serving within a second or two through the
+    // long-poll (its tokens are revoked), the other identity's keep serving, and the next
+    // republish is refused.
+    let out = identity(&n.w.s, &n.w.server, &["remove", "trainers"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        eventually(3, || listing(1000, &a).is_empty()
+            && listing(1002, &c).is_empty()),
+        "the removed binding's volumes still serve: {:?}",
+        listing(1000, &a)
+    );
+    assert_eq!(listing(1001, &b), ["OPENAI_API_KEY"]);
+    refused(
+        &n.one(n.publish(
+            "vol-a",
+            &a,
+            n.context(
+                "pod-a",
+                &fresh_a,
+                &[
+                    ("secrets", "HF_TOKEN,SHARED"),
+                    ("uid", "1000"),
+                    ("mode", "0400"),
+                ],
+            ),
+        )),
+        "PERMISSION_DENIED",
+        &["refused the pod's token"],
+    );
+
+    // Unpublish: unmounted and the directory gone; again: still OK.
+    let results = n.kubelet(
+        false,
+        vec![
+            n.unpublish("vol-a", &a),
+            n.unpublish("vol-b", &b),
+            n.unpublish("vol-c", &c),
+            n.unpublish("vol-a", &a),
+        ],
+    );
+    for r in &results {
+        assert_eq!(r["code"], "OK", "{r}\n{}", n.logs());
+    }
+    for t in [&a, &b, &c] {
+        assert!(mount_id(t).is_none(), "{} still mounted", t.display());
+        assert!(!t.exists(), "{} left behind", t.display());
+    }
+
+    let mut agent = n.agent;
+    let status = agent.signal_and_wait(Signal::SIGTERM, std::time::Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    // Neither a value nor a pod token reached the agent's output.
+    let mut printed = std::fs::read(&n.log).unwrap();
+    printed.extend(std::fs::read(n.w.s.path().join("node.err")).unwrap());
+    assert!(String::from_utf8_lossy(&printed).contains("volume published"));
+    for secret in [
+        rotated.as_str(),
+        "hf_identity_value",
+        "sk-identity-value",
+        &token_a,
+        &fresh_a,
+        &token_b,
+    ] {
+        assert!(
+            !String::from_utf8_lossy(&printed).contains(secret),
+            "a secret reached the agent's log"
+        );
+    }
+    assert_no_canary("the agent's log", &printed);
+}
