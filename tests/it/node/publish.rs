@@ -28,7 +28,7 @@ impl Node {
         if !fuse_available(test) {
             return None;
         }
-        let w = world(test, &[])?;
+        let w = world(test, &["--metrics-listen", "127.0.0.1:0"])?;
         let python = crate::support::tools_python(test, "grpc_tools")?;
         let stubs = super::stubs(&python, w.s.path());
         let kubelet = w.s.path().join("kubelet");
@@ -164,6 +164,18 @@ impl Node {
         self.kubelet(false, vec![call]).remove(0)
     }
 
+    /// A sample of the server's `/metrics` (`secretfs_NAME`, with its labels as written).
+    fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .w
+            .rt
+            .block_on(async { reqwest::get(self.w.server.metrics_url()).await?.text().await })
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("secretfs_{name} "))?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     fn exchanges(&self) -> usize {
         self.w
             .audit()
@@ -281,6 +293,15 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
         ],
     );
     results.iter().for_each(ok);
+
+    // One watch and one read of each value per identity, not per pod: pods a and c share
+    // theirs (HF_TOKEN read once for both).
+    assert!(
+        eventually(5, || n.metric("long_polls_held") == 2.0),
+        "{} long-polls held for 2 identities",
+        n.metric("long_polls_held")
+    );
+    assert_eq!(n.metric("workload_secrets_total{result=\"served\"}"), 3.0);
 
     // Each pod sees exactly its volume's secrets, as its own uid; another uid is kept out by the
     // kernel (owner and mode).
