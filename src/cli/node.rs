@@ -29,6 +29,10 @@ pub struct NodeArgs {
     /// The kubelet's directory: volumes are published under it and nowhere else.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/kubelet")]
     pub kubelet_dir: PathBuf,
+    /// Where the agent keeps the list of its volumes (never a value or a token), to mount them
+    /// again when it restarts.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/secretfs-node")]
+    pub state_dir: PathBuf,
     /// This node's id, as the kubelet knows it (default: the host name).
     #[arg(
         long,
@@ -46,12 +50,10 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             args.url
         )
     })?;
-    if !matches!(url.scheme(), "https" | "http") {
-        anyhow::bail!(
-            "--url {:?} must be an https:// URL of a secretfs server",
-            args.url
-        );
-    }
+    // The pods' tokens travel to it: never in the clear off this host.
+    crate::identity::fetchable(url.as_str()).map_err(|e| {
+        anyhow::anyhow!("--url: the pods' tokens would travel in the clear: the server URL {e}")
+    })?;
     if !args.kubelet_dir.is_absolute() {
         anyhow::bail!(
             "--kubelet-dir {} must be an absolute path (the kubelet's, /var/lib/kubelet)",
@@ -67,19 +69,27 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     };
     crate::fs::memory::limit_malloc_arenas();
     crate::harden::harden_process();
-    let agent = std::sync::Arc::new(
-        crate::node::Agent::new(&args.url, args.ca_file.as_deref())
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // The socket first: a second agent is refused before it touches the first's mounts.
         let listener = crate::node::bind(&args.csi_socket)?;
+        let agent = std::sync::Arc::new(
+            crate::node::Agent::new(
+                &args.url,
+                args.ca_file.as_deref(),
+                &args.kubelet_dir,
+                Some(&args.state_dir),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        let restorer = agent.clone();
+        let restored = tokio::task::spawn_blocking(move || restorer.restore()).await?;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "secretfs: node agent {} serving CSI on {} as node {node_id}",
+            "secretfs: node agent {} serving CSI on {} as node {node_id} ({restored} volumes restored)",
             crate::node::DRIVER_NAME,
             args.csi_socket.display()
         );

@@ -78,6 +78,28 @@ impl Volume {
         if !missing.is_empty() {
             return Err(MountError::Missing(missing));
         }
+        Self::mount_with(dir, owner, only, files, listing)
+    }
+
+    /// Mounts an empty volume at `dir` that serves once it is [updated](Self::update): one
+    /// restored at the node agent's start, before its pod's token comes again. A reader sees an
+    /// empty directory meanwhile, not a dead mount.
+    pub fn mount_waiting(
+        dir: &Path,
+        owner: Ownership,
+        only: Vec<SecretName>,
+        files: Vec<RenderedFile>,
+    ) -> Result<Volume, MountError> {
+        Self::mount_with(dir, owner, only, files, &Listing::default())
+    }
+
+    fn mount_with(
+        dir: &Path,
+        owner: Ownership,
+        only: Vec<SecretName>,
+        files: Vec<RenderedFile>,
+        listing: &Listing,
+    ) -> Result<Volume, MountError> {
         std::fs::create_dir_all(dir).map_err(|cause| MountError::Inspect {
             path: dir.to_owned(),
             cause,

@@ -125,7 +125,9 @@ impl Group {
     }
 
     fn source(&self) -> &ServerSource {
-        self.source.as_ref().expect("a group's source lives as long as the group")
+        self.source
+            .as_ref()
+            .expect("a group's source lives as long as the group")
     }
 
     fn held(&self) -> Vec<ValueStamp> {
@@ -281,46 +283,252 @@ impl Report<SourceError> for Logged<'_> {
 struct Published {
     volume_id: String,
     volume: Arc<Volume>,
-    group: Arc<Group>,
+    /// The identity feeding it; `None` while it waits for a token the server admits (restored
+    /// at start, or its pod's token refused).
+    group: Option<Arc<Group>>,
     /// A digest of the pod token last exchanged: a republish with the same token and an
     /// identity still admitted exchanges nothing.
     token: [u8; 32],
-    /// What the volume was published as: a republish that asks for something else is refused.
-    asked: Asked,
+    /// What the volume was published as (a republish that asks for something else is refused),
+    /// and what the state file keeps of it.
+    saved: Saved,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Asked {
+/// What the state file keeps of a volume: enough to mount it again at start, never a value or a
+/// token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    volume_id: String,
+    target: PathBuf,
+    pod: String,
     secrets: Vec<SecretName>,
-    owner: Ownership,
+    uid: u32,
+    gid: u32,
+    mode: u32,
     binding: Option<String>,
+}
+
+impl Saved {
+    fn owner(&self) -> Result<Ownership, String> {
+        Ownership::new(self.uid, self.gid, self.mode)
+    }
+}
+
+/// The state file's shape.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StateFile {
+    version: u32,
+    volumes: Vec<Saved>,
+}
+
+/// Writes the state file from a thread of its own, the latest list only: many publishes at once
+/// cost one write, not one each. A volume missing from it after a crash costs nothing lasting:
+/// the kubelet's next republish mounts it as new.
+struct Saver {
+    path: PathBuf,
+    pending: Mutex<Option<Vec<Saved>>>,
+    wake: std::sync::Condvar,
+}
+
+impl Saver {
+    fn start(path: PathBuf) -> std::io::Result<Arc<Saver>> {
+        let saver = Arc::new(Saver {
+            path,
+            pending: Mutex::new(None),
+            wake: std::sync::Condvar::new(),
+        });
+        let s = saver.clone();
+        std::thread::Builder::new()
+            .name("state".into())
+            .spawn(move || {
+                loop {
+                    let next = {
+                        let mut pending = s.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        loop {
+                            if let Some(v) = pending.take() {
+                                break v;
+                            }
+                            pending = s.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
+                        }
+                    };
+                    if let Err(e) = write_state(&s.path, next) {
+                        tracing::warn!(error = %e, path = %s.path.display(), "cannot write the state file; volumes published since are mounted again only at their next republish after a restart");
+                    }
+                }
+            })?;
+        Ok(saver)
+    }
+
+    fn save(&self, volumes: Vec<Saved>) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(volumes);
+        self.wake.notify_one();
+    }
+}
+
+/// Replaces the state file whole (a temporary file renamed over it, root-only).
+fn write_state(path: &Path, mut volumes: Vec<Saved>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    volumes.sort_by(|a, b| a.target.cmp(&b.target));
+    let text = serde_json::to_vec_pretty(&StateFile {
+        version: 1,
+        volumes,
+    })?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&text)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The volumes of the state file; a missing file is none, an unreadable one is said and none.
+fn read_state(path: &Path) -> Vec<Saved> {
+    match std::fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
+            Ok(s) if s.version == 1 => s.volumes,
+            Ok(s) => {
+                tracing::warn!(path = %path.display(), version = s.version, "the state file is of another version; its volumes are mounted again at their next republish");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "the state file cannot be read; its volumes are mounted again at their next republish");
+                Vec::new()
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "the state file cannot be read; its volumes are mounted again at their next republish");
+            Vec::new()
+        }
+    }
 }
 
 /// The node's volumes and identities.
 pub struct Agent {
     urls: String,
     ca_file: Option<PathBuf>,
+    kubelet_dir: PathBuf,
     exchanger: Client,
     volumes: Mutex<HashMap<PathBuf, Published>>,
     groups: Mutex<HashMap<Key, Arc<tokio::sync::OnceCell<Arc<Group>>>>>,
     /// One publish or unpublish at a time per target path (the kubelet retries while one runs).
     busy: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    saver: Option<Arc<Saver>>,
 }
 
-/// The owner and group of files whose volume names none: root's, readable by the pod through
-/// the mode's group and other bits only if the volume says so.
+/// The mode of files whose volume names none: owner and group may read (root's unless the
+/// volume names a uid and gid).
 const DEFAULT_MODE: u32 = 0o440;
 
+/// The state file's name in `--state-dir`.
+pub const STATE_FILE: &str = "volumes.json";
+
 impl Agent {
-    pub fn new(urls: &str, ca_file: Option<&Path>) -> Result<Agent, String> {
+    /// An agent for the server at `urls`; with `state_dir`, the list of its volumes is kept
+    /// there (created root-only).
+    pub fn new(
+        urls: &str,
+        ca_file: Option<&Path>,
+        kubelet_dir: &Path,
+        state_dir: Option<&Path>,
+    ) -> Result<Agent, String> {
+        let saver = match state_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .and_then(|()| {
+                        std::fs::set_permissions(
+                            dir,
+                            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                        )
+                    })
+                    .map_err(|e| format!("cannot use --state-dir {}: {e}", dir.display()))?;
+                Some(
+                    Saver::start(dir.join(STATE_FILE))
+                        .map_err(|e| format!("cannot start a thread: {e}"))?,
+                )
+            }
+            None => None,
+        };
         Ok(Agent {
             urls: urls.to_owned(),
             ca_file: ca_file.map(Path::to_owned),
+            kubelet_dir: kubelet_dir.to_owned(),
             exchanger: Client::anonymous(urls, ca_file).map_err(|e| e.to_string())?,
             volumes: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
+            saver,
         })
+    }
+
+    /// At start: secretfs mounts a killed agent left under the kubelet's directory are taken
+    /// away (a reader of one got ENOTCONN, never a hang), and the volumes of the state file are
+    /// mounted again, empty: each serves once the kubelet's next republish brings its pod's
+    /// token (tokens are never kept). Returns how many were restored.
+    pub fn restore(&self) -> usize {
+        let saved = match &self.saver {
+            Some(s) => read_state(&s.path),
+            None => Vec::new(),
+        };
+        for entry in crate::fs::mountinfo::read() {
+            let point = Path::new(&entry.point);
+            if entry.is_secretfs() && point.starts_with(&self.kubelet_dir) {
+                tracing::info!(target = %entry.point, "taking away a mount a stopped agent left");
+                if let Err(e) = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH) {
+                    tracing::warn!(target = %entry.point, error = %e, "cannot take away a stale mount");
+                }
+            }
+        }
+        let mut restored = 0;
+        for s in saved {
+            let mounted = s.owner().map_err(|e| e.to_string()).and_then(|owner| {
+                Volume::mount_waiting(&s.target, owner, s.secrets.clone(), Vec::new())
+                    .map_err(|e| e.to_string())
+            });
+            match mounted {
+                Ok(volume) => {
+                    tracing::info!(volume = %s.volume_id, target = %s.target.display(), "volume restored; it serves once the kubelet's next republish brings the pod's token");
+                    restored += 1;
+                    self.volumes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(
+                            s.target.clone(),
+                            Published {
+                                volume_id: s.volume_id.clone(),
+                                volume: Arc::new(volume),
+                                group: None,
+                                token: [0; 32],
+                                saved: s,
+                            },
+                        );
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %s.volume_id, target = %s.target.display(), error = %e, "cannot restore a volume; it is mounted again at its next republish");
+                }
+            }
+        }
+        self.save();
+        restored
+    }
+
+    /// Hands the current list of volumes to the state file's writer.
+    fn save(&self) {
+        if let Some(saver) = &self.saver {
+            let list = self
+                .volumes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .map(|p| p.saved.clone())
+                .collect();
+            saver.save(list);
+        }
     }
 
     fn lock_target(&self, target: &Path) -> Arc<tokio::sync::Mutex<()>> {
@@ -336,46 +544,43 @@ impl Agent {
     /// republish exchanges again only when the token changed or the identity was refused, and
     /// never remounts.
     pub async fn publish(self: &Arc<Self>, p: Publish) -> Result<(), Status> {
-        let owner = Ownership::new(
-            p.uid.unwrap_or(0),
-            p.gid.unwrap_or(0),
-            p.mode.unwrap_or(DEFAULT_MODE),
-        )
-        .map_err(Status::invalid_argument)?;
-        let asked = Asked {
+        let saved = Saved {
+            volume_id: p.volume_id.clone(),
+            target: p.target.clone(),
+            pod: p.pod.clone(),
             secrets: p.secrets.clone(),
-            owner,
+            uid: p.uid.unwrap_or(0),
+            gid: p.gid.unwrap_or(0),
+            mode: p.mode.unwrap_or(DEFAULT_MODE),
             binding: p.binding.clone(),
         };
+        let owner = saved.owner().map_err(Status::invalid_argument)?;
         let digest: [u8; 32] = sha2::Sha256::digest(p.token.as_bytes()).into();
         let lock = self.lock_target(&p.target);
         let _held = lock.lock().await;
         let known = {
             let volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
-            volumes.get(&p.target).map(|v| {
-                (
-                    v.volume_id.clone(),
-                    v.asked.clone(),
-                    v.token,
-                    v.group.clone(),
-                    v.volume.clone(),
-                )
-            })
+            volumes
+                .get(&p.target)
+                .map(|v| (v.saved.clone(), v.token, v.group.clone(), v.volume.clone()))
         };
-        if let Some((volume_id, was, token, group, volume)) = known {
-            if volume_id != p.volume_id || was != asked {
+        if let Some((was, token, group, volume)) = known {
+            if was != saved {
                 return Err(Status::already_exists(format!(
-                    "{} is published already as volume {volume_id:?} with other attributes; unpublish it first",
-                    p.target.display()
+                    "{} is published already as volume {:?} with other attributes; unpublish it first",
+                    p.target.display(),
+                    was.volume_id
                 )));
             }
-            let refused = group.refused.load(Ordering::Acquire);
-            let due = group
-                .source()
-                .token_left()
-                .is_none_or(|left| left < Duration::from_secs(120));
-            if token == digest && !refused && !due {
-                return Ok(());
+            if let Some(group) = &group {
+                let refused = group.refused.load(Ordering::Acquire);
+                let due = group
+                    .source()
+                    .token_left()
+                    .is_none_or(|left| left < Duration::from_secs(120));
+                if token == digest && !refused && !due {
+                    return Ok(());
+                }
             }
             return self.republish(p, digest, group, volume).await;
         }
@@ -398,7 +603,8 @@ impl Agent {
             }
         };
         if !group.attach(volume.clone()) {
-            // The identity's last volume left while this one mounted: serve from a new group.
+            // The identity's last volume left while this one mounted: the kubelet's retry
+            // starts its cache again.
             let v = volume.clone();
             tokio::task::spawn_blocking(move || v.unmount()).await.ok();
             return Err(Status::aborted(
@@ -416,52 +622,53 @@ impl Agent {
                 Published {
                     volume_id: p.volume_id,
                     volume,
-                    group,
+                    group: Some(group),
                     token: digest,
-                    asked,
+                    saved,
                 },
             );
+        self.save();
         Ok(())
     }
 
     /// A republish that must exchange: the same identity adopts the newer token; another one
-    /// (the binding's grants changed) moves the volume to its cache; a refusal stops it serving.
+    /// (the binding's grants changed, or a restored volume's first token) moves the volume to
+    /// its cache; a refusal takes the volume out of its identity's cache and stops it serving.
     async fn republish(
         &self,
         p: Publish,
         digest: [u8; 32],
-        group: Arc<Group>,
+        group: Option<Arc<Group>>,
         volume: Arc<Volume>,
     ) -> Result<(), Status> {
         let (key, token, life) = match self.exchange(&p).await {
             Ok(x) => x,
             Err(status) => {
                 if status.code() == tonic::Code::PermissionDenied {
-                    volume.clear();
+                    self.leave(&p.target, group.as_ref(), &volume);
                 }
                 return Err(status);
             }
         };
-        let target = if key == group.key {
-            group.clone()
-        } else {
-            self.group(key, token.clone(), life).await?
+        let target = match &group {
+            Some(g) if g.key == key => g.clone(),
+            _ => self.group(key, token.clone(), life).await?,
         };
         {
-            let (target, token) = (target.clone(), token.clone());
-            tokio::task::spawn_blocking(move || target.adopt(&token, life))
+            let (adopting, token, shown) = (target.clone(), token.clone(), target.key.clone());
+            tokio::task::spawn_blocking(move || adopting.adopt(&token, life))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| source_status(e, &group.key))?;
+                .map_err(|e| source_status(e, &shown))?;
         }
-        if !Arc::ptr_eq(&target, &group) {
+        if !group.as_ref().is_some_and(|g| Arc::ptr_eq(g, &target)) {
             let missing = target
                 .listing
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .missing(volume.only());
             if !missing.is_empty() {
-                volume.clear();
+                self.leave(&p.target, group.as_ref(), &volume);
                 self.forget_if_done(&target);
                 return Err(mount_status(
                     crate::fs::mount::MountError::Missing(missing),
@@ -473,17 +680,36 @@ impl Agent {
                     "the identity's cache closed meanwhile; the kubelet retries",
                 ));
             }
-            if group.detach(&volume) {
-                self.forget(&group);
+            if let Some(old) = &group
+                && old.detach(&volume)
+            {
+                self.forget(old);
             }
             volume.update(&target.listing.read().unwrap_or_else(|e| e.into_inner()));
+            tracing::info!(volume = %p.volume_id, binding = %target.key.binding, secrets = volume.len(), "volume serves its identity's secrets");
         }
         let mut volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(v) = volumes.get_mut(&p.target) {
             v.token = digest;
-            v.group = target;
+            v.group = Some(target);
         }
         Ok(())
+    }
+
+    /// A volume whose pod was refused: out of its identity's cache (whose other pods may still
+    /// be admitted), serving nothing until its own pod's token is admitted.
+    fn leave(&self, target: &Path, group: Option<&Arc<Group>>, volume: &Arc<Volume>) {
+        if let Some(g) = group
+            && g.detach(volume)
+        {
+            self.forget(g);
+        }
+        volume.clear();
+        let mut volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = volumes.get_mut(target) {
+            v.group = None;
+            v.token = [0; 32];
+        }
     }
 
     /// The pod's token exchanged for a workload token: who it is, the token and its life.
@@ -596,14 +822,16 @@ impl Agent {
                 None => None,
             }
         };
+        let target_path = target.to_owned();
         let target = target.to_owned();
         let removed = tokio::task::spawn_blocking(move || {
             if let Some(p) = published {
-                if p.group.detach(&p.volume) {
-                    p.volume.unmount();
-                    return (Some(p.group), remove_dir(&target));
-                }
                 p.volume.unmount();
+                if let Some(g) = p.group
+                    && g.detach(&p.volume)
+                {
+                    return (Some(g), remove_dir(&target));
+                }
             } else if crate::fs::mount::is_secretfs_mount(&target) {
                 let _ = crate::fs::mount::unmount(&target);
             }
@@ -614,7 +842,15 @@ impl Agent {
         if let Some(group) = removed.0 {
             self.forget(&group);
         }
-        removed.1.map_err(|e| Status::internal(e))?;
+        self.save();
+        {
+            // The target's lock goes with its volume, unless another call waits on it.
+            let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+            if Arc::strong_count(&lock) <= 2 {
+                busy.remove(&target_path);
+            }
+        }
+        removed.1.map_err(Status::internal)?;
         tracing::info!(volume = %volume_id, "volume unpublished");
         Ok(())
     }
@@ -629,7 +865,9 @@ impl Agent {
             .map(|(_, v)| v)
             .collect();
         for p in all {
-            p.group.detach(&p.volume);
+            if let Some(g) = &p.group {
+                g.detach(&p.volume);
+            }
             p.volume.unmount();
         }
     }
@@ -700,7 +938,8 @@ mod tests {
             version: v,
             updated_at: crate::secret::Timestamp::from_nanos(v as i64),
         };
-        let value = |s: &str| crate::secret::SecretValue::from_slice(s.as_bytes(), Default::default()).ok();
+        let value =
+            |s: &str| crate::secret::SecretValue::from_slice(s.as_bytes(), Default::default()).ok();
         let mut listing = Listing::default();
         merge(
             &mut listing,

@@ -30,6 +30,8 @@ fn agent(s: &Scratch, socket: &Path) -> (Running, std::path::PathBuf) {
             .arg(s.path().join("kubelet"))
             .arg("--csi-socket")
             .arg(socket)
+            .arg("--state-dir")
+            .arg(s.path().join("state"))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::inherit()),
@@ -45,6 +47,7 @@ fn agent(s: &Scratch, socket: &Path) -> (Running, std::path::PathBuf) {
 }
 
 mod publish;
+mod restart;
 
 /// The stubs, generated from the vendored proto into `dir/stubs` (its google/protobuf imports are
 /// grpcio-tools' own).

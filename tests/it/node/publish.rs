@@ -13,18 +13,18 @@ use crate::support::{Running, assert_no_canary, bin, eventually, fuse_available,
 use crate::workload_identity::{World, add, identity, world};
 
 /// The agent, its kubelet stand-in and the world it serves.
-struct Node {
-    w: World,
+pub(super) struct Node {
+    pub(super) w: World,
     python: PathBuf,
     stubs: PathBuf,
     socket: PathBuf,
-    kubelet: PathBuf,
-    agent: Running,
+    pub(super) kubelet: PathBuf,
+    pub(super) agent: Running,
     log: PathBuf,
 }
 
 impl Node {
-    fn start(test: &str) -> Option<Node> {
+    pub(super) fn start(test: &str) -> Option<Node> {
         if !fuse_available(test) {
             return None;
         }
@@ -35,24 +35,7 @@ impl Node {
         std::fs::create_dir_all(kubelet.join("pods")).unwrap();
         let socket = kubelet.join("plugins/secrets.secretfs.dev/csi.sock");
         let log = w.s.path().join("node.log");
-        let agent = Running::spawn(
-            "secretfs node",
-            Command::new(bin())
-                .args(["node", "--node-id", "node-1", "--url", &w.server.url])
-                .arg("--kubelet-dir")
-                .arg(&kubelet)
-                .arg("--csi-socket")
-                .arg(&socket)
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(&log).unwrap())
-                .stderr(std::fs::File::create(w.s.path().join("node.err")).unwrap()),
-        );
-        assert!(
-            eventually(10, || std::fs::read_to_string(&log)
-                .is_ok_and(|l| l.contains("serving CSI on"))),
-            "the agent did not start"
-        );
+        let agent = spawn_agent(&w, &kubelet, &socket, &log);
         Some(Node {
             w,
             python,
@@ -64,8 +47,17 @@ impl Node {
         })
     }
 
+    /// The agent started again, as a DaemonSet restarts it (same socket, same state directory).
+    pub(super) fn restart(&mut self) {
+        self.agent = spawn_agent(&self.w, &self.kubelet, &self.socket, &self.log);
+    }
+
+    pub(super) fn state_file(&self) -> PathBuf {
+        self.w.s.path().join("state/volumes.json")
+    }
+
     /// Binds pods of service account `sa` in namespace `ns` to alice's `secrets`.
-    fn bind(&self, name: &str, ns: &str, sa: &str, secrets: &[&str]) {
+    pub(super) fn bind(&self, name: &str, ns: &str, sa: &str, secrets: &[&str]) {
         let subject = format!("system:serviceaccount:{ns}:{sa}");
         let mut rest = vec!["--user", "alice"];
         for s in secrets {
@@ -84,7 +76,7 @@ impl Node {
     }
 
     /// A projected service-account token of pod `uid`, for the agent's audience (the server URL).
-    fn pod_token(&self, ns: &str, sa: &str, uid: &str) -> String {
+    pub(super) fn pod_token(&self, ns: &str, sa: &str, uid: &str) -> String {
         self.w.issuer.mint(json!({
             "ttl": 600,
             "claims": {
@@ -99,7 +91,7 @@ impl Node {
         }))
     }
 
-    fn target(&self, pod: &str) -> PathBuf {
+    pub(super) fn target(&self, pod: &str) -> PathBuf {
         self.kubelet
             .join("pods")
             .join(pod)
@@ -107,7 +99,7 @@ impl Node {
     }
 
     /// The volume attributes the kubelet sends for pod `uid` with `token`.
-    fn context(&self, uid: &str, token: &str, attrs: &[(&str, &str)]) -> Value {
+    pub(super) fn context(&self, uid: &str, token: &str, attrs: &[(&str, &str)]) -> Value {
         let mut c = json!({
             "csi.storage.k8s.io/pod.name": format!("pod-{uid}"),
             "csi.storage.k8s.io/pod.namespace": "ml",
@@ -122,16 +114,16 @@ impl Node {
         c
     }
 
-    fn publish(&self, volume: &str, target: &Path, context: Value) -> Value {
+    pub(super) fn publish(&self, volume: &str, target: &Path, context: Value) -> Value {
         json!({"op": "publish", "volume_id": volume, "target_path": target, "volume_context": context})
     }
 
-    fn unpublish(&self, volume: &str, target: &Path) -> Value {
+    pub(super) fn unpublish(&self, volume: &str, target: &Path) -> Value {
         json!({"op": "unpublish", "volume_id": volume, "target_path": target})
     }
 
-    /// Runs `calls` through the kubelet stand-in; one result per call.
-    fn kubelet(&self, concurrent: bool, calls: Vec<Value>) -> Vec<Value> {
+    /// Starts the kubelet stand-in on `calls`; [`results`] reads its answers.
+    pub(super) fn kubelet_start(&self, concurrent: bool, calls: Vec<Value>) -> std::process::Child {
         let mut child = Command::new(&self.python)
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/node/kubelet.py"))
             .arg(&self.socket)
@@ -144,39 +136,48 @@ impl Node {
             .unwrap();
         let input = json!({"concurrent": concurrent, "calls": calls}).to_string();
         std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+        child
+    }
+
+    /// Runs `calls` through the kubelet stand-in; one result per call.
+    pub(super) fn kubelet(&self, concurrent: bool, calls: Vec<Value>) -> Vec<Value> {
+        results(self.kubelet_start(concurrent, calls))
     }
 
     /// What the agent printed.
-    fn logs(&self) -> String {
+    pub(super) fn logs(&self) -> String {
         let mut printed = std::fs::read_to_string(&self.log).unwrap();
         printed.push_str(&std::fs::read_to_string(self.w.s.path().join("node.err")).unwrap());
         printed
     }
 
-    fn one(&self, call: Value) -> Value {
+    pub(super) fn one(&self, call: Value) -> Value {
         self.kubelet(false, vec![call]).remove(0)
     }
 
     /// A sample of the server's `/metrics` (`secretfs_NAME`, with its labels as written).
-    fn metric(&self, name: &str) -> f64 {
+    pub(super) fn metric(&self, name: &str) -> f64 {
         let text = self
             .w
             .rt
-            .block_on(async { reqwest::get(self.w.server.metrics_url()).await?.text().await })
+            .block_on(async {
+                reqwest::get(self.w.server.metrics_url())
+                    .await?
+                    .text()
+                    .await
+            })
             .unwrap();
         text.lines()
-            .find_map(|l| l.strip_prefix(&format!("secretfs_{name} "))?.trim().parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(&format!("secretfs_{name} "))?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0.0)
     }
 
-    fn exchanges(&self) -> usize {
+    pub(super) fn exchanges(&self) -> usize {
         self.w
             .audit()
             .iter()
@@ -185,8 +186,53 @@ impl Node {
     }
 }
 
+/// `secretfs node` for `w`'s server, its output in `log` (and `node.err` beside it), appended
+/// to across restarts; ready once it says so.
+fn spawn_agent(w: &World, kubelet: &Path, socket: &Path, log: &Path) -> Running {
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap()
+    };
+    let before = std::fs::read_to_string(log).map_or(0, |l| l.matches("serving CSI on").count());
+    let agent = Running::spawn(
+        "secretfs node",
+        Command::new(bin())
+            .args(["node", "--node-id", "node-1", "--url", &w.server.url])
+            .arg("--kubelet-dir")
+            .arg(kubelet)
+            .arg("--csi-socket")
+            .arg(socket)
+            .arg("--state-dir")
+            .arg(w.s.path().join("state"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(open(log))
+            .stderr(open(&w.s.path().join("node.err"))),
+    );
+    assert!(
+        eventually(20, || std::fs::read_to_string(log)
+            .is_ok_and(|l| l.matches("serving CSI on").count() > before)),
+        "the agent did not start"
+    );
+    agent
+}
+
+/// The kubelet stand-in's answers, one per call.
+pub(super) fn results(child: std::process::Child) -> Vec<Value> {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+}
+
 /// What a pod's container sees: `cmd` run as `uid` in a mount namespace of its own.
-fn as_pod(uid: u32, cmd: &[&str]) -> Result<String, String> {
+pub(super) fn as_pod(uid: u32, cmd: &[&str]) -> Result<String, String> {
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "slave", "setpriv"])
         .arg(format!("--reuid={uid}"))
@@ -202,7 +248,7 @@ fn as_pod(uid: u32, cmd: &[&str]) -> Result<String, String> {
     }
 }
 
-fn listing(uid: u32, dir: &Path) -> Vec<String> {
+pub(super) fn listing(uid: u32, dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = as_pod(uid, &["ls", "-A", dir.to_str().unwrap()])
         .unwrap_or_else(|e| panic!("ls {}: {e}", dir.display()))
         .lines()
@@ -213,7 +259,7 @@ fn listing(uid: u32, dir: &Path) -> Vec<String> {
 }
 
 /// The id of the mount at `dir` (mountinfo's first field), if one is there.
-fn mount_id(dir: &Path) -> Option<String> {
+pub(super) fn mount_id(dir: &Path) -> Option<String> {
     let dir = dir.to_str().unwrap();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
@@ -222,11 +268,11 @@ fn mount_id(dir: &Path) -> Option<String> {
         .map(|l| l.split(' ').next().unwrap().to_owned())
 }
 
-fn ok(r: &Value) {
+pub(super) fn ok(r: &Value) {
     assert_eq!(r["code"], "OK", "{r}");
 }
 
-fn refused(r: &Value, code: &str, words: &[&str]) {
+pub(super) fn refused(r: &Value, code: &str, words: &[&str]) {
     assert_eq!(r["code"], code, "{r}");
     let message = r["message"].as_str().unwrap();
     for w in words {
