@@ -32,6 +32,9 @@ pub struct FileEntry {
     pub builtin: Option<String>,
     /// A template file, relative to the file that names it.
     pub template: Option<PathBuf>,
+    /// The template itself, inline: what a node agent's volume gives (its attributes are text;
+    /// there is no directory of theirs to read a template from).
+    pub text: Option<String>,
     /// For a built-in built from one secret: which (else the one of its kind).
     pub secret: Option<String>,
     /// Read bits only: "0400", "0440", "0444" (default: the mount's mode).
@@ -259,15 +262,22 @@ pub fn load(
             Some(Ok(n)) => Some(n),
             None => None,
         };
-        let recipe = match (&entry.builtin, &entry.template) {
-            (Some(_), Some(_)) | (None, None) => {
-                problems.push(format!(
-                    "{at}: give exactly one of builtin = \"...\" (one of {}) or template = \"PATH\"",
-                    builtin_list()
-                ));
-                continue;
+        let recipe = match (&entry.builtin, &entry.template, &entry.text) {
+            (None, None, Some(text)) => {
+                if secret.is_some() {
+                    problems.push(format!(
+                        "{at}: a template names its secrets itself; remove secret ="
+                    ));
+                }
+                match parse_template(&format!("[files.{name:?}].text"), text) {
+                    Ok(t) => Recipe::Template(t),
+                    Err(errors) => {
+                        problems.extend(errors.into_iter().map(|e| format!("{at}: {e}")));
+                        continue;
+                    }
+                }
             }
-            (Some(b), None) => {
+            (Some(b), None, None) => {
                 let Some(which) = Builtin::ALL.into_iter().find(|x| x.as_str() == b) else {
                     problems.push(format!(
                         "{at}: unknown builtin {b:?}; the built-ins are {}",
@@ -284,7 +294,7 @@ pub fn load(
                 }
                 Recipe::Builtin { which, secret }
             }
-            (None, Some(path)) => {
+            (None, Some(path), None) => {
                 // Inside the spec's directory only: a files spec must not be a way to serve
                 // `/proc/self/environ`, a key file or a token file to a workload.
                 if path.is_absolute()
@@ -321,6 +331,14 @@ pub fn load(
                         continue;
                     }
                 }
+            }
+            _ => {
+                problems.push(format!(
+                    "{at}: give exactly one of builtin = \"...\" (one of {}), template = \"PATH\" \
+                     or text = \"...\" (the template inline)",
+                    builtin_list()
+                ));
+                continue;
             }
         };
         files.push(RenderedFile {

@@ -61,6 +61,12 @@ impl Renderer {
             .collect()
     }
 
+    /// Forgets what each file was built from: the next refresh renders every file again (after
+    /// the tree dropped them).
+    pub fn forget(&mut self) {
+        self.built_from.clear();
+    }
+
     /// The kinds of the secrets the last round listed.
     pub fn set_kinds(&mut self, kinds: BTreeMap<SecretName, SecretKind>) {
         self.kinds = kinds;

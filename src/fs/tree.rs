@@ -264,6 +264,27 @@ impl<V: AsRef<[u8]>> Tree<V> {
         changes
     }
 
+    /// Stops serving every rendered file (their names stay reserved): what a volume whose
+    /// identity was refused does, so no rendering of a value outlives the right to it.
+    pub fn drop_rendered(&mut self, now: SystemTime) -> Changes {
+        let mut changes = Changes::default();
+        let names: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|n| self.rendered.contains(*n))
+            .cloned()
+            .collect();
+        for name in names {
+            let ino = self.entries.remove(&name).expect("listed above");
+            self.retire(ino);
+            changes.removed.push((name, ino));
+        }
+        if !changes.is_empty() {
+            self.dir_mtime = now;
+        }
+        changes
+    }
+
     /// For a rendered file's inode: the secrets (name, version) it holds.
     pub fn rendered_contents(&self, ino: u64) -> Option<&[(String, u64)]> {
         Some(self.nodes.get(&ino)?.rendered.as_ref()?.1.as_slice())

@@ -78,7 +78,7 @@ impl Volume {
         if !missing.is_empty() {
             return Err(MountError::Missing(missing));
         }
-        Self::mount_with(dir, owner, only, files, listing)
+        Self::mount_with(dir, owner, only, files, listing, true)
     }
 
     /// Mounts an empty volume at `dir` that serves once it is [updated](Self::update): one
@@ -90,7 +90,7 @@ impl Volume {
         only: Vec<SecretName>,
         files: Vec<RenderedFile>,
     ) -> Result<Volume, MountError> {
-        Self::mount_with(dir, owner, only, files, &Listing::default())
+        Self::mount_with(dir, owner, only, files, &Listing::default(), false)
     }
 
     fn mount_with(
@@ -99,6 +99,7 @@ impl Volume {
         only: Vec<SecretName>,
         files: Vec<RenderedFile>,
         listing: &Listing,
+        strict: bool,
     ) -> Result<Volume, MountError> {
         std::fs::create_dir_all(dir).map_err(|cause| MountError::Inspect {
             path: dir.to_owned(),
@@ -112,7 +113,8 @@ impl Volume {
         let tree: SharedTree = Arc::new(RwLock::new(tree));
         fill(&tree, &only, listing);
         renderer.set_kinds(listing.kinds.clone());
-        if let Err(more) = renderer.refresh(&tree, true) {
+        // Not strict while waiting: the files render once the values come.
+        if let Err(more) = renderer.refresh(&tree, strict) {
             problems.extend(more);
         }
         if !problems.is_empty() {
@@ -176,9 +178,21 @@ impl Volume {
         changes
     }
 
-    /// Serves nothing (the identity was refused): every file goes, its value with it.
+    /// Serves nothing (the identity was refused): every file goes, rendered ones too, its value
+    /// with it once no reader holds it open.
     pub fn clear(&self) {
-        self.update(&Listing::default());
+        let mut changes = fill(&self.tree, &self.only, &Listing::default());
+        changes.extend(
+            self.tree
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .drop_rendered(SystemTime::now()),
+        );
+        self.renderer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget();
+        notify(&self.notifier, &changes);
     }
 
     /// How many secret files it serves now.

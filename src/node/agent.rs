@@ -306,6 +306,9 @@ struct Saved {
     gid: u32,
     mode: u32,
     binding: Option<String>,
+    /// The `files` attribute (templates, never values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    files: Option<String>,
 }
 
 impl Saved {
@@ -486,8 +489,12 @@ impl Agent {
         }
         let mut restored = 0;
         for s in saved {
-            let mounted = s.owner().map_err(|e| e.to_string()).and_then(|owner| {
-                Volume::mount_waiting(&s.target, owner, s.secrets.clone(), Vec::new())
+            let files = match &s.files {
+                Some(text) => super::publish::files(text).map_err(|e| e.join("; ")),
+                None => Ok(Vec::new()),
+            };
+            let mounted = s.owner().and_then(|owner| {
+                Volume::mount_waiting(&s.target, owner, s.secrets.clone(), files?)
                     .map_err(|e| e.to_string())
             });
             match mounted {
@@ -553,6 +560,7 @@ impl Agent {
             gid: p.gid.unwrap_or(0),
             mode: p.mode.unwrap_or(DEFAULT_MODE),
             binding: p.binding.clone(),
+            files: p.files_text.clone(),
         };
         let owner = saved.owner().map_err(Status::invalid_argument)?;
         let digest: [u8; 32] = sha2::Sha256::digest(p.token.as_bytes()).into();
@@ -588,9 +596,10 @@ impl Agent {
         let group = self.group(key, token, life).await?;
         let mounted = {
             let (target, secrets, group) = (p.target.clone(), p.secrets.clone(), group.clone());
+            let files = p.files.clone();
             tokio::task::spawn_blocking(move || {
                 let listing = group.listing.read().unwrap_or_else(|e| e.into_inner());
-                Volume::mount(&target, owner, secrets, Vec::new(), &listing)
+                Volume::mount(&target, owner, secrets, files, &listing)
             })
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -923,6 +932,10 @@ fn mount_status(e: crate::fs::mount::MountError, key: &Key) -> Status {
                 if names.len() == 1 { "it" } else { "them" },
             ))
         }
+        MountError::Render(problems) => Status::failed_precondition(format!(
+            "cannot render the volume's files: {}",
+            problems.join("; ")
+        )),
         other => Status::internal(other.to_string()),
     }
 }

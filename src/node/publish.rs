@@ -20,6 +20,9 @@ pub struct Publish {
     pub gid: Option<u32>,
     pub mode: Option<u32>,
     pub binding: Option<String>,
+    /// The `files` attribute as given (kept to mount the volume again), and its files.
+    pub files_text: Option<String>,
+    pub files: Vec<crate::render::RenderedFile>,
     /// The pod whose volume this is: its uid, as the target path, the kubelet's pod info and
     /// the token's claims all say.
     pub pod: String,
@@ -107,6 +110,16 @@ pub fn check(
             .ok()
     });
     let binding = attributes.get("binding").cloned();
+    let files_text = attributes
+        .get("files")
+        .filter(|t| !t.trim().is_empty())
+        .cloned();
+    let files = match &files_text {
+        Some(text) => files(text)
+            .map_err(|e| problems.extend(e))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
     let token = pod_token(attributes, audience)
         .map_err(|e| problems.push(e))
         .ok();
@@ -125,10 +138,50 @@ pub fn check(
             gid,
             mode,
             binding,
+            files_text,
+            files,
             pod,
             token,
         }),
         _ => Err(problems),
+    }
+}
+
+/// The `files` attribute: the `[files."NAME"]` tables of `mount --files`, each template inline
+/// (`text = "..."`: the node's own files are not a volume's to read); every problem at once.
+pub fn files(text: &str) -> Result<Vec<crate::render::RenderedFile>, Vec<String>> {
+    let spec: crate::render::FilesSpec = toml::from_str(text).map_err(|e| {
+        vec![format!(
+            "volumeAttributes.files is not a valid files spec: {e}"
+        )]
+    })?;
+    let mut problems = Vec::new();
+    for (name, entry) in &spec.files {
+        if entry.template.is_some() {
+            problems.push(format!(
+                "volumeAttributes.files: [files.{name:?}]: a volume's template is given inline                  (text = \"...\"), never read from a path on the node"
+            ));
+        }
+        if entry.env.is_some() {
+            problems.push(format!(
+                "volumeAttributes.files: [files.{name:?}]: env = is the launcher's; a volume                  serves each file at its NAME: remove it"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let (files, more) = crate::render::load_each(&spec.files, Path::new("/"), |_| {
+        Err(std::io::Error::other("no template is read from the node"))
+    });
+    let more: Vec<String> = more
+        .into_iter()
+        .map(|p| format!("volumeAttributes.files: {p}"))
+        .collect();
+    if more.is_empty() {
+        Ok(files)
+    } else {
+        Err(more)
     }
 }
 
@@ -394,6 +447,31 @@ mod tests {
             problems[0].contains("names no pod") && !problems[0].contains(CANARY),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn a_volumes_files_take_inline_templates_only() {
+        let ok = files("[files.\"hf.json\"]\ntext = '{\"t\": {{ secret \"HF_TOKEN\" | json }}}'\n")
+            .unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].name, "hf.json");
+        let problems = files(
+            "[files.a]\ntemplate = \"/etc/shadow\"\n[files.b]\nbuiltin = \"git-credentials\"\nenv = \"X\"\n",
+        )
+        .unwrap_err();
+        let all = problems.join("\n");
+        assert!(
+            all.contains("[files.\"a\"]: a volume's template is given inline"),
+            "{all}"
+        );
+        assert!(
+            all.contains("[files.\"b\"]: env = is the launcher's"),
+            "{all}"
+        );
+        assert_eq!(problems.len(), 2, "{all}");
+        let bad = files("[files.c]\ntext = \"{{ nope }}\"\n").unwrap_err();
+        assert!(bad[0].contains("[files.\"c\"]"), "{bad:?}");
+        assert!(files("not toml [").unwrap_err()[0].contains("not a valid files spec"));
     }
 
     #[test]

@@ -280,6 +280,12 @@ pub(super) fn refused(r: &Value, code: &str, words: &[&str]) {
     }
 }
 
+/// A volume's `files` attribute: a `[files]` table, its template inline.
+const FILES: &str = r#"[files."hf.json"]
+text = """{"token": {{ secret "HF_TOKEN" | json }}}
+"""
+"#;
+
 #[test]
 fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
     let Some(n) =
@@ -333,6 +339,7 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
                         ("uid", "1002"),
                         ("gid", "1002"),
                         ("mode", "0440"),
+                        ("files", FILES),
                     ],
                 ),
             ),
@@ -357,7 +364,12 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
         "hf_identity_value"
     );
     assert_eq!(listing(1001, &b), ["OPENAI_API_KEY"]);
-    assert_eq!(listing(1002, &c), ["HF_TOKEN"]);
+    // Pod c's volume renders a file from its secrets too, as `mount --files` does.
+    assert_eq!(listing(1002, &c), ["HF_TOKEN", "hf.json"]);
+    assert_eq!(
+        as_pod(1002, &["cat", c.join("hf.json").to_str().unwrap()]).unwrap(),
+        "{\"token\": \"hf_identity_value\"}\n"
+    );
     let other = as_pod(1001, &["cat", a.join("HF_TOKEN").to_str().unwrap()]).unwrap_err();
     assert!(other.contains("Permission denied"), "{other}");
     let write = as_pod(
@@ -436,6 +448,12 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
         Some(json!({"value": rotated})),
     ));
     assert_eq!(status, 200);
+    let hf_json = c.join("hf.json");
+    assert!(
+        eventually(5, || as_pod(1002, &["cat", hf_json.to_str().unwrap()])
+            .is_ok_and(|t| t.contains(&rotated))),
+        "the rendered file did not follow the rotation"
+    );
     for (uid, dir) in [(1000, &a), (1002, &c)] {
         let file = dir.join("HF_TOKEN");
         assert!(

@@ -100,7 +100,10 @@ fn an_agent_killed_during_100_publishes_leaves_no_hanging_mount_and_serves_again
     // The ones its state file had when it died: mounted again; the others it left were taken
     // away (the kubelet's retry mounts them as new).
     assert!(restored >= 1, "{logs}");
-    assert!(logs.contains("taking away a mount a stopped agent left"), "{logs}");
+    assert!(
+        logs.contains("taking away a mount a stopped agent left"),
+        "{logs}"
+    );
     eprintln!("killed with {} mounts, {restored} restored", left.len());
     // The kubelet publishes again (it retries what failed and republishes the rest): all
     // serve, each its own identity's secrets, through one long-poll per identity.
