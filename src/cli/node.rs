@@ -22,6 +22,10 @@ pub struct NodeArgs {
     /// A PEM file of CA certificates to trust for the server (a private CA).
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
+    /// Also serve the Secrets Store CSI driver's provider, on DIR/secretfs.sock (the driver's
+    /// --provider-volume, usually /var/run/secrets-store-csi-providers).
+    #[arg(long, value_name = "DIR")]
+    pub providers_dir: Option<PathBuf>,
     /// The audience of the pod tokens the kubelet hands over (the CSIDriver's
     /// spec.tokenRequests; default: the server URL).
     #[arg(long, value_name = "AUD")]
@@ -84,12 +88,30 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?,
         );
+        agent.start_janitor()?;
+        let provider = match &args.providers_dir {
+            Some(dir) => {
+                let path = dir.join(format!("{}.sock", crate::node::provider::PROVIDER_NAME));
+                let listener = crate::node::bind(&path)?;
+                let p = crate::node::provider::Provider::new(
+                    args.kubelet_dir.clone(),
+                    audience.clone(),
+                    agent.clone(),
+                );
+                Some((listener, path, p))
+            }
+            None => None,
+        };
+        let provider_line = provider
+            .as_ref()
+            .map(|(_, p, _)| format!(", provider on {}", p.display()))
+            .unwrap_or_default();
         let restorer = agent.clone();
         let restored = tokio::task::spawn_blocking(move || restorer.restore()).await?;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "secretfs: node agent {} serving CSI on {} as node {node_id} ({restored} volumes restored)",
+            "secretfs: node agent {} serving CSI on {}{provider_line} as node {node_id} ({restored} volumes restored)",
             crate::node::DRIVER_NAME,
             args.csi_socket.display()
         );
@@ -99,6 +121,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             listener,
             args.csi_socket.clone(),
             crate::node::Plugin::new(node_id, args.kubelet_dir.clone(), audience, agent.clone()),
+            provider,
             shutdown(),
         )
         .await?;

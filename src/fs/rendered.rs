@@ -46,6 +46,11 @@ impl Renderer {
         self.files.iter().map(|f| f.name.clone())
     }
 
+    /// Each file's name and its own mode, if it has one.
+    pub fn names_and_modes(&self) -> impl Iterator<Item = (String, Option<u16>)> + '_ {
+        self.files.iter().map(|f| (f.name.clone(), f.mode))
+    }
+
     /// Problems of a start: a rendered file's name that a secret the source lists also has.
     pub fn collisions(&self, listed: &[SecretName]) -> Vec<String> {
         self.files

@@ -240,6 +240,85 @@ impl Volume {
     }
 }
 
+/// One file of a [`snapshot`]: its name, mode and contents (wiped when dropped).
+pub struct SnapshotFile {
+    pub name: String,
+    pub mode: u16,
+    pub contents: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SnapshotFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotFile")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a volume of `only` and `files` would serve from `listing`, as files to hand over (the
+/// Secrets Store CSI driver's provider answer): each secret by name, each rendered file, with
+/// their modes; fails closed as a mount does (a secret missing, a file that cannot render).
+pub fn snapshot(
+    owner: Ownership,
+    only: &[SecretName],
+    files: Vec<RenderedFile>,
+    listing: &Listing,
+) -> Result<Vec<SnapshotFile>, MountError> {
+    let missing = listing.missing(only);
+    if !missing.is_empty() {
+        return Err(MountError::Missing(missing));
+    }
+    let mut renderer = Renderer::new(files);
+    let mut problems = renderer.collisions(only);
+    let mut tree = Tree::new(owner, SystemTime::now());
+    tree.reserve_rendered(renderer.names());
+    let tree: SharedTree = Arc::new(RwLock::new(tree));
+    fill(&tree, only, listing);
+    renderer.set_kinds(listing.kinds.clone());
+    if let Err(more) = renderer.refresh(&tree, true) {
+        problems.extend(more);
+    }
+    if !problems.is_empty() {
+        return Err(MountError::Render(problems));
+    }
+    let tree = tree.read().unwrap_or_else(|e| e.into_inner());
+    // A secret listed whose value could not be fetched yet: no partial answer.
+    let absent: Vec<&str> = only
+        .iter()
+        .map(SecretName::as_str)
+        .filter(|n| tree.secret_value(n).is_none())
+        .collect();
+    if !absent.is_empty() {
+        return Err(MountError::Source(crate::source::SourceError::Unavailable(
+            format!(
+                "no value fetched yet for {}; asked again at the next mount",
+                absent.join(", ")
+            ),
+        )));
+    }
+    let mut out = Vec::new();
+    for name in only {
+        if let Some((value, _)) = tree.secret_value(name.as_str()) {
+            out.push(SnapshotFile {
+                name: name.as_str().to_owned(),
+                mode: owner.mode,
+                contents: zeroize::Zeroizing::new(value.bytes().to_vec()),
+            });
+        }
+    }
+    for (name, mode) in renderer.names_and_modes() {
+        if let Some(value) = tree.rendered_value(&name) {
+            out.push(SnapshotFile {
+                name,
+                mode: mode.unwrap_or(owner.mode),
+                contents: zeroize::Zeroizing::new(value.bytes().to_vec()),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Makes `tree` serve `only` of `listing` (the values shared, not copied).
 fn fill(tree: &SharedTree, only: &[SecretName], listing: &Listing) -> Changes {
     let metas: Vec<ValueStamp> = listing

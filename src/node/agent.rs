@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::Digest;
 use tonic::Status;
@@ -37,8 +37,9 @@ struct Group {
     /// Always `Some` until dropped (see `Drop`).
     source: Option<ServerSource>,
     listing: RwLock<Listing>,
-    /// The volumes it feeds; `None` once the last left (the group is done).
-    volumes: Mutex<Option<Vec<Arc<Volume>>>>,
+    /// The volumes it feeds and the driver mounts it answered lately; `None` once the last
+    /// left (the group is done).
+    members: Mutex<Option<Members>>,
     /// The server refused the token in use (the binding removed, or the token expired): its
     /// volumes serve nothing until a publish brings a token the server admits.
     refused: AtomicBool,
@@ -65,7 +66,7 @@ impl Group {
             key,
             source: Some(source),
             listing: RwLock::new(listing),
-            volumes: Mutex::new(Some(Vec::new())),
+            members: Mutex::new(Some(Members::default())),
             refused: AtomicBool::new(false),
             stop: Mutex::new(Some(stop)),
         });
@@ -180,52 +181,81 @@ impl Group {
     }
 
     fn volumes(&self) -> Vec<Arc<Volume>> {
-        self.volumes
+        self.members
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .as_ref()
+            .map(|m| m.volumes.clone())
             .unwrap_or_default()
     }
 
-    /// Adds a volume; `false` if the group is done (its last volume left meanwhile).
+    fn done(&self) -> bool {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
+    /// Adds a volume; `false` if the group is done (its last member left meanwhile).
     fn attach(&self, v: Arc<Volume>) -> bool {
         match self
-            .volumes
+            .members
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
         {
-            Some(all) => {
-                all.push(v);
+            Some(m) => {
+                m.volumes.push(v);
                 true
             }
             None => false,
         }
     }
 
-    /// Removes a volume; with the last one gone the group is done and its watch stops.
+    /// Notes a driver mount of `target` answered now; `false` if the group is done.
+    fn lease(&self, target: &Path) -> bool {
+        match self
+            .members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            Some(m) => {
+                m.leases.insert(target.to_owned(), Instant::now());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a volume; with the last member gone the group is done and its watch stops.
     fn detach(&self, v: &Arc<Volume>) -> bool {
-        let mut volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(all) = volumes.as_mut() else {
+        self.close_when(|m| m.volumes.retain(|x| !Arc::ptr_eq(x, v)))
+    }
+
+    /// Drops the driver mounts not answered for `lease`; done if nothing is left.
+    fn expire(&self, lease: Duration) -> bool {
+        self.close_when(|m| m.leases.retain(|_, at| at.elapsed() < lease))
+    }
+
+    /// Done if no member ever joined (a publish that failed after starting it).
+    fn close_if_empty(&self) -> bool {
+        self.close_when(|_| {})
+    }
+
+    /// Applies `change` to the members; closes the group (its watch stops) if none is left.
+    fn close_when(&self, change: impl FnOnce(&mut Members)) -> bool {
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = members.as_mut() else {
             return true;
         };
-        all.retain(|x| !Arc::ptr_eq(x, v));
-        if all.is_empty() {
-            *volumes = None;
+        change(m);
+        if m.volumes.is_empty() && m.leases.is_empty() {
+            *members = None;
             self.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
             return true;
         }
         false
-    }
-
-    /// Done if no volume ever joined (a publish that failed after starting it).
-    fn close_if_empty(&self) -> bool {
-        let mut volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
-        if volumes.as_ref().is_some_and(Vec::is_empty) {
-            *volumes = None;
-            self.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
-        }
-        volumes.is_none()
     }
 }
 
@@ -240,6 +270,16 @@ impl Drop for Group {
                 .spawn(move || drop(source));
         }
     }
+}
+
+/// Who a group serves.
+#[derive(Default)]
+struct Members {
+    volumes: Vec<Arc<Volume>>,
+    /// Secrets Store CSI driver mounts answered lately (target path: when): they keep the cache
+    /// and its long-poll alive between the driver's rotation polls, so a poll is answered from
+    /// memory, not by reading the server again.
+    leases: HashMap<PathBuf, Instant>,
 }
 
 /// A round's answer into the cache: the stamps of everything listed, new values in one locked
@@ -422,6 +462,25 @@ pub struct Agent {
     /// One publish or unpublish at a time per target path (the kubelet retries while one runs).
     busy: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
     saver: Option<Arc<Saver>>,
+    /// The Secrets Store CSI driver's mounts answered, by target path: whose token, which
+    /// identity (a poll with the same token is answered without an exchange).
+    provided: Mutex<HashMap<PathBuf, Lease>>,
+}
+
+/// A driver mount answered: a digest of the pod token admitted, and its identity.
+type Lease = ([u8; 32], Arc<Group>);
+
+/// How long a driver mount keeps its identity's cache after its last poll: the driver polls
+/// every two minutes by default (`--rotation-poll-interval`), and says nothing at unmount.
+const LEASE: Duration = Duration::from_secs(600);
+
+/// What the provider answers a driver's `Mount`: each secret's object id and version, and the
+/// files.
+pub struct Provided {
+    pub versions: Vec<(String, String)>,
+    pub files: Vec<crate::fs::volume::SnapshotFile>,
+    /// Whether the versions are those the driver said it holds.
+    pub unchanged: bool,
 }
 
 /// The mode of files whose volume names none: owner and group may read (root's unless the
@@ -466,6 +525,7 @@ impl Agent {
             groups: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
             saver,
+            provided: Mutex::new(HashMap::new()),
         })
     }
 
@@ -522,6 +582,120 @@ impl Agent {
         }
         self.save();
         restored
+    }
+
+    /// Starts the thread that lets the driver mounts' leases expire (and with the last of an
+    /// identity, its cache and long-poll).
+    pub fn start_janitor(self: &Arc<Self>) -> std::io::Result<()> {
+        let agent = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("leases".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(30));
+                    let Some(agent) = agent.upgrade() else { return };
+                    agent.expire(LEASE);
+                }
+            })
+            .map(|_| ())
+    }
+
+    /// Lets leases older than `lease` go; forgets the identities left with nothing.
+    fn expire(&self, lease: Duration) {
+        let groups: Vec<Arc<Group>> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(|c| c.get().cloned())
+            .collect();
+        for g in groups {
+            if g.expire(lease) {
+                self.forget(&g);
+            }
+        }
+        self.provided
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (_, g)| !g.done());
+    }
+
+    /// The Secrets Store CSI driver's `Mount`, checked: the pod's token exchanged (unless the
+    /// same token was admitted for this mount and its identity still is), the answer made from
+    /// the identity's cache (shared with the CSI volumes of the node, kept current by its one
+    /// long-poll: a poll reads nothing from the server).
+    pub async fn provide(
+        &self,
+        p: Publish,
+        current: &[(String, String)],
+    ) -> Result<Provided, Status> {
+        let owner =
+            Ownership::new(0, 0, p.mode.unwrap_or(0o444)).map_err(Status::invalid_argument)?;
+        let digest: [u8; 32] = sha2::Sha256::digest(p.token.as_bytes()).into();
+        let known = self
+            .provided
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&p.target)
+            .filter(|(d, g)| {
+                *d == digest
+                    && !g.done()
+                    && !g.refused.load(Ordering::Acquire)
+                    && g.source()
+                        .token_left()
+                        .is_some_and(|left| left >= Duration::from_secs(120))
+            })
+            .map(|(_, g)| g.clone());
+        let group = match known {
+            Some(g) if g.lease(&p.target) => g,
+            _ => {
+                let (key, token, life) = match self.exchange(&p).await {
+                    Ok(x) => x,
+                    Err(status) => {
+                        self.provided
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&p.target);
+                        return Err(status);
+                    }
+                };
+                let group = self.group(key, token.clone(), life).await?;
+                let (adopting, shown) = (group.clone(), group.key.clone());
+                tokio::task::spawn_blocking(move || adopting.adopt(&token, life))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| source_status(e, &shown))?;
+                if !group.lease(&p.target) {
+                    return Err(Status::aborted(
+                        "the identity's cache closed meanwhile; the driver retries",
+                    ));
+                }
+                self.provided
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(p.target.clone(), (digest, group.clone()));
+                group
+            }
+        };
+        let listing = group.listing.read().unwrap_or_else(|e| e.into_inner());
+        let files = crate::fs::volume::snapshot(owner, &p.secrets, p.files, &listing)
+            .map_err(|e| mount_status(e, &group.key))?;
+        let versions: Vec<(String, String)> = listing
+            .stamps
+            .iter()
+            .filter(|s| p.secrets.contains(&s.name))
+            .map(|s| object_version(&group.key.workspace, s))
+            .collect();
+        drop(listing);
+        let mut said = current.to_vec();
+        said.sort();
+        let mut now = versions.clone();
+        now.sort();
+        Ok(Provided {
+            unchanged: said == now,
+            versions,
+            files,
+        })
     }
 
     /// Hands the current list of volumes to the state file's writer.
@@ -780,12 +954,7 @@ impl Agent {
                 })
                 .await?
                 .clone();
-            if group
-                .volumes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_none()
-            {
+            if group.done() {
                 // Done meanwhile: start another.
                 self.forget(&group);
                 continue;
@@ -887,6 +1056,15 @@ impl Agent {
         let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner()).len();
         (volumes, groups)
     }
+}
+
+/// A secret's object id and version for the driver (its `SecretProviderClassPodStatus`): the
+/// version changes with every new value, a secret deleted and created again included.
+fn object_version(workspace: &str, s: &ValueStamp) -> (String, String) {
+    (
+        format!("secretfs/{workspace}/{}", s.name),
+        format!("{}-{}", s.version, s.updated_at.nanos()),
+    )
 }
 
 /// Removes the target directory the publish made; gone already is fine.

@@ -6,6 +6,8 @@
 mod agent;
 pub mod csi;
 mod plugin;
+pub mod provider;
+mod provider_proto;
 pub mod publish;
 
 use std::os::unix::fs::PermissionsExt;
@@ -68,19 +70,50 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, NodeError> {
     tokio::net::UnixListener::from_std(listener).map_err(socket_error)
 }
 
-/// Serves the plugin on `listener` until `shutdown` completes; the socket file is removed then.
+/// Serves the plugin on `listener` (and, with `provider`, the Secrets Store CSI driver's
+/// provider on its socket) until `shutdown` completes; the socket files are removed then.
 pub async fn serve(
     listener: tokio::net::UnixListener,
     path: PathBuf,
     plugin: Plugin,
+    provider: Option<(tokio::net::UnixListener, PathBuf, provider::Provider)>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let served = tonic::transport::Server::builder()
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let csi = tonic::transport::Server::builder()
         .add_service(csi::identity_server::IdentityServer::new(plugin.clone()))
         .add_service(csi::node_server::NodeServer::new(plugin))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            until(stopped.clone()),
+        );
+    let providers = async {
+        match provider {
+            Some((listener, path, p)) => {
+                let served = tonic::transport::Server::builder()
+                    .add_service(
+                        provider_proto::csi_driver_provider_server::CsiDriverProviderServer::new(p),
+                    )
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::UnixListenerStream::new(listener),
+                        until(stopped.clone()),
+                    )
+                    .await;
+                let _ = std::fs::remove_file(&path);
+                served
+            }
+            None => Ok(()),
+        }
+    };
+    let signal = async {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let (served, provided, ()) = tokio::join!(csi, providers, signal);
     let _ = std::fs::remove_file(&path);
-    Ok(served?)
+    served?;
+    Ok(provided?)
 }

@@ -46,10 +46,12 @@ fn agent(s: &Scratch, socket: &Path) -> (Running, std::path::PathBuf) {
     (child, log)
 }
 
+mod provider;
 mod publish;
 mod restart;
 
-/// The stubs, generated from the vendored proto into `dir/stubs` (its google/protobuf imports are
+/// The stubs, generated from the vendored protos (the CSI spec's, the Secrets Store CSI driver's
+/// provider service) into `dir/stubs` (its google/protobuf imports are
 /// grpcio-tools' own).
 pub(crate) fn stubs(python: &Path, dir: &Path) -> std::path::PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -60,7 +62,7 @@ pub(crate) fn stubs(python: &Path, dir: &Path) -> std::path::PathBuf {
         .arg(root.join("proto"))
         .arg(format!("--python_out={}", stubs.display()))
         .arg(format!("--grpc_python_out={}", stubs.display()))
-        .arg("csi.proto")
+        .args(["csi.proto", "service.proto"])
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .unwrap();

@@ -15,8 +15,8 @@ use crate::workload_identity::{World, add, identity, world};
 /// The agent, its kubelet stand-in and the world it serves.
 pub(super) struct Node {
     pub(super) w: World,
-    python: PathBuf,
-    stubs: PathBuf,
+    pub(super) python: PathBuf,
+    pub(super) stubs: PathBuf,
     socket: PathBuf,
     pub(super) kubelet: PathBuf,
     pub(super) agent: Running,
@@ -207,6 +207,8 @@ fn spawn_agent(w: &World, kubelet: &Path, socket: &Path, log: &Path) -> Running 
             .arg(socket)
             .arg("--state-dir")
             .arg(w.s.path().join("state"))
+            .arg("--providers-dir")
+            .arg(w.s.path().join("providers"))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(open(log))
