@@ -26,6 +26,9 @@ pub struct NodeArgs {
     /// --provider-volume, usually /var/run/secrets-store-csi-providers).
     #[arg(long, value_name = "DIR")]
     pub providers_dir: Option<PathBuf>,
+    /// Serve /metrics on this address (e.g. 127.0.0.1:9402); not served by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The audience of the pod tokens the kubelet hands over (the CSIDriver's
     /// spec.tokenRequests; default: the server URL).
     #[arg(long, value_name = "AUD")]
@@ -89,6 +92,22 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("{e}"))?,
         );
         agent.start_janitor()?;
+        let metrics = match args.metrics_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    anyhow::anyhow!("--metrics-listen {addr}: {e}; choose another address")
+                })?;
+                let at = listener.local_addr()?;
+                let registry = std::sync::Arc::new(agent.metrics().registry());
+                tokio::spawn(async move {
+                    if let Err(e) = crate::metrics::serve(listener, registry).await {
+                        tracing::error!(error = %e, "the metrics listener stopped");
+                    }
+                });
+                format!(", metrics on http://{at}/metrics")
+            }
+            None => String::new(),
+        };
         let provider = match &args.providers_dir {
             Some(dir) => {
                 let path = dir.join(format!("{}.sock", crate::node::provider::PROVIDER_NAME));
@@ -111,7 +130,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "secretfs: node agent {} serving CSI on {}{provider_line} as node {node_id} ({restored} volumes restored)",
+            "secretfs: node agent {} serving CSI on {}{provider_line}{metrics} as node {node_id} ({restored} volumes restored)",
             crate::node::DRIVER_NAME,
             args.csi_socket.display()
         );

@@ -465,6 +465,7 @@ pub struct Agent {
     /// The Secrets Store CSI driver's mounts answered, by target path: whose token, which
     /// identity (a poll with the same token is answered without an exchange).
     provided: Mutex<HashMap<PathBuf, Lease>>,
+    metrics: super::metrics::NodeMetrics,
 }
 
 /// A driver mount answered: a digest of the pod token admitted, and its identity.
@@ -526,6 +527,7 @@ impl Agent {
             busy: Mutex::new(HashMap::new()),
             saver,
             provided: Mutex::new(HashMap::new()),
+            metrics: Default::default(),
         })
     }
 
@@ -687,6 +689,9 @@ impl Agent {
             .map(|s| object_version(&group.key.workspace, s))
             .collect();
         drop(listing);
+        self.metrics
+            .identities
+            .set(self.groups.lock().unwrap_or_else(|e| e.into_inner()).len() as i64);
         let mut said = current.to_vec();
         said.sort();
         let mut now = versions.clone();
@@ -698,8 +703,11 @@ impl Agent {
         })
     }
 
-    /// Hands the current list of volumes to the state file's writer.
+    /// Hands the current list of volumes to the state file's writer (and counts them).
     fn save(&self) {
+        let (volumes, identities) = self.counts();
+        self.metrics.volumes.set(volumes as i64);
+        self.metrics.identities.set(identities as i64);
         if let Some(saver) = &self.saver {
             let list = self
                 .volumes
@@ -979,6 +987,7 @@ impl Agent {
         {
             groups.remove(&group.key);
         }
+        self.metrics.identities.set(groups.len() as i64);
     }
 
     /// `NodeUnpublishVolume`: unmounts, wipes, removes the directory it made; OK for a volume it
@@ -1048,6 +1057,11 @@ impl Agent {
             }
             p.volume.unmount();
         }
+    }
+
+    /// Its metrics (`--metrics-listen`).
+    pub fn metrics(&self) -> &super::metrics::NodeMetrics {
+        &self.metrics
     }
 
     /// How many volumes and identities it holds (for tests and metrics).

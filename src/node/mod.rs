@@ -4,6 +4,7 @@
 //! per volume, one cache and one long-poll per identity.
 
 mod agent;
+pub mod metrics;
 pub mod csi;
 mod plugin;
 pub mod provider;

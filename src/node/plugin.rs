@@ -110,7 +110,14 @@ impl Node for Plugin {
         ) {
             Err(problems) => Err(Status::invalid_argument(problems.join("; "))),
             Ok(p) => {
-                self.agent.publish(p).await?;
+                let started = std::time::Instant::now();
+                let published = self.agent.publish(p).await;
+                let m = self.agent.metrics();
+                m.publishes
+                    .get_or_create(&super::metrics::code_of(&published))
+                    .inc();
+                m.publish_seconds.observe(started.elapsed().as_secs_f64());
+                published?;
                 Ok(Response::new(csi::NodePublishVolumeResponse {}))
             }
         }

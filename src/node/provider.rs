@@ -102,7 +102,13 @@ impl CsiDriverProvider for Provider {
             .into_iter()
             .map(|o| (o.id, o.version))
             .collect();
-        let provided = self.agent.provide(p, &current).await?;
+        let provided = self.agent.provide(p, &current).await;
+        self.agent
+            .metrics()
+            .provider_mounts
+            .get_or_create(&super::metrics::code_of(&provided))
+            .inc();
+        let provided = provided?;
         let total: usize = provided
             .files
             .iter()

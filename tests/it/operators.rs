@@ -50,7 +50,7 @@ fn metrics_url(ready_line: &str) -> String {
 
 /// The exposition parsed by prometheus_client, both its Prometheus text parser and its
 /// OpenMetrics one: `{sample name: [[labels, value], ...]}`.
-fn parse_metrics(python: &Path, text: &str) -> Value {
+pub(crate) fn parse_metrics(python: &Path, text: &str) -> Value {
     let script = r#"
 import json, sys
 from prometheus_client.parser import text_string_to_metric_families as prom
@@ -94,7 +94,7 @@ json.dump(out, sys.stdout)
 }
 
 /// The value of `name` whose labels include every pair of `labels` (0 if none does).
-fn sample(parsed: &Value, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn sample(parsed: &Value, name: &str, labels: &[(&str, &str)]) -> f64 {
     parsed[name]
         .as_array()
         .map(|samples| {

@@ -155,6 +155,27 @@ impl Node {
         self.kubelet(false, vec![call]).remove(0)
     }
 
+    /// The agent's `/metrics`, read by prometheus_client: `secretfs_node_NAME` with `labels`.
+    pub(super) fn agent_metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let logs = self.logs();
+        let ready = logs
+            .lines()
+            .filter(|l| l.contains("serving CSI on"))
+            .last()
+            .unwrap();
+        let url = ready
+            .split_whitespace()
+            .find(|w| w.ends_with("/metrics"))
+            .unwrap_or_else(|| panic!("no metrics address in {ready:?}"));
+        let text = self
+            .w
+            .rt
+            .block_on(async { reqwest::get(url).await?.text().await })
+            .unwrap();
+        let parsed = crate::operators::parse_metrics(&self.python, &text);
+        crate::operators::sample(&parsed, &format!("secretfs_node_{name}"), labels)
+    }
+
     /// A sample of the server's `/metrics` (`secretfs_NAME`, with its labels as written).
     pub(super) fn metric(&self, name: &str) -> f64 {
         let text = self
@@ -209,6 +230,7 @@ fn spawn_agent(w: &World, kubelet: &Path, socket: &Path, log: &Path) -> Running 
             .arg(w.s.path().join("state"))
             .arg("--providers-dir")
             .arg(w.s.path().join("providers"))
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(open(log))
@@ -357,6 +379,11 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
         n.metric("long_polls_held")
     );
     assert_eq!(n.metric("workload_secrets_total{result=\"served\"}"), 3.0);
+    // The agent says the same of itself.
+    assert_eq!(n.agent_metric("volumes", &[]), 3.0);
+    assert_eq!(n.agent_metric("identities", &[]), 2.0);
+    assert_eq!(n.agent_metric("publishes_total", &[("code", "OK")]), 3.0);
+    assert_eq!(n.agent_metric("publish_seconds_count", &[]), 3.0);
 
     // Each pod sees exactly its volume's secrets, as its own uid; another uid is kept out by the
     // kernel (owner and mode).
@@ -559,6 +586,9 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
     for r in &results {
         assert_eq!(r["code"], "OK", "{r}\n{}", n.logs());
     }
+    assert_eq!(n.agent_metric("volumes", &[]), 0.0);
+    assert_eq!(n.agent_metric("identities", &[]), 0.0);
+    assert!(n.agent_metric("publishes_total", &[("code", "PermissionDenied")]) >= 2.0);
     for t in [&a, &b, &c] {
         assert!(mount_id(t).is_none(), "{} still mounted", t.display());
         assert!(!t.exists(), "{} left behind", t.display());
