@@ -160,8 +160,7 @@ impl Node {
         let logs = self.logs();
         let ready = logs
             .lines()
-            .filter(|l| l.contains("serving CSI on"))
-            .last()
+            .rfind(|l| l.contains("serving CSI on"))
             .unwrap();
         let url = ready
             .split_whitespace()
