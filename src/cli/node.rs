@@ -75,6 +75,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             .map_err(|_| anyhow::anyhow!("the host name is not UTF-8; give --node-id"))?,
     };
     crate::fs::memory::limit_malloc_arenas();
+    crate::fs::memory::fix_mmap_threshold();
     crate::harden::harden_process();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -86,7 +87,6 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             crate::node::Agent::new(
                 &args.url,
                 args.ca_file.as_deref(),
-                &args.kubelet_dir,
                 Some(&args.state_dir),
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -144,8 +144,10 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             shutdown(),
         )
         .await?;
-        // Stopped (a rollout): the pods' volumes are taken away, not left disconnected.
-        tokio::task::spawn_blocking(move || agent.unmount_all()).await?;
+        // Stopped (a rollout): the volumes stay where they are, disconnected (a reader gets
+        // ENOTCONN) until the next agent mounts a live one over each; taking them away would
+        // not reach the containers, which hold their own view of them.
+        drop(agent);
         Ok(ExitCode::SUCCESS)
     })
 }

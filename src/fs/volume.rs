@@ -69,6 +69,7 @@ impl Volume {
     /// cannot be built, mounts nothing.
     pub fn mount(
         dir: &Path,
+        staging: &Path,
         owner: Ownership,
         only: Vec<SecretName>,
         files: Vec<RenderedFile>,
@@ -78,7 +79,7 @@ impl Volume {
         if !missing.is_empty() {
             return Err(MountError::Missing(missing));
         }
-        Self::mount_with(dir, owner, only, files, listing, true)
+        Self::mount_with(dir, staging, owner, only, files, listing, true)
     }
 
     /// Mounts an empty volume at `dir` that serves once it is [updated](Self::update): one
@@ -86,26 +87,24 @@ impl Volume {
     /// empty directory meanwhile, not a dead mount.
     pub fn mount_waiting(
         dir: &Path,
+        staging: &Path,
         owner: Ownership,
         only: Vec<SecretName>,
         files: Vec<RenderedFile>,
     ) -> Result<Volume, MountError> {
-        Self::mount_with(dir, owner, only, files, &Listing::default(), false)
+        Self::mount_with(dir, staging, owner, only, files, &Listing::default(), false)
     }
 
     fn mount_with(
         dir: &Path,
+        staging: &Path,
         owner: Ownership,
         only: Vec<SecretName>,
         files: Vec<RenderedFile>,
         listing: &Listing,
         strict: bool,
     ) -> Result<Volume, MountError> {
-        std::fs::create_dir_all(dir).map_err(|cause| MountError::Inspect {
-            path: dir.to_owned(),
-            cause,
-        })?;
-        let dir = super::mount::prepare_mount_point(dir)?;
+        let dir = target_dir(dir)?;
         let mut renderer = Renderer::new(files);
         let mut problems = renderer.collisions(&only);
         let mut tree = Tree::new(owner, SystemTime::now());
@@ -121,16 +120,39 @@ impl Volume {
             return Err(MountError::Render(problems));
         }
         // No fusermount3 helper per volume (a process each) and no guard: an agent killed
-        // leaves its mounts disconnected (a reader gets ENOTCONN at once, never a hang), and
-        // the agent's next start takes them away and mounts again.
+        // leaves its mounts disconnected (a reader gets ENOTCONN at once, never a hang) until the
+        // next start stacks a live one over each.
         let config = session_config(false, false);
         let fs = SecretFs::new(tree.clone(), false);
+        std::fs::create_dir_all(staging).map_err(|cause| MountError::Inspect {
+            path: staging.to_owned(),
+            cause,
+        })?;
         let mut session =
-            fuser::Session::new(fs, &dir, &config).map_err(|cause| MountError::Mount {
+            fuser::Session::new(fs, staging, &config).map_err(|cause| MountError::Mount {
                 dir: dir.clone(),
                 cause,
                 problems: super::doctor::problems(),
             })?;
+        // Mounted aside, then moved onto the target: a move needs nothing from what is at the
+        // target (a dead mount there, whose root no one can open, included), and the move
+        // propagates to the containers that see the target with HostToContainer.
+        if let Err(e) = nix::mount::mount(
+            Some(staging),
+            &dir,
+            None::<&str>,
+            nix::mount::MsFlags::MS_MOVE,
+            None::<&str>,
+        ) {
+            let _ = nix::mount::umount2(staging, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(staging);
+            return Err(MountError::Mount {
+                dir: dir.clone(),
+                cause: e.into(),
+                problems: Vec::new(),
+            });
+        }
+        let _ = std::fs::remove_dir(staging);
         let notifier = session.notifier();
         let unmounter = session.unmount_callable();
         let thread = std::thread::Builder::new()
@@ -317,6 +339,41 @@ pub fn snapshot(
         }
     }
     Ok(out)
+}
+
+/// The target directory, made if missing. A dead mount there (an agent killed) is fine: the new
+/// mount goes over it. Anything but a directory is refused.
+fn target_dir(dir: &Path) -> Result<PathBuf, MountError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(dir.to_owned()),
+        Ok(_) => Err(MountError::NotADirectory(dir.to_owned())),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(dir.to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|cause| MountError::Inspect {
+                path: dir.to_owned(),
+                cause,
+            })?;
+            Ok(dir.to_owned())
+        }
+        Err(cause) => Err(MountError::Inspect {
+            path: dir.to_owned(),
+            cause,
+        }),
+    }
+}
+
+/// Takes away every secretfs mount stacked at `dir` (a live one and the dead ones of killed
+/// agents under it), lazily; how many.
+pub fn unmount_all_at(dir: &Path) -> usize {
+    let mut n = 0;
+    // Bounded: each pass removes the top one; a restart adds at most one.
+    while n < 64 && super::mount::is_secretfs_mount(dir) {
+        if nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).is_err() {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 /// Makes `tree` serve `only` of `listing` (the values shared, not copied).

@@ -455,7 +455,6 @@ fn read_state(path: &Path) -> Vec<Saved> {
 pub struct Agent {
     urls: String,
     ca_file: Option<PathBuf>,
-    kubelet_dir: PathBuf,
     exchanger: Client,
     volumes: Mutex<HashMap<PathBuf, Published>>,
     groups: Mutex<HashMap<Key, Arc<tokio::sync::OnceCell<Arc<Group>>>>>,
@@ -466,6 +465,9 @@ pub struct Agent {
     /// identity (a poll with the same token is answered without an exchange).
     provided: Mutex<HashMap<PathBuf, Lease>>,
     metrics: super::metrics::NodeMetrics,
+    /// Where a volume is mounted before it is moved onto its target (see `fs::volume`).
+    staging: PathBuf,
+    staged: std::sync::atomic::AtomicU64,
 }
 
 /// A driver mount answered: a digest of the pod token admitted, and its identity.
@@ -497,9 +499,18 @@ impl Agent {
     pub fn new(
         urls: &str,
         ca_file: Option<&Path>,
-        kubelet_dir: &Path,
         state_dir: Option<&Path>,
     ) -> Result<Agent, String> {
+        let staging = state_dir
+            .map_or_else(std::env::temp_dir, Path::to_owned)
+            .join("staging");
+        // A mount a killed agent left here (between mounting and moving it) is taken away.
+        if let Ok(dirs) = std::fs::read_dir(&staging) {
+            for d in dirs.flatten() {
+                crate::fs::volume::unmount_all_at(&d.path());
+                let _ = std::fs::remove_dir(d.path());
+            }
+        }
         let saver = match state_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
@@ -520,7 +531,6 @@ impl Agent {
         Ok(Agent {
             urls: urls.to_owned(),
             ca_file: ca_file.map(Path::to_owned),
-            kubelet_dir: kubelet_dir.to_owned(),
             exchanger: Client::anonymous(urls, ca_file).map_err(|e| e.to_string())?,
             volumes: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
@@ -528,27 +538,27 @@ impl Agent {
             saver,
             provided: Mutex::new(HashMap::new()),
             metrics: Default::default(),
+            staging,
+            staged: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
-    /// At start: secretfs mounts a killed agent left under the kubelet's directory are taken
-    /// away (a reader of one got ENOTCONN, never a hang), and the volumes of the state file are
-    /// mounted again, empty: each serves once the kubelet's next republish brings its pod's
-    /// token (tokens are never kept). Returns how many were restored.
+    /// A fresh staging directory for one mount.
+    fn stage(&self) -> PathBuf {
+        let n = self.staged.fetch_add(1, Ordering::Relaxed);
+        self.staging.join(n.to_string())
+    }
+
+    /// At start: the volumes of the state file are mounted again, each over the dead mount a
+    /// stopped agent left (a reader of which got ENOTCONN, never a hang), so that a running
+    /// container seeing its volume with HostToContainer propagation gets the new one; empty
+    /// until the kubelet's next republish brings the pod's token (tokens are never kept).
+    /// Returns how many were restored.
     pub fn restore(&self) -> usize {
         let saved = match &self.saver {
             Some(s) => read_state(&s.path),
             None => Vec::new(),
         };
-        for entry in crate::fs::mountinfo::read() {
-            let point = Path::new(&entry.point);
-            if entry.is_secretfs() && point.starts_with(&self.kubelet_dir) {
-                tracing::info!(target = %entry.point, "taking away a mount a stopped agent left");
-                if let Err(e) = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH) {
-                    tracing::warn!(target = %entry.point, error = %e, "cannot take away a stale mount");
-                }
-            }
-        }
         let mut restored = 0;
         for s in saved {
             let files = match &s.files {
@@ -556,7 +566,7 @@ impl Agent {
                 None => Ok(Vec::new()),
             };
             let mounted = s.owner().and_then(|owner| {
-                Volume::mount_waiting(&s.target, owner, s.secrets.clone(), files?)
+                Volume::mount_waiting(&s.target, &self.stage(), owner, s.secrets.clone(), files?)
                     .map_err(|e| e.to_string())
             });
             match mounted {
@@ -779,9 +789,10 @@ impl Agent {
         let mounted = {
             let (target, secrets, group) = (p.target.clone(), p.secrets.clone(), group.clone());
             let files = p.files.clone();
+            let staging = self.stage();
             tokio::task::spawn_blocking(move || {
                 let listing = group.listing.read().unwrap_or_else(|e| e.into_inner());
-                Volume::mount(&target, owner, secrets, files, &listing)
+                Volume::mount(&target, &staging, owner, secrets, files, &listing)
             })
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -1012,17 +1023,18 @@ impl Agent {
         let target_path = target.to_owned();
         let target = target.to_owned();
         let removed = tokio::task::spawn_blocking(move || {
+            let mut done = None;
             if let Some(p) = published {
                 p.volume.unmount();
                 if let Some(g) = p.group
                     && g.detach(&p.volume)
                 {
-                    return (Some(g), remove_dir(&target));
+                    done = Some(g);
                 }
-            } else if crate::fs::mount::is_secretfs_mount(&target) {
-                let _ = crate::fs::mount::unmount(&target);
             }
-            (None, remove_dir(&target))
+            // And the dead mounts of stopped agents under it.
+            crate::fs::volume::unmount_all_at(&target);
+            (done, remove_dir(&target))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
@@ -1040,23 +1052,6 @@ impl Agent {
         removed.1.map_err(Status::internal)?;
         tracing::info!(volume = %volume_id, "volume unpublished");
         Ok(())
-    }
-
-    /// Every volume unmounted (the agent stopping).
-    pub fn unmount_all(&self) {
-        let all: Vec<Published> = self
-            .volumes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, v)| v)
-            .collect();
-        for p in all {
-            if let Some(g) = &p.group {
-                g.detach(&p.volume);
-            }
-            p.volume.unmount();
-        }
     }
 
     /// Its metrics (`--metrics-listen`).

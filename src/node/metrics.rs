@@ -42,7 +42,11 @@ impl NodeMetrics {
         let mut root = Registry::default();
         crate::metrics::register_build_info(&mut root);
         let r = root.sub_registry_with_prefix("secretfs_node");
-        r.register("volumes", "CSI volumes the agent serves", self.volumes.clone());
+        r.register(
+            "volumes",
+            "CSI volumes the agent serves",
+            self.volumes.clone(),
+        );
         r.register(
             "identities",
             "Identities whose cache and long-poll the agent holds (one each, whatever the number of pods)",

@@ -4,8 +4,8 @@
 //! per volume, one cache and one long-poll per identity.
 
 mod agent;
-pub mod metrics;
 pub mod csi;
+pub mod metrics;
 mod plugin;
 pub mod provider;
 mod provider_proto;

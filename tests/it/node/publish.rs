@@ -33,6 +33,24 @@ impl Node {
         let stubs = super::stubs(&python, w.s.path());
         let kubelet = w.s.path().join("kubelet");
         std::fs::create_dir_all(kubelet.join("pods")).unwrap();
+        // A node's kubelet directory is a shared mount (what lets a volume mounted there reach
+        // the containers that see it with HostToContainer propagation).
+        for args in [&["--bind"][..], &["--make-rshared"][..]] {
+            let out = Command::new("mount")
+                .args(args)
+                .args(if args[0] == "--bind" {
+                    vec![&kubelet, &kubelet]
+                } else {
+                    vec![&kubelet]
+                })
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let socket = kubelet.join("plugins/secrets.secretfs.dev/csi.sock");
         let log = w.s.path().join("node.log");
         let agent = spawn_agent(&w, &kubelet, &socket, &log);
@@ -206,6 +224,72 @@ impl Node {
     }
 }
 
+impl Drop for Node {
+    /// The kubelet directory's mounts go with the test (the shared bind and every volume under
+    /// it, live or dead).
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.kubelet, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A pod's container: a process in a mount namespace of its own (its mounts slaves of the
+/// node's, as HostToContainer makes them) that sees the volume at `/ctr` as a bind mount made
+/// when it started, as the container runtime makes it; stopped when dropped.
+pub(super) struct Container {
+    process: Running,
+    pub(super) at: PathBuf,
+}
+
+impl Container {
+    pub(super) fn start(target: &Path, at: &Path) -> Container {
+        std::fs::create_dir_all(at).unwrap();
+        let ready = at.with_extension("ready");
+        let process = Running::spawn(
+            "a container",
+            Command::new("unshare")
+                .args(["--mount", "--propagation", "slave", "sh", "-c"])
+                .arg(r#"mount --bind "$1" "$2" && touch "$3" && exec sleep 600"#)
+                .args(["sh"])
+                .args([target, at, &ready])
+                .stdin(Stdio::null()),
+        );
+        assert!(
+            eventually(10, || ready.exists()),
+            "the container did not start"
+        );
+        Container {
+            process,
+            at: at.to_owned(),
+        }
+    }
+
+    /// `cat` of `name` in the container's view, as uid 1000, within five seconds.
+    pub(super) fn read(&self, name: &str) -> Result<String, String> {
+        let out = Command::new("timeout")
+            .args(["5", "nsenter", "-t"])
+            .arg(self.process.pid().to_string())
+            .args([
+                "-m",
+                "setpriv",
+                "--reuid=1000",
+                "--regid=1000",
+                "--clear-groups",
+                "cat",
+            ])
+            .arg(self.at.join(name))
+            .output()
+            .unwrap();
+        if out.status.code() == Some(124) {
+            return Err("hung".into());
+        }
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
 /// `secretfs node` for `w`'s server, its output in `log` (and `node.err` beside it), appended
 /// to across restarts; ready once it says so.
 fn spawn_agent(w: &World, kubelet: &Path, socket: &Path, log: &Path) -> Running {
@@ -311,7 +395,7 @@ text = """{"token": {{ secret "HF_TOKEN" | json }}}
 
 #[test]
 fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
-    let Some(n) =
+    let Some(mut n) =
         Node::start("pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each")
     else {
         return;
@@ -593,8 +677,9 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
         assert!(!t.exists(), "{} left behind", t.display());
     }
 
-    let mut agent = n.agent;
-    let status = agent.signal_and_wait(Signal::SIGTERM, std::time::Duration::from_secs(10));
+    let status = n
+        .agent
+        .signal_and_wait(Signal::SIGTERM, std::time::Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
     // Neither a value nor a pod token reached the agent's output.
     let mut printed = std::fs::read(&n.log).unwrap();

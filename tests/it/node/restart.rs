@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use super::publish::{Node, mount_id, results};
+use super::publish::{Container, Node, results};
 use crate::support::{assert_no_canary, eventually};
 
 /// The secretfs mounts under `dir`, by mountinfo.
@@ -68,6 +68,27 @@ fn an_agent_killed_during_100_publishes_leaves_no_hanging_mount_and_serves_again
         })
         .collect();
 
+    // Four pods run first, their containers each holding their own view of their volume.
+    for r in n.kubelet(true, calls[..4].to_vec()) {
+        assert_eq!(r["code"], "OK", "{r}");
+    }
+    let containers: Vec<Container> = (0..4)
+        .map(|i| {
+            Container::start(
+                &n.target(&pods[i].0),
+                &n.w.s.path().join(format!("ctr-{i}")),
+            )
+        })
+        .collect();
+    assert_eq!(
+        containers[0].read("HF_TOKEN").as_deref(),
+        Ok("hf_identity_value")
+    );
+    assert_eq!(
+        containers[1].read("OPENAI_API_KEY").as_deref(),
+        Ok("sk-identity-value")
+    );
+
     // Killed once some volumes are mounted and others not yet.
     let kubelet = n.kubelet_start(true, calls.clone());
     assert!(
@@ -85,9 +106,11 @@ fn an_agent_killed_during_100_publishes_leaves_no_hanging_mount_and_serves_again
     for dir in &left {
         assert!(answers(dir), "a reader of {dir} hangs");
     }
+    // A container's reader answers at once too: an error, or the kernel's cached copy.
+    assert_ne!(containers[0].read("HF_TOKEN"), Err("hung".into()));
 
-    // Started again: what it left is taken away, the volumes of its state file mounted again
-    // (empty until their pods' tokens come), and every mount answers.
+    // Started again: the volumes of its state file are mounted again over the dead ones (empty
+    // until their pods' tokens come), and every mount answers.
     n.restart();
     for dir in secretfs_mounts_under(&n.kubelet) {
         assert!(answers(&dir), "a reader of {dir} hangs after the restart");
@@ -97,20 +120,41 @@ fn an_agent_killed_during_100_publishes_leaves_no_hanging_mount_and_serves_again
         .rsplit_once("volumes restored")
         .and_then(|(before, _)| before.rsplit_once('(')?.1.trim().parse().ok())
         .unwrap_or_else(|| panic!("{logs}"));
-    // The ones its state file had when it died: mounted again; the others it left were taken
-    // away (the kubelet's retry mounts them as new).
-    assert!(restored >= 1, "{logs}");
-    assert!(
-        logs.contains("taking away a mount a stopped agent left"),
-        "{logs}"
-    );
-    eprintln!("killed with {} mounts, {restored} restored", left.len());
+    // The ones its state file had when it died (the four at least); the others the kubelet's
+    // retry mounts as new, over what the killed agent left.
+    assert!(restored >= 4, "{logs}");
+    // The running containers see the restored volumes at once (empty, not dead), and their
+    // secrets once the kubelet republishes.
+    let empty = containers[2].read("HF_TOKEN").unwrap_err();
+    assert!(empty.contains("No such file"), "{empty}");
     // The kubelet publishes again (it retries what failed and republishes the rest): all
     // serve, each its own identity's secrets, through one long-poll per identity.
-    let again = n.kubelet(true, calls);
+    let again = n.kubelet(true, calls.clone());
     for r in &again {
         assert_eq!(r["code"], "OK", "{r}\n{}", n.logs());
     }
+    assert_eq!(
+        containers[0].read("HF_TOKEN").as_deref(),
+        Ok("hf_identity_value")
+    );
+    assert_eq!(
+        containers[3].read("OPENAI_API_KEY").as_deref(),
+        Ok("sk-identity-value")
+    );
+    // Not the kernel's cached copy from before the kill: a rotation reaches the container.
+    let rotated = crate::support::unique_canary("node-restart");
+    let (status, _) = n.w.rt.block_on(n.w.api.call(
+        "PATCH",
+        "/api/v1/workspaces/default/secrets/HF_TOKEN",
+        &n.w.alice,
+        Some(serde_json::json!({"value": rotated})),
+    ));
+    assert_eq!(status, 200);
+    assert!(
+        eventually(5, || containers[0].read("HF_TOKEN").as_deref() == Ok(rotated.as_str())),
+        "the container does not see the new mount: {:?}",
+        containers[0].read("HF_TOKEN")
+    );
     for (i, (pod, _, secrets)) in pods.iter().enumerate() {
         let mut names: Vec<String> = std::fs::read_dir(n.target(pod))
             .unwrap()
@@ -121,14 +165,17 @@ fn an_agent_killed_during_100_publishes_leaves_no_hanging_mount_and_serves_again
     }
     assert_eq!(
         std::fs::read(n.target("pod-000").join("HF_TOKEN")).unwrap(),
-        b"hf_identity_value"
+        rotated.as_bytes()
     );
     assert!(
         eventually(5, || n.metric("long_polls_held") == 2.0),
         "{} long-polls held for 2 identities",
         n.metric("long_polls_held")
     );
-    assert_eq!(secretfs_mounts_under(&n.kubelet).len(), 100);
+    // A live mount per volume, over the dead ones the killed agent left.
+    let mounts = secretfs_mounts_under(&n.kubelet);
+    let distinct: std::collections::BTreeSet<&String> = mounts.iter().collect();
+    assert_eq!(distinct.len(), 100);
 
     // The state file lists the volumes, root-only, and holds no token and no value; neither do
     // the agent's command line, environment or log.
@@ -149,20 +196,37 @@ fn an_agent_killed_during_100_publishes_leaves_no_hanging_mount_and_serves_again
     for (_, token, _) in &pods {
         assert!(!seen.contains(token.as_str()), "a pod's token was kept");
     }
-    for value in ["hf_identity_value", "sk-identity-value", "shared-value"] {
+    for value in [rotated.as_str(), "hf_identity_value", "sk-identity-value", "shared-value"] {
         assert!(!seen.contains(value), "a value was kept");
     }
     assert_no_canary("the agent's state and log", seen.as_bytes());
 
-    // A rollout (SIGTERM): the volumes are taken away, and the state file keeps them for the
-    // agent that follows.
+    // A rollout (SIGTERM): the volumes stay (the containers' views cannot be replaced from
+    // outside, only covered), the state file keeps them, and the next agent serves them again
+    // through the running containers.
     let status = n
         .agent
         .signal_and_wait(Signal::SIGTERM, Duration::from_secs(20));
     assert_eq!(status.code(), Some(0));
-    assert!(secretfs_mounts_under(&n.kubelet).is_empty());
-    assert!(mount_id(&n.target("pod-000")).is_none());
     let kept: Value =
         serde_json::from_str(&std::fs::read_to_string(n.state_file()).unwrap()).unwrap();
     assert_eq!(kept["volumes"].as_array().unwrap().len(), 100);
+    n.restart();
+    let again = n.kubelet(true, calls[..4].to_vec());
+    assert!(again.iter().all(|r| r["code"] == "OK"), "{again:?}");
+    assert_eq!(
+        containers[0].read("HF_TOKEN").as_deref(),
+        Ok(rotated.as_str())
+    );
+
+    // Unpublished: every layer at the target goes, and the directory.
+    let unpublish: Vec<Value> = pods
+        .iter()
+        .map(|(pod, _, _)| n.unpublish(&format!("vol-{pod}"), &n.target(pod)))
+        .collect();
+    drop(containers);
+    assert!(n.kubelet(true, unpublish).iter().all(|r| r["code"] == "OK"));
+    let left = secretfs_mounts_under(&n.kubelet);
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!n.target("pod-000").exists());
 }
