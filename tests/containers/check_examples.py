@@ -109,6 +109,9 @@ def in_image(image, path):
 # ---- containers, from the examples ---------------------------------------------------------
 
 
+NODE_DRIVERS = ("secrets.secretfs.dev", "secrets-store.csi.k8s.io")
+
+
 def containers():
     """(where, image, argv, env, mounts) for every container; mounts: {target: propagation}."""
     compose = yaml.safe_load(open("examples/docker-compose.yml"))
@@ -130,22 +133,31 @@ def containers():
         docs = [d for d in yaml.safe_load_all(open(path)) if d]
         configmaps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
         for doc in docs:
-            if doc["kind"] != "Pod":
+            if doc["kind"] == "Pod":
+                spec = doc["spec"]
+            elif doc["kind"] == "DaemonSet":
+                spec = doc["spec"]["template"]["spec"]
+            else:
                 continue
-            spec = doc["spec"]
             volumes = {v["name"]: v for v in spec.get("volumes", [])}
             for c in spec.get("initContainers", []) + spec.get("containers", []):
                 img = IMAGES.get(c["image"])
+                if img is None and doc["kind"] == "DaemonSet":
+                    continue  # a third party's (the node-driver-registrar): not ours to check
                 entry = c.get("command", img["entrypoint"] if img else [])
                 args = c.get("args", img["cmd"] if "command" not in c and img else [])
-                env = {e["name"]: e["value"] for e in c.get("env", [])}
+                env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
                 mounts = {}
                 files = {}
                 for m in c.get("volumeMounts", []):
                     vol = volumes[m["volumeName"] if "volumeName" in m else m["name"]]
-                    mounts[m["mountPath"]] = ("k8s", m["name"], m.get("mountPropagation"))
+                    # A csi: volume of a node's driver: the kubelet mounts it before the
+                    # container starts, filled by the node agent (or the Secrets Store driver).
+                    kind = "node" if vol.get("csi", {}).get("driver") in NODE_DRIVERS else "k8s"
+                    mounts[m["mountPath"]] = (kind, m["name"], m.get("mountPropagation"))
                     if "configMap" in vol:
-                        for key, text in configmaps[vol["configMap"]["name"]].items():
+                        # A ConfigMap made elsewhere (the server's CA) holds no file checked here.
+                        for key, text in configmaps.get(vol["configMap"]["name"], {}).items():
                             files[f'{m["mountPath"]}/{key}'] = text
                 yield (f"{path} {doc['metadata']['name']}/{c['name']}", c["image"],
                        list(entry) + list(args), env, mounts, files)
@@ -161,6 +173,7 @@ def under_mount(mounts, path):
 checked = 0
 sidecar_volumes = {}
 app_volumes = {}
+node_volumes = {}
 for where, image_name, argv, env, mounts, extra in containers():
     checked += 1
     image = IMAGES.get(image_name)
@@ -243,6 +256,8 @@ for where, image_name, argv, env, mounts, extra in containers():
             target, info = under_mount(mounts, sdir)
             if target is None:
                 problem(where, f"the secrets directory {sdir} is not a mount the sidecar fills")
+            elif info[0] == "node":
+                node_volumes[where] = (info[1], target)
             else:
                 if info[2] not in ("rslave", "HostToContainer", "rshared", "Bidirectional"):
                     problem(where, f"{target} does not receive mounts made by a sidecar")
@@ -269,4 +284,4 @@ if problems:
     print("\n".join(problems))
     sys.exit(1)
 print(f"check_examples: checked {checked} containers; {len(sidecar_volumes)} sidecars, "
-      f"{len(app_volumes)} apps reading their files")
+      f"{len(app_volumes)} apps reading their files, {len(node_volumes)} reading a node's volume")

@@ -308,13 +308,15 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The Kubernetes versions the examples are checked against: the oldest still in wide support
-/// (1.31), the one that made native sidecars GA (1.33), and the newest kubernetes-validate ships
-/// a schema for.
-const KUBERNETES_VERSIONS: [&str; 3] = ["1.31", "1.33", "1.37"];
+/// The Kubernetes versions the examples are checked against: every minor from the oldest still
+/// in wide support (1.31) to the newest kubernetes-validate ships a schema for (1.37).
+const KUBERNETES_VERSIONS: [&str; 7] = ["1.31", "1.32", "1.33", "1.34", "1.35", "1.36", "1.37"];
 
 /// Every manifest under examples/kubernetes against the API schemas, strictly (an unknown field
-/// fails); and a manifest with a misspelled field fails, so the check can.
+/// fails); and a manifest with a misspelled field fails, so the check can. kubernetes-validate
+/// has no schema for a custom resource and passes one with a warning: the Secrets Store CSI
+/// driver's SecretProviderClass is checked by `SECRET_PROVIDER_CLASSES` instead, and any other
+/// warning fails (a built-in kind with a mistyped apiVersion would otherwise pass unchecked).
 fn kubernetes_manifests_match_the_api_schemas(tools: &Path) {
     let validate = |files: &[PathBuf], version: &str| {
         Command::new(tools.join("kubernetes-validate"))
@@ -332,11 +334,25 @@ fn kubernetes_manifests_match_the_api_schemas(tools: &Path) {
     assert!(manifests.len() >= 2, "{manifests:?}");
     for version in KUBERNETES_VERSIONS {
         let out = validate(&manifests, version);
+        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
-            "kubernetes-validate -k {version}:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
+            "kubernetes-validate -k {version}:\n{stdout}{}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        let unchecked: Vec<&str> = stdout
+            .lines()
+            .filter(|l| {
+                l.starts_with("WARN")
+                    && !l.contains(
+                        "kind SecretProviderClass with api version secrets-store.csi.x-k8s.io/v1 ",
+                    )
+            })
+            .collect();
+        assert!(
+            unchecked.is_empty(),
+            "kubernetes-validate -k {version} has no schema for:\n{}",
+            unchecked.join("\n")
         );
     }
     let scratch = tempfile::tempdir().unwrap();
@@ -350,4 +366,128 @@ fn kubernetes_manifests_match_the_api_schemas(tools: &Path) {
         "a misspelled field passed: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+
+    let classes = |files: &[PathBuf]| {
+        Command::new(tools.join("python"))
+            .arg("-c")
+            .arg(SECRET_PROVIDER_CLASSES)
+            .arg(KUBERNETES_VERSIONS.join(","))
+            .args(files)
+            .output()
+            .unwrap()
+    };
+    let out = classes(&manifests);
+    assert!(
+        out.status.success(),
+        "the SecretProviderClass check:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same check fails a misspelled field, as kubectl's strict field validation would.
+    let class = repo().join("examples/kubernetes/secretproviderclass.yaml");
+    let text = std::fs::read_to_string(&class).unwrap();
+    assert!(text.contains("  provider: secretfs"), "{}", class.display());
+    let bad_class = scratch.path().join("misspelled-class.yaml");
+    std::fs::write(
+        &bad_class,
+        text.replacen("  provider: secretfs", "  provder: secretfs", 1),
+    )
+    .unwrap();
+    let out = classes(&[bad_class]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("'provder' was unexpected"),
+        "a misspelled SecretProviderClass field passed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
+
+/// The SecretProviderClass (a custom resource: no schema in kubernetes-validate) against the
+/// driver's CRD, and the csi: volumes' attributes, which the API schemas leave as free strings.
+/// Run as `python -c SECRET_PROVIDER_CLASSES VERSION,VERSION... FILE...`.
+const SECRET_PROVIDER_CLASSES: &str = r##"
+import importlib.resources, json, sys, tomllib
+import jsonschema, yaml
+
+versions, paths = sys.argv[1].split(","), sys.argv[2:]
+# The driver's CRD (v1, secrets-store.csi.x-k8s.io_secretproviderclasses.yaml) as kubectl's
+# strict field validation applies it, an unknown field failing, metadata as each version's
+# ObjectMeta; narrowed to what the provider reads: provider secretfs, parameters among a volume's
+# attributes (no uid, gid or mode: the driver writes the files), and no secretObjects (a synced
+# Kubernetes Secret would put the values in etcd).
+SPC = {
+    "type": "object", "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "secrets-store.csi.x-k8s.io/v1"},
+        "kind": {"const": "SecretProviderClass"},
+        "metadata": {"$ref": "#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
+        "spec": {
+            "type": "object", "additionalProperties": False, "required": ["provider", "parameters"],
+            "properties": {
+                "provider": {"const": "secretfs"},
+                "parameters": {
+                    "type": "object", "additionalProperties": False, "required": ["secrets"],
+                    "properties": {k: {"type": "string", "minLength": 1}
+                                   for k in ("secrets", "files", "binding")},
+                },
+            },
+        },
+    },
+}
+ATTRIBUTES = {"secrets", "files", "uid", "gid", "mode", "binding"}
+SCHEMAS = importlib.resources.files("kubernetes_validate") / "kubernetes-json-schema"
+problems, classes, volumes = [], {}, []
+
+
+def files_spec(where, text):
+    # The agent's rule: [files."NAME"] tables only, templates inline (text =), no env =.
+    try:
+        spec = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        return problems.append(f"{where}: files is not TOML: {e}")
+    if set(spec) != {"files"}:
+        problems.append(f"{where}: files holds {sorted(spec)}, not only [files.\"NAME\"] tables")
+    for name, entry in spec.get("files", {}).items():
+        if "template" in entry or "env" in entry:
+            problems.append(f"{where}: [files.{name!r}] takes text =, never template = or env =")
+
+
+for path in paths:
+    for doc in yaml.safe_load_all(open(path)):
+        if not doc:
+            continue
+        if doc.get("kind") == "SecretProviderClass":
+            for v in versions:
+                meta = json.loads((SCHEMAS / f"v{v}.0-local-strict" / "_definitions.json").read_text())
+                validator = jsonschema.Draft202012Validator(dict(SPC, **{"$defs": meta["$defs"]}))
+                for e in validator.iter_errors(doc):
+                    where = ".".join(str(p) for p in e.absolute_path)
+                    problems.append(f"{path} SecretProviderClass ({v}): {where}: {e.message}")
+            params = (doc.get("spec") or {}).get("parameters") or {}
+            if isinstance(params.get("files"), str):
+                files_spec(f"{path} SecretProviderClass parameters", params["files"])
+            classes[(doc.get("metadata") or {}).get("name")] = path
+        if doc.get("kind") == "Pod":
+            for vol in doc["spec"].get("volumes", []):
+                if "csi" in vol:
+                    volumes.append((path, doc["metadata"]["name"], vol))
+
+for path, pod, vol in volumes:
+    csi, where = vol["csi"], f"{path} {pod} volume {vol['name']}"
+    attrs = csi.get("volumeAttributes", {})
+    if csi["driver"] == "secrets.secretfs.dev":
+        if not attrs.get("secrets") or not set(attrs) <= ATTRIBUTES:
+            problems.append(f"{where}: attributes {sorted(attrs)}: secrets, and only {sorted(ATTRIBUTES)}")
+        if "files" in attrs:
+            files_spec(where, attrs["files"])
+    elif csi["driver"] == "secrets-store.csi.k8s.io":
+        # The driver refuses a volume that is not read-only.
+        if csi.get("readOnly") is not True or attrs.get("secretProviderClass") not in classes:
+            problems.append(f"{where}: readOnly, and a secretProviderClass of {sorted(classes)}")
+if not classes:
+    problems.append("no SecretProviderClass to check")
+print("\n".join(problems) or f"checked {len(classes)} SecretProviderClass, {len(volumes)} csi volumes")
+sys.exit(1 if problems else 0)
+"##;
