@@ -77,7 +77,11 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     crate::fs::memory::limit_malloc_arenas();
     crate::fs::memory::fix_mmap_threshold();
     crate::harden::harden_process();
+    // Blocking work (a mount, a first read) takes about a millisecond: a few threads keep up
+    // with a node's mass start, where tokio's default of 512 would each keep a stack resident
+    // for their idle ten seconds.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(16)
         .enable_all()
         .build()?;
     runtime.block_on(async {

@@ -155,8 +155,10 @@ impl Volume {
         let _ = std::fs::remove_dir(staging);
         let notifier = session.notifier();
         let unmounter = session.unmount_callable();
+        // This thread only waits for fuser's own event-loop thread: a small stack.
         let thread = std::thread::Builder::new()
             .name("volume".into())
+            .stack_size(64 * 1024)
             .spawn(move || session.run())
             .map_err(MountError::Thread)?;
         Ok(Volume {
