@@ -165,6 +165,11 @@ fn key_source(req: &NewBinding, problems: &mut Vec<String>) -> Option<KeySource>
 /// One binding's verdict on a token: admitted with what it verified, or refused and why.
 type Verdict = Result<Verified, Refusal>;
 
+/// The signature and standard-claim checks one exchange has made, by what they depend on
+/// (issuer, audience, maximum lifetime, key source): fifty bindings of one cluster's issuer and
+/// audience cost one signature check, not fifty (measured: `scripts/bench-node`).
+type Checks = Vec<((String, String, u64, crate::identity::KeySource), Verdict)>;
+
 /// A refusing binding: its name, id, workspace and reason.
 struct Refuser {
     name: String,
@@ -530,10 +535,11 @@ impl Service {
         let now = now_secs();
         let mut admitted: Vec<(BindingRecord, Rules, Verified)> = Vec::new();
         let mut refusers = Vec::new();
+        let mut seen = Checks::default();
         for record in candidates {
             let rules = rules_of(&record)?;
             match self
-                .judge(&record, &rules, subject_token, &peeked, now)
+                .judge(&record, &rules, subject_token, &peeked, now, &mut seen)
                 .await
             {
                 Ok(v) => admitted.push((record, rules, v)),
@@ -602,7 +608,7 @@ impl Service {
             ],
             audit: vec![audit],
         };
-        match self.commit_unchecked(batch).await {
+        match self.commit_grouped(batch).await {
             Err(ServiceError::Store(StoreError::BindingNotFound(_))) => {
                 let why = format!("binding {} was removed", record.name);
                 return Err(self
@@ -620,8 +626,40 @@ impl Service {
     }
 
     /// One binding's verdict on a token: its issuer's key, the signature and the standard
-    /// claims (`crate::identity::verify`), then the binding's own rules.
+    /// claims (`crate::identity::verify`, once per exchange for bindings that check them
+    /// alike: `seen`), then the binding's own rules.
     async fn judge(
+        &self,
+        record: &BindingRecord,
+        rules: &Rules,
+        subject_token: &str,
+        peeked: &Peek,
+        now: u64,
+        seen: &mut Checks,
+    ) -> Verdict {
+        let alike = (
+            record.issuer.clone(),
+            rules.audience.clone(),
+            rules.max_lifetime_secs,
+            rules.keys.clone(),
+        );
+        let verified = match seen.iter().find(|(k, _)| *k == alike) {
+            Some((_, v)) => v.clone(),
+            None => {
+                let v = self
+                    .verify_for(record, rules, subject_token, peeked, now)
+                    .await;
+                seen.push((alike, v.clone()));
+                v
+            }
+        }?;
+        rules.admits(&verified)?;
+        Ok(verified)
+    }
+
+    /// The signature and the standard claims, as `record`'s issuer, keys, audience and
+    /// maximum lifetime check them.
+    async fn verify_for(
         &self,
         record: &BindingRecord,
         rules: &Rules,
@@ -646,9 +684,7 @@ impl Service {
             audience: &rules.audience,
             max_lifetime: Duration::from_secs(rules.max_lifetime_secs),
         };
-        let verified = verify(subject_token, peeked, key, policy, now)?;
-        rules.admits(&verified)?;
-        Ok(verified)
+        verify(subject_token, peeked, key, policy, now)
     }
 
     /// Audits a refused exchange (on its own, without announcing a change: a flood of bad

@@ -280,6 +280,21 @@ pub struct Service {
     metrics: Arc<crate::metrics::ServerMetrics>,
     /// Issuers' keys for workload identity.
     jwks: Box<jwks::Jwks>,
+    /// Batches waiting to be committed together (`commit_grouped`).
+    grouped: Box<GroupCommit>,
+}
+
+/// The batches waiting for a grouped commit, and the turn of whoever commits them.
+#[derive(Default)]
+struct GroupCommit {
+    waiting: Mutex<Vec<Grouped>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// A batch waiting for a grouped commit, and where its result goes.
+struct Grouped {
+    batch: Batch,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 }
 
 impl Service {
@@ -297,6 +312,7 @@ impl Service {
             reads: Mutex::new(ReadAudit::Direct),
             metrics: Arc::default(),
             jwks,
+            grouped: Box::default(),
         }
     }
 
@@ -500,6 +516,50 @@ impl Service {
             .map_err(gone)?;
         self.changed();
         Ok(())
+    }
+
+    /// Like `commit_unchecked`, for batches that come many at once (identity exchanges at a
+    /// node's mass start): a batch that arrives while another commit runs waits for it, and
+    /// then whoever's turn it is commits every waiting batch in one transaction, each on its
+    /// own (`Store::apply_each`): one commit for many, the same results as one by one.
+    async fn commit_grouped(&self, batch: Batch) -> Result<(), ServiceError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let grouped = &self.grouped;
+        grouped
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Grouped { batch, done });
+        {
+            let _turn = grouped.turn.lock().await;
+            let waiting =
+                std::mem::take(&mut *grouped.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+            // Empty when an earlier turn took this batch with its own.
+            if !waiting.is_empty() {
+                let batches: Vec<Batch> = waiting.iter().map(|g| g.batch.clone()).collect();
+                let store = self.store();
+                let results = self
+                    .metrics
+                    .store("commit", async {
+                        Ok::<_, StoreError>(store.apply_each(&batches).await)
+                    })
+                    .await
+                    .unwrap_or_default();
+                if results.iter().any(Result::is_ok) {
+                    self.changed();
+                }
+                for (g, r) in waiting.into_iter().zip(results) {
+                    let _ = g.done.send(r);
+                }
+            }
+        }
+        match result.await {
+            Ok(r) => r.map_err(gone),
+            // Dropped unanswered: only if the committer's task was cancelled mid-commit.
+            Err(_) => Err(ServiceError::Store(StoreError::Unavailable(
+                "the commit was interrupted; try again".into(),
+            ))),
+        }
     }
 
     /// Applies a batch of sealed writes for `caller` (rebuilt once if the key was rotated

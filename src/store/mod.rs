@@ -569,6 +569,17 @@ pub enum StoreError {
     Internal(String),
 }
 
+impl StoreError {
+    /// The same error for another caller of a shared transaction (its commit failed for all).
+    pub fn for_another(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::OutOfSpace => StoreError::OutOfSpace,
+            other => StoreError::Internal(other.to_string()),
+        }
+    }
+}
+
 /// Every driver error becomes a store error here, once: callers that expect a constraint
 /// violation (a taken name) look at the sqlx error before converting it; everything else is
 /// read from the engine's codes: SQLite's result codes (5 busy, 6 locked, 8 read-only, 10 I/O,
@@ -640,6 +651,17 @@ pub trait Store: Send + Sync + 'static {
     /// other processes sharing the store that something changed. A batch with sealed writes
     /// first checks the write fence in the same transaction.
     async fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Applies several batches, each on its own as [`apply`](Store::apply) would (one whose
+    /// precondition fails changes nothing and writes no audit record; the others land), in as
+    /// few transactions as the store can: what many identity exchanges at once cost one commit
+    /// for all. One result per batch, in order.
+    async fn apply_each(&self, batches: &[Batch]) -> Vec<Result<(), StoreError>> {
+        let mut results = Vec::with_capacity(batches.len());
+        for b in batches {
+            results.push(self.apply(b).await);
+        }
+        results
+    }
     /// Appends audit records that go with no change, in one transaction, announcing nothing:
     /// workload reads in bulk, and refused identity exchanges (which must not empty caches).
     async fn record_reads(&self, audits: &[AuditRecord]) -> Result<(), StoreError>;

@@ -959,6 +959,52 @@ impl<D: Dialect> Store for SqlStore<D> {
         D::commit(tx).await
     }
 
+    /// One transaction for all, a savepoint around each batch (rolled back alone when one of
+    /// its ops fails), one commit. Batches with sealed writes, which check the write fence, go
+    /// one by one.
+    async fn apply_each(&self, batches: &[Batch]) -> Vec<Result<(), StoreError>> {
+        if batches.len() < 2 || batches.iter().any(|b| b.ops.iter().any(Op::seals)) {
+            let mut results = Vec::with_capacity(batches.len());
+            for b in batches {
+                results.push(self.apply(b).await);
+            }
+            return results;
+        }
+        let all = |e: StoreError| batches.iter().map(|_| Err(e.for_another())).collect();
+        let mut tx = match self.dialect.begin().await {
+            Ok(tx) => tx,
+            Err(e) => return all(e),
+        };
+        let mut results = Vec::with_capacity(batches.len());
+        for b in batches {
+            if let Err(e) = tx.run("SAVEPOINT one_batch", &[]).await {
+                return all(e.into());
+            }
+            let applied = apply_batch::<D>(&mut tx, b).await;
+            let end = if applied.is_ok() {
+                tx.run("RELEASE SAVEPOINT one_batch", &[]).await
+            } else {
+                match tx.run("ROLLBACK TO SAVEPOINT one_batch", &[]).await {
+                    Ok(_) => tx.run("RELEASE SAVEPOINT one_batch", &[]).await,
+                    Err(e) => Err(e),
+                }
+            };
+            if let Err(e) = end {
+                return all(e.into());
+            }
+            results.push(applied);
+        }
+        let committed = async {
+            D::notify(&mut tx).await?;
+            D::commit(tx).await
+        }
+        .await;
+        match committed {
+            Ok(()) => results,
+            Err(e) => all(e),
+        }
+    }
+
     async fn record_reads(&self, audits: &[AuditRecord]) -> Result<(), StoreError> {
         if audits.is_empty() {
             return Ok(());
@@ -985,6 +1031,14 @@ impl<D: Dialect> Store for SqlStore<D> {
     async fn close(&self) {
         self.dialect.close().await;
     }
+}
+
+/// One batch's ops and audit records, inside a transaction of several (`apply_each`).
+async fn apply_batch<D: Dialect>(tx: &mut D::Tx, batch: &Batch) -> Result<(), StoreError> {
+    for op in &batch.ops {
+        apply_op(tx, op, D::LOCK_ROWS).await?;
+    }
+    insert_audits(tx, &batch.audit, false).await
 }
 
 /// The audit columns' values of `a`, in [`AUDIT_COLUMNS`] order, as text (bulk writers).

@@ -105,6 +105,7 @@ async fn store_story(store: Arc<dyn Store>) {
     deleted_users_take_their_private_secrets(&service, &local, &store).await;
     derived_tokens_are_bounded(&service, &local).await;
     preconditions_fail_the_whole_batch(&service, &local, &store).await;
+    batches_applied_together_stand_alone(&service, &local, &store).await;
     a_user_deleted_while_creating_keeps_nothing(&service, &local, &store).await;
     every_action_is_audited(&service, &local, &store).await;
 
@@ -555,6 +556,65 @@ async fn preconditions_fail_the_whole_batch(
         .await;
     assert!(matches!(ghost, Err(StoreError::UserExists(_))), "{ghost:?}");
     service.delete_user(local, "dave", None).await.unwrap();
+}
+
+/// Batches applied together (`apply_each`, what concurrent identity exchanges share) each stand
+/// alone: the one whose precondition fails is rolled back whole and alone, the others land.
+async fn batches_applied_together_stand_alone(
+    service: &Arc<Service>,
+    local: &Caller,
+    store: &Arc<dyn Store>,
+) {
+    let erin = user(service, local, "erin").await;
+    let fay = user(service, local, "fay").await;
+    let gus = user(service, local, "gus").await;
+    service
+        .create_secrets(&fay, WS, vec![new("fay_1", "f", Visibility::Private)])
+        .await
+        .unwrap();
+    let tombstone = |c: &Caller| Op::TombstoneUser {
+        id: c.user().id.clone(),
+        at: Timestamp::now(),
+    };
+    let batch = |ops| Batch {
+        ops,
+        audit: Vec::new(),
+    };
+    let results = store
+        .apply_each(&[
+            batch(vec![tombstone(&erin)]),
+            // Says fay owns nothing: wrong, so her tombstone must not land either.
+            batch(vec![
+                tombstone(&fay),
+                Op::ExpectOwned {
+                    owner_id: fay.user().id.clone(),
+                    expected: Vec::new(),
+                },
+            ]),
+            batch(vec![tombstone(&gus)]),
+        ])
+        .await;
+    assert!(results[0].is_ok(), "{results:?}");
+    assert!(
+        matches!(results[1], Err(StoreError::Conflict)),
+        "{results:?}"
+    );
+    assert!(results[2].is_ok(), "{results:?}");
+    for (gone, who) in [(true, &erin), (false, &fay), (true, &gus)] {
+        let created = service
+            .create_secrets(
+                who,
+                WS,
+                vec![new(
+                    &format!("{}_2", who.user().name),
+                    "x",
+                    Visibility::Private,
+                )],
+            )
+            .await;
+        assert_eq!(created.is_err(), gone, "{}: {created:?}", who.user().name);
+    }
+    service.delete_user(local, "fay", None).await.unwrap();
 }
 
 /// Creates by a user racing their deletion: whichever commits first, nothing private of theirs
