@@ -151,7 +151,8 @@ fn an_agent_killed_during_100_publishes_leaves_no_hanging_mount_and_serves_again
     ));
     assert_eq!(status, 200);
     assert!(
-        eventually(5, || containers[0].read("HF_TOKEN").as_deref() == Ok(rotated.as_str())),
+        eventually(5, || containers[0].read("HF_TOKEN").as_deref()
+            == Ok(rotated.as_str())),
         "the container does not see the new mount: {:?}",
         containers[0].read("HF_TOKEN")
     );
@@ -196,7 +197,12 @@ fn an_agent_killed_during_100_publishes_leaves_no_hanging_mount_and_serves_again
     for (_, token, _) in &pods {
         assert!(!seen.contains(token.as_str()), "a pod's token was kept");
     }
-    for value in [rotated.as_str(), "hf_identity_value", "sk-identity-value", "shared-value"] {
+    for value in [
+        rotated.as_str(),
+        "hf_identity_value",
+        "sk-identity-value",
+        "shared-value",
+    ] {
         assert!(!seen.contains(value), "a value was kept");
     }
     assert_no_canary("the agent's state and log", seen.as_bytes());
