@@ -10,20 +10,12 @@ use serde_json::{Value, json};
 use super::publish::Node;
 use crate::support::{assert_no_canary, unique_canary};
 
-/// A SecretProviderClass's parameters, as the driver merges them with the pod's info and token.
+/// A SecretProviderClass's parameters, as the driver merges them with the pod's info and token
+/// (the kubelet's attributes, and the driver's own).
 fn attributes(n: &Node, pod: &str, token: &str, params: &[(&str, &str)]) -> Value {
-    let mut a = json!({
-        "secretProviderClass": "ml-secrets",
-        "csi.storage.k8s.io/pod.name": format!("pod-{pod}"),
-        "csi.storage.k8s.io/pod.namespace": "ml",
-        "csi.storage.k8s.io/pod.uid": pod,
-        "csi.storage.k8s.io/serviceAccount.name": "trainer",
-        "csi.storage.k8s.io/serviceAccount.tokens":
-            json!({ &n.w.server.url: {"token": token, "expirationTimestamp": "2026-12-07T13:00:00Z"} }).to_string(),
-    });
-    for (k, v) in params {
-        a[*k] = json!(v);
-    }
+    let mut a = n.context(pod, token, params);
+    a["secretProviderClass"] = json!("ml-secrets");
+    a["csi.storage.k8s.io/serviceAccount.name"] = json!("trainer");
     a
 }
 

@@ -406,22 +406,25 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
     let token_a = n.pod_token("ml", "trainer", "pod-a");
     let token_b = n.pod_token("web", "frontend", "pod-b");
     let token_c = n.pod_token("ml", "trainer", "pod-c");
+    let publish_a = |token: &str| {
+        n.publish(
+            "vol-a",
+            &a,
+            n.context(
+                "pod-a",
+                token,
+                &[
+                    ("secrets", "HF_TOKEN,SHARED"),
+                    ("uid", "1000"),
+                    ("mode", "0400"),
+                ],
+            ),
+        )
+    };
     let results = n.kubelet(
         true,
         vec![
-            n.publish(
-                "vol-a",
-                &a,
-                n.context(
-                    "pod-a",
-                    &token_a,
-                    &[
-                        ("secrets", "HF_TOKEN,SHARED"),
-                        ("uid", "1000"),
-                        ("mode", "0400"),
-                    ],
-                ),
-            ),
+            publish_a(&token_a),
             n.publish(
                 "vol-b",
                 &b,
@@ -581,38 +584,14 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
     // and keeps the same mount.
     let exchanged = n.exchanges();
     let mount_a = mount_id(&a).unwrap();
-    ok(&n.one(n.publish(
-        "vol-a",
-        &a,
-        n.context(
-            "pod-a",
-            &token_a,
-            &[
-                ("secrets", "HF_TOKEN,SHARED"),
-                ("uid", "1000"),
-                ("mode", "0400"),
-            ],
-        ),
-    )));
+    ok(&n.one(publish_a(&token_a)));
     assert_eq!(
         n.exchanges(),
         exchanged,
         "a republish with the same token exchanged"
     );
     let fresh_a = n.pod_token("ml", "trainer", "pod-a");
-    ok(&n.one(n.publish(
-        "vol-a",
-        &a,
-        n.context(
-            "pod-a",
-            &fresh_a,
-            &[
-                ("secrets", "HF_TOKEN,SHARED"),
-                ("uid", "1000"),
-                ("mode", "0400"),
-            ],
-        ),
-    )));
+    ok(&n.one(publish_a(&fresh_a)));
     assert_eq!(n.exchanges(), exchanged + 1);
     assert_eq!(mount_id(&a).as_deref(), Some(mount_a.as_str()), "remounted");
     // The same target asked for other secrets is refused, not silently changed.
@@ -639,19 +618,7 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
     );
     assert_eq!(listing(1001, &b), ["OPENAI_API_KEY"]);
     refused(
-        &n.one(n.publish(
-            "vol-a",
-            &a,
-            n.context(
-                "pod-a",
-                &fresh_a,
-                &[
-                    ("secrets", "HF_TOKEN,SHARED"),
-                    ("uid", "1000"),
-                    ("mode", "0400"),
-                ],
-            ),
-        )),
+        &n.one(publish_a(&fresh_a)),
         "PERMISSION_DENIED",
         &["refused the pod's token"],
     );
