@@ -180,6 +180,17 @@ impl Group {
         Ok(())
     }
 
+    /// Whether the token in use is admitted and lives a while yet: a publish or a driver poll
+    /// with the token it was last admitted with then needs no exchange.
+    fn fresh(&self) -> bool {
+        !self.done()
+            && !self.refused.load(Ordering::Acquire)
+            && self
+                .source()
+                .token_left()
+                .is_some_and(|left| left >= RENEW_BEFORE)
+    }
+
     fn volumes(&self) -> Vec<Arc<Volume>> {
         self.members
             .lock()
@@ -271,6 +282,10 @@ impl Drop for Group {
         }
     }
 }
+
+/// How long before the identity's workload token expires a publish or a driver poll exchanges
+/// again: the kubelet republishes about once a minute, the driver polls every two.
+const RENEW_BEFORE: Duration = Duration::from_secs(120);
 
 /// Who a group serves.
 #[derive(Default)]
@@ -649,14 +664,7 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&p.target)
-            .filter(|(d, g)| {
-                *d == digest
-                    && !g.done()
-                    && !g.refused.load(Ordering::Acquire)
-                    && g.source()
-                        .token_left()
-                        .is_some_and(|left| left >= Duration::from_secs(120))
-            })
+            .filter(|(d, g)| *d == digest && g.fresh())
             .map(|(_, g)| g.clone());
         let group = match known {
             Some(g) if g.lease(&p.target) => g,
@@ -671,12 +679,7 @@ impl Agent {
                         return Err(status);
                     }
                 };
-                let group = self.group(key, token.clone(), life).await?;
-                let (adopting, shown) = (group.clone(), group.key.clone());
-                tokio::task::spawn_blocking(move || adopting.adopt(&token, life))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .map_err(|e| source_status(e, &shown))?;
+                let group = self.identity(key, token, life).await?;
                 if !group.lease(&p.target) {
                     return Err(Status::aborted(
                         "the identity's cache closed meanwhile; the driver retries",
@@ -772,20 +775,13 @@ impl Agent {
                     was.volume_id
                 )));
             }
-            if let Some(group) = &group {
-                let refused = group.refused.load(Ordering::Acquire);
-                let due = group
-                    .source()
-                    .token_left()
-                    .is_none_or(|left| left < Duration::from_secs(120));
-                if token == digest && !refused && !due {
-                    return Ok(());
-                }
+            if token == digest && group.as_ref().is_some_and(|g| g.fresh()) {
+                return Ok(());
             }
             return self.republish(p, digest, group, volume).await;
         }
         let (key, token, life) = self.exchange(&p).await?;
-        let group = self.group(key, token, life).await?;
+        let group = self.identity(key, token, life).await?;
         let mounted = {
             let (target, secrets, group) = (p.target.clone(), p.secrets.clone(), group.clone());
             let files = p.files.clone();
@@ -852,17 +848,7 @@ impl Agent {
                 return Err(status);
             }
         };
-        let target = match &group {
-            Some(g) if g.key == key => g.clone(),
-            _ => self.group(key, token.clone(), life).await?,
-        };
-        {
-            let (adopting, token, shown) = (target.clone(), token.clone(), target.key.clone());
-            tokio::task::spawn_blocking(move || adopting.adopt(&token, life))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| source_status(e, &shown))?;
-        }
+        let target = self.identity(key, token, life).await?;
         if !group.as_ref().is_some_and(|g| Arc::ptr_eq(g, &target)) {
             let missing = target
                 .listing
@@ -944,8 +930,20 @@ impl Agent {
         ))
     }
 
-    /// The identity's group, started (its first read) by the first publish that needs it; a
-    /// later publish's token is adopted if it lives longer.
+    /// The group of the identity an exchange returned, with the exchange's token adopted: the
+    /// group may be one whose token the server refused (its binding removed, and added again
+    /// under the same name since), which then reads again now, or its token may expire sooner.
+    async fn identity(&self, key: Key, token: Token, life: Duration) -> Result<Arc<Group>, Status> {
+        let group = self.group(key, token.clone(), life).await?;
+        let (adopting, shown) = (group.clone(), group.key.clone());
+        tokio::task::spawn_blocking(move || adopting.adopt(&token, life))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| source_status(e, &shown))?;
+        Ok(group)
+    }
+
+    /// The identity's group, started (its first read) by the first publish that needs it.
     async fn group(&self, key: Key, token: Token, life: Duration) -> Result<Arc<Group>, Status> {
         loop {
             let cell = self

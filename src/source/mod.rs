@@ -217,10 +217,6 @@ impl ServerSource {
         credential: Credential,
         ca_file: Option<&Path>,
     ) -> Result<Self, SourceError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| SourceError::Failed(e.to_string()))?;
         let setup = |e: ClientError| SourceError::Failed(e.to_string());
         let (client, identity) = match credential {
             Credential::Token(token) => (
@@ -250,15 +246,7 @@ impl ServerSource {
                 )
             }
         };
-        let source = ServerSource {
-            runtime,
-            client: Mutex::new(client),
-            urls: urls.to_owned(),
-            identity,
-            expiry: Mutex::new(None),
-            wake_early: std::sync::atomic::AtomicBool::new(true),
-            exhausted: std::sync::atomic::AtomicBool::new(false),
-        };
+        let source = Self::assemble(client, urls, identity, true)?;
         if source.identity.is_some() {
             source.exchange()?;
         }
@@ -275,23 +263,34 @@ impl ServerSource {
         expires_in: Duration,
         ca_file: Option<&Path>,
     ) -> Result<Self, SourceError> {
+        let client =
+            Client::new(urls, token, ca_file).map_err(|e| SourceError::Failed(e.to_string()))?;
+        let source = Self::assemble(Arc::new(client), urls, None, false)?;
+        source.set_expiry(expires_in);
+        Ok(source)
+    }
+
+    /// A source over `client`, with its own small runtime; `renews`: whether it renews its
+    /// token itself (a renewal, or with `identity` an exchange) before the token expires.
+    fn assemble(
+        client: Arc<Client>,
+        urls: &str,
+        identity: Option<Identity>,
+        renews: bool,
+    ) -> Result<Self, SourceError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| SourceError::Failed(e.to_string()))?;
-        let client =
-            Client::new(urls, token, ca_file).map_err(|e| SourceError::Failed(e.to_string()))?;
-        let source = ServerSource {
+        Ok(ServerSource {
             runtime,
-            client: Mutex::new(Arc::new(client)),
+            client: Mutex::new(client),
             urls: urls.to_owned(),
-            identity: None,
+            identity,
             expiry: Mutex::new(None),
-            wake_early: std::sync::atomic::AtomicBool::new(false),
-            exhausted: std::sync::atomic::AtomicBool::new(true),
-        };
-        source.set_expiry(expires_in);
-        Ok(source)
+            wake_early: std::sync::atomic::AtomicBool::new(renews),
+            exhausted: std::sync::atomic::AtomicBool::new(!renews),
+        })
     }
 
     /// Uses `token` from now on (a later exchange's); its connections are the old client's.
@@ -310,9 +309,11 @@ impl ServerSource {
         self.time_left()
     }
 
-    fn set_expiry(&self, life: Duration) {
+    /// The token in use expires `life` from now; returns when.
+    fn set_expiry(&self, life: Duration) -> Timestamp {
         let until = Timestamp::from_system_time(std::time::SystemTime::now() + life);
         *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) = Some((until, life));
+        until
     }
 
     fn client(&self) -> Arc<Client> {
@@ -379,10 +380,8 @@ impl ServerSource {
             .exchanger
             .with_token(&answer.access_token)
             .map_err(|e| SourceError::Failed(e.to_string()))?;
-        let life = Duration::from_secs(answer.expires_in);
-        let until = Timestamp::from_system_time(std::time::SystemTime::now() + life);
         *self.client.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
-        *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) = Some((until, life));
+        let until = self.set_expiry(Duration::from_secs(answer.expires_in));
         self.wake_early
             .store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(

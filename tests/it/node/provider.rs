@@ -71,16 +71,20 @@ fn the_secrets_store_driver_gets_its_files_from_the_identitys_cache() {
     n.bind("trainers", "ml", "trainer", &["HF_TOKEN", "SHARED"]);
     let token = n.pod_token("ml", "trainer", "pod-p");
     let params = [("secrets", "HF_TOKEN,SHARED"), ("files", FILES)];
-    let first = driver(
-        &n,
-        vec![mount(
+    // One driver poll of pod p's volume, saying which versions it holds.
+    let poll = |current: &Value| {
+        driver(
             &n,
-            "pod-p",
-            attributes(&n, "pod-p", &token, &params),
-            &json!([]),
-        )],
-    )
-    .remove(0);
+            vec![mount(
+                &n,
+                "pod-p",
+                attributes(&n, "pod-p", &token, &params),
+                current,
+            )],
+        )
+        .remove(0)
+    };
+    let first = poll(&json!([]));
     assert_eq!(first["code"], "OK", "{first}\n{}", n.logs());
     assert_eq!(first["version"]["runtime_name"], "secretfs");
     assert_eq!(first["rules_broken"], json!([]), "{first}");
@@ -105,16 +109,7 @@ fn the_secrets_store_driver_gets_its_files_from_the_identitys_cache() {
 
     // The driver's rotation poll with the versions it holds: answered from the identity's
     // cache, no exchange (same token) and nothing read from the server.
-    let again = driver(
-        &n,
-        vec![mount(
-            &n,
-            "pod-p",
-            attributes(&n, "pod-p", &token, &params),
-            &versions,
-        )],
-    )
-    .remove(0);
+    let again = poll(&versions);
     assert_eq!(again["code"], "OK", "{again}");
     assert_eq!(again["object_version"], versions);
     assert_eq!(
@@ -126,28 +121,13 @@ fn the_secrets_store_driver_gets_its_files_from_the_identitys_cache() {
     // A rotation: the cache's long-poll brings it (one value read), and the next poll answers
     // the new version.
     let rotated = unique_canary("provider-rotated");
-    let (status, _) = n.w.rt.block_on(n.w.api.call(
-        "PATCH",
-        "/api/v1/workspaces/default/secrets/HF_TOKEN",
-        &n.w.alice,
-        Some(json!({"value": rotated})),
-    ));
-    assert_eq!(status, 200);
+    n.set_value("HF_TOKEN", &rotated);
     assert!(
         crate::support::eventually(5, || n.metric("workload_secrets_total{result=\"served\"}")
             == served + 1.0),
         "the rotation was not read once"
     );
-    let after = driver(
-        &n,
-        vec![mount(
-            &n,
-            "pod-p",
-            attributes(&n, "pod-p", &token, &params),
-            &versions,
-        )],
-    )
-    .remove(0);
+    let after = poll(&versions);
     assert_eq!(after["files"]["HF_TOKEN"]["contents"], rotated.as_str());
     assert_ne!(after["object_version"][0], versions[0]);
     assert_eq!(

@@ -95,8 +95,14 @@ impl Node {
 
     /// A projected service-account token of pod `uid`, for the agent's audience (the server URL).
     pub(super) fn pod_token(&self, ns: &str, sa: &str, uid: &str) -> String {
+        self.mint_pod_token(ns, sa, uid, 0)
+    }
+
+    /// The same, issued `ago` seconds ago for ten minutes (past 600: expired).
+    pub(super) fn mint_pod_token(&self, ns: &str, sa: &str, uid: &str, ago: i64) -> String {
         self.w.issuer.mint(json!({
             "ttl": 600,
+            "iat_offset": -ago,
             "claims": {
                 "sub": format!("system:serviceaccount:{ns}:{sa}"),
                 "aud": [self.w.server.url],
@@ -107,6 +113,17 @@ impl Node {
                 },
             },
         }))
+    }
+
+    /// Gives alice's secret `name` a new value, through the API.
+    pub(super) fn set_value(&self, name: &str, value: &str) {
+        let (status, v) = self.w.rt.block_on(self.w.api.call(
+            "PATCH",
+            &format!("/api/v1/workspaces/default/secrets/{name}"),
+            &self.w.alice,
+            Some(json!({ "value": value })),
+        ));
+        assert_eq!(status, 200, "{v}");
     }
 
     pub(super) fn target(&self, pod: &str) -> PathBuf {
@@ -556,13 +573,7 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
 
     // A rotation reaches both volumes of the identity.
     let rotated = unique_canary("node-rotated");
-    let (status, _) = n.w.rt.block_on(n.w.api.call(
-        "PATCH",
-        "/api/v1/workspaces/default/secrets/HF_TOKEN",
-        &n.w.alice,
-        Some(json!({"value": rotated})),
-    ));
-    assert_eq!(status, 200);
+    n.set_value("HF_TOKEN", &rotated);
     let hf_json = c.join("hf.json");
     assert!(
         eventually(5, || as_pod(1002, &["cat", hf_json.to_str().unwrap()])
@@ -605,6 +616,43 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
         &["other attributes"],
     );
 
+    // Pod c refused (its token expired) while pod a of the same identity is admitted: c leaves
+    // the identity's cache and serves nothing, and a rotation the cache brings reaches a only.
+    let expired_c = n.mint_pod_token("ml", "trainer", "pod-c", 3600);
+    refused(
+        &n.one(n.publish(
+            "vol-c",
+            &c,
+            n.context(
+                "pod-c",
+                &expired_c,
+                &[
+                    ("secrets", "HF_TOKEN"),
+                    ("uid", "1002"),
+                    ("gid", "1002"),
+                    ("mode", "0440"),
+                    ("files", FILES),
+                ],
+            ),
+        )),
+        "PERMISSION_DENIED",
+        &["refused the pod's token"],
+    );
+    assert!(listing(1002, &c).is_empty(), "{:?}", listing(1002, &c));
+    let again = unique_canary("node-after-leave");
+    n.set_value("HF_TOKEN", &again);
+    let file_a = a.join("HF_TOKEN");
+    assert!(
+        eventually(5, || as_pod(1000, &["cat", file_a.to_str().unwrap()])
+            .as_deref()
+            == Ok(again.as_str())),
+        "pod a stopped following"
+    );
+    assert!(
+        listing(1002, &c).is_empty(),
+        "a refused pod's volume was refilled"
+    );
+
     // The binding removed: its volumes stop serving within a second or two through the
     // long-poll (its tokens are revoked), the other identity's keep serving, and the next
     // republish is refused.
@@ -617,11 +665,40 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
         listing(1000, &a)
     );
     assert_eq!(listing(1001, &b), ["OPENAI_API_KEY"]);
+
+    // The binding added again under the same name while pod a's volume still belongs to the
+    // refused cache: a new pod of it is served at once (with what the server holds now), and
+    // so is pod a again.
+    n.bind("trainers", "ml", "trainer", &["HF_TOKEN", "SHARED"]);
+    let f = n.target("pod-f");
+    let token_f = n.pod_token("ml", "trainer", "pod-f");
+    ok(&n.one(n.publish(
+        "vol-f",
+        &f,
+        n.context(
+            "pod-f",
+            &token_f,
+            &[("secrets", "HF_TOKEN"), ("uid", "1000")],
+        ),
+    )));
+    assert_eq!(
+        as_pod(1000, &["cat", f.join("HF_TOKEN").to_str().unwrap()]).as_deref(),
+        Ok(again.as_str())
+    );
+    assert_eq!(listing(1000, &a), ["HF_TOKEN", "SHARED"]);
+
+    // Removed again: the next republish is refused; added back, the one after serves.
+    let out = identity(&n.w.s, &n.w.server, &["remove", "trainers"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(eventually(3, || listing(1000, &a).is_empty()));
     refused(
         &n.one(publish_a(&fresh_a)),
         "PERMISSION_DENIED",
         &["refused the pod's token"],
     );
+    n.bind("trainers", "ml", "trainer", &["HF_TOKEN", "SHARED"]);
+    ok(&n.one(publish_a(&n.pod_token("ml", "trainer", "pod-a"))));
+    assert_eq!(listing(1000, &a), ["HF_TOKEN", "SHARED"]);
 
     // Unpublish: unmounted and the directory gone; again: still OK.
     let results = n.kubelet(
@@ -630,6 +707,7 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
             n.unpublish("vol-a", &a),
             n.unpublish("vol-b", &b),
             n.unpublish("vol-c", &c),
+            n.unpublish("vol-f", &f),
             n.unpublish("vol-a", &a),
         ],
     );
@@ -639,7 +717,7 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
     assert_eq!(n.agent_metric("volumes", &[]), 0.0);
     assert_eq!(n.agent_metric("identities", &[]), 0.0);
     assert!(n.agent_metric("publishes_total", &[("code", "PermissionDenied")]) >= 2.0);
-    for t in [&a, &b, &c] {
+    for t in [&a, &b, &c, &f] {
         assert!(mount_id(t).is_none(), "{} still mounted", t.display());
         assert!(!t.exists(), "{} left behind", t.display());
     }
@@ -654,6 +732,9 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
     assert!(String::from_utf8_lossy(&printed).contains("volume published"));
     for secret in [
         rotated.as_str(),
+        again.as_str(),
+        &expired_c,
+        &token_f,
         "hf_identity_value",
         "sk-identity-value",
         &token_a,

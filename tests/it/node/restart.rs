@@ -143,13 +143,7 @@ fn an_agent_killed_during_100_publishes_leaves_no_hanging_mount_and_serves_again
     );
     // Not the kernel's cached copy from before the kill: a rotation reaches the container.
     let rotated = crate::support::unique_canary("node-restart");
-    let (status, _) = n.w.rt.block_on(n.w.api.call(
-        "PATCH",
-        "/api/v1/workspaces/default/secrets/HF_TOKEN",
-        &n.w.alice,
-        Some(serde_json::json!({"value": rotated})),
-    ));
-    assert_eq!(status, 200);
+    n.set_value("HF_TOKEN", &rotated);
     assert!(
         eventually(5, || containers[0].read("HF_TOKEN").as_deref()
             == Ok(rotated.as_str())),
