@@ -181,10 +181,21 @@ pub async fn exchange(
         Ok(f) => f,
         Err(e) => return oauth_error(e),
     };
-    let result = state
-        .service
-        .exchange(&address, &form.subject_token, form.scope.as_deref())
-        .await;
+    // On a task of its own: a client that hangs up does not cancel it, so an exchange that is
+    // committing the exchanges grouped with its own (`Service::commit_grouped`) finishes that
+    // commit for them.
+    let service = state.service.clone();
+    let result = match tokio::spawn(async move {
+        service
+            .exchange(&address, &form.subject_token, form.scope.as_deref())
+            .await
+    })
+    .await
+    {
+        Ok(r) => r,
+        // Never cancelled: only a panic ends it early, and it goes on here as it would have.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
     match result {
         Ok(x) => {
             let now = crate::secret::Timestamp::now().nanos();

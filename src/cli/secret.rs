@@ -146,7 +146,7 @@ pub async fn run(g: &GlobalArgs, cmd: SecretCommand) -> anyhow::Result<ExitCode>
 /// Where `secret` commands act: the local store (with `--store`, or when no server is
 /// configured) or the server.
 enum Target {
-    Local(Service),
+    Local(Box<Service>),
     Remote(Remote),
 }
 
@@ -170,7 +170,7 @@ impl Target {
             return Ok(Some(Target::Remote(r)));
         }
         match open_local(g, mode).await {
-            Ok(service) => Ok(Some(Target::Local(service))),
+            Ok(service) => Ok(Some(Target::Local(Box::new(service)))),
             Err(e)
                 if e.downcast_ref::<LocalError>()
                     .is_some_and(|e| matches!(e, LocalError::Missing(_)))

@@ -65,7 +65,8 @@ impl std::fmt::Debug for Volume {
 
 impl Volume {
     /// Mounts `only` of `listing` at `dir` (created if missing; a stale mount there is taken
-    /// away first). Fails closed: a name of `only` the listing lacks, or a rendered file that
+    /// away first), through `staging`: a directory (created if missing) nothing is mounted on,
+    /// left as it was for the caller to use again. Fails closed: a name of `only` the listing lacks, or a rendered file that
     /// cannot be built, mounts nothing.
     pub fn mount(
         dir: &Path,
@@ -145,14 +146,12 @@ impl Volume {
             None::<&str>,
         ) {
             let _ = nix::mount::umount2(staging, nix::mount::MntFlags::MNT_DETACH);
-            let _ = std::fs::remove_dir(staging);
             return Err(MountError::Mount {
                 dir: dir.clone(),
                 cause: e.into(),
                 problems: Vec::new(),
             });
         }
-        let _ = std::fs::remove_dir(staging);
         let notifier = session.notifier();
         let unmounter = session.unmount_callable();
         // This thread only waits for fuser's own event-loop thread: a small stack.

@@ -51,12 +51,12 @@ impl Group {
     /// The first read of the identity's secrets, then its watch on a thread of its own.
     fn start(
         key: Key,
+        base: &Client,
         urls: &str,
-        ca_file: Option<&Path>,
         token: &Token,
         life: Duration,
     ) -> Result<Arc<Group>, SourceError> {
-        let source = ServerSource::exchanged(urls, token, life, ca_file)?;
+        let source = ServerSource::exchanged(base, urls, token, life)?;
         let mut listing = Listing::default();
         let first = source.fetch(&[], &[], None)?;
         let revision = merge(&mut listing, first)
@@ -380,19 +380,24 @@ struct StateFile {
 }
 
 /// Writes the state file from a thread of its own, the latest list only: many publishes at once
-/// cost one write, not one each. A volume missing from it after a crash costs nothing lasting:
-/// the kubelet's next republish mounts it as new.
+/// cost one write, not one each. A publish only marks the list changed; the thread copies it
+/// when it writes (a copy per publish was a thousand copies of a thousand entries at a
+/// node's mass start, most of the agent's allocations then). A volume missing from it after a
+/// crash costs nothing lasting: the kubelet's next republish mounts it as new.
 struct Saver {
     path: PathBuf,
-    pending: Mutex<Option<Vec<Saved>>>,
+    changed: Mutex<bool>,
     wake: std::sync::Condvar,
 }
 
+/// The agent's volumes, by target path: shared with the state file's writer.
+type Volumes = Arc<Mutex<HashMap<PathBuf, Published>>>;
+
 impl Saver {
-    fn start(path: PathBuf) -> std::io::Result<Arc<Saver>> {
+    fn start(path: PathBuf, volumes: Volumes) -> std::io::Result<Arc<Saver>> {
         let saver = Arc::new(Saver {
             path,
-            pending: Mutex::new(None),
+            changed: Mutex::new(false),
             wake: std::sync::Condvar::new(),
         });
         let s = saver.clone();
@@ -400,16 +405,20 @@ impl Saver {
             .name("state".into())
             .spawn(move || {
                 loop {
-                    let next = {
-                        let mut pending = s.pending.lock().unwrap_or_else(|e| e.into_inner());
-                        loop {
-                            if let Some(v) = pending.take() {
-                                break v;
-                            }
-                            pending = s.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
+                    {
+                        let mut changed = s.changed.lock().unwrap_or_else(|e| e.into_inner());
+                        while !*changed {
+                            changed = s.wake.wait(changed).unwrap_or_else(|e| e.into_inner());
                         }
-                    };
-                    if let Err(e) = write_state(&s.path, next) {
+                        *changed = false;
+                    }
+                    let list: Vec<Saved> = volumes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .values()
+                        .map(|p| p.saved.clone())
+                        .collect();
+                    if let Err(e) = write_state(&s.path, list) {
                         tracing::warn!(error = %e, path = %s.path.display(), "cannot write the state file; volumes published since are mounted again only at their next republish after a restart");
                     }
                 }
@@ -417,8 +426,8 @@ impl Saver {
         Ok(saver)
     }
 
-    fn save(&self, volumes: Vec<Saved>) {
-        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(volumes);
+    fn changed(&self) {
+        *self.changed.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.wake.notify_one();
     }
 }
@@ -427,8 +436,9 @@ impl Saver {
 fn write_state(path: &Path, mut volumes: Vec<Saved>) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    volumes.sort_by(|a, b| a.target.cmp(&b.target));
-    let text = serde_json::to_vec_pretty(&StateFile {
+    // By bytes, not path components, and compact: at a mass start this runs back to back.
+    volumes.sort_by(|a, b| a.target.as_os_str().cmp(b.target.as_os_str()));
+    let text = serde_json::to_vec(&StateFile {
         version: 1,
         volumes,
     })?;
@@ -469,9 +479,9 @@ fn read_state(path: &Path) -> Vec<Saved> {
 /// The node's volumes and identities.
 pub struct Agent {
     urls: String,
-    ca_file: Option<PathBuf>,
-    exchanger: Client,
-    volumes: Mutex<HashMap<PathBuf, Published>>,
+    /// The exchange's client; the identities read over its connections.
+    exchanger: Arc<Client>,
+    volumes: Volumes,
     groups: Mutex<HashMap<Key, Arc<tokio::sync::OnceCell<Arc<Group>>>>>,
     /// One publish or unpublish at a time per target path (the kubelet retries while one runs).
     busy: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
@@ -483,6 +493,7 @@ pub struct Agent {
     /// Where a volume is mounted before it is moved onto its target (see `fs::volume`).
     staging: PathBuf,
     staged: std::sync::atomic::AtomicU64,
+    unstaged: Mutex<Vec<PathBuf>>,
 }
 
 /// A driver mount answered: a digest of the pod token admitted, and its identity.
@@ -526,6 +537,7 @@ impl Agent {
                 let _ = std::fs::remove_dir(d.path());
             }
         }
+        let volumes = Volumes::default();
         let saver = match state_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
@@ -537,7 +549,7 @@ impl Agent {
                     })
                     .map_err(|e| format!("cannot use --state-dir {}: {e}", dir.display()))?;
                 Some(
-                    Saver::start(dir.join(STATE_FILE))
+                    Saver::start(dir.join(STATE_FILE), volumes.clone())
                         .map_err(|e| format!("cannot start a thread: {e}"))?,
                 )
             }
@@ -545,9 +557,8 @@ impl Agent {
         };
         Ok(Agent {
             urls: urls.to_owned(),
-            ca_file: ca_file.map(Path::to_owned),
-            exchanger: Client::anonymous(urls, ca_file).map_err(|e| e.to_string())?,
-            volumes: Mutex::new(HashMap::new()),
+            exchanger: Arc::new(Client::anonymous(urls, ca_file).map_err(|e| e.to_string())?),
+            volumes,
             groups: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
             saver,
@@ -555,13 +566,33 @@ impl Agent {
             metrics: Default::default(),
             staging,
             staged: std::sync::atomic::AtomicU64::new(0),
+            unstaged: Mutex::new(Vec::new()),
         })
     }
 
-    /// A fresh staging directory for one mount.
+    /// A staging directory for one mount: one given back by an earlier mount, or a new one.
+    /// Kept for reuse rather than made and removed per mount, which at a mass start was most of
+    /// the agent's kernel time (ext4 searching a directory of a thousand recent entries).
     fn stage(&self) -> PathBuf {
+        if let Some(free) = self
+            .unstaged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+        {
+            return free;
+        }
         let n = self.staged.fetch_add(1, Ordering::Relaxed);
         self.staging.join(n.to_string())
+    }
+
+    /// Gives a staging directory back once its mount was moved away (or failed and was taken
+    /// away): nothing is mounted on it.
+    fn unstage(&self, dir: PathBuf) {
+        self.unstaged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dir);
     }
 
     /// At start: the volumes of the state file are mounted again, each over the dead mount a
@@ -580,10 +611,12 @@ impl Agent {
                 Some(text) => super::publish::files(text).map_err(|e| e.join("; ")),
                 None => Ok(Vec::new()),
             };
+            let staging = self.stage();
             let mounted = s.owner().and_then(|owner| {
-                Volume::mount_waiting(&s.target, &self.stage(), owner, s.secrets.clone(), files?)
+                Volume::mount_waiting(&s.target, &staging, owner, s.secrets.clone(), files?)
                     .map_err(|e| e.to_string())
             });
+            self.unstage(staging);
             match mounted {
                 Ok(volume) => {
                     tracing::info!(volume = %s.volume_id, target = %s.target.display(), "volume restored; it serves once the kubelet's next republish brings the pod's token");
@@ -716,20 +749,13 @@ impl Agent {
         })
     }
 
-    /// Hands the current list of volumes to the state file's writer (and counts them).
+    /// Tells the state file's writer the list of volumes changed (and counts them).
     fn save(&self) {
         let (volumes, identities) = self.counts();
         self.metrics.volumes.set(volumes as i64);
         self.metrics.identities.set(identities as i64);
         if let Some(saver) = &self.saver {
-            let list = self
-                .volumes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .map(|p| p.saved.clone())
-                .collect();
-            saver.save(list);
+            saver.changed();
         }
     }
 
@@ -786,12 +812,15 @@ impl Agent {
             let (target, secrets, group) = (p.target.clone(), p.secrets.clone(), group.clone());
             let files = p.files.clone();
             let staging = self.stage();
-            tokio::task::spawn_blocking(move || {
+            let staged = staging.clone();
+            let mounted = tokio::task::spawn_blocking(move || {
                 let listing = group.listing.read().unwrap_or_else(|e| e.into_inner());
-                Volume::mount(&target, &staging, owner, secrets, files, &listing)
+                Volume::mount(&target, &staged, owner, secrets, files, &listing)
             })
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+            self.unstage(staging);
+            mounted
         };
         let volume = match mounted {
             Ok(v) => Arc::new(v),
@@ -953,21 +982,19 @@ impl Agent {
                 .entry(key.clone())
                 .or_default()
                 .clone();
-            let (urls, ca, k, t) = (
+            let (urls, base, k, t) = (
                 self.urls.clone(),
-                self.ca_file.clone(),
+                self.exchanger.clone(),
                 key.clone(),
                 token.clone(),
             );
             let shown = key.clone();
             let group = cell
                 .get_or_try_init(|| async move {
-                    tokio::task::spawn_blocking(move || {
-                        Group::start(k, &urls, ca.as_deref(), &t, life)
-                    })
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .map_err(|e| source_status(e, &shown))
+                    tokio::task::spawn_blocking(move || Group::start(k, &base, &urls, &t, life))
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        .map_err(|e| source_status(e, &shown))
                 })
                 .await?
                 .clone();

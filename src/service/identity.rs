@@ -510,12 +510,12 @@ impl Service {
         };
         attempt.issuer = peeked.iss.clone();
         attempt.sub = peeked.sub.clone().unwrap_or_default();
-        let candidates: Vec<BindingRecord> = self
-            .store()
-            .bindings()
-            .await?
-            .into_iter()
+        let directory = self.directory().await?;
+        let candidates: Vec<BindingRecord> = directory
+            .bindings
+            .iter()
             .filter(|b| b.issuer == peeked.iss && scope.is_none_or(|s| s == b.name))
+            .cloned()
             .collect();
         if candidates.is_empty() {
             // An issuer no binding trusts, or a scope that names no binding of it: the answer of
@@ -572,8 +572,7 @@ impl Service {
         attempt.binding = Some((record.name.clone(), record.id.clone()));
         attempt.workspace = record.workspace.clone();
         attempt.sub = verified.sub.clone();
-        let users = self.store().users().await?;
-        let user = match acting_user(&record, &users, self.options.admin_impersonation) {
+        let user = match acting_user(&record, &directory.users, self.options.admin_impersonation) {
             Ok(u) => u,
             Err(why) => {
                 return Err(self

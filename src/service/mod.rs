@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::auth::{Presented, TokenKind};
 use crate::secret::{SecretName, Timestamp, Visibility};
-use crate::store::{Batch, SecretFilter, Store, StoredSecret, TokenFilter};
+use crate::store::{Batch, BindingRecord, SecretFilter, Store, StoredSecret, TokenFilter};
 
 pub use crate::store::local::{LocalError, LocalPaths, OpenMode, local_user};
 pub use crate::store::{
@@ -250,6 +250,13 @@ impl Snapshot {
     }
 }
 
+/// Every binding and user, as one change generation of the store had them.
+pub(crate) struct Directory {
+    generation: u64,
+    pub bindings: Vec<BindingRecord>,
+    pub users: Vec<User>,
+}
+
 /// Where workload reads' audit records go: straight into the store (one-shot commands), or to a
 /// task that writes them in batches (the server).
 enum ReadAudit {
@@ -272,6 +279,9 @@ pub struct Service {
     changes: watch::Sender<u64>,
     principals: Mutex<HashMap<String, CachedPrincipal>>,
     snapshots: Mutex<HashMap<String, Arc<Snapshot>>>,
+    /// The bindings and users, valid for one change generation: an identity exchange reads
+    /// both, and a node's mass start sends a thousand at once.
+    directory: Mutex<Option<Arc<Directory>>>,
     /// One store read at a time per cache: a burst of requests that all miss waits for one
     /// load instead of sending the store a query each.
     principal_loads: tokio::sync::Mutex<()>,
@@ -284,11 +294,42 @@ pub struct Service {
     grouped: Box<GroupCommit>,
 }
 
-/// The batches waiting for a grouped commit, and the turn of whoever commits them.
+/// The batches waiting for a grouped commit, and whether one is being committed.
 #[derive(Default)]
 struct GroupCommit {
-    waiting: Mutex<Vec<Grouped>>,
-    turn: tokio::sync::Mutex<()>,
+    queue: Mutex<Queue>,
+    /// Wakes a waiter to commit what is queued once a commit ends.
+    next: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Grouped>,
+    committing: bool,
+}
+
+impl GroupCommit {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes one waiter if batches wait and no one commits them.
+    fn wake_if_waiting(&self) {
+        let queue = self.lock();
+        if !queue.committing && !queue.waiting.is_empty() {
+            self.next.notify_one();
+        }
+    }
+}
+
+/// The committer's part: given up when it is dropped.
+struct Leading<'a>(&'a GroupCommit);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.lock().committing = false;
+        self.0.wake_if_waiting();
+    }
 }
 
 /// A batch waiting for a grouped commit, and where its result goes.
@@ -307,6 +348,7 @@ impl Service {
             changes: watch::channel(0).0,
             principals: Mutex::new(HashMap::new()),
             snapshots: Mutex::new(HashMap::new()),
+            directory: Mutex::new(None),
             principal_loads: tokio::sync::Mutex::new(()),
             snapshot_loads: tokio::sync::Mutex::new(()),
             reads: Mutex::new(ReadAudit::Direct),
@@ -481,6 +523,7 @@ impl Service {
         // read after the cache was cleared (it checks the generation under the same lock).
         let mut principals = self.principals.lock().unwrap_or_else(|e| e.into_inner());
         principals.clear();
+        *self.directory.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.metrics.changed();
         self.changes.send_modify(|g| *g = g.wrapping_add(1));
     }
@@ -519,46 +562,72 @@ impl Service {
     }
 
     /// Like `commit_unchecked`, for batches that come many at once (identity exchanges at a
-    /// node's mass start): a batch that arrives while another commit runs waits for it, and
-    /// then whoever's turn it is commits every waiting batch in one transaction, each on its
-    /// own (`Store::apply_each`): one commit for many, the same results as one by one.
+    /// node's mass start): a batch that arrives while a commit runs waits for it, and then one
+    /// of the waiters commits every waiting batch in one transaction, each on its own
+    /// savepoint (a batch that fails alone fails alone).
+    ///
+    /// Only a waiter whose batch is still queued needs to act, and one does per commit: an
+    /// earlier version made every caller take a turn in order, which at 1,000 exchanges cost
+    /// a thousand task hand-offs between two worker threads, and a batch waited up to 660 ms
+    /// for the turn (15 ms for the commit itself; BENCHMARKS.md, "The node agent").
     async fn commit_grouped(&self, batch: Batch) -> Result<(), ServiceError> {
-        let (done, result) = tokio::sync::oneshot::channel();
+        let (done, mut result) = tokio::sync::oneshot::channel();
         let grouped = &self.grouped;
-        grouped
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Grouped { batch, done });
-        {
-            let _turn = grouped.turn.lock().await;
-            let waiting =
-                std::mem::take(&mut *grouped.waiting.lock().unwrap_or_else(|e| e.into_inner()));
-            // Empty when an earlier turn took this batch with its own.
-            if !waiting.is_empty() {
-                let batches: Vec<Batch> = waiting.iter().map(|g| g.batch.clone()).collect();
-                let store = self.store();
-                let results = self
-                    .metrics
-                    .store("commit", async {
-                        Ok::<_, StoreError>(store.apply_each(&batches).await)
-                    })
-                    .await
-                    .unwrap_or_default();
-                if results.iter().any(Result::is_ok) {
-                    self.changed();
+        grouped.lock().waiting.push(Grouped { batch, done });
+        loop {
+            let lead = {
+                let mut queue = grouped.lock();
+                if queue.committing || queue.waiting.is_empty() {
+                    None
+                } else {
+                    queue.committing = true;
+                    Some(std::mem::take(&mut queue.waiting))
                 }
-                for (g, r) in waiting.into_iter().zip(results) {
-                    let _ = g.done.send(r);
+            };
+            if let Some(waiting) = lead {
+                // Released however this ends (a cancelled request included): the next commit
+                // is then a waiter's.
+                let _leading = Leading(grouped);
+                self.commit_waiting(waiting).await;
+            }
+            tokio::select! {
+                biased;
+                r = &mut result => {
+                    // A hand-off this task took while its own answer came: passed on.
+                    grouped.wake_if_waiting();
+                    return match r {
+                        Ok(r) => r.map_err(gone),
+                        // Dropped unanswered: the committer's task was cancelled mid-commit.
+                        Err(_) => Err(ServiceError::Store(StoreError::Unavailable(
+                            "the commit was interrupted; try again".into(),
+                        ))),
+                    };
                 }
+                _ = grouped.next.notified() => {}
             }
         }
-        match result.await {
-            Ok(r) => r.map_err(gone),
-            // Dropped unanswered: only if the committer's task was cancelled mid-commit.
-            Err(_) => Err(ServiceError::Store(StoreError::Unavailable(
-                "the commit was interrupted; try again".into(),
-            ))),
+    }
+
+    /// Commits `waiting` in one transaction and answers each.
+    async fn commit_waiting(&self, waiting: Vec<Grouped>) {
+        let batches: Vec<Batch> = waiting.iter().map(|g| g.batch.clone()).collect();
+        let store = self.store();
+        let results = self
+            .metrics
+            .store("commit", async {
+                Ok::<_, StoreError>(store.apply_each(&batches).await)
+            })
+            .await
+            .unwrap_or_default();
+        let announce = waiting
+            .iter()
+            .zip(&results)
+            .any(|(g, r)| r.is_ok() && !g.batch.quiet());
+        if announce {
+            self.changed();
+        }
+        for (g, r) in waiting.into_iter().zip(results) {
+            let _ = g.done.send(r);
         }
     }
 
@@ -624,6 +693,38 @@ impl Service {
         Ok(snap)
     }
 
+    /// The bindings and users, from memory while nothing has changed. Read without a load
+    /// lock: both are small, and a burst that misses together reads them a few times at most.
+    async fn directory(&self) -> Result<Arc<Directory>, ServiceError> {
+        let generation = self.generation();
+        if let Some(d) = self
+            .directory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|d| d.generation == generation)
+        {
+            return Ok(d.clone());
+        }
+        let bindings = self.store().bindings().await?;
+        let users = self
+            .metrics
+            .store("load_users", self.store().users())
+            .await?;
+        let d = Arc::new(Directory {
+            generation,
+            bindings,
+            users,
+        });
+        // Under the cache's lock, as for principals: what was read across a change is used
+        // for this request only.
+        let mut cache = self.directory.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation() == generation {
+            *cache = Some(d.clone());
+        }
+        Ok(d)
+    }
+
     /// Reads a token and its user from the store, checks they are still valid, and caches them.
     async fn load_principal(&self, id: &str) -> Result<Option<(Who, Vec<u8>)>, ServiceError> {
         let generation = self.generation();
@@ -639,11 +740,12 @@ impl Service {
             return Ok(None);
         };
         let Some(user) = self
-            .metrics
-            .store("load_users", self.store().users())
+            .directory()
             .await?
-            .into_iter()
+            .users
+            .iter()
             .find(|u| u.id == token.user_id && u.live())
+            .cloned()
         else {
             forget();
             return Ok(None);

@@ -257,14 +257,18 @@ impl ServerSource {
     /// token at each publish) and replaced through [`adopt`](Self::adopt). It is never renewed
     /// (an exchanged token's life ends with the platform token's): a long-poll ends when it
     /// expires, and the round after it is [`SourceError::Refused`] until a fresh one is adopted.
+    ///
+    /// It reads over `base`'s connections (a client of the same `urls`): an agent's identities
+    /// share one connection pool and one trust store.
     pub fn exchanged(
+        base: &Client,
         urls: &str,
         token: &Token,
         expires_in: Duration,
-        ca_file: Option<&Path>,
     ) -> Result<Self, SourceError> {
-        let client =
-            Client::new(urls, token, ca_file).map_err(|e| SourceError::Failed(e.to_string()))?;
+        let client = base
+            .with_token(token)
+            .map_err(|e| SourceError::Failed(e.to_string()))?;
         let source = Self::assemble(Arc::new(client), urls, None, false)?;
         source.set_expiry(expires_in);
         Ok(source)

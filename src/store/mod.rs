@@ -494,6 +494,23 @@ impl Op {
                 }
         )
     }
+
+    /// Whether the op only adds a token or checks a row: nothing a reader holds (a cached
+    /// principal is a token that exists, a snapshot holds secrets, a long-poll answers secrets)
+    /// can be out of date after it, so it needs no announcement to long-polls, caches or
+    /// replicas. An identity exchange is such a batch: at a node's mass start a thousand of
+    /// them would otherwise wake every held long-poll a thousand times (BENCHMARKS.md, "The
+    /// node agent").
+    pub fn quiet(&self) -> bool {
+        matches!(self, Op::InsertToken(_) | Op::ExpectBinding { .. })
+    }
+}
+
+impl Batch {
+    /// Whether every op is [`Op::quiet`].
+    pub fn quiet(&self) -> bool {
+        self.ops.iter().all(Op::quiet)
+    }
 }
 
 /// What a secret must still be when a write that was decided on it lands.

@@ -674,20 +674,7 @@ async fn insert_token(tx: &mut dyn Exec, t: &TokenRecord, lock: &str) -> Result<
             "INSERT INTO tokens ({TOKEN_COLUMNS})
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ),
-        &[
-            Param::Text(&t.id),
-            Param::Blob(&t.hash),
-            Param::Text(t.kind.as_str()),
-            Param::Text(&t.user_id),
-            Param::OptText(t.workspace.as_deref()),
-            Param::Int(t.created_at.nanos()),
-            Param::OptInt(t.expires_at.map(Timestamp::nanos)),
-            Param::OptInt(t.max_expires_at.map(Timestamp::nanos)),
-            Param::OptInt(t.ttl_secs.map(|v| i64::try_from(v).unwrap_or(i64::MAX))),
-            Param::OptInt(t.revoked_at.map(Timestamp::nanos)),
-            Param::Text(&t.description),
-            Param::OptText(t.minted_by.as_deref()),
-        ],
+        &token_params(t),
     )
     .await?;
     for g in &t.grants {
@@ -702,6 +689,24 @@ async fn insert_token(tx: &mut dyn Exec, t: &TokenRecord, lock: &str) -> Result<
         .await?;
     }
     Ok(())
+}
+
+/// A token's columns, in [`TOKEN_COLUMNS`] order.
+fn token_params(t: &TokenRecord) -> [Param<'_>; 12] {
+    [
+        Param::Text(&t.id),
+        Param::Blob(&t.hash),
+        Param::Text(t.kind.as_str()),
+        Param::Text(&t.user_id),
+        Param::OptText(t.workspace.as_deref()),
+        Param::Int(t.created_at.nanos()),
+        Param::OptInt(t.expires_at.map(Timestamp::nanos)),
+        Param::OptInt(t.max_expires_at.map(Timestamp::nanos)),
+        Param::OptInt(t.ttl_secs.map(|v| i64::try_from(v).unwrap_or(i64::MAX))),
+        Param::OptInt(t.revoked_at.map(Timestamp::nanos)),
+        Param::Text(&t.description),
+        Param::OptText(t.minted_by.as_deref()),
+    ]
 }
 
 async fn insert_binding(
@@ -955,7 +960,9 @@ impl<D: Dialect> Store for SqlStore<D> {
             apply_op(&mut tx, op, D::LOCK_ROWS).await?;
         }
         insert_audits(&mut tx, &batch.audit, false).await?;
-        D::notify(&mut tx).await?;
+        if !batch.quiet() {
+            D::notify(&mut tx).await?;
+        }
         D::commit(tx).await
     }
 
@@ -975,6 +982,32 @@ impl<D: Dialect> Store for SqlStore<D> {
             Ok(tx) => tx,
             Err(e) => return all(e),
         };
+        let quiet = batches.iter().all(Batch::quiet);
+        if quiet {
+            // Tokens only (a node's mass start of identity exchanges): a few statements for
+            // all of them instead of sixteen each. Should one fail (an id taken), it is undone
+            // and the batches go one by one below, where the failure is the one batch's.
+            if let Err(e) = tx.run("SAVEPOINT quiet_batches", &[]).await {
+                return all(e.into());
+            }
+            let fast = apply_quiet(&mut tx, batches, D::LOCK_ROWS).await;
+            let end = match fast {
+                Ok(_) => tx.run("RELEASE SAVEPOINT quiet_batches", &[]).await,
+                Err(_) => match tx.run("ROLLBACK TO SAVEPOINT quiet_batches", &[]).await {
+                    Ok(_) => tx.run("RELEASE SAVEPOINT quiet_batches", &[]).await,
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = end {
+                return all(e.into());
+            }
+            if let Ok(results) = fast {
+                return match D::commit(tx).await {
+                    Ok(()) => results,
+                    Err(e) => all(e),
+                };
+            }
+        }
         let mut results = Vec::with_capacity(batches.len());
         for b in batches {
             if let Err(e) = tx.run("SAVEPOINT one_batch", &[]).await {
@@ -995,7 +1028,9 @@ impl<D: Dialect> Store for SqlStore<D> {
             results.push(applied);
         }
         let committed = async {
-            D::notify(&mut tx).await?;
+            if !quiet {
+                D::notify(&mut tx).await?;
+            }
             D::commit(tx).await
         }
         .await;
@@ -1034,6 +1069,120 @@ impl<D: Dialect> Store for SqlStore<D> {
 }
 
 /// One batch's ops and audit records, inside a transaction of several (`apply_each`).
+/// Rows per multi-row token insert, and grant insert: both about 400 parameters (SQLite looks
+/// each numbered parameter up by walking a list, see [`insert_audits`]).
+const TOKEN_CHUNK: usize = 32;
+const GRANT_CHUNK: usize = 128;
+
+/// [`Op::quiet`] batches, all at once: each distinct binding and user checked once, then the
+/// tokens, their grants and the audit records in multi-row inserts. The result of each batch is
+/// what [`apply_batch`] would have said (the first of its checks to fail); an `Err` of the
+/// whole (a statement failed) leaves the caller to undo it and apply them one by one.
+async fn apply_quiet(
+    tx: &mut dyn Exec,
+    batches: &[Batch],
+    lock: &str,
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    use std::collections::HashMap;
+    let mut bindings: HashMap<&str, bool> = HashMap::new();
+    let mut users: HashMap<&str, bool> = HashMap::new();
+    for op in batches.iter().flat_map(|b| &b.ops) {
+        match op {
+            Op::ExpectBinding { id } => bindings.insert(id, false),
+            Op::InsertToken(t) => users.insert(&t.user_id, false),
+            _ => return Err(StoreError::Unavailable("not a quiet batch".into())),
+        };
+    }
+    for (id, found) in &mut bindings {
+        let sql = format!("SELECT id FROM identity_bindings WHERE id = $1 {lock}");
+        *found = !tx.rows(&sql, &[Param::Text(id)]).await?.is_empty();
+    }
+    for (id, live) in &mut users {
+        let sql = format!("SELECT name FROM users WHERE id = $1 AND deleted_at IS NULL {lock}");
+        *live = !tx.rows(&sql, &[Param::Text(id)]).await?.is_empty();
+    }
+    let verdict = |b: &Batch| {
+        for op in &b.ops {
+            match op {
+                Op::ExpectBinding { id } if !bindings[id.as_str()] => {
+                    return Err(StoreError::BindingNotFound(id.clone()));
+                }
+                Op::InsertToken(t) if !users[t.user_id.as_str()] => {
+                    return Err(StoreError::UserNotFound(t.user_id.clone()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    let results: Vec<Result<(), StoreError>> = batches.iter().map(verdict).collect();
+    let admitted = || batches.iter().zip(&results).filter(|(_, r)| r.is_ok());
+    let tokens: Vec<&TokenRecord> = admitted()
+        .flat_map(|(b, _)| &b.ops)
+        .filter_map(|op| match op {
+            Op::InsertToken(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    for chunk in tokens.chunks(TOKEN_CHUNK) {
+        let mut params = Vec::with_capacity(chunk.len() * 12);
+        for t in chunk {
+            params.extend(token_params(t));
+        }
+        let sql = format!(
+            "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES {}",
+            rows_of(chunk.len(), 12)
+        );
+        run_chunk(tx, &sql, &params, chunk.len() == TOKEN_CHUNK).await?;
+    }
+    let grants: Vec<(&str, &super::Grant)> = tokens
+        .iter()
+        .flat_map(|t| t.grants.iter().map(|g| (t.id.as_str(), g)))
+        .collect();
+    for chunk in grants.chunks(GRANT_CHUNK) {
+        let mut params = Vec::with_capacity(chunk.len() * 3);
+        for (id, g) in chunk {
+            params.extend([
+                Param::Text(id),
+                Param::Text(&g.secret_id),
+                Param::Text(g.name.as_str()),
+            ]);
+        }
+        let sql = format!(
+            "INSERT INTO grants (token_id, secret_id, name) VALUES {}",
+            rows_of(chunk.len(), 3)
+        );
+        run_chunk(tx, &sql, &params, chunk.len() == GRANT_CHUNK).await?;
+    }
+    let audits: Vec<AuditRecord> = admitted().flat_map(|(b, _)| b.audit.clone()).collect();
+    insert_audits(tx, &audits, false).await?;
+    Ok(results)
+}
+
+/// `($1, ..., $w), ($w+1, ...), ...`: `n` rows of `width` numbered parameters.
+fn rows_of(n: usize, width: usize) -> String {
+    (0..n)
+        .map(|i| format!("({})", placeholders(i * width + 1, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A multi-row statement: a full chunk is always the same text, kept prepared; a remainder's
+/// is not kept (see [`insert_audits`]).
+async fn run_chunk(
+    tx: &mut dyn Exec,
+    sql: &str,
+    params: &[Param<'_>],
+    full: bool,
+) -> Result<(), StoreError> {
+    if full {
+        tx.run(sql, params).await?;
+    } else {
+        tx.run_once(sql, params).await?;
+    }
+    Ok(())
+}
+
 async fn apply_batch<D: Dialect>(tx: &mut D::Tx, batch: &Batch) -> Result<(), StoreError> {
     for op in &batch.ops {
         apply_op(tx, op, D::LOCK_ROWS).await?;

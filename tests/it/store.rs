@@ -106,6 +106,7 @@ async fn store_story(store: Arc<dyn Store>) {
     derived_tokens_are_bounded(&service, &local).await;
     preconditions_fail_the_whole_batch(&service, &local, &store).await;
     batches_applied_together_stand_alone(&service, &local, &store).await;
+    quiet_batches_land_as_one_by_one_would(&service, &local, &store).await;
     a_user_deleted_while_creating_keeps_nothing(&service, &local, &store).await;
     every_action_is_audited(&service, &local, &store).await;
 
@@ -617,6 +618,166 @@ async fn batches_applied_together_stand_alone(
     service.delete_user(local, "fay", None).await.unwrap();
 }
 
+/// Batches that only add tokens (identity exchanges, which `apply_each` writes a few
+/// statements for all) end as each would alone: a removed binding or a deleted user fails its
+/// batch only, the others land with their grants and audit records; a token id already taken
+/// undoes the shortcut and the batches go one by one, the taken one failing alone. Enough
+/// batches to fill several multi-row inserts.
+async fn quiet_batches_land_as_one_by_one_would(
+    service: &Arc<Service>,
+    local: &Caller,
+    store: &Arc<dyn Store>,
+) {
+    use secretfs::store::{AuditRecord, Grant, TargetKind, TokenRecord};
+    let quinn = user(service, local, "quinn").await;
+    let ursula = user(service, local, "ursula").await;
+    service
+        .create_secrets(&quinn, WS, vec![new("quinn_s", "q", Visibility::Public)])
+        .await
+        .unwrap();
+    let secret_id = store
+        .secrets(SecretFilter::Owner(&quinn.user().id))
+        .await
+        .unwrap()[0]
+        .id
+        .clone();
+    service
+        .add_binding(
+            local,
+            NewBinding {
+                user: "quinn".into(),
+                secrets: vec![name("quinn_s")],
+                ..story_binding("quiet")
+            },
+        )
+        .await
+        .unwrap();
+    let binding = store
+        .bindings()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|b| b.name == "quiet")
+        .unwrap()
+        .id;
+    service.delete_user(local, "ursula", None).await.unwrap();
+    let exchange = |id: &str, binding: &str, who: &Caller| Batch {
+        ops: vec![
+            Op::ExpectBinding {
+                id: binding.to_owned(),
+            },
+            Op::InsertToken(TokenRecord {
+                id: id.to_owned(),
+                hash: vec![7; 32],
+                kind: TokenKind::Workload,
+                user_id: who.user().id.clone(),
+                user: who.user().name.clone(),
+                workspace: Some(WS.into()),
+                grants: vec![Grant {
+                    secret_id: secret_id.clone(),
+                    name: name("quinn_s"),
+                }],
+                created_at: Timestamp::now(),
+                expires_at: None,
+                max_expires_at: None,
+                ttl_secs: None,
+                revoked_at: None,
+                description: "quiet".into(),
+                minted_by: Some(format!("binding:{binding}")),
+            }),
+        ],
+        audit: vec![AuditRecord {
+            at: Timestamp::now(),
+            workspace: WS.into(),
+            actor: "identity:quiet".into(),
+            actor_id: who.user().id.clone(),
+            action: AuditAction::IdentityExchange,
+            target_kind: TargetKind::Token,
+            target: id.to_owned(),
+            target_id: id.to_owned(),
+            version: 0,
+            detail: "quiet".into(),
+            address: String::new(),
+        }],
+    };
+    // 140 batches: every 7th names a binding that is gone, every 7th after it a deleted user.
+    let ids: Vec<String> = (0..140).map(|_| new_id()).collect();
+    let batches: Vec<Batch> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| match i % 7 {
+            3 => exchange(id, "no-such-binding", &quinn),
+            5 => exchange(id, &binding, &ursula),
+            _ => exchange(id, &binding, &quinn),
+        })
+        .collect();
+    assert!(batches.iter().all(Batch::quiet));
+    let results = store.apply_each(&batches).await;
+    // The second round repeats an id the first wrote: the shortcut fails, one by one lands.
+    let again: Vec<String> = (0..40).map(|_| new_id()).collect();
+    let mut second: Vec<Batch> = again
+        .iter()
+        .map(|id| exchange(id, &binding, &quinn))
+        .collect();
+    second[17] = exchange(&ids[0], &binding, &quinn);
+    let second_results = store.apply_each(&second).await;
+    let audited: Vec<String> = store
+        .audit(&secretfs::store::AuditQuery {
+            since: Timestamp::from_nanos(0),
+            workspace: None,
+            limit: 100_000,
+            newest: false,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.detail == "quiet")
+        .map(|a| a.target_id)
+        .collect();
+    // Stored with its grant and audited once, or neither.
+    let check = async |id: &String, landed: bool| {
+        let stored = store.tokens(TokenFilter::Id(id)).await.unwrap();
+        let records = audited.iter().filter(|a| *a == id).count();
+        if landed {
+            assert_eq!(stored.len(), 1, "{id} was not stored");
+            assert_eq!(stored[0].grants.len(), 1, "{id}: {:?}", stored[0].grants);
+            assert_eq!(records, 1, "{id}: {records} audit records");
+        } else {
+            assert!(
+                stored.is_empty(),
+                "{id}: a refused exchange stored its token"
+            );
+            assert_eq!(records, 0, "{id}: a refused exchange was audited as done");
+        }
+    };
+    for (i, (id, r)) in ids.iter().zip(&results).enumerate() {
+        match i % 7 {
+            3 => assert!(matches!(r, Err(StoreError::BindingNotFound(_))), "{r:?}"),
+            5 => assert!(matches!(r, Err(StoreError::UserNotFound(_))), "{r:?}"),
+            _ => assert!(r.is_ok(), "{id}: {r:?}"),
+        }
+        check(id, r.is_ok()).await;
+    }
+    for (i, (id, r)) in again.iter().zip(&second_results).enumerate() {
+        if i == 17 {
+            assert!(r.is_err(), "a taken token id was inserted again");
+        } else {
+            assert!(r.is_ok(), "{id}: {r:?}");
+            check(id, true).await;
+        }
+    }
+    // The first round's token under the repeated id is the one stored, once.
+    assert_eq!(audited.iter().filter(|a| **a == ids[0]).count(), 1);
+    // Its removal revokes what was minted in its name, the shortcut's tokens too.
+    service.remove_binding(local, "quiet").await.unwrap();
+    let revoked = store.tokens(TokenFilter::Id(&ids[0])).await.unwrap();
+    assert!(
+        revoked[0].revoked_at.is_some(),
+        "{:?}",
+        revoked[0].revoked_at
+    );
+}
+
 /// Creates by a user racing their deletion: whichever commits first, nothing private of theirs
 /// survives, and every create either failed or was deleted with them.
 async fn a_user_deleted_while_creating_keeps_nothing(
@@ -961,6 +1122,45 @@ async fn identity_chapter(service: &Arc<Service>, local: &Caller, frank: &Caller
         .add_binding(local, story_binding("kept"))
         .await
         .unwrap();
+    // Concurrent exchanges commit together, and a caller dropped while it commits for the
+    // others strands none of them: every exchange not cancelled is answered, with its token or
+    // (its commit cut short with the caller's) a plea to try again. (The server runs each
+    // exchange on a task of its own, which a client hanging up does not cancel.)
+    let exchanges: Vec<_> = (0..60)
+        .map(|_| {
+            let (service, presented) = (service.clone(), presented.clone());
+            tokio::spawn(async move {
+                service
+                    .exchange("127.0.0.1", &presented, Some("kept"))
+                    .await
+                    .map(|x| x.token.expose_token().to_owned())
+            })
+        })
+        .collect();
+    for (i, x) in exchanges.iter().enumerate() {
+        if i % 4 == 1 {
+            tokio::task::yield_now().await;
+            x.abort();
+        }
+    }
+    let mut answered = 0;
+    for (i, x) in exchanges.into_iter().enumerate() {
+        let done = tokio::time::timeout(std::time::Duration::from_secs(20), x)
+            .await
+            .unwrap_or_else(|_| panic!("exchange {i} was never answered"));
+        match done {
+            Ok(Ok(token)) => {
+                service.authenticate(&token, "").await.unwrap();
+                answered += 1;
+            }
+            Ok(Err(ServiceError::Store(StoreError::Unavailable(e)))) => {
+                assert!(e.contains("try again"), "exchange {i}: {e}");
+            }
+            Ok(Err(e)) => panic!("exchange {i}: {e}"),
+            Err(e) => assert!(e.is_cancelled() && i % 4 == 1, "exchange {i}: {e}"),
+        }
+    }
+    assert!(answered > 0, "no exchange was answered with a token");
     vec![presented, minted]
 }
 
