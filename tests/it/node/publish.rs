@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use crate::support::{Running, assert_no_canary, bin, eventually, fuse_available, unique_canary};
-use crate::workload_identity::{World, add, identity, world};
+use crate::workload_identity::{World, add, identity, world, world_tls};
 
 /// The agent, its kubelet stand-in and the world it serves.
 pub(super) struct Node {
@@ -25,10 +25,21 @@ pub(super) struct Node {
 
 impl Node {
     pub(super) fn start(test: &str) -> Option<Node> {
+        Self::start_on(test, false)
+    }
+
+    /// With `tls`, the server serves TLS with a certificate of a private CA, which the agent
+    /// trusts with `--ca-file`.
+    pub(super) fn start_on(test: &str, tls: bool) -> Option<Node> {
         if !fuse_available(test) {
             return None;
         }
-        let w = world(test, &["--metrics-listen", "127.0.0.1:0"])?;
+        let args = ["--metrics-listen", "127.0.0.1:0"];
+        let w = if tls {
+            world_tls(test, &args)?
+        } else {
+            world(test, &args)?
+        };
         let python = crate::support::tools_python(test, "grpc_tools")?;
         let stubs = super::stubs(&python, w.s.path());
         let kubelet = w.s.path().join("kubelet");
@@ -53,7 +64,7 @@ impl Node {
         }
         let socket = kubelet.join("plugins/secrets.secretfs.dev/csi.sock");
         let log = w.s.path().join("node.log");
-        let agent = spawn_agent(&w, &kubelet, &socket, &log);
+        let agent = spawn_agent(&w, &kubelet, &socket, &log, true);
         Some(Node {
             w,
             python,
@@ -67,7 +78,7 @@ impl Node {
 
     /// The agent started again, as a DaemonSet restarts it (same socket, same state directory).
     pub(super) fn restart(&mut self) {
-        self.agent = spawn_agent(&self.w, &self.kubelet, &self.socket, &self.log);
+        self.agent = spawn_agent(&self.w, &self.kubelet, &self.socket, &self.log, true);
     }
 
     pub(super) fn state_file(&self) -> PathBuf {
@@ -309,7 +320,8 @@ impl Container {
 
 /// `secretfs node` for `w`'s server, its output in `log` (and `node.err` beside it), appended
 /// to across restarts; ready once it says so.
-fn spawn_agent(w: &World, kubelet: &Path, socket: &Path, log: &Path) -> Running {
+/// The agent on `socket`; `trusting`: given `--ca-file` when the server has a private CA.
+fn spawn_agent(w: &World, kubelet: &Path, socket: &Path, log: &Path, trusting: bool) -> Running {
     let open = |p: &Path| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -331,6 +343,13 @@ fn spawn_agent(w: &World, kubelet: &Path, socket: &Path, log: &Path) -> Running 
             .arg("--providers-dir")
             .arg(w.s.path().join("providers"))
             .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(
+                w.server
+                    .ca
+                    .iter()
+                    .filter(|_| trusting)
+                    .flat_map(|ca| [Path::new("--ca-file"), ca]),
+            )
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(open(log))
@@ -747,4 +766,45 @@ fn pods_of_two_identities_read_only_their_own_secrets_through_one_watch_each() {
         );
     }
     assert_no_canary("the agent's log", &printed);
+}
+
+/// The production shape: the server on TLS with a certificate of a private CA. The agent given
+/// `--ca-file` exchanges, reads and holds its long-poll over TLS (a rotation arrives); an agent
+/// without it is stopped by the certificate check, and the kubelet is told why.
+#[test]
+fn an_agent_reaches_a_tls_server_through_its_private_ca() {
+    let Some(mut n) = Node::start_on("an_agent_reaches_a_tls_server_through_its_private_ca", true)
+    else {
+        return;
+    };
+    assert!(n.w.server.url.starts_with("https://"), "{}", n.w.server.url);
+    n.bind("trainers", "ml", "trainer", &["HF_TOKEN"]);
+    let a = n.target("pod-a");
+    let token_a = n.pod_token("ml", "trainer", "pod-a");
+    let attrs = [("secrets", "HF_TOKEN"), ("uid", "1000"), ("mode", "0400")];
+    ok(&n.one(n.publish("vol-a", &a, n.context("pod-a", &token_a, &attrs))));
+    let file = a.join("HF_TOKEN");
+    assert_eq!(
+        as_pod(1000, &["cat", file.to_str().unwrap()]).as_deref(),
+        Ok("hf_identity_value")
+    );
+    n.set_value("HF_TOKEN", "hf_rotated_over_tls");
+    assert!(
+        eventually(5, || as_pod(1000, &["cat", file.to_str().unwrap()])
+            .is_ok_and(|t| t == "hf_rotated_over_tls")),
+        "the rotation did not arrive over TLS"
+    );
+
+    // The same node's agent, restarted without the CA: the pod's token is never sent.
+    let status = n
+        .agent
+        .signal_and_wait(Signal::SIGTERM, std::time::Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    n.agent = spawn_agent(&n.w, &n.kubelet, &n.socket, &n.log, false);
+    let b = n.target("pod-b");
+    let token_b = n.pod_token("ml", "trainer", "pod-b");
+    let answer = n.one(n.publish("vol-b", &b, n.context("pod-b", &token_b, &attrs)));
+    refused(&answer, "UNAVAILABLE", &["certificate"]);
+    assert_eq!(n.exchanges(), 1, "an exchange got through without the CA");
+    ok(&n.one(n.unpublish("vol-a", &a)));
 }

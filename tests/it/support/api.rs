@@ -42,7 +42,15 @@ enum To {
 impl Api {
     /// Requests to the server process `server`.
     pub fn new(server: &Server) -> Api {
-        Self::process(&server.url, server.log_path.clone())
+        let mut api = Self::process(&server.url, server.log_path.clone());
+        if let (Some(ca), To::Process { http, .. }) = (&server.ca, &mut api.to) {
+            let pem = std::fs::read(ca).unwrap();
+            *http = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+                .build()
+                .unwrap();
+        }
+        api
     }
 
     /// Requests to another HTTP server of the tests (the identity tests' issuer), whose log

@@ -16,6 +16,8 @@ pub struct Server {
     pub log_path: PathBuf,
     /// The first line it printed (where it serves, and its metrics address if asked).
     pub ready_line: String,
+    /// The private CA its TLS certificate comes from (`start_tls`).
+    pub ca: Option<PathBuf>,
     args: Vec<String>,
 }
 
@@ -26,6 +28,22 @@ impl Server {
 
     pub fn start_with(scratch: &Scratch, extra: &[&str]) -> Server {
         Self::start_env(scratch, extra, &[])
+    }
+
+    /// Like `start_with`, serving TLS with a certificate for 127.0.0.1 from a private CA made in
+    /// `scratch` (its path in `ca`; clients trust it with `--ca-file`).
+    pub fn start_tls(scratch: &Scratch, extra: &[&str]) -> Server {
+        let (ca, cert, key) = super::private_ca(scratch.path(), "IP:127.0.0.1,DNS:localhost");
+        let mut args = vec![
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let mut server = Self::start_with(scratch, &args);
+        server.ca = Some(ca);
+        server
     }
 
     /// Like `start_with`, with environment variables `env` set for the server.
@@ -116,6 +134,7 @@ impl Server {
             admin_token: String::new(),
             log_path,
             ready_line: line,
+            ca: None,
             args,
         }
     }
@@ -171,6 +190,7 @@ impl Server {
             Some(&format!("127.0.0.1:{port}")),
         );
         next.admin_token = admin;
+        next.ca = self.ca.take();
         std::mem::swap(self, &mut next);
         // `next` is the old, stopped server: forget its child.
         std::mem::forget(next);

@@ -173,6 +173,9 @@ pub(crate) fn identity(s: &Scratch, server: &Server, args: &[&str]) -> crate::su
     all.extend_from_slice(args);
     let mut cmd = s.cmd(&all);
     cmd.env("SECRETFS_TOKEN", &server.admin_token);
+    if let Some(ca) = &server.ca {
+        cmd.env("SECRETFS_CA_FILE", ca);
+    }
     crate::support::run_with(cmd, b"")
 }
 
@@ -214,6 +217,11 @@ pub(crate) struct World {
 
 pub(crate) fn world(test: &str, server_args: &[&str]) -> Option<World> {
     world_on(test, None, |s| Server::start_with(s, server_args))
+}
+
+/// The same with the server on TLS, its certificate from a private CA (`server.ca`).
+pub(crate) fn world_tls(test: &str, server_args: &[&str]) -> Option<World> {
+    world_on(test, None, |s| Server::start_tls(s, server_args))
 }
 
 /// The same on a PostgreSQL store (a database of its own).
