@@ -54,6 +54,9 @@ fn a_dir_source_delivers_env_vars_and_file_paths() {
 #[test]
 fn the_local_store_source_uses_memory_files() {
     let s = Scratch::new();
+    // Files older than the test cannot hold what it wrote (a developer's /tmp may hold large
+    // ones, which searching byte by byte outlasted the time limit).
+    let started = std::time::SystemTime::now() - std::time::Duration::from_secs(2);
     // This test's own canary: the temp dir is shared with every other test, and some write the
     // common one there on purpose.
     let canary = crate::support::unique_canary("memfiles");
@@ -97,6 +100,9 @@ fn the_local_store_source_uses_memory_files() {
             let path = e.ok()?.path();
             // The workload's own report of what it received holds the value by design.
             if path.file_name()? == "report.json" {
+                return None;
+            }
+            if std::fs::metadata(&path).ok()?.modified().ok()? < started {
                 return None;
             }
             let bytes = std::fs::read(&path).ok()?;
