@@ -6,9 +6,10 @@
 //!   checks, membership), decided by ids, never by names;
 //! - the audit record of every action, written in the same transaction as the change (one
 //!   [`crate::store::Batch`]), naming actor and target by name and by id;
-//! - the change events that wake long-polls and drop caches, sent after every commit;
-//! - the caches of principals (authenticated tokens) and workspace snapshots, valid for one
-//!   generation of the change counter.
+//! - the change events that wake long-polls and drop caches, sent after every commit but one
+//!   that only adds tokens ([`crate::store::Op::quiet`]);
+//! - the caches of principals (authenticated tokens), workspace snapshots and the directory of
+//!   bindings and users, valid for one generation of the change counter.
 //!
 //! Callers map its [`ServiceError`]s to their own vocabulary (HTTP statuses, CLI hints) and
 //! hold no rules of their own.

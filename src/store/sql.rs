@@ -991,14 +991,7 @@ impl<D: Dialect> Store for SqlStore<D> {
                 return all(e.into());
             }
             let fast = apply_quiet(&mut tx, batches, D::LOCK_ROWS).await;
-            let end = match fast {
-                Ok(_) => tx.run("RELEASE SAVEPOINT quiet_batches", &[]).await,
-                Err(_) => match tx.run("ROLLBACK TO SAVEPOINT quiet_batches", &[]).await {
-                    Ok(_) => tx.run("RELEASE SAVEPOINT quiet_batches", &[]).await,
-                    Err(e) => Err(e),
-                },
-            };
-            if let Err(e) = end {
+            if let Err(e) = end_savepoint(&mut tx, "quiet_batches", fast.is_ok()).await {
                 return all(e.into());
             }
             if let Ok(results) = fast {
@@ -1014,15 +1007,7 @@ impl<D: Dialect> Store for SqlStore<D> {
                 return all(e.into());
             }
             let applied = apply_batch::<D>(&mut tx, b).await;
-            let end = if applied.is_ok() {
-                tx.run("RELEASE SAVEPOINT one_batch", &[]).await
-            } else {
-                match tx.run("ROLLBACK TO SAVEPOINT one_batch", &[]).await {
-                    Ok(_) => tx.run("RELEASE SAVEPOINT one_batch", &[]).await,
-                    Err(e) => Err(e),
-                }
-            };
-            if let Err(e) = end {
+            if let Err(e) = end_savepoint(&mut tx, "one_batch", applied.is_ok()).await {
                 return all(e.into());
             }
             results.push(applied);
@@ -1069,6 +1054,16 @@ impl<D: Dialect> Store for SqlStore<D> {
 }
 
 /// One batch's ops and audit records, inside a transaction of several (`apply_each`).
+/// Ends savepoint `name`: kept, or (`keep` false) what was done since it undone.
+async fn end_savepoint(tx: &mut dyn Exec, name: &str, keep: bool) -> Result<(), sqlx::Error> {
+    if !keep {
+        tx.run(&format!("ROLLBACK TO SAVEPOINT {name}"), &[])
+            .await?;
+    }
+    tx.run(&format!("RELEASE SAVEPOINT {name}"), &[]).await?;
+    Ok(())
+}
+
 /// Rows per multi-row token insert, and grant insert: both about 400 parameters (SQLite looks
 /// each numbered parameter up by walking a list, see [`insert_audits`]).
 const TOKEN_CHUNK: usize = 32;
@@ -1084,22 +1079,30 @@ async fn apply_quiet(
     lock: &str,
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     use std::collections::HashMap;
+    // Each distinct precondition once, by the statements a batch alone would run.
     let mut bindings: HashMap<&str, bool> = HashMap::new();
     let mut users: HashMap<&str, bool> = HashMap::new();
     for op in batches.iter().flat_map(|b| &b.ops) {
         match op {
-            Op::ExpectBinding { id } => bindings.insert(id, false),
-            Op::InsertToken(t) => users.insert(&t.user_id, false),
+            Op::ExpectBinding { id } if !bindings.contains_key(id.as_str()) => {
+                let found = match apply_op(tx, op, lock).await {
+                    Ok(()) => true,
+                    Err(StoreError::BindingNotFound(_)) => false,
+                    Err(e) => return Err(e),
+                };
+                bindings.insert(id, found);
+            }
+            Op::InsertToken(t) if !users.contains_key(t.user_id.as_str()) => {
+                let live = match live_user(tx, &t.user_id, lock).await {
+                    Ok(_) => true,
+                    Err(StoreError::UserNotFound(_)) => false,
+                    Err(e) => return Err(e),
+                };
+                users.insert(&t.user_id, live);
+            }
+            Op::ExpectBinding { .. } | Op::InsertToken(_) => {}
             _ => return Err(StoreError::Unavailable("not a quiet batch".into())),
-        };
-    }
-    for (id, found) in &mut bindings {
-        let sql = format!("SELECT id FROM identity_bindings WHERE id = $1 {lock}");
-        *found = !tx.rows(&sql, &[Param::Text(id)]).await?.is_empty();
-    }
-    for (id, live) in &mut users {
-        let sql = format!("SELECT name FROM users WHERE id = $1 AND deleted_at IS NULL {lock}");
-        *live = !tx.rows(&sql, &[Param::Text(id)]).await?.is_empty();
+        }
     }
     let verdict = |b: &Batch| {
         for op in &b.ops {

@@ -46,22 +46,23 @@ impl Node {
         std::fs::create_dir_all(kubelet.join("pods")).unwrap();
         // A node's kubelet directory is a shared mount (what lets a volume mounted there reach
         // the containers that see it with HostToContainer propagation).
-        for args in [&["--bind"][..], &["--make-rshared"][..]] {
-            let out = Command::new("mount")
-                .args(args)
-                .args(if args[0] == "--bind" {
-                    vec![&kubelet, &kubelet]
-                } else {
-                    vec![&kubelet]
-                })
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        use nix::mount::{MsFlags, mount};
+        mount(
+            Some(&kubelet),
+            &kubelet,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        mount(
+            None::<&str>,
+            &kubelet,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .unwrap();
         let socket = kubelet.join("plugins/secrets.secretfs.dev/csi.sock");
         let log = w.s.path().join("node.log");
         let agent = spawn_agent(&w, &kubelet, &socket, &log, true);
