@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod connections;
 pub mod crypto;
 pub mod fs;
 pub mod fuzz_targets;

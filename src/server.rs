@@ -217,18 +217,25 @@ pub async fn serve(
         None => None,
     };
     let notifier = crate::notify::Notifier::from_env().map(Arc::new);
-    let handle = axum_server::Handle::new();
-    let shutdown = handle.clone();
-    let stopping = notifier.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        if let Some(n) = &stopping {
-            n.stopping();
+    let tls = match &opts.tls {
+        Some((cert, key)) => {
+            let what = || {
+                format!(
+                    "cannot load the TLS certificate {} and key {}",
+                    cert.display(),
+                    key.display()
+                )
+            };
+            let cert_pem = std::fs::read(cert).doing(what)?;
+            let key_pem = zeroize::Zeroizing::new(std::fs::read(key).doing(what)?);
+            let config = crate::connections::tls_config(&cert_pem, &key_pem)
+                .map_err(|e| ServeError::Usage(format!("{}: {e}", what())))?;
+            Some(Arc::new(config))
         }
-        shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
-    });
-    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
+        None => None,
+    };
+    let listener =
+        tokio::net::TcpListener::from_std(listener).doing(|| format!("cannot serve on {addr}"))?;
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let ready = Listening {
         addr,
@@ -236,58 +243,26 @@ pub async fn serve(
         store: store_desc,
         metrics,
     };
-    let on_ready = |ready: &Listening| {
-        on_ready(ready);
-        if let Some(n) = notifier.clone() {
-            let status = format!(
-                "serving the workspace API on {} ({})",
-                ready.url, ready.store
-            );
-            n.ready(&status);
-            tell_the_service_manager(n, service.clone(), status);
-        }
-    };
-    match &opts.tls {
-        Some((cert, key)) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .doing(|| {
-                    format!(
-                        "cannot load the TLS certificate {} and key {}",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
-            let mut server = axum_server::from_tcp_rustls(listener, config)
-                .doing(|| format!("cannot serve TLS on {addr}"))?
-                .handle(handle)
-                .http1_only();
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            on_ready(&ready);
-            server
-                .serve(make_service)
-                .await
-                .doing(|| format!("serving on {addr}"))?;
-        }
-        None => {
-            let mut server = axum_server::from_tcp(listener)
-                .doing(|| format!("cannot serve on {addr}"))?
-                .handle(handle)
-                .http1_only();
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            on_ready(&ready);
-            server
-                .serve(make_service)
-                .await
-                .doing(|| format!("serving on {addr}"))?;
-        }
+    on_ready(&ready);
+    if let Some(n) = notifier.clone() {
+        let status = format!(
+            "serving the workspace API on {} ({})",
+            ready.url, ready.store
+        );
+        n.ready(&status);
+        tell_the_service_manager(n, service.clone(), status);
     }
+    let stopping = notifier.clone();
+    let waits = service.clone();
+    let stop = async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        if let Some(n) = &stopping {
+            n.stopping();
+        }
+        waits.stop_waiting();
+    };
+    crate::connections::serve(listener, app, tls, HEADER_READ_TIMEOUT, stop).await;
     // Every request is done: flush the audit records still queued, then close the store.
     drop(state);
     service.flush_reads();

@@ -196,7 +196,9 @@ impl FromRequestParts<Arc<AppState>> for Auth {
                     .or_else(|| v.strip_prefix("bearer "))
             });
         let result = match bearer {
-            Some(token) => state.service.authenticate(token, &address).await,
+            // Boxed: the extractor's future is part of every handler's, held for a long-poll's
+            // whole wait, and the principal's load (a store query) is its largest state.
+            Some(token) => Box::pin(state.service.authenticate(token, &address)).await,
             None => Err(ServiceError::Unauthorized),
         };
         if matches!(result, Err(ServiceError::Unauthorized)) {

@@ -10,9 +10,12 @@ use axum::response::Response;
 
 use super::AppState;
 
-/// A `Router::layer`, which axum applies to each route after routing: the template is in the
-/// request's extensions (none for the fallback, which is `unmatched`).
-pub async fn count_request(
+/// The one `Router::layer`, which axum applies to each route after routing (the template is in
+/// the request's extensions; none for the fallback, which is `unmatched`): counts and times the
+/// request and gives its response the security headers. One layer, not one per concern: each
+/// `from_fn` layer is a boxed future per request, which a held long-poll keeps for its whole
+/// wait (issue 32).
+pub async fn every_request(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
@@ -30,7 +33,8 @@ pub async fn count_request(
         "OPTIONS" => "OPTIONS",
         _ => "other",
     };
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    super::web::security_headers(response.headers_mut());
     state.service.metrics().request(
         route.as_ref().map_or("unmatched", |r| r.as_str()),
         method,

@@ -128,10 +128,9 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "this endpoint does not take that method; see /openapi.json",
             )
         })
-        .layer(axum::middleware::from_fn(web::security_headers))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            metrics::count_request,
+            metrics::every_request,
         ))
         .with_state(state)
 }

@@ -3,9 +3,7 @@
 //! as a bearer header (no cookies, so no cross-site request can act for a user). Also the
 //! security headers every response carries, and the template list the page's picker shows.
 
-use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, header};
-use axum::middleware::Next;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -97,9 +95,7 @@ pub async fn templates() -> Response {
 /// Adds the security headers to every response. A response that set its own policy or cache
 /// rule (the page's assets) keeps it; everything else is data: a deny-all CSP, and `no-store`
 /// (API answers carry tokens, and one carries values).
-pub async fn security_headers(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    let h = response.headers_mut();
+pub fn security_headers(h: &mut HeaderMap) {
     if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
         h.insert(
             header::CONTENT_SECURITY_POLICY,
@@ -122,5 +118,4 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
         HeaderName::from_static("cross-origin-opener-policy"),
         HeaderValue::from_static("same-origin"),
     );
-    response
 }

@@ -278,6 +278,9 @@ pub struct Service {
     key_path: Option<PathBuf>,
     /// Bumped after every committed change; long-polls and caches watch it.
     changes: watch::Sender<u64>,
+    /// Set when the server begins to shut down: held long-polls answer at once (their reader
+    /// polls again, elsewhere or after the restart) instead of holding the shutdown up.
+    stopping: std::sync::atomic::AtomicBool,
     principals: Mutex<HashMap<String, CachedPrincipal>>,
     snapshots: Mutex<HashMap<String, Arc<Snapshot>>>,
     /// The bindings and users, valid for one change generation: an identity exchange reads
@@ -347,6 +350,7 @@ impl Service {
             options,
             key_path,
             changes: watch::channel(0).0,
+            stopping: std::sync::atomic::AtomicBool::new(false),
             principals: Mutex::new(HashMap::new()),
             snapshots: Mutex::new(HashMap::new()),
             directory: Mutex::new(None),
@@ -538,6 +542,18 @@ impl Service {
     /// re-check of replicas, which has no change to report.
     pub fn recheck(&self) {
         self.changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// The server is shutting down: every held long-poll answers now with what it has, and none
+    /// is held from here on.
+    pub fn stop_waiting(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.recheck();
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn generation(&self) -> u64 {

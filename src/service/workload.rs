@@ -91,24 +91,45 @@ impl Service {
         caller: &Caller,
         q: WorkloadQuery,
     ) -> Result<WorkloadAnswer, ServiceError> {
+        let (caller, rows, revision, ws) = self.hold(caller, &q).await?;
+        // Boxed: the answer's futures (decrypting, auditing) are larger than the wait's, and a
+        // future is allocated at the size of its largest state for its whole life: unboxed, each
+        // of 10,000 held polls would carry them (issue 32).
+        Box::pin(self.answer(caller, q, rows, revision, ws)).await
+    }
+
+    /// Holds a long-poll while nothing changes: returns the principal as the store has it now
+    /// and its readable secrets. While held, this future keeps only the wait (the change
+    /// receiver, the timer and the caller); the reads around it are boxed and gone by then.
+    async fn hold(
+        &self,
+        caller: &Caller,
+        q: &WorkloadQuery,
+    ) -> Result<(Caller, Vec<StoredSecret>, String, String), ServiceError> {
         let mut changes = self.changes.subscribe();
         let wait = q.wait.min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
-        let mut caller = caller.clone();
+        // The principal as last checked: the caller's own until a re-check, then boxed (the
+        // handler holds the caller already; a second copy inline would be held by every poll).
+        let mut rechecked: Option<Box<Caller>> = None;
         let mut held_poll = None;
-        let (rows, revision, ws) = loop {
-            let (rows, revision, ws) = self.readable(&caller).await?;
-            if q.since.as_deref() != Some(revision.as_str()) || wait.is_zero() {
-                if held_poll.is_some() {
+        loop {
+            let current = rechecked.as_deref().unwrap_or(caller);
+            let (rows, revision, ws) = Box::pin(self.readable(current)).await?;
+            if q.since.as_deref() != Some(revision.as_str()) || wait.is_zero() || self.is_stopping()
+            {
+                if held_poll.is_some() && q.since.as_deref() != Some(revision.as_str()) {
                     self.metrics.answered_change();
                 }
-                break (rows, revision, ws);
+                return Ok((current.clone(), rows, revision, ws));
             }
+            // Not kept across the wait: the next look reads them again.
+            drop((rows, revision, ws));
             held_poll.get_or_insert_with(|| self.metrics.long_poll());
             // Nothing new: wait for a committed change (a token revoked and a user removed are
             // changes too), the end of the wait, or the token's expiry; then look again, as the
             // principal the store has now.
-            let until = match caller.token().and_then(|t| t.expires_at) {
+            let until = match current.token().and_then(|t| t.expires_at) {
                 Some(expiry) => deadline.min(tokio::time::Instant::now() + until_time(expiry)),
                 None => deadline,
             };
@@ -116,12 +137,27 @@ impl Service {
                 Ok(Ok(())) => false,
                 Ok(Err(_)) | Err(_) => true,
             };
-            caller = self.revalidate(&caller).await?;
+            let now =
+                Box::new(Box::pin(self.revalidate(rechecked.as_deref().unwrap_or(caller))).await?);
+            rechecked = Some(now);
             if timed_out && tokio::time::Instant::now() >= deadline {
-                let (rows, revision, ws) = self.readable(&caller).await?;
-                break (rows, revision, ws);
+                let current = rechecked.as_deref().unwrap_or(caller);
+                let (rows, revision, ws) = Box::pin(self.readable(current)).await?;
+                return Ok((current.clone(), rows, revision, ws));
             }
-        };
+        }
+    }
+
+    /// The answer to a read whose wait is over: the names asked for, their values unless held,
+    /// one audit record per value served.
+    async fn answer(
+        &self,
+        caller: Caller,
+        q: WorkloadQuery,
+        rows: Vec<StoredSecret>,
+        revision: String,
+        ws: String,
+    ) -> Result<WorkloadAnswer, ServiceError> {
         let mut by_name: std::collections::BTreeMap<SecretName, StoredSecret> =
             rows.into_iter().map(|r| (r.meta.name.clone(), r)).collect();
         let mut missing = Vec::new();
@@ -165,7 +201,6 @@ impl Service {
                 value,
             });
         }
-        drop(held_poll);
         let served = audits.len();
         self.metrics.workload_secrets("served", served);
         self.metrics.workload_secrets(

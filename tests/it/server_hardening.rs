@@ -115,3 +115,94 @@ fn half_sent_requests_and_idle_connections_are_closed_and_long_polls_are_not() {
         "the long-poll was cut after {held:?}"
     );
 }
+
+/// SIGTERM with long-polls held (one of them over a kept-alive connection that served a read
+/// first): each is answered at once with what it has (status 200, the revision unchanged), not
+/// after the 10 s the shutdown lets requests run, and the server exits 0 with its port closed.
+#[test]
+fn a_shutdown_answers_held_long_polls_at_once() {
+    use nix::sys::signal::{Signal, kill};
+    let s = Scratch::new();
+    let mut server = Server::start_with(&s, &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = server
+        .ready_line
+        .split_whitespace()
+        .find(|w| w.ends_with("/metrics"))
+        .unwrap()
+        .to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    let (status, v) = rt.block_on(api.create(&admin, "A", "a-value", "private"));
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = rt.block_on(api.mint(&admin, &["A"], serde_json::json!({})));
+    assert_eq!(status, 201, "{v}");
+    let workload = v["token"].as_str().unwrap().to_owned();
+    let (_, now) = rt.block_on(api.workload(&workload, ""));
+    let revision = now["revision"].as_str().unwrap().to_owned();
+
+    let polls: Vec<_> = (0..3)
+        .map(|_| {
+            let url = server.url.clone();
+            let token = workload.clone();
+            let since = revision.clone();
+            std::thread::spawn(move || {
+                tokio::runtime::Runtime::new().unwrap().block_on(async {
+                    let api = Api::at(&url);
+                    // A read first, so that the poll reuses a kept-alive connection.
+                    let (status, _) = api.workload(&token, "").await;
+                    assert_eq!(status, 200);
+                    let (status, v) = api
+                        .workload(&token, &format!("?wait=60s&since={since}"))
+                        .await;
+                    (status, v, Instant::now())
+                })
+            })
+        })
+        .collect();
+    // Every poll held (the server's gauge says so) before the signal.
+    let held = || -> f64 {
+        let text =
+            rt.block_on(async { reqwest::get(&metrics).await.unwrap().text().await.unwrap() });
+        text.lines()
+            .find_map(|l| l.strip_prefix("secretfs_long_polls_held "))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    let started = Instant::now();
+    while held() < 3.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the polls were not all held"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signalled = Instant::now();
+    kill(
+        nix::unistd::Pid::from_raw(server.child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    for p in polls {
+        let (status, v, answered) = p.join().unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["revision"].as_str(), Some(revision.as_str()), "{v}");
+        let after = answered.saturating_duration_since(signalled);
+        assert!(
+            after < Duration::from_secs(3),
+            "answered {after:?} after SIGTERM"
+        );
+    }
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "the server still runs 5 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let addr = server.url.strip_prefix("http://").unwrap();
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
