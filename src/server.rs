@@ -190,10 +190,7 @@ pub async fn serve(
     watch_other_processes(service.clone());
     let app = api::router(state.clone());
 
-    let listener = std::net::TcpListener::bind(opts.listen)
-        .doing(|| format!("cannot listen on {}", opts.listen))?;
-    listener
-        .set_nonblocking(true)
+    let listener = crate::connections::listen(opts.listen)
         .doing(|| format!("cannot listen on {}", opts.listen))?;
     let addr = listener
         .local_addr()
@@ -234,8 +231,6 @@ pub async fn serve(
         }
         None => None,
     };
-    let listener =
-        tokio::net::TcpListener::from_std(listener).doing(|| format!("cannot serve on {addr}"))?;
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let ready = Listening {
         addr,
