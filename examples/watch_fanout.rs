@@ -59,7 +59,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Let every poll reach the server and park there.
     tokio::time::sleep(Duration::from_secs(3) + Duration::from_micros(300 * n as u64)).await;
-    eprintln!("{n} polls opened in {:?}; rotating", started.elapsed());
+    // A second between saying so and rotating, for a script to read the server's memory while
+    // every poll is held and none is being answered.
+    eprintln!("{n} polls opened in {:?}; holding", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!("rotating");
 
     let body = serde_json::json!({ "value": format!("rotated-{}", std::process::id()) });
     let resp = http

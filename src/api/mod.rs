@@ -8,6 +8,7 @@
 mod admin;
 mod auth;
 mod body;
+pub use body::BODY_LIMIT;
 pub mod error;
 mod health;
 mod identity;

@@ -121,7 +121,11 @@ impl Service {
                 if held_poll.is_some() && q.since.as_deref() != Some(revision.as_str()) {
                     self.metrics.answered_change();
                 }
-                return Ok((current.clone(), rows, revision, ws));
+                let current = match rechecked {
+                    Some(now) => *now,
+                    None => caller.clone(),
+                };
+                return Ok((current, rows, revision, ws));
             }
             // Not kept across the wait: the next look reads them again.
             drop((rows, revision, ws));
@@ -141,9 +145,9 @@ impl Service {
                 Box::new(Box::pin(self.revalidate(rechecked.as_deref().unwrap_or(caller))).await?);
             rechecked = Some(now);
             if timed_out && tokio::time::Instant::now() >= deadline {
-                let current = rechecked.as_deref().unwrap_or(caller);
-                let (rows, revision, ws) = Box::pin(self.readable(current)).await?;
-                return Ok((current.clone(), rows, revision, ws));
+                let current = rechecked.map_or_else(|| caller.clone(), |now| *now);
+                let (rows, revision, ws) = Box::pin(self.readable(&current)).await?;
+                return Ok((current, rows, revision, ws));
             }
         }
     }

@@ -12,6 +12,7 @@ mod containers;
 mod faults;
 mod fuzz_corpora;
 mod git;
+mod http1;
 mod keys;
 mod launcher;
 mod leaks;
