@@ -18,7 +18,11 @@
 //! request bodies, `Expect: 100-continue`, HEAD, answers of unknown length sent chunked; and what
 //! it refuses is refused before the router: a head over 16 KiB (431), a body over the limit
 //! (413), framing a proxy could read another way (both Content-Length and Transfer-Encoding,
-//! differing lengths, a coding other than chunked: 400, then close).
+//! differing lengths, a coding other than chunked, chunks from HTTP/1.0, a control byte in a
+//! chunk line: 400, then close). A head must come within the header timeout, a body within
+//! 30 s, an answer be taken within 60 s. As with hyper's defaults, a client that half-closes
+//! its side is taken to have left; an answer of unknown length is sent chunked whatever the
+//! request's version (no route streams one today).
 
 use std::future::Future;
 use std::io::Write as _;
@@ -53,6 +57,12 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// The largest request body read: the API's largest ([`crate::api::BODY_LIMIT`]).
 const MAX_BODY: usize = crate::api::BODY_LIMIT;
+/// How long a request's body may take to arrive, whole (each read also within the header
+/// timeout): a client trickling a byte at a time must not hold a connection and its buffer.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an answer may take to be written: a client that never reads must not hold its
+/// connection, and the answer it asked for, for ever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 4096;
 /// Answers up to this size are written with their head in one write.
@@ -251,7 +261,7 @@ where
             Ok(Ok(None)) | Err(_) => return,
             Ok(Err(Stop::Quietly)) => return,
             Ok(Err(Stop::Answer(answer))) => {
-                if write_answer(&mut io, *answer, false, false).await.is_ok() {
+                if write_within(&mut io, *answer, false, false).await {
                     linger(&mut io).await;
                 }
                 return;
@@ -259,11 +269,13 @@ where
         };
         consume(&mut pending, head.len);
         let keep_alive = wants_keep_alive(&head);
-        let body = match read_body(&mut io, &mut pending, &head, shared.header_read_timeout).await {
-            Ok(body) => body,
-            Err(Stop::Quietly) => return,
-            Err(Stop::Answer(answer)) => {
-                if write_answer(&mut io, *answer, false, false).await.is_ok() {
+        let reading = read_body(&mut io, &mut pending, &head, shared.header_read_timeout);
+        let body = match tokio::time::timeout(BODY_TIMEOUT, reading).await {
+            Err(_) => return,
+            Ok(Ok(body)) => body,
+            Ok(Err(Stop::Quietly)) => return,
+            Ok(Err(Stop::Answer(answer))) => {
+                if write_within(&mut io, *answer, false, false).await {
                     linger(&mut io).await;
                 }
                 return;
@@ -293,11 +305,7 @@ where
                 .headers()
                 .get(axum::http::header::CONNECTION)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        if write_answer(&mut io, answer, head_only, !close)
-            .await
-            .is_err()
-            || close
-        {
+        if !write_within(&mut io, answer, head_only, !close).await || close {
             return;
         }
     }
@@ -454,6 +462,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let framing = framing(&head.headers)?;
+    if head.version == Version::HTTP_10 && matches!(framing, Framing::Chunked) {
+        // RFC 9112 section 6.1: an HTTP/1.0 reader in front would take the chunks for the next
+        // request.
+        return Err(bad_request(
+            "an HTTP/1.0 request cannot have Transfer-Encoding".into(),
+        ));
+    }
     if let Framing::Length(n) = framing
         && n > MAX_BODY
     {
@@ -487,7 +502,9 @@ where
     S: AsyncRead + Unpin,
 {
     while pending.len() < n {
-        grow(pending, (n - pending.len()).clamp(READ_CHUNK, 64 * 1024));
+        // All that is missing at once (a body's length is known): one buffer of its size, not
+        // one doubled past it.
+        grow(pending, (n - pending.len()).max(READ_CHUNK));
         match tokio::time::timeout(idle, io.read_buf(pending)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(Stop::Quietly),
             Ok(Ok(_)) => {}
@@ -507,21 +524,36 @@ async fn read_line<S>(
 where
     S: AsyncRead + Unpin,
 {
+    // Where the search goes on from: what was searched is not searched again as bytes come.
+    let mut searched = 0;
     loop {
-        if let Some(at) = pending.windows(2).position(|w| w == b"\r\n") {
-            let line = take(pending, at);
+        if let Some(at) = memchr::memmem::find(&pending[searched..], b"\r\n") {
+            let line = take(pending, searched + at);
             consume(pending, 2);
+            // A bare CR or LF, or any other control byte but tab, is a line end to some reader
+            // in front: refused, so that no two readers split the body differently.
+            if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                return Err(bad_request(
+                    "a chunk line or trailer holds a control byte".into(),
+                ));
+            }
             return Ok(line);
         }
         if pending.len() > max {
-            return Err(bad_request("a chunk's size line is too long".into()));
+            return Err(refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "head_too_large",
+                format!("a chunk line or trailer is over {max} bytes"),
+            ));
         }
+        searched = pending.len().saturating_sub(1);
         let want = pending.len() + 1;
         fill(io, pending, want, idle).await?;
     }
 }
 
-/// A chunked body (RFC 9112 section 7.1): extensions ignored, trailers read and dropped.
+/// A chunked body (RFC 9112 section 7.1): a size of hexadecimal digits, extensions ignored,
+/// trailers (at most a head's worth) read and dropped.
 async fn read_chunked<S>(io: &mut S, pending: &mut BytesMut, idle: Duration) -> Result<Bytes, Stop>
 where
     S: AsyncRead + Unpin,
@@ -529,23 +561,32 @@ where
     let mut body = Zeroizing::new(Vec::new());
     loop {
         let line = read_line(io, pending, 1024, idle).await?;
-        let size = line.split(|b| *b == b';').next().unwrap_or_default();
-        let size = std::str::from_utf8(size)
-            .ok()
-            .map(str::trim)
-            .filter(|s| !s.is_empty() && s.len() <= 16)
-            .and_then(|s| usize::from_str_radix(s, 16).ok())
-            .ok_or_else(|| bad_request("a chunk's size is not hexadecimal".into()))?;
+        let digits = line.split(|b| *b == b';').next().unwrap_or_default();
+        let size =
+            (!digits.is_empty() && digits.len() <= 15 && digits.iter().all(u8::is_ascii_hexdigit))
+                .then(|| std::str::from_utf8(digits).ok())
+                .flatten()
+                .and_then(|d| usize::from_str_radix(d, 16).ok())
+                .ok_or_else(|| bad_request("a chunk's size is not hexadecimal".into()))?;
         if size == 0 {
-            // Trailer lines up to the empty one.
+            // Trailer lines up to the empty one, a head's worth at most in all.
+            let mut trailers = 0;
             loop {
                 let trailer = read_line(io, pending, MAX_HEAD, idle).await?;
                 if trailer.is_empty() {
-                    return Ok(Bytes::from(std::mem::take(&mut *body)));
+                    return Ok(Bytes::from_owner(std::mem::take(&mut body)));
+                }
+                trailers += trailer.len() + 2;
+                if trailers > MAX_HEAD {
+                    return Err(refuse(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "head_too_large",
+                        format!("the trailers are over {MAX_HEAD} bytes"),
+                    ));
                 }
             }
         }
-        if body.len() + size > MAX_BODY {
+        if size > MAX_BODY - body.len() {
             return Err(too_large());
         }
         fill(io, pending, size + 2, idle).await?;
@@ -569,7 +610,8 @@ fn consume(pending: &mut BytesMut, n: usize) {
 
 /// The first `n` bytes, copied out and wiped where they were.
 fn take(pending: &mut BytesMut, n: usize) -> Bytes {
-    let out = Bytes::copy_from_slice(&pending[..n]);
+    // Owned by a wiping buffer: the router drops a body unread when it refuses the request.
+    let out = Bytes::from_owner(Zeroizing::new(pending[..n].to_vec()));
     consume(pending, n);
     out
 }
@@ -631,6 +673,21 @@ where
     }
 }
 
+/// [`write_answer`] within [`WRITE_TIMEOUT`]: `false` if it failed or took longer.
+async fn write_within<S>(io: &mut S, answer: Response, head_only: bool, keep_alive: bool) -> bool
+where
+    S: AsyncWrite + Unpin,
+{
+    matches!(
+        tokio::time::timeout(
+            WRITE_TIMEOUT,
+            write_answer(io, answer, head_only, keep_alive)
+        )
+        .await,
+        Ok(Ok(()))
+    )
+}
+
 /// Writes an answer: its head, then its body with its length, or chunked when the length is
 /// not known beforehand. `head_only` for HEAD (the length is still said).
 async fn write_answer<S>(
@@ -657,7 +714,8 @@ where
         Some(n) if head_only => Some(n),
         _ => http_body::Body::size_hint(&body).exact(),
     };
-    let mut out = Vec::with_capacity(256);
+    // Wiped when written: for a workload read it holds the values.
+    let mut out = Zeroizing::new(Vec::with_capacity(256));
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
@@ -689,7 +747,7 @@ where
         parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED;
     match known {
         Some(n) if !status_has_no_body => {
-            let _ = write!(out, "content-length: {n}\r\n\r\n");
+            let _ = write!(&mut *out, "content-length: {n}\r\n\r\n");
             if no_body {
                 return write_all(io, &out).await;
             }
@@ -699,6 +757,8 @@ where
                 .map(|c| c.to_bytes())
                 .map_err(std::io::Error::other)?;
             if out.len() + bytes.len() <= ONE_WRITE {
+                // Grown before the body goes in: a reallocation would leave a copy of it.
+                out.reserve(bytes.len());
                 out.extend_from_slice(&bytes);
                 write_all(io, &out).await
             } else {

@@ -273,6 +273,25 @@ fn framing_a_proxy_could_read_another_way_is_refused_and_the_connection_closed()
             "larger than the limit",
         ),
         (big_header, 431, "over 16384 bytes"),
+        // A size with a sign, a bare LF in a chunk line, a size past the limit after a first
+        // chunk (the sum must not wrap), trailers past a head's worth, chunks from HTTP/1.0.
+        (format!("{post}Transfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n"), 400, "hexadecimal"),
+        (format!("{post}Transfer-Encoding: chunked\r\n\r\n5;x\nA\r\nhello\r\n0\r\n\r\n"), 400, "control byte"),
+        (format!("{post}Transfer-Encoding: chunked\r\n\r\n1\r\na\r\nfffffffffffffff\r\n"), 413, "larger than the limit"),
+        (
+            format!(
+                "{post}Transfer-Encoding: chunked\r\n\r\n0\r\n{}\r\n",
+                "X-T: t\r\n".repeat(3000)
+            ),
+            431,
+            "trailers are over",
+        ),
+        (
+            "POST /api/v1/workspaces/default/secrets HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .to_owned(),
+            400,
+            "HTTP/1.0",
+        ),
         (
             "HELLO THERE\r\n\r\n".to_owned(),
             400,
@@ -365,4 +384,40 @@ fn a_client_that_leaves_ends_its_held_poll_and_one_that_pipelines_behind_it_is_a
     assert!(text[..second].contains("a-rotated"), "{text}");
     assert!(!text[..second].contains(&revision), "{text}");
     assert!(text[second..].contains("connection: close"), "{text}");
+}
+
+/// A body trickled in a byte at a time (each read well within the header timeout) is cut at
+/// 30 s for the whole body, and the connection with it.
+#[test]
+fn a_body_trickled_in_is_cut_at_its_deadline() {
+    let w = world(&[]);
+    let mut c = TcpStream::connect(&w.addr).unwrap();
+    c.write_all(
+        b"POST /api/v1/workspaces/default/secrets HTTP/1.1\r\nHost: x\r\n\
+          Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let cut = loop {
+        std::thread::sleep(Duration::from_secs(2));
+        if c.write_all(b" ").is_err() {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "the trickle was never cut"
+        );
+        // The server's close shows as a read of end of file (or a reset) once it has happened.
+        c.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Ok(0) => break started.elapsed(),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break started.elapsed(),
+            _ => {}
+        }
+    };
+    assert!(
+        (Duration::from_secs(28)..Duration::from_secs(40)).contains(&cut),
+        "cut after {cut:?}"
+    );
 }
