@@ -260,12 +260,7 @@ where
             // End of file between requests, or the headers did not come in time.
             Ok(Ok(None)) | Err(_) => return,
             Ok(Err(Stop::Quietly)) => return,
-            Ok(Err(Stop::Answer(answer))) => {
-                if write_within(&mut io, *answer, false, false).await {
-                    linger(&mut io).await;
-                }
-                return;
-            }
+            Ok(Err(Stop::Answer(answer))) => return refuse_and_close(&mut io, *answer).await,
         };
         consume(&mut pending, head.len);
         let keep_alive = wants_keep_alive(&head);
@@ -274,12 +269,7 @@ where
             Err(_) => return,
             Ok(Ok(body)) => body,
             Ok(Err(Stop::Quietly)) => return,
-            Ok(Err(Stop::Answer(answer))) => {
-                if write_within(&mut io, *answer, false, false).await {
-                    linger(&mut io).await;
-                }
-                return;
-            }
+            Ok(Err(Stop::Answer(answer))) => return refuse_and_close(&mut io, *answer).await,
         };
         if pending.is_empty() {
             // Nothing pipelined behind this request: hold no buffer while it is answered.
@@ -469,14 +459,13 @@ where
             "an HTTP/1.0 request cannot have Transfer-Encoding".into(),
         ));
     }
-    if let Framing::Length(n) = framing
-        && n > MAX_BODY
-    {
-        return Err(too_large());
-    }
-    if matches!(framing, Framing::Empty) {
-        return Ok(Bytes::new());
-    }
+    // The length when known; `None`: chunked.
+    let length = match framing {
+        Framing::Empty => return Ok(Bytes::new()),
+        Framing::Length(n) if n > MAX_BODY => return Err(too_large()),
+        Framing::Length(n) => Some(n),
+        Framing::Chunked => None,
+    };
     let expects = head
         .headers
         .get(axum::http::header::EXPECT)
@@ -486,13 +475,12 @@ where
             .await
             .map_err(|_| Stop::Quietly)?;
     }
-    match framing {
-        Framing::Empty => Ok(Bytes::new()),
-        Framing::Length(n) => {
+    match length {
+        Some(n) => {
             fill(io, pending, n, idle).await?;
             Ok(take(pending, n))
         }
-        Framing::Chunked => read_chunked(io, pending, idle).await,
+        None => read_chunked(io, pending, idle).await,
     }
 }
 
@@ -700,10 +688,11 @@ where
     S: AsyncWrite + Unpin,
 {
     let (parts, body) = answer.into_parts();
-    let no_body = head_only
-        || parts.status.is_informational()
+    // Statuses that never have a body, nor a length (RFC 9112 section 6.3).
+    let bodiless = parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED;
+    let no_body = head_only || bodiless;
     // The router answers HEAD with the GET's length in the header and an empty body.
     let said = parts
         .headers
@@ -743,10 +732,8 @@ where
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    let status_has_no_body =
-        parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED;
     match known {
-        Some(n) if !status_has_no_body => {
+        Some(n) if !bodiless => {
             let _ = write!(&mut *out, "content-length: {n}\r\n\r\n");
             if no_body {
                 return write_all(io, &out).await;
@@ -791,18 +778,31 @@ where
     }
 }
 
+/// Answers a request refused before the router, then closes.
+async fn refuse_and_close<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, answer: Response) {
+    if write_within(io, answer, false, false).await {
+        linger(io).await;
+    }
+}
+
 /// Closes after a refusal. The client may still be sending what was refused, and a socket
 /// closed with bytes unread is reset, which can discard the answer before the client reads it:
 /// say the end (FIN), then read and drop what still comes, for a while and a bounded amount.
 async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
     let _ = io.shutdown().await;
-    let mut sink = [0u8; 1024];
+    // A refused body can be larger than any the server takes (a 413 is answered before it is
+    // read): drained up to a few times the limit, so that a client still sending it reads the
+    // answer instead of a reset. The time bounds what an attacker gets from it.
+    let mut sink = vec![0u8; 8 * 1024];
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let mut dropped = 0usize;
-        while dropped < MAX_BODY {
+        while dropped < 8 * MAX_BODY {
             match io.read(&mut sink).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => dropped += n,
+                Ok(n) => {
+                    sink[..n].zeroize();
+                    dropped += n;
+                }
             }
         }
     })

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Api, Scratch, Server};
+use crate::support::{Api, Scratch, Server, eventually};
 
 /// A server with secret A and a workload token for it.
 struct World {
@@ -28,11 +28,7 @@ fn world(extra: &[&str]) -> World {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = Api::new(&server);
     let admin = server.admin_token.clone();
-    let (status, v) = rt.block_on(api.create(&admin, "A", "a-value", "private"));
-    assert_eq!(status, 201, "{v}");
-    let (status, v) = rt.block_on(api.mint(&admin, &["A"], json!({})));
-    assert_eq!(status, 201, "{v}");
-    let workload = v["token"].as_str().unwrap().to_owned();
+    let (workload, _) = rt.block_on(api.reader_of(&admin, "A", "a-value"));
     let addr = server.url.strip_prefix("http://").unwrap().to_owned();
     World {
         _s: s,
@@ -313,32 +309,13 @@ fn framing_a_proxy_could_read_another_way_is_refused_and_the_connection_closed()
 }
 
 /// The server's `secretfs_long_polls_held` gauge.
-fn held(w: &World, metrics: &str) -> f64 {
-    let text =
-        w.rt.block_on(async { reqwest::get(metrics).await.unwrap().text().await.unwrap() });
-    text.lines()
-        .find_map(|l| l.strip_prefix("secretfs_long_polls_held "))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
-fn until(what: &str, mut ok: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ok() {
-        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn held(w: &World) -> f64 {
+    w.rt.block_on(w.server.metric("long_polls_held"))
 }
 
 #[test]
 fn a_client_that_leaves_ends_its_held_poll_and_one_that_pipelines_behind_it_is_answered_after() {
     let w = world(&["--metrics-listen", "127.0.0.1:0"]);
-    let metrics = w
-        .server
-        .ready_line
-        .split_whitespace()
-        .find(|m| m.ends_with("/metrics"))
-        .unwrap()
-        .to_owned();
     let api = Api::new(&w.server);
     let (_, now) = w.rt.block_on(api.workload(&w.workload, ""));
     let revision = now["revision"].as_str().unwrap().to_owned();
@@ -351,9 +328,12 @@ fn a_client_that_leaves_ends_its_held_poll_and_one_that_pipelines_behind_it_is_a
     // Held, then the client goes: the server lets the poll go at once.
     let c = TcpStream::connect(&w.addr).unwrap();
     (&c).write_all(poll.as_bytes()).unwrap();
-    until("the poll was not held", || held(&w, &metrics) == 1.0);
+    assert!(eventually(10, || held(&w) == 1.0), "the poll was not held");
     drop(c);
-    until("the poll outlived its client", || held(&w, &metrics) == 0.0);
+    assert!(
+        eventually(10, || held(&w) == 0.0),
+        "the poll outlived its client"
+    );
 
     // Held with a second request pipelined behind it: both answered, in order, after a change.
     let mut c = TcpStream::connect(&w.addr).unwrap();
@@ -361,9 +341,10 @@ fn a_client_that_leaves_ends_its_held_poll_and_one_that_pipelines_behind_it_is_a
         format!("{poll}GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .unwrap();
-    until("the pipelined poll was not held", || {
-        held(&w, &metrics) == 1.0
-    });
+    assert!(
+        eventually(10, || held(&w) == 1.0),
+        "the pipelined poll was not held"
+    );
     let (status, v) = w.rt.block_on(api.call(
         "PATCH",
         "/api/v1/workspaces/default/secrets/A",

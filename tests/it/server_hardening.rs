@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Api, NO_PTRACE, Running, Scratch, Server, assert_hardened};
+use crate::support::{Api, NO_PTRACE, Running, Scratch, Server, assert_hardened, eventually};
 
 #[test]
 fn the_server_process_is_hardened() {
@@ -43,13 +43,7 @@ fn half_sent_requests_and_idle_connections_are_closed_and_long_polls_are_not() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = Api::new(&server);
     let admin = server.admin_token.clone();
-    let (status, v) = rt.block_on(api.create(&admin, "A", "a-value", "private"));
-    assert_eq!(status, 201, "{v}");
-    let (status, v) = rt.block_on(api.mint(&admin, &["A"], serde_json::json!({})));
-    assert_eq!(status, 201, "{v}");
-    let workload = v["token"].as_str().unwrap().to_owned();
-    let (_, now) = rt.block_on(api.workload(&workload, ""));
-    let revision = now["revision"].as_str().unwrap().to_owned();
+    let (workload, revision) = rt.block_on(api.reader_of(&admin, "A", "a-value"));
 
     let addr = server.url.strip_prefix("http://").unwrap().to_owned();
     // A long-poll that the 10 s must not cut: held 13 s, answered with no change.
@@ -124,22 +118,10 @@ fn a_shutdown_answers_held_long_polls_at_once() {
     use nix::sys::signal::{Signal, kill};
     let s = Scratch::new();
     let mut server = Server::start_with(&s, &["--metrics-listen", "127.0.0.1:0"]);
-    let metrics = server
-        .ready_line
-        .split_whitespace()
-        .find(|w| w.ends_with("/metrics"))
-        .unwrap()
-        .to_owned();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = Api::new(&server);
     let admin = server.admin_token.clone();
-    let (status, v) = rt.block_on(api.create(&admin, "A", "a-value", "private"));
-    assert_eq!(status, 201, "{v}");
-    let (status, v) = rt.block_on(api.mint(&admin, &["A"], serde_json::json!({})));
-    assert_eq!(status, 201, "{v}");
-    let workload = v["token"].as_str().unwrap().to_owned();
-    let (_, now) = rt.block_on(api.workload(&workload, ""));
-    let revision = now["revision"].as_str().unwrap().to_owned();
+    let (workload, revision) = rt.block_on(api.reader_of(&admin, "A", "a-value"));
 
     let polls: Vec<_> = (0..3)
         .map(|_| {
@@ -161,21 +143,10 @@ fn a_shutdown_answers_held_long_polls_at_once() {
         })
         .collect();
     // Every poll held (the server's gauge says so) before the signal.
-    let held = || -> f64 {
-        let text =
-            rt.block_on(async { reqwest::get(&metrics).await.unwrap().text().await.unwrap() });
-        text.lines()
-            .find_map(|l| l.strip_prefix("secretfs_long_polls_held "))
-            .map_or(0.0, |v| v.trim().parse().unwrap())
-    };
-    let started = Instant::now();
-    while held() < 3.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the polls were not all held"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        eventually(10, || rt.block_on(server.metric("long_polls_held")) >= 3.0),
+        "the polls were not all held"
+    );
     let signalled = Instant::now();
     kill(
         nix::unistd::Pid::from_raw(server.child.id() as i32),

@@ -224,24 +224,7 @@ impl Node {
 
     /// A sample of the server's `/metrics` (`secretfs_NAME`, with its labels as written).
     pub(super) fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .w
-            .rt
-            .block_on(async {
-                reqwest::get(self.w.server.metrics_url())
-                    .await?
-                    .text()
-                    .await
-            })
-            .unwrap();
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!("secretfs_{name} "))?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0)
+        self.w.rt.block_on(self.w.server.metric(name))
     }
 
     pub(super) fn exchanges(&self) -> usize {

@@ -235,6 +235,20 @@ impl Api {
         .await
     }
 
+    /// Creates the private secret `name` and mints a workload token for it: the token, and the
+    /// revision its first read answers (the `since` of a long-poll).
+    pub async fn reader_of(&self, admin: &str, name: &str, value: &str) -> (String, String) {
+        let (status, v) = self.create(admin, name, value, "private").await;
+        assert_eq!(status, 201, "{v}");
+        let (status, v) = self.mint(admin, &[name], serde_json::json!({})).await;
+        assert_eq!(status, 201, "{v}");
+        let token = v["token"].as_str().unwrap().to_owned();
+        let (status, now) = self.workload(&token, "").await;
+        assert_eq!(status, 200, "{now}");
+        let revision = now["revision"].as_str().unwrap().to_owned();
+        (token, revision)
+    }
+
     /// The workload read, with `query` (`""` or `"?..."`).
     pub async fn workload(&self, token: &str, query: &str) -> (u16, Value) {
         let (status, text, _) = self

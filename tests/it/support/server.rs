@@ -171,6 +171,25 @@ impl Server {
             .to_owned()
     }
 
+    /// A sample of its `/metrics` without labels (`name` without the `secretfs_` prefix); 0 when
+    /// absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.metrics_url())
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("secretfs_{name} "))?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
     /// Starts the same server again (same database, same port) after it was stopped.
     pub fn restart(&mut self, scratch: &Scratch) {
         self.restart_with(scratch, &[]);
