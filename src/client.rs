@@ -109,6 +109,23 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// `builder` trusting the certificates of `ca_file` (PEM) besides the system's roots.
+pub fn trust_ca_file(
+    mut builder: reqwest::ClientBuilder,
+    ca_file: Option<&Path>,
+) -> Result<reqwest::ClientBuilder, String> {
+    if let Some(ca) = ca_file {
+        let pem =
+            std::fs::read(ca).map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("CA file {} holds no PEM certificate: {e}", ca.display()))?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
+}
+
 /// `Authorization: Bearer TOKEN`, marked sensitive (never logged by the HTTP stack).
 fn bearer(token: &Token) -> Result<HeaderValue, ClientError> {
     let mut auth =
@@ -204,20 +221,7 @@ impl Client {
             // ten-secret launch against a loopback server (`scripts/bench-launch-server`).
             builder = builder.tls_certs_only(Vec::new());
         }
-        if let Some(ca) = ca_file {
-            let pem = std::fs::read(ca).map_err(|e| {
-                ClientError::Setup(format!("cannot read CA file {}: {e}", ca.display()))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                ClientError::Setup(format!(
-                    "CA file {} holds no PEM certificate: {e}",
-                    ca.display()
-                ))
-            })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
+        builder = trust_ca_file(builder, ca_file).map_err(ClientError::Setup)?;
         let http = builder
             .build()
             .map_err(|e| ClientError::Setup(format!("cannot set up HTTP: {e}")))?;
@@ -586,6 +590,14 @@ impl Client {
         request: &WorkloadReadRequest,
     ) -> Result<WorkloadRead, ClientError> {
         self.post("/api/v1/workload/read", request).await
+    }
+
+    /// Records a broker's calls for the audit log (`POST /api/v1/workload/brokered`).
+    pub async fn record_brokered(
+        &self,
+        calls: &crate::protocol::BrokeredCalls,
+    ) -> Result<crate::protocol::BrokeredRecorded, ClientError> {
+        self.post("/api/v1/workload/brokered", calls).await
     }
 }
 

@@ -761,6 +761,90 @@ impl Held {
 #[serde(deny_unknown_fields)]
 pub struct NoArguments {}
 
+/// `POST /api/v1/workload/brokered`: calls a launcher's broker made for its workload with
+/// secrets of this token, for the audit log (never a value, a placeholder or a query string).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BrokeredCalls {
+    #[schema(min_items = 1, max_items = 1000)]
+    pub calls: Vec<BrokeredCall>,
+}
+
+/// The most calls one `POST /api/v1/workload/brokered` carries.
+pub const BROKERED_CALLS_MAX: usize = 1000;
+
+/// One call through a broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BrokeredCall {
+    /// The secret whose value the broker added.
+    #[schema(value_type = SecretName)]
+    pub secret: String,
+    /// Where the call went: the broker's upstream.
+    #[schema(pattern = r"^https://[!-~]+$", max_length = 2048)]
+    pub upstream: String,
+    #[schema(pattern = "^[A-Z]{1,16}$")]
+    pub method: String,
+    /// The path under the upstream, without its query string.
+    #[schema(pattern = r#"^/[!"$->@-~]*$"#, max_length = 2048)]
+    pub path: String,
+    /// The upstream's status (the broker's own refusals are not sent).
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(minimum = 100, maximum = 599)]
+    pub status: u64,
+    /// The calling process and its user, as the broker's host sees them.
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(minimum = 0, maximum = 4294967295_u64)]
+    pub pid: u64,
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(minimum = 0, maximum = 4294967295_u64)]
+    pub uid: u64,
+}
+
+impl BrokeredCall {
+    /// What is wrong with it, against the rules its schema states.
+    pub fn problem(&self) -> Option<String> {
+        let visible = |s: &str| s.bytes().all(|b| (b'!'..=b'~').contains(&b));
+        if !(self.upstream.starts_with("https://")
+            && self.upstream.len() > 8
+            && self.upstream.len() <= 2048
+            && visible(&self.upstream))
+        {
+            return Some(
+                "upstream must be an https:// URL of visible ASCII, at most 2048 bytes".into(),
+            );
+        }
+        if !(1..=16).contains(&self.method.len())
+            || !self.method.bytes().all(|b| b.is_ascii_uppercase())
+        {
+            return Some("method must be 1 to 16 capital letters".into());
+        }
+        if !(self.path.starts_with('/')
+            && self.path.len() <= 2048
+            && visible(&self.path)
+            && !self.path.contains(['?', '#']))
+        {
+            return Some(
+                "path must start with / and be visible ASCII without ? or #, at most 2048 bytes"
+                    .into(),
+            );
+        }
+        if !(100..=599).contains(&self.status) {
+            return Some("status must be from 100 to 599".into());
+        }
+        if self.pid > u64::from(u32::MAX) || self.uid > u64::from(u32::MAX) {
+            return Some("pid and uid are at most 4294967295".into());
+        }
+        None
+    }
+}
+
+/// The answer: how many calls were recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BrokeredRecorded {
+    pub recorded: u64,
+}
+
 /// `POST /api/v1/workload/read`: one request per resolve or refresh round.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

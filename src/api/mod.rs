@@ -99,6 +99,7 @@ pub(crate) fn parts() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(tokens::mint_user))
         .routes(routes!(workload::read))
         .routes(routes!(workload::read_per_name))
+        .routes(routes!(workload::brokered))
         .routes(routes!(admin::audit))
         .routes(routes!(identity::list, identity::add))
         .routes(routes!(identity::remove))

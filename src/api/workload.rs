@@ -170,6 +170,26 @@ pub async fn read_per_name(
     Ok(axum::Json(wire(answer)).into_response())
 }
 
+/// `POST /api/v1/workload/brokered`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workload/brokered",
+    summary = "Records calls a launcher's broker made for its workload with secrets of this token: one audit record (brokered) each",
+    request_body = crate::protocol::BrokeredCalls,
+    responses(
+        (status = 200, body = crate::protocol::BrokeredRecorded),
+        (status = 404, description = "a call names a secret this token cannot read now (nothing is recorded)", body = crate::protocol::ErrorBody)
+    )
+)]
+pub async fn brokered(
+    State(state): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Json(body): Json<crate::protocol::BrokeredCalls>,
+) -> Result<Response, ApiError> {
+    let recorded = state.service.record_brokered(&caller, &body.calls).await?;
+    Ok(axum::Json(crate::protocol::BrokeredRecorded { recorded }).into_response())
+}
+
 fn wire(answer: WorkloadAnswer) -> WorkloadRead {
     WorkloadRead {
         revision: answer.revision,

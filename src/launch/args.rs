@@ -37,6 +37,10 @@ pub struct RunArgs {
     pub watch: WatchArgs,
     /// `--mask`: the workload's output passes through the launcher, values masked.
     pub mask: bool,
+    /// `--broker SECRET`: a broker with the secret's kind's defaults (repeatable).
+    pub brokers: Vec<String>,
+    /// `--broker-ca-file PEM`: trusted for every broker's upstream without a `ca_file`.
+    pub broker_ca_file: Option<PathBuf>,
     pub dry_run: bool,
     pub verbose: u8,
     pub help: bool,
@@ -93,6 +97,16 @@ options:
   --mask                  pass COMMAND's stdout and stderr through, every value (and its
                           base64 and URL forms) replaced by [secretfs: NAME]; a terminal stays
                           a terminal (spec: mask = true)
+  --broker SECRET         the workload calls SECRET's API through the launcher, which adds the
+                          credential on the way out: the workload gets a loopback base URL and
+                          a placeholder, never the value (openai: OPENAI_BASE_URL and
+                          OPENAI_API_KEY; huggingface: HF_ENDPOINT and HF_TOKEN; github: git's
+                          insteadOf for https://github.com/, GITHUB_API_URL and GH_TOKEN;
+                          datadog: DATADOG_HOST and DD_API_KEY; other kinds: the spec's
+                          [broker.\"NAME\"] with upstream, header, url_env, key_env); the launcher
+                          stays as the workload's parent and uses a rotated value at once
+  --broker-ca-file PEM    CA certificates to trust for the brokers' upstreams, besides the
+                          system's
   --dry-run               print the plan (values shown as <secret NAME>) and exit
   -v, --verbose           log what is resolved from where (never values)
   -h, --help              this text
@@ -185,6 +199,8 @@ pub fn parse(args: &[OsString]) -> Result<RunArgs, String> {
             }
             "--process-group" if inline.is_none() => out.watch.given.process_group = Some(true),
             "--mask" if inline.is_none() => out.mask = true,
+            "--broker" => out.brokers.push(value(flag)?),
+            "--broker-ca-file" => out.broker_ca_file = Some(value(flag)?.into()),
             "--dry-run" if inline.is_none() => out.dry_run = true,
             "-v" | "--verbose" if inline.is_none() => out.verbose += 1,
             "-h" | "--help" if inline.is_none() => out.help = true,

@@ -8,9 +8,11 @@
 //! on every container's start path.
 
 pub mod args;
+pub mod broker;
 pub mod exec;
 pub mod mask;
 pub mod plan;
+pub mod proxy;
 pub mod resolve;
 pub mod spec;
 pub mod supervise;
@@ -187,8 +189,9 @@ fn launch(
             return failed(&all, None);
         }
     };
+    // The broker (an HTTP server and client) is `secretfs run`'s only.
     if let Some(delegate) = delegate
-        && !matches!(plan.source, plan::SourcePlan::Dir { .. })
+        && (!matches!(plan.source, plan::SourcePlan::Dir { .. }) || !plan.brokers.is_empty())
     {
         return delegate(raw);
     }
@@ -198,7 +201,13 @@ fn launch(
     if args.dry_run {
         print!("{}", plan.render());
     }
-    if (plan.watch.is_some() || plan.mask) && !args.dry_run {
+    if args.dry_run && !plan.brokers.is_empty() {
+        match supervise::broker_routes(&plan, fetcher) {
+            Ok(routes) => print!("{}", broker::render(&routes)),
+            Err(problems) => return failed(&problems, None),
+        }
+    }
+    if (plan.watch.is_some() || plan.mask || !plan.brokers.is_empty()) && !args.dry_run {
         return supervise::run(&plan, fetcher);
     }
     let resolved = match resolve::resolve(&plan, fetcher) {

@@ -12,6 +12,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::args::RunArgs;
+use super::broker::{BrokerPlan, HeaderTemplate, parse_upstream};
 use super::spec::{InheritEnv, LeptonJob, Spec};
 use super::watch::parse_duration;
 use crate::render::{Recipe, RenderedFile};
@@ -109,6 +110,9 @@ pub struct ExecPlan {
     pub mask: bool,
     /// The rendered files the variables of `Value::Rendered` name.
     pub files: Vec<RenderedFile>,
+    /// Brokered credentials: the launcher stays as the workload's parent and forwards its
+    /// calls, adding the credential.
+    pub brokers: Vec<BrokerPlan>,
 }
 
 impl ExecPlan {
@@ -422,6 +426,7 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         .unwrap_or_default();
     let inherited = inherited(base_env, &inherit, &vars);
     let watch = plan_watch(args, spec, &source, files, &mut problems);
+    let brokers = plan_brokers(args, spec, &paths, &vars, &mut problems, &mut notes);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -440,7 +445,111 @@ pub fn plan(inputs: Inputs<'_>) -> Result<ExecPlan, Vec<String>> {
         watch,
         mask: args.mask || spec.mask,
         files: files.to_vec(),
+        brokers,
     })
+}
+
+/// The brokers of the spec (`[broker."NAME"]`) and the flags (`--broker SECRET`, named after
+/// their secret), each setting checked; a variable a broker sets that the plan also sets is a
+/// problem (the kinds' default variables are checked once the source says the kinds).
+fn plan_brokers(
+    args: &RunArgs,
+    spec: &Spec,
+    paths: &Paths<'_>,
+    vars: &BTreeMap<String, Var>,
+    problems: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> Vec<BrokerPlan> {
+    let mut brokers: Vec<BrokerPlan> = Vec::new();
+    let flag_ca = args.broker_ca_file.as_ref().map(|p| paths.here(p));
+    for (name, b) in &spec.broker {
+        let at = format!("[broker.{name:?}]");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            problems.push(format!(
+                "{at}: a broker's name is letters, digits, '_', '-' and '.'"
+            ));
+            continue;
+        }
+        let mut errors = Vec::new();
+        let secret = SecretName::parse(&b.secret)
+            .map_err(|e| errors.push(format!("secret: {e}")))
+            .ok();
+        let upstream = b
+            .upstream
+            .as_deref()
+            .and_then(|u| parse_upstream(u).map_err(|e| errors.push(e)).ok());
+        let header = b
+            .header
+            .as_deref()
+            .and_then(|h| HeaderTemplate::parse(h).map_err(|e| errors.push(e)).ok());
+        for v in [&b.url_env, &b.key_env].into_iter().flatten() {
+            if !valid_env_name(v) {
+                errors.push(format!(
+                    "invalid environment variable name {v:?}: use {ENV_RULE}"
+                ));
+            }
+        }
+        let Some(secret) = secret.filter(|_| errors.is_empty()) else {
+            problems.extend(errors.into_iter().map(|e| format!("{at}: {e}")));
+            continue;
+        };
+        brokers.push(BrokerPlan {
+            name: name.clone(),
+            secret,
+            upstream,
+            header,
+            url_env: b.url_env.clone(),
+            key_env: b.key_env.clone(),
+            ca_file: b.ca_file.as_ref().map(|p| paths.rel(p)).or(flag_ca.clone()),
+        });
+    }
+    for s in &args.brokers {
+        let Ok(secret) =
+            SecretName::parse(s).map_err(|e| problems.push(format!("--broker {s:?}: {e}")))
+        else {
+            continue;
+        };
+        if brokers.iter().any(|b| b.secret == secret) {
+            notes.push(format!(
+                "--broker {secret}: the spec brokers \"{secret}\" already; its settings are used"
+            ));
+            continue;
+        }
+        brokers.push(BrokerPlan {
+            name: secret.as_str().to_owned(),
+            secret,
+            upstream: None,
+            header: None,
+            url_env: None,
+            key_env: None,
+            ca_file: flag_ca.clone(),
+        });
+    }
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for b in &brokers {
+        for v in [&b.url_env, &b.key_env].into_iter().flatten() {
+            if let Some(other) = seen.insert(v, &b.name) {
+                problems.push(format!(
+                    "{v} is set by broker \"{other}\" and by broker \"{}\"; give each its own \
+                     variable",
+                    b.name
+                ));
+            }
+            if let Some(var) = vars.get(v.as_str()) {
+                problems.push(format!(
+                    "{v} is set by {} and by broker \"{}\"; a brokered workload gets the \
+                     placeholder and the broker's URL, not the value: drop one",
+                    var.origin.label(),
+                    b.name
+                ));
+            }
+        }
+    }
+    brokers
 }
 
 /// Where relative paths are relative to: a flag's to the launcher's working directory, the

@@ -113,6 +113,38 @@ pub trait Fetch {
         source: &SourcePlan,
         followed: &Followed,
     ) -> Result<FirstLook, Vec<String>>;
+
+    /// What the source says of each of `names` now, one answer per name: what the broker
+    /// needs to tell a deleted secret (refuse) from an outage (keep the last value).
+    fn read_each(
+        &self,
+        source: &SourcePlan,
+        names: &[SecretName],
+    ) -> Result<crate::source::Values, SourceError>;
+
+    /// Starts the brokers of `routes` (`values` in their order); their addresses in order.
+    /// (Behind the trait so that the lean launcher, which hands brokers to `secretfs run`,
+    /// links no HTTP server.)
+    fn start_broker(
+        &self,
+        source: &SourcePlan,
+        routes: &[super::broker::Route],
+        values: &[&SecretValue],
+    ) -> Result<StartedBroker, Vec<String>>;
+}
+
+/// A broker started, and its listeners' addresses in the routes' order.
+pub type StartedBroker = (Box<dyn Brokering>, Vec<super::broker::Address>);
+
+/// A running broker, told of each change of its secrets.
+pub trait Brokering {
+    fn update(&self, secret: &SecretName, now: &Result<SecretValue, SourceError>);
+}
+
+impl Brokering for super::proxy::Running {
+    fn update(&self, secret: &SecretName, now: &Result<SecretValue, SourceError>) {
+        super::proxy::Running::update(self, secret, now);
+    }
 }
 
 /// Every source: directories, the local store, servers.
@@ -153,6 +185,32 @@ impl Fetch for AnySource {
         followed: &Followed,
     ) -> Result<FirstLook, Vec<String>> {
         FirstLook::take(Self::open(source)?, followed.clone()).map_err(|e| vec![e.to_string()])
+    }
+
+    fn read_each(
+        &self,
+        source: &SourcePlan,
+        names: &[SecretName],
+    ) -> Result<crate::source::Values, SourceError> {
+        Self::open(source)
+            .map_err(|p| SourceError::Unavailable(p.join("; ")))?
+            .read(names)
+    }
+
+    fn start_broker(
+        &self,
+        source: &SourcePlan,
+        routes: &[super::broker::Route],
+        values: &[&SecretValue],
+    ) -> Result<StartedBroker, Vec<String>> {
+        // The audit goes to the store or the server, through a source of its own (its
+        // requests never wait behind the follower's long-poll); a directory keeps none.
+        let audit = match source {
+            SourcePlan::Dir { .. } => None,
+            other => Some(Self::open(other)?),
+        };
+        let (running, addresses) = super::proxy::Running::start(routes, values, audit)?;
+        Ok((Box::new(running), addresses))
     }
 }
 
@@ -198,6 +256,30 @@ impl Fetch for DirOnly {
                 "this launcher follows directory sources only; use secretfs run".into(),
             ]),
         }
+    }
+
+    fn read_each(
+        &self,
+        source: &SourcePlan,
+        names: &[SecretName],
+    ) -> Result<crate::source::Values, SourceError> {
+        match source {
+            SourcePlan::Dir { path, .. } => DirSource::new(path).read(names),
+            _ => Err(SourceError::Failed(
+                "this launcher reads directory sources only; use secretfs run".into(),
+            )),
+        }
+    }
+
+    fn start_broker(
+        &self,
+        _source: &SourcePlan,
+        _routes: &[super::broker::Route],
+        _values: &[&SecretValue],
+    ) -> Result<StartedBroker, Vec<String>> {
+        Err(vec![
+            "secretfs-run hands brokers to secretfs run; install secretfs beside it".into(),
+        ])
     }
 }
 

@@ -38,6 +38,28 @@ pub struct Spec {
     /// the memory file's path).
     #[serde(default)]
     pub files: BTreeMap<String, crate::render::FileEntry>,
+    /// Brokered credentials (`[broker."NAME"]`): the workload calls its API through the
+    /// launcher, which adds the credential; the value never reaches the workload.
+    #[serde(default)]
+    pub broker: BTreeMap<String, BrokerSpec>,
+}
+
+/// One `[broker."NAME"]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSpec {
+    /// The secret whose value is the credential (its kind gives the defaults below).
+    pub secret: String,
+    /// Where requests go (`https://...`); default: the kind's real API.
+    pub upstream: Option<String>,
+    /// `Name: format`, `{}` where the value goes (`Authorization: Bearer {}`).
+    pub header: Option<String>,
+    /// The variable that gets the broker's base URL.
+    pub url_env: Option<String>,
+    /// The variable that gets the placeholder.
+    pub key_env: Option<String>,
+    /// A PEM of CA certificates to trust for the upstream, besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Where secrets come from. At most one of `dir`, `store`, `url`.

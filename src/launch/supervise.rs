@@ -97,6 +97,13 @@ struct Supervisor<'a, F: Fetch> {
     /// Changes the feed brought while they could not be acted on (during a stop): taken out of
     /// its pipe at once, so that `poll` does not spin on it.
     fed: Vec<SecretName>,
+    /// The running brokers, told of each change of their secrets at once.
+    broker: Option<Box<dyn resolve::Brokering>>,
+    brokered: Vec<SecretName>,
+    /// The secrets the workload was started with (`--watch` only: without it nothing else is
+    /// followed), and whether a set of a kind is used too (any name may then matter).
+    used: Vec<SecretName>,
+    by_kind: bool,
 }
 
 struct Masking {
@@ -109,8 +116,16 @@ struct Masking {
 impl Masking {
     /// Masks the values of `resolved` too, from now on; warns once about each too short.
     fn learn(&mut self, resolved: &Resolved) {
+        self.learn_values(resolved.values.iter().map(|(n, v)| (n, v)));
+    }
+
+    /// Masks these values too, from now on (a broker's: an upstream may echo its credential).
+    fn learn_values<'v>(
+        &mut self,
+        values: impl Iterator<Item = (&'v SecretName, &'v crate::secret::SecretValue)>,
+    ) {
         let mut grew = false;
-        for (name, value) in &resolved.values {
+        for (name, value) in values {
             let bytes = value.expose_secret();
             if !self
                 .seen
@@ -181,6 +196,133 @@ fn pin_single_builtins(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<ExecPlan
     Ok(pinned)
 }
 
+/// The plan's brokers completed with their secrets' kinds (the source's listing; a directory
+/// has none), or every problem.
+pub fn broker_routes(
+    plan: &ExecPlan,
+    fetcher: &impl Fetch,
+) -> Result<Vec<super::broker::Route>, Vec<String>> {
+    let listing = fetcher.list(&plan.source)?;
+    let mut routes = Vec::new();
+    let mut problems = Vec::new();
+    for b in &plan.brokers {
+        let kind = match &listing {
+            None => None,
+            Some(list) => match list.iter().find(|(n, _)| n == &b.secret) {
+                Some((_, k)) => Some(*k),
+                None => {
+                    let suggestion = crate::secret::did_you_mean(
+                        b.secret.as_str(),
+                        list.iter().map(|(n, _)| n.as_str()),
+                    );
+                    problems.push(format!(
+                        "broker \"{}\": secret \"{}\" not found{suggestion}",
+                        b.name, b.secret
+                    ));
+                    continue;
+                }
+            },
+        };
+        match super::broker::complete(b, kind) {
+            Ok(r) => routes.extend(r),
+            Err(e) => problems.push(e),
+        }
+    }
+    if problems.is_empty() {
+        Ok(routes)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The plan with the brokers' variables, the running brokers, and the values they started with
+/// (for `--mask`).
+type Brokered = (
+    ExecPlan,
+    Box<dyn resolve::Brokering>,
+    Vec<(SecretName, crate::secret::SecretValue)>,
+);
+
+/// Starts the plan's brokers with their secrets' values now (every one must be there: a
+/// broker never starts without its credential), and gives back the plan with the broker's
+/// variables set for the workload (replacing inherited ones; one the plan sets itself is a
+/// problem).
+fn start_brokers(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Brokered, Vec<String>> {
+    use super::plan::{Origin, Value, Var};
+    let routes = broker_routes(plan, fetcher)?;
+    let mut problems = Vec::new();
+    for name in super::broker::names_set(&routes) {
+        if let Some(v) = plan.vars.iter().find(|v| v.name == name) {
+            problems.push(format!(
+                "{name} is set by {} and by a broker; a brokered workload gets the broker's URL \
+                 and placeholder, not the value: drop one",
+                v.origin.label()
+            ));
+        }
+    }
+    let mut secrets: Vec<SecretName> = routes.iter().map(|r| r.secret.clone()).collect();
+    secrets.sort();
+    secrets.dedup();
+    let answers = fetcher
+        .read_each(&plan.source, &secrets)
+        .map_err(|e| vec![format!("cannot read the brokered secrets: {e}")])?;
+    let mut values = Vec::new();
+    for (name, answer) in secrets.iter().zip(&answers) {
+        match answer {
+            Ok(v) => values.push((name, v)),
+            Err(e) => problems.push(format!("broker for secret \"{name}\": {e}")),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let ordered: Vec<&crate::secret::SecretValue> = routes
+        .iter()
+        .map(|r| {
+            values
+                .iter()
+                .find(|(n, _)| **n == r.secret)
+                .map(|(_, v)| *v)
+                .expect("every brokered secret was read")
+        })
+        .collect();
+    let (running, addresses) = fetcher.start_broker(&plan.source, &routes, &ordered)?;
+    drop(ordered);
+    drop(values);
+    let values: Vec<(SecretName, crate::secret::SecretValue)> = secrets
+        .into_iter()
+        .zip(answers)
+        .filter_map(|(n, a)| a.ok().map(|v| (n, v)))
+        .collect();
+    let mut out = plan.clone();
+    let existing = |name: &str| -> Option<String> {
+        match plan.vars.iter().find(|v| v.name == name) {
+            Some(Var {
+                value: Value::Plain(p),
+                ..
+            }) => Some(p.to_string_lossy().into_owned()),
+            Some(_) => None,
+            None => plan
+                .inherited
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_string_lossy().into_owned()),
+        }
+    };
+    let set = super::broker::variables(&routes, &addresses, &existing);
+    for (name, value) in set {
+        out.inherited
+            .retain(|(k, _)| k.as_os_str() != name.as_str());
+        out.vars.retain(|v| v.name != name);
+        out.vars.push(Var {
+            name,
+            value: Value::Plain(value.into()),
+            origin: Origin::Launcher,
+        });
+    }
+    Ok((out, running, values))
+}
+
 /// Runs the plan's command under supervision until it ends; returns its status.
 pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
     let unwatched = WatchPlan::unwatched();
@@ -206,9 +348,22 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
         .collect();
     kinds.sort_by_key(|k| k.as_str());
     kinds.dedup();
-    let followed = Followed {
-        names: names.clone(),
-        kinds,
+    // Brokered secrets are always followed (a rotated value is used by the next request);
+    // the rest only with --watch.
+    let mut brokered: Vec<SecretName> = plan.brokers.iter().map(|b| b.secret.clone()).collect();
+    brokered.sort();
+    brokered.dedup();
+    let followed = if plan.watch.is_some() {
+        let mut all = names.clone();
+        all.extend(brokered.iter().cloned());
+        all.sort();
+        all.dedup();
+        Followed { names: all, kinds }
+    } else {
+        Followed {
+            names: brokered.clone(),
+            kinds: Vec::new(),
+        }
     };
     // Changes are followed by a thread, which must start with the signals blocked: a
     // process-directed signal goes to any thread that does not block it, and there SIGCHLD
@@ -220,11 +375,13 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
     // change in between is seen by the first round.
     let mut blocked = None;
     let first_look = match &plan.source {
-        _ if plan.watch.is_none() => None,
-        dir @ SourcePlan::Dir { .. } => match fetcher.first_look(dir, &followed) {
-            Ok(first) => Some(first),
-            Err(problems) => return fail(&problems),
-        },
+        _ if plan.watch.is_none() && plan.brokers.is_empty() => None,
+        dir @ SourcePlan::Dir { .. } if plan.brokers.is_empty() => {
+            match fetcher.first_look(dir, &followed) {
+                Ok(first) => Some(first),
+                Err(problems) => return fail(&problems),
+            }
+        }
         other => {
             match block_signals() {
                 Ok(b) => blocked = Some(b),
@@ -234,6 +391,23 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
                 Ok(first) => Some(first),
                 Err(problems) => return fail(&problems),
             }
+        }
+    };
+    // The brokers start on threads of their own, with the signals blocked (above).
+    let brokered_plan;
+    let mut broker = None;
+    let mut brokered_values = Vec::new();
+    let plan = if plan.brokers.is_empty() {
+        plan
+    } else {
+        match start_brokers(plan, fetcher) {
+            Ok((p, running, values)) => {
+                broker = Some(running);
+                brokered_plan = p;
+                brokered_values = values;
+                &brokered_plan
+            }
+            Err(problems) => return fail(&problems),
         }
     };
     if let Some(dir) = &plan.workdir
@@ -255,7 +429,13 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
         Ok(b) => b,
         Err(e) => return fail(&[e]),
     };
-    let detector = match first_look.map(|first| first.spawn(watch.poll, say)) {
+    // A broker without --watch still follows its secrets' files at --watch's default pace.
+    let every = if plan.watch.is_some() {
+        watch.poll
+    } else {
+        Duration::from_millis(250)
+    };
+    let detector = match first_look.map(|first| first.spawn(every, say)) {
         Some(Ok(follower)) => Detector::Feed(follower),
         Some(Err(e)) => return fail(&[e]),
         None => Detector::Nothing,
@@ -298,6 +478,7 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
             relays,
         };
         m.learn(&resolved);
+        m.learn_values(brokered_values.iter().map(|(n, v)| (n, v)));
         Some(m)
     } else {
         None
@@ -315,6 +496,16 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
         mask,
         terminal: None,
         fed: Vec::new(),
+        broker,
+        brokered,
+        used: if plan.watch.is_some() {
+            names
+        } else {
+            Vec::new()
+        },
+        by_kind: plan.files.iter().any(
+            |f| matches!(f.recipe, crate::render::Recipe::Builtin { which, .. } if which.is_set()),
+        ),
     };
     if watch.process_group
         && let Ok(foreground) = nix::unistd::tcgetpgrp(std::io::stdin())
@@ -373,7 +564,11 @@ impl<F: Fetch> Supervisor<'_, F> {
                 pending = None;
                 continue;
             }
-            let changed = s.detector.changed(&mut s.fed);
+            let mut changed = s.detector.changed(&mut s.fed);
+            s.refresh_brokers(&changed);
+            // A brokered secret is the workload's cause to restart only when it also started
+            // with its value.
+            changed.retain(|n| s.by_kind || s.used.contains(n));
             if !changed.is_empty() {
                 let at = Instant::now();
                 let (mut all, first) = match pending.take() {
@@ -397,6 +592,53 @@ impl<F: Fetch> Supervisor<'_, F> {
                     Act::Done => pending = None,
                     Act::RetryAt(at) => pending = Some((changed.clone(), at, *first)),
                     Act::Exit(code) => return code,
+                }
+            }
+        }
+    }
+}
+
+impl<F: Fetch> Supervisor<'_, F> {
+    /// Reads the brokered secrets among `changed` and hands them to the broker (no debounce:
+    /// the next request uses the new value).
+    fn refresh_brokers(&mut self, changed: &[SecretName]) {
+        let Some(broker) = &self.broker else {
+            return;
+        };
+        let names: Vec<SecretName> = changed
+            .iter()
+            .filter(|n| self.brokered.contains(n))
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        match self.fetcher.read_each(&self.plan.source, &names) {
+            Ok(answers) => {
+                for (name, answer) in names.iter().zip(&answers) {
+                    broker.update(name, answer);
+                }
+                if let Some(m) = &mut self.mask {
+                    m.learn_values(
+                        names
+                            .iter()
+                            .zip(&answers)
+                            .filter_map(|(n, a)| a.as_ref().ok().map(|v| (n, v))),
+                    );
+                }
+            }
+            Err(crate::source::SourceError::Refused(why)) => {
+                for name in &names {
+                    broker.update(name, &Err(crate::source::SourceError::Refused(why.clone())));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for name in &names {
+                    broker.update(
+                        name,
+                        &Err(crate::source::SourceError::Unavailable(why.clone())),
+                    );
                 }
             }
         }

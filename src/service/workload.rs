@@ -225,6 +225,81 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Records calls a launcher's broker made for its workload (`POST
+    /// /api/v1/workload/brokered`): one audit record per call, batched like reads. Only a
+    /// workload token, for the secrets it may read now (any other name gets a read's 404), or
+    /// the launcher on a local store. Every call is checked before any is recorded.
+    pub async fn record_brokered(
+        &self,
+        caller: &Caller,
+        calls: &[crate::protocol::BrokeredCall],
+    ) -> Result<u64, ServiceError> {
+        if calls.is_empty() || calls.len() > crate::protocol::BROKERED_CALLS_MAX {
+            return Err(ServiceError::Invalid {
+                message: format!(
+                    "calls holds 1 to {} calls",
+                    crate::protocol::BROKERED_CALLS_MAX
+                ),
+                field: Some("calls"),
+            });
+        }
+        let (rows, ws) = match &caller.who {
+            Who::Workload { .. } => {
+                let (rows, _, ws) = self.readable(caller).await?;
+                (rows, ws)
+            }
+            Who::Local { user } => {
+                let ws = super::DEFAULT_WORKSPACE.to_owned();
+                let snapshot = self.snapshot(&ws).await?;
+                let rows = snapshot
+                    .by_name
+                    .values()
+                    .filter(|r| may_use(user, r))
+                    .cloned()
+                    .collect();
+                (rows, ws)
+            }
+            Who::User { .. } => {
+                return Err(ServiceError::Forbidden(
+                    "only a workload token records the calls its launcher's broker made".into(),
+                ));
+            }
+        };
+        let mut records = Vec::with_capacity(calls.len());
+        for call in calls {
+            if let Some(problem) = call.problem() {
+                return Err(ServiceError::Invalid {
+                    message: problem,
+                    field: Some("calls"),
+                });
+            }
+            let row = SecretName::parse(&call.secret)
+                .ok()
+                .and_then(|name| rows.iter().find(|r| r.meta.name == name));
+            let Some(row) = row else {
+                return Err(ServiceError::NotFound(format!(
+                    "secret {} not found",
+                    crate::secret::quote_for_error(&call.secret)
+                )));
+            };
+            records.push(caller.audit(
+                &ws,
+                AuditAction::Brokered,
+                (TargetKind::Secret, row.meta.name.as_str(), &row.id),
+                row.meta.version,
+                format!(
+                    "upstream={} method={} path={} status={} pid={} uid={}",
+                    call.upstream, call.method, call.path, call.status, call.pid, call.uid
+                ),
+            ));
+        }
+        let recorded = records.len() as u64;
+        self.record_reads(records).await?;
+        Ok(recorded)
+    }
+}
+
 /// How long until `t` (zero when it has passed).
 fn until_time(t: Timestamp) -> Duration {
     let now = Timestamp::now().nanos();

@@ -99,6 +99,15 @@ pub trait Source: Send + Sync {
     fn marks(&self, _only: &[SecretName]) -> Vec<PathBuf> {
         Vec::new()
     }
+
+    /// Records calls a broker made with this identity's secrets in the source's audit log
+    /// (a server's, through its token; the local store's). A directory keeps no audit.
+    fn record_brokered(&self, _calls: &[crate::protocol::BrokeredCall]) -> Result<(), SourceError> {
+        Err(SourceError::Failed(format!(
+            "{} keeps no audit log",
+            self.describe()
+        )))
+    }
 }
 
 /// A source a mount serves whole: it lists everything the identity may use and brings the
@@ -582,6 +591,24 @@ impl Source for ServerSource {
             read.secrets.into_iter().map(|s| (s.name, s.kind)).collect(),
         ))
     }
+
+    fn record_brokered(&self, calls: &[crate::protocol::BrokeredCall]) -> Result<(), SourceError> {
+        self.renew_if_due()?;
+        let body = crate::protocol::BrokeredCalls {
+            calls: calls.to_vec(),
+        };
+        match self.runtime.block_on(self.client().record_brokered(&body)) {
+            Err(ClientError::Unauthorized { .. }) if self.identity.is_some() => {
+                self.exchange()?;
+                self.runtime
+                    .block_on(self.client().record_brokered(&body))?;
+            }
+            other => {
+                other?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Feed for ServerSource {
@@ -679,6 +706,16 @@ impl Drop for LocalSource {
 impl Source for LocalSource {
     fn describe(&self) -> String {
         format!("local store {}", self.paths.store.display())
+    }
+
+    fn record_brokered(&self, calls: &[crate::protocol::BrokeredCall]) -> Result<(), SourceError> {
+        self.runtime
+            .block_on(self.service.record_brokered(&self.caller, calls))
+            .map(|_| ())
+            .map_err(|e| match e {
+                ServiceError::NotFound(why) => SourceError::Failed(why),
+                other => SourceError::from(other),
+            })
     }
 
     fn read(&self, names: &[SecretName]) -> Result<Values, SourceError> {

@@ -109,11 +109,13 @@ pub enum AuditAction {
     /// A platform token exchanged for a workload token, and one refused.
     IdentityExchange,
     IdentityExchangeRefused,
+    /// A workload's call through its launcher's broker, which added a secret's value.
+    Brokered,
 }
 
 impl AuditAction {
     /// Every action, for parsing and for the test that each mutation has one.
-    pub const ALL: [AuditAction; 19] = [
+    pub const ALL: [AuditAction; 20] = [
         AuditAction::Create,
         AuditAction::Update,
         AuditAction::Visibility,
@@ -133,6 +135,7 @@ impl AuditAction {
         AuditAction::IdentityRemove,
         AuditAction::IdentityExchange,
         AuditAction::IdentityExchangeRefused,
+        AuditAction::Brokered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -156,6 +159,7 @@ impl AuditAction {
             AuditAction::IdentityRemove => "identity-remove",
             AuditAction::IdentityExchange => "identity-exchange",
             AuditAction::IdentityExchangeRefused => "identity-exchange-refused",
+            AuditAction::Brokered => "brokered",
         }
     }
 

@@ -863,6 +863,7 @@ async fn every_action_is_audited(service: &Arc<Service>, local: &Caller, store: 
                 | AuditAction::IdentityRemove
                 | AuditAction::IdentityExchange
                 | AuditAction::IdentityExchangeRefused
+                | AuditAction::Brokered
         ) {
             continue;
         }
@@ -891,6 +892,20 @@ async fn every_action_is_audited(service: &Arc<Service>, local: &Caller, store: 
     let token = mint(service, &frank, &["frank_s"]).await;
     let workload = service.authenticate(&token, "").await.unwrap();
     service.renew(&workload).await.unwrap();
+    // A call a launcher's broker made with the token's secret.
+    let call = secretfs::protocol::BrokeredCall {
+        secret: "frank_s".into(),
+        upstream: "https://api.example.com/v1".into(),
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        status: 200,
+        pid: 42,
+        uid: 1000,
+    };
+    assert_eq!(
+        service.record_brokered(&workload, &[call]).await.unwrap(),
+        1
+    );
     service
         .revoke_token(&frank, &workload.token().unwrap().id)
         .await

@@ -445,3 +445,96 @@ fn rendered_files_refuse_what_cannot_work() {
         Err("refusing to put the rendered file \"x\" in LD_PRELOAD"),
     );
 }
+
+/// Plans and returns every problem (for the broker checks, which report several at once).
+fn problems_of(toml: &str, flags: &[&str]) -> Vec<String> {
+    let spec = spec::parse(toml).unwrap();
+    let flags: Vec<OsString> = flags.iter().map(OsString::from).collect();
+    let args = args::parse(&flags).unwrap();
+    plan(Inputs {
+        args: &args,
+        spec: Some((&spec, Path::new("/jobs"))),
+        lepton: None,
+        base_env: &[],
+        cwd: Path::new("/work"),
+        files: &[],
+    })
+    .err()
+    .unwrap_or_default()
+}
+
+#[test]
+fn brokers_from_the_spec_and_flags_are_checked_every_problem_at_once() {
+    let spec = spec::parse(
+        "command = [\"a\"]\n[broker.openai]\nsecret = \"OPENAI\"\nca_file = \"ca.pem\"\n\
+         [broker.custom]\nsecret = \"K\"\nupstream = \"https://api.example.com\"\nurl_env = \"K_URL\"\n\
+         header = \"x-api-key: {}\"",
+    )
+    .unwrap();
+    let flags: Vec<OsString> = [
+        "--broker",
+        "HF",
+        "--broker",
+        "OPENAI",
+        "--broker-ca-file",
+        "c2.pem",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    let args = args::parse(&flags).unwrap();
+    let p = plan(Inputs {
+        args: &args,
+        spec: Some((&spec, Path::new("/jobs"))),
+        lepton: None,
+        base_env: &[],
+        cwd: Path::new("/work"),
+        files: &[],
+    })
+    .unwrap();
+    let names: Vec<(&str, &str)> = p
+        .brokers
+        .iter()
+        .map(|b| (b.name.as_str(), b.secret.as_str()))
+        .collect();
+    assert_eq!(names, [("custom", "K"), ("openai", "OPENAI"), ("HF", "HF")]);
+    // The spec's CA file is relative to the spec, the flag's to the working directory.
+    assert_eq!(
+        p.brokers[1].ca_file.as_deref(),
+        Some(Path::new("/jobs/ca.pem"))
+    );
+    assert_eq!(
+        p.brokers[2].ca_file.as_deref(),
+        Some(Path::new("/work/c2.pem"))
+    );
+    assert_eq!(p.brokers[0].header.as_ref().unwrap().name, "x-api-key");
+    assert!(
+        p.notes.iter().any(|n| n.contains("--broker OPENAI")),
+        "{:?}",
+        p.notes
+    );
+    // Nothing of a broker is a secret the workload receives.
+    assert!(p.secret_names().is_empty());
+
+    let problems = problems_of(
+        "command = [\"a\"]\n[secrets]\nOPENAI_BASE_URL = \"X\"\n\
+         [broker.a]\nsecret = \"bad name!\"\nupstream = \"http://api.example.com\"\n\
+         header = \"x-key: nothing\"\nurl_env = \"1BAD\"\n\
+         [broker.b]\nsecret = \"B\"\nurl_env = \"OPENAI_BASE_URL\"\n\
+         [broker.c]\nsecret = \"C\"\nurl_env = \"OPENAI_BASE_URL\"",
+        &[],
+    );
+    for needle in [
+        "[broker.\"a\"]: secret:",
+        "[broker.\"a\"]: upstream \"http://api.example.com\" is not https",
+        "[broker.\"a\"]: header \"x-key\" has no {}",
+        "[broker.\"a\"]: invalid environment variable name \"1BAD\"",
+        "OPENAI_BASE_URL is set by broker \"b\" and by broker \"c\"",
+        "OPENAI_BASE_URL is set by spec [secrets] and by broker \"b\"",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "{problems:#?} lacks {needle:?}"
+        );
+    }
+}

@@ -105,3 +105,34 @@ pub fn tools_python(test: &str, module: &str) -> Option<PathBuf> {
     eprintln!("skipping {why}");
     None
 }
+
+/// Whether the memory of process `pid` holds `needle`: every readable mapping read through
+/// `/proc/PID/mem` (as root, or as the process's own user while it may be traced).
+pub fn memory_holds(pid: u32, needle: &[u8]) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("the process's maps");
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("the process's memory");
+    let mut scanned = 0usize;
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut region = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut region).is_err() {
+            continue;
+        }
+        scanned += region.len();
+        if memchr::memmem::find(&region, needle).is_some() {
+            return true;
+        }
+    }
+    assert!(scanned > 0, "no memory of pid {pid} could be read");
+    false
+}

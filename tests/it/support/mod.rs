@@ -24,7 +24,7 @@ mod tls;
 pub use api::{Api, names};
 pub use daemon::{Daemon, eventually, fuse_available, is_mounted, open_up};
 pub use deadline::{FS_LIMIT, list_within, read_within, stat_within, try_within, within};
-pub use host::{NO_PTRACE, assert_hardened, python, tools_python};
+pub use host::{NO_PTRACE, assert_hardened, may_inspect, memory_holds, python, tools_python};
 pub use http::{Http, add_user};
 pub use netns::OtherHost;
 pub use notify::NotifySocket;
