@@ -788,9 +788,10 @@ pub struct BrokeredCall {
     /// The path under the upstream, without its query string.
     #[schema(pattern = r#"^/[!"$->@-~]*$"#, max_length = 2048)]
     pub path: String,
-    /// The upstream's status (the broker's own refusals are not sent).
+    /// The upstream's status, or 0 when there was none (the client left, or the upstream
+    /// failed after it may have had the request); the broker's own refusals are not sent.
     #[serde(deserialize_with = "whole_number")]
-    #[schema(minimum = 100, maximum = 599)]
+    #[schema(minimum = 0, maximum = 599)]
     pub status: u64,
     /// The calling process and its user, as the broker's host sees them.
     #[serde(deserialize_with = "whole_number")]
@@ -829,8 +830,8 @@ impl BrokeredCall {
                     .into(),
             );
         }
-        if !(100..=599).contains(&self.status) {
-            return Some("status must be from 100 to 599".into());
+        if self.status > 599 {
+            return Some("status must be 0 (no answer) to 599".into());
         }
         if self.pid > u64::from(u32::MAX) || self.uid > u64::from(u32::MAX) {
             return Some("pid and uid are at most 4294967295".into());

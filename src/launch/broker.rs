@@ -25,6 +25,28 @@ pub struct BrokerPlan {
     pub url_env: Option<String>,
     pub key_env: Option<String>,
     pub ca_file: Option<PathBuf>,
+    /// On a Unix socket, whose path goes in this variable; `None`: on a loopback port.
+    pub socket_env: Option<String>,
+}
+
+/// The variable a socket broker's path goes in when the spec names none: `NAME_SOCKET`, the
+/// name upper-cased, what a variable cannot hold as `_`.
+pub fn default_socket_env(name: &str) -> String {
+    let mut v: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if v.starts_with(|c: char| c.is_ascii_digit()) {
+        v.insert(0, '_');
+    }
+    v.push_str("_SOCKET");
+    v
 }
 
 /// How the credential header is made from the value: `Name: before{}after`, where `{}` is the
@@ -194,6 +216,8 @@ pub struct Route {
     /// git's `url.<broker>.insteadOf` this prefix (`https://github.com/`).
     pub git_instead_of: Option<String>,
     pub ca_file: Option<PathBuf>,
+    /// On a Unix socket, whose path goes in this variable.
+    pub socket_env: Option<String>,
 }
 
 /// What a kind's broker does when the spec does not say.
@@ -287,6 +311,7 @@ pub fn complete(plan: &BrokerPlan, kind: Option<SecretKind>) -> Result<Vec<Route
                 .or(d.key_env.map(str::to_owned)),
             git_instead_of: d.git_instead_of.map(str::to_owned),
             ca_file: plan.ca_file.clone(),
+            socket_env: plan.socket_env.clone().filter(|_| mine),
         })
     };
     match kind.and_then(defaults) {
@@ -323,15 +348,18 @@ pub fn complete(plan: &BrokerPlan, kind: Option<SecretKind>) -> Result<Vec<Route
                 key_env: plan.key_env.clone(),
                 git_instead_of: None,
                 ca_file: plan.ca_file.clone(),
+                socket_env: plan.socket_env.clone(),
             }])
         }
     }
 }
 
-/// Where a listener is: its base URL (`http://127.0.0.1:PORT/PREFIX`) and the placeholder.
+/// Where a listener is: its base URL (`http://127.0.0.1:PORT/PREFIX`, or `http://localhost/PREFIX`
+/// on a Unix socket), the socket's path if it is on one, and the placeholder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address {
     pub base: String,
+    pub socket: Option<String>,
     pub placeholder: String,
 }
 
@@ -351,6 +379,9 @@ pub fn variables(
         }
         if let Some(v) = &route.key_env {
             out.push((v.clone(), addr.placeholder.clone()));
+        }
+        if let (Some(v), Some(path)) = (&route.socket_env, &addr.socket) {
+            out.push((v.clone(), path.clone()));
         }
         if let Some(prefix) = &route.git_instead_of {
             git.push((format!("url.{}/.insteadOf", addr.base), prefix.clone()));
@@ -393,13 +424,24 @@ pub fn render(routes: &[Route]) -> String {
         ));
         if let Some(v) = &r.url_env {
             out.push_str(&format!(
-                "{v}=<broker {}: http://127.0.0.1:PORT/PREFIX>  # broker\n",
-                r.name
+                "{v}=<broker {}: {}/PREFIX>  # broker\n",
+                r.name,
+                if r.socket_env.is_some() {
+                    "http://localhost"
+                } else {
+                    "http://127.0.0.1:PORT"
+                }
             ));
         }
         if let Some(v) = &r.key_env {
             out.push_str(&format!(
                 "{v}=<placeholder of broker {}>  # broker\n",
+                r.name
+            ));
+        }
+        if let Some(v) = &r.socket_env {
+            out.push_str(&format!(
+                "{v}=<the Unix socket of broker {}>  # broker\n",
                 r.name
             ));
         }
@@ -420,6 +462,7 @@ pub fn render(routes: &[Route]) -> String {
 pub fn names_set(routes: &[Route]) -> Vec<String> {
     let placeholder = Address {
         base: String::new(),
+        socket: Some(String::new()),
         placeholder: String::new(),
     };
     let addresses = vec![placeholder; routes.len()];

@@ -11,6 +11,7 @@ pub mod args;
 pub mod broker;
 pub mod exec;
 pub mod mask;
+pub mod peer;
 pub mod plan;
 pub mod proxy;
 pub mod resolve;

@@ -486,12 +486,18 @@ fn plan_brokers(
             .header
             .as_deref()
             .and_then(|h| HeaderTemplate::parse(h).map_err(|e| errors.push(e)).ok());
-        for v in [&b.url_env, &b.key_env].into_iter().flatten() {
+        for v in [&b.url_env, &b.key_env, &b.socket_env]
+            .into_iter()
+            .flatten()
+        {
             if !valid_env_name(v) {
                 errors.push(format!(
                     "invalid environment variable name {v:?}: use {ENV_RULE}"
                 ));
             }
+        }
+        if b.socket_env.is_some() && !b.socket {
+            errors.push("socket_env names the socket's variable: set socket = true too".into());
         }
         let Some(secret) = secret.filter(|_| errors.is_empty()) else {
             problems.extend(errors.into_iter().map(|e| format!("{at}: {e}")));
@@ -505,6 +511,11 @@ fn plan_brokers(
             url_env: b.url_env.clone(),
             key_env: b.key_env.clone(),
             ca_file: b.ca_file.as_ref().map(|p| paths.rel(p)).or(flag_ca.clone()),
+            socket_env: b.socket.then(|| {
+                b.socket_env
+                    .clone()
+                    .unwrap_or_else(|| super::broker::default_socket_env(name))
+            }),
         });
     }
     for s in &args.brokers {
@@ -527,11 +538,15 @@ fn plan_brokers(
             url_env: None,
             key_env: None,
             ca_file: flag_ca.clone(),
+            socket_env: None,
         });
     }
     let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
     for b in &brokers {
-        for v in [&b.url_env, &b.key_env].into_iter().flatten() {
+        for v in [&b.url_env, &b.key_env, &b.socket_env]
+            .into_iter()
+            .flatten()
+        {
             if let Some(other) = seen.insert(v, &b.name) {
                 problems.push(format!(
                     "{v} is set by broker \"{other}\" and by broker \"{}\"; give each its own \

@@ -9,7 +9,7 @@
 //! the system's roots (plus `ca_file`).
 //!
 //! Who may call: a connection is served only when it comes from the workload's user (the
-//! socket's owner in `/proc/net/tcp`, whose uid the kernel records for every socket), and a
+//! socket's owner as the kernel records it: `peer`, or `SO_PEERCRED` on a Unix socket), and a
 //! request only under the route's per-run prefix (128 random bits, in the base URL the
 //! workload alone was given) with the broker's own address as its `Host` (a request meant for
 //! another host, or sent as to a proxy, is refused: the broker is no general proxy).
@@ -36,6 +36,22 @@ use crate::source::SourceError;
 
 type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
+/// The calling process of a connection, for its calls' audit records: found beside the
+/// connection's first requests (a scan of `/proc/*/fd` takes milliseconds: before serving, it
+/// delayed every new connection's first byte by 9 ms in `scripts/bench-broker`), 0 when not
+/// found.
+type Pid = Arc<std::sync::OnceLock<u32>>;
+
+/// Connections a run's brokers hold open at once, and how long a request's head may take.
+const MAX_CONNECTIONS: usize = 256;
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The longest path forwarded (what the audit log takes).
+const MAX_PATH: usize = 2048;
+
+/// How long the audit writer waits for a call's pid to be found before it records 0.
+const PID_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What a listener sends with each request now.
 enum Credential {
     /// The header's value, in locked memory.
@@ -51,15 +67,19 @@ struct Listener {
     /// `/` and 32 hex digits.
     prefix: String,
     placeholder: String,
-    /// The `Host`s a request to the broker carries (`127.0.0.1:PORT`, `localhost:PORT`).
-    hosts: [String; 2],
+    /// The `Host`s a request to the broker carries (`127.0.0.1:PORT`, `localhost:PORT`); empty
+    /// on a Unix socket, which no browser or proxy reaches: any `Host` is its own.
+    hosts: Vec<String>,
     base: String,
     credential: RwLock<Credential>,
     client: reqwest::Client,
     /// The workload's user: the only one served.
     uid: u32,
     /// Where each forwarded call's audit record goes (none for a directory source).
-    audit: Option<std::sync::mpsc::Sender<BrokeredCall>>,
+    audit: Option<std::sync::mpsc::Sender<(BrokeredCall, Pid)>>,
+    /// Connections open at once, every listener of the run together: past it, new ones wait
+    /// in the kernel's queue (the launcher's descriptors stay for its own work).
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 /// The brokers of a run, serving until dropped.
@@ -69,6 +89,8 @@ pub struct Running {
     /// The audit writer: told it is done when every listener is gone; says when it has
     /// written what was left.
     written: Option<std::sync::mpsc::Receiver<()>>,
+    /// The 0700 directory of the Unix sockets, removed at the end.
+    socket_dir: Option<std::path::PathBuf>,
 }
 
 impl Drop for Running {
@@ -81,7 +103,36 @@ impl Drop for Running {
         if let Some(written) = self.written.take() {
             let _ = written.recv_timeout(AUDIT_DRAIN);
         }
+        if let Some(dir) = self.socket_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// A listener's socket before the runtime takes it.
+enum Socket {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener, String),
+}
+
+/// A directory only this user may enter, for the brokers' Unix sockets: under
+/// `$XDG_RUNTIME_DIR` when there is one, else the temporary directory.
+fn socket_dir() -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(std::env::temp_dir, std::path::PathBuf::from);
+    let dir = parent.join(format!("secretfs-broker-{}", random_hex()?));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| {
+            format!(
+                "cannot make the brokers' socket directory {}: {e}",
+                dir.display()
+            )
+        })?;
+    Ok(dir)
 }
 
 /// How often the audit writer sends what has gathered (the first call of a quiet spell goes
@@ -129,13 +180,35 @@ impl Running {
         let mut problems = Vec::new();
         let uid = nix::unistd::getuid().as_raw();
         let mut prepared = Vec::new();
+        let dir = if routes.iter().any(|r| r.socket_env.is_some()) {
+            Some(socket_dir().map_err(|e| vec![e])?)
+        } else {
+            None
+        };
         for (route, value) in routes.iter().zip(values) {
             let header = HeaderName::from_bytes(route.header.name.as_bytes())
                 .map_err(|_| format!("broker \"{}\": bad header name", route.name));
             let slot = header_slot(route, value);
             let client = upstream_client(route);
-            let socket = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .map_err(|e| format!("broker \"{}\": cannot listen on 127.0.0.1: {e}", route.name));
+            let socket = match (&dir, &route.socket_env) {
+                (Some(dir), Some(_)) => {
+                    let path = dir.join(format!("{}.sock", route.name.replace('/', "-")));
+                    std::os::unix::net::UnixListener::bind(&path)
+                        .map(|l| Socket::Unix(l, path.display().to_string()))
+                        .map_err(|e| {
+                            format!(
+                                "broker \"{}\": cannot listen on {}: {e}",
+                                route.name,
+                                path.display()
+                            )
+                        })
+                }
+                _ => std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                    .map(Socket::Tcp)
+                    .map_err(|e| {
+                        format!("broker \"{}\": cannot listen on 127.0.0.1: {e}", route.name)
+                    }),
+            };
             match (header, slot, client, socket, random_hex(), random_hex()) {
                 (Ok(h), Ok(s), Ok(c), Ok(sock), Ok(prefix), Ok(tail)) => {
                     prepared.push((route.clone(), h, s, c, sock, prefix, tail))
@@ -151,10 +224,19 @@ impl Running {
             }
         }
         if !problems.is_empty() {
+            if let Some(dir) = dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
             return Err(problems);
         }
+        // Two malloc arenas, not one per thread: a thread each that allocates would hold its
+        // own pages (the workload, exec'd, is not affected).
+        crate::fs::memory::limit_malloc_arenas();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            // The /proc reads of each new connection; a burst of connections must not start a
+            // thread each.
+            .max_blocking_threads(2)
             .thread_name("broker")
             .enable_all()
             .build()
@@ -174,41 +256,68 @@ impl Running {
             }
             None => (None, None),
         };
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut listeners = Vec::new();
         let mut addresses = Vec::new();
         for (route, header, slot, client, socket, prefix, tail) in prepared {
-            let port = socket.local_addr().map_err(|e| vec![e.to_string()])?.port();
             let prefix = format!("/{prefix}");
-            let base = format!("http://127.0.0.1:{port}{prefix}");
             let placeholder = format!("secretfs-broker-placeholder-{tail}");
+            let (base, hosts, path) = match &socket {
+                Socket::Tcp(l) => {
+                    let port = l.local_addr().map_err(|e| vec![e.to_string()])?.port();
+                    (
+                        format!("http://127.0.0.1:{port}{prefix}"),
+                        vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")],
+                        None,
+                    )
+                }
+                Socket::Unix(_, path) => (
+                    format!("http://localhost{prefix}"),
+                    Vec::new(),
+                    Some(path.clone()),
+                ),
+            };
             let listener = Arc::new(Listener {
                 header,
                 prefix,
                 placeholder: placeholder.clone(),
-                hosts: [format!("127.0.0.1:{port}"), format!("localhost:{port}")],
+                hosts,
                 base: base.clone(),
                 credential: RwLock::new(Credential::Ready(slot)),
                 client,
                 uid,
                 route,
                 audit: audit.clone(),
+                connections: connections.clone(),
             });
-            socket
-                .set_nonblocking(true)
-                .map_err(|e| vec![e.to_string()])?;
-            let accepting = {
-                let _inside = runtime.enter();
-                tokio::net::TcpListener::from_std(socket).map_err(|e| vec![e.to_string()])?
-            };
-            runtime.spawn(accept(accepting, listener.clone()));
+            let _inside = runtime.enter();
+            match socket {
+                Socket::Tcp(l) => {
+                    l.set_nonblocking(true).map_err(|e| vec![e.to_string()])?;
+                    let l =
+                        tokio::net::TcpListener::from_std(l).map_err(|e| vec![e.to_string()])?;
+                    runtime.spawn(accept_tcp(l, listener.clone()));
+                }
+                Socket::Unix(l, _) => {
+                    l.set_nonblocking(true).map_err(|e| vec![e.to_string()])?;
+                    let l =
+                        tokio::net::UnixListener::from_std(l).map_err(|e| vec![e.to_string()])?;
+                    runtime.spawn(accept_unix(l, listener.clone()));
+                }
+            }
             listeners.push(listener);
-            addresses.push(Address { base, placeholder });
+            addresses.push(Address {
+                base,
+                socket: path,
+                placeholder,
+            });
         }
         Ok((
             Running {
                 listeners,
                 runtime: Some(runtime),
                 written,
+                socket_dir: dir,
             },
             addresses,
         ))
@@ -269,8 +378,11 @@ fn upstream_client(route: &Route) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("broker \"{}\": cannot set up HTTPS: {e}", route.name))
 }
 
-async fn accept(socket: tokio::net::TcpListener, listener: Arc<Listener>) {
+async fn accept_tcp(socket: tokio::net::TcpListener, listener: Arc<Listener>) {
     loop {
+        let Ok(permit) = listener.connections.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match socket.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -281,105 +393,113 @@ async fn accept(socket: tokio::net::TcpListener, listener: Arc<Listener>) {
         };
         let listener = listener.clone();
         tokio::spawn(async move {
-            let ours = stream.local_addr().ok();
-            let caller = match ours {
-                // /proc reads: off the runtime's threads.
-                Some(ours) => tokio::task::spawn_blocking(move || {
-                    socket_owner(peer, ours).map(|(uid, inode)| (uid, pid_of_socket(inode)))
-                })
-                .await
-                .ok()
-                .flatten(),
-                None => None,
-            };
-            let pid = caller.and_then(|(_, pid)| pid).unwrap_or(0);
-            let refusal = match caller.map(|(uid, _)| uid) {
-                Some(uid) if uid == listener.uid => None,
-                Some(uid) => Some(format!(
-                    "the caller runs as uid {uid}, not as the workload's user (uid {}): only the \
-                     workload may use this broker",
-                    listener.uid
-                )),
-                None => Some("the caller's user cannot be told; refused".to_owned()),
-            };
-            let _ = stream.set_nodelay(true);
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let listener = listener.clone();
-                let refusal = refusal.clone();
-                async move {
-                    Ok::<_, Infallible>(match refusal {
-                        Some(why) => refuse(StatusCode::FORBIDDEN, &why),
-                        None => forward(&listener, req, pid).await,
-                    })
+            // The owner before a byte is served (one netlink lookup); the process only for the
+            // audit, beside the serving (a scan of /proc: off the runtime's threads).
+            let owner = match (peer, stream.local_addr()) {
+                (SocketAddr::V4(client), Ok(SocketAddr::V4(server))) => {
+                    super::peer::owner(client, server)
                 }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
+                _ => None,
+            };
+            let pid = Pid::default();
+            if let Some((uid, inode)) = owner
+                && uid == listener.uid
+            {
+                let slot = pid.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = slot.set(super::peer::pid_of_socket(inode).unwrap_or(0));
+                });
+            }
+            let _ = stream.set_nodelay(true);
+            serve(stream, listener, owner.map(|(uid, _)| uid), pid, permit).await;
         });
     }
 }
 
-/// The uid that owns the loopback socket at `peer` connected to `ours`, and the socket's inode,
-/// from `/proc/net/tcp` (the kernel prints each socket's addresses as hex of their bytes in
-/// memory order, its owner's uid and its inode).
-fn socket_owner(peer: SocketAddr, ours: SocketAddr) -> Option<(u32, u64)> {
-    let hex = |a: SocketAddr| match a {
-        SocketAddr::V4(v4) => Some(format!(
-            "{:08X}:{:04X}",
-            u32::from_ne_bytes(v4.ip().octets()),
-            v4.port()
-        )),
-        SocketAddr::V6(_) => None,
-    };
-    let (local, remote) = (hex(peer)?, hex(ours)?);
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
-            .then(|| Some((fields.get(7)?.parse().ok()?, fields.get(9)?.parse().ok()?)))
-            .flatten()
-    })
+/// On a Unix socket the kernel says who connected (`SO_PEERCRED`).
+async fn accept_unix(socket: tokio::net::UnixListener, listener: Arc<Listener>) {
+    loop {
+        let Ok(permit) = listener.connections.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match socket.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "broker: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let caller = stream.peer_cred().ok();
+        let pid = Pid::default();
+        let _ = pid.set(
+            caller
+                .and_then(|c| c.pid())
+                .and_then(|p| u32::try_from(p).ok())
+                .unwrap_or(0),
+        );
+        tokio::spawn(serve(
+            stream,
+            listener.clone(),
+            caller.map(|c| c.uid()),
+            pid,
+            permit,
+        ));
+    }
 }
 
-/// The process holding the socket of `inode` (the first found: a socket inherited across a
-/// fork is held by both), from the links in `/proc/PID/fd`. For the audit only: a process
-/// this one may not look into is not found (pid 0 in the record).
-fn pid_of_socket(inode: u64) -> Option<u32> {
-    let wanted = format!("socket:[{inode}]");
-    let ours = std::process::id();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == ours {
-            continue;
+/// Serves one connection whose caller runs as `uid` (its process: `pid`, once found):
+/// forwarded when it is the workload's user, else every request refused with the reason.
+async fn serve<IO>(
+    stream: IO,
+    listener: Arc<Listener>,
+    uid: Option<u32>,
+    pid: Pid,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let refusal = match uid {
+        Some(uid) if uid == listener.uid => None,
+        Some(uid) => Some(format!(
+            "the caller runs as uid {uid}, not as the workload's user (uid {}): only the \
+             workload may use this broker",
+            listener.uid
+        )),
+        None => Some("the caller's user cannot be told; refused".to_owned()),
+    };
+    let refused = refusal.is_some();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let listener = listener.clone();
+        let refusal = refusal.clone();
+        let pid = pid.clone();
+        async move {
+            Ok::<_, Infallible>(match refusal {
+                Some(why) => refuse(StatusCode::FORBIDDEN, &why),
+                None => forward(&listener, req, pid).await,
+            })
         }
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()) {
-                return Some(pid);
-            }
-        }
-    }
-    None
+    });
+    // A head must arrive within HEAD_TIMEOUT (hyper needs a timer for it), and another
+    // user's connection gets its one answer and is closed.
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .keep_alive(!refused)
+        .serve_connection(io, service)
+        .await;
+    drop(permit);
 }
 
 /// Sends the calls that come in to the source's audit log: the first of a quiet spell at once,
 /// the rest every [`AUDIT_EVERY`], up to [`AUDIT_BATCH`] a request; through an outage they
 /// wait (the oldest dropped past [`AUDIT_KEPT`], said once); at the end (every sender gone)
 /// what is left is written once more.
-fn write_audit(source: &dyn Source, calls: &std::sync::mpsc::Receiver<BrokeredCall>) {
+fn write_audit(source: &dyn Source, calls: &std::sync::mpsc::Receiver<(BrokeredCall, Pid)>) {
     use std::sync::mpsc::RecvTimeoutError;
     use std::time::Instant;
-    let mut pending: std::collections::VecDeque<BrokeredCall> = Default::default();
+    let mut pending: std::collections::VecDeque<(BrokeredCall, Pid)> = Default::default();
     let mut last = Instant::now() - AUDIT_EVERY;
     let mut failing = false;
     let mut dropped = 0usize;
@@ -407,13 +527,40 @@ fn write_audit(source: &dyn Source, calls: &std::sync::mpsc::Receiver<BrokeredCa
         last = Instant::now();
         while !pending.is_empty() {
             let n = pending.len().min(AUDIT_BATCH);
-            let batch: Vec<BrokeredCall> = pending.iter().take(n).cloned().collect();
+            let waited = Instant::now();
+            let batch: Vec<BrokeredCall> = pending
+                .iter()
+                .take(n)
+                .map(|(call, pid)| {
+                    while pid.get().is_none() && waited.elapsed() < PID_WAIT {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                    BrokeredCall {
+                        pid: u64::from(pid.get().copied().unwrap_or(0)),
+                        ..call.clone()
+                    }
+                })
+                .collect();
             match source.record_brokered(&batch) {
                 Ok(()) => {
                     pending.drain(..n);
                     if failing {
                         eprintln!("secretfs run: broker: the audit log takes the calls again");
                         failing = false;
+                    }
+                }
+                // Refused, not unreachable (a secret deleted since its calls): each call on its
+                // own, so that one refused does not hold back the rest, nor the next batches.
+                Err(crate::source::SourceError::Failed(_)) => {
+                    pending.drain(..n);
+                    for call in &batch {
+                        if let Err(e) = source.record_brokered(std::slice::from_ref(call)) {
+                            eprintln!(
+                                "secretfs run: broker: a call to {} with secret \"{}\" could \
+                                 not be recorded in the audit log: {e}",
+                                call.upstream, call.secret
+                            );
+                        }
                     }
                 }
                 Err(e) => {
@@ -484,7 +631,26 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(hyper::header::TRANSFER_ENCODING);
 }
 
-async fn forward(l: &Listener, req: Request<Incoming>, pid: u32) -> Response<Body> {
+async fn forward(l: &Listener, req: Request<Incoming>, pid: Pid) -> Response<Body> {
+    if req.method() == hyper::Method::TRACE {
+        // TRACE echoes the request, credential and all.
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "TRACE is not forwarded: its answer would echo the credential",
+        );
+    }
+    if !(1..=16).contains(&req.method().as_str().len())
+        || !req
+            .method()
+            .as_str()
+            .bytes()
+            .all(|b| b.is_ascii_uppercase())
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the method must be 1 to 16 capital letters (GET, POST, ...)",
+        );
+    }
     if req.method() == hyper::Method::CONNECT || req.uri().authority().is_some() {
         return refuse(
             StatusCode::MISDIRECTED_REQUEST,
@@ -499,7 +665,9 @@ async fn forward(l: &Listener, req: Request<Incoming>, pid: u32) -> Response<Bod
         .headers()
         .get(hyper::header::HOST)
         .and_then(|h| h.to_str().ok());
-    if !host.is_some_and(|h| l.hosts.iter().any(|ours| ours.eq_ignore_ascii_case(h))) {
+    if !l.hosts.is_empty()
+        && !host.is_some_and(|h| l.hosts.iter().any(|ours| ours.eq_ignore_ascii_case(h)))
+    {
         return refuse(
             StatusCode::MISDIRECTED_REQUEST,
             &format!(
@@ -540,6 +708,25 @@ async fn forward(l: &Listener, req: Request<Incoming>, pid: u32) -> Response<Bod
             "the request's path is not a valid URL path",
         );
     };
+    // Dot segments (`..`, `%2e%2e`) are resolved by the parse: the path must still be under the
+    // upstream's base path, where the credential is meant to go.
+    let base = l.route.upstream.path().trim_end_matches('/');
+    if url
+        .path()
+        .strip_prefix(base)
+        .is_none_or(|rest| !(rest.is_empty() || rest.starts_with('/')))
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            &format!("the path leaves the upstream's base path {base:?}"),
+        );
+    }
+    if url.path().len() > MAX_PATH {
+        return refuse(
+            StatusCode::URI_TOO_LONG,
+            &format!("the path is longer than {MAX_PATH} bytes"),
+        );
+    }
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
@@ -555,7 +742,21 @@ async fn forward(l: &Listener, req: Request<Incoming>, pid: u32) -> Response<Bod
         headers.remove(n);
     }
     headers.insert(l.header.clone(), header);
-    let method = parts.method.clone();
+    // Recorded however the call ends: answered (its status), or abandoned by the client or
+    // failed after the upstream may have had it (status 0).
+    let mut audited = l.audit.as_ref().map(|tx| Audited {
+        tx: tx.clone(),
+        call: Some(BrokeredCall {
+            secret: l.route.secret.as_str().to_owned(),
+            upstream: l.route.upstream.as_str().to_owned(),
+            method: parts.method.as_str().to_owned(),
+            path: url.path().to_owned(),
+            status: 0,
+            pid: 0,
+            uid: u64::from(l.uid),
+        }),
+        pid,
+    });
     let sent = l
         .client
         .request(parts.method, url.clone())
@@ -576,17 +777,10 @@ async fn forward(l: &Listener, req: Request<Incoming>, pid: u32) -> Response<Bod
             );
         }
     };
-    if let Some(audit) = &l.audit {
-        let _ = audit.send(BrokeredCall {
-            secret: l.route.secret.as_str().to_owned(),
-            upstream: l.route.upstream.as_str().to_owned(),
-            method: method.as_str().to_owned(),
-            path: url.path().to_owned(),
-            status: u64::from(answer.status().as_u16()),
-            pid: u64::from(pid),
-            uid: u64::from(l.uid),
-        });
+    if let Some(call) = audited.as_mut().and_then(|a| a.call.as_mut()) {
+        call.status = u64::from(answer.status().as_u16());
     }
+    drop(audited);
     let answer: Response<reqwest::Body> = answer.into();
     let (mut parts, body) = answer.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -596,6 +790,21 @@ async fn forward(l: &Listener, req: Request<Incoming>, pid: u32) -> Response<Bod
         parts.headers.insert(hyper::header::LOCATION, ours);
     }
     Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+}
+
+/// A call's audit record, sent when dropped.
+struct Audited {
+    tx: std::sync::mpsc::Sender<(BrokeredCall, Pid)>,
+    call: Option<BrokeredCall>,
+    pid: Pid,
+}
+
+impl Drop for Audited {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            let _ = self.tx.send((call, self.pid.clone()));
+        }
+    }
 }
 
 impl Listener {

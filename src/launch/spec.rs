@@ -60,6 +60,12 @@ pub struct BrokerSpec {
     pub key_env: Option<String>,
     /// A PEM of CA certificates to trust for the upstream, besides the system's.
     pub ca_file: Option<PathBuf>,
+    /// Listen on a Unix socket (in a 0700 directory of its own) instead of a loopback port, for
+    /// clients that take one (`curl --unix-socket`); its path goes in `socket_env`.
+    #[serde(default)]
+    pub socket: bool,
+    /// The variable that gets the socket's path (default: `NAME_SOCKET`, upper-cased).
+    pub socket_env: Option<String>,
 }
 
 /// Where secrets come from. At most one of `dir`, `store`, `url`.

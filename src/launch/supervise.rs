@@ -310,6 +310,17 @@ fn start_brokers(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Brokered, Vec<
         }
     };
     let set = super::broker::variables(&routes, &addresses, &existing);
+    // The launcher's way to the store is not the workload's business.
+    out.inherited
+        .retain(|(k, _)| !matches!(k.to_str(), Some("SECRETFS_STORE" | "SECRETFS_KEY_FILE")));
+    if let Some(what) = readable_source(&plan.source) {
+        say(&format!(
+            "warning: the workload runs as this user and can read {what}, and through it the \
+             brokered values themselves; to keep them out of its hands, give the launcher a \
+             server token in SECRETFS_TOKEN (which the workload does not inherit) or run the \
+             workload as another user"
+        ));
+    }
     for (name, value) in set {
         out.inherited
             .retain(|(k, _)| k.as_os_str() != name.as_str());
@@ -321,6 +332,27 @@ fn start_brokers(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Brokered, Vec<
         });
     }
     Ok((out, running, values))
+}
+
+/// What of the launcher's source a workload of the same user can read for itself (a
+/// directory, the store and its key file, a token file), if anything: a brokered value is only
+/// out of its hands when the source is not (a token in `SECRETFS_TOKEN`, which the launcher
+/// reads and the workload does not inherit).
+fn readable_source(source: &SourcePlan) -> Option<String> {
+    use crate::source::choose::CredentialSpec;
+    match source {
+        SourcePlan::Dir { path, .. } => Some(format!("the directory {}", path.display())),
+        SourcePlan::Store { path, .. } => Some(match path {
+            Some(p) => format!("the store {} and its key file", p.display()),
+            None => "the default store and its key file".to_owned(),
+        }),
+        SourcePlan::Server { credential, .. } => match credential {
+            CredentialSpec::Token(_) => None,
+            file @ (CredentialSpec::TokenFile(_) | CredentialSpec::Identity { .. }) => {
+                Some(file.describe())
+            }
+        },
+    }
 }
 
 /// Runs the plan's command under supervision until it ends; returns its status.

@@ -88,7 +88,13 @@ fn setup(secrets: &[(&str, &str, &str)]) -> (Scratch, PathBuf, Upstream, Upstrea
 /// CAP_SYS_PTRACE (`setpriv NO_PTRACE`), so that what a same-uid process may read of it is what
 /// its dumpability says.
 fn launch(s: &Scratch, args: &[&str], command: &[&str]) -> Running {
-    let scratch = s.cmd(&["run"]);
+    launch_env(s, &[], args, command)
+}
+
+/// [`launch`] with these variables set for the launcher.
+fn launch_env(s: &Scratch, env: &[(&str, &str)], args: &[&str], command: &[&str]) -> Running {
+    let mut scratch = s.cmd(&["run"]);
+    scratch.envs(env.iter().copied());
     let mut cmd = Command::new("setpriv");
     cmd.args(NO_PTRACE)
         .arg(bin())
@@ -125,8 +131,12 @@ fn wait_for(s: &Scratch, file: &str, run: &Running) {
 
 const SDK_WORKLOAD: &str = r#"
 import json, os, sys, time
-import openai, huggingface_hub as hub
+import anthropic, datadog, openai, huggingface_hub as hub
 out = {}
+datadog.initialize()
+out["datadog"] = datadog.api.Event.create(title="deploy", text="through the broker")["status"]
+out["claude"] = anthropic.Anthropic().messages.create(
+    model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}]).content[0].text
 client = openai.OpenAI()
 out["chat"] = client.chat.completions.create(
     model="m", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
@@ -168,21 +178,32 @@ fn auth_seen(up: &Upstream, part: &str) -> Vec<String> {
 
 #[test]
 fn the_sdks_call_through_the_broker_and_the_workload_never_holds_the_key() {
-    let Some(tools) = tools_python("broker SDKs", "openai") else {
+    let Some(tools) = tools_python("broker SDKs", "openai, anthropic, datadog") else {
         return;
     };
     let openai_key = format!("sk-{}", unique_canary("broker-openai"));
     let hf_key = format!("hf_{}", unique_canary("broker-hf"));
+    let claude_key = format!("sk-ant-{}", unique_canary("broker-claude"));
+    let dd_key = format!("dd{}", unique_canary("broker-datadog"));
     let (s, ca, up, _other) = setup(&[
         ("OPENAI", "openai", &openai_key),
         ("HF", "huggingface", &hf_key),
+        ("CLAUDE", "custom", &claude_key),
+        ("DD", "datadog", &dd_key),
     ]);
+    // Anthropic's SDK reads ANTHROPIC_BASE_URL: a custom broker with its header.
     std::fs::write(
         s.path().join("job.toml"),
         format!(
             "[broker.openai]\nsecret = \"OPENAI\"\nupstream = \"{}\"\n\n\
-             [broker.hub]\nsecret = \"HF\"\nupstream = \"{}\"\n",
+             [broker.hub]\nsecret = \"HF\"\nupstream = \"{}\"\n\n\
+             [broker.claude]\nsecret = \"CLAUDE\"\nupstream = \"{}\"\n\
+             header = \"x-api-key: {{}}\"\nurl_env = \"ANTHROPIC_BASE_URL\"\n\
+             key_env = \"ANTHROPIC_API_KEY\"\n\n\
+             [broker.dd]\nsecret = \"DD\"\nupstream = \"{}\"\n",
             up.url("/v1"),
+            up.url(""),
+            up.url(""),
             up.url("")
         ),
     )
@@ -205,6 +226,22 @@ fn the_sdks_call_through_the_broker_and_the_workload_never_holds_the_key() {
     wait_for(&s, "phase-a", &run);
     let out: serde_json::Value = serde_json::from_str(&read(&s, "phase-a")).unwrap();
     assert_eq!(out["chat"], "stand-in reply");
+    assert_eq!(out["claude"], "stand-in reply");
+    assert_eq!(out["datadog"], "ok");
+    let events: Vec<serde_json::Value> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r["path"].as_str().unwrap().starts_with("/api/v1/events"))
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["headers"]["dd-api-key"], dd_key.as_str());
+    let messages: Vec<serde_json::Value> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r["path"] == "/v1/messages")
+        .collect();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["headers"]["x-api-key"], claude_key.as_str());
     assert_eq!(out["stream"], "stand-in says hi");
     assert_eq!(out["sha"], "0123456789abcdef0123456789abcdef01234567");
     assert_eq!(out["file"], "{\"model_type\": \"stand-in\"}\n");
@@ -238,7 +275,7 @@ fn the_sdks_call_through_the_broker_and_the_workload_never_holds_the_key() {
     // The workload holds neither value: environment, memory, output.
     let pid = out["pid"].as_u64().unwrap() as u32;
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    for key in [&openai_key, &hf_key] {
+    for key in [&openai_key, &hf_key, &claude_key, &dd_key] {
         assert!(memchr::memmem::find(&environ, key.as_bytes()).is_none());
         assert!(
             !memory_holds(pid, key.as_bytes()),
@@ -287,7 +324,7 @@ fn the_sdks_call_through_the_broker_and_the_workload_never_holds_the_key() {
         output.contains("after rotation: stand-in reply"),
         "{output}"
     );
-    for key in [&openai_key, &hf_key, &rotated] {
+    for key in [&openai_key, &hf_key, &claude_key, &dd_key, &rotated] {
         assert!(!output.contains(key.as_str()), "a value reached the output");
     }
 
@@ -450,6 +487,52 @@ fn only_the_workload_may_use_the_broker_and_a_deleted_secret_is_refused_with_the
     ]);
     assert_eq!(code, 421, "{body}");
     assert!(body.contains("not a proxy"), "{body}");
+    // Only under the upstream's base path: dot segments, plain or escaped, are resolved first
+    // and a path that leaves it is refused; TRACE (an echo) and odd methods are not sent.
+    for path in ["/../../x", "/%2e%2e/%2e%2e/admin", "/.%2e/secret"] {
+        let (code, body) = curl(&["--path-as-is", &format!("{base}{path}")]);
+        assert_eq!(code, 400, "{path}: {body}");
+        assert!(body.contains("leaves the upstream's base path"), "{body}");
+    }
+    let (code, body) = curl(&["-X", "TRACE", &format!("{base}/t")]);
+    assert_eq!(code, 405, "{body}");
+    let (code, body) = curl(&["-X", "get", &format!("{base}/t")]);
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = curl(&[&format!("{base}/{}", "a".repeat(3000))]);
+    assert_eq!(code, 414);
+    // A client on a dual-stack IPv6 socket (Java's default) is told apart like any other.
+    let port_number: u16 = port.parse().unwrap();
+    let prefix_path = base
+        .strip_prefix(&format!("http://127.0.0.1:{port}"))
+        .unwrap();
+    let dual = Command::new(python())
+        .args([
+            "-c",
+            &format!(
+                "import socket; s = socket.socket(socket.AF_INET6); \
+                 s.connect(('::ffff:127.0.0.1', {port_number})); \
+                 s.sendall(b'GET {prefix_path}/models HTTP/1.1\\r\\nHost: 127.0.0.1:{port_number}\\r\\nConnection: close\\r\\n\\r\\n'); \
+                 print(s.recv(100).split(b'\\r\\n')[0].decode())"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&dual.stdout).trim(),
+        "HTTP/1.1 200 OK",
+        "{}",
+        String::from_utf8_lossy(&dual.stderr)
+    );
+    // A call the client gives up on is still audited (status 0): the upstream may have had it.
+    let (code, _) = curl(&["--max-time", "0.5", &format!("{base}/hang")]);
+    assert_eq!(code, 0);
+    assert!(
+        eventually(10, || local_brokered(&s)
+            .iter()
+            .any(|a| a.detail.contains("path=/v1/hang status=0 "))),
+        "{:#?}",
+        local_brokered(&s)
+    );
     let before = up.requests().len();
 
     // A redirect to another host is followed by the client without the credential; one to
@@ -502,6 +585,11 @@ fn only_the_workload_may_use_the_broker_and_a_deleted_secret_is_refused_with_the
         &format!("Bearer {again}")
     );
     let err = read(&s, "run.err");
+    // The store is readable by the workload (same user): said at start.
+    assert!(
+        err.contains("warning: the workload runs as this user and can read the store"),
+        "{err}"
+    );
     for value in [&key, &again] {
         assert!(
             !err.contains(value.as_str()),
@@ -674,8 +762,12 @@ fn from_a_server_each_call_is_audited_there_under_the_workload_token() {
         ),
     )
     .unwrap();
-    let mut run = launch(
+    // The token in SECRETFS_TOKEN: the launcher reads it, the workload does not inherit it,
+    // and no file holds it: nothing of the source is the workload's to read.
+    let workload_token = minted["token"].as_str().unwrap().to_owned();
+    let mut run = launch_env(
         &s,
+        &[("SECRETFS_TOKEN", &workload_token)],
         &[
             "--spec",
             "job.toml",
@@ -683,17 +775,21 @@ fn from_a_server_each_call_is_audited_there_under_the_workload_token() {
             ca.to_str().unwrap(),
             "--url",
             &server.url,
-            "--token-file",
-            token.to_str().unwrap(),
         ],
         &[
             "sh",
             "-c",
-            "for i in 1 2 3; do curl -sf \"$OPENAI_BASE_URL/models?page=$i\" >/dev/null || exit 1; done",
+            "[ -z \"$SECRETFS_TOKEN\" ] || exit 9; \
+             for i in 1 2 3; do curl -sf \"$OPENAI_BASE_URL/models?page=$i\" >/dev/null || exit 1; done",
         ],
     );
     let status = run.wait_within(Duration::from_secs(30));
-    assert!(status.success(), "stderr: {}", read(&s, "run.err"));
+    let err = read(&s, "run.err");
+    assert!(status.success(), "stderr: {err}");
+    assert!(
+        !err.contains("warning: the workload runs as this user"),
+        "{err}"
+    );
     assert_eq!(
         auth_seen(&up, "/v1/models"),
         vec![format!("Bearer {key}"); 3]
@@ -758,4 +854,137 @@ fn from_a_server_each_call_is_audited_there_under_the_workload_token() {
             .contains("without ? or #"),
         "{answer}"
     );
+}
+
+#[test]
+fn a_socket_broker_serves_clients_that_take_a_unix_socket_and_the_kernel_names_the_caller() {
+    let key = format!("sk-{}", unique_canary("broker-socket"));
+    let (s, ca, up, _other) = setup(&[("K", "custom", &key)]);
+    std::fs::write(
+        s.path().join("job.toml"),
+        format!(
+            "[broker.api]\nsecret = \"K\"\nupstream = \"{}\"\nurl_env = \"API_URL\"\n\
+             header = \"x-api-key: {{}}\"\nsocket = true\n",
+            up.url("/v1")
+        ),
+    )
+    .unwrap();
+    let dry = s.ok(
+        &["run", "--spec", "job.toml", "--dry-run", "--", "true"],
+        b"",
+    );
+    assert!(
+        dry.contains("API_SOCKET=<the Unix socket of broker api>"),
+        "{dry}"
+    );
+    let mut run = launch(
+        &s,
+        &[
+            "--spec",
+            "job.toml",
+            "--broker-ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &[
+            "sh",
+            "-c",
+            "echo \"$API_SOCKET $API_URL\" > base.tmp && mv base.tmp base; exec sleep 600",
+        ],
+    );
+    wait_for(&s, "base", &run);
+    let line = read(&s, "base");
+    let (socket, base) = line.trim().split_once(' ').unwrap();
+    let socket = socket.to_owned();
+    assert!(base.starts_with("http://localhost/"), "{base}");
+    // Only its user may enter the socket's directory.
+    let dir = Path::new(&socket).parent().unwrap();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
+    let (code, body) = curl(&["--unix-socket", &socket, &format!("{base}/models")]);
+    assert_eq!((code, body.as_str()), (200, "{\"ok\": true}"));
+    let seen = up.requests();
+    let last = seen.last().unwrap();
+    assert_eq!(last["path"], "/v1/models");
+    assert_eq!(last["headers"]["x-api-key"], key.as_str());
+    // Another uid cannot reach the socket at all.
+    let (code, _) = curl_as(
+        Some(65534),
+        &["--unix-socket", &socket, &format!("{base}/models")],
+    );
+    assert_eq!(code, 0, "uid 65534 reached the broker's socket");
+    // A path outside the prefix is refused on the socket too.
+    let (code, _) = curl(&["--unix-socket", &socket, "http://localhost/models"]);
+    assert_eq!(code, 404);
+    // Stopped, the launcher takes its socket directory with it; the kernel named the caller,
+    // whose pid is in the audit record.
+    run.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    assert!(!dir.exists(), "{} outlived the launcher", dir.display());
+    let audit = local_brokered(&s);
+    assert_eq!(audit.len(), 1, "{audit:#?}");
+    assert!(
+        audit[0].detail.contains("path=/v1/models status=200 pid=")
+            && !audit[0].detail.contains("pid=0 "),
+        "{audit:#?}"
+    );
+}
+
+#[test]
+fn the_brokers_upstream_calls_honour_https_proxy_and_the_workloads_calls_bypass_it() {
+    let key = format!("sk-{}", unique_canary("broker-proxy"));
+    let (s, ca, up, _other) = setup(&[("OPENAI", "openai", &key)]);
+    let proxy_log = s.path().join("proxy.log");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/broker/connect_proxy.py");
+    let mut proxy = Running::spawn(
+        "the stand-in proxy",
+        Command::new(python())
+            .arg(script)
+            .arg(&proxy_log)
+            .stdout(Stdio::piped()),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let proxy_url = format!("http://127.0.0.1:{}", line.trim());
+    std::fs::write(
+        s.path().join("job.toml"),
+        format!(
+            "[broker.openai]\nsecret = \"OPENAI\"\nupstream = \"{}\"\n",
+            up.url("/v1")
+        ),
+    )
+    .unwrap();
+    // The launcher's environment names the proxy (both spellings, as a CI runner's does); the
+    // workload inherits it and calls the broker with curl, which honours it too.
+    let mut cmd = s.cmd(&["run", "--spec", "job.toml", "--broker-ca-file"]);
+    cmd.arg(&ca)
+        .env("HTTPS_PROXY", &proxy_url)
+        .env("https_proxy", &proxy_url)
+        .env("HTTP_PROXY", &proxy_url)
+        .env("http_proxy", &proxy_url)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "curl -sf \"$OPENAI_BASE_URL/models\" && echo \" no_proxy=$no_proxy\"",
+        ]);
+    let out = crate::support::run_with(cmd, b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("{\"ok\": true} no_proxy=127.0.0.1,localhost"),
+        "{}",
+        out.stdout
+    );
+    let through = std::fs::read_to_string(&proxy_log).unwrap_or_default();
+    assert_eq!(
+        through.lines().collect::<Vec<_>>(),
+        vec![format!("CONNECT 127.0.0.1:{} HTTP/1.1", up.port)],
+        "the broker's upstream connection goes through the proxy, the workload's call to the \
+         broker does not"
+    );
+    assert_eq!(auth_seen(&up, "/v1/models"), vec![format!("Bearer {key}")]);
 }

@@ -53,6 +53,7 @@ fn planned(secret: &str) -> BrokerPlan {
         url_env: None,
         key_env: None,
         ca_file: None,
+        socket_env: None,
     }
 }
 
@@ -94,10 +95,12 @@ fn variables_add_to_gits_count_and_the_proxy_bypass() {
     let addrs = vec![
         Address {
             base: "http://127.0.0.1:1/p".into(),
+            socket: None,
             placeholder: "ph1".into(),
         },
         Address {
             base: "http://127.0.0.1:2/q".into(),
+            socket: None,
             placeholder: "ph2".into(),
         },
     ];
@@ -119,4 +122,25 @@ fn variables_add_to_gits_count_and_the_proxy_bypass() {
     assert_eq!(get("no_proxy"), Some("corp.example,127.0.0.1,localhost"));
     assert_eq!(get("NO_PROXY"), Some("127.0.0.1,localhost"));
     assert_eq!(names_set(&routes), vec!["GITHUB_API_URL", "GH_TOKEN"]);
+}
+
+#[test]
+fn a_socket_broker_names_its_path_in_a_variable() {
+    assert_eq!(default_socket_env("my-api.v2"), "MY_API_V2_SOCKET");
+    assert_eq!(default_socket_env("2x"), "_2X_SOCKET");
+    let mut p = planned("C");
+    p.upstream = Some(parse_upstream("https://api.example.com").unwrap());
+    p.url_env = Some("EXAMPLE_URL".into());
+    p.socket_env = Some("EXAMPLE_SOCKET".into());
+    let routes = complete(&p, None).unwrap();
+    let addrs = [Address {
+        base: "http://localhost/p".into(),
+        socket: Some("/run/b/x.sock".into()),
+        placeholder: "ph".into(),
+    }];
+    let vars = variables(&routes, &addrs, &|_| None);
+    assert!(vars.contains(&("EXAMPLE_SOCKET".into(), "/run/b/x.sock".into())));
+    assert!(vars.contains(&("EXAMPLE_URL".into(), "http://localhost/p".into())));
+    assert_eq!(names_set(&routes), vec!["EXAMPLE_URL", "EXAMPLE_SOCKET"]);
+    assert!(render(&routes).contains("EXAMPLE_URL=<broker b: http://localhost/PREFIX>"));
 }

@@ -74,6 +74,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(302, b"", extra=[("location", f"https://127.0.0.2:{port}/landed")])
         if path == "/v1/home":
             return self.answer(302, b"", extra=[("location", "/v1/landed?from=home")])
+        if path == "/v1/hang":
+            # Answers only after the client has given up.
+            time.sleep(2)
+            return self.answer(200, b'{"late": true}')
         if path == "/v1/echo":
             # An upstream that echoes what it was sent (httpbin's /headers does): the one way
             # a credential comes back to the workload.
@@ -130,6 +134,17 @@ class Handler(BaseHTTPRequestHandler):
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": "stand-in reply"}}],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+            }).encode())
+        if path == "/api/v1/events":
+            return self.answer(202, json.dumps({"status": "ok", "event": {"id": 1}}).encode())
+        if path == "/v1/messages":
+            request = json.loads(body or b"{}")
+            return self.answer(200, json.dumps({
+                "id": "msg_1", "type": "message", "role": "assistant",
+                "model": request.get("model", "m"),
+                "content": [{"type": "text", "text": "stand-in reply"}],
+                "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": 1, "output_tokens": 2},
             }).encode())
         return self.answer(200, json.dumps({"echo": len(body)}).encode())
 
