@@ -232,10 +232,14 @@ impl Running {
         // Two malloc arenas, not one per thread: a thread each that allocates would hold its
         // own pages (the workload, exec'd, is not affected).
         crate::fs::memory::limit_malloc_arenas();
+        // One worker: a request hops between the listener's task, the request's and the
+        // upstream connection's, and on two workers each hop could wake the other thread (21,974
+        // against 19,175 requests/s at 32 connections on this 2-core machine,
+        // `scripts/bench-broker`); the workload and the upstream need the other core anyway.
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            // The /proc reads of each new connection; a burst of connections must not start a
-            // thread each.
+            .worker_threads(1)
+            // The /proc scans of new connections (their callers' pids); a burst of connections
+            // must not start a thread each.
             .max_blocking_threads(2)
             .thread_name("broker")
             .enable_all()
@@ -503,79 +507,47 @@ fn write_audit(source: &dyn Source, calls: &std::sync::mpsc::Receiver<(BrokeredC
     let mut last = Instant::now() - AUDIT_EVERY;
     let mut failing = false;
     let mut dropped = 0usize;
-    loop {
-        let wait = if pending.is_empty() {
-            std::time::Duration::from_secs(3600)
-        } else {
-            (last + AUDIT_EVERY).saturating_duration_since(Instant::now())
-        };
-        let ended = match calls.recv_timeout(wait) {
-            Ok(call) => {
-                pending.push_back(call);
-                if pending.len() > AUDIT_KEPT {
-                    pending.pop_front();
-                    dropped += 1;
-                }
-                false
-            }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
-        if !ended && Instant::now() < last + AUDIT_EVERY && pending.len() < AUDIT_BATCH {
-            continue;
+    let keep = |pending: &mut std::collections::VecDeque<_>, dropped: &mut usize, call| {
+        pending.push_back(call);
+        if pending.len() > AUDIT_KEPT {
+            pending.pop_front();
+            *dropped += 1;
         }
-        last = Instant::now();
-        while !pending.is_empty() {
-            let n = pending.len().min(AUDIT_BATCH);
-            let waited = Instant::now();
-            let batch: Vec<BrokeredCall> = pending
-                .iter()
-                .take(n)
-                .map(|(call, pid)| {
-                    while pid.get().is_none() && waited.elapsed() < PID_WAIT {
-                        std::thread::sleep(std::time::Duration::from_millis(2));
-                    }
-                    BrokeredCall {
-                        pid: u64::from(pid.get().copied().unwrap_or(0)),
-                        ..call.clone()
-                    }
-                })
-                .collect();
-            match source.record_brokered(&batch) {
-                Ok(()) => {
-                    pending.drain(..n);
-                    if failing {
-                        eprintln!("secretfs run: broker: the audit log takes the calls again");
-                        failing = false;
-                    }
+    };
+    loop {
+        // Waiting on the channel only when nothing is due: a receiver blocked on it is woken by
+        // every send (a context switch per forwarded call, a fifth of the broker's time at 32
+        // connections in `scripts/bench-broker`); otherwise it sleeps until the batch is due
+        // and takes what came meanwhile at once.
+        let ended = if pending.is_empty() {
+            match calls.recv_timeout(std::time::Duration::from_secs(3600)) {
+                Ok(call) => {
+                    keep(&mut pending, &mut dropped, call);
+                    false
                 }
-                // Refused, not unreachable (a secret deleted since its calls): each call on its
-                // own, so that one refused does not hold back the rest, nor the next batches.
-                Err(crate::source::SourceError::Failed(_)) => {
-                    pending.drain(..n);
-                    for call in &batch {
-                        if let Err(e) = source.record_brokered(std::slice::from_ref(call)) {
-                            eprintln!(
-                                "secretfs run: broker: a call to {} with secret \"{}\" could \
-                                 not be recorded in the audit log: {e}",
-                                call.upstream, call.secret
-                            );
-                        }
-                    }
-                }
-                Err(e) => {
-                    if !failing {
-                        eprintln!(
-                            "secretfs run: broker: cannot record calls in the audit log of {} \
-                             ({e}); they wait and are sent again",
-                            source.describe()
-                        );
-                        failing = true;
-                    }
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            }
+        } else {
+            std::thread::sleep((last + AUDIT_EVERY).saturating_duration_since(Instant::now()));
+            false
+        };
+        let mut ended = ended;
+        loop {
+            match calls.try_recv() {
+                Ok(call) => keep(&mut pending, &mut dropped, call),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    ended = true;
                     break;
                 }
             }
         }
+        if !ended && Instant::now() < last + AUDIT_EVERY {
+            continue;
+        }
+        last = Instant::now();
+        send_pending(source, &mut pending, &mut failing);
         if dropped > 0 {
             eprintln!(
                 "secretfs run: broker: {dropped} calls were made while the audit log could not \
@@ -584,7 +556,82 @@ fn write_audit(source: &dyn Source, calls: &std::sync::mpsc::Receiver<(BrokeredC
             dropped = 0;
         }
         if ended {
+            // The run is over: what the log could not take yet is tried again a few times
+            // (a server just back, a connection of the outage to drop) before it is given up.
+            let deadline = Instant::now() + AUDIT_DRAIN - std::time::Duration::from_secs(1);
+            while !pending.is_empty() && Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                send_pending(source, &mut pending, &mut failing);
+            }
+            if !pending.is_empty() {
+                eprintln!(
+                    "secretfs run: broker: {} calls could not be recorded in the audit log of {} \
+                     before the end of the run",
+                    pending.len(),
+                    source.describe()
+                );
+            }
             return;
+        }
+    }
+}
+
+/// Sends what is pending, a batch per request, each call with its pid (waited for up to
+/// [`PID_WAIT`]); stops at an outage (the rest waits), sends a refused batch's calls one by
+/// one (a secret deleted since its calls holds back only its own).
+fn send_pending(
+    source: &dyn Source,
+    pending: &mut std::collections::VecDeque<(BrokeredCall, Pid)>,
+    failing: &mut bool,
+) {
+    use std::time::Instant;
+    while !pending.is_empty() {
+        let n = pending.len().min(AUDIT_BATCH);
+        let waited = Instant::now();
+        let batch: Vec<BrokeredCall> = pending
+            .iter()
+            .take(n)
+            .map(|(call, pid)| {
+                while pid.get().is_none() && waited.elapsed() < PID_WAIT {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                BrokeredCall {
+                    pid: u64::from(pid.get().copied().unwrap_or(0)),
+                    ..call.clone()
+                }
+            })
+            .collect();
+        match source.record_brokered(&batch) {
+            Ok(()) => {
+                pending.drain(..n);
+                if *failing {
+                    eprintln!("secretfs run: broker: the audit log takes the calls again");
+                    *failing = false;
+                }
+            }
+            Err(crate::source::SourceError::Failed(_)) => {
+                pending.drain(..n);
+                for call in &batch {
+                    if let Err(e) = source.record_brokered(std::slice::from_ref(call)) {
+                        eprintln!(
+                            "secretfs run: broker: a call to {} with secret \"{}\" could not \
+                             be recorded in the audit log: {e}",
+                            call.upstream, call.secret
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                if !*failing {
+                    eprintln!(
+                        "secretfs run: broker: cannot record calls in the audit log of {} \
+                         ({e}); they wait and are sent again",
+                        source.describe()
+                    );
+                    *failing = true;
+                }
+                return;
+            }
         }
     }
 }

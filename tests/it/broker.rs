@@ -740,7 +740,7 @@ fn git_clones_and_fetches_through_the_broker() {
 fn from_a_server_each_call_is_audited_there_under_the_workload_token() {
     let key = format!("sk-{}", unique_canary("broker-server"));
     let (s, ca, up, _other) = setup(&[]);
-    let server = crate::support::Server::start(&s);
+    let mut server = crate::support::Server::start(&s);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = crate::support::Api::new(&server);
     let alice = rt.block_on(api.user(&server.admin_token, "alice"));
@@ -780,9 +780,20 @@ fn from_a_server_each_call_is_audited_there_under_the_workload_token() {
             "sh",
             "-c",
             "[ -z \"$SECRETFS_TOKEN\" ] || exit 9; \
-             for i in 1 2 3; do curl -sf \"$OPENAI_BASE_URL/models?page=$i\" >/dev/null || exit 1; done",
+             call() { curl -sf \"$OPENAI_BASE_URL/models?page=$1\" >/dev/null || exit $1; }; \
+             wait_for() { while [ ! -f \"$1\" ]; do sleep 0.05; done; }; \
+             call 1; call 2; call 3; touch phase1; wait_for go; \
+             call 4; call 5; touch phase2; wait_for go2",
         ],
     );
+    // The server goes away: the broker keeps the value it has, and the calls keep going.
+    wait_for(&s, "phase1", &run);
+    server.kill(nix::sys::signal::Signal::SIGKILL);
+    std::fs::write(s.path().join("go"), "").unwrap();
+    wait_for(&s, "phase2", &run);
+    // Back: the calls made meanwhile reach its audit log too (sent again until taken).
+    server.restart(&s);
+    std::fs::write(s.path().join("go2"), "").unwrap();
     let status = run.wait_within(Duration::from_secs(30));
     let err = read(&s, "run.err");
     assert!(status.success(), "stderr: {err}");
@@ -792,7 +803,7 @@ fn from_a_server_each_call_is_audited_there_under_the_workload_token() {
     );
     assert_eq!(
         auth_seen(&up, "/v1/models"),
-        vec![format!("Bearer {key}"); 3]
+        vec![format!("Bearer {key}"); 5]
     );
     // Sent before the launcher ended (the last batch at its end); the server writes its
     // batch within its audit interval.
@@ -808,9 +819,13 @@ fn from_a_server_each_call_is_audited_there_under_the_workload_token() {
             .cloned()
             .collect()
     };
-    assert!(eventually(10, || brokered().len() >= 3));
+    assert!(
+        eventually(10, || brokered().len() >= 5),
+        "{}",
+        read(&s, "run.err")
+    );
     let brokered = brokered();
-    assert_eq!(brokered.len(), 3, "{brokered:#?}");
+    assert_eq!(brokered.len(), 5, "{brokered:#?}");
     for a in &brokered {
         assert_eq!(a["target"], "OPENAI");
         assert_eq!(
