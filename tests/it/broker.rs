@@ -118,6 +118,25 @@ fn read(s: &Scratch, name: &str) -> String {
     std::fs::read_to_string(s.path().join(name)).unwrap_or_default()
 }
 
+/// `secretfs run --spec job.toml --broker-ca-file CA` with a workload that reports `what` (its
+/// variables, expanded by sh) and stays; the launcher and the report.
+fn launch_reporting(s: &Scratch, ca: &Path, what: &str) -> (Running, String) {
+    let script = format!("echo \"{what}\" > base.tmp && mv base.tmp base; exec sleep 600");
+    let run = launch(
+        s,
+        &[
+            "--spec",
+            "job.toml",
+            "--broker-ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &["sh", "-c", &script],
+    );
+    wait_for(s, "base", &run);
+    let report = read(s, "base").trim().to_owned();
+    (run, report)
+}
+
 /// Waits for `file` to exist in the scratch dir (the workload says where it is so).
 fn wait_for(s: &Scratch, file: &str, run: &Running) {
     assert!(
@@ -365,22 +384,10 @@ fn the_sdks_call_through_the_broker_and_the_workload_never_holds_the_key() {
 
 /// The local store's brokered-call records, oldest first.
 fn local_brokered(s: &Scratch) -> Vec<secretfs::service::AuditRecord> {
-    use secretfs::service::{LocalPaths, OpenMode, Service};
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let paths = LocalPaths::resolve(Some(s.store()), None).unwrap();
-        let service = Service::open_local(&paths, OpenMode::Existing, 1)
-            .await
-            .unwrap();
-        let caller = service.local_caller(false).await.unwrap();
-        service
-            .audit_log(&caller, secretfs::secret::Timestamp::from_nanos(0), 1000)
-            .await
-            .unwrap()
-    })
-    .into_iter()
-    .filter(|a| a.action == secretfs::service::AuditAction::Brokered)
-    .collect()
+    s.local_audit()
+        .into_iter()
+        .filter(|a| a.action == secretfs::service::AuditAction::Brokered)
+        .collect()
 }
 
 /// `curl ARGS`: (status, body).
@@ -446,22 +453,7 @@ fn only_the_workload_may_use_the_broker_and_a_deleted_secret_is_refused_with_the
         format!("[broker.openai]\nsecret = \"OPENAI\"\nupstream = \"{upstream}\"\n"),
     )
     .unwrap();
-    let mut run = launch(
-        &s,
-        &[
-            "--spec",
-            "job.toml",
-            "--broker-ca-file",
-            ca.to_str().unwrap(),
-        ],
-        &[
-            "sh",
-            "-c",
-            "echo \"$OPENAI_BASE_URL\" > base.tmp && mv base.tmp base; exec sleep 600",
-        ],
-    );
-    wait_for(&s, "base", &run);
-    let base = read(&s, "base").trim().to_owned();
+    let (mut run, base) = launch_reporting(&s, &ca, "$OPENAI_BASE_URL");
     let (code, _) = curl(&[&format!("{base}/models")]);
     assert_eq!(code, 200);
     let port_and_prefix = base.strip_prefix("http://127.0.0.1:").unwrap();
@@ -892,22 +884,7 @@ fn a_socket_broker_serves_clients_that_take_a_unix_socket_and_the_kernel_names_t
         dry.contains("API_SOCKET=<the Unix socket of broker api>"),
         "{dry}"
     );
-    let mut run = launch(
-        &s,
-        &[
-            "--spec",
-            "job.toml",
-            "--broker-ca-file",
-            ca.to_str().unwrap(),
-        ],
-        &[
-            "sh",
-            "-c",
-            "echo \"$API_SOCKET $API_URL\" > base.tmp && mv base.tmp base; exec sleep 600",
-        ],
-    );
-    wait_for(&s, "base", &run);
-    let line = read(&s, "base");
+    let (mut run, line) = launch_reporting(&s, &ca, "$API_SOCKET $API_URL");
     let (socket, base) = line.trim().split_once(' ').unwrap();
     let socket = socket.to_owned();
     assert!(base.starts_with("http://localhost/"), "{base}");

@@ -160,18 +160,7 @@ fn an_unfinished_rotation_is_finished_at_the_next_start() {
         b"",
     );
     assert_ne!(out.code, 0, "the old key still opens the store");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let audit = rt.block_on(async {
-        let paths = LocalPaths::resolve(Some(s.store()), None).unwrap();
-        let service = Service::open_local(&paths, OpenMode::Existing, 1)
-            .await
-            .unwrap();
-        let caller = service.local_caller(false).await.unwrap();
-        service
-            .audit_log(&caller, secretfs::secret::Timestamp::from_nanos(0), 1000)
-            .await
-            .unwrap()
-    });
+    let audit = s.local_audit();
     assert!(
         audit.iter().any(|a| a.actor == "secretfs"
             && a.detail

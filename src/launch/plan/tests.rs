@@ -446,8 +446,8 @@ fn rendered_files_refuse_what_cannot_work() {
     );
 }
 
-/// Plans and returns every problem (for the broker checks, which report several at once).
-fn problems_of(toml: &str, flags: &[&str]) -> Vec<String> {
+/// Plans `toml` (relative to /jobs) and `flags` (to /work), with no environment or files.
+fn plan_of(toml: &str, flags: &[&str]) -> Result<ExecPlan, Vec<String>> {
     let spec = spec::parse(toml).unwrap();
     let flags: Vec<OsString> = flags.iter().map(OsString::from).collect();
     let args = args::parse(&flags).unwrap();
@@ -459,38 +459,21 @@ fn problems_of(toml: &str, flags: &[&str]) -> Vec<String> {
         cwd: Path::new("/work"),
         files: &[],
     })
-    .err()
-    .unwrap_or_default()
+}
+
+/// Plans and returns every problem (for the broker checks, which report several at once).
+fn problems_of(toml: &str, flags: &[&str]) -> Vec<String> {
+    plan_of(toml, flags).err().unwrap_or_default()
 }
 
 #[test]
 fn brokers_from_the_spec_and_flags_are_checked_every_problem_at_once() {
-    let spec = spec::parse(
+    let p = plan_of(
         "command = [\"a\"]\n[broker.openai]\nsecret = \"OPENAI\"\nca_file = \"ca.pem\"\n\
          [broker.custom]\nsecret = \"K\"\nupstream = \"https://api.example.com\"\nurl_env = \"K_URL\"\n\
          header = \"x-api-key: {}\"",
+        &["--broker", "HF", "--broker", "OPENAI", "--broker-ca-file", "c2.pem"],
     )
-    .unwrap();
-    let flags: Vec<OsString> = [
-        "--broker",
-        "HF",
-        "--broker",
-        "OPENAI",
-        "--broker-ca-file",
-        "c2.pem",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
-    let args = args::parse(&flags).unwrap();
-    let p = plan(Inputs {
-        args: &args,
-        spec: Some((&spec, Path::new("/jobs"))),
-        lepton: None,
-        base_env: &[],
-        cwd: Path::new("/work"),
-        files: &[],
-    })
     .unwrap();
     let names: Vec<(&str, &str)> = p
         .brokers

@@ -68,6 +68,24 @@ impl Scratch {
         out.stdout
     }
 
+    /// The audit log of this scratch dir's local store, oldest first (opened as the CLI opens
+    /// it, while anything else may have it open too).
+    pub fn local_audit(&self) -> Vec<secretfs::service::AuditRecord> {
+        use secretfs::service::{LocalPaths, OpenMode, Service};
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let paths = LocalPaths::resolve(Some(self.store()), None).unwrap();
+            let service = Service::open_local(&paths, OpenMode::Existing, 1)
+                .await
+                .unwrap();
+            let caller = service.local_caller(false).await.unwrap();
+            service
+                .audit_log(&caller, secretfs::secret::Timestamp::from_nanos(0), 1000)
+                .await
+                .unwrap()
+        })
+    }
+
     /// Bytes of every file in the scratch dir whose name starts with `prefix`.
     pub fn files_starting_with(&self, prefix: &str) -> Vec<(PathBuf, Vec<u8>)> {
         let mut out = Vec::new();
