@@ -137,6 +137,18 @@ fn launch_reporting(s: &Scratch, ca: &Path, what: &str) -> (Running, String) {
     (run, report)
 }
 
+/// A job spec brokering the secret OPENAI to the stand-in's `/v1`.
+fn openai_job(s: &Scratch, up: &Upstream) {
+    std::fs::write(
+        s.path().join("job.toml"),
+        format!(
+            "[broker.openai]\nsecret = \"OPENAI\"\nupstream = \"{}\"\n",
+            up.url("/v1")
+        ),
+    )
+    .unwrap();
+}
+
 /// Waits for `file` to exist in the scratch dir (the workload says where it is so).
 fn wait_for(s: &Scratch, file: &str, run: &Running) {
     assert!(
@@ -424,7 +436,6 @@ fn curl_as(uid: Option<u32>, args: &[&str]) -> (u16, String) {
 fn only_the_workload_may_use_the_broker_and_a_deleted_secret_is_refused_with_the_reason() {
     let key = format!("sk-{}", unique_canary("broker-refusals"));
     let (s, ca, up, other) = setup(&[("OPENAI", "openai", &key)]);
-    let upstream = up.url("/v1");
     // --broker takes the kind's defaults: its real API (which this host cannot reach; the
     // dry run shows it) and the variables its SDK reads.
     let dry = s.ok(
@@ -448,11 +459,7 @@ fn only_the_workload_may_use_the_broker_and_a_deleted_secret_is_refused_with_the
     );
     assert!(!dry.contains(&key), "{dry}");
     // The same with the stand-in as the upstream, from the spec.
-    std::fs::write(
-        s.path().join("job.toml"),
-        format!("[broker.openai]\nsecret = \"OPENAI\"\nupstream = \"{upstream}\"\n"),
-    )
-    .unwrap();
+    openai_job(&s, &up);
     let (mut run, base) = launch_reporting(&s, &ca, "$OPENAI_BASE_URL");
     let (code, _) = curl(&[&format!("{base}/models")]);
     assert_eq!(code, 200);
@@ -744,16 +751,7 @@ fn from_a_server_each_call_is_audited_there_under_the_workload_token() {
     ));
     assert_eq!(status, 201, "{created}");
     let (_, minted) = rt.block_on(api.mint(&alice, &["OPENAI"], serde_json::json!({})));
-    let token = s.path().join("w.tok");
-    std::fs::write(&token, minted["token"].as_str().unwrap()).unwrap();
-    std::fs::write(
-        s.path().join("job.toml"),
-        format!(
-            "[broker.openai]\nsecret = \"OPENAI\"\nupstream = \"{}\"\n",
-            up.url("/v1")
-        ),
-    )
-    .unwrap();
+    openai_job(&s, &up);
     // The token in SECRETFS_TOKEN: the launcher reads it, the workload does not inherit it,
     // and no file holds it: nothing of the source is the workload's to read.
     let workload_token = minted["token"].as_str().unwrap().to_owned();
@@ -941,14 +939,7 @@ fn the_brokers_upstream_calls_honour_https_proxy_and_the_workloads_calls_bypass_
     )
     .unwrap();
     let proxy_url = format!("http://127.0.0.1:{}", line.trim());
-    std::fs::write(
-        s.path().join("job.toml"),
-        format!(
-            "[broker.openai]\nsecret = \"OPENAI\"\nupstream = \"{}\"\n",
-            up.url("/v1")
-        ),
-    )
-    .unwrap();
+    openai_job(&s, &up);
     // The launcher's environment names the proxy (both spellings, as a CI runner's does); the
     // workload inherits it and calls the broker with curl, which honours it too.
     let mut cmd = s.cmd(&["run", "--spec", "job.toml", "--broker-ca-file"]);
