@@ -390,11 +390,16 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
         all.extend(brokered.iter().cloned());
         all.sort();
         all.dedup();
-        Followed { names: all, kinds }
+        Followed {
+            names: all,
+            kinds,
+            on_refusal: brokered.clone(),
+        }
     } else {
         Followed {
             names: brokered.clone(),
             kinds: Vec::new(),
+            on_refusal: brokered.clone(),
         }
     };
     // Changes are followed by a thread, which must start with the signals blocked: a

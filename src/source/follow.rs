@@ -151,6 +151,10 @@ pub struct Followed {
     /// Kinds whose every secret counts (a built-in rendered file of a set): a name of one
     /// coming or going is a change.
     pub kinds: Vec<SecretKind>,
+    /// Names told as changed when the source refuses the consumer's credential (a revoked
+    /// token), and again once it answers: a broker must stop using its values at once, not at
+    /// the workload's next change.
+    pub on_refusal: Vec<SecretName>,
 }
 
 /// The names whose stamp differs between `before` and `after`, or that are in only one.
@@ -254,7 +258,27 @@ impl FirstLook {
             .spawn(move || {
                 let described = source.describe();
                 let mut round = |watch: Watch<'_>| -> Result<Step, SourceError> {
-                    let (revision, now) = source.stamps(&followed.names, &followed.kinds, watch)?;
+                    let (revision, now) =
+                        match source.stamps(&followed.names, &followed.kinds, watch) {
+                            Err(refused @ SourceError::Refused(_)) => {
+                                // Told once; forgetting the stamps makes every name a change
+                                // when the source answers again.
+                                let told: Vec<SecretName> = followed
+                                    .on_refusal
+                                    .iter()
+                                    .filter(|n| stamps.iter().any(|s| &s.name == *n))
+                                    .cloned()
+                                    .collect();
+                                if !told.is_empty() {
+                                    stamps.retain(|s| !told.contains(&s.name));
+                                    if !tell.send(told) {
+                                        return Ok(Step::Stop);
+                                    }
+                                }
+                                return Err(refused);
+                            }
+                            other => other?,
+                        };
                     // The sources list only secrets named or of a followed kind: with kinds,
                     // each listed name counts.
                     let mut relevant = followed.names.clone();

@@ -971,3 +971,65 @@ fn the_brokers_upstream_calls_honour_https_proxy_and_the_workloads_calls_bypass_
     );
     assert_eq!(auth_seen(&up, "/v1/models"), vec![format!("Bearer {key}")]);
 }
+
+#[test]
+fn a_revoked_token_stops_the_broker_at_once_and_the_workload_keeps_running() {
+    let key = format!("sk-{}", unique_canary("broker-revoked"));
+    let (s, ca, up, _other) = setup(&[]);
+    let server = crate::support::Server::start(&s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = crate::support::Api::new(&server);
+    let alice = rt.block_on(api.user(&server.admin_token, "alice"));
+    let (status, created) = rt.block_on(api.call(
+        "POST",
+        "/api/v1/workspaces/default/secrets",
+        &alice,
+        Some(serde_json::json!({"name": "OPENAI", "value": key, "kind": "openai"})),
+    ));
+    assert_eq!(status, 201, "{created}");
+    let (_, minted) = rt.block_on(api.mint(&alice, &["OPENAI"], serde_json::json!({})));
+    openai_job(&s, &up);
+    let workload_token = minted["token"].as_str().unwrap().to_owned();
+    let mut run = launch_env(
+        &s,
+        &[("SECRETFS_TOKEN", &workload_token)],
+        &[
+            "--spec",
+            "job.toml",
+            "--broker-ca-file",
+            ca.to_str().unwrap(),
+            "--url",
+            &server.url,
+        ],
+        &[
+            "sh",
+            "-c",
+            "echo \"$OPENAI_BASE_URL\" > base.tmp && mv base.tmp base; exec sleep 600",
+        ],
+    );
+    wait_for(&s, "base", &run);
+    let base = read(&s, "base").trim().to_owned();
+    assert_eq!(curl(&[&format!("{base}/models")]).0, 200);
+    // Revoked: the follower's long-poll is refused, and the broker with it, at once.
+    let id = minted["id"].as_str().unwrap();
+    let (status, _) =
+        rt.block_on(api.call("DELETE", &format!("/api/v1/tokens/{id}"), &alice, None));
+    assert!((200..300).contains(&status), "{status}");
+    let mut last = (0, String::new());
+    assert!(
+        eventually(10, || {
+            last = curl(&[&format!("{base}/models")]);
+            last.0 == 401
+        }),
+        "{last:?}; stderr: {}",
+        read(&s, "run.err")
+    );
+    assert!(
+        last.1.contains("refused the launcher's credential"),
+        "{last:?}"
+    );
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the workload must keep running"
+    );
+}
