@@ -773,6 +773,14 @@ pub struct BrokeredCalls {
 /// The most calls one `POST /api/v1/workload/brokered` carries.
 pub const BROKERED_CALLS_MAX: usize = 1000;
 
+/// The longest path a brokered call records (and so the longest a broker forwards).
+pub const BROKERED_PATH_MAX: usize = 2048;
+
+/// A method a brokered call may record (and so a broker may forward): 1 to 16 capital letters.
+pub fn brokered_method(method: &str) -> bool {
+    (1..=16).contains(&method.len()) && method.bytes().all(|b| b.is_ascii_uppercase())
+}
+
 /// One call through a broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -815,13 +823,11 @@ impl BrokeredCall {
                 "upstream must be an https:// URL of visible ASCII, at most 2048 bytes".into(),
             );
         }
-        if !(1..=16).contains(&self.method.len())
-            || !self.method.bytes().all(|b| b.is_ascii_uppercase())
-        {
+        if !brokered_method(&self.method) {
             return Some("method must be 1 to 16 capital letters".into());
         }
         if !(self.path.starts_with('/')
-            && self.path.len() <= 2048
+            && self.path.len() <= BROKERED_PATH_MAX
             && visible(&self.path)
             && !self.path.contains(['?', '#']))
         {

@@ -15,10 +15,9 @@ use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
 };
 
-/// `SOCK_DIAG_BY_FAMILY`, `NLM_F_REQUEST`, `NLMSG_ERROR` (linux/sock_diag.h, linux/netlink.h).
+/// `SOCK_DIAG_BY_FAMILY` and `NLM_F_REQUEST` (linux/sock_diag.h, linux/netlink.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
 /// `TCP_ESTABLISHED`: a socket being closed is a kernel record owned by uid 0, never a caller.
 const ESTABLISHED: u8 = 1;
 /// `struct nlmsghdr` and `struct inet_diag_req_v2`; `struct inet_diag_msg`'s uid and inode.
@@ -90,8 +89,8 @@ fn ask(family: u8, client: SocketAddrV4, server: SocketAddrV4) -> Option<(u32, u
     if answer.len() < INODE_AT + 4 {
         return None;
     }
-    let kind = u16::from_ne_bytes([answer[4], answer[5]]);
-    if kind != SOCK_DIAG_BY_FAMILY || kind == NLMSG_ERROR {
+    // Anything but the socket's record (NLMSG_ERROR: no such socket) says nothing.
+    if u16::from_ne_bytes([answer[4], answer[5]]) != SOCK_DIAG_BY_FAMILY {
         return None;
     }
     let word = |at: usize| u32::from_ne_bytes(answer[at..at + 4].try_into().expect("4 bytes"));

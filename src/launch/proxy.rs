@@ -46,9 +46,6 @@ type Pid = Arc<std::sync::OnceLock<u32>>;
 const MAX_CONNECTIONS: usize = 256;
 const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The longest path forwarded (what the audit log takes).
-const MAX_PATH: usize = 2048;
-
 /// How long the audit writer waits for a call's pid to be found before it records 0.
 const PID_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -686,13 +683,8 @@ async fn forward(l: &Listener, req: Request<Incoming>, pid: Pid) -> Response<Bod
             "TRACE is not forwarded: its answer would echo the credential",
         );
     }
-    if !(1..=16).contains(&req.method().as_str().len())
-        || !req
-            .method()
-            .as_str()
-            .bytes()
-            .all(|b| b.is_ascii_uppercase())
-    {
+    // What the audit log takes, checked before anything is sent.
+    if !crate::protocol::brokered_method(req.method().as_str()) {
         return refuse(
             StatusCode::BAD_REQUEST,
             "the method must be 1 to 16 capital letters (GET, POST, ...)",
@@ -768,10 +760,13 @@ async fn forward(l: &Listener, req: Request<Incoming>, pid: Pid) -> Response<Bod
             &format!("the path leaves the upstream's base path {base:?}"),
         );
     }
-    if url.path().len() > MAX_PATH {
+    if url.path().len() > crate::protocol::BROKERED_PATH_MAX {
         return refuse(
             StatusCode::URI_TOO_LONG,
-            &format!("the path is longer than {MAX_PATH} bytes"),
+            &format!(
+                "the path is longer than {} bytes",
+                crate::protocol::BROKERED_PATH_MAX
+            ),
         );
     }
     let (parts, body) = req.into_parts();

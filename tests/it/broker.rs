@@ -149,6 +149,33 @@ fn openai_job(s: &Scratch, up: &Upstream) {
     .unwrap();
 }
 
+/// A server with user alice, her private `openai` secret OPENAI holding `key`, and a workload
+/// token minted for it: the server, a runtime for the API, the API, alice's token, the mint.
+fn server_with_openai(
+    s: &Scratch,
+    key: &str,
+) -> (
+    crate::support::Server,
+    tokio::runtime::Runtime,
+    crate::support::Api,
+    String,
+    serde_json::Value,
+) {
+    let server = crate::support::Server::start(s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = crate::support::Api::new(&server);
+    let alice = rt.block_on(api.user(&server.admin_token, "alice"));
+    let (status, created) = rt.block_on(api.call(
+        "POST",
+        "/api/v1/workspaces/default/secrets",
+        &alice,
+        Some(serde_json::json!({"name": "OPENAI", "value": key, "kind": "openai"})),
+    ));
+    assert_eq!(status, 201, "{created}");
+    let (_, minted) = rt.block_on(api.mint(&alice, &["OPENAI"], serde_json::json!({})));
+    (server, rt, api, alice, minted)
+}
+
 /// Waits for `file` to exist in the scratch dir (the workload says where it is so).
 fn wait_for(s: &Scratch, file: &str, run: &Running) {
     assert!(
@@ -739,18 +766,7 @@ fn git_clones_and_fetches_through_the_broker() {
 fn from_a_server_each_call_is_audited_there_under_the_workload_token() {
     let key = format!("sk-{}", unique_canary("broker-server"));
     let (s, ca, up, _other) = setup(&[]);
-    let mut server = crate::support::Server::start(&s);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let api = crate::support::Api::new(&server);
-    let alice = rt.block_on(api.user(&server.admin_token, "alice"));
-    let (status, created) = rt.block_on(api.call(
-        "POST",
-        "/api/v1/workspaces/default/secrets",
-        &alice,
-        Some(serde_json::json!({"name": "OPENAI", "value": key, "kind": "openai"})),
-    ));
-    assert_eq!(status, 201, "{created}");
-    let (_, minted) = rt.block_on(api.mint(&alice, &["OPENAI"], serde_json::json!({})));
+    let (mut server, rt, api, alice, minted) = server_with_openai(&s, &key);
     openai_job(&s, &up);
     // The token in SECRETFS_TOKEN: the launcher reads it, the workload does not inherit it,
     // and no file holds it: nothing of the source is the workload's to read.
@@ -976,18 +992,7 @@ fn the_brokers_upstream_calls_honour_https_proxy_and_the_workloads_calls_bypass_
 fn a_revoked_token_stops_the_broker_at_once_and_the_workload_keeps_running() {
     let key = format!("sk-{}", unique_canary("broker-revoked"));
     let (s, ca, up, _other) = setup(&[]);
-    let server = crate::support::Server::start(&s);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let api = crate::support::Api::new(&server);
-    let alice = rt.block_on(api.user(&server.admin_token, "alice"));
-    let (status, created) = rt.block_on(api.call(
-        "POST",
-        "/api/v1/workspaces/default/secrets",
-        &alice,
-        Some(serde_json::json!({"name": "OPENAI", "value": key, "kind": "openai"})),
-    ));
-    assert_eq!(status, 201, "{created}");
-    let (_, minted) = rt.block_on(api.mint(&alice, &["OPENAI"], serde_json::json!({})));
+    let (server, rt, api, alice, minted) = server_with_openai(&s, &key);
     openai_job(&s, &up);
     let workload_token = minted["token"].as_str().unwrap().to_owned();
     let mut run = launch_env(
