@@ -565,6 +565,33 @@ impl Client {
         self.get("/api/v1/audit", &query).await
     }
 
+    /// At most `limit` records committed after the one numbered `after`, in commit order.
+    pub async fn audit_after(&self, after: u64, limit: u32) -> Result<Vec<AuditLine>, ClientError> {
+        let query = [("after", after.to_string()), ("limit", limit.to_string())];
+        self.get("/api/v1/audit", &query).await
+    }
+
+    pub async fn audit_settings(
+        &self,
+        ws: &str,
+    ) -> Result<crate::protocol::AuditSettingsBody, ClientError> {
+        self.get(&format!("/api/v1/workspaces/{ws}/audit"), &[])
+            .await
+    }
+
+    pub async fn set_audit_settings(
+        &self,
+        ws: &str,
+        body: &crate::protocol::AuditSettingsBody,
+    ) -> Result<(), ClientError> {
+        self.act(
+            Method::PUT,
+            &format!("/api/v1/workspaces/{ws}/audit"),
+            Some(body),
+        )
+        .await
+    }
+
     pub async fn rotate_key(&self) -> Result<Resealed, ClientError> {
         self.post("/api/v1/admin/rotate-key", &NoArguments {}).await
     }

@@ -90,6 +90,8 @@ pub struct ServerMetrics {
     fanout_seconds: Histogram,
     replica_lag: Histogram,
     auth_failures: Family<ReasonLabel, Counter>,
+    audit_coalesced: Counter,
+    audit_pruned: Counter,
     /// When the last change was committed here (or announced by another replica): what a
     /// long-poll's answer is measured from.
     last_change: Mutex<Option<Instant>>,
@@ -109,6 +111,8 @@ impl Default for ServerMetrics {
             fanout_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             replica_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             auth_failures: Family::default(),
+            audit_coalesced: Counter::default(),
+            audit_pruned: Counter::default(),
             last_change: Mutex::new(None),
         }
     }
@@ -174,6 +178,17 @@ impl ServerMetrics {
             "auth_failures",
             "Requests refused for their credentials: no token, or a token not valid now",
             self.auth_failures.clone(),
+        );
+        r.register(
+            "audit_events_coalesced",
+            "Repeated events (reads, refusals) counted into a coalesced audit record instead of \
+             written as their own",
+            self.audit_coalesced.clone(),
+        );
+        r.register(
+            "audit_records_pruned",
+            "Audit records of repeated events deleted past their workspace's retention",
+            self.audit_pruned.clone(),
         );
         root
     }
@@ -244,6 +259,14 @@ impl ServerMetrics {
 
     pub fn replica_lag(&self, lag: Duration) {
         self.replica_lag.observe(lag.as_secs_f64());
+    }
+
+    pub fn audit_coalesced(&self, events: usize) {
+        self.audit_coalesced.inc_by(events as u64);
+    }
+
+    pub fn audit_pruned(&self, records: u64) {
+        self.audit_pruned.inc_by(records);
     }
 
     pub fn auth_failure(&self, reason: &'static str) {

@@ -662,7 +662,18 @@ pub struct NewMember {
 /// One record of `GET /api/v1/audit`: who did what to what, by name and by id.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditLine {
+    /// The record's number, in the order records were committed: `after` resumes past it.
+    #[serde(default)]
+    pub id: u64,
+    /// When it happened; for a coalesced record, the last of its events.
     pub at: Timestamp,
+    /// A coalesced record's first event (absent for a record of one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_at: Option<Timestamp>,
+    /// How many alike events the record stands for (reads of one version by one token,
+    /// failed authentications from one address for one reason); 1 for every change.
+    #[serde(default = "one")]
+    pub count: u64,
     pub workspace: String,
     pub actor: String,
     pub actor_id: String,
@@ -680,6 +691,34 @@ pub struct AuditLine {
     /// The target's name when it is a secret, which clients of the first API versions read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// `GET` and `PUT /api/v1/workspaces/{name}/audit`: a workspace's own coalescing interval and
+/// retention, in seconds; an absent field is the server's default (`serve --audit-coalesce`,
+/// `--audit-retention`), and a `PUT` without it returns to that default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettingsBody {
+    /// Repeated events within this many seconds are one record (10 s to an hour).
+    #[serde(
+        default,
+        deserialize_with = "whole_number_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(minimum = 10, maximum = 3600)]
+    pub coalesce_secs: Option<u64>,
+    /// Records of repeated events are deleted after this many seconds (an hour to 100 years).
+    #[serde(
+        default,
+        deserialize_with = "whole_number_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(minimum = 3600, maximum = 3153600000_u64)]
+    pub retention_secs: Option<u64>,
 }
 
 /// `POST /api/v1/admin/rotate-key`.
@@ -709,6 +748,13 @@ pub struct Held {
 /// An optional whole number that, when given, is one (`null` refused, as by [`no_null`]).
 fn some_whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     whole_number(d).map(Some)
+}
+
+/// An optional whole number where `null` means absent (a setting returned to its default).
+fn whole_number_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole_number")] u64);
+    Ok(Option::<Whole>::deserialize(d)?.map(|w| w.0))
 }
 
 /// The largest version a client may send back: the largest whole number every JSON reader keeps

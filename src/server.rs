@@ -57,6 +57,12 @@ pub struct ServeOptions {
     pub admin_token_file: Option<PathBuf>,
     /// How long workload-read audit records may wait before they are written.
     pub audit_interval: Duration,
+    /// How long repeated events are coalesced into one audit record (a workspace may say).
+    pub audit_coalesce: Duration,
+    /// How long records of repeated events are kept (a workspace may say).
+    pub audit_retention: Duration,
+    /// How often records past their retention are pruned.
+    pub audit_prune_every: Duration,
     /// Whether admins may mint tokens for other users (`--no-admin-impersonation`: not).
     pub admin_impersonation: bool,
     /// Workload identity: the least time between refetches of an issuer's keys.
@@ -124,6 +130,8 @@ pub async fn serve(
         admin_impersonation: opts.admin_impersonation,
         jwks_refetch: opts.jwks_refetch,
         failure_burst: opts.failure_burst,
+        audit_coalesce: opts.audit_coalesce,
+        audit_retention: opts.audit_retention,
     };
     let (service, default_token_path) = if is_postgres(&opts.database) {
         let key = opts.key_file.clone().ok_or_else(|| {
@@ -186,6 +194,7 @@ pub async fn serve(
     }
 
     let audit_task = service.batch_reads(opts.audit_interval);
+    let pruner = service.prune_periodically(opts.audit_prune_every);
     let state = AppState::new(service.clone());
     watch_other_processes(service.clone());
     let app = api::router(state.clone());
@@ -260,6 +269,7 @@ pub async fn serve(
     crate::connections::serve(listener, app, tls, HEADER_READ_TIMEOUT, stop).await;
     // Every request is done: flush the audit records still queued, then close the store.
     drop(state);
+    pruner.abort();
     service.flush_reads();
     let _ = tokio::time::timeout(Duration::from_secs(10), audit_task).await;
     service.close().await;

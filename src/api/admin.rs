@@ -198,6 +198,15 @@ pub struct AuditQuery {
     /// At most this many records (the server reads at most 100,000).
     #[param(value_type = Option<u64>, minimum = 0, maximum = 4294967295_u64)]
     limit: Option<u32>,
+    /// The records committed after the one with this id, in commit order (an export's
+    /// resumable position), instead of in time order.
+    #[param(minimum = 0, maximum = 9223372036854775807_u64)]
+    after: Option<u64>,
+    /// Only this workspace's records.
+    #[param(value_type = Option<crate::protocol::AccountName>)]
+    workspace: Option<String>,
+    /// The newest `limit` records (still oldest first) instead of the oldest.
+    newest: Option<bool>,
 }
 
 /// `GET /api/v1/audit`: admins read the log of every workspace.
@@ -213,6 +222,7 @@ pub async fn audit(
     UserAuth(caller): UserAuth,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(1000).min(100_000);
     let since = match q.since.as_deref() {
         None => Timestamp::from_nanos(0),
         Some(s) => parse_since(s).ok_or_else(|| {
@@ -222,15 +232,43 @@ pub async fn audit(
             .on("since")
         })?,
     };
-    let records = state
-        .service
-        .audit_log(&caller, since, q.limit.unwrap_or(1000).min(100_000))
-        .await?;
-    let lines: Vec<AuditLine> = records
-        .into_iter()
-        .map(|r: AuditRecord| AuditLine {
+    if let Some(w) = q.workspace.as_deref()
+        && !crate::service::valid_account_name(w)
+    {
+        return Err(ApiError::invalid(format!(
+            "workspace {w:?} is not a workspace's name (1 to 64 letters, digits, '_', '.', '@', '-')"
+        ))
+        .on("workspace"));
+    }
+    let query = crate::service::AuditQuery {
+        since,
+        workspace: q.workspace,
+        limit,
+        newest: q.newest.unwrap_or(false),
+    };
+    let records = match q.after {
+        Some(after) if after > i64::MAX as u64 => {
+            return Err(
+                ApiError::invalid(format!("after is a record's id, at most {}", i64::MAX))
+                    .on("after"),
+            );
+        }
+        Some(after) => state.service.audit_after(&caller, after, &query).await?,
+        None => state.service.audit_query(&caller, &query).await?,
+    };
+    let lines: Vec<AuditLine> = records.into_iter().map(AuditLine::from).collect();
+    Ok(axum::Json(lines).into_response())
+}
+
+/// A record as the API (and the export) shows it.
+impl From<AuditRecord> for AuditLine {
+    fn from(r: AuditRecord) -> AuditLine {
+        AuditLine {
             secret: (r.target_kind == crate::service::TargetKind::Secret).then(|| r.target.clone()),
+            id: r.id,
             at: r.at,
+            first_at: r.first_at,
+            count: r.count,
             workspace: r.workspace,
             actor: r.actor,
             actor_id: r.actor_id,
@@ -241,9 +279,65 @@ pub async fn audit(
             version: r.version,
             detail: r.detail,
             address: r.address,
-        })
-        .collect();
-    Ok(axum::Json(lines).into_response())
+        }
+    }
+}
+
+/// A workspace's audit settings as they apply (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/workspaces/{ws}/audit",
+    summary = "A workspace's audit coalescing interval and retention (admin)",
+    params(("ws" = String, Path, description = "the workspace")),
+    responses((status = 200, body = crate::protocol::AuditSettingsBody))
+)]
+pub async fn audit_settings(
+    State(state): State<Arc<AppState>>,
+    UserAuth(caller): UserAuth,
+    Path(ws): Path<String>,
+) -> Result<Response, ApiError> {
+    let all = state.service.audit_settings(&caller).await?;
+    let Some(found) = all.into_iter().find(|s| s.workspace == ws) else {
+        return Err(crate::service::ServiceError::from(
+            crate::service::StoreError::WorkspaceNotFound(ws),
+        )
+        .into());
+    };
+    Ok(axum::Json(crate::protocol::AuditSettingsBody {
+        coalesce_secs: found.coalesce_secs,
+        retention_secs: found.retention_secs,
+    })
+    .into_response())
+}
+
+/// Sets a workspace's audit coalescing interval (at least 10 s) and retention (at least an
+/// hour); an absent field returns to the server's default (admin).
+#[utoipa::path(
+    put,
+    path = "/api/v1/workspaces/{ws}/audit",
+    summary = "Set a workspace's audit coalescing interval and retention (admin)",
+    params(("ws" = String, Path, description = "the workspace")),
+    request_body = crate::protocol::AuditSettingsBody,
+    responses((status = 204, description = "set"))
+)]
+pub async fn set_audit_settings(
+    State(state): State<Arc<AppState>>,
+    UserAuth(caller): UserAuth,
+    Path(ws): Path<String>,
+    Json(body): Json<crate::protocol::AuditSettingsBody>,
+) -> Result<Response, ApiError> {
+    state
+        .service
+        .set_audit_settings(
+            &caller,
+            crate::service::NewAuditSettings {
+                workspace: ws,
+                coalesce: body.coalesce_secs.map(std::time::Duration::from_secs),
+                retention: body.retention_secs.map(std::time::Duration::from_secs),
+            },
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// An RFC 3339 time, or a duration meaning that long ago.

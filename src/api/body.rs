@@ -48,6 +48,7 @@ impl Body for crate::protocol::NewBinding {}
 impl Body for crate::protocol::NewUser {}
 impl Body for crate::protocol::NewWorkspace {}
 impl Body for crate::protocol::NewMember {}
+impl Body for crate::protocol::AuditSettingsBody {}
 impl Body for crate::protocol::BrokeredCalls {
     const SHAPE: Shape = Shape::Object(&[("calls", ITEMS)]);
 }

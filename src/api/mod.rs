@@ -8,6 +8,7 @@
 mod admin;
 mod auth;
 mod body;
+pub use admin::parse_since;
 pub use body::BODY_LIMIT;
 pub mod error;
 mod health;
@@ -101,6 +102,7 @@ pub(crate) fn parts() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(workload::read_per_name))
         .routes(routes!(workload::brokered))
         .routes(routes!(admin::audit))
+        .routes(routes!(admin::audit_settings, admin::set_audit_settings))
         .routes(routes!(identity::list, identity::add))
         .routes(routes!(identity::remove))
         .routes(routes!(identity::exchange))

@@ -56,6 +56,7 @@ pub fn add_shared_answers(api: &mut OpenApi) {
         let ops = [
             (&mut item.get, false),
             (&mut item.post, true),
+            (&mut item.put, true),
             (&mut item.patch, true),
             (&mut item.delete, true),
         ];

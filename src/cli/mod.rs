@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. The only layer that uses `anyhow`; every
 //! error reaching `main` is printed as `error: ...` (plus a `hint: ...` line when there is one).
 
+mod audit;
 mod config;
 mod dotenv;
 mod git;
@@ -254,8 +255,9 @@ pub enum Command {
         #[command(subcommand)]
         cmd: remote::IdentityCommand,
     },
-    /// The server's audit log (admin).
-    Audit(remote::AuditArgs),
+    /// The audit log: on the server (admin) or of the local store; `audit export` writes it
+    /// as JSON lines for log shippers.
+    Audit(audit::AuditArgs),
     /// The master key that seals every value (in the local store, or on the server).
     Key {
         #[command(flatten)]
@@ -447,8 +449,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(remote::identity(&g, cmd))
         }
         Command::Audit(args) => {
-            let g = g(None, Some(&args.server), None)?;
-            runtime()?.block_on(remote::audit(&g, args))
+            let (store, server) = match &args.command {
+                Some(audit::AuditCommand::Export(e)) => (&e.store, &e.server),
+                None => (&args.store, &args.server),
+            };
+            let g = g(Some(store), Some(server), None)?;
+            runtime()?.block_on(audit::audit(&g, args))
         }
         Command::Key { store, server, cmd } => {
             let g = g(Some(&store), Some(&server), None)?;

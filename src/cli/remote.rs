@@ -131,6 +131,21 @@ pub enum WorkspaceCommand {
         /// The user to remove from it.
         user: String,
     },
+    /// Show or set how the workspace's audit coalesces repeated events and how long it keeps
+    /// their records (admin); what is not given stays as it is.
+    Audit {
+        /// The workspace.
+        workspace: String,
+        /// Repeated events within this interval are one record with a count (at least 10s).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        coalesce: Option<std::time::Duration>,
+        /// Records of repeated events are deleted after this long (at least 1h).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        retention: Option<std::time::Duration>,
+        /// Return both to the server's defaults.
+        #[arg(long, conflicts_with_all = ["coalesce", "retention"])]
+        default: bool,
+    },
 }
 
 pub async fn workspace(g: &GlobalArgs, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> {
@@ -153,6 +168,34 @@ pub async fn workspace(g: &GlobalArgs, cmd: WorkspaceCommand) -> anyhow::Result<
         WorkspaceCommand::RemoveMember { workspace, user } => {
             r.client.remove_member(&workspace, &user).await?;
             eprintln!("removed \"{user}\" from workspace \"{workspace}\"");
+        }
+        WorkspaceCommand::Audit {
+            workspace,
+            coalesce,
+            retention,
+            default,
+        } => {
+            let mut settings = r.client.audit_settings(&workspace).await?;
+            let changing = default || coalesce.is_some() || retention.is_some();
+            if default {
+                settings = Default::default();
+            }
+            if let Some(c) = coalesce {
+                settings.coalesce_secs = Some(c.as_secs());
+            }
+            if let Some(k) = retention {
+                settings.retention_secs = Some(k.as_secs());
+            }
+            if changing {
+                r.client.set_audit_settings(&workspace, &settings).await?;
+            }
+            let shown = |secs: Option<u64>| {
+                secs.map_or("the server's default".to_owned(), |s| {
+                    humantime::format_duration(std::time::Duration::from_secs(s)).to_string()
+                })
+            };
+            println!("coalesce: {}", shown(settings.coalesce_secs));
+            println!("retention: {}", shown(settings.retention_secs));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -367,46 +410,6 @@ pub async fn token(g: &GlobalArgs, cmd: TokenCommand) -> anyhow::Result<ExitCode
         TokenCommand::Revoke { id } => {
             r.client.revoke_token(&id).await?;
             eprintln!("revoked token {id}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Debug, Args)]
-pub struct AuditArgs {
-    /// Records since an RFC 3339 time or a duration ago ("1h").
-    #[arg(long, value_name = "WHEN")]
-    pub since: Option<String>,
-    /// At most this many records, newest last.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    pub limit: u32,
-    /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value_t)]
-    pub output: Output,
-    #[command(flatten)]
-    pub server: super::ServerOpts,
-}
-
-pub async fn audit(g: &GlobalArgs, a: AuditArgs) -> anyhow::Result<ExitCode> {
-    let r = require_remote(g)?;
-    let records = r.client.audit(a.since.as_deref(), a.limit).await?;
-    match a.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&records)?),
-        Output::Table => {
-            for rec in records {
-                println!(
-                    "{} {:<10} {:<16} {}:{}/{} v{} {} {}",
-                    rec.at.rfc3339(),
-                    rec.actor,
-                    rec.action,
-                    rec.target_kind,
-                    rec.workspace,
-                    rec.target,
-                    rec.version,
-                    rec.address,
-                    rec.detail
-                );
-            }
         }
     }
     Ok(ExitCode::SUCCESS)

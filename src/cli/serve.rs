@@ -51,10 +51,48 @@ pub struct ServeArgs {
     /// How long workload-read audit records may wait to be written together.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub audit_interval: Duration,
+    /// Repeated events (a token's reads of a secret, failed authentications from an address)
+    /// within this interval are one audit record with a count; 10s to 1h. A workspace may
+    /// set its own (`secretfs workspace audit`).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = coalesce_interval)]
+    pub audit_coalesce: Duration,
+    /// Records of repeated events (reads, brokered calls, refused credentials and exchanges)
+    /// are deleted after this long; records of changes are kept. At least 1h. A workspace may
+    /// set its own.
+    #[arg(long, value_name = "DURATION", default_value = "90days", value_parser = retention)]
+    pub audit_retention: Duration,
+    /// How often records past their retention are looked for and deleted, in small batches.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub audit_prune_every: Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics, apart from the API and without a token:
     /// keep ADDR internal (port 0 picks a free port, printed when ready).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// A duration no shorter than `least`, for clap.
+fn at_least(s: &str, least: Duration, what: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (e.g. 60s, 10m, 90days)"))?;
+    if d < least {
+        return Err(format!(
+            "the {what} is at least {}",
+            humantime::format_duration(least)
+        ));
+    }
+    Ok(d)
+}
+
+fn coalesce_interval(s: &str) -> Result<Duration, String> {
+    let d = at_least(s, crate::service::MIN_COALESCE, "coalescing interval")?;
+    if d > crate::service::MAX_COALESCE {
+        return Err("the coalescing interval is at most 1h: counted events wait that long".into());
+    }
+    Ok(d)
+}
+
+fn retention(s: &str) -> Result<Duration, String> {
+    at_least(s, crate::service::MIN_RETENTION, "retention")
 }
 
 pub fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -76,6 +114,9 @@ pub fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         init: a.init,
         admin_token_file: a.admin_token_file,
         audit_interval: a.audit_interval,
+        audit_coalesce: a.audit_coalesce,
+        audit_retention: a.audit_retention,
+        audit_prune_every: a.audit_prune_every.max(Duration::from_secs(1)),
         admin_impersonation: !a.no_admin_impersonation,
         jwks_refetch: a.jwks_refetch_interval,
         failure_burst: a.failure_burst,

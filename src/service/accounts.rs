@@ -120,7 +120,10 @@ impl Service {
         let audit = |ws: &str, action, kind, target: &str, id: &str, detail: String| match caller {
             Some(c) => c.audit(ws, action, (kind, target, id), 0, detail),
             None => crate::store::AuditRecord {
+                id: 0,
                 at: Timestamp::now(),
+                first_at: None,
+                count: 1,
                 workspace: ws.to_owned(),
                 actor: "secretfs serve --init".into(),
                 actor_id: String::new(),
@@ -213,7 +216,10 @@ impl Service {
             workspaces: vec![DEFAULT_WORKSPACE.to_owned()],
         };
         let audit = |action, kind, ws: &str| crate::store::AuditRecord {
+            id: 0,
             at: Timestamp::now(),
+            first_at: None,
+            count: 1,
             workspace: ws.to_owned(),
             actor: name.to_owned(),
             actor_id: user.id.clone(),

@@ -708,13 +708,11 @@ impl Service {
                 shown_or_dash(&r.sub)
             ),
         );
-        if let Err(e) = self
-            .store()
-            .record_reads(std::slice::from_ref(&record))
-            .await
-        {
+        // Coalesced like failed authentications: a client retrying a refused token is one
+        // record with a count.
+        if let Err(e) = self.record_reads(vec![record]).await {
             tracing::error!(error = %e, "cannot write the audit record of a refused exchange");
-            return e.into();
+            return e;
         }
         tracing::info!(issuer = %shown(&r.issuer), reason = %why, "identity exchange refused");
         ServiceError::Refused {
@@ -745,7 +743,10 @@ impl Attempt<'_> {
     ) -> AuditRecord {
         let (target, target_id) = self.binding.clone().unwrap_or_default();
         AuditRecord {
+            id: 0,
             at: Timestamp::now(),
+            first_at: None,
+            count: 1,
             workspace: self.workspace.clone(),
             actor,
             actor_id,

@@ -73,16 +73,26 @@ impl Service {
         since: Timestamp,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, ServiceError> {
-        caller.admin()?;
-        Ok(self
-            .store()
-            .audit(&AuditQuery {
+        self.audit_query(
+            caller,
+            &AuditQuery {
                 since,
                 workspace: None,
                 limit,
                 newest: false,
-            })
-            .await?)
+            },
+        )
+        .await
+    }
+
+    /// The audit records `query` selects, oldest first (admins).
+    pub async fn audit_query(
+        &self,
+        caller: &Caller,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditRecord>, ServiceError> {
+        caller.admin()?;
+        Ok(self.store().audit(query).await?)
     }
 
     /// The newest `limit` records of one workspace, oldest first (the local CLI, tests).

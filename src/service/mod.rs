@@ -15,6 +15,8 @@
 //! hold no rules of their own.
 
 mod accounts;
+mod audit;
+mod coalesce;
 mod identity;
 mod jwks;
 mod keys;
@@ -35,10 +37,11 @@ use crate::store::{Batch, BindingRecord, SecretFilter, Store, StoredSecret, Toke
 
 pub use crate::store::local::{LocalError, LocalPaths, OpenMode, local_user};
 pub use crate::store::{
-    AuditAction, AuditRecord, DEFAULT_WORKSPACE, Grant, StoreError, TargetKind, TokenRecord, User,
-    valid_account_name,
+    AuditAction, AuditQuery, AuditRecord, DEFAULT_WORKSPACE, Grant, StoreError, TargetKind,
+    TokenRecord, User, valid_account_name,
 };
 pub use accounts::{FirstAdmin, UserRemoval};
+pub use audit::{MAX_COALESCE, MIN_COALESCE, MIN_RETENTION, NewAuditSettings};
 pub use identity::{Binding, Exchange, NewBinding};
 pub use secrets::{NewSecret, SecretUpdate, Written};
 pub use tokens::{MintUser, MintWorkload};
@@ -134,7 +137,10 @@ impl Caller {
         detail: String,
     ) -> AuditRecord {
         AuditRecord {
+            id: 0,
             at: Timestamp::now(),
+            first_at: None,
+            count: 1,
             workspace: workspace.to_owned(),
             actor: self.actor_name(),
             actor_id: self.user().id.clone(),
@@ -217,6 +223,12 @@ pub struct Options {
     /// Failures (authentication, identity exchanges) a client address may have answered at
     /// once before they are slowed down (`serve --failure-burst`).
     pub failure_burst: u32,
+    /// How long repeated events are coalesced into one audit record, unless a workspace says
+    /// (`serve --audit-coalesce`, at least 10 s).
+    pub audit_coalesce: Duration,
+    /// How long records of repeated events are kept, unless a workspace says (`serve
+    /// --audit-retention`); records of changes are kept.
+    pub audit_retention: Duration,
 }
 
 impl Default for Options {
@@ -225,6 +237,8 @@ impl Default for Options {
             admin_impersonation: true,
             jwks_refetch: Duration::from_secs(30),
             failure_burst: 10,
+            audit_coalesce: audit::DEFAULT_COALESCE,
+            audit_retention: audit::DEFAULT_RETENTION,
         }
     }
 }
@@ -291,6 +305,10 @@ pub struct Service {
     principal_loads: tokio::sync::Mutex<()>,
     snapshot_loads: tokio::sync::Mutex<()>,
     reads: Mutex<ReadAudit>,
+    /// Repeated events (reads, refusals) waiting to be written as one record.
+    coalescer: Arc<Mutex<coalesce::Coalescer>>,
+    /// Every workspace's audit settings, valid for one change generation.
+    audit_settings: Mutex<Option<(u64, Arc<audit::SettingsByWorkspace>)>>,
     metrics: Arc<crate::metrics::ServerMetrics>,
     /// Issuers' keys for workload identity.
     jwks: Box<jwks::Jwks>,
@@ -357,6 +375,8 @@ impl Service {
             principal_loads: tokio::sync::Mutex::new(()),
             snapshot_loads: tokio::sync::Mutex::new(()),
             reads: Mutex::new(ReadAudit::Direct),
+            coalescer: Arc::new(Mutex::new(coalesce::Coalescer::new(audit::COALESCED_KINDS))),
+            audit_settings: Mutex::new(None),
             metrics: Arc::default(),
             jwks,
             grouped: Box::default(),
@@ -442,77 +462,6 @@ impl Service {
             .store("ready", self.store().key_check())
             .await?;
         Ok(())
-    }
-
-    /// Writes workload reads' audit records in batches, every `interval` at most, from a task
-    /// of the current runtime. The task ends once the service is dropped (or
-    /// [`Service::flush_reads`] is called), after writing what is left.
-    pub fn batch_reads(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let (tx, mut rx) = mpsc::channel::<AuditRecord>(READ_QUEUE);
-        *self.reads.lock().unwrap_or_else(|e| e.into_inner()) = ReadAudit::Batched(tx);
-        let store = self.vault.store_arc();
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let queued = std::time::Instant::now();
-                let mut batch = vec![first];
-                let deadline = tokio::time::Instant::now() + interval;
-                loop {
-                    while let Ok(r) = rx.try_recv() {
-                        batch.push(r);
-                    }
-                    if batch.len() >= 5000 {
-                        break;
-                    }
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(r)) => batch.push(r),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-                let started = std::time::Instant::now();
-                let written = metrics
-                    .store("record_reads", store.record_reads(&batch))
-                    .await;
-                metrics.audit_batch(batch.len(), queued.elapsed());
-                match written {
-                    Ok(()) => tracing::debug!(
-                        records = batch.len(),
-                        ms = started.elapsed().as_millis() as u64,
-                        "read audit batch written"
-                    ),
-                    Err(e) => {
-                        tracing::error!(error = %e, records = batch.len(), "cannot write audit records")
-                    }
-                }
-            }
-        })
-    }
-
-    /// Stops batching: the batch task writes what it holds and ends.
-    pub fn flush_reads(&self) {
-        *self.reads.lock().unwrap_or_else(|e| e.into_inner()) = ReadAudit::Direct;
-    }
-
-    async fn record_reads(&self, records: Vec<AuditRecord>) -> Result<(), ServiceError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let sender = match &*self.reads.lock().unwrap_or_else(|e| e.into_inner()) {
-            ReadAudit::Batched(tx) => Some(tx.clone()),
-            ReadAudit::Direct => None,
-        };
-        match sender {
-            Some(tx) => {
-                for r in records {
-                    if let Err(unsent) = tx.send(r).await {
-                        // The writer is gone (shutting down): write it here.
-                        self.store().record_reads(&[unsent.0]).await?;
-                    }
-                }
-                Ok(())
-            }
-            None => Ok(self.store().record_reads(&records).await?),
-        }
     }
 
     pub async fn close(&self) {
@@ -790,9 +739,29 @@ impl Service {
         Ok(Some((who, hash)))
     }
 
-    /// The caller a bearer token stands for, or `Unauthorized`.
+    /// The caller a bearer token stands for, or `Unauthorized` (recorded in the audit,
+    /// coalesced per address and reason).
     pub async fn authenticate(&self, bearer: &str, address: &str) -> Result<Caller, ServiceError> {
-        let presented = Presented::parse(bearer.trim()).ok_or(ServiceError::Unauthorized)?;
+        match self.check_credential(bearer, address).await? {
+            Ok(caller) => Ok(caller),
+            Err((why, token)) => {
+                self.record_auth_failure(address, why, token.as_ref()).await;
+                Err(ServiceError::Unauthorized)
+            }
+        }
+    }
+
+    /// The caller a bearer token stands for, or why it was refused (and the token it named,
+    /// when it names a real one).
+    async fn check_credential(
+        &self,
+        bearer: &str,
+        address: &str,
+    ) -> Result<Result<Caller, (audit::AuthFailure, Option<TokenRecord>)>, ServiceError> {
+        use audit::AuthFailure;
+        let Some(presented) = Presented::parse(bearer.trim()) else {
+            return Ok(Err((AuthFailure::Malformed, None)));
+        };
         let lookup = || {
             self.principals
                 .lock()
@@ -800,42 +769,44 @@ impl Service {
                 .get(&presented.id)
                 .map(|c| (c.who.clone(), c.hash.clone(), c.at))
         };
-        let (who, hash) = match lookup() {
-            Some((who, hash, at)) if at.elapsed() < PRINCIPAL_TTL => (who, hash),
+        let found = match lookup() {
+            Some((who, hash, at)) if at.elapsed() < PRINCIPAL_TTL => Some((who, hash)),
             // Past its time but not invalidated (a change would have removed it): one request
             // reloads it while the others go on with it, so an expiry never stalls a burst.
             Some((who, hash, at)) if at.elapsed() < PRINCIPAL_TTL * 5 => {
                 match self.principal_loads.try_lock() {
-                    Ok(_load) => self
-                        .load_principal(&presented.id)
-                        .await?
-                        .ok_or(ServiceError::Unauthorized)?,
-                    Err(_) => (who, hash),
+                    Ok(_load) => self.load_principal(&presented.id).await?,
+                    Err(_) => Some((who, hash)),
                 }
             }
             _ => {
                 let _load = self.principal_loads.lock().await;
                 match lookup().filter(|(_, _, at)| at.elapsed() < PRINCIPAL_TTL) {
-                    Some((who, hash, _)) => (who, hash),
-                    None => self
-                        .load_principal(&presented.id)
-                        .await?
-                        .ok_or(ServiceError::Unauthorized)?,
+                    Some((who, hash, _)) => Some((who, hash)),
+                    None => self.load_principal(&presented.id).await?,
                 }
             }
         };
-        if !presented.matches(&hash) {
-            return Err(ServiceError::Unauthorized);
-        }
+        let Some((who, hash)) = found else {
+            return Ok(Err((AuthFailure::Unknown, None)));
+        };
         let caller = Caller {
             who,
             address: address.to_owned(),
         };
         let token = caller.token().expect("a token caller");
-        if token.kind != presented.kind || !token_valid(token, Timestamp::now()) {
-            return Err(ServiceError::Unauthorized);
-        }
-        Ok(caller)
+        let why = if !presented.matches(&hash) {
+            AuthFailure::WrongSecret
+        } else if token.kind != presented.kind {
+            AuthFailure::WrongKind
+        } else if token.revoked_at.is_some() {
+            AuthFailure::Revoked
+        } else if !token_valid(token, Timestamp::now()) {
+            AuthFailure::Expired
+        } else {
+            return Ok(Ok(caller));
+        };
+        Ok(Err((why, Some(token.clone()))))
     }
 
     /// The caller again, as the store has it now: what a held long-poll checks before it

@@ -173,6 +173,20 @@ impl Service {
                     .cloned()
                     .collect();
                 if !missing.is_empty() && !q.per_name {
+                    // Refused: each name asked for and not readable is a record of its own.
+                    let refused = missing
+                        .iter()
+                        .map(|n| {
+                            caller.audit(
+                                &ws,
+                                AuditAction::ReadRefused,
+                                (TargetKind::Secret, n.as_str(), ""),
+                                0,
+                                "not readable by this token, or no such secret".into(),
+                            )
+                        })
+                        .collect();
+                    self.record_reads(refused).await?;
                     let quoted: Vec<String> = missing.iter().map(|n| format!("\"{n}\"")).collect();
                     return Err(ServiceError::NotFound(format!(
                         "secret{} not found: {}",

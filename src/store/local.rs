@@ -175,7 +175,10 @@ pub async fn bind_key(
 /// or the next `key rotate`, tries again.
 async fn finish_rotation(vault: &Vault, key: &Path, current: &MasterKey) {
     let audit = AuditRecord {
+        id: 0,
         at: crate::secret::Timestamp::now(),
+        first_at: None,
+        count: 1,
         workspace: String::new(),
         actor: "secretfs".into(),
         actor_id: String::new(),

@@ -92,9 +92,14 @@ pub enum AuditAction {
     Delete,
     /// A workload read a value.
     Read,
+    /// A workload asked for secrets its token may not read (or that do not exist), and was
+    /// refused the whole read. Each is a record of its own: never coalesced.
+    ReadRefused,
     /// Values re-sealed under a new master key (not a change of any value).
     Rekey,
     WorkspaceCreate,
+    /// A workspace's audit settings changed (coalescing interval, retention).
+    WorkspaceAudit,
     UserAdd,
     UserDelete,
     MemberAdd,
@@ -111,18 +116,23 @@ pub enum AuditAction {
     IdentityExchangeRefused,
     /// A workload's call through its launcher's broker, which added a secret's value.
     Brokered,
+    /// A request whose credential was refused: unknown or malformed, expired, revoked, of a
+    /// deleted user, or of the wrong kind (the detail says which).
+    AuthFailed,
 }
 
 impl AuditAction {
     /// Every action, for parsing and for the test that each mutation has one.
-    pub const ALL: [AuditAction; 20] = [
+    pub const ALL: [AuditAction; 23] = [
         AuditAction::Create,
         AuditAction::Update,
         AuditAction::Visibility,
         AuditAction::Delete,
         AuditAction::Read,
+        AuditAction::ReadRefused,
         AuditAction::Rekey,
         AuditAction::WorkspaceCreate,
+        AuditAction::WorkspaceAudit,
         AuditAction::UserAdd,
         AuditAction::UserDelete,
         AuditAction::MemberAdd,
@@ -136,7 +146,37 @@ impl AuditAction {
         AuditAction::IdentityExchange,
         AuditAction::IdentityExchangeRefused,
         AuditAction::Brokered,
+        AuditAction::AuthFailed,
     ];
+
+    /// The actions that repeat without changing anything (reads, refused reads, brokered
+    /// calls, refused credentials and exchanges): pruned after the retention. Every other
+    /// action records a change and is kept.
+    pub const REPEATED: [AuditAction; 5] = [
+        AuditAction::Read,
+        AuditAction::ReadRefused,
+        AuditAction::Brokered,
+        AuditAction::AuthFailed,
+        AuditAction::IdentityExchangeRefused,
+    ];
+
+    pub fn repeated(self) -> bool {
+        Self::REPEATED.contains(&self)
+    }
+
+    /// Repeated actions whose alike events are coalesced into one record per interval: all but
+    /// a refused read, which is always a record of its own.
+    pub fn coalesced(self) -> bool {
+        self.repeated() && self != AuditAction::ReadRefused
+    }
+
+    /// A refused credential or exchange.
+    pub fn refusal(self) -> bool {
+        matches!(
+            self,
+            AuditAction::AuthFailed | AuditAction::IdentityExchangeRefused
+        )
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -145,8 +185,10 @@ impl AuditAction {
             AuditAction::Visibility => "visibility",
             AuditAction::Delete => "delete",
             AuditAction::Read => "read",
+            AuditAction::ReadRefused => "read-refused",
             AuditAction::Rekey => "rekey",
             AuditAction::WorkspaceCreate => "workspace-create",
+            AuditAction::WorkspaceAudit => "workspace-audit",
             AuditAction::UserAdd => "user-add",
             AuditAction::UserDelete => "user-delete",
             AuditAction::MemberAdd => "member-add",
@@ -160,6 +202,7 @@ impl AuditAction {
             AuditAction::IdentityExchange => "identity-exchange",
             AuditAction::IdentityExchangeRefused => "identity-exchange-refused",
             AuditAction::Brokered => "brokered",
+            AuditAction::AuthFailed => "auth-failed",
         }
     }
 
@@ -169,7 +212,7 @@ impl AuditAction {
 }
 
 /// What an audit record is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
     Secret,
@@ -217,9 +260,18 @@ impl TargetKind {
 }
 
 /// One audit log entry: who did what to what, by name and by id. Never holds a value or a token.
+/// A coalesced entry stands for `count` alike events from `first_at` to `at`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditRecord {
+    /// The store's sequence number, in commit order (0 until stored).
+    pub id: u64,
+    /// When it happened; for a coalesced record, the last of its events.
     pub at: Timestamp,
+    /// The first of its events, for a coalesced record (`None` for a record of one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_at: Option<Timestamp>,
+    /// How many alike events it stands for (1 for every change).
+    pub count: u64,
     /// The workspace concerned, empty for actions on the whole server (users, keys).
     pub workspace: String,
     /// Who did it: a user name, `workload:ID` for a workload token, or the local user.
@@ -347,6 +399,16 @@ pub enum TokenFilter<'a> {
     All,
 }
 
+/// A workspace's audit settings; `None` is the server's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AuditSettings {
+    pub workspace: String,
+    /// How long repeated events are coalesced into one record, in seconds.
+    pub coalesce_secs: Option<u64>,
+    /// How long repeated-event records are kept, in seconds.
+    pub retention_secs: Option<u64>,
+}
+
 /// Which audit records to read: at or after `since`, of `workspace` if given, at most `limit`;
 /// the oldest first, or the newest `limit` (still oldest first) when `newest` is set.
 #[derive(Debug, Clone)]
@@ -431,6 +493,9 @@ pub enum Op {
         name: String,
         at: Timestamp,
     },
+    /// Sets a workspace's audit settings (`None` returns one to the server's default).
+    /// `WorkspaceNotFound` if it does not exist.
+    SetAuditSettings(AuditSettings),
     /// A new user (its `workspaces` are added with `AddMember`). `UserExists` if a live user has
     /// the name.
     InsertUser(User),
@@ -665,6 +730,25 @@ pub trait Store: Send + Sync + 'static {
     /// Every workload-identity binding, by name.
     async fn bindings(&self) -> Result<Vec<BindingRecord>, StoreError>;
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+    /// At most `limit` records with ids above `after` (and `query`'s time and workspace), in
+    /// id order: the order they were committed in (an export's resumable position is the last
+    /// id it wrote); the newest of them when `query.newest` is set.
+    async fn audit_after(
+        &self,
+        after: u64,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Deletes at most `limit` records of `workspace` older than `before` whose action is one
+    /// of `actions`, in one short transaction; how many it deleted.
+    async fn prune_audit(
+        &self,
+        workspace: &str,
+        before: Timestamp,
+        actions: &[AuditAction],
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+    /// Every workspace's audit settings (those with none set included).
+    async fn audit_settings(&self) -> Result<Vec<AuditSettings>, StoreError>;
     /// The key-check blob sealed at initialisation, if the store has one.
     async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError>;
 

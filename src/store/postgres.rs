@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001.sql")),
     (2, include_str!("migrations/postgres/0002.sql")),
     (3, include_str!("migrations/postgres/0003.sql")),
+    (4, include_str!("migrations/postgres/0004.sql")),
 ];
 
 /// The PostgreSQL store.
@@ -163,6 +164,8 @@ impl Dialect for Postgres {
     type Conn = sqlx::pool::PoolConnection<sqlx::Postgres>;
     type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
     const LOCK_ROWS: &'static str = "FOR SHARE";
+    // The key is "SFS" + 2 (0x5346_5302), beside the migrations' "SFS" + 1.
+    const AUDIT_ORDER: &'static str = "SELECT pg_advisory_xact_lock(1397117698)";
 
     fn describe(&self) -> String {
         format!("postgres:{}", self.shown)
@@ -192,19 +195,21 @@ impl Dialect for Postgres {
     async fn record_reads(&self, audits: &[AuditRecord]) -> Result<(), StoreError> {
         // Workload reads arrive by the ten thousand a second: COPY costs PostgreSQL a fraction
         // of the CPU of INSERTs, which matters when replicas share its cores.
-        use sqlx::postgres::PgPoolCopyExt;
         let mut data = Vec::with_capacity(audits.len() * 128);
         for a in audits {
             copy_row(&mut data, &audit_fields(a)?);
         }
         let statement = format!("COPY audit ({}) FROM STDIN", super::rows::AUDIT_COLUMNS);
-        let mut copy = self.pool.copy_in_raw(&statement).await?;
+        // In a transaction that waits its turn (`AUDIT_ORDER`), like every other appender.
+        let mut tx = begin_on(&self.pool, "BEGIN").await?;
+        sqlx::query(Self::AUDIT_ORDER).execute(&mut *tx).await?;
+        let mut copy = tx.copy_in_raw(&statement).await?;
         if let Err(e) = copy.send(data).await {
             let _ = copy.abort("send failed").await;
             return Err(e.into());
         }
         copy.finish().await?;
-        Ok(())
+        Ok(tx.commit().await?)
     }
 
     fn shared(&self) -> bool {

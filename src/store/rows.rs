@@ -22,7 +22,7 @@ pub(super) const TOKEN_COLUMNS: &str = "id, hash, kind, user_id, workspace, crea
 pub(super) const BINDING_COLUMNS: &str =
     "id, name, workspace, user_id, issuer, rules, created_at, created_by";
 /// In the order `sql::audit_fields` lists them.
-pub(super) const AUDIT_COLUMNS: &str = "at, workspace, actor, actor_id, action, target_kind, \
+pub(super) const AUDIT_COLUMNS: &str = "at, first_at, count, workspace, actor, actor_id, action, target_kind, \
                                         target, target_id, version, detail, address";
 
 /// Typed column access, the same for both drivers' rows. A missing column or a type mismatch
@@ -93,8 +93,19 @@ pub(super) fn secret_from_row(row: &dyn Columns) -> Result<StoredSecret, StoreEr
 pub(super) fn audit_from_row(row: &dyn Columns) -> Result<AuditRecord, StoreError> {
     let action = row.text("action")?;
     let kind = row.text("target_kind")?;
+    let at = Timestamp::from_nanos(row.int("at")?);
+    let first_at = row.int("first_at")?;
     Ok(AuditRecord {
-        at: Timestamp::from_nanos(row.int("at")?),
+        // Every audit read selects the id; a row of another query has none.
+        id: row
+            .opt_int("id")
+            .ok()
+            .flatten()
+            .and_then(|id| u64::try_from(id).ok())
+            .unwrap_or(0),
+        at,
+        first_at: (first_at != 0).then(|| Timestamp::from_nanos(first_at)),
+        count: u64::try_from(row.int("count")?).unwrap_or(1).max(1),
         workspace: row.text("workspace")?,
         actor: row.text("actor")?,
         actor_id: row.text("actor_id")?,

@@ -13,8 +13,8 @@ use super::rows::{
     user_from_row, version_i64,
 };
 use super::{
-    AuditQuery, AuditRecord, Batch, BindingRecord, Change, Expected, Op, SecretFilter, Store,
-    StoreError, StoredSecret, TokenFilter, TokenRecord, User, WriteFence,
+    AuditAction, AuditQuery, AuditRecord, AuditSettings, Batch, BindingRecord, Change, Expected,
+    Op, SecretFilter, Store, StoreError, StoredSecret, TokenFilter, TokenRecord, User, WriteFence,
 };
 use crate::secret::{SecretName, Timestamp, Visibility};
 
@@ -119,6 +119,12 @@ pub trait Dialect: Send + Sync + 'static {
     /// PostgreSQL's `FOR SHARE`; nothing in SQLite, whose write transactions hold the whole
     /// database's write lock from their first statement.
     const LOCK_ROWS: &'static str;
+    /// Run in a transaction just before it appends audit records, so that records are numbered
+    /// in the order their transactions commit (what lets an export resume after the last id
+    /// it wrote and miss nothing). PostgreSQL draws ids from a sequence when a row is inserted,
+    /// not when it commits: a transaction-scoped advisory lock makes the next appender wait
+    /// for this one's commit. Nothing in SQLite, whose writers take turns.
+    const AUDIT_ORDER: &'static str;
 
     fn describe(&self) -> String;
     async fn conn(&self) -> Result<Self::Conn, StoreError>;
@@ -368,6 +374,24 @@ async fn apply_op(tx: &mut dyn Exec, op: &Op, lock: &str) -> Result<(), StoreErr
                 || StoreError::WorkspaceExists(name.clone()),
             )
             .await
+        }
+        Op::SetAuditSettings(set) => {
+            let secs = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+            let changed = tx
+                .run(
+                    "UPDATE workspaces SET audit_coalesce_secs = $1, audit_retention_secs = $2
+                     WHERE name = $3",
+                    &[
+                        Param::OptInt(secs(set.coalesce_secs)),
+                        Param::OptInt(secs(set.retention_secs)),
+                        Param::Text(&set.workspace),
+                    ],
+                )
+                .await?;
+            if changed == 0 {
+                return Err(StoreError::WorkspaceNotFound(set.workspace.clone()));
+            }
+            Ok(())
         }
         Op::InsertUser(u) => {
             insert_unique(
@@ -916,7 +940,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         let rows = c
             .rows(
                 &format!(
-                    "SELECT {AUDIT_COLUMNS} FROM audit WHERE at >= $1 AND ($2 IS NULL OR workspace = $2)
+                    "SELECT id, {AUDIT_COLUMNS} FROM audit WHERE at >= $1 AND ($2 IS NULL OR workspace = $2)
                      ORDER BY at {order}, id {order} LIMIT $3"
                 ),
                 &[
@@ -931,6 +955,83 @@ impl<D: Dialect> Store for SqlStore<D> {
             out.reverse();
         }
         Ok(out)
+    }
+
+    async fn audit_after(
+        &self,
+        after: u64,
+        q: &AuditQuery,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut c = self.dialect.conn().await?;
+        let order = if q.newest { "DESC" } else { "" };
+        let rows = c
+            .rows(
+                &format!(
+                    "SELECT id, {AUDIT_COLUMNS} FROM audit
+                     WHERE id > $1 AND at >= $2 AND ($3 IS NULL OR workspace = $3)
+                     ORDER BY id {order} LIMIT $4"
+                ),
+                &[
+                    Param::Int(i64::try_from(after).unwrap_or(i64::MAX)),
+                    Param::Int(q.since.nanos()),
+                    Param::OptText(q.workspace.as_deref()),
+                    Param::Int(i64::from(q.limit)),
+                ],
+            )
+            .await?;
+        let mut out = rows_to(rows, audit_from_row)?;
+        if q.newest {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    async fn prune_audit(
+        &self,
+        workspace: &str,
+        before: Timestamp,
+        actions: &[AuditAction],
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        if actions.is_empty() {
+            return Ok(0);
+        }
+        // One short write transaction per call: the caller deletes in small batches with
+        // pauses between them, so a writer never waits behind a long delete.
+        let list = placeholders(4, actions.len());
+        let sql = format!(
+            "DELETE FROM audit WHERE id IN (SELECT id FROM audit
+             WHERE workspace = $1 AND at < $2 AND action IN ({list}) ORDER BY at LIMIT $3)"
+        );
+        let mut params = vec![
+            Param::Text(workspace),
+            Param::Int(before.nanos()),
+            Param::Int(i64::from(limit)),
+        ];
+        params.extend(actions.iter().map(|a| Param::Text(a.as_str())));
+        let mut tx = self.dialect.begin().await?;
+        let deleted = tx.run(&sql, &params).await?;
+        D::commit(tx).await?;
+        Ok(deleted)
+    }
+
+    async fn audit_settings(&self) -> Result<Vec<AuditSettings>, StoreError> {
+        let mut c = self.dialect.conn().await?;
+        let rows = c
+            .rows(
+                "SELECT name, audit_coalesce_secs, audit_retention_secs FROM workspaces ORDER BY name",
+                &[],
+            )
+            .await?;
+        rows_to(rows, |r| {
+            let secs =
+                |col| Ok::<_, StoreError>(r.opt_int(col)?.map(|v| u64::try_from(v).unwrap_or(0)));
+            Ok(AuditSettings {
+                workspace: r.text("name")?,
+                coalesce_secs: secs("audit_coalesce_secs")?,
+                retention_secs: secs("audit_retention_secs")?,
+            })
+        })
     }
 
     async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
@@ -959,7 +1060,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         for op in &batch.ops {
             apply_op(&mut tx, op, D::LOCK_ROWS).await?;
         }
-        insert_audits(&mut tx, &batch.audit, false).await?;
+        insert_audits(&mut tx, &batch.audit, false, D::AUDIT_ORDER).await?;
         if !batch.quiet() {
             D::notify(&mut tx).await?;
         }
@@ -990,7 +1091,7 @@ impl<D: Dialect> Store for SqlStore<D> {
             if let Err(e) = tx.run("SAVEPOINT quiet_batches", &[]).await {
                 return all(e.into());
             }
-            let fast = apply_quiet(&mut tx, batches, D::LOCK_ROWS).await;
+            let fast = apply_quiet(&mut tx, batches, D::LOCK_ROWS, D::AUDIT_ORDER).await;
             if let Err(e) = end_savepoint(&mut tx, "quiet_batches", fast.is_ok()).await {
                 return all(e.into());
             }
@@ -1077,6 +1178,7 @@ async fn apply_quiet(
     tx: &mut dyn Exec,
     batches: &[Batch],
     lock: &str,
+    audit_order: &str,
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     use std::collections::HashMap;
     // Each distinct precondition once, by the statements a batch alone would run.
@@ -1158,7 +1260,7 @@ async fn apply_quiet(
         run_chunk(tx, &sql, &params, chunk.len() == GRANT_CHUNK).await?;
     }
     let audits: Vec<AuditRecord> = admitted().flat_map(|(b, _)| b.audit.clone()).collect();
-    insert_audits(tx, &audits, false).await?;
+    insert_audits(tx, &audits, false, audit_order).await?;
     Ok(results)
 }
 
@@ -1190,13 +1292,15 @@ async fn apply_batch<D: Dialect>(tx: &mut D::Tx, batch: &Batch) -> Result<(), St
     for op in &batch.ops {
         apply_op(tx, op, D::LOCK_ROWS).await?;
     }
-    insert_audits(tx, &batch.audit, false).await
+    insert_audits(tx, &batch.audit, false, D::AUDIT_ORDER).await
 }
 
 /// The audit columns' values of `a`, in [`AUDIT_COLUMNS`] order, as text (bulk writers).
-pub(super) fn audit_fields(a: &AuditRecord) -> Result<[String; 11], StoreError> {
+pub(super) fn audit_fields(a: &AuditRecord) -> Result<[String; 13], StoreError> {
     Ok([
         a.at.nanos().to_string(),
+        first_at(a).to_string(),
+        count_i64(a.count)?.to_string(),
         a.workspace.clone(),
         a.actor.clone(),
         a.actor_id.clone(),
@@ -1208,6 +1312,16 @@ pub(super) fn audit_fields(a: &AuditRecord) -> Result<[String; 11], StoreError> 
         a.detail.clone(),
         a.address.clone(),
     ])
+}
+
+/// The stored `first_at`: 0 for a record of one event.
+fn first_at(a: &AuditRecord) -> i64 {
+    a.first_at.map_or(0, |t| t.nanos())
+}
+
+fn count_i64(count: u64) -> Result<i64, StoreError> {
+    i64::try_from(count.max(1))
+        .map_err(|_| StoreError::Invalid(format!("audit count {count} is out of range")))
 }
 
 /// Rows per multi-row audit insert.
@@ -1223,24 +1337,33 @@ pub(super) async fn insert_audits(
     tx: &mut dyn Exec,
     audits: &[AuditRecord],
     anonymous: bool,
+    order: &str,
 ) -> Result<(), StoreError> {
+    if audits.is_empty() {
+        return Ok(());
+    }
+    if !order.is_empty() {
+        tx.run(order, &[]).await?;
+    }
     for chunk in audits.chunks(AUDIT_CHUNK) {
         let mut sql = format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ");
-        let mut params = Vec::with_capacity(chunk.len() * 11);
+        let mut params = Vec::with_capacity(chunk.len() * 13);
         for (i, a) in chunk.iter().enumerate() {
             if i > 0 {
                 sql.push_str(", ");
             }
             sql.push('(');
             if anonymous {
-                sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?");
+                sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?");
             } else {
-                sql.push_str(&placeholders(i * 11 + 1, 11));
+                sql.push_str(&placeholders(i * 13 + 1, 13));
             }
             sql.push(')');
             // In AUDIT_COLUMNS order, as audit_fields lists them for COPY.
             params.extend([
                 Param::Int(a.at.nanos()),
+                Param::Int(first_at(a)),
+                Param::Int(count_i64(a.count)?),
                 Param::Text(&a.workspace),
                 Param::Text(&a.actor),
                 Param::Text(&a.actor_id),

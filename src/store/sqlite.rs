@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/sqlite/0002.sql")),
     (3, include_str!("migrations/sqlite/0003.sql")),
     (4, include_str!("migrations/sqlite/0004.sql")),
+    (5, include_str!("migrations/sqlite/0005.sql")),
 ];
 
 /// The SQLite store.
@@ -249,6 +250,7 @@ impl Dialect for Sqlite {
     type Conn = sqlx::pool::PoolConnection<sqlx::Sqlite>;
     type Tx = WriteTx;
     const LOCK_ROWS: &'static str = "";
+    const AUDIT_ORDER: &'static str = "";
 
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
@@ -280,7 +282,7 @@ impl Dialect for Sqlite {
         // turn waits for one of them, not for a whole batch of reads.
         for chunk in audits.chunks(2000) {
             let mut tx = self.begin().await?;
-            insert_audits(&mut tx, chunk, true).await?;
+            insert_audits(&mut tx, chunk, true, Self::AUDIT_ORDER).await?;
             Self::commit(tx).await?;
         }
         Ok(())

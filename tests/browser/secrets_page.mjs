@@ -224,6 +224,7 @@ assert.equal(
 );
 await noCanaryInPage("after minting");
 assert.equal(await page.isVisible("#identity"), false, "a user who is no admin sees no identity bindings");
+assert.equal(await page.isVisible("#audit"), false, "a user who is no admin sees no audit");
 
 step("screenshots, wide and narrow");
 if (SHOTS) await page.screenshot({ path: path.join(SHOTS, "secrets-page.png"), fullPage: true });
@@ -287,6 +288,22 @@ await page.click("#unbind-confirm");
 await notice().filter({ hasText: "Removed the identity binding short-lived" }).waitFor();
 assert.equal(await page.locator('#binding-rows tr[data-binding="short-lived"]').count(), 0);
 if (SHOTS) await page.screenshot({ path: path.join(SHOTS, "identity-bindings.png"), fullPage: true });
+
+step("an admin sees the audit, a coalesced record with its count and its first and last times");
+await page.locator("#audit").waitFor({ state: "visible" });
+const counted = page.locator("#audit-rows tr", { hasText: "×42" });
+await counted.waitFor();
+const countedText = await counted.textContent();
+assert.match(countedText, /workload:planted/);
+assert.match(countedText, /read/);
+assert.match(countedText, /\d{2}:\d{2}:\d{2}Z – \d{4}-/, "a coalesced record shows its first and last times");
+// The records of this session's own changes are there too, newest first, once refreshed.
+await page.click("#audit-refresh");
+await page.locator("#audit-rows tr td:nth-child(3)", { hasText: "identity-remove" }).first().waitFor();
+const actions = await page.locator("#audit-rows tr td:nth-child(3)").allTextContents();
+assert.equal(actions[0], "identity-remove", `audit actions: ${actions}`);
+assert.ok(actions.includes("identity-add"), `audit actions: ${actions}`);
+if (SHOTS) await page.screenshot({ path: path.join(SHOTS, "audit.png"), fullPage: true });
 
 step("nothing the page received holds the canary");
 await Promise.all(pending);

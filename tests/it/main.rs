@@ -5,6 +5,7 @@
 mod access;
 mod access_model;
 mod access_timelines;
+mod audit;
 mod broker;
 mod cli_secret;
 mod conformance;

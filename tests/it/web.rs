@@ -223,6 +223,28 @@ async fn the_secrets_page_in_headless_chromium() {
     let ssh_key = ssh_public_key(s.path());
     let out = s.path().join("browser");
     std::fs::create_dir_all(&out).unwrap();
+    // A coalesced record, as a server writes one after a token read a secret 42 times in an
+    // interval: the page shows its count and its first and last times.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let planted = Command::new("sqlite3")
+        .args([
+            "-cmd",
+            ".timeout 10000",
+            server.db.to_str().unwrap(),
+            &format!(
+                "INSERT INTO audit (at, first_at, count, workspace, actor, actor_id, action, \
+                 target_kind, target, target_id, version, detail, address) VALUES ({now}, {}, 42, \
+                 'default', 'workload:planted', 'u', 'read', 'secret', 'PLANTED', 's', 3, \
+                 'user=alice', '127.0.0.1')",
+                now - 50_000_000_000
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(planted.status.success(), "{planted:?}");
 
     let mut cmd = Command::new("node");
     cmd.arg(repo().join("tests/browser/secrets_page.mjs"))

@@ -152,6 +152,8 @@
     $("rows").replaceChildren();
     $("binding-rows").replaceChildren();
     $("identity").hidden = true;
+    $("audit-rows").replaceChildren();
+    $("audit").hidden = true;
     $("secrets").hidden = true;
     $("who").hidden = true;
     $("sign-in").hidden = false;
@@ -171,6 +173,7 @@
     for (const n of [...state.selected]) if (!names.has(n)) state.selected.delete(n);
     render();
     await loadBindings();
+    await loadAudit();
   }
 
   function matches(s) {
@@ -410,6 +413,31 @@
     }
   }
 
+  // ---- the audit (admins) ----------------------------------------------------------------
+
+  const AUDIT_ROWS = 100;
+
+  async function loadAudit() {
+    const session = state.session;
+    if (!state.me || !state.me.admin) { $("audit").hidden = true; return; }
+    const q = new URLSearchParams({ workspace: state.workspace, newest: "true", limit: String(AUDIT_ROWS) });
+    const records = await api("GET", `/api/v1/audit?${q}`);
+    if (session !== state.session) return;
+    const when = (t) => t.replace("T", " ").replace(/\.\d+Z$/, "Z");
+    const rows = records.reverse().map((r) => el("tr", { "data-audit": String(r.id) },
+      el("td", { "data-label": "When", text: r.first_at ? `${when(r.first_at)} – ${when(r.at)}` : when(r.at) }),
+      el("td", { "data-label": "Who", text: r.actor }),
+      el("td", { "data-label": "Action", text: r.action }),
+      el("td", { "data-label": "Target", text: `${r.target_kind} ${r.target}${r.version ? ` v${r.version}` : ""}` }),
+      el("td", { "data-label": "Count", class: "count", text: r.count > 1 ? `×${r.count}` : "1" }),
+      el("td", { "data-label": "From", text: r.address }),
+      el("td", { "data-label": "Detail", text: r.detail }),
+    ));
+    $("audit-rows").replaceChildren(...rows);
+    $("audit-empty").hidden = rows.length > 0;
+    $("audit").hidden = false;
+  }
+
   // ---- workload identity (admins) -------------------------------------------------------
 
   async function loadBindings() {
@@ -518,6 +546,7 @@
     $("mint-form").addEventListener("submit", submitMint);
     $("bind-form").addEventListener("submit", submitBind);
     $("unbind-form").addEventListener("submit", submitUnbind);
+    $("audit-refresh").addEventListener("click", () => loadAudit().catch((e) => notice(e.message)));
     $("binding-rows").addEventListener("click", (ev) => {
       const t = ev.target;
       if (t instanceof HTMLElement && t.dataset.unbind) openUnbind(t.dataset.unbind);
