@@ -246,6 +246,28 @@ struct Sink {
     after: u64,
     position: Option<PathBuf>,
     file: Option<Rotating>,
+    /// Held while the export runs: a second export to the same file or position would
+    /// interleave its lines with this one's and move the position under it.
+    _lock: Option<nix::fcntl::Flock<File>>,
+}
+
+/// An exclusive lock on `PATH.lock`, or an error naming the export that holds it.
+fn lock_beside(path: &Path) -> anyhow::Result<nix::fcntl::Flock<File>> {
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open \"{}\"", lock_path.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "another export is writing \"{}\" (it holds \"{}\": {e}); stop it first, or export elsewhere",
+            path.display(),
+            lock_path.display()
+        )
+    })
 }
 
 /// The file and its rotation.
@@ -277,6 +299,11 @@ impl Sink {
             (Some(p), _) => Some(p.clone()),
             (None, true) => None,
             (None, false) => Some(PathBuf::from(format!("{}.position", a.to))),
+        };
+        let lock = match (&position, to_stdout) {
+            (_, false) => Some(lock_beside(Path::new(&a.to))?),
+            (Some(p), true) => Some(lock_beside(p)?),
+            (None, true) => None,
         };
         let (mut after, mut started) = match &position {
             Some(p) => read_position(p)?,
@@ -314,6 +341,7 @@ impl Sink {
             after,
             position,
             file,
+            _lock: lock,
         })
     }
 
@@ -321,11 +349,22 @@ impl Sink {
     /// nothing (see the module's docs).
     fn write(&mut self, lines: &[AuditLine]) -> anyhow::Result<()> {
         let mut text = Vec::with_capacity(lines.len() * 256);
+        let mut last = self.after;
         for l in lines {
+            // Ids only grow: anything else (a store restored from an older backup, a server
+            // that answers another order) would repeat or skip records without a word.
+            if l.id <= last {
+                anyhow::bail!(
+                    "the log answered record {} after record {last}: ids must grow. Was the store \
+                     restored from an older backup? Export to a new file (or remove the \
+                     position) to start again",
+                    l.id
+                );
+            }
+            last = l.id;
             serde_json::to_writer(&mut text, l)?;
             text.push(b'\n');
         }
-        let last = lines.last().map_or(self.after, |l| l.id);
         let started = match &mut self.file {
             Some(r) => {
                 r.rotate_if_due()?;
@@ -373,9 +412,10 @@ impl Rotating {
             .to_string()
             .replace(['-', ':'], "");
         let mut aside = PathBuf::from(format!("{}.{stamp}", self.path.display()));
+        // More than one rotation in a second: numbered so that names sort in order.
         let mut n = 1;
         while aside.exists() {
-            aside = PathBuf::from(format!("{}.{stamp}-{n}", self.path.display()));
+            aside = PathBuf::from(format!("{}.{stamp}-{n:04}", self.path.display()));
             n += 1;
         }
         std::fs::rename(&self.path, &aside).with_context(|| {

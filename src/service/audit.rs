@@ -33,9 +33,9 @@ pub const MAX_COALESCE: Duration = Duration::from_secs(3600);
 pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
 /// The longest retention a workspace may set (100 years): beyond it, keep every record.
 pub const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 86_400);
-/// Kinds of repeated events counted at once, at most (about 300 bytes each): past it, new
-/// kinds are written uncounted (see `Coalescer::new`).
-pub(super) const COALESCED_KINDS: usize = 100_000;
+/// The memory the open intervals may take: past it, new kinds are written uncounted (see
+/// `Coalescer::new`). About 60,000 kinds of read; fewer of long brokered calls.
+pub(super) const COALESCER_BUDGET: usize = 64 << 20;
 /// Records deleted per pruning transaction: a few milliseconds of the write lock, so a writer
 /// never waits long behind the pruner.
 const PRUNE_BATCH: u32 = 500;
@@ -71,6 +71,55 @@ impl AuthFailure {
             AuthFailure::WrongKind => "wrong-kind",
         }
     }
+}
+
+/// The source a refusal is counted against: an IPv4 address, or an IPv6 client's /64 (what
+/// one host can draw addresses from at will), as the failure guard counts them.
+pub(super) fn source_group(address: &str) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+            format!("{prefix}/64")
+        }
+        Ok(std::net::IpAddr::V6(v6)) => v6
+            .to_ipv4_mapped()
+            .map_or_else(String::new, |v4| v4.to_string()),
+        _ => address.to_owned(),
+    }
+}
+
+/// A refusal's reason without what the client chose: every quoted value (`"..."`, as
+/// `quote_for_error` writes them) and every number masked, so "no key \"k1\"" and "no key
+/// \"k2\"" are one kind of reason.
+pub(super) fn reason_kind(why: &str) -> String {
+    let mut out = String::with_capacity(why.len());
+    let mut chars = why.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                // To the closing quote, past escaped ones.
+                while let Some(q) = chars.next() {
+                    match q {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+                out.push_str("\"…\"");
+            }
+            c if c.is_ascii_digit() => {
+                while chars.peek().is_some_and(char::is_ascii_digit) {
+                    chars.next();
+                }
+                out.push('N');
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A workspace's audit settings, checked: what `workspace audit` sets.
@@ -168,6 +217,28 @@ impl Service {
     /// Records events that change nothing. With the batch writer running (a server), repeated
     /// ones are coalesced; one-shot commands write each at once.
     pub(super) async fn record_reads(&self, records: Vec<AuditRecord>) -> Result<(), ServiceError> {
+        self.record_events(records.into_iter().map(|r| (r, None)).collect())
+            .await
+    }
+
+    /// Records a refused exchange or credential, alike others from its source (`address`, an
+    /// IPv6 client by its /64) with the same `group` (the reason as the client was told it),
+    /// whatever else its detail holds: a client varying what it sends makes no new kind.
+    pub(super) async fn record_refusal(
+        &self,
+        mut record: AuditRecord,
+        group: String,
+    ) -> Result<(), ServiceError> {
+        record.address = source_group(&record.address);
+        self.record_events(vec![(record, Some(group))]).await
+    }
+
+    /// Records events that change nothing, each with what it is grouped by instead of its
+    /// detail, if anything.
+    async fn record_events(
+        &self,
+        records: Vec<(AuditRecord, Option<String>)>,
+    ) -> Result<(), ServiceError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -176,6 +247,7 @@ impl Service {
             ReadAudit::Direct => None,
         };
         let Some(tx) = sender else {
+            let records: Vec<AuditRecord> = records.into_iter().map(|(r, _)| r).collect();
             return Ok(self.store().record_reads(&records).await?);
         };
         let settings = self.current_audit_settings().await?;
@@ -184,10 +256,10 @@ impl Service {
             let mut c = self.coalescer.lock().unwrap_or_else(|e| e.into_inner());
             records
                 .into_iter()
-                .filter_map(|r| {
+                .filter_map(|(r, group)| {
                     if r.action.coalesced() {
                         let interval = self.coalesce_interval(&settings, &r.workspace);
-                        c.offer(r, interval)
+                        c.offer(r, interval, group.as_deref())
                     } else {
                         Some(r)
                     }
@@ -263,6 +335,7 @@ impl Service {
         why: AuthFailure,
         token: Option<&TokenRecord>,
     ) {
+        let reason = format!("reason={}", why.as_str());
         let (workspace, target, target_id, detail) = match token {
             Some(t) => (
                 t.workspace.clone().unwrap_or_default(),
@@ -293,7 +366,7 @@ impl Service {
             detail,
             address: address.to_owned(),
         };
-        if let Err(e) = self.record_reads(vec![record]).await {
+        if let Err(e) = self.record_refusal(record, reason).await {
             tracing::error!(error = %e, "cannot record a failed authentication");
         }
     }
@@ -434,5 +507,35 @@ impl Service {
             )],
         };
         self.commit(caller, batch).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{reason_kind, source_group};
+
+    #[test]
+    fn reasons_are_grouped_without_what_the_client_chose() {
+        assert_eq!(
+            reason_kind(r#"binding lepton: the issuer publishes no key "k1""#),
+            reason_kind(r#"binding lepton: the issuer publishes no key "other \"quoted\"""#),
+        );
+        assert_eq!(
+            reason_kind("the token lives 259200 s, longer than the binding's maximum of 86400 s"),
+            "the token lives N s, longer than the binding's maximum of N s"
+        );
+        assert_ne!(
+            reason_kind("the token's signature does not verify"),
+            reason_kind("the token has expired")
+        );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64() {
+        assert_eq!(source_group("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(source_group("2001:db8:1:2:bbbb::9"), "2001:db8:1:2::/64");
+        assert_eq!(source_group("::ffff:10.0.0.1"), "10.0.0.1");
+        assert_eq!(source_group("10.0.0.1"), "10.0.0.1");
+        assert_eq!(source_group(""), "");
     }
 }

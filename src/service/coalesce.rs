@@ -35,7 +35,9 @@ struct Kind {
 }
 
 impl Kind {
-    fn of(r: &AuditRecord) -> Self {
+    /// The kind of `r`, grouped by `group` instead of its detail when given (a refusal whose
+    /// detail holds what the client sent, which it may vary at will).
+    fn of(r: &AuditRecord, group: Option<&str>) -> Self {
         Kind {
             workspace: r.workspace.clone(),
             actor: r.actor.clone(),
@@ -45,9 +47,22 @@ impl Kind {
             target: r.target.clone(),
             target_id: r.target_id.clone(),
             version: r.version,
-            detail: r.detail.clone(),
+            detail: group.unwrap_or(&r.detail).to_owned(),
             address: r.address.clone(),
         }
+    }
+
+    /// What keeping it open costs, roughly: its text twice (the key and the counted record)
+    /// and the maps' and records' own sizes.
+    fn cost(&self) -> usize {
+        let text = self.workspace.len()
+            + self.actor.len()
+            + self.actor_id.len()
+            + self.target.len()
+            + self.target_id.len()
+            + self.detail.len()
+            + self.address.len();
+        2 * text + 512
     }
 }
 
@@ -66,26 +81,34 @@ impl Window {
     }
 }
 
-/// The open intervals, at most `capacity` of them.
+/// The open intervals, in at most `budget` bytes.
 pub struct Coalescer {
     open: HashMap<Kind, Window>,
-    capacity: usize,
+    budget: usize,
+    used: usize,
 }
 
 impl Coalescer {
-    /// Past `capacity` open kinds (a flood from a million addresses), a new kind is written
+    /// Past `budget` bytes of open kinds (a flood of distinct events), a new kind is written
     /// as it comes, uncounted: memory stays bounded and no event is lost.
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(budget: usize) -> Self {
         Coalescer {
             open: HashMap::new(),
-            capacity,
+            budget,
+            used: 0,
         }
     }
 
     /// Takes an event (a record of one, its `at` the time it happened) to be coalesced over
-    /// `interval`; answers the record to write now, if any.
-    pub fn offer(&mut self, record: AuditRecord, interval: Duration) -> Option<AuditRecord> {
-        let kind = Kind::of(&record);
+    /// `interval`, alike others of its kind (`group` standing for its detail, when given);
+    /// answers the record to write now, if any.
+    pub fn offer(
+        &mut self,
+        record: AuditRecord,
+        interval: Duration,
+        group: Option<&str>,
+    ) -> Option<AuditRecord> {
+        let kind = Kind::of(&record, group);
         let at = record.at;
         match self.open.get_mut(&kind) {
             // An interval of its kind is open: counted, written when the interval ends.
@@ -121,7 +144,9 @@ impl Coalescer {
                 }
             }
             None => {
-                if self.open.len() < self.capacity {
+                let cost = kind.cost();
+                if self.used + cost <= self.budget {
+                    self.used += cost;
                     self.open.insert(
                         kind,
                         Window {
@@ -141,7 +166,8 @@ impl Coalescer {
     /// is closed, and the kind's next event is written at once again.
     pub fn due(&mut self, now: Timestamp) -> Vec<AuditRecord> {
         let mut out = Vec::new();
-        self.open.retain(|_, w| {
+        let mut freed = 0;
+        self.open.retain(|kind, w| {
             if now < w.ends() {
                 return true;
             }
@@ -151,9 +177,13 @@ impl Coalescer {
                     w.opened = now;
                     true
                 }
-                None => false,
+                None => {
+                    freed += kind.cost();
+                    false
+                }
             }
         });
+        self.used -= freed;
         out.sort_by_key(|r| r.at);
         out
     }

@@ -708,9 +708,12 @@ impl Service {
                 shown_or_dash(&r.sub)
             ),
         );
-        // Coalesced like failed authentications: a client retrying a refused token is one
-        // record with a count.
-        if let Err(e) = self.record_reads(vec![record]).await {
+        // Coalesced like failed authentications, by the kind of reason: a client retrying a
+        // refused token, or sending a new one each time, is one record with a count.
+        if let Err(e) = self
+            .record_refusal(record, super::audit::reason_kind(why))
+            .await
+        {
             tracing::error!(error = %e, "cannot write the audit record of a refused exchange");
             return e;
         }

@@ -375,7 +375,9 @@ impl Service {
             principal_loads: tokio::sync::Mutex::new(()),
             snapshot_loads: tokio::sync::Mutex::new(()),
             reads: Mutex::new(ReadAudit::Direct),
-            coalescer: Arc::new(Mutex::new(coalesce::Coalescer::new(audit::COALESCED_KINDS))),
+            coalescer: Arc::new(Mutex::new(coalesce::Coalescer::new(
+                audit::COALESCER_BUDGET,
+            ))),
             audit_settings: Mutex::new(None),
             metrics: Arc::default(),
             jwks,

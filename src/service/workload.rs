@@ -173,20 +173,7 @@ impl Service {
                     .cloned()
                     .collect();
                 if !missing.is_empty() && !q.per_name {
-                    // Refused: each name asked for and not readable is a record of its own.
-                    let refused = missing
-                        .iter()
-                        .map(|n| {
-                            caller.audit(
-                                &ws,
-                                AuditAction::ReadRefused,
-                                (TargetKind::Secret, n.as_str(), ""),
-                                0,
-                                "not readable by this token, or no such secret".into(),
-                            )
-                        })
-                        .collect();
-                    self.record_reads(refused).await?;
+                    self.record_refused_read(&caller, &ws, &missing).await?;
                     let quoted: Vec<String> = missing.iter().map(|n| format!("\"{n}\"")).collect();
                     return Err(ServiceError::NotFound(format!(
                         "secret{} not found: {}",
@@ -240,6 +227,46 @@ impl Service {
 }
 
 impl Service {
+    /// Records a read refused for names the token may not read: one record per refused read,
+    /// never coalesced, naming the secrets of the workspace it asked for by name and counting
+    /// the names of no secret (a value passed where a name belongs must not be kept).
+    async fn record_refused_read(
+        &self,
+        caller: &Caller,
+        ws: &str,
+        missing: &[SecretName],
+    ) -> Result<(), ServiceError> {
+        let names: std::collections::BTreeSet<&SecretName> = missing.iter().collect();
+        let snapshot = self.snapshot(ws).await?;
+        let (known, unknown): (Vec<&SecretName>, Vec<&SecretName>) = names
+            .into_iter()
+            .partition(|n| snapshot.by_name.contains_key(*n));
+        let mut detail = String::new();
+        if !known.is_empty() {
+            let listed: Vec<&str> = known.iter().map(|n| n.as_str()).collect();
+            detail = format!("not readable by this token: {}", listed.join(", "));
+        }
+        if !unknown.is_empty() {
+            if !detail.is_empty() {
+                detail.push_str("; ");
+            }
+            detail.push_str(&format!(
+                "{} name{} of no secret",
+                unknown.len(),
+                if unknown.len() == 1 { "" } else { "s" }
+            ));
+        }
+        let target = known.first().map_or("", |n| n.as_str());
+        let record = caller.audit(
+            ws,
+            AuditAction::ReadRefused,
+            (TargetKind::Secret, target, ""),
+            0,
+            detail,
+        );
+        self.record_reads(vec![record]).await
+    }
+
     /// Records calls a launcher's broker made for its workload (`POST
     /// /api/v1/workload/brokered`): one audit record per call, batched like reads. Only a
     /// workload token, for the secrets it may read now (any other name gets a read's 404), or

@@ -119,11 +119,12 @@ pub trait Dialect: Send + Sync + 'static {
     /// PostgreSQL's `FOR SHARE`; nothing in SQLite, whose write transactions hold the whole
     /// database's write lock from their first statement.
     const LOCK_ROWS: &'static str;
-    /// Run in a transaction just before it appends audit records, so that records are numbered
-    /// in the order their transactions commit (what lets an export resume after the last id
-    /// it wrote and miss nothing). PostgreSQL draws ids from a sequence when a row is inserted,
+    /// Run first in a transaction that appends audit records, so that records are numbered in
+    /// the order their transactions commit (what lets an export resume after the last id it
+    /// wrote and miss nothing). PostgreSQL draws ids from a sequence when a row is inserted,
     /// not when it commits: a transaction-scoped advisory lock makes the next appender wait
-    /// for this one's commit. Nothing in SQLite, whose writers take turns.
+    /// for this one's commit. Taken before any row lock, so no appender holding it waits for
+    /// one held by an appender waiting for it. Nothing in SQLite, whose writers take turns.
     const AUDIT_ORDER: &'static str;
 
     fn describe(&self) -> String;
@@ -997,11 +998,12 @@ impl<D: Dialect> Store for SqlStore<D> {
             return Ok(0);
         }
         // One short write transaction per call: the caller deletes in small batches with
-        // pauses between them, so a writer never waits behind a long delete.
+        // pauses between them, so a writer never waits behind a long delete. In no particular
+        // order: every one of them is past its time, and sorting would read them all each time.
         let list = placeholders(4, actions.len());
         let sql = format!(
             "DELETE FROM audit WHERE id IN (SELECT id FROM audit
-             WHERE workspace = $1 AND at < $2 AND action IN ({list}) ORDER BY at LIMIT $3)"
+             WHERE workspace = $1 AND at < $2 AND action IN ({list}) LIMIT $3)"
         );
         let mut params = vec![
             Param::Text(workspace),
@@ -1044,6 +1046,9 @@ impl<D: Dialect> Store for SqlStore<D> {
 
     async fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut tx = self.dialect.begin().await?;
+        if !batch.audit.is_empty() {
+            take_audit_turn::<D>(&mut tx).await?;
+        }
         if batch.ops.iter().any(Op::seals) {
             let rows = tx
                 .rows(
@@ -1060,7 +1065,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         for op in &batch.ops {
             apply_op(&mut tx, op, D::LOCK_ROWS).await?;
         }
-        insert_audits(&mut tx, &batch.audit, false, D::AUDIT_ORDER).await?;
+        insert_audits(&mut tx, &batch.audit, false).await?;
         if !batch.quiet() {
             D::notify(&mut tx).await?;
         }
@@ -1083,6 +1088,11 @@ impl<D: Dialect> Store for SqlStore<D> {
             Ok(tx) => tx,
             Err(e) => return all(e),
         };
+        if batches.iter().any(|b| !b.audit.is_empty())
+            && let Err(e) = take_audit_turn::<D>(&mut tx).await
+        {
+            return all(e);
+        }
         let quiet = batches.iter().all(Batch::quiet);
         if quiet {
             // Tokens only (a node's mass start of identity exchanges): a few statements for
@@ -1091,7 +1101,7 @@ impl<D: Dialect> Store for SqlStore<D> {
             if let Err(e) = tx.run("SAVEPOINT quiet_batches", &[]).await {
                 return all(e.into());
             }
-            let fast = apply_quiet(&mut tx, batches, D::LOCK_ROWS, D::AUDIT_ORDER).await;
+            let fast = apply_quiet(&mut tx, batches, D::LOCK_ROWS).await;
             if let Err(e) = end_savepoint(&mut tx, "quiet_batches", fast.is_ok()).await {
                 return all(e.into());
             }
@@ -1178,7 +1188,6 @@ async fn apply_quiet(
     tx: &mut dyn Exec,
     batches: &[Batch],
     lock: &str,
-    audit_order: &str,
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     use std::collections::HashMap;
     // Each distinct precondition once, by the statements a batch alone would run.
@@ -1260,7 +1269,7 @@ async fn apply_quiet(
         run_chunk(tx, &sql, &params, chunk.len() == GRANT_CHUNK).await?;
     }
     let audits: Vec<AuditRecord> = admitted().flat_map(|(b, _)| b.audit.clone()).collect();
-    insert_audits(tx, &audits, false, audit_order).await?;
+    insert_audits(tx, &audits, false).await?;
     Ok(results)
 }
 
@@ -1292,7 +1301,17 @@ async fn apply_batch<D: Dialect>(tx: &mut D::Tx, batch: &Batch) -> Result<(), St
     for op in &batch.ops {
         apply_op(tx, op, D::LOCK_ROWS).await?;
     }
-    insert_audits(tx, &batch.audit, false, D::AUDIT_ORDER).await
+    insert_audits(tx, &batch.audit, false).await
+}
+
+/// Waits for this transaction's turn to append audit records (`Dialect::AUDIT_ORDER`), first
+/// thing in it: a transaction holding the turn then never waits for a row lock another holds
+/// while waiting for the turn.
+async fn take_audit_turn<D: Dialect>(tx: &mut D::Tx) -> Result<(), StoreError> {
+    if !D::AUDIT_ORDER.is_empty() {
+        tx.run(D::AUDIT_ORDER, &[]).await?;
+    }
+    Ok(())
 }
 
 /// The audit columns' values of `a`, in [`AUDIT_COLUMNS`] order, as text (bulk writers).
@@ -1337,14 +1356,7 @@ pub(super) async fn insert_audits(
     tx: &mut dyn Exec,
     audits: &[AuditRecord],
     anonymous: bool,
-    order: &str,
 ) -> Result<(), StoreError> {
-    if audits.is_empty() {
-        return Ok(());
-    }
-    if !order.is_empty() {
-        tx.run(order, &[]).await?;
-    }
     for chunk in audits.chunks(AUDIT_CHUNK) {
         let mut sql = format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ");
         let mut params = Vec::with_capacity(chunk.len() * 13);

@@ -282,7 +282,7 @@ impl Dialect for Sqlite {
         // turn waits for one of them, not for a whole batch of reads.
         for chunk in audits.chunks(2000) {
             let mut tx = self.begin().await?;
-            insert_audits(&mut tx, chunk, true, Self::AUDIT_ORDER).await?;
+            insert_audits(&mut tx, chunk, true).await?;
             Self::commit(tx).await?;
         }
         Ok(())

@@ -169,9 +169,19 @@ fn burst_of_reads(engine: Engine, test: &str) {
             .await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(read_many(&api, &w, 5000).await, BTreeMap::from([(2, 5000)]));
-        // Refused reads: each is a record of its own, never coalesced.
+        // Refused reads: each is a record of its own, never coalesced; a name of a secret of
+        // the workspace is named, a name of none (a value passed by mistake?) only counted.
+        assert_eq!(
+            api.create(&admin, "NOT_MINE", CANARY, "private").await.0,
+            201
+        );
         for _ in 0..3 {
-            assert_eq!(api.workload(&w, "?names=BURST,NOT_MINE").await.0, 404);
+            assert_eq!(
+                api.workload(&w, &format!("?names=BURST,NOT_MINE,{CANARY}_AS_A_NAME"))
+                    .await
+                    .0,
+                404
+            );
         }
     });
     let took = started.elapsed();
@@ -201,9 +211,9 @@ fn burst_of_reads(engine: Engine, test: &str) {
         .collect();
     assert_eq!(refused.len(), 3, "{refused:#?}");
     assert!(
-        refused
-            .iter()
-            .all(|r| r["target"] == "NOT_MINE" && r["count"] == 1),
+        refused.iter().all(|r| r["target"] == "NOT_MINE"
+            && r["count"] == 1
+            && r["detail"] == "not readable by this token: NOT_MINE; 1 name of no secret"),
         "{refused:#?}"
     );
     // A handful: per version its first read and one record per 10-second interval it spanned.
@@ -461,7 +471,8 @@ fn exported(dir: &std::path::Path, base: &str) -> (Vec<u64>, String) {
         .map(|e| e.unwrap().path())
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            name.starts_with(&format!("{base}.")) && !name.ends_with(".position")
+            // Rotated files: BASE.YYYYMMDDTHHMMSSZ (the position and the lock are beside them).
+            name.starts_with(&format!("{base}.2"))
         })
         .collect();
     rotated.sort();
@@ -552,6 +563,17 @@ fn the_export_resumes_after_a_restart_with_nothing_missing_or_twice() {
             "0",
         ])
         .stdout(std::process::Stdio::null()),
+    );
+    // Once the follower runs (it has written the next record), a second export to the same
+    // file is refused, naming why.
+    s.ok(&["secret", "create", "E_FOLLOWED"], CANARY.as_bytes());
+    assert!(eventually(10, || exported(s.path(), "audit.jsonl").0
+        == stored_ids(&store)));
+    let second = s.run(&["audit", "export", "--to", to], b"");
+    assert!(
+        second.code != 0 && second.stderr.contains("another export is writing"),
+        "{}",
+        second.stderr
     );
     for i in 10..40 {
         s.ok(&["secret", "create", &format!("E{i}")], CANARY.as_bytes());
@@ -650,4 +672,67 @@ fn the_export_follows_replicas_in_commit_order() {
     assert_eq!(ids, all);
     assert!(ids.len() >= 160);
     assert_no_canary("exported audit", text.as_bytes());
+}
+
+// A workspace's own interval applies: the server's is a minute, this workspace's 10 s, and the
+// counted reads are written when those 10 s end, while the server goes on running. Shorter than
+// the minimum is refused, naming the rule.
+#[test]
+fn a_workspace_coalesces_over_its_own_interval() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = Scratch::new();
+    let server = Server::start(&s);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    rt.block_on(async {
+        let (status, v) = api
+            .call(
+                "PUT",
+                "/api/v1/workspaces/default/audit",
+                &admin,
+                Some(json!({ "coalesce_secs": 5 })),
+            )
+            .await;
+        assert_eq!(status, 422, "{v}");
+        assert!(v["message"].as_str().unwrap().contains("10s to 1h"), "{v}");
+        let (status, v) = api
+            .call(
+                "PUT",
+                "/api/v1/workspaces/default/audit",
+                &admin,
+                Some(json!({ "coalesce_secs": 10 })),
+            )
+            .await;
+        assert_eq!(status, 204, "{v}");
+        let (_, got) = api
+            .call("GET", "/api/v1/workspaces/default/audit", &admin, None)
+            .await;
+        assert_eq!(got, json!({ "coalesce_secs": 10 }));
+        let (w, _) = api.reader_of(&admin, "OWN", CANARY).await;
+        for _ in 0..3 {
+            assert_eq!(api.workload(&w, "").await.0, 200);
+        }
+    });
+    let counted = |log: &[Value]| {
+        log.iter()
+            .find(|r| r["action"] == "read" && r["count"].as_u64() == Some(3))
+            .cloned()
+    };
+    let mut log = Vec::new();
+    assert!(
+        eventually(25, || {
+            log = rt.block_on(whole_log(&api, &admin));
+            counted(&log).is_some()
+        }),
+        "no counted record after the workspace's interval: {log:#?}"
+    );
+    // The first read was written at once, the next three counted (reader_of read once).
+    let reads: Vec<&Value> = log.iter().filter(|r| r["action"] == "read").collect();
+    assert_eq!(reads.len(), 2, "{reads:#?}");
+    assert_eq!(reads[0]["count"], 1);
+    assert!(
+        log.iter().any(|r| r["action"] == "workspace-audit"
+            && r["detail"] == "coalesce=10s retention=server default"),
+        "{log:#?}"
+    );
 }

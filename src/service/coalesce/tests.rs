@@ -28,19 +28,28 @@ fn read(at_secs: f64, token: &str, version: u64) -> AuditRecord {
     }
 }
 
+impl Coalescer {
+    fn offer_read(&mut self, r: AuditRecord, interval: Duration) -> Option<AuditRecord> {
+        self.offer(r, interval, None)
+    }
+}
+
 fn at(secs: i64) -> Timestamp {
     Timestamp::from_nanos(secs * SECOND)
 }
 
 #[test]
 fn a_burst_is_its_first_event_and_one_counted_record() {
-    let mut c = Coalescer::new(100);
+    let mut c = Coalescer::new(1 << 20);
     let first = c
-        .offer(read(0.0, "t1", 1), INTERVAL)
+        .offer_read(read(0.0, "t1", 1), INTERVAL)
         .expect("the first read is written");
     assert_eq!((first.count, first.first_at), (1, None));
     for i in 1..10_000 {
-        assert!(c.offer(read(i as f64 * 0.001, "t1", 1), INTERVAL).is_none());
+        assert!(
+            c.offer_read(read(i as f64 * 0.001, "t1", 1), INTERVAL)
+                .is_none()
+        );
     }
     assert!(c.due(at(59)).is_empty(), "the interval has not ended");
     let counted = c.due(at(60));
@@ -55,40 +64,50 @@ fn a_burst_is_its_first_event_and_one_counted_record() {
     assert!(c.due(at(120)).is_empty());
     assert_eq!(c.open(), 0);
     assert_eq!(
-        c.offer(read(121.0, "t1", 1), INTERVAL).map(|r| r.count),
+        c.offer_read(read(121.0, "t1", 1), INTERVAL)
+            .map(|r| r.count),
         Some(1)
     );
 }
 
 #[test]
 fn a_new_version_another_token_or_address_is_written_at_once() {
-    let mut c = Coalescer::new(100);
-    assert!(c.offer(read(0.0, "t1", 1), INTERVAL).is_some());
-    assert!(c.offer(read(1.0, "t1", 1), INTERVAL).is_none());
+    let mut c = Coalescer::new(1 << 20);
+    assert!(c.offer_read(read(0.0, "t1", 1), INTERVAL).is_some());
+    assert!(c.offer_read(read(1.0, "t1", 1), INTERVAL).is_none());
     assert!(
-        c.offer(read(2.0, "t1", 2), INTERVAL).is_some(),
+        c.offer_read(read(2.0, "t1", 2), INTERVAL).is_some(),
         "a new version"
     );
     assert!(
-        c.offer(read(3.0, "t2", 1), INTERVAL).is_some(),
+        c.offer_read(read(3.0, "t2", 1), INTERVAL).is_some(),
         "another token"
     );
     let mut elsewhere = read(4.0, "t1", 1);
     elsewhere.address = "10.0.0.9".into();
-    assert!(c.offer(elsewhere, INTERVAL).is_some(), "another address");
+    assert!(
+        c.offer(elsewhere, INTERVAL, None).is_some(),
+        "another address"
+    );
     let drained = c.drain();
     assert_eq!(drained.iter().map(|r| r.count).sum::<u64>(), 1);
     assert_eq!(c.open(), 0);
 }
 
 #[test]
-fn past_its_capacity_every_new_kind_is_written_and_none_is_lost() {
-    let mut c = Coalescer::new(2);
+fn past_its_budget_every_new_kind_is_written_and_none_is_lost() {
+    // Room for two kinds of read.
+    let mut c = Coalescer::new(2 * 700);
     for t in 0..5 {
-        assert!(c.offer(read(0.0, &format!("t{t}"), 1), INTERVAL).is_some());
         assert!(
-            c.offer(read(1.0, &format!("t{t}"), 1), INTERVAL).is_some() == (t >= 2),
-            "kinds past the capacity are not counted"
+            c.offer_read(read(0.0, &format!("t{t}"), 1), INTERVAL)
+                .is_some()
+        );
+        assert!(
+            c.offer_read(read(1.0, &format!("t{t}"), 1), INTERVAL)
+                .is_some()
+                == (t >= 2),
+            "kinds past the budget are not counted"
         );
     }
     assert_eq!(c.open(), 2);
@@ -105,7 +124,7 @@ proptest! {
         interval_secs in 10u64..120,
     ) {
         let interval = Duration::from_secs(interval_secs);
-        let mut c = Coalescer::new(1000);
+        let mut c = Coalescer::new(1 << 20);
         let mut now = 0i64; // milliseconds
         let mut written: Vec<AuditRecord> = Vec::new();
         let mut offered: std::collections::HashMap<(String, u64), u64> = Default::default();
@@ -121,7 +140,7 @@ proptest! {
             let mut r = read(0.0, token, version);
             r.at = t;
             *offered.entry((r.actor.clone(), version)).or_default() += 1;
-            written.extend(c.offer(r, interval));
+            written.extend(c.offer(r, interval, None));
         }
         written.extend(c.drain());
         let mut counted: std::collections::HashMap<(String, u64), u64> = Default::default();
@@ -139,4 +158,30 @@ proptest! {
         }
         prop_assert_eq!(counted, offered);
     }
+}
+
+#[test]
+fn a_refusal_grouped_by_its_reason_coalesces_whatever_the_client_sent() {
+    let mut c = Coalescer::new(1 << 20);
+    let refusal = |at: f64, sub: &str| {
+        let mut r = read(at, "x", 0);
+        r.action = AuditAction::IdentityExchangeRefused;
+        r.detail = format!("issuer - sub {sub}: no identity binding admits the token");
+        r
+    };
+    let group = Some("no identity binding admits the token");
+    let first = c.offer(refusal(0.0, "a"), INTERVAL, group).unwrap();
+    assert_eq!(
+        first.detail,
+        "issuer - sub a: no identity binding admits the token"
+    );
+    for i in 1..100 {
+        assert!(
+            c.offer(refusal(i as f64 * 0.1, &format!("s{i}")), INTERVAL, group)
+                .is_none()
+        );
+    }
+    let counted = c.drain();
+    assert_eq!(counted.len(), 1);
+    assert_eq!(counted[0].count, 99);
 }

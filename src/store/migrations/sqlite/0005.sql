@@ -5,8 +5,9 @@
 -- id order is the order an export follows.
 ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE audit ADD COLUMN first_at INTEGER NOT NULL DEFAULT 0;
--- Pruning finds the old records of a workspace by time.
-CREATE INDEX audit_by_workspace_at ON audit (workspace, at);
+-- Pruning finds the old records of repeated events of a workspace by action and time, without
+-- passing over its records of changes (kept forever) on every batch.
+CREATE INDEX audit_by_workspace_action_at ON audit (workspace, action, at);
 -- A workspace's own coalescing interval and retention, in seconds; NULL is the server's.
 ALTER TABLE workspaces ADD COLUMN audit_coalesce_secs INTEGER;
 ALTER TABLE workspaces ADD COLUMN audit_retention_secs INTEGER;
