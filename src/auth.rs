@@ -109,6 +109,14 @@ pub struct Minted {
     pub hash: Vec<u8>,
 }
 
+/// 128 random bits in hex: an id that is never reused (users, secrets), a path no one guesses
+/// (a broker's prefix and socket directory).
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source failed");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Mints a new token of `kind`: the token to show once, and what to store.
 pub fn mint(kind: TokenKind) -> (Token, Minted) {
     let mut id = [0u8; 8];

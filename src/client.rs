@@ -552,22 +552,22 @@ impl Client {
         self.post("/api/v1/tokens/renew", &NoArguments {}).await
     }
 
-    /// The audit log since `since` (an RFC 3339 time or a duration ago), at most `limit`.
+    /// At most `limit` audit records: since `since` (an RFC 3339 time or a duration ago) in
+    /// time order, or, with `after`, those committed after the record numbered `after`, in
+    /// commit order (what an export resumes from).
     pub async fn audit(
         &self,
+        after: Option<u64>,
         since: Option<&str>,
         limit: u32,
     ) -> Result<Vec<AuditLine>, ClientError> {
         let mut query = vec![("limit", limit.to_string())];
+        if let Some(a) = after {
+            query.push(("after", a.to_string()));
+        }
         if let Some(s) = since {
             query.push(("since", s.to_owned()));
         }
-        self.get("/api/v1/audit", &query).await
-    }
-
-    /// At most `limit` records committed after the one numbered `after`, in commit order.
-    pub async fn audit_after(&self, after: u64, limit: u32) -> Result<Vec<AuditLine>, ClientError> {
-        let query = [("after", after.to_string()), ("limit", limit.to_string())];
         self.get("/api/v1/audit", &query).await
     }
 

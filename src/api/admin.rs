@@ -240,22 +240,19 @@ pub async fn audit(
         ))
         .on("workspace"));
     }
+    if q.after.is_some_and(|a| a > i64::MAX as u64) {
+        return Err(
+            ApiError::invalid(format!("after is a record's id, at most {}", i64::MAX)).on("after"),
+        );
+    }
     let query = crate::service::AuditQuery {
+        after: q.after,
         since,
         workspace: q.workspace,
         limit,
         newest: q.newest.unwrap_or(false),
     };
-    let records = match q.after {
-        Some(after) if after > i64::MAX as u64 => {
-            return Err(
-                ApiError::invalid(format!("after is a record's id, at most {}", i64::MAX))
-                    .on("after"),
-            );
-        }
-        Some(after) => state.service.audit_after(&caller, after, &query).await?,
-        None => state.service.audit_query(&caller, &query).await?,
-    };
+    let records = state.service.audit_query(&caller, &query).await?;
     let lines: Vec<AuditLine> = records.into_iter().map(AuditLine::from).collect();
     Ok(axum::Json(lines).into_response())
 }

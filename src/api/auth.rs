@@ -11,7 +11,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 
 use super::{ApiError, AppState};
-use crate::service::{Caller, ServiceError, Who};
+use crate::service::{Caller, FailureSource as Source, ServiceError, Who};
 
 /// Slows down failures per client source (an IPv4 address, or an IPv6 /64: one host's share of
 /// a network), so tokens cannot be guessed at loopback speed, nor identity bindings probed. A
@@ -32,25 +32,6 @@ pub struct FailureGuard {
 impl Default for FailureGuard {
     fn default() -> Self {
         Self::with_burst(10)
-    }
-}
-
-/// Who failed: an IPv4 address, or the /64 of an IPv6 one.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-enum Source {
-    V4(std::net::Ipv4Addr),
-    V6Prefix(u64),
-}
-
-impl Source {
-    fn of(ip: IpAddr) -> Source {
-        match ip {
-            IpAddr::V4(v4) => Source::V4(v4),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Source::V4(v4),
-                None => Source::V6Prefix((u128::from(v6) >> 64) as u64),
-            },
-        }
     }
 }
 

@@ -122,48 +122,36 @@ impl Log {
         Ok(Log::Local(Box::new((service, caller))))
     }
 
-    async fn after(&self, after: u64, limit: u32) -> anyhow::Result<Vec<AuditLine>> {
-        Ok(match self {
-            Log::Remote(c) => c.audit_after(after, limit).await?,
-            Log::Local(local) => local
-                .0
-                .audit_after(
-                    &local.1,
-                    after,
-                    &crate::service::AuditQuery {
-                        since: crate::secret::Timestamp::from_nanos(0),
-                        workspace: None,
-                        limit,
-                        newest: false,
-                    },
-                )
-                .await?
-                .into_iter()
-                .map(AuditLine::from)
-                .collect(),
-        })
-    }
-
-    async fn since(&self, since: Option<&str>, limit: u32) -> anyhow::Result<Vec<AuditLine>> {
-        Ok(match self {
-            Log::Remote(c) => c.audit(since, limit).await?,
-            Log::Local(local) => {
-                let (s, caller) = &**local;
-                let since = match since {
-                    None => crate::secret::Timestamp::from_nanos(0),
-                    Some(w) => crate::api::parse_since(w).ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "--since {w:?} is neither an RFC 3339 time nor a duration like 1h"
-                        )
-                    })?,
-                };
-                s.audit_log(caller, since, limit)
-                    .await?
-                    .into_iter()
-                    .map(AuditLine::from)
-                    .collect()
-            }
-        })
+    /// At most `limit` records since `since`, in time order, or, with `after`, those committed
+    /// after it, in commit order.
+    async fn read(
+        &self,
+        after: Option<u64>,
+        since: Option<&str>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<AuditLine>> {
+        let (s, caller) = match self {
+            Log::Remote(c) => return Ok(c.audit(after, since, limit).await?),
+            Log::Local(local) => &**local,
+        };
+        let since = match since {
+            None => crate::secret::Timestamp::from_nanos(0),
+            Some(w) => crate::api::parse_since(w).ok_or_else(|| {
+                anyhow::anyhow!("--since {w:?} is neither an RFC 3339 time nor a duration like 1h")
+            })?,
+        };
+        let query = crate::service::AuditQuery {
+            after,
+            since,
+            workspace: None,
+            limit,
+            newest: false,
+        };
+        Ok(s.audit_query(caller, &query)
+            .await?
+            .into_iter()
+            .map(AuditLine::from)
+            .collect())
     }
 
     async fn close(self) {
@@ -178,7 +166,7 @@ pub async fn audit(g: &GlobalArgs, a: AuditArgs) -> anyhow::Result<ExitCode> {
         return export(g, e).await;
     }
     let log = Log::open(g).await?;
-    let records = log.since(a.since.as_deref(), a.limit).await;
+    let records = log.read(None, a.since.as_deref(), a.limit).await;
     log.close().await;
     let records = records?;
     match a.output {
@@ -222,7 +210,7 @@ async fn export(g: &GlobalArgs, a: ExportArgs) -> anyhow::Result<ExitCode> {
     let log = Log::open(g).await?;
     let result = async {
         loop {
-            let lines = log.after(sink.after, PAGE).await?;
+            let lines = log.read(Some(sink.after), None, PAGE).await?;
             if !lines.is_empty() {
                 sink.write(&lines)?;
             }

@@ -70,29 +70,19 @@ pub struct ServeArgs {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// A duration no shorter than `least`, for clap.
-fn at_least(s: &str, least: Duration, what: &str) -> Result<Duration, String> {
+/// A duration `problem` finds nothing wrong with, for clap.
+fn checked(s: &str, problem: fn(Duration) -> Option<String>) -> Result<Duration, String> {
     let d =
         humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (e.g. 60s, 10m, 90days)"))?;
-    if d < least {
-        return Err(format!(
-            "the {what} is at least {}",
-            humantime::format_duration(least)
-        ));
-    }
-    Ok(d)
+    problem(d).map_or(Ok(d), Err)
 }
 
 fn coalesce_interval(s: &str) -> Result<Duration, String> {
-    let d = at_least(s, crate::service::MIN_COALESCE, "coalescing interval")?;
-    if d > crate::service::MAX_COALESCE {
-        return Err("the coalescing interval is at most 1h: counted events wait that long".into());
-    }
-    Ok(d)
+    checked(s, crate::service::coalesce_problem)
 }
 
 fn retention(s: &str) -> Result<Duration, String> {
-    at_least(s, crate::service::MIN_RETENTION, "retention")
+    checked(s, crate::service::retention_problem)
 }
 
 pub fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {

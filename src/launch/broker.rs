@@ -82,7 +82,8 @@ impl HeaderTemplate {
         let shape = "give it as \"Name: format\" with {} where the value goes (\"Authorization: \
                      Bearer {}\", \"x-api-key: {}\", \"Authorization: Basic {basic:USER}\")";
         let Some((name, format)) = text.split_once(':') else {
-            return Err(format!("header {text:?} has no ':'; {shape}"));
+            // Not echoed: without its ':', the text may well be a pasted credential.
+            return Err(format!("a header has no ':'; {shape}"));
         };
         let name = name.trim();
         let format = format.trim();
@@ -178,24 +179,29 @@ fn is_token_byte(b: u8) -> bool {
 /// Checks an upstream URL: `https` (the credential never crosses a network in the clear), a
 /// host, nothing a URL would carry besides (a user, a query, a fragment).
 pub fn parse_upstream(text: &str) -> Result<url::Url, String> {
+    // The text is not echoed: a user, a password or a query may hold a credential (url's
+    // errors do not quote their input).
     let url = url::Url::parse(text)
-        .map_err(|e| format!("upstream {text:?} is not a URL ({e}); give \"https://host/path\""))?;
+        .map_err(|e| format!("an upstream is not a URL ({e}); give \"https://host/path\""))?;
+    // What the errors show of it: scheme, host and path.
+    let path = if url.path() == "/" { "" } else { url.path() };
+    let shown = format!("{}://{}{path}", url.scheme(), url.host_str().unwrap_or(""));
     if url.scheme() != "https" {
         return Err(format!(
-            "upstream {text:?} is not https: the broker sends the credential over TLS only"
+            "upstream {shown:?} is not https: the broker sends the credential over TLS only"
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("upstream {text:?} names no host"));
+        return Err(format!("upstream {shown:?} names no host"));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!(
-            "upstream {text:?} holds a user or password; the credential comes from the secret"
+            "upstream {shown:?} holds a user or password; the credential comes from the secret"
         ));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!(
-            "upstream {text:?} has a query or fragment; give the base URL only"
+            "upstream {shown:?} has a query or fragment; give the base URL only"
         ));
     }
     Ok(url)

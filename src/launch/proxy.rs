@@ -119,7 +119,7 @@ fn socket_dir() -> Result<std::path::PathBuf, String> {
     let parent = std::env::var_os("XDG_RUNTIME_DIR")
         .filter(|d| !d.is_empty())
         .map_or_else(std::env::temp_dir, std::path::PathBuf::from);
-    let dir = parent.join(format!("secretfs-broker-{}", random_hex()?));
+    let dir = parent.join(format!("secretfs-broker-{}", crate::auth::new_id()));
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
@@ -140,16 +140,14 @@ const AUDIT_BATCH: usize = crate::protocol::BROKERED_CALLS_MAX;
 const AUDIT_KEPT: usize = 100_000;
 const AUDIT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// 128 random bits as hex.
-fn random_hex() -> Result<String, String> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| format!("cannot draw random bytes: {e}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 fn header_slot(route: &Route, value: &SecretValue) -> Result<LockedSlot, String> {
     let bytes = route.header.value(value.expose_secret());
-    HeaderValue::from_bytes(&bytes).map_err(|_| {
+    // HeaderValue's own rule (tab, visible bytes, obs-text), checked in place: building one
+    // would copy the credential into a buffer nothing wipes.
+    let fits = bytes
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+    fits.then_some(()).ok_or_else(|| {
         format!(
             "secret \"{}\" holds bytes an HTTP header cannot carry (a line break or a control \
              character); broker \"{}\" cannot send it",
@@ -206,17 +204,21 @@ impl Running {
                         format!("broker \"{}\": cannot listen on 127.0.0.1: {e}", route.name)
                     }),
             };
-            match (header, slot, client, socket, random_hex(), random_hex()) {
-                (Ok(h), Ok(s), Ok(c), Ok(sock), Ok(prefix), Ok(tail)) => {
-                    prepared.push((route.clone(), h, s, c, sock, prefix, tail))
-                }
-                (h, s, c, sock, p, t) => {
+            match (header, slot, client, socket) {
+                (Ok(h), Ok(s), Ok(c), Ok(sock)) => prepared.push((
+                    route.clone(),
+                    h,
+                    s,
+                    c,
+                    sock,
+                    crate::auth::new_id(),
+                    crate::auth::new_id(),
+                )),
+                (h, s, c, sock) => {
                     problems.extend(h.err());
                     problems.extend(s.err());
                     problems.extend(c.err());
                     problems.extend(sock.err());
-                    problems.extend(p.err());
-                    problems.extend(t.err());
                 }
             }
         }

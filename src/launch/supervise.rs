@@ -197,7 +197,7 @@ fn pin_single_builtins(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<ExecPlan
 }
 
 /// The plan's brokers completed with their secrets' kinds (the source's listing; a directory
-/// has none), or every problem.
+/// has none), or every problem: what `--dry-run` shows and a run starts, checked alike.
 pub fn broker_routes(
     plan: &ExecPlan,
     fetcher: &impl Fetch,
@@ -228,6 +228,16 @@ pub fn broker_routes(
             Err(e) => problems.push(e),
         }
     }
+    // A kind's variables (the plan checked those a broker names itself).
+    for name in super::broker::names_set(&routes) {
+        if let Some(v) = plan.vars.iter().find(|v| v.name == name) {
+            problems.push(format!(
+                "{name} is set by {} and by a broker; a brokered workload gets the broker's URL \
+                 and placeholder, not the value: drop one",
+                v.origin.label()
+            ));
+        }
+    }
     if problems.is_empty() {
         Ok(routes)
     } else {
@@ -251,44 +261,32 @@ fn start_brokers(plan: &ExecPlan, fetcher: &impl Fetch) -> Result<Brokered, Vec<
     use super::plan::{Origin, Value, Var};
     let routes = broker_routes(plan, fetcher)?;
     let mut problems = Vec::new();
-    for name in super::broker::names_set(&routes) {
-        if let Some(v) = plan.vars.iter().find(|v| v.name == name) {
-            problems.push(format!(
-                "{name} is set by {} and by a broker; a brokered workload gets the broker's URL \
-                 and placeholder, not the value: drop one",
-                v.origin.label()
-            ));
-        }
-    }
     let mut secrets: Vec<SecretName> = routes.iter().map(|r| r.secret.clone()).collect();
     secrets.sort();
     secrets.dedup();
     let answers = fetcher
         .read_each(&plan.source, &secrets)
         .map_err(|e| vec![format!("cannot read the brokered secrets: {e}")])?;
-    let mut values = Vec::new();
     for (name, answer) in secrets.iter().zip(&answers) {
-        match answer {
-            Ok(v) => values.push((name, v)),
-            Err(e) => problems.push(format!("broker for secret \"{name}\": {e}")),
+        if let Err(e) = answer {
+            problems.push(format!("broker for secret \"{name}\": {e}"));
         }
     }
     if !problems.is_empty() {
         return Err(problems);
     }
+    // Each route's value, by its secret's place in the sorted list read.
     let ordered: Vec<&crate::secret::SecretValue> = routes
         .iter()
         .map(|r| {
-            values
-                .iter()
-                .find(|(n, _)| **n == r.secret)
-                .map(|(_, v)| *v)
-                .expect("every brokered secret was read")
+            let i = secrets
+                .binary_search(&r.secret)
+                .expect("every route's secret was read");
+            answers[i].as_ref().expect("every answer was checked above")
         })
         .collect();
     let (running, addresses) = fetcher.start_broker(&plan.source, &routes, &ordered)?;
     drop(ordered);
-    drop(values);
     let values: Vec<(SecretName, crate::secret::SecretValue)> = secrets
         .into_iter()
         .zip(answers)
@@ -441,7 +439,11 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
             Ok((p, running, values)) => {
                 broker = Some(running);
                 brokered_plan = p;
-                brokered_values = values;
+                // Kept only for the masker to learn (below), then dropped (wiped): the broker
+                // holds its copy in locked memory.
+                if plan.mask {
+                    brokered_values = values;
+                }
                 &brokered_plan
             }
             Err(problems) => return fail(&problems),
@@ -470,7 +472,7 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
     let every = if plan.watch.is_some() {
         watch.poll
     } else {
-        Duration::from_millis(250)
+        super::watch::DEFAULT_POLL
     };
     let detector = match first_look.map(|first| first.spawn(every, say)) {
         Some(Ok(follower)) => Detector::Feed(follower),
@@ -516,6 +518,7 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
         };
         m.learn(&resolved);
         m.learn_values(brokered_values.iter().map(|(n, v)| (n, v)));
+        drop(brokered_values);
         Some(m)
     } else {
         None
@@ -540,9 +543,12 @@ pub fn run(plan: &ExecPlan, fetcher: &impl Fetch) -> ExitCode {
         } else {
             Vec::new()
         },
-        by_kind: plan.files.iter().any(
-            |f| matches!(f.recipe, crate::render::Recipe::Builtin { which, .. } if which.is_set()),
-        ),
+        // Without --watch nothing restarts the workload, whatever its files hold: a brokered
+        // secret's rotation only reaches the broker.
+        by_kind: plan.watch.is_some()
+            && plan.files.iter().any(|f| {
+                matches!(f.recipe, crate::render::Recipe::Builtin { which, .. } if which.is_set())
+            }),
     };
     if watch.process_group
         && let Ok(foreground) = nix::unistd::tcgetpgrp(std::io::stdin())

@@ -6,6 +6,10 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
+/// How often a source is looked at for changes unless `--poll` says: by `--watch`, and by a
+/// run whose brokers follow their secrets.
+pub const DEFAULT_POLL: Duration = Duration::from_millis(250);
+
 /// `--watch` and the watch options as given: the same fields as the spec's `[watch]`, so flags
 /// lie over the spec field by field (`plan` parses the values, every problem at once).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -206,7 +210,7 @@ pub fn plan(args: &WatchArgs, spec: Option<&WatchSpec>) -> Result<Option<WatchPl
     };
     let stop_timeout = duration("--stop-timeout", &w.stop_timeout, Duration::from_secs(10));
     let debounce = duration("--debounce", &w.debounce, Duration::from_secs(2));
-    let poll = duration("--poll", &w.poll, Duration::from_millis(250));
+    let poll = duration("--poll", &w.poll, DEFAULT_POLL);
     if poll.is_zero() {
         problems.push("--poll must be above zero".into());
     }

@@ -16,23 +16,21 @@ use tokio::sync::mpsc;
 
 use super::{Caller, READ_QUEUE, ReadAudit, Service, ServiceError};
 use crate::secret::Timestamp;
-use crate::store::{
-    AuditAction, AuditQuery, AuditRecord, AuditSettings, Batch, Op, TargetKind, TokenRecord,
-};
+use crate::store::{AuditAction, AuditRecord, AuditSettings, Batch, Op, TargetKind, TokenRecord};
 
 /// The coalescing interval a workspace has unless it says otherwise.
-pub const DEFAULT_COALESCE: Duration = Duration::from_secs(60);
+pub(super) const DEFAULT_COALESCE: Duration = Duration::from_secs(60);
 /// The shortest coalescing interval: below it, a loaded server writes a record per token and
 /// secret every few seconds, and the audit grows as if nothing were coalesced.
-pub const MIN_COALESCE: Duration = Duration::from_secs(10);
+const MIN_COALESCE: Duration = Duration::from_secs(10);
 /// How long records of repeated events are kept unless a workspace says otherwise.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+pub(super) const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 /// The longest coalescing interval: counted events wait this long to be written.
-pub const MAX_COALESCE: Duration = Duration::from_secs(3600);
+const MAX_COALESCE: Duration = Duration::from_secs(3600);
 /// The shortest retention (an hour): a shorter one would prune what a shipper has not read.
-pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
+const MIN_RETENTION: Duration = Duration::from_secs(3600);
 /// The longest retention a workspace may set (100 years): beyond it, keep every record.
-pub const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 86_400);
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// The memory the open intervals may take: past it, new kinds are written uncounted (see
 /// `Coalescer::new`). About 60,000 kinds of read; fewer of long brokered calls.
 pub(super) const COALESCER_BUDGET: usize = 64 << 20;
@@ -41,6 +39,27 @@ pub(super) const COALESCER_BUDGET: usize = 64 << 20;
 const PRUNE_BATCH: u32 = 500;
 /// The pause between two pruning transactions, in which writers take their turn.
 const PRUNE_PAUSE: Duration = Duration::from_millis(20);
+
+/// What is wrong with a coalescing interval, if anything (the server's flag and a workspace's
+/// setting alike).
+pub fn coalesce_problem(d: Duration) -> Option<String> {
+    (!(MIN_COALESCE..=MAX_COALESCE).contains(&d)).then(|| {
+        format!(
+            "the coalescing interval is 10s to 1h (got {}): counted events wait that long",
+            humantime::format_duration(d)
+        )
+    })
+}
+
+/// What is wrong with a retention, if anything.
+pub fn retention_problem(d: Duration) -> Option<String> {
+    (!(MIN_RETENTION..=MAX_RETENTION).contains(&d)).then(|| {
+        format!(
+            "the retention is 1h to 100 years (got {})",
+            humantime::format_duration(d)
+        )
+    })
+}
 
 /// Every workspace's audit settings, by name.
 pub(super) type SettingsByWorkspace = HashMap<String, AuditSettings>;
@@ -73,20 +92,44 @@ impl AuthFailure {
     }
 }
 
-/// The source a refusal is counted against: an IPv4 address, or an IPv6 client's /64 (what
-/// one host can draw addresses from at will), as the failure guard counts them.
-pub(super) fn source_group(address: &str) -> String {
-    match address.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
-            let s = v6.segments();
-            let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
-            format!("{prefix}/64")
+/// Who failed, as refusals are slowed down (the API's failure guard) and counted (the audit):
+/// an IPv4 address, or an IPv6 client's /64, what one host can draw addresses from at will.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum FailureSource {
+    V4(std::net::Ipv4Addr),
+    V6Prefix(u64),
+}
+
+impl FailureSource {
+    pub fn of(ip: std::net::IpAddr) -> FailureSource {
+        match ip {
+            std::net::IpAddr::V4(v4) => FailureSource::V4(v4),
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => FailureSource::V4(v4),
+                None => FailureSource::V6Prefix((u128::from(v6) >> 64) as u64),
+            },
         }
-        Ok(std::net::IpAddr::V6(v6)) => v6
-            .to_ipv4_mapped()
-            .map_or_else(String::new, |v4| v4.to_string()),
-        _ => address.to_owned(),
     }
+}
+
+impl std::fmt::Display for FailureSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            FailureSource::V4(v4) => write!(f, "{v4}"),
+            FailureSource::V6Prefix(p) => {
+                write!(f, "{}/64", std::net::Ipv6Addr::from(u128::from(*p) << 64))
+            }
+        }
+    }
+}
+
+/// The audit's address of a refusal from `address`: its [`FailureSource`] (an address that is
+/// none, such as a local command's empty one, as it is).
+pub(super) fn source_group(address: &str) -> String {
+    address.parse().map_or_else(
+        |_| address.to_owned(),
+        |ip| FailureSource::of(ip).to_string(),
+    )
 }
 
 /// A refusal's reason without what the client chose: every quoted value (`"..."`, as
@@ -222,7 +265,7 @@ impl Service {
     }
 
     /// Records a refused exchange or credential, alike others from its source (`address`, an
-    /// IPv6 client by its /64) with the same `group` (the reason as the client was told it),
+    /// IPv6 client by its /64) with the same `group` (the kind of its reason, [`reason_kind`]),
     /// whatever else its detail holds: a client varying what it sends makes no new kind.
     pub(super) async fn record_refusal(
         &self,
@@ -250,7 +293,8 @@ impl Service {
             let records: Vec<AuditRecord> = records.into_iter().map(|(r, _)| r).collect();
             return Ok(self.store().record_reads(&records).await?);
         };
-        let settings = self.current_audit_settings().await?;
+        let directory = self.directory().await?;
+        let settings = &directory.audit;
         let offered = records.len();
         let written: Vec<AuditRecord> = {
             let mut c = self.coalescer.lock().unwrap_or_else(|e| e.into_inner());
@@ -258,7 +302,7 @@ impl Service {
                 .into_iter()
                 .filter_map(|(r, group)| {
                     if r.action.coalesced() {
-                        let interval = self.coalesce_interval(&settings, &r.workspace);
+                        let interval = self.coalesce_interval(settings, &r.workspace);
                         c.offer(r, interval, group.as_deref())
                     } else {
                         Some(r)
@@ -303,27 +347,6 @@ impl Service {
             .get(workspace)
             .and_then(|s| s.retention_secs)
             .map_or(self.options.audit_retention, Duration::from_secs)
-    }
-
-    /// Every workspace's audit settings, read once per change generation.
-    async fn current_audit_settings(&self) -> Result<Arc<SettingsByWorkspace>, ServiceError> {
-        let generation = self.generation();
-        if let Some((g, s)) = &*self
-            .audit_settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            && *g == generation
-        {
-            return Ok(s.clone());
-        }
-        let read = self.store().audit_settings().await?;
-        let map: Arc<HashMap<String, AuditSettings>> =
-            Arc::new(read.into_iter().map(|s| (s.workspace.clone(), s)).collect());
-        *self
-            .audit_settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((generation, map.clone()));
-        Ok(map)
     }
 
     /// Records a refused credential: coalesced per address and reason (and token, when the
@@ -375,7 +398,8 @@ impl Service {
     /// transactions with pauses between them; records of changes are never touched. How many
     /// it deleted.
     pub async fn prune_audit(&self) -> Result<u64, ServiceError> {
-        let settings = self.current_audit_settings().await?;
+        let directory = self.directory().await?;
+        let settings = &directory.audit;
         let mut workspaces: Vec<&str> = settings.keys().map(String::as_str).collect();
         // Records of no workspace: failed authentications of unknown tokens.
         workspaces.push("");
@@ -383,7 +407,7 @@ impl Service {
         let now = Timestamp::now();
         let mut total = 0;
         for ws in workspaces {
-            let keep = i64::try_from(self.retention(&settings, ws).as_nanos()).unwrap_or(i64::MAX);
+            let keep = i64::try_from(self.retention(settings, ws).as_nanos()).unwrap_or(i64::MAX);
             let before = Timestamp::from_nanos(now.nanos().saturating_sub(keep));
             loop {
                 let deleted = self
@@ -426,21 +450,6 @@ impl Service {
         })
     }
 
-    /// At most `query.limit` records after the one numbered `after` (of `query`'s time and
-    /// workspace), in the order they were committed: what an export reads (admin).
-    pub async fn audit_after(
-        &self,
-        caller: &Caller,
-        after: u64,
-        query: &AuditQuery,
-    ) -> Result<Vec<AuditRecord>, ServiceError> {
-        caller.admin()?;
-        Ok(self
-            .metrics
-            .store("audit_after", self.store().audit_after(after, query))
-            .await?)
-    }
-
     /// Every workspace's own audit settings; `None` is the server's default (admin).
     pub async fn audit_settings(
         &self,
@@ -460,22 +469,12 @@ impl Service {
         caller.admin()?;
         let mut problems = Vec::new();
         let mut field = None;
-        if let Some(c) = new.coalesce
-            && !(MIN_COALESCE..=MAX_COALESCE).contains(&c)
-        {
-            problems.push(format!(
-                "the coalescing interval is 10s to 1h (got {}s)",
-                c.as_secs()
-            ));
+        if let Some(p) = new.coalesce.and_then(coalesce_problem) {
+            problems.push(p);
             field = Some("coalesce_secs");
         }
-        if let Some(r) = new.retention
-            && !(MIN_RETENTION..=MAX_RETENTION).contains(&r)
-        {
-            problems.push(format!(
-                "the retention is 1h to 100 years (got {}s)",
-                r.as_secs()
-            ));
+        if let Some(p) = new.retention.and_then(retention_problem) {
+            problems.push(p);
             field = field.or(Some("retention_secs"));
         }
         if !problems.is_empty() {

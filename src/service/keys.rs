@@ -76,6 +76,7 @@ impl Service {
         self.audit_query(
             caller,
             &AuditQuery {
+                after: None,
                 since,
                 workspace: None,
                 limit,
@@ -85,7 +86,8 @@ impl Service {
         .await
     }
 
-    /// The audit records `query` selects, oldest first (admins).
+    /// The audit records `query` selects, oldest first, in time order or, with `after`, in
+    /// the order they were committed (admins): what the log view and the export read.
     pub async fn audit_query(
         &self,
         caller: &Caller,
@@ -106,6 +108,7 @@ impl Service {
         Ok(self
             .store()
             .audit(&AuditQuery {
+                after: None,
                 since: Timestamp::from_nanos(0),
                 workspace: Some(workspace.to_owned()),
                 limit,

@@ -41,7 +41,7 @@ pub use crate::store::{
     TokenRecord, User, valid_account_name,
 };
 pub use accounts::{FirstAdmin, UserRemoval};
-pub use audit::{MAX_COALESCE, MIN_COALESCE, MIN_RETENTION, NewAuditSettings};
+pub use audit::{FailureSource, NewAuditSettings, coalesce_problem, retention_problem};
 pub use identity::{Binding, Exchange, NewBinding};
 pub use secrets::{NewSecret, SecretUpdate, Written};
 pub use tokens::{MintUser, MintWorkload};
@@ -265,11 +265,13 @@ impl Snapshot {
     }
 }
 
-/// Every binding and user, as one change generation of the store had them.
+/// Every binding and user, and every workspace's audit settings, as one change generation of
+/// the store had them.
 pub(crate) struct Directory {
     generation: u64,
     pub bindings: Vec<BindingRecord>,
     pub users: Vec<User>,
+    pub audit: audit::SettingsByWorkspace,
 }
 
 /// Where workload reads' audit records go: straight into the store (one-shot commands), or to a
@@ -307,8 +309,6 @@ pub struct Service {
     reads: Mutex<ReadAudit>,
     /// Repeated events (reads, refusals) waiting to be written as one record.
     coalescer: Arc<Mutex<coalesce::Coalescer>>,
-    /// Every workspace's audit settings, valid for one change generation.
-    audit_settings: Mutex<Option<(u64, Arc<audit::SettingsByWorkspace>)>>,
     metrics: Arc<crate::metrics::ServerMetrics>,
     /// Issuers' keys for workload identity.
     jwks: Box<jwks::Jwks>,
@@ -378,7 +378,6 @@ impl Service {
             coalescer: Arc::new(Mutex::new(coalesce::Coalescer::new(
                 audit::COALESCER_BUDGET,
             ))),
-            audit_settings: Mutex::new(None),
             metrics: Arc::default(),
             jwks,
             grouped: Box::default(),
@@ -679,10 +678,18 @@ impl Service {
             .metrics
             .store("load_users", self.store().users())
             .await?;
+        let audit = self
+            .store()
+            .audit_settings()
+            .await?
+            .into_iter()
+            .map(|s| (s.workspace.clone(), s))
+            .collect();
         let d = Arc::new(Directory {
             generation,
             bindings,
             users,
+            audit,
         });
         // Under the cache's lock, as for principals: what was read across a change is used
         // for this request only.

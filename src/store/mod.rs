@@ -29,13 +29,9 @@ pub use vault::Vault;
 /// The workspace the local store holds (a local store is one workspace).
 pub const DEFAULT_WORKSPACE: &str = "default";
 
-/// An id that is never reused: 128 random bits in hex (users and secrets); tokens have their own
-/// 64-bit ids, in their text.
-pub fn new_id() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the OS random source failed");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+/// An id that is never reused (users and secrets); tokens have their own 64-bit ids, in their
+/// text.
+pub use crate::auth::new_id;
 
 /// One secret as stored: where it lives, whose it is, its metadata and the sealed value.
 #[derive(Debug, Clone)]
@@ -410,9 +406,13 @@ pub struct AuditSettings {
 }
 
 /// Which audit records to read: at or after `since`, of `workspace` if given, at most `limit`;
-/// the oldest first, or the newest `limit` (still oldest first) when `newest` is set.
+/// the oldest first, or the newest `limit` (still oldest first) when `newest` is set. With
+/// `after`, only records committed after the one with that id, in id order (the order they
+/// were committed in: an export's resumable position is the last id it wrote); else in time
+/// order.
 #[derive(Debug, Clone)]
 pub struct AuditQuery {
+    pub after: Option<u64>,
     pub since: Timestamp,
     pub workspace: Option<String>,
     pub limit: u32,
@@ -730,14 +730,6 @@ pub trait Store: Send + Sync + 'static {
     /// Every workload-identity binding, by name.
     async fn bindings(&self) -> Result<Vec<BindingRecord>, StoreError>;
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
-    /// At most `limit` records with ids above `after` (and `query`'s time and workspace), in
-    /// id order: the order they were committed in (an export's resumable position is the last
-    /// id it wrote); the newest of them when `query.newest` is set.
-    async fn audit_after(
-        &self,
-        after: u64,
-        query: &AuditQuery,
-    ) -> Result<Vec<AuditRecord>, StoreError>;
     /// Deletes at most `limit` records of `workspace` older than `before` whose action is one
     /// of `actions`, in one short transaction; how many it deleted.
     async fn prune_audit(

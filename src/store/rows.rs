@@ -96,13 +96,7 @@ pub(super) fn audit_from_row(row: &dyn Columns) -> Result<AuditRecord, StoreErro
     let at = Timestamp::from_nanos(row.int("at")?);
     let first_at = row.int("first_at")?;
     Ok(AuditRecord {
-        // Every audit read selects the id; a row of another query has none.
-        id: row
-            .opt_int("id")
-            .ok()
-            .flatten()
-            .and_then(|id| u64::try_from(id).ok())
-            .unwrap_or(0),
+        id: u64::try_from(row.int("id")?).unwrap_or(0),
         at,
         first_at: (first_at != 0).then(|| Timestamp::from_nanos(first_at)),
         count: u64::try_from(row.int("count")?).unwrap_or(1).max(1),

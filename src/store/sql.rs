@@ -937,43 +937,20 @@ impl<D: Dialect> Store for SqlStore<D> {
 
     async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         let mut c = self.dialect.conn().await?;
-        let order = if q.newest { "DESC" } else { "" };
-        let rows = c
-            .rows(
-                &format!(
-                    "SELECT id, {AUDIT_COLUMNS} FROM audit WHERE at >= $1 AND ($2 IS NULL OR workspace = $2)
-                     ORDER BY at {order}, id {order} LIMIT $3"
-                ),
-                &[
-                    Param::Int(q.since.nanos()),
-                    Param::OptText(q.workspace.as_deref()),
-                    Param::Int(i64::from(q.limit)),
-                ],
-            )
-            .await?;
-        let mut out = rows_to(rows, audit_from_row)?;
-        if q.newest {
-            out.reverse();
-        }
-        Ok(out)
-    }
-
-    async fn audit_after(
-        &self,
-        after: u64,
-        q: &AuditQuery,
-    ) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut c = self.dialect.conn().await?;
-        let order = if q.newest { "DESC" } else { "" };
+        let desc = if q.newest { "DESC" } else { "" };
+        let order = match q.after {
+            Some(_) => format!("id {desc}"),
+            None => format!("at {desc}, id {desc}"),
+        };
         let rows = c
             .rows(
                 &format!(
                     "SELECT id, {AUDIT_COLUMNS} FROM audit
                      WHERE id > $1 AND at >= $2 AND ($3 IS NULL OR workspace = $3)
-                     ORDER BY id {order} LIMIT $4"
+                     ORDER BY {order} LIMIT $4"
                 ),
                 &[
-                    Param::Int(i64::try_from(after).unwrap_or(i64::MAX)),
+                    Param::Int(q.after.map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX))),
                     Param::Int(q.since.nanos()),
                     Param::OptText(q.workspace.as_deref()),
                     Param::Int(i64::from(q.limit)),

@@ -736,3 +736,49 @@ fn a_workspace_coalesces_over_its_own_interval() {
         "{log:#?}"
     );
 }
+
+// The unhappy order: a token read, then revoked, then presented again, then the server killed
+// with SIGKILL before any interval ended. The refusal was recorded before it was answered, so
+// it is there after the restart, with the token named, as is the revocation (a change).
+#[test]
+fn a_refusal_is_recorded_before_its_answer_and_survives_kill_9() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = Scratch::new();
+    let mut server = Server::start(&s);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    let token_id = rt.block_on(async {
+        let (w, _) = api.reader_of(&admin, "KILLED", CANARY).await;
+        // sfs_w_ID_SECRET: the id is the 16 hex digits after the kind.
+        let id = w[6..22].to_owned();
+        let (status, _) = api
+            .call("DELETE", &format!("/api/v1/tokens/{id}"), &admin, None)
+            .await;
+        assert_eq!(status, 204);
+        assert_eq!(api.workload(&w, "").await.0, 401);
+        id
+    });
+    server.kill(Signal::SIGKILL);
+    server.restart(&s);
+    let api = Api::new(&server);
+    let log = rt.block_on(whole_log(&api, &admin));
+    let refused: Vec<&Value> = log
+        .iter()
+        .filter(|r| r["action"] == "auth-failed")
+        .collect();
+    assert_eq!(refused.len(), 1, "{log:#?}");
+    assert_eq!(refused[0]["target"], token_id.as_str());
+    assert!(
+        refused[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("reason=revoked"),
+        "{refused:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|r| r["action"] == "token-revoke" && r["target_id"] == token_id.as_str()),
+        "{log:#?}"
+    );
+    assert_no_canary("audit log", serde_json::to_string(&log).unwrap().as_bytes());
+}

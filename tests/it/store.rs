@@ -726,6 +726,7 @@ async fn quiet_batches_land_as_one_by_one_would(
     let second_results = store.apply_each(&second).await;
     let audited: Vec<String> = store
         .audit(&secretfs::store::AuditQuery {
+            after: None,
             since: Timestamp::from_nanos(0),
             workspace: None,
             limit: 100_000,
@@ -842,6 +843,7 @@ async fn a_user_deleted_while_creating_keeps_nothing(
 async fn every_action_is_audited(service: &Arc<Service>, local: &Caller, store: &Arc<dyn Store>) {
     let log = store
         .audit(&secretfs::store::AuditQuery {
+            after: None,
             since: Timestamp::from_nanos(0),
             workspace: None,
             limit: 100_000,
@@ -936,6 +938,7 @@ async fn every_action_is_audited(service: &Arc<Service>, local: &Caller, store: 
     let exchanged = identity_chapter(service, local, &frank).await;
     let log = store
         .audit(&secretfs::store::AuditQuery {
+            after: None,
             since: Timestamp::from_nanos(0),
             workspace: None,
             limit: 100_000,
@@ -989,6 +992,7 @@ async fn every_action_is_audited(service: &Arc<Service>, local: &Caller, store: 
     let newest = || async {
         store
             .audit(&secretfs::store::AuditQuery {
+                after: None,
                 since: Timestamp::from_nanos(0),
                 workspace: None,
                 limit: 1,

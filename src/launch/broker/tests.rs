@@ -42,6 +42,18 @@ fn upstreams_are_https_base_urls() {
         let e = parse_upstream(bad).unwrap_err();
         assert!(e.contains(says), "{bad}: {e}");
     }
+    // What may be a credential is never echoed: a user, a password, a query, a header without
+    // its ':'.
+    for (bad, secret) in [
+        ("https://u:sk-live-123@api.example.com", "sk-live-123"),
+        ("https://api.example.com/v1?key=sk-live-123", "sk-live-123"),
+        ("not a url sk-live-123", "sk-live-123"),
+    ] {
+        let e = parse_upstream(bad).unwrap_err();
+        assert!(!e.contains(secret), "{e}");
+    }
+    let e = HeaderTemplate::parse("Bearer sk-live-123").unwrap_err();
+    assert!(!e.contains("sk-live-123"), "{e}");
 }
 
 fn planned(secret: &str) -> BrokerPlan {
